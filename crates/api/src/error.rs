@@ -1,0 +1,151 @@
+//! The registry of stable error codes.
+//!
+//! Every error Trunkline reports, over HTTP today and over STOMP `ERROR` frames later,
+//! carries one of these codes. A code never changes meaning once released; clients may
+//! match on it. The HTTP status is fixed per code, here and nowhere else.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident = ($code:literal, $status:literal), )*) => {
+        /// A stable, machine-readable error code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in registry order (used by the OpenAPI document and tests).
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$variant, )* ];
+
+            /// The code as sent on the wire, e.g. `"unknown_client"`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $code, )* }
+            }
+
+            /// The HTTP status this code is answered with.
+            pub fn status(self) -> u16 {
+                match self { $( ErrorCode::$variant => $status, )* }
+            }
+
+            /// Looks a wire code up; `None` for a code this version does not know.
+            pub fn from_code(code: &str) -> Option<Self> {
+                match code { $( $code => Some(ErrorCode::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The request body is not valid JSON.
+    MalformedJson = ("malformed_json", 400),
+    /// The JSON is well formed but a field is missing or has the wrong type.
+    InvalidBody = ("invalid_body", 400),
+    /// A query parameter is missing or invalid.
+    InvalidQuery = ("invalid_query", 400),
+    /// A topic is not a valid topic (empty word, wildcard, too long).
+    InvalidTopic = ("invalid_topic", 400),
+    /// A subscription pattern is invalid (empty word, `*`/`#` inside a word, too long).
+    InvalidPattern = ("invalid_pattern", 400),
+    /// A client id does not match `[a-z0-9][a-z0-9._-]{0,63}`.
+    InvalidClientId = ("invalid_client_id", 400),
+    /// A credential was sent somewhere it must not be (a token in the query string).
+    CredentialsInWrongPlace = ("credentials_in_wrong_place", 400),
+    /// The content type is not one this endpoint accepts.
+    UnsupportedMediaType = ("unsupported_media_type", 415),
+    /// No credentials were sent.
+    MissingCredentials = ("missing_credentials", 401),
+    /// The token is malformed, has a bad signature, or its client or secret is gone.
+    InvalidToken = ("invalid_token", 401),
+    /// The token has expired; get a new one from `/token`.
+    TokenExpired = ("token_expired", 401),
+    /// The client id and secret do not match.
+    InvalidCredentials = ("invalid_credentials", 401),
+    /// The backend key is wrong.
+    InvalidBackendKey = ("invalid_backend_key", 401),
+    /// The caller is authenticated but not allowed to do this.
+    Forbidden = ("forbidden", 403),
+    /// No client with this id.
+    UnknownClient = ("unknown_client", 404),
+    /// No queue with this name.
+    UnknownQueue = ("unknown_queue", 404),
+    /// No such route.
+    NotFound = ("not_found", 404),
+    /// The route exists but not with this method.
+    MethodNotAllowed = ("method_not_allowed", 405),
+    /// A client with this id already exists.
+    ClientExists = ("client_exists", 409),
+    /// A message with this `message_id` is being published right now.
+    DuplicateInFlight = ("duplicate_in_flight", 409),
+    /// A receipt is unknown, already acked, or its lease has expired.
+    UnknownReceipt = ("unknown_receipt", 409),
+    /// The body is larger than the configured limit.
+    BodyTooLarge = ("body_too_large", 413),
+    /// Too many failed attempts; wait and retry.
+    Throttled = ("throttled", 429),
+    /// A matching queue is full and its overflow policy rejects new messages.
+    QueueFull = ("queue_full", 507),
+    /// The node is shutting down or its store has failed; retry elsewhere or later.
+    Unavailable = ("unavailable", 503),
+    /// An internal error; details are in the server log, never in the answer.
+    Internal = ("internal", 500),
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The inner object of an error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// A stable code from the registry (a string, so that newer codes still parse).
+    pub code: String,
+    /// A human-readable explanation; never contains secrets or internal details.
+    pub message: String,
+}
+
+/// The JSON body of every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.as_str().to_owned(),
+                message: message.into(),
+            },
+        }
+    }
+
+    /// The registry entry for this body's code, if this version knows it.
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_code(&self.error.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate code {code}");
+            assert_eq!(ErrorCode::from_code(code.as_str()), Some(*code));
+            assert!((400..600).contains(&code.status()));
+        }
+    }
+}

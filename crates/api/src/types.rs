@@ -1,0 +1,190 @@
+//! Request and response bodies of the HTTP API.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// One topic pattern or several; the NOC sends one string, Trunkline also takes a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Subscription {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Subscription {
+    /// The patterns as a list.
+    pub fn patterns(&self) -> Vec<String> {
+        match self {
+            Subscription::One(p) => vec![p.clone()],
+            Subscription::Many(ps) => ps.clone(),
+        }
+    }
+
+    /// Builds the NOC shape (a plain string) for one pattern, a list otherwise.
+    pub fn from_patterns(mut patterns: Vec<String>) -> Self {
+        if patterns.len() == 1 {
+            Subscription::One(patterns.remove(0))
+        } else {
+            Subscription::Many(patterns)
+        }
+    }
+}
+
+/// What happens when a queue is at its length limit and another message arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// The publish fails with `queue_full` and nothing is enqueued anywhere.
+    #[default]
+    RejectPublish,
+    /// The oldest message in the queue is dropped to make room.
+    DropOldest,
+}
+
+/// Per-queue limits; any field left out takes the node's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<OverflowPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliveries: Option<u32>,
+}
+
+/// `POST /client`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClient {
+    pub client_id: String,
+    pub client_name: String,
+    pub subscription: Subscription,
+    /// Roles such as `admin`; none by default.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Limits of the client's inbox.
+    #[serde(default)]
+    pub inbox: QueueSettings,
+}
+
+/// `PATCH /client/{id}`: every field is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateClient {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Subscription>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<QueueSettings>,
+}
+
+/// A client as `GET /client` shows it: never with its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub client_name: String,
+    pub subscription: Subscription,
+    pub roles: Vec<String>,
+    pub inbox: QueueSettings,
+    /// Messages waiting in the inbox (ready and leased).
+    #[serde(default)]
+    pub inbox_depth: u64,
+}
+
+/// `POST /client` and `POST /client/{id}/secret` answers: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_name: String,
+    pub subscription: Subscription,
+    pub secret: String,
+}
+
+/// A credentials file, in the shape of the NOC's `soar-config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialsFile {
+    pub api: String,
+    pub client_id: String,
+    pub client_name: String,
+    pub subscription: Subscription,
+    pub secret: String,
+}
+
+/// `GET /token` answer (NOC shape).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    /// RFC 3339 time in UTC after which the token is refused.
+    pub expiry: String,
+}
+
+/// `POST /token` request (OAuth2 client-credentials grant), as a form or JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OAuthTokenRequest {
+    pub grant_type: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+/// `POST /token` answer (OAuth2 shape).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OAuthTokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+}
+
+/// `POST /send` and `POST /notify` answer: the message is durable in `delivered_to` inboxes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendResponse {
+    pub id: u64,
+    pub delivered_to: u64,
+    /// True when this `message_id` was already accepted within the dedup window; the
+    /// answer then repeats the first one and nothing was enqueued again.
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// One message of a `GET /receive` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceivedMessage {
+    pub id: u64,
+    pub topic: String,
+    /// The body exactly as it was sent (any JSON value).
+    pub body: Box<RawValue>,
+    pub sender: String,
+    /// RFC 3339 time in UTC at which the node accepted the message.
+    pub timestamp: String,
+    pub redelivered: bool,
+    pub delivery_count: u32,
+    /// Present in `ack=manual` mode: pass it to `/ack` or `/nack` before the lease ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+}
+
+/// `POST /ack` and `POST /nack`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipts {
+    pub receipts: Vec<String>,
+}
+
+/// `POST /ack` and `POST /nack` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AckResponse {
+    /// How many receipts took effect.
+    pub done: u64,
+    /// Receipts that were unknown, already settled, or whose lease had expired.
+    pub unknown: Vec<String>,
+}
+
+/// `GET /healthz` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}

@@ -1,0 +1,281 @@
+//! Group commit.
+//!
+//! Callers hand a batch of [`Op`]s to the [`Committer`] and wait for its answer. One
+//! thread owns the store: it takes the first batch waiting, then every other batch already
+//! queued (up to a limit), writes them all in one transaction, syncs once, and answers
+//! every caller. Under load, many publishers share one sync; with one caller, a commit
+//! costs one sync. Nobody is answered before the transaction holding their ops is durable.
+//!
+//! A failed commit fails its callers and every later one: the in-memory state above may no
+//! longer match the disk, so the node stops accepting writes (fail-stop) rather than
+//! acknowledge something it cannot keep.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Op, QueueStore, StoreError};
+
+/// Most ops written in one transaction; more waiting go in the next.
+const MAX_OPS_PER_COMMIT: usize = 50_000;
+/// Batches that may wait for the committer before callers are held back.
+const QUEUE_DEPTH: usize = 16_384;
+
+/// Why a commit did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    #[error("store failed: {0}")]
+    Failed(String),
+    #[error("the committer has stopped")]
+    Stopped,
+}
+
+/// A fixed-bucket histogram with atomic counters (Prometheus `le` buckets).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum scaled by 1e6 to keep it an integer.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(&self.buckets) {
+            if v <= *b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// `(upper bound, cumulative count)` per bucket, then the total count and sum.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let b = self
+            .bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        (
+            b,
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// Counters of the committer, read by `/metrics`.
+#[derive(Debug)]
+pub struct CommitStats {
+    pub commits: AtomicU64,
+    pub ops: AtomicU64,
+    pub failures: AtomicU64,
+    /// Callers' batches per commit.
+    pub batch_size: Histogram,
+    /// Seconds per commit, including the sync.
+    pub latency: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            commits: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]),
+            latency: Histogram::new(&[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        }
+    }
+}
+
+type Request = (Vec<Op>, oneshot::Sender<Result<(), CommitError>>);
+
+/// Handle to the group-commit thread. Cheap to clone: clones share the one thread.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Request>,
+    failed: Arc<AtomicBool>,
+    stats: Arc<CommitStats>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Committer {
+    /// Starts the commit thread over `store`.
+    pub fn start(store: Arc<dyn QueueStore>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let failed = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(CommitStats::default());
+        let thread = {
+            let failed = failed.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("trunkline-commit".into())
+                .spawn(move || run(store, rx, failed, stats))
+                .ok()
+        };
+        Committer {
+            tx,
+            failed,
+            stats,
+            thread: Arc::new(Mutex::new(thread)),
+        }
+    }
+
+    /// Commits `ops` durably, sharing the sync with whatever else is waiting.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), CommitError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((ops, reply))
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        answer.await.map_err(|_| CommitError::Stopped)?
+    }
+
+    /// True once a commit has failed; the node then refuses writes.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+
+    /// Waits for the thread to finish what is queued once every handle is dropped.
+    /// Used at shutdown, from a blocking context.
+    pub fn join(self) {
+        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
+        drop(self.tx);
+        if let Some(h) = handle {
+            // Only the last handle's drop closes the channel; other clones may still live,
+            // in which case join would wait for them. Callers drop the broker first.
+            let _ = h.join();
+        }
+    }
+}
+
+fn run(
+    store: Arc<dyn QueueStore>,
+    mut rx: mpsc::Receiver<Request>,
+    failed: Arc<AtomicBool>,
+    stats: Arc<CommitStats>,
+) {
+    let mut ops: Vec<Op> = Vec::new();
+    let mut replies = Vec::new();
+    let mut failure: Option<String> = None;
+    while let Some((first, reply)) = rx.blocking_recv() {
+        ops.extend(first);
+        replies.push(reply);
+        while ops.len() < MAX_OPS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok((more, reply)) => {
+                    ops.extend(more);
+                    replies.push(reply);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = match &failure {
+            Some(cause) => Err(CommitError::Failed(cause.clone())),
+            None => {
+                let start = Instant::now();
+                let r = store.commit(&ops);
+                stats.latency.observe(start.elapsed().as_secs_f64());
+                stats.batch_size.observe(replies.len() as f64);
+                match r {
+                    Ok(()) => {
+                        stats.commits.fetch_add(1, Ordering::Relaxed);
+                        stats.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let cause = match e {
+                            StoreError::Failed(c) => c,
+                            other => other.to_string(),
+                        };
+                        tracing::error!(cause = %cause, "commit failed; refusing further writes");
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        failed.store(true, Ordering::Relaxed);
+                        failure = Some(cause.clone());
+                        Err(CommitError::Failed(cause))
+                    }
+                }
+            }
+        };
+        ops.clear();
+        for reply in replies.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryStore, StoredEntry};
+
+    struct FailingStore;
+    impl QueueStore for FailingStore {
+        fn commit(&self, _: &[Op]) -> Result<(), StoreError> {
+            Err(StoreError::Engine("disk full".into()))
+        }
+        fn load(&self) -> Result<crate::Snapshot, StoreError> {
+            Ok(Default::default())
+        }
+    }
+
+    fn entry(seq: u64) -> Op {
+        Op::PutEntry {
+            queue: Arc::from("q"),
+            seq,
+            entry: StoredEntry { msg_id: seq, delivery_count: 0 },
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_commits() -> Result<(), CommitError> {
+        let store = Arc::new(MemoryStore::default());
+        let c = Committer::start(store.clone());
+        let mut tasks = Vec::new();
+        for i in 0..500 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move { c.commit(vec![entry(i)]).await }));
+        }
+        for t in tasks {
+            t.await.map_err(|_| CommitError::Stopped)??;
+        }
+        let snap = store.load().map_err(|e| CommitError::Failed(e.to_string()))?;
+        assert_eq!(snap.entries.len(), 500);
+        let commits = c.stats().commits.load(Ordering::Relaxed);
+        assert!(commits >= 1 && commits <= 500);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_sticky() {
+        let c = Committer::start(Arc::new(FailingStore));
+        assert!(matches!(c.commit(vec![entry(1)]).await, Err(CommitError::Failed(_))));
+        assert!(c.has_failed());
+        assert!(matches!(c.commit(vec![entry(2)]).await, Err(CommitError::Failed(_))));
+    }
+}

@@ -1,0 +1,76 @@
+//! A store that keeps everything in memory and nothing across restarts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use crate::{Op, QueueStore, RecordTable, Snapshot, StoreError, StoredEntry, StoredMessage};
+
+#[derive(Default)]
+struct State {
+    messages: HashMap<u64, StoredMessage>,
+    entries: BTreeMap<(String, u64), StoredEntry>,
+    records: HashMap<RecordTable, BTreeMap<String, Vec<u8>>>,
+}
+
+/// A [`QueueStore`] in memory; its `commit` is atomic but of course not durable.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl QueueStore for MemoryStore {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Failed("memory store lock poisoned".into()))?;
+        for op in ops {
+            match op {
+                Op::PutMessage { id, msg } => {
+                    st.messages.insert(*id, (**msg).clone());
+                }
+                Op::DeleteMessage { id } => {
+                    st.messages.remove(id);
+                }
+                Op::PutEntry { queue, seq, entry } => {
+                    st.entries.insert((queue.to_string(), *seq), *entry);
+                }
+                Op::DeleteEntry { queue, seq } => {
+                    st.entries.remove(&(queue.to_string(), *seq));
+                }
+                Op::PutRecord { table, key, value } => {
+                    st.records
+                        .entry(*table)
+                        .or_default()
+                        .insert(key.clone(), value.clone());
+                }
+                Op::DeleteRecord { table, key } => {
+                    if let Some(t) = st.records.get_mut(table) {
+                        t.remove(key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Failed("memory store lock poisoned".into()))?;
+        Ok(Snapshot {
+            messages: st.messages.clone(),
+            entries: st
+                .entries
+                .iter()
+                .map(|((q, s), e)| (q.clone(), *s, *e))
+                .collect(),
+            records: st
+                .records
+                .iter()
+                .map(|(t, m)| (*t, m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,81 @@
+//! What the store holds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A message body and its metadata, stored once however many queues hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub topic: String,
+    /// The body as raw JSON text.
+    pub body: Vec<u8>,
+    pub sender: String,
+    /// Milliseconds since the Unix epoch at which the node accepted it.
+    pub timestamp_ms: u64,
+    /// Milliseconds since the Unix epoch after which it is dropped undelivered.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One message's place in one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEntry {
+    pub msg_id: u64,
+    /// How many times it has been handed out under a lease.
+    pub delivery_count: u32,
+}
+
+/// Tables of opaque records the broker keeps (clients, queue settings, dedup, counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordTable {
+    Clients,
+    Queues,
+    Dedup,
+    Meta,
+}
+
+impl RecordTable {
+    pub const ALL: [RecordTable; 4] = [
+        RecordTable::Clients,
+        RecordTable::Queues,
+        RecordTable::Dedup,
+        RecordTable::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordTable::Clients => "clients",
+            RecordTable::Queues => "queues",
+            RecordTable::Dedup => "dedup",
+            RecordTable::Meta => "meta",
+        }
+    }
+}
+
+/// One change; a commit applies a slice of them atomically, in order.
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutMessage { id: u64, msg: Arc<StoredMessage> },
+    DeleteMessage { id: u64 },
+    PutEntry { queue: Arc<str>, seq: u64, entry: StoredEntry },
+    DeleteEntry { queue: Arc<str>, seq: u64 },
+    PutRecord { table: RecordTable, key: String, value: Vec<u8> },
+    DeleteRecord { table: RecordTable, key: String },
+}
+
+/// Everything a store holds, as read back at start.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub messages: HashMap<u64, StoredMessage>,
+    /// Entries ordered by queue name, then sequence number.
+    pub entries: Vec<(String, u64, StoredEntry)>,
+    pub records: HashMap<RecordTable, Vec<(String, Vec<u8>)>>,
+}
+
+impl Snapshot {
+    /// The records of one table (empty if it has none).
+    pub fn records(&self, table: RecordTable) -> &[(String, Vec<u8>)] {
+        self.records.get(&table).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
