@@ -1,0 +1,1004 @@
+//! The Trunkline engine: topic routing, durable queues, leases, acknowledgements,
+//! redelivery, TTL, dead letters, overflow policies, dedup and the client registry.
+//!
+//! Modules:
+//! - [`topic`]: topic and pattern validation, and the [`topic::TopicTrie`] router.
+//! - [`queue`]: one queue's in-memory index of its durable entries.
+//! - [`registry`]: client records and routing.
+//! - [`dedup`]: the publisher `message_id` window.
+//!
+//! A [`Broker`] is a cheap `Clone` handle. It speaks no protocol: HTTP, STOMP and
+//! WebSocket front-ends call it. It does no I/O but through the store's [`Committer`]:
+//! every operation builds the store ops that make it durable, commits them (sharing a
+//! sync with whatever else is waiting), and only then returns. State is split so that no
+//! lock covers the whole broker: the registry (clients and trie) behind one `RwLock`, the
+//! map of queues behind another, and each queue behind its own `Mutex`. No lock is held
+//! across an `.await`; admin changes are serialised by an async mutex of their own.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use trunkline_broker::{Broker, BrokerConfig, NewClient, Publish, ReceiveOptions};
+//! let broker = Broker::open(Arc::new(trunkline_store::MemoryStore::default()),
+//!     BrokerConfig::default(), 0).unwrap();
+//! broker.create_client(NewClient::new("b", "B", vec!["fleet.*.status".into()]), 0).await.unwrap();
+//! let sent = broker.publish(Publish::new("fleet.ah1.status", b"{\"ok\":true}".to_vec(), "a"), 0)
+//!     .await.unwrap();
+//! assert_eq!(sent.delivered_to, 1);
+//! let got = broker.receive("b", "b-inbox", ReceiveOptions::auto(10), 1).await.unwrap();
+//! assert_eq!(got[0].msg.data.topic, "fleet.ah1.status");
+//! # });
+//! ```
+
+pub mod dedup;
+pub mod error;
+pub mod queue;
+pub mod registry;
+pub mod topic;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Notify;
+use trunkline_auth::{generate_credential_id, generate_secret, SecretHash};
+use trunkline_store::{Committer, Op, QueueStore, RecordTable, StoreError, StoredMessage};
+
+pub use dedup::DedupRecord;
+pub use error::BrokerError;
+pub use queue::{Limits, Msg, Overflow};
+pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings, ROLES};
+
+use dedup::Dedup;
+use queue::{Effects, Queue, Slot};
+use registry::Registry;
+
+/// Node-wide settings of the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Inbox limits for clients that set none.
+    pub default_limits: Limits,
+    /// How long a publisher's `message_id` is remembered.
+    pub dedup_window_ms: u64,
+    /// Most remembered `message_id`s.
+    pub dedup_capacity: usize,
+    /// Most messages one receive may return.
+    pub max_receive: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            default_limits: Limits {
+                max_length: 100_000,
+                overflow: Overflow::RejectPublish,
+                max_deliveries: 10,
+            },
+            dedup_window_ms: 10 * 60 * 1000,
+            dedup_capacity: 1_000_000,
+            max_receive: 1000,
+        }
+    }
+}
+
+/// A publish request.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub topic: String,
+    /// The body as raw JSON text.
+    pub body: Vec<u8>,
+    pub sender: String,
+    /// Publisher's id for dedup within the window.
+    pub message_id: Option<String>,
+    pub ttl_ms: Option<u64>,
+    /// To every inbox, whatever its subscription.
+    pub broadcast: bool,
+}
+
+impl Publish {
+    pub fn new(topic: impl Into<String>, body: Vec<u8>, sender: impl Into<String>) -> Self {
+        Publish {
+            topic: topic.into(),
+            body,
+            sender: sender.into(),
+            message_id: None,
+            ttl_ms: None,
+            broadcast: false,
+        }
+    }
+}
+
+/// The answer to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub id: u64,
+    pub delivered_to: u64,
+    pub duplicate: bool,
+}
+
+/// How to receive.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveOptions {
+    pub max: usize,
+    /// `None`: auto-ack, messages are removed as they are returned (the NOC's `/receive`).
+    /// `Some(ms)`: leased for `ms`; settle with [`Broker::settle`].
+    pub lease_ms: Option<u64>,
+}
+
+impl ReceiveOptions {
+    pub fn auto(max: usize) -> Self {
+        ReceiveOptions { max, lease_ms: None }
+    }
+    pub fn leased(max: usize, lease_ms: u64) -> Self {
+        ReceiveOptions { max, lease_ms: Some(lease_ms) }
+    }
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Msg>,
+    pub delivery_count: u32,
+    /// For leased deliveries: what `settle` takes.
+    pub receipt: Option<String>,
+}
+
+impl Delivery {
+    pub fn redelivered(&self) -> bool {
+        self.delivery_count > 1
+    }
+}
+
+/// What to do with leased deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    /// Give back; `requeue: false` sends it straight to the dead-letter queue.
+    Nack { requeue: bool },
+}
+
+/// Result of settling receipts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub done: u64,
+    pub unknown: Vec<String>,
+}
+
+/// A new client.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    pub client_id: String,
+    pub client_name: String,
+    pub patterns: Vec<String>,
+    pub roles: Vec<String>,
+    pub inbox: LimitSettings,
+}
+
+impl NewClient {
+    pub fn new(id: impl Into<String>, name: impl Into<String>, patterns: Vec<String>) -> Self {
+        NewClient {
+            client_id: id.into(),
+            client_name: name.into(),
+            patterns,
+            roles: Vec::new(),
+            inbox: LimitSettings::default(),
+        }
+    }
+}
+
+/// Changes to a client; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ClientUpdate {
+    pub client_name: Option<String>,
+    pub patterns: Option<Vec<String>>,
+    pub roles: Option<Vec<String>>,
+    pub inbox: Option<LimitSettings>,
+}
+
+/// A client as shown to callers: never its secret or hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientView {
+    pub client_id: String,
+    pub client_name: String,
+    pub patterns: Vec<String>,
+    pub roles: Vec<String>,
+    pub inbox: LimitSettings,
+    pub inbox_depth: u64,
+}
+
+/// The identity behind an authenticated request: cheap to copy around per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub client_id: Arc<str>,
+    pub admin: bool,
+}
+
+/// Depths of one queue, for metrics.
+#[derive(Debug, Clone)]
+pub struct QueueDepth {
+    pub name: Arc<str>,
+    pub ready: u64,
+    pub leased: u64,
+}
+
+/// Broker counters, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub published: AtomicU64,
+    pub enqueued: AtomicU64,
+    pub delivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub nacked: AtomicU64,
+    pub expired: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub dropped_overflow: AtomicU64,
+    pub rejected_full: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+struct QueueCell {
+    state: Mutex<Queue>,
+    notify: Notify,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    committer: Committer,
+    registry: RwLock<Registry>,
+    queues: RwLock<HashMap<Arc<str>, Arc<QueueCell>>>,
+    dedup: Mutex<Dedup>,
+    last_msg_id: AtomicU64,
+    /// Serialises client changes, which are rare, so that check-then-commit is atomic.
+    admin: tokio::sync::Mutex<()>,
+    counters: Counters,
+}
+
+/// Handle to the engine. Cheap to clone: clones share one broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a queue lock is a bug; the state is still consistent enough
+    // to go on serving (every change is committed before it is acknowledged).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn client_json(rec: &ClientRecord) -> Vec<u8> {
+    serde_json::to_vec(rec).unwrap_or_default()
+}
+
+impl Broker {
+    /// Recovers the broker from `store` and starts its committer. `now` is milliseconds
+    /// since the epoch. Entries of queues that no longer exist and bodies no entry refers
+    /// to (left by a crash in the middle of a client deletion) are removed.
+    pub fn open(
+        store: Arc<dyn QueueStore>,
+        config: BrokerConfig,
+        now: u64,
+    ) -> Result<Self, StoreError> {
+        let mut snap = store.load()?;
+        let client_rows = snap.records.remove(&RecordTable::Clients).unwrap_or_default();
+        let dedup_rows_stored = snap.records.remove(&RecordTable::Dedup).unwrap_or_default();
+        let mut registry = Registry::default();
+        for (key, value) in &client_rows {
+            let rec: ClientRecord =
+                serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+                    table: "clients",
+                    cause: format!("{key}: {e}"),
+                })?;
+            registry.insert(rec);
+        }
+        let mut queues: HashMap<Arc<str>, Queue> = HashMap::new();
+        for rec in registry.clients.values() {
+            for q in client_queues(rec, &config) {
+                queues.insert(q.name.clone(), q);
+            }
+        }
+        let mut msgs: HashMap<u64, Arc<Msg>> = snap
+            .messages
+            .into_iter()
+            .map(|(id, m)| (id, Msg::new(id, Arc::new(m), 0)))
+            .collect();
+        let mut cleanup = Vec::new();
+        let mut last_msg_id = 0;
+        for (qname, seq, entry) in snap.entries {
+            let q = queues.get_mut(qname.as_str());
+            match (q, msgs.get(&entry.msg_id)) {
+                (Some(q), Some(msg)) => {
+                    msg.add_ref();
+                    q.restore(seq, Slot { msg: msg.clone(), delivery_count: entry.delivery_count });
+                }
+                _ => cleanup.push(Op::DeleteEntry { queue: Arc::from(qname), seq }),
+            }
+        }
+        msgs.retain(|id, m| {
+            last_msg_id = last_msg_id.max(*id);
+            if Arc::strong_count(m) == 1 {
+                cleanup.push(Op::DeleteMessage { id: *id });
+                false
+            } else {
+                true
+            }
+        });
+        let mut dedup = Dedup::default();
+        let mut dedup_rows: Vec<(String, DedupRecord)> = Vec::new();
+        for (key, value) in dedup_rows_stored {
+            match serde_json::from_slice::<DedupRecord>(&value) {
+                Ok(r) if r.expires_ms > now => dedup_rows.push((key, r)),
+                _ => cleanup.push(Op::DeleteRecord { table: RecordTable::Dedup, key }),
+            }
+        }
+        dedup_rows.sort_by_key(|(_, r)| r.expires_ms);
+        for (key, r) in dedup_rows {
+            last_msg_id = last_msg_id.max(r.id);
+            dedup.finish(key, r);
+        }
+        if !cleanup.is_empty() {
+            tracing::info!(ops = cleanup.len(), "removing orphaned records left by an unclean stop");
+            store.commit(&cleanup)?;
+        }
+        let queues = queues
+            .into_iter()
+            .map(|(name, q)| (name, Arc::new(QueueCell { state: Mutex::new(q), notify: Notify::new() })))
+            .collect();
+        let committer = Committer::start(store);
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                config,
+                committer,
+                registry: RwLock::new(registry),
+                queues: RwLock::new(queues),
+                dedup: Mutex::new(dedup),
+                last_msg_id: AtomicU64::new(last_msg_id),
+                admin: tokio::sync::Mutex::new(()),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub fn committer(&self) -> &Committer {
+        &self.inner.committer
+    }
+
+    fn queue(&self, name: &str) -> Option<Arc<QueueCell>> {
+        read(&self.inner.queues).get(name).cloned()
+    }
+
+    fn alloc_msg_id(&self, now: u64) -> u64 {
+        let mut cur = self.inner.last_msg_id.load(Ordering::Relaxed);
+        loop {
+            let next = queue::next_id(cur, now);
+            match self.inner.last_msg_id.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    // ----- publishing -------------------------------------------------------------------
+
+    /// Publishes a message into every matching inbox (every inbox for a broadcast) and
+    /// returns once it is durable in all of them.
+    pub async fn publish(&self, p: Publish, now: u64) -> Result<Published, BrokerError> {
+        topic::validate_topic(&p.topic).map_err(|cause| BrokerError::InvalidTopic {
+            topic: p.topic.clone(),
+            cause,
+        })?;
+        let dedup_key = p.message_id.as_deref().map(|m| dedup::key(&p.sender, m));
+        if let Some(key) = &dedup_key {
+            let mut d = lock(&self.inner.dedup);
+            match d.get(key, now) {
+                Some(dedup::State::InFlight) => return Err(BrokerError::DuplicateInFlight),
+                Some(dedup::State::Done(r)) => {
+                    self.inner.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Published { id: r.id, delivered_to: r.delivered_to, duplicate: true });
+                }
+                None => d.begin(key.clone()),
+            }
+        }
+        let result = self.publish_inner(&p, dedup_key.as_deref(), now).await;
+        if let Some(key) = dedup_key {
+            let mut d = lock(&self.inner.dedup);
+            match &result {
+                Ok(r) => d.finish(
+                    key,
+                    DedupRecord {
+                        id: r.id,
+                        delivered_to: r.delivered_to,
+                        expires_ms: now + self.inner.config.dedup_window_ms,
+                    },
+                ),
+                Err(_) => d.abort(&key),
+            }
+        }
+        result
+    }
+
+    async fn publish_inner(
+        &self,
+        p: &Publish,
+        dedup_key: Option<&str>,
+        now: u64,
+    ) -> Result<Published, BrokerError> {
+        let targets: Vec<Arc<str>> = {
+            let reg = read(&self.inner.registry);
+            if p.broadcast {
+                reg.inboxes.clone()
+            } else {
+                let mut out = Vec::new();
+                reg.trie.matches(&p.topic, &mut out);
+                out
+            }
+        };
+        let id = self.alloc_msg_id(now);
+        let mut ops = Vec::with_capacity(targets.len() + 2);
+        let mut fx = Effects::default();
+        let mut reserved: Vec<(Arc<QueueCell>, u64)> = Vec::with_capacity(targets.len());
+        let mut full = Vec::new();
+        for name in &targets {
+            let Some(cell) = self.queue(name) else { continue };
+            let r = lock(&cell.state).reserve(now, &mut ops, &mut fx);
+            match r {
+                Ok(seq) => reserved.push((cell, seq)),
+                Err(()) => full.push(name.to_string()),
+            }
+        }
+        if !full.is_empty() {
+            for (cell, _) in &reserved {
+                lock(&cell.state).unreserve();
+            }
+            self.inner.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+            // Drops made to reserve are durable-safe to commit even though the publish
+            // fails: they happened in memory already.
+            self.inner.committer.commit(ops).await?;
+            return Err(BrokerError::QueueFull { queues: full });
+        }
+        let data = Arc::new(StoredMessage {
+            topic: p.topic.clone(),
+            body: p.body.clone(),
+            sender: p.sender.clone(),
+            timestamp_ms: now,
+            expires_at_ms: p.ttl_ms.map(|t| now.saturating_add(t)),
+        });
+        let delivered_to = reserved.len() as u64;
+        let msg = Msg::new(id, data.clone(), delivered_to as u32);
+        if !reserved.is_empty() {
+            ops.push(Op::PutMessage { id, msg: data });
+            for (cell, seq) in &reserved {
+                let name = lock(&cell.state).name.clone();
+                ops.push(Op::PutEntry {
+                    queue: name,
+                    seq: *seq,
+                    entry: trunkline_store::StoredEntry { msg_id: id, delivery_count: 0 },
+                });
+            }
+        }
+        if let Some(key) = dedup_key {
+            let rec = DedupRecord {
+                id,
+                delivered_to,
+                expires_ms: now + self.inner.config.dedup_window_ms,
+            };
+            ops.push(Op::PutRecord {
+                table: RecordTable::Dedup,
+                key: key.to_owned(),
+                value: serde_json::to_vec(&rec).unwrap_or_default(),
+            });
+        }
+        let committed = self.inner.committer.commit(ops).await;
+        for (cell, seq) in reserved {
+            {
+                let mut q = lock(&cell.state);
+                if committed.is_ok() {
+                    q.commit_reserved(seq, msg.clone());
+                } else {
+                    q.unreserve();
+                }
+            }
+            if committed.is_ok() {
+                cell.notify.notify_waiters();
+            }
+        }
+        committed?;
+        let c = &self.inner.counters;
+        c.published.fetch_add(1, Ordering::Relaxed);
+        c.enqueued.fetch_add(delivered_to, Ordering::Relaxed);
+        c.dropped_overflow.fetch_add(fx.dropped, Ordering::Relaxed);
+        Ok(Published { id, delivered_to, duplicate: false })
+    }
+
+    // ----- consuming --------------------------------------------------------------------
+
+    fn owns(client_id: &str, queue: &str) -> bool {
+        queue == inbox_name(client_id) || queue == dead_name(client_id)
+    }
+
+    /// Takes up to `opts.max` messages from `queue`, which must be one of `client_id`'s.
+    /// Returns once the removal (auto-ack) or the lease's delivery count is durable.
+    pub async fn receive(
+        &self,
+        client_id: &str,
+        queue: &str,
+        opts: ReceiveOptions,
+        now: u64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        if !Self::owns(client_id, queue) {
+            return Err(BrokerError::UnknownQueue(queue.to_owned()));
+        }
+        let cell = self
+            .queue(queue)
+            .ok_or_else(|| BrokerError::UnknownQueue(queue.to_owned()))?;
+        let max = opts.max.min(self.inner.config.max_receive);
+        let mut ops = Vec::new();
+        let mut fx = Effects::default();
+        let mut dead = Vec::new();
+        let (taken, dead_letter) = {
+            let mut q = lock(&cell.state);
+            q.reclaim(now, &mut ops, &mut dead);
+            let taken = q.take(now, max, opts.lease_ms, &mut ops, &mut fx);
+            (taken, q.dead_letter.clone())
+        };
+        self.dead_letter(dead_letter, dead, now, &mut ops, &mut fx);
+        self.inner.committer.commit(ops).await?;
+        let c = &self.inner.counters;
+        c.delivered.fetch_add(taken.len() as u64, Ordering::Relaxed);
+        c.expired.fetch_add(fx.expired, Ordering::Relaxed);
+        c.dropped_overflow.fetch_add(fx.dropped, Ordering::Relaxed);
+        Ok(taken
+            .into_iter()
+            .map(|t| Delivery {
+                receipt: opts
+                    .lease_ms
+                    .map(|_| format!("{queue}/{}/{}", t.seq, t.slot.delivery_count)),
+                delivery_count: t.slot.delivery_count,
+                msg: t.slot.msg,
+            })
+            .collect())
+    }
+
+    /// A handle to wait on for new messages in `queue` (for long polling). Create the
+    /// `notified()` future before trying to receive, so that no wake-up is missed.
+    pub fn waiter(&self, queue: &str) -> Option<Arc<impl WaitHandle>> {
+        self.queue(queue)
+    }
+
+    fn dead_letter(
+        &self,
+        target: Option<Arc<str>>,
+        dead: Vec<Slot>,
+        now: u64,
+        ops: &mut Vec<Op>,
+        fx: &mut Effects,
+    ) {
+        if dead.is_empty() {
+            return;
+        }
+        let n = dead.len() as u64;
+        match target.and_then(|t| self.queue(&t)) {
+            Some(cell) => {
+                let mut q = lock(&cell.state);
+                for slot in dead {
+                    q.push_moved(slot, now, ops, fx);
+                }
+                drop(q);
+                cell.notify.notify_waiters();
+            }
+            None => {
+                for slot in dead {
+                    slot.msg.release(ops);
+                }
+            }
+        }
+        self.inner.counters.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Acks or nacks leased deliveries of `client_id`'s queues by their receipts.
+    pub async fn settle(
+        &self,
+        client_id: &str,
+        receipts: &[String],
+        how: Settle,
+        now: u64,
+    ) -> Result<Settled, BrokerError> {
+        let mut ops = Vec::new();
+        let mut fx = Effects::default();
+        let mut out = Settled::default();
+        let mut by_queue: HashMap<&str, Vec<(u64, u32, &String)>> = HashMap::new();
+        for r in receipts {
+            match parse_receipt(r) {
+                Some((q, seq, count)) if Self::owns(client_id, q) => {
+                    by_queue.entry(q).or_default().push((seq, count, r))
+                }
+                _ => out.unknown.push(r.clone()),
+            }
+        }
+        for (qname, items) in by_queue {
+            let Some(cell) = self.queue(qname) else {
+                out.unknown.extend(items.into_iter().map(|(_, _, r)| r.clone()));
+                continue;
+            };
+            let mut dead = Vec::new();
+            let target = {
+                let mut q = lock(&cell.state);
+                for (seq, count, r) in items {
+                    let (ack, requeue) = match how {
+                        Settle::Ack => (true, false),
+                        Settle::Nack { requeue } => (false, requeue),
+                    };
+                    if q.settle(seq, count, ack, requeue, &mut ops, &mut dead) {
+                        out.done += 1;
+                    } else {
+                        out.unknown.push(r.clone());
+                    }
+                }
+                q.dead_letter.clone()
+            };
+            if matches!(how, Settle::Nack { .. }) {
+                cell.notify.notify_waiters();
+            }
+            self.dead_letter(target, dead, now, &mut ops, &mut fx);
+        }
+        self.inner.committer.commit(ops).await?;
+        let counter = match how {
+            Settle::Ack => &self.inner.counters.acked,
+            Settle::Nack { .. } => &self.inner.counters.nacked,
+        };
+        counter.fetch_add(out.done, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Housekeeping, run about once a second: ends expired leases, drops expired messages,
+    /// forgets old dedup records. Returns once its changes are durable.
+    pub async fn sweep(&self, now: u64) -> Result<(), BrokerError> {
+        let cells: Vec<Arc<QueueCell>> = read(&self.inner.queues).values().cloned().collect();
+        let mut ops = Vec::new();
+        let mut fx = Effects::default();
+        for cell in cells {
+            let mut dead = Vec::new();
+            let (target, requeued) = {
+                let mut q = lock(&cell.state);
+                let before = q.ready_len();
+                q.reclaim(now, &mut ops, &mut dead);
+                q.expire(now, &mut ops, &mut fx);
+                (q.dead_letter.clone(), q.ready_len() > before)
+            };
+            if requeued {
+                cell.notify.notify_waiters();
+            }
+            self.dead_letter(target, dead, now, &mut ops, &mut fx);
+        }
+        let forgotten = lock(&self.inner.dedup).prune(now, self.inner.config.dedup_capacity);
+        ops.extend(
+            forgotten
+                .into_iter()
+                .map(|key| Op::DeleteRecord { table: RecordTable::Dedup, key }),
+        );
+        self.inner.counters.expired.fetch_add(fx.expired, Ordering::Relaxed);
+        self.inner.committer.commit(ops).await?;
+        Ok(())
+    }
+
+    /// Depth of every queue.
+    pub fn queue_depths(&self) -> Vec<QueueDepth> {
+        let cells: Vec<Arc<QueueCell>> = read(&self.inner.queues).values().cloned().collect();
+        cells
+            .iter()
+            .map(|c| {
+                let q = lock(&c.state);
+                QueueDepth { name: q.name.clone(), ready: q.ready_len(), leased: q.leased_len() }
+            })
+            .collect()
+    }
+
+    /// Remembered `message_id`s.
+    pub fn dedup_len(&self) -> usize {
+        lock(&self.inner.dedup).len()
+    }
+
+    // ----- clients ----------------------------------------------------------------------
+
+    fn check_client_fields(
+        &self,
+        name: Option<&str>,
+        patterns: Option<&[String]>,
+        roles: Option<&[String]>,
+        limits: Option<&LimitSettings>,
+    ) -> Result<(), BrokerError> {
+        if let Some(name) = name {
+            if name.trim().is_empty() || name.len() > registry::MAX_NAME_LEN {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "client_name must be 1 to {} bytes",
+                    registry::MAX_NAME_LEN
+                )));
+            }
+        }
+        if let Some(patterns) = patterns {
+            if patterns.is_empty() || patterns.len() > registry::MAX_PATTERNS {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "subscription must have 1 to {} patterns",
+                    registry::MAX_PATTERNS
+                )));
+            }
+            for p in patterns {
+                topic::validate_pattern(p).map_err(|cause| BrokerError::InvalidPattern {
+                    pattern: p.clone(),
+                    cause,
+                })?;
+            }
+        }
+        if let Some(roles) = roles {
+            if let Some(bad) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "unknown role `{bad}`; roles are {}",
+                    ROLES.join(", ")
+                )));
+            }
+        }
+        if let Some(l) = limits {
+            if l.max_length == Some(0) || l.max_deliveries == Some(0) {
+                return Err(BrokerError::InvalidArgument(
+                    "max_length and max_deliveries must be at least 1".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn view(&self, rec: &ClientRecord) -> ClientView {
+        let inbox_depth = self
+            .queue(&inbox_name(&rec.client_id))
+            .map(|c| lock(&c.state).depth())
+            .unwrap_or(0);
+        ClientView {
+            client_id: rec.client_id.clone(),
+            client_name: rec.client_name.clone(),
+            patterns: rec.patterns.clone(),
+            roles: rec.roles.clone(),
+            inbox: rec.inbox,
+            inbox_depth,
+        }
+    }
+
+    /// Creates a client and its inbox; returns it with its secret, which is not kept.
+    pub async fn create_client(
+        &self,
+        c: NewClient,
+        now: u64,
+    ) -> Result<(ClientView, String), BrokerError> {
+        if !valid_client_id(&c.client_id) {
+            return Err(BrokerError::InvalidClientId(c.client_id));
+        }
+        self.check_client_fields(
+            Some(&c.client_name),
+            Some(&c.patterns),
+            Some(&c.roles),
+            Some(&c.inbox),
+        )?;
+        let _admin = self.inner.admin.lock().await;
+        if read(&self.inner.registry).clients.contains_key(&c.client_id) {
+            return Err(BrokerError::ClientExists(c.client_id));
+        }
+        let secret = generate_secret();
+        let rec = ClientRecord {
+            client_id: c.client_id,
+            client_name: c.client_name,
+            patterns: c.patterns,
+            roles: c.roles,
+            secret_hash: SecretHash::of(&secret).as_str().to_owned(),
+            credential_id: generate_credential_id(),
+            inbox: c.inbox,
+            created_ms: now,
+        };
+        self.inner
+            .committer
+            .commit(vec![Op::PutRecord {
+                table: RecordTable::Clients,
+                key: rec.client_id.clone(),
+                value: client_json(&rec),
+            }])
+            .await?;
+        {
+            let mut queues = write(&self.inner.queues);
+            for q in client_queues(&rec, &self.inner.config) {
+                queues.insert(
+                    q.name.clone(),
+                    Arc::new(QueueCell { state: Mutex::new(q), notify: Notify::new() }),
+                );
+            }
+        }
+        let view = self.view(&rec);
+        write(&self.inner.registry).insert(rec);
+        Ok((view, secret))
+    }
+
+    /// Changes a client; takes effect for the next message published.
+    pub async fn update_client(
+        &self,
+        client_id: &str,
+        u: ClientUpdate,
+    ) -> Result<ClientView, BrokerError> {
+        self.check_client_fields(
+            u.client_name.as_deref(),
+            u.patterns.as_deref(),
+            u.roles.as_deref(),
+            u.inbox.as_ref(),
+        )?;
+        let _admin = self.inner.admin.lock().await;
+        let mut rec = self.record(client_id)?;
+        if let Some(n) = u.client_name {
+            rec.client_name = n;
+        }
+        if let Some(p) = u.patterns {
+            rec.patterns = p;
+        }
+        if let Some(r) = u.roles {
+            rec.roles = r;
+        }
+        if let Some(l) = u.inbox {
+            rec.inbox = l;
+        }
+        self.put_record(&rec).await?;
+        if let Some(cell) = self.queue(&inbox_name(client_id)) {
+            lock(&cell.state).limits = resolve(&rec.inbox, &self.inner.config);
+        }
+        let view = self.view(&rec);
+        write(&self.inner.registry).insert(rec);
+        Ok(view)
+    }
+
+    /// Gives a client a new secret; tokens issued for the old one stop working.
+    pub async fn rotate_secret(&self, client_id: &str) -> Result<(ClientView, String), BrokerError> {
+        let _admin = self.inner.admin.lock().await;
+        let mut rec = self.record(client_id)?;
+        let secret = generate_secret();
+        rec.secret_hash = SecretHash::of(&secret).as_str().to_owned();
+        rec.credential_id = generate_credential_id();
+        self.put_record(&rec).await?;
+        let view = self.view(&rec);
+        write(&self.inner.registry).insert(rec);
+        Ok((view, secret))
+    }
+
+    /// Deletes a client, its inbox and dead-letter queue, and what they held.
+    pub async fn delete_client(&self, client_id: &str) -> Result<(), BrokerError> {
+        let _admin = self.inner.admin.lock().await;
+        self.record(client_id)?;
+        // Stop routing to it first, so nothing new lands in queues being purged.
+        write(&self.inner.registry).remove(client_id);
+        let mut ops = vec![Op::DeleteRecord {
+            table: RecordTable::Clients,
+            key: client_id.to_owned(),
+        }];
+        for name in [inbox_name(client_id), dead_name(client_id)] {
+            let cell = write(&self.inner.queues).remove(name.as_str());
+            if let Some(cell) = cell {
+                lock(&cell.state).purge(&mut ops);
+                cell.notify.notify_waiters();
+            }
+        }
+        self.inner.committer.commit(ops).await?;
+        Ok(())
+    }
+
+    fn record(&self, client_id: &str) -> Result<ClientRecord, BrokerError> {
+        read(&self.inner.registry)
+            .clients
+            .get(client_id)
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownClient(client_id.to_owned()))
+    }
+
+    async fn put_record(&self, rec: &ClientRecord) -> Result<(), BrokerError> {
+        self.inner
+            .committer
+            .commit(vec![Op::PutRecord {
+                table: RecordTable::Clients,
+                key: rec.client_id.clone(),
+                value: client_json(rec),
+            }])
+            .await?;
+        Ok(())
+    }
+
+    pub fn get_client(&self, client_id: &str) -> Option<ClientView> {
+        let rec = read(&self.inner.registry).clients.get(client_id).cloned()?;
+        Some(self.view(&rec))
+    }
+
+    /// Every client, ordered by id.
+    pub fn list_clients(&self) -> Vec<ClientView> {
+        let mut recs: Vec<ClientRecord> =
+            read(&self.inner.registry).clients.values().cloned().collect();
+        recs.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        recs.iter().map(|r| self.view(r)).collect()
+    }
+
+    pub fn client_count(&self) -> usize {
+        read(&self.inner.registry).clients.len()
+    }
+
+    /// Checks a client's secret; on success returns who it is and its credential id.
+    pub fn authenticate(&self, client_id: &str, secret: &str) -> Option<(Principal, String)> {
+        let reg = read(&self.inner.registry);
+        let rec = reg.clients.get(client_id)?;
+        if !SecretHash::from_stored(rec.secret_hash.clone()).verify(secret) {
+            return None;
+        }
+        Some((
+            Principal { client_id: Arc::from(client_id), admin: rec.is_admin() },
+            rec.credential_id.clone(),
+        ))
+    }
+
+    /// The client behind a token, if it still exists with the same credential.
+    pub fn check_credential(&self, client_id: &str, credential_id: &str) -> Option<Principal> {
+        let reg = read(&self.inner.registry);
+        let rec = reg.clients.get(client_id)?;
+        (rec.credential_id == credential_id)
+            .then(|| Principal { client_id: Arc::from(client_id), admin: rec.is_admin() })
+    }
+}
+
+/// Something to wait on for new messages.
+pub trait WaitHandle: Send + Sync {
+    fn notified(&self) -> tokio::sync::futures::Notified<'_>;
+}
+
+impl WaitHandle for QueueCell {
+    fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+fn resolve(s: &LimitSettings, config: &BrokerConfig) -> Limits {
+    let d = config.default_limits;
+    Limits {
+        max_length: s.max_length.unwrap_or(d.max_length),
+        overflow: s.overflow.unwrap_or(d.overflow),
+        max_deliveries: s.max_deliveries.unwrap_or(d.max_deliveries),
+    }
+}
+
+fn client_queues(rec: &ClientRecord, config: &BrokerConfig) -> [Queue; 2] {
+    let limits = resolve(&rec.inbox, config);
+    let dead: Arc<str> = Arc::from(dead_name(&rec.client_id));
+    [
+        Queue::new(Arc::from(inbox_name(&rec.client_id)), limits, Some(dead.clone())),
+        Queue::new(
+            dead,
+            Limits { overflow: Overflow::DropOldest, ..limits },
+            None,
+        ),
+    ]
+}
+
+fn parse_receipt(r: &str) -> Option<(&str, u64, u32)> {
+    let mut it = r.rsplitn(3, '/');
+    let count = it.next()?.parse().ok()?;
+    let seq = it.next()?.parse().ok()?;
+    let queue = it.next()?;
+    Some((queue, seq, count))
+}

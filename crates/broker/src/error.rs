@@ -1,0 +1,35 @@
+//! Errors of the broker.
+
+use crate::topic::TopicError;
+
+/// Why a broker operation was refused or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    #[error("invalid topic `{topic}`: {cause}")]
+    InvalidTopic { topic: String, cause: TopicError },
+    #[error("invalid subscription pattern `{pattern}`: {cause}")]
+    InvalidPattern { pattern: String, cause: TopicError },
+    #[error("invalid client id `{0}`: it must match [a-z0-9][a-z0-9._-]{{0,63}}")]
+    InvalidClientId(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("a client with id `{0}` already exists")]
+    ClientExists(String),
+    #[error("no client with id `{0}`")]
+    UnknownClient(String),
+    #[error("no queue named `{0}`")]
+    UnknownQueue(String),
+    #[error("queue full, message rejected: {}", queues.join(", "))]
+    QueueFull { queues: Vec<String> },
+    #[error("a message with this message_id is being published right now")]
+    DuplicateInFlight,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<trunkline_store::CommitError> for BrokerError {
+    fn from(e: trunkline_store::CommitError) -> Self {
+        BrokerError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,442 @@
+//! One durable queue's in-memory state.
+//!
+//! The store holds every entry; this holds the same entries indexed for delivery: `ready`
+//! ordered by sequence number (so a redelivered message goes back to its place), `leased`
+//! by sequence number with an index of lease deadlines. Every change appends the store
+//! [`Op`]s that make it durable to a caller's list; the caller commits them before it
+//! answers anyone. Time is an argument (milliseconds since the epoch).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use trunkline_store::{Op, StoredEntry, StoredMessage};
+
+/// What happens when a full queue gets another message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Refuse the publish (nothing is enqueued anywhere).
+    #[default]
+    RejectPublish,
+    /// Drop the oldest ready message to make room.
+    DropOldest,
+}
+
+/// Limits of one queue, all resolved (no defaults left open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub max_length: u64,
+    pub overflow: Overflow,
+    /// Deliveries after which an unsettled message goes to the dead-letter queue.
+    pub max_deliveries: u32,
+}
+
+/// A message held in memory, shared by every queue entry that refers to it.
+#[derive(Debug)]
+pub struct Msg {
+    pub id: u64,
+    pub data: Arc<StoredMessage>,
+    /// Queue entries referring to it; the body is deleted when the last goes.
+    refs: AtomicU32,
+}
+
+impl Msg {
+    pub(crate) fn new(id: u64, data: Arc<StoredMessage>, refs: u32) -> Arc<Self> {
+        Arc::new(Msg {
+            id,
+            data,
+            refs: AtomicU32::new(refs),
+        })
+    }
+
+    pub(crate) fn add_ref(&self) {
+        self.refs.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops one reference; deletes the body in the same commit if it was the last.
+    pub(crate) fn release(&self, ops: &mut Vec<Op>) {
+        if self.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            ops.push(Op::DeleteMessage { id: self.id });
+        }
+    }
+
+    fn expired(&self, now: u64) -> bool {
+        self.data.expires_at_ms.is_some_and(|t| t <= now)
+    }
+}
+
+/// An entry: a message in a queue, with how often it has been delivered.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub msg: Arc<Msg>,
+    pub delivery_count: u32,
+}
+
+#[derive(Debug)]
+struct Lease {
+    slot: Slot,
+    deadline: u64,
+}
+
+/// A message handed out by [`Queue::take`].
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub seq: u64,
+    pub slot: Slot,
+}
+
+/// Counts of what a queue operation did, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Effects {
+    pub expired: u64,
+    pub dropped: u64,
+}
+
+/// Allocates ids that grow across restarts: never below `now_ms * 1024`, so a restarted
+/// node does not hand out an id (or sequence number) it used before even if every message
+/// carrying it is gone. Up to 1024 per millisecond stay in step with the clock, and 2^53
+/// (safe in JavaScript) is not reached before the year 2248.
+pub fn next_id(prev: u64, now_ms: u64) -> u64 {
+    (prev + 1).max(now_ms.saturating_mul(1024))
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    pub name: Arc<str>,
+    pub limits: Limits,
+    /// Where messages go after `max_deliveries`; none for a dead-letter queue itself.
+    pub dead_letter: Option<Arc<str>>,
+    ready: BTreeMap<u64, Slot>,
+    leased: HashMap<u64, Lease>,
+    deadlines: BTreeSet<(u64, u64)>,
+    /// Places reserved by publishes still committing.
+    pending: u64,
+    last_seq: u64,
+}
+
+impl Queue {
+    pub fn new(name: Arc<str>, limits: Limits, dead_letter: Option<Arc<str>>) -> Self {
+        Queue {
+            name,
+            limits,
+            dead_letter,
+            ready: BTreeMap::new(),
+            leased: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            pending: 0,
+            last_seq: 0,
+        }
+    }
+
+    /// Ready plus leased messages.
+    pub fn depth(&self) -> u64 {
+        (self.ready.len() + self.leased.len()) as u64
+    }
+
+    pub fn ready_len(&self) -> u64 {
+        self.ready.len() as u64
+    }
+
+    pub fn leased_len(&self) -> u64 {
+        self.leased.len() as u64
+    }
+
+    /// Puts back an entry read from the store at start.
+    pub(crate) fn restore(&mut self, seq: u64, slot: Slot) {
+        self.last_seq = self.last_seq.max(seq);
+        self.ready.insert(seq, slot);
+    }
+
+    fn alloc_seq(&mut self, now: u64) -> u64 {
+        self.last_seq = next_id(self.last_seq, now);
+        self.last_seq
+    }
+
+    /// Reserves a place for a message being published. `Err(())` if the queue is full and
+    /// its policy rejects; with drop-oldest the oldest ready message is dropped instead.
+    pub(crate) fn reserve(
+        &mut self,
+        now: u64,
+        ops: &mut Vec<Op>,
+        fx: &mut Effects,
+    ) -> Result<u64, ()> {
+        if self.depth() + self.pending >= self.limits.max_length {
+            match self.limits.overflow {
+                Overflow::RejectPublish => return Err(()),
+                Overflow::DropOldest => match self.ready.pop_first() {
+                    Some((seq, slot)) => {
+                        self.remove_durably(seq, &slot, ops);
+                        fx.dropped += 1;
+                    }
+                    // Everything is leased: nothing can be dropped without breaking a lease.
+                    None => return Err(()),
+                },
+            }
+        }
+        self.pending += 1;
+        Ok(self.alloc_seq(now))
+    }
+
+    /// Gives back a reservation whose publish failed.
+    pub(crate) fn unreserve(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+    }
+
+    /// Makes a committed message deliverable.
+    pub(crate) fn commit_reserved(&mut self, seq: u64, msg: Arc<Msg>) {
+        self.pending = self.pending.saturating_sub(1);
+        self.ready.insert(seq, Slot { msg, delivery_count: 0 });
+    }
+
+    /// Adds a message moved here (dead-lettering) at a new place; never refused: a full
+    /// dead-letter queue drops its oldest.
+    pub(crate) fn push_moved(&mut self, slot: Slot, now: u64, ops: &mut Vec<Op>, fx: &mut Effects) {
+        if self.depth() >= self.limits.max_length {
+            if let Some((seq, old)) = self.ready.pop_first() {
+                self.remove_durably(seq, &old, ops);
+                fx.dropped += 1;
+            }
+        }
+        let seq = self.alloc_seq(now);
+        let slot = Slot { msg: slot.msg, delivery_count: 0 };
+        ops.push(Op::PutEntry {
+            queue: self.name.clone(),
+            seq,
+            entry: StoredEntry { msg_id: slot.msg.id, delivery_count: 0 },
+        });
+        self.ready.insert(seq, slot);
+    }
+
+    fn remove_durably(&self, seq: u64, slot: &Slot, ops: &mut Vec<Op>) {
+        ops.push(Op::DeleteEntry { queue: self.name.clone(), seq });
+        slot.msg.release(ops);
+    }
+
+    /// Ends leases that ran out by `now`: each message goes back to its place, or, once it
+    /// has been delivered `max_deliveries` times, into `dead` (already removed from here).
+    pub(crate) fn reclaim(&mut self, now: u64, ops: &mut Vec<Op>, dead: &mut Vec<Slot>) {
+        while let Some(&(deadline, seq)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(lease) = self.leased.remove(&seq) {
+                self.requeue_or_dead(seq, lease.slot, true, ops, dead);
+            }
+        }
+    }
+
+    fn requeue_or_dead(
+        &mut self,
+        seq: u64,
+        slot: Slot,
+        requeue: bool,
+        ops: &mut Vec<Op>,
+        dead: &mut Vec<Slot>,
+    ) {
+        let exhausted = slot.delivery_count >= self.limits.max_deliveries;
+        if requeue && !exhausted {
+            self.ready.insert(seq, slot);
+        } else if self.dead_letter.is_some() {
+            ops.push(Op::DeleteEntry { queue: self.name.clone(), seq });
+            dead.push(slot);
+        } else {
+            self.remove_durably(seq, &slot, ops);
+        }
+    }
+
+    /// Hands out up to `max` ready messages, oldest first. With a lease (`Some(ms)`) they
+    /// stay here, leased until `now + ms`; without one they are removed (auto-ack). Expired
+    /// messages met on the way are dropped.
+    pub(crate) fn take(
+        &mut self,
+        now: u64,
+        max: usize,
+        lease_ms: Option<u64>,
+        ops: &mut Vec<Op>,
+        fx: &mut Effects,
+    ) -> Vec<Taken> {
+        let mut out = Vec::with_capacity(max.min(self.ready.len()));
+        while out.len() < max {
+            let Some((seq, mut slot)) = self.ready.pop_first() else { break };
+            if slot.msg.expired(now) {
+                self.remove_durably(seq, &slot, ops);
+                fx.expired += 1;
+                continue;
+            }
+            slot.delivery_count = slot.delivery_count.saturating_add(1);
+            match lease_ms {
+                Some(ms) => {
+                    ops.push(Op::PutEntry {
+                        queue: self.name.clone(),
+                        seq,
+                        entry: StoredEntry {
+                            msg_id: slot.msg.id,
+                            delivery_count: slot.delivery_count,
+                        },
+                    });
+                    let deadline = now.saturating_add(ms);
+                    self.deadlines.insert((deadline, seq));
+                    self.leased.insert(seq, Lease { slot: slot.clone(), deadline });
+                }
+                None => self.remove_durably(seq, &slot, ops),
+            }
+            out.push(Taken { seq, slot });
+        }
+        out
+    }
+
+    /// Settles the lease of delivery `count` of entry `seq`. Acked: removed. Nacked:
+    /// requeued (or dead-lettered when exhausted or `requeue` is false). `false` if no
+    /// such lease is open (already settled, or expired and handed out again).
+    pub(crate) fn settle(
+        &mut self,
+        seq: u64,
+        count: u32,
+        ack: bool,
+        requeue: bool,
+        ops: &mut Vec<Op>,
+        dead: &mut Vec<Slot>,
+    ) -> bool {
+        match self.leased.get(&seq) {
+            Some(l) if l.slot.delivery_count == count => {}
+            _ => return false,
+        }
+        let Some(lease) = self.leased.remove(&seq) else { return false };
+        self.deadlines.remove(&(lease.deadline, seq));
+        if ack {
+            self.remove_durably(seq, &lease.slot, ops);
+        } else {
+            self.requeue_or_dead(seq, lease.slot, requeue, ops, dead);
+        }
+        true
+    }
+
+    /// Drops ready messages whose TTL has passed.
+    pub(crate) fn expire(&mut self, now: u64, ops: &mut Vec<Op>, fx: &mut Effects) {
+        let expired: Vec<u64> = self
+            .ready
+            .iter()
+            .filter(|(_, s)| s.msg.expired(now))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some(slot) = self.ready.remove(&seq) {
+                self.remove_durably(seq, &slot, ops);
+                fx.expired += 1;
+            }
+        }
+    }
+
+    /// Removes everything (the queue is being deleted).
+    pub(crate) fn purge(&mut self, ops: &mut Vec<Op>) {
+        let ready = std::mem::take(&mut self.ready);
+        for (seq, slot) in ready {
+            self.remove_durably(seq, &slot, ops);
+        }
+        let leased = std::mem::take(&mut self.leased);
+        for (seq, lease) in leased {
+            self.remove_durably(seq, &lease.slot, ops);
+        }
+        self.deadlines.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: u64, expires: Option<u64>) -> Arc<Msg> {
+        Msg::new(
+            id,
+            Arc::new(StoredMessage {
+                topic: "t".into(),
+                body: b"1".to_vec(),
+                sender: "s".into(),
+                timestamp_ms: 0,
+                expires_at_ms: expires,
+            }),
+            1,
+        )
+    }
+
+    fn queue(max_length: u64, overflow: Overflow) -> Queue {
+        Queue::new(
+            Arc::from("q"),
+            Limits { max_length, overflow, max_deliveries: 2 },
+            Some(Arc::from("dead")),
+        )
+    }
+
+    fn put(q: &mut Queue, id: u64, now: u64) -> Result<u64, ()> {
+        let mut ops = Vec::new();
+        let seq = q.reserve(now, &mut ops, &mut Effects::default())?;
+        q.commit_reserved(seq, msg(id, None));
+        Ok(seq)
+    }
+
+    #[test]
+    fn lease_expires_then_dead_letters_after_max_deliveries() {
+        let mut q = queue(10, Overflow::RejectPublish);
+        let seq = put(&mut q, 1, 0).map_err(|_| "full").unwrap_or(0);
+        let (mut ops, mut dead, mut fx) = (Vec::new(), Vec::new(), Effects::default());
+        let t = q.take(0, 10, Some(100), &mut ops, &mut fx);
+        assert_eq!((t.len(), t[0].slot.delivery_count), (1, 1));
+        assert!(q.take(50, 10, Some(100), &mut ops, &mut fx).is_empty());
+        q.reclaim(100, &mut ops, &mut dead);
+        let t = q.take(100, 10, Some(100), &mut ops, &mut fx);
+        assert_eq!((t[0].seq, t[0].slot.delivery_count), (seq, 2));
+        // A receipt of the first delivery no longer settles anything.
+        assert!(!q.settle(seq, 1, true, true, &mut ops, &mut dead));
+        q.reclaim(200, &mut ops, &mut dead);
+        assert_eq!((dead.len(), q.depth()), (1, 0));
+    }
+
+    #[test]
+    fn ack_removes_and_releases_body() {
+        let mut q = queue(10, Overflow::RejectPublish);
+        let seq = put(&mut q, 9, 0).unwrap_or(0);
+        let (mut ops, mut dead, mut fx) = (Vec::new(), Vec::new(), Effects::default());
+        q.take(0, 1, Some(100), &mut ops, &mut fx);
+        ops.clear();
+        assert!(q.settle(seq, 1, true, true, &mut ops, &mut dead));
+        assert!(ops.iter().any(|o| matches!(o, Op::DeleteMessage { id: 9 })));
+        assert_eq!(q.depth(), 0);
+    }
+
+    #[test]
+    fn overflow_policies() {
+        let mut q = queue(2, Overflow::RejectPublish);
+        assert!(put(&mut q, 1, 0).is_ok() && put(&mut q, 2, 0).is_ok());
+        assert!(put(&mut q, 3, 0).is_err());
+        let mut q = queue(2, Overflow::DropOldest);
+        for id in 1..=3 {
+            assert!(put(&mut q, id, 0).is_ok());
+        }
+        let (mut ops, mut fx) = (Vec::new(), Effects::default());
+        let ids: Vec<u64> = q
+            .take(0, 10, None, &mut ops, &mut fx)
+            .iter()
+            .map(|t| t.slot.msg.id)
+            .collect();
+        assert_eq!(ids, vec![2, 3]);
+    }
+
+    #[test]
+    fn ttl_expired_messages_are_not_delivered() {
+        let mut q = queue(10, Overflow::RejectPublish);
+        let (mut ops, mut fx) = (Vec::new(), Effects::default());
+        let seq = q.reserve(0, &mut ops, &mut fx).unwrap_or(0);
+        q.commit_reserved(seq, msg(1, Some(50)));
+        assert!(q.take(60, 10, None, &mut ops, &mut fx).is_empty());
+        assert_eq!(fx.expired, 1);
+    }
+
+    #[test]
+    fn ids_grow_across_restarts() {
+        assert_eq!(next_id(5, 0), 6);
+        assert_eq!(next_id(5, 1), 1024);
+        assert!(next_id(next_id(0, 1000), 1000) > next_id(0, 1000));
+    }
+}

@@ -1,0 +1,121 @@
+//! The client registry: who exists, what they subscribe to, and the routing trie.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topic::TopicTrie;
+
+/// Roles a client may hold.
+pub const ROLES: &[&str] = &["admin", "publisher", "backend", "peer"];
+
+/// Longest client name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+/// Most patterns one client may subscribe to.
+pub const MAX_PATTERNS: usize = 64;
+
+/// Per-client inbox limits as configured; `None` takes the node default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitSettings {
+    #[serde(default)]
+    pub max_length: Option<u64>,
+    #[serde(default)]
+    pub overflow: Option<crate::Overflow>,
+    #[serde(default)]
+    pub max_deliveries: Option<u32>,
+}
+
+/// A client as stored (JSON in the `clients` table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub client_name: String,
+    pub patterns: Vec<String>,
+    pub roles: Vec<String>,
+    /// Salted hash of the secret; the secret itself is never stored.
+    pub secret_hash: String,
+    /// Names the current secret; tokens carry it, so rotating invalidates them.
+    pub credential_id: String,
+    #[serde(default)]
+    pub inbox: LimitSettings,
+    pub created_ms: u64,
+}
+
+impl ClientRecord {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+}
+
+/// `true` if `id` matches `[a-z0-9][a-z0-9._-]{0,63}`.
+pub fn valid_client_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Name of a client's inbox queue.
+pub fn inbox_name(client_id: &str) -> String {
+    format!("{client_id}-inbox")
+}
+
+/// Name of a client's dead-letter queue.
+pub fn dead_name(client_id: &str) -> String {
+    format!("{client_id}-dead")
+}
+
+/// Clients and the trie routing topics to their inboxes.
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub clients: HashMap<String, ClientRecord>,
+    pub trie: TopicTrie<Arc<str>>,
+    /// Every inbox, for broadcasts.
+    pub inboxes: Vec<Arc<str>>,
+}
+
+impl Registry {
+    pub fn insert(&mut self, rec: ClientRecord) {
+        let inbox: Arc<str> = Arc::from(inbox_name(&rec.client_id));
+        if let Some(old) = self.clients.remove(&rec.client_id) {
+            for p in &old.patterns {
+                self.trie.remove(p, &inbox);
+            }
+        } else {
+            self.inboxes.push(inbox.clone());
+        }
+        for p in &rec.patterns {
+            self.trie.insert(p, inbox.clone());
+        }
+        self.clients.insert(rec.client_id.clone(), rec);
+    }
+
+    pub fn remove(&mut self, client_id: &str) -> Option<ClientRecord> {
+        let rec = self.clients.remove(client_id)?;
+        let inbox = inbox_name(client_id);
+        let inbox_arc: Arc<str> = Arc::from(inbox.as_str());
+        for p in &rec.patterns {
+            self.trie.remove(p, &inbox_arc);
+        }
+        self.inboxes.retain(|q| q.as_ref() != inbox);
+        Some(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids() {
+        for ok in ["a", "noc-c2", "0.x_y-z", &"a".repeat(64)] {
+            assert!(valid_client_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a b", "a/b", ".a", &"a".repeat(65), "é"] {
+            assert!(!valid_client_id(bad), "{bad}");
+        }
+    }
+}
