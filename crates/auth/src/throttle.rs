@@ -35,7 +35,9 @@ impl Throttle {
 
     /// `Err(seconds to wait)` if `key` is throttled at `now`.
     pub fn check(&self, key: &str, now: u64) -> Result<(), u64> {
-        let Ok(keys) = self.keys.lock() else { return Ok(()) };
+        let Ok(keys) = self.keys.lock() else {
+            return Ok(());
+        };
         match keys.get(key) {
             Some(w) if w.failures >= self.max_failures && now < w.start + self.window => {
                 Err(w.start + self.window - now)
@@ -46,19 +48,31 @@ impl Throttle {
 
     /// Counts a failed attempt for `key` at `now`.
     pub fn failure(&self, key: &str, now: u64) {
-        let Ok(mut keys) = self.keys.lock() else { return };
+        let Ok(mut keys) = self.keys.lock() else {
+            return;
+        };
         if keys.len() >= self.capacity && !keys.contains_key(key) {
             let window = self.window;
             keys.retain(|_, w| now < w.start + window);
             if keys.len() >= self.capacity {
-                if let Some(oldest) = keys.iter().min_by_key(|(_, w)| w.start).map(|(k, _)| k.clone()) {
+                if let Some(oldest) = keys
+                    .iter()
+                    .min_by_key(|(_, w)| w.start)
+                    .map(|(k, _)| k.clone())
+                {
                     keys.remove(&oldest);
                 }
             }
         }
-        let w = keys.entry(key.to_owned()).or_insert(Window { start: now, failures: 0 });
+        let w = keys.entry(key.to_owned()).or_insert(Window {
+            start: now,
+            failures: 0,
+        });
         if now >= w.start + self.window {
-            *w = Window { start: now, failures: 0 };
+            *w = Window {
+                start: now,
+                failures: 0,
+            };
         }
         w.failures += 1;
     }

@@ -105,13 +105,17 @@ impl TokenKey {
             .map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac();
         mac.update(signed.as_bytes());
-        mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&tag)
+            .map_err(|_| TokenError::BadSignature)?;
         let payload = URL_SAFE_NO_PAD
             .decode(&signed[PREFIX.len()..])
             .map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         if now >= claims.exp {
-            return Err(TokenError::Expired { exp: claims.exp, now });
+            return Err(TokenError::Expired {
+                exp: claims.exp,
+                now,
+            });
         }
         Ok(claims)
     }
@@ -122,7 +126,11 @@ mod tests {
     use super::*;
 
     fn claims() -> Claims {
-        Claims { sub: "a".into(), cid: "c".into(), exp: 100 }
+        Claims {
+            sub: "a".into(),
+            cid: "c".into(),
+            exp: 100,
+        }
     }
 
     #[test]
@@ -130,30 +138,52 @@ mod tests {
         let k = TokenKey::generate();
         let t = k.sign(&claims());
         assert_eq!(k.verify(&t, 99), Ok(claims()));
-        assert_eq!(k.verify(&t, 100), Err(TokenError::Expired { exp: 100, now: 100 }));
+        assert_eq!(
+            k.verify(&t, 100),
+            Err(TokenError::Expired { exp: 100, now: 100 })
+        );
     }
 
     #[test]
     fn tampering_and_other_keys_are_refused() {
         let k = TokenKey::generate();
         let t = k.sign(&claims());
-        assert_eq!(TokenKey::generate().verify(&t, 1), Err(TokenError::BadSignature));
-        let forged = Claims { sub: "admin".into(), ..claims() };
-        let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap_or_default());
+        assert_eq!(
+            TokenKey::generate().verify(&t, 1),
+            Err(TokenError::BadSignature)
+        );
+        let forged = Claims {
+            sub: "admin".into(),
+            ..claims()
+        };
+        let forged_payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap_or_default());
         let tag = t.rsplit_once('.').map(|(_, tag)| tag).unwrap_or_default();
         let tampered = format!("{PREFIX}{forged_payload}.{tag}");
         assert_eq!(k.verify(&tampered, 1), Err(TokenError::BadSignature));
-        for junk in ["", "tl1.", "tl1..", "Bearer x", "tl1.!!.!!", &"x".repeat(5000)] {
+        for junk in [
+            "",
+            "tl1.",
+            "tl1..",
+            "Bearer x",
+            "tl1.!!.!!",
+            &"x".repeat(5000),
+        ] {
             assert!(k.verify(junk, 1).is_err(), "{junk:?}");
         }
     }
 
     #[test]
     fn configured_keys() {
-        assert!(matches!(TokenKey::from_text("short"), Err(TokenError::KeyTooShort { .. })));
+        assert!(matches!(
+            TokenKey::from_text("short"),
+            Err(TokenError::KeyTooShort { .. })
+        ));
         let a = TokenKey::from_text("0123456789abcdef-0123").map_err(|e| e.to_string());
         let b = TokenKey::from_text("0123456789abcdef-0123").map_err(|e| e.to_string());
-        let (Ok(a), Ok(b)) = (a, b) else { panic!("valid keys refused") };
+        let (Ok(a), Ok(b)) = (a, b) else {
+            panic!("valid keys refused")
+        };
         assert_eq!(b.verify(&a.sign(&claims()), 1), Ok(claims()));
     }
 }

@@ -67,7 +67,9 @@ impl Dedup {
             if *exp > now && self.order.len() <= capacity {
                 break;
             }
-            let Some((exp, key)) = self.order.pop_front() else { break };
+            let Some((exp, key)) = self.order.pop_front() else {
+                break;
+            };
             // The key may have been published again after expiry: only its own record goes.
             if let Some(State::Done(r)) = self.map.get(&key) {
                 if r.expires_ms == exp {

@@ -127,10 +127,16 @@ pub struct ReceiveOptions {
 
 impl ReceiveOptions {
     pub fn auto(max: usize) -> Self {
-        ReceiveOptions { max, lease_ms: None }
+        ReceiveOptions {
+            max,
+            lease_ms: None,
+        }
     }
     pub fn leased(max: usize, lease_ms: u64) -> Self {
-        ReceiveOptions { max, lease_ms: Some(lease_ms) }
+        ReceiveOptions {
+            max,
+            lease_ms: Some(lease_ms),
+        }
     }
 }
 
@@ -154,7 +160,9 @@ impl Delivery {
 pub enum Settle {
     Ack,
     /// Give back; `requeue: false` sends it straight to the dead-letter queue.
-    Nack { requeue: bool },
+    Nack {
+        requeue: bool,
+    },
 }
 
 /// Result of settling receipts.
@@ -287,7 +295,10 @@ impl Broker {
         now: u64,
     ) -> Result<Self, StoreError> {
         let mut snap = store.load()?;
-        let client_rows = snap.records.remove(&RecordTable::Clients).unwrap_or_default();
+        let client_rows = snap
+            .records
+            .remove(&RecordTable::Clients)
+            .unwrap_or_default();
         let dedup_rows_stored = snap.records.remove(&RecordTable::Dedup).unwrap_or_default();
         let mut registry = Registry::default();
         for (key, value) in &client_rows {
@@ -316,9 +327,18 @@ impl Broker {
             match (q, msgs.get(&entry.msg_id)) {
                 (Some(q), Some(msg)) => {
                     msg.add_ref();
-                    q.restore(seq, Slot { msg: msg.clone(), delivery_count: entry.delivery_count });
+                    q.restore(
+                        seq,
+                        Slot {
+                            msg: msg.clone(),
+                            delivery_count: entry.delivery_count,
+                        },
+                    );
                 }
-                _ => cleanup.push(Op::DeleteEntry { queue: Arc::from(qname), seq }),
+                _ => cleanup.push(Op::DeleteEntry {
+                    queue: Arc::from(qname),
+                    seq,
+                }),
             }
         }
         msgs.retain(|id, m| {
@@ -330,12 +350,40 @@ impl Broker {
                 true
             }
         });
+        // Entries restored with their last allowed delivery made were leased when the node
+        // stopped, and their lease ended with it: they go where an expired lease would
+        // (the dead-letter queue), not out for one delivery more than `max_deliveries`.
+        let mut exhausted: Vec<(Option<Arc<str>>, Vec<Slot>)> = Vec::new();
+        for q in queues.values_mut() {
+            let mut dead = Vec::new();
+            q.reclaim_restored(&mut cleanup, &mut dead);
+            if !dead.is_empty() {
+                exhausted.push((q.dead_letter.clone(), dead));
+            }
+        }
+        for (target, dead) in exhausted {
+            match target.as_deref().and_then(|t| queues.get_mut(t)) {
+                Some(q) => {
+                    for slot in dead {
+                        q.push_moved(slot, now, &mut cleanup, &mut Effects::default());
+                    }
+                }
+                None => {
+                    for slot in dead {
+                        slot.msg.release(&mut cleanup);
+                    }
+                }
+            }
+        }
         let mut dedup = Dedup::default();
         let mut dedup_rows: Vec<(String, DedupRecord)> = Vec::new();
         for (key, value) in dedup_rows_stored {
             match serde_json::from_slice::<DedupRecord>(&value) {
                 Ok(r) if r.expires_ms > now => dedup_rows.push((key, r)),
-                _ => cleanup.push(Op::DeleteRecord { table: RecordTable::Dedup, key }),
+                _ => cleanup.push(Op::DeleteRecord {
+                    table: RecordTable::Dedup,
+                    key,
+                }),
             }
         }
         dedup_rows.sort_by_key(|(_, r)| r.expires_ms);
@@ -344,12 +392,23 @@ impl Broker {
             dedup.finish(key, r);
         }
         if !cleanup.is_empty() {
-            tracing::info!(ops = cleanup.len(), "removing orphaned records left by an unclean stop");
+            tracing::info!(
+                ops = cleanup.len(),
+                "removing orphaned records left by an unclean stop"
+            );
             store.commit(&cleanup)?;
         }
         let queues = queues
             .into_iter()
-            .map(|(name, q)| (name, Arc::new(QueueCell { state: Mutex::new(q), notify: Notify::new() })))
+            .map(|(name, q)| {
+                (
+                    name,
+                    Arc::new(QueueCell {
+                        state: Mutex::new(q),
+                        notify: Notify::new(),
+                    }),
+                )
+            })
             .collect();
         let committer = Committer::start(store);
         Ok(Broker {
@@ -364,6 +423,25 @@ impl Broker {
                 counters: Counters::default(),
             }),
         })
+    }
+
+    /// Stops the broker for good: waits until the committer has written what is queued
+    /// and has closed the store, so that the store (its file) can be opened again at once.
+    /// Merely dropping the last handle lets the commit thread finish on its own, later,
+    /// and reopening the file before that fails (redb: "Database already open").
+    ///
+    /// Every other handle must be gone: if a clone of this broker still lives, this one is
+    /// given back untouched as `Err`. Clones of its [`Committer`] (see
+    /// [`Broker::committer`]) must be dropped too, or this waits for them. Blocks the
+    /// calling thread until then, which is at most the time of one commit.
+    pub fn shutdown(self) -> Result<(), Broker> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => {
+                inner.committer.join();
+                Ok(())
+            }
+            Err(inner) => Err(Broker { inner }),
+        }
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -413,8 +491,15 @@ impl Broker {
             match d.get(key, now) {
                 Some(dedup::State::InFlight) => return Err(BrokerError::DuplicateInFlight),
                 Some(dedup::State::Done(r)) => {
-                    self.inner.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Published { id: r.id, delivered_to: r.delivered_to, duplicate: true });
+                    self.inner
+                        .counters
+                        .duplicates
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok(Published {
+                        id: r.id,
+                        delivered_to: r.delivered_to,
+                        duplicate: true,
+                    });
                 }
                 None => d.begin(key.clone()),
             }
@@ -459,22 +544,30 @@ impl Broker {
         let mut reserved: Vec<(Arc<QueueCell>, u64)> = Vec::with_capacity(targets.len());
         let mut full = Vec::new();
         for name in &targets {
-            let Some(cell) = self.queue(name) else { continue };
-            let r = lock(&cell.state).reserve(now, &mut ops, &mut fx);
+            let Some(cell) = self.queue(name) else {
+                continue;
+            };
+            let r = lock(&cell.state).reserve(now);
             match r {
                 Ok(seq) => reserved.push((cell, seq)),
                 Err(()) => full.push(name.to_string()),
             }
         }
         if !full.is_empty() {
+            // Nothing was dropped or enqueued anywhere: a refused publish changes nothing.
             for (cell, _) in &reserved {
                 lock(&cell.state).unreserve();
             }
-            self.inner.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
-            // Drops made to reserve are durable-safe to commit even though the publish
-            // fails: they happened in memory already.
-            self.inner.committer.commit(ops).await?;
+            self.inner
+                .counters
+                .rejected_full
+                .fetch_add(1, Ordering::Relaxed);
             return Err(BrokerError::QueueFull { queues: full });
+        }
+        // Every queue accepted: drop-oldest queues now drop what they must, durably in the
+        // same commit as the message.
+        for (cell, _) in &reserved {
+            lock(&cell.state).make_room(&mut ops, &mut fx);
         }
         let data = Arc::new(StoredMessage {
             topic: p.topic.clone(),
@@ -492,7 +585,10 @@ impl Broker {
                 ops.push(Op::PutEntry {
                     queue: name,
                     seq: *seq,
-                    entry: trunkline_store::StoredEntry { msg_id: id, delivery_count: 0 },
+                    entry: trunkline_store::StoredEntry {
+                        msg_id: id,
+                        delivery_count: 0,
+                    },
                 });
             }
         }
@@ -527,7 +623,11 @@ impl Broker {
         c.published.fetch_add(1, Ordering::Relaxed);
         c.enqueued.fetch_add(delivered_to, Ordering::Relaxed);
         c.dropped_overflow.fetch_add(fx.dropped, Ordering::Relaxed);
-        Ok(Published { id, delivered_to, duplicate: false })
+        Ok(Published {
+            id,
+            delivered_to,
+            duplicate: false,
+        })
     }
 
     // ----- consuming --------------------------------------------------------------------
@@ -612,7 +712,10 @@ impl Broker {
                 }
             }
         }
-        self.inner.counters.dead_lettered.fetch_add(n, Ordering::Relaxed);
+        self.inner
+            .counters
+            .dead_lettered
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// Acks or nacks leased deliveries of `client_id`'s queues by their receipts.
@@ -637,7 +740,8 @@ impl Broker {
         }
         for (qname, items) in by_queue {
             let Some(cell) = self.queue(qname) else {
-                out.unknown.extend(items.into_iter().map(|(_, _, r)| r.clone()));
+                out.unknown
+                    .extend(items.into_iter().map(|(_, _, r)| r.clone()));
                 continue;
             };
             let mut dead = Vec::new();
@@ -667,6 +771,10 @@ impl Broker {
             Settle::Nack { .. } => &self.inner.counters.nacked,
         };
         counter.fetch_add(out.done, Ordering::Relaxed);
+        self.inner
+            .counters
+            .dropped_overflow
+            .fetch_add(fx.dropped, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -691,12 +799,18 @@ impl Broker {
             self.dead_letter(target, dead, now, &mut ops, &mut fx);
         }
         let forgotten = lock(&self.inner.dedup).prune(now, self.inner.config.dedup_capacity);
-        ops.extend(
-            forgotten
-                .into_iter()
-                .map(|key| Op::DeleteRecord { table: RecordTable::Dedup, key }),
-        );
-        self.inner.counters.expired.fetch_add(fx.expired, Ordering::Relaxed);
+        ops.extend(forgotten.into_iter().map(|key| Op::DeleteRecord {
+            table: RecordTable::Dedup,
+            key,
+        }));
+        self.inner
+            .counters
+            .expired
+            .fetch_add(fx.expired, Ordering::Relaxed);
+        self.inner
+            .counters
+            .dropped_overflow
+            .fetch_add(fx.dropped, Ordering::Relaxed);
         self.inner.committer.commit(ops).await?;
         Ok(())
     }
@@ -708,7 +822,11 @@ impl Broker {
             .iter()
             .map(|c| {
                 let q = lock(&c.state);
-                QueueDepth { name: q.name.clone(), ready: q.ready_len(), leased: q.leased_len() }
+                QueueDepth {
+                    name: q.name.clone(),
+                    ready: q.ready_len(),
+                    leased: q.leased_len(),
+                }
             })
             .collect()
     }
@@ -798,7 +916,10 @@ impl Broker {
             Some(&c.inbox),
         )?;
         let _admin = self.inner.admin.lock().await;
-        if read(&self.inner.registry).clients.contains_key(&c.client_id) {
+        if read(&self.inner.registry)
+            .clients
+            .contains_key(&c.client_id)
+        {
             return Err(BrokerError::ClientExists(c.client_id));
         }
         let secret = generate_secret();
@@ -825,7 +946,10 @@ impl Broker {
             for q in client_queues(&rec, &self.inner.config) {
                 queues.insert(
                     q.name.clone(),
-                    Arc::new(QueueCell { state: Mutex::new(q), notify: Notify::new() }),
+                    Arc::new(QueueCell {
+                        state: Mutex::new(q),
+                        notify: Notify::new(),
+                    }),
                 );
             }
         }
@@ -861,8 +985,12 @@ impl Broker {
             rec.inbox = l;
         }
         self.put_record(&rec).await?;
-        if let Some(cell) = self.queue(&inbox_name(client_id)) {
-            lock(&cell.state).limits = resolve(&rec.inbox, &self.inner.config);
+        // Both queues, as `client_queues` makes them at start.
+        let [inbox, dead] = client_queues(&rec, &self.inner.config);
+        for q in [inbox, dead] {
+            if let Some(cell) = self.queue(&q.name) {
+                lock(&cell.state).limits = q.limits;
+            }
         }
         let view = self.view(&rec);
         write(&self.inner.registry).insert(rec);
@@ -870,7 +998,10 @@ impl Broker {
     }
 
     /// Gives a client a new secret; tokens issued for the old one stop working.
-    pub async fn rotate_secret(&self, client_id: &str) -> Result<(ClientView, String), BrokerError> {
+    pub async fn rotate_secret(
+        &self,
+        client_id: &str,
+    ) -> Result<(ClientView, String), BrokerError> {
         let _admin = self.inner.admin.lock().await;
         let mut rec = self.record(client_id)?;
         let secret = generate_secret();
@@ -930,8 +1061,11 @@ impl Broker {
 
     /// Every client, ordered by id.
     pub fn list_clients(&self) -> Vec<ClientView> {
-        let mut recs: Vec<ClientRecord> =
-            read(&self.inner.registry).clients.values().cloned().collect();
+        let mut recs: Vec<ClientRecord> = read(&self.inner.registry)
+            .clients
+            .values()
+            .cloned()
+            .collect();
         recs.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         recs.iter().map(|r| self.view(r)).collect()
     }
@@ -948,7 +1082,10 @@ impl Broker {
             return None;
         }
         Some((
-            Principal { client_id: Arc::from(client_id), admin: rec.is_admin() },
+            Principal {
+                client_id: Arc::from(client_id),
+                admin: rec.is_admin(),
+            },
             rec.credential_id.clone(),
         ))
     }
@@ -957,8 +1094,10 @@ impl Broker {
     pub fn check_credential(&self, client_id: &str, credential_id: &str) -> Option<Principal> {
         let reg = read(&self.inner.registry);
         let rec = reg.clients.get(client_id)?;
-        (rec.credential_id == credential_id)
-            .then(|| Principal { client_id: Arc::from(client_id), admin: rec.is_admin() })
+        (rec.credential_id == credential_id).then(|| Principal {
+            client_id: Arc::from(client_id),
+            admin: rec.is_admin(),
+        })
     }
 }
 
@@ -986,10 +1125,17 @@ fn client_queues(rec: &ClientRecord, config: &BrokerConfig) -> [Queue; 2] {
     let limits = resolve(&rec.inbox, config);
     let dead: Arc<str> = Arc::from(dead_name(&rec.client_id));
     [
-        Queue::new(Arc::from(inbox_name(&rec.client_id)), limits, Some(dead.clone())),
+        Queue::new(
+            Arc::from(inbox_name(&rec.client_id)),
+            limits,
+            Some(dead.clone()),
+        ),
         Queue::new(
             dead,
-            Limits { overflow: Overflow::DropOldest, ..limits },
+            Limits {
+                overflow: Overflow::DropOldest,
+                ..limits
+            },
             None,
         ),
     ]

@@ -154,28 +154,33 @@ impl Queue {
     }
 
     /// Reserves a place for a message being published. `Err(())` if the queue is full and
-    /// its policy rejects; with drop-oldest the oldest ready message is dropped instead.
-    pub(crate) fn reserve(
-        &mut self,
-        now: u64,
-        ops: &mut Vec<Op>,
-        fx: &mut Effects,
-    ) -> Result<u64, ()> {
-        if self.depth() + self.pending >= self.limits.max_length {
-            match self.limits.overflow {
-                Overflow::RejectPublish => return Err(()),
-                Overflow::DropOldest => match self.ready.pop_first() {
-                    Some((seq, slot)) => {
-                        self.remove_durably(seq, &slot, ops);
-                        fx.dropped += 1;
-                    }
-                    // Everything is leased: nothing can be dropped without breaking a lease.
-                    None => return Err(()),
-                },
-            }
+    /// its policy rejects, or, with drop-oldest, if too few ready messages are left to
+    /// drop (leased ones are never dropped). Drops nothing itself: once every queue of the
+    /// publish has accepted it, [`Queue::make_room`] drops what must go, so that a publish
+    /// refused by another queue leaves this one as it was.
+    pub(crate) fn reserve(&mut self, now: u64) -> Result<u64, ()> {
+        let after = self.depth() + self.pending + 1;
+        let room = match self.limits.overflow {
+            Overflow::RejectPublish => self.limits.max_length,
+            Overflow::DropOldest => self.limits.max_length + self.ready_len(),
+        };
+        if after > room {
+            return Err(());
         }
         self.pending += 1;
         Ok(self.alloc_seq(now))
+    }
+
+    /// Drops the oldest ready messages while the queue, reservations included, is over its
+    /// length (only drop-oldest queues can be).
+    pub(crate) fn make_room(&mut self, ops: &mut Vec<Op>, fx: &mut Effects) {
+        while self.depth() + self.pending > self.limits.max_length {
+            let Some((seq, slot)) = self.ready.pop_first() else {
+                break;
+            };
+            self.remove_durably(seq, &slot, ops);
+            fx.dropped += 1;
+        }
     }
 
     /// Gives back a reservation whose publish failed.
@@ -186,7 +191,13 @@ impl Queue {
     /// Makes a committed message deliverable.
     pub(crate) fn commit_reserved(&mut self, seq: u64, msg: Arc<Msg>) {
         self.pending = self.pending.saturating_sub(1);
-        self.ready.insert(seq, Slot { msg, delivery_count: 0 });
+        self.ready.insert(
+            seq,
+            Slot {
+                msg,
+                delivery_count: 0,
+            },
+        );
     }
 
     /// Adds a message moved here (dead-lettering) at a new place; never refused: a full
@@ -199,17 +210,26 @@ impl Queue {
             }
         }
         let seq = self.alloc_seq(now);
-        let slot = Slot { msg: slot.msg, delivery_count: 0 };
+        let slot = Slot {
+            msg: slot.msg,
+            delivery_count: 0,
+        };
         ops.push(Op::PutEntry {
             queue: self.name.clone(),
             seq,
-            entry: StoredEntry { msg_id: slot.msg.id, delivery_count: 0 },
+            entry: StoredEntry {
+                msg_id: slot.msg.id,
+                delivery_count: 0,
+            },
         });
         self.ready.insert(seq, slot);
     }
 
     fn remove_durably(&self, seq: u64, slot: &Slot, ops: &mut Vec<Op>) {
-        ops.push(Op::DeleteEntry { queue: self.name.clone(), seq });
+        ops.push(Op::DeleteEntry {
+            queue: self.name.clone(),
+            seq,
+        });
         slot.msg.release(ops);
     }
 
@@ -227,6 +247,24 @@ impl Queue {
         }
     }
 
+    /// At start, after every entry is restored: those already delivered `max_deliveries`
+    /// times were leased when the node stopped, and that lease is over. As in
+    /// [`Queue::reclaim`], they go into `dead` (already removed from here).
+    pub(crate) fn reclaim_restored(&mut self, ops: &mut Vec<Op>, dead: &mut Vec<Slot>) {
+        let max = self.limits.max_deliveries;
+        let exhausted: Vec<u64> = self
+            .ready
+            .iter()
+            .filter(|(_, s)| s.delivery_count >= max)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in exhausted {
+            if let Some(slot) = self.ready.remove(&seq) {
+                self.requeue_or_dead(seq, slot, true, ops, dead);
+            }
+        }
+    }
+
     fn requeue_or_dead(
         &mut self,
         seq: u64,
@@ -239,7 +277,10 @@ impl Queue {
         if requeue && !exhausted {
             self.ready.insert(seq, slot);
         } else if self.dead_letter.is_some() {
-            ops.push(Op::DeleteEntry { queue: self.name.clone(), seq });
+            ops.push(Op::DeleteEntry {
+                queue: self.name.clone(),
+                seq,
+            });
             dead.push(slot);
         } else {
             self.remove_durably(seq, &slot, ops);
@@ -259,7 +300,9 @@ impl Queue {
     ) -> Vec<Taken> {
         let mut out = Vec::with_capacity(max.min(self.ready.len()));
         while out.len() < max {
-            let Some((seq, mut slot)) = self.ready.pop_first() else { break };
+            let Some((seq, mut slot)) = self.ready.pop_first() else {
+                break;
+            };
             if slot.msg.expired(now) {
                 self.remove_durably(seq, &slot, ops);
                 fx.expired += 1;
@@ -278,7 +321,13 @@ impl Queue {
                     });
                     let deadline = now.saturating_add(ms);
                     self.deadlines.insert((deadline, seq));
-                    self.leased.insert(seq, Lease { slot: slot.clone(), deadline });
+                    self.leased.insert(
+                        seq,
+                        Lease {
+                            slot: slot.clone(),
+                            deadline,
+                        },
+                    );
                 }
                 None => self.remove_durably(seq, &slot, ops),
             }
@@ -303,7 +352,9 @@ impl Queue {
             Some(l) if l.slot.delivery_count == count => {}
             _ => return false,
         }
-        let Some(lease) = self.leased.remove(&seq) else { return false };
+        let Some(lease) = self.leased.remove(&seq) else {
+            return false;
+        };
         self.deadlines.remove(&(lease.deadline, seq));
         if ack {
             self.remove_durably(seq, &lease.slot, ops);
@@ -364,14 +415,19 @@ mod tests {
     fn queue(max_length: u64, overflow: Overflow) -> Queue {
         Queue::new(
             Arc::from("q"),
-            Limits { max_length, overflow, max_deliveries: 2 },
+            Limits {
+                max_length,
+                overflow,
+                max_deliveries: 2,
+            },
             Some(Arc::from("dead")),
         )
     }
 
     fn put(q: &mut Queue, id: u64, now: u64) -> Result<u64, ()> {
         let mut ops = Vec::new();
-        let seq = q.reserve(now, &mut ops, &mut Effects::default())?;
+        let seq = q.reserve(now)?;
+        q.make_room(&mut ops, &mut Effects::default());
         q.commit_reserved(seq, msg(id, None));
         Ok(seq)
     }
@@ -427,7 +483,7 @@ mod tests {
     fn ttl_expired_messages_are_not_delivered() {
         let mut q = queue(10, Overflow::RejectPublish);
         let (mut ops, mut fx) = (Vec::new(), Effects::default());
-        let seq = q.reserve(0, &mut ops, &mut fx).unwrap_or(0);
+        let seq = q.reserve(0).unwrap_or(0);
         q.commit_reserved(seq, msg(1, Some(50)));
         assert!(q.take(60, 10, None, &mut ops, &mut fx).is_empty());
         assert_eq!(fx.expired, 1);

@@ -98,7 +98,9 @@ impl Default for CommitStats {
             commits: AtomicU64::new(0),
             ops: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0]),
+            batch_size: Histogram::new(&[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+            ]),
             latency: Histogram::new(&[
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
             ]),
@@ -248,7 +250,10 @@ mod tests {
         Op::PutEntry {
             queue: Arc::from("q"),
             seq,
-            entry: StoredEntry { msg_id: seq, delivery_count: 0 },
+            entry: StoredEntry {
+                msg_id: seq,
+                delivery_count: 0,
+            },
         }
     }
 
@@ -264,7 +269,9 @@ mod tests {
         for t in tasks {
             t.await.map_err(|_| CommitError::Stopped)??;
         }
-        let snap = store.load().map_err(|e| CommitError::Failed(e.to_string()))?;
+        let snap = store
+            .load()
+            .map_err(|e| CommitError::Failed(e.to_string()))?;
         assert_eq!(snap.entries.len(), 500);
         let commits = c.stats().commits.load(Ordering::Relaxed);
         assert!(commits >= 1 && commits <= 500);
@@ -274,8 +281,14 @@ mod tests {
     #[tokio::test]
     async fn a_failure_is_sticky() {
         let c = Committer::start(Arc::new(FailingStore));
-        assert!(matches!(c.commit(vec![entry(1)]).await, Err(CommitError::Failed(_))));
+        assert!(matches!(
+            c.commit(vec![entry(1)]).await,
+            Err(CommitError::Failed(_))
+        ));
         assert!(c.has_failed());
-        assert!(matches!(c.commit(vec![entry(2)]).await, Err(CommitError::Failed(_))));
+        assert!(matches!(
+            c.commit(vec![entry(2)]).await,
+            Err(CommitError::Failed(_))
+        ));
     }
 }

@@ -56,12 +56,31 @@ impl RecordTable {
 /// One change; a commit applies a slice of them atomically, in order.
 #[derive(Debug, Clone)]
 pub enum Op {
-    PutMessage { id: u64, msg: Arc<StoredMessage> },
-    DeleteMessage { id: u64 },
-    PutEntry { queue: Arc<str>, seq: u64, entry: StoredEntry },
-    DeleteEntry { queue: Arc<str>, seq: u64 },
-    PutRecord { table: RecordTable, key: String, value: Vec<u8> },
-    DeleteRecord { table: RecordTable, key: String },
+    PutMessage {
+        id: u64,
+        msg: Arc<StoredMessage>,
+    },
+    DeleteMessage {
+        id: u64,
+    },
+    PutEntry {
+        queue: Arc<str>,
+        seq: u64,
+        entry: StoredEntry,
+    },
+    DeleteEntry {
+        queue: Arc<str>,
+        seq: u64,
+    },
+    PutRecord {
+        table: RecordTable,
+        key: String,
+        value: Vec<u8>,
+    },
+    DeleteRecord {
+        table: RecordTable,
+        key: String,
+    },
 }
 
 /// Everything a store holds, as read back at start.

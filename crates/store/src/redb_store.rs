@@ -156,15 +156,32 @@ mod tests {
         {
             let s = RedbStore::open(&path)?;
             s.commit(&[
-                Op::PutMessage { id: 1, msg: Arc::new(msg.clone()) },
+                Op::PutMessage {
+                    id: 1,
+                    msg: Arc::new(msg.clone()),
+                },
                 Op::PutEntry {
                     queue: Arc::from("q"),
                     seq: 3,
-                    entry: StoredEntry { msg_id: 1, delivery_count: 2 },
+                    entry: StoredEntry {
+                        msg_id: 1,
+                        delivery_count: 2,
+                    },
                 },
-                Op::PutRecord { table: RecordTable::Clients, key: "c".into(), value: vec![9] },
-                Op::PutRecord { table: RecordTable::Meta, key: "gone".into(), value: vec![1] },
-                Op::DeleteRecord { table: RecordTable::Meta, key: "gone".into() },
+                Op::PutRecord {
+                    table: RecordTable::Clients,
+                    key: "c".into(),
+                    value: vec![9],
+                },
+                Op::PutRecord {
+                    table: RecordTable::Meta,
+                    key: "gone".into(),
+                    value: vec![1],
+                },
+                Op::DeleteRecord {
+                    table: RecordTable::Meta,
+                    key: "gone".into(),
+                },
             ])?;
         }
         let s = RedbStore::open(&path)?;
@@ -172,9 +189,19 @@ mod tests {
         assert_eq!(snap.messages.get(&1), Some(&msg));
         assert_eq!(
             snap.entries,
-            vec![("q".to_string(), 3, StoredEntry { msg_id: 1, delivery_count: 2 })]
+            vec![(
+                "q".to_string(),
+                3,
+                StoredEntry {
+                    msg_id: 1,
+                    delivery_count: 2
+                }
+            )]
         );
-        assert_eq!(snap.records(RecordTable::Clients), &[("c".to_string(), vec![9])]);
+        assert_eq!(
+            snap.records(RecordTable::Clients),
+            &[("c".to_string(), vec![9])]
+        );
         assert!(snap.records(RecordTable::Meta).is_empty());
         Ok(())
     }

@@ -1,0 +1,131 @@
+//! Test helpers for Trunkline: [`TestServer`] runs a real node in this process on
+//! `127.0.0.1:0` with a temporary data directory; tests talk to it over real sockets.
+//!
+//! Dev-only: nothing here is meant for production use.
+//!
+//! ```no_run
+//! # async fn f() {
+//! let server = trunkline_testkit::TestServer::start().await;
+//! let admin = server.admin();
+//! assert!(admin.list_clients().await.unwrap().iter().any(|c| c.client_id == "admin"));
+//! server.stop().await;
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use trunkline_api::CredentialsFile;
+use trunkline_client::Client;
+use trunkline_server::{Config, Node, Secrets};
+
+/// A node for one test. Stop it with [`TestServer::stop`] (or let the runtime end).
+pub struct TestServer {
+    node: Option<Node>,
+    dir: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
+    pub http: String,
+    pub backend: String,
+    pub backend_key: String,
+}
+
+/// The configuration tests use: loopback, port 0, the given data directory.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = data_dir.to_owned();
+    c.http = "127.0.0.1:0".parse().expect("invariant: literal address");
+    c.backend = "127.0.0.1:0".parse().expect("invariant: literal address");
+    c
+}
+
+impl TestServer {
+    /// A node with default settings in a fresh temporary directory.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A node whose configuration `tweak` may change first.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().to_owned();
+        let mut s = Self::start_in(&path, tweak).await;
+        s.dir = Some(dir);
+        s
+    }
+
+    /// A node on an existing data directory (to test restarts); the directory is kept.
+    pub async fn start_in(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut c = test_config(data_dir);
+        tweak(&mut c);
+        let node = Node::start(c, Secrets::default())
+            .await
+            .expect("start node");
+        let backend_key = std::fs::read_to_string(data_dir.join("backend.key"))
+            .expect("read backend.key")
+            .trim()
+            .to_owned();
+        TestServer {
+            http: format!("http://{}", node.http_addr),
+            backend: format!("http://{}", node.backend_addr),
+            node: Some(node),
+            dir: None,
+            data_dir: data_dir.to_owned(),
+            backend_key,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The credentials the node wrote to `admin.json`.
+    pub fn admin_credentials(&self) -> CredentialsFile {
+        let text =
+            std::fs::read_to_string(self.data_dir.join("admin.json")).expect("read admin.json");
+        serde_json::from_str(&text).expect("parse admin.json")
+    }
+
+    /// An SDK client logged in as `admin`.
+    pub fn admin(&self) -> Client {
+        let c = self.admin_credentials();
+        Client::new(&self.http, &c.client_id, &c.secret).expect("client")
+    }
+
+    /// An SDK client for `client_id` with `secret`.
+    pub fn client(&self, client_id: &str, secret: &str) -> Client {
+        Client::new(&self.http, client_id, secret).expect("client")
+    }
+
+    /// Creates a client subscribed to `patterns` and returns an SDK client for it.
+    pub async fn new_client(&self, client_id: &str, patterns: &[&str]) -> Client {
+        let created = self
+            .admin()
+            .create_client(&trunkline_api::CreateClient {
+                client_id: client_id.into(),
+                client_name: client_id.into(),
+                subscription: trunkline_api::Subscription::from_patterns(
+                    patterns.iter().map(|p| p.to_string()).collect(),
+                ),
+                roles: vec![],
+                inbox: Default::default(),
+            })
+            .await
+            .expect("create client");
+        self.client(client_id, &created.secret)
+    }
+
+    /// Stops the node and waits until its store is closed. The temporary directory, if
+    /// any, is removed; call [`TestServer::stop_keep`] to restart on it.
+    pub async fn stop(mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+    }
+
+    /// Stops the node and hands back the temporary directory so a restart can use it.
+    pub async fn stop_keep(mut self) -> Option<tempfile::TempDir> {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+        self.dir.take()
+    }
+}

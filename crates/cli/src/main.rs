@@ -1,0 +1,531 @@
+//! `trunkline`: run a node, manage clients, send and receive messages.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use trunkline_api::{CreateClient, CredentialsFile, QueueSettings, Subscription, UpdateClient};
+use trunkline_client::{Client, Error as ClientError, ReceiveOptions};
+use trunkline_server::config::{LogFormat, DEFAULT_CONFIG};
+use trunkline_server::{Config, Secrets};
+
+#[derive(Parser)]
+#[command(
+    name = "trunkline",
+    version,
+    about = "Trunkline: a durable, secure message backbone"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Show configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage clients (needs admin credentials).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Publish a message to a topic.
+    Send {
+        #[command(flatten)]
+        creds: CredsArgs,
+        topic: String,
+        /// The body: JSON, or any other text (sent as a JSON string).
+        body: String,
+        /// Dedup key: a repeat within the node's window is not delivered again.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Seconds until the message expires undelivered.
+        #[arg(long)]
+        ttl: Option<f64>,
+    },
+    /// Broadcast a message to every inbox.
+    Notify {
+        #[command(flatten)]
+        creds: CredsArgs,
+        body: String,
+    },
+    /// Take messages from your inbox and print them, one JSON object per line.
+    Receive {
+        #[command(flatten)]
+        creds: CredsArgs,
+        /// At most this many per request.
+        #[arg(long, default_value_t = 10)]
+        max: usize,
+        /// Keep waiting for more until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// Ack each batch after printing it (at-least-once) instead of the destructive read.
+        #[arg(long)]
+        manual_ack: bool,
+        /// Read the dead-letter queue.
+        #[arg(long)]
+        dead: bool,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (see `trunkline config default`).
+    #[arg(long, env = "TRUNKLINE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "TRUNKLINE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Public HTTP listener, e.g. 0.0.0.0:8087 (port 0 picks one).
+    #[arg(long, env = "TRUNKLINE_HTTP")]
+    http: Option<SocketAddr>,
+    /// Backend HTTP listener, e.g. 127.0.0.1:8088.
+    #[arg(long, env = "TRUNKLINE_BACKEND")]
+    backend: Option<SocketAddr>,
+    /// `text` or `json`.
+    #[arg(long, env = "TRUNKLINE_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// A tracing filter such as `info` or `debug`.
+    #[arg(long, env = "TRUNKLINE_LOG_LEVEL")]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration file.
+    Default,
+    /// Print the configuration a `serve` with these settings would use.
+    Show(ServeArgs),
+}
+
+#[derive(Args, Clone)]
+struct CredsArgs {
+    /// Credentials file ({api, client_id, client_name, subscription, secret}).
+    #[arg(
+        long,
+        env = "TRUNKLINE_CREDENTIALS",
+        default_value = "trunkline-data/admin.json"
+    )]
+    credentials: PathBuf,
+    /// Node URL, overriding the file's `api`.
+    #[arg(long, env = "TRUNKLINE_API")]
+    api: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Create a client and print its credentials file (the secret is shown only once).
+    Create {
+        #[command(flatten)]
+        creds: CredsArgs,
+        client_id: String,
+        /// Display name (defaults to the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Subscription pattern; repeat for several.
+        #[arg(long = "sub", required = true)]
+        subscription: Vec<String>,
+        /// Role (admin, publisher, backend, peer); repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Write the credentials file here (mode 0600) instead of printing it.
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
+    /// List clients.
+    List {
+        #[command(flatten)]
+        creds: CredsArgs,
+    },
+    /// Show one client.
+    Show {
+        #[command(flatten)]
+        creds: CredsArgs,
+        client_id: String,
+    },
+    /// Change a client's name, subscription or roles.
+    Update {
+        #[command(flatten)]
+        creds: CredsArgs,
+        client_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "sub")]
+        subscription: Vec<String>,
+        #[arg(long = "role")]
+        roles: Option<Vec<String>>,
+        #[arg(long)]
+        max_length: Option<u64>,
+    },
+    /// Delete a client and its inbox.
+    Delete {
+        #[command(flatten)]
+        creds: CredsArgs,
+        client_id: String,
+    },
+    /// Give a client a new secret (old tokens stop working).
+    Rotate {
+        #[command(flatten)]
+        creds: CredsArgs,
+        client_id: String,
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
+}
+
+/// Exit codes: 0 done, 1 the node refused, 2 bad usage or local files, 3 node unreachable.
+#[derive(Debug)]
+enum Failure {
+    Refused(String),
+    Usage(String),
+    Unreachable(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Transport(m) => Failure::Unreachable(m),
+            ClientError::Config(m) => Failure::Usage(m),
+            other => Failure::Refused(other.to_string()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(dispatch(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Unreachable(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
+    let mut c = match &a.config {
+        Some(path) => Config::from_file(path).map_err(|e| Failure::Usage(e.to_string()))?,
+        None => Config::default(),
+    };
+    if let Some(d) = &a.data_dir {
+        c.data_dir = d.clone();
+    }
+    if let Some(h) = a.http {
+        c.http = h;
+    }
+    if let Some(b) = a.backend {
+        c.backend = b;
+    }
+    if let Some(f) = &a.log_format {
+        c.log.format = match f.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(Failure::Usage(format!(
+                    "log format must be text or json, not `{other}`"
+                )))
+            }
+        };
+    }
+    if let Some(l) = &a.log_level {
+        c.log.level = l.clone();
+    }
+    let lifetime = std::env::var("TRUNKLINE_TOKEN_LIFETIME")
+        .ok()
+        .or_else(|| std::env::var("SOAR_TOKEN_LIFETIME").ok());
+    if let Some(h) = lifetime {
+        c.auth.token_lifetime_hours = h.trim().parse().map_err(|_| {
+            Failure::Usage(format!(
+                "token lifetime must be a number of hours, not `{h}`"
+            ))
+        })?;
+    }
+    c.validate().map_err(|e| Failure::Usage(e.to_string()))?;
+    Ok(c)
+}
+
+fn init_logs(c: &Config) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
+        .map_err(|e| Failure::Usage(format!("log level `{}`: {e}", c.log.level)))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn secrets() -> Secrets {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+    };
+    Secrets {
+        token_secret: var(&["TRUNKLINE_TOKEN_SECRET", "SOAR_TOKEN_SECRET"]),
+        backend_key: var(&["TRUNKLINE_BACKEND_KEY"]),
+    }
+}
+
+fn connect(a: &CredsArgs) -> Result<Client, Failure> {
+    let text = std::fs::read_to_string(&a.credentials).map_err(|e| {
+        Failure::Usage(format!(
+            "cannot read credentials file {}: {e} (use --credentials FILE)",
+            a.credentials.display()
+        ))
+    })?;
+    let mut creds: CredentialsFile = serde_json::from_str(&text).map_err(|e| {
+        Failure::Usage(format!(
+            "{} is not a credentials file: {e}",
+            a.credentials.display()
+        ))
+    })?;
+    if let Some(api) = &a.api {
+        creds.api = api.clone();
+    }
+    Ok(Client::from_credentials(&creds)?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Failure::Usage(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn save_private(path: &PathBuf, v: &CredentialsFile) -> Result<(), Failure> {
+    let json = serde_json::to_vec_pretty(v).map_err(|e| Failure::Usage(e.to_string()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)
+        .and_then(|mut f| f.write_all(&json))
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+    eprintln!("credentials saved to {}", path.display());
+    Ok(())
+}
+
+/// A body argument: JSON as given, anything else as a JSON string.
+fn body_value(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()))
+}
+
+async fn dispatch(cmd: Command) -> Result<(), Failure> {
+    match cmd {
+        Command::Serve(a) => {
+            let c = effective_config(&a)?;
+            init_logs(&c)?;
+            trunkline_server::run(c, secrets(), signal())
+                .await
+                .map_err(|e| Failure::Usage(e.to_string()))
+        }
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show(a)) => {
+            print!("{}", effective_config(&a)?.to_toml());
+            Ok(())
+        }
+        Command::Client(cmd) => client_command(cmd).await,
+        Command::Send {
+            creds,
+            topic,
+            body,
+            message_id,
+            ttl,
+        } => {
+            let c = connect(&creds)?;
+            let mut req = serde_json::json!({"topic": topic, "body": body_value(&body)});
+            if let Some(m) = message_id {
+                req["message_id"] = m.into();
+            }
+            if let Some(t) = ttl {
+                req["ttl"] = t.into();
+            }
+            print_json(&c.send_raw(&req).await?)
+        }
+        Command::Notify { creds, body } => {
+            let c = connect(&creds)?;
+            print_json(&c.notify(&body_value(&body)).await?)
+        }
+        Command::Receive {
+            creds,
+            max,
+            follow,
+            manual_ack,
+            dead,
+        } => {
+            let c = connect(&creds)?;
+            let opts = ReceiveOptions {
+                max_messages: max,
+                lease: manual_ack.then_some(60),
+                wait: if follow { 25 } else { 0 },
+                dead,
+            };
+            loop {
+                let batch = tokio::select! {
+                    b = c.receive(&opts) => b,
+                    _ = signal() => return Ok(()),
+                };
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(ClientError::Transport(m)) if follow => {
+                        eprintln!("warning: {m}; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mut out = std::io::stdout().lock();
+                let mut receipts = Vec::new();
+                for m in &batch {
+                    let line = serde_json::json!({
+                        "id": m.id, "topic": m.topic, "body": m.body, "sender": m.sender,
+                        "timestamp": m.timestamp, "redelivered": m.redelivered,
+                        "delivery_count": m.delivery_count,
+                    });
+                    let _ = writeln!(out, "{line}");
+                    receipts.extend(m.receipt.clone());
+                }
+                let _ = out.flush();
+                drop(out);
+                if !receipts.is_empty() {
+                    c.ack(&receipts).await?;
+                }
+                if !follow && batch.len() < max {
+                    return Ok(());
+                }
+                if !follow {
+                    // Drained one full batch; keep going until the inbox is empty.
+                    continue;
+                }
+            }
+        }
+    }
+}
+
+async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
+    match cmd {
+        ClientCommand::Create {
+            creds,
+            client_id,
+            name,
+            subscription,
+            roles,
+            save,
+        } => {
+            let c = connect(&creds)?;
+            let created = c
+                .create_client(&CreateClient {
+                    client_name: name.unwrap_or_else(|| client_id.clone()),
+                    client_id,
+                    subscription: Subscription::from_patterns(subscription),
+                    roles,
+                    inbox: QueueSettings::default(),
+                })
+                .await?;
+            let file = CredentialsFile {
+                api: c.base_url().to_owned(),
+                client_id: created.client_id,
+                client_name: created.client_name,
+                subscription: created.subscription,
+                secret: created.secret,
+            };
+            match save {
+                Some(path) => save_private(&path, &file),
+                None => print_json(&file),
+            }
+        }
+        ClientCommand::List { creds } => print_json(&connect(&creds)?.list_clients().await?),
+        ClientCommand::Show { creds, client_id } => {
+            print_json(&connect(&creds)?.get_client(&client_id).await?)
+        }
+        ClientCommand::Update {
+            creds,
+            client_id,
+            name,
+            subscription,
+            roles,
+            max_length,
+        } => {
+            let u = UpdateClient {
+                client_name: name,
+                subscription: (!subscription.is_empty())
+                    .then(|| Subscription::from_patterns(subscription)),
+                roles,
+                inbox: max_length.map(|m| QueueSettings {
+                    max_length: Some(m),
+                    ..Default::default()
+                }),
+            };
+            print_json(&connect(&creds)?.update_client(&client_id, &u).await?)
+        }
+        ClientCommand::Delete { creds, client_id } => {
+            connect(&creds)?.delete_client(&client_id).await?;
+            eprintln!("client `{client_id}` deleted");
+            Ok(())
+        }
+        ClientCommand::Rotate {
+            creds,
+            client_id,
+            save,
+        } => {
+            let c = connect(&creds)?;
+            let r = c.rotate_secret(&client_id).await?;
+            let file = CredentialsFile {
+                api: c.base_url().to_owned(),
+                client_id: r.client_id,
+                client_name: r.client_name,
+                subscription: r.subscription,
+                secret: r.secret,
+            };
+            match save {
+                Some(path) => save_private(&path, &file),
+                None => print_json(&file),
+            }
+        }
+    }
+}

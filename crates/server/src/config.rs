@@ -1,0 +1,271 @@
+//! Node configuration: one typed [`Config`], defaults shipped as TOML.
+//!
+//! Precedence: the defaults below < a `--config` file < `TRUNKLINE_*` environment
+//! variables < command-line flags (the last two are applied by the binary). Secrets (token
+//! key, backend key) come only from the environment or from key files in the data
+//! directory, never from the config file, so that the file can be shared and printed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use trunkline_broker::{BrokerConfig, Limits, Overflow};
+
+/// The defaults, as `trunkline config default` prints them.
+pub const DEFAULT_CONFIG: &str = r#"# Trunkline node configuration.
+# Precedence: this file < TRUNKLINE_* environment variables < command-line flags.
+
+# Where the node keeps its store, keys and admin.json (TRUNKLINE_DATA_DIR, --data-dir).
+data_dir = "./trunkline-data"
+# Public HTTP API (TRUNKLINE_HTTP, --http). Port 0 picks a free port; the bound
+# address is logged and written to <data_dir>/listen.json.
+http = "0.0.0.0:8087"
+# Backend HTTP API and /metrics (TRUNKLINE_BACKEND, --backend). Keep it private.
+backend = "127.0.0.1:8088"
+
+[log]
+# "text" or "json" (TRUNKLINE_LOG_FORMAT).
+format = "text"
+# A tracing filter such as "info" or "info,trunkline_server=debug" (TRUNKLINE_LOG_LEVEL).
+level = "info"
+
+[auth]
+# Token lifetime in hours (TRUNKLINE_TOKEN_LIFETIME, or SOAR_TOKEN_LIFETIME).
+token_lifetime_hours = 24
+# Failed secrets per client within the window before /token answers 429.
+max_failed_logins = 5
+failed_login_window_secs = 60
+
+[http_limits]
+# Largest request body, in bytes (413 beyond).
+max_body_bytes = 1048576
+# Most open connections per listener; more wait to be accepted.
+max_connections = 10000
+# Time allowed to send a request's headers, and to handle a whole request.
+header_timeout_secs = 10
+request_timeout_secs = 90
+# Longest /receive?wait=.
+max_wait_secs = 60
+
+[inbox]
+# Defaults for client inboxes; each client may set its own.
+max_length = 100000
+# "reject-publish" (the publish fails with 507 queue_full) or "drop-oldest".
+overflow = "reject-publish"
+# Deliveries before an unacked message moves to <client>-dead.
+max_deliveries = 10
+# How long a publisher's message_id is remembered for dedup.
+dedup_window_secs = 600
+"#;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub backend: SocketAddr,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub http_limits: HttpLimits,
+    pub inbox: InboxConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token_lifetime_hours: f64,
+    pub max_failed_logins: u32,
+    pub failed_login_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub max_wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxConfig {
+    pub max_length: u64,
+    pub overflow: Overflow,
+    pub max_deliveries: u32,
+    pub dedup_window_secs: u64,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: String },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        match toml::from_str(DEFAULT_CONFIG) {
+            Ok(c) => c,
+            Err(e) => unreachable!("invariant: the shipped defaults parse: {e}"),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML; keys left out keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let mut base: toml::Table =
+            toml::from_str(DEFAULT_CONFIG).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let over: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        merge(&mut base, over);
+        toml::Value::Table(base)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            cause: e.to_string(),
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks values that parse but cannot work, before any port is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if !(self.auth.token_lifetime_hours > 0.0 && self.auth.token_lifetime_hours <= 24.0 * 366.0)
+        {
+            return bad(
+                "auth.token_lifetime_hours",
+                "must be more than 0 and at most a year",
+            );
+        }
+        if self.auth.max_failed_logins == 0 {
+            return bad("auth.max_failed_logins", "must be at least 1");
+        }
+        if self.http_limits.max_body_bytes < 1024 {
+            return bad("http_limits.max_body_bytes", "must be at least 1024");
+        }
+        if self.http_limits.max_connections == 0 {
+            return bad("http_limits.max_connections", "must be at least 1");
+        }
+        if self.http_limits.header_timeout_secs == 0 || self.http_limits.request_timeout_secs == 0 {
+            return bad("http_limits", "timeouts must be at least 1 second");
+        }
+        if self.http_limits.max_wait_secs >= self.http_limits.request_timeout_secs {
+            return bad(
+                "http_limits.max_wait_secs",
+                "must be less than request_timeout_secs",
+            );
+        }
+        if self.inbox.max_length == 0 || self.inbox.max_deliveries == 0 {
+            return bad("inbox", "max_length and max_deliveries must be at least 1");
+        }
+        if self.http == self.backend && self.http.port() != 0 {
+            return bad("backend", "must differ from http");
+        }
+        Ok(())
+    }
+
+    pub fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            default_limits: Limits {
+                max_length: self.inbox.max_length,
+                overflow: self.inbox.overflow,
+                max_deliveries: self.inbox.max_deliveries,
+            },
+            dedup_window_ms: self.inbox.dedup_window_secs.saturating_mul(1000),
+            ..BrokerConfig::default()
+        }
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Secrets taken from the environment; `None` means "use or make the key file".
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub token_secret: Option<String>,
+    pub backend_key: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mask = |s: &Option<String>| if s.is_some() { "***" } else { "unset" };
+        f.debug_struct("Secrets")
+            .field("token_secret", &mask(&self.token_secret))
+            .field("backend_key", &mask(&self.backend_key))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = Config::default();
+        assert_eq!(c.http.port(), 8087);
+        assert_eq!(c.backend.to_string(), "127.0.0.1:8088");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn partial_files_override_and_unknown_keys_fail() {
+        let c = Config::from_toml("http = \"127.0.0.1:0\"\n[inbox]\nmax_length = 5\n");
+        let c = c.map_err(|e| e.to_string());
+        assert!(matches!(&c, Ok(c) if c.inbox.max_length == 5 && c.inbox.max_deliveries == 10));
+        assert!(Config::from_toml("htp = \"x\"").is_err());
+        assert!(Config::from_toml("[inbox]\nmax_lenght = 5").is_err());
+        let mut c = Config::default();
+        c.http_limits.max_wait_secs = 100;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Extractors that turn every bad request into a clear [`ApiError`].
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use trunkline_api::ErrorCode;
+use trunkline_auth::constant_time_eq;
+use trunkline_broker::Principal;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// The raw body, with the size limit answered as `413 body_too_large`.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        ErrorCode::BodyTooLarge,
+                        "the request body is larger than the limit",
+                    )
+                } else {
+                    ApiError::new(ErrorCode::InvalidBody, format!("cannot read the body: {e}"))
+                }
+            })
+    }
+}
+
+/// Parses JSON with syntax errors as `malformed_json` and shape errors as `invalid_body`.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("the body is not valid JSON: {e}"),
+            ),
+            Category::Data => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
+        }
+    })
+}
+
+/// A JSON body. A content type other than JSON is refused; none at all is accepted, as
+/// many scripts send JSON without saying so.
+pub struct Json<T>(pub T);
+
+pub fn check_json_content_type(parts: &Parts) -> Result<(), ApiError> {
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        if !(ct.starts_with("application/json") || ct.contains("+json")) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("expected Content-Type: application/json, got `{ct}`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A body that must be JSON (by content type), not yet parsed: for handlers that parse it
+/// without copying.
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        check_json_content_type(&parts)?;
+        let Body(bytes) = Body::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(JsonBytes(bytes))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Query parameters, with bad ones answered as `invalid_query`. Credentials in the query
+/// string (other than on `/token`, where the NOC puts them) are refused: URLs end up in
+/// logs and browser histories.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(q)
+            .map(Query)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, format!("bad query string: {e}")))
+    }
+}
+
+fn reject_query_credentials(parts: &Parts) -> Result<(), ApiError> {
+    let q = parts.uri.query().unwrap_or("");
+    for pair in q.split('&') {
+        let key = pair.split('=').next().unwrap_or("");
+        if matches!(
+            key,
+            "token" | "access_token" | "secret" | "key" | "backend_key"
+        ) {
+            return Err(ApiError::new(
+                ErrorCode::CredentialsInWrongPlace,
+                format!(
+                    "`{key}` must not be sent in the query string; send `Authorization: Bearer <token>`"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            ErrorCode::MissingCredentials,
+            "send `Authorization: Bearer <token>`; get a token from /token",
+        ));
+    };
+    let value = value.to_str().unwrap_or("");
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidToken,
+            "the Authorization header must be `Bearer <token>`",
+        ));
+    }
+    Ok(token.trim())
+}
+
+/// The authenticated client making the request (`Authorization: Bearer <token>`).
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        reject_query_credentials(parts)?;
+        let token = bearer(parts)?;
+        state.principal_of(token).map(Caller)
+    }
+}
+
+/// Someone allowed to manage clients: an admin client's token, or (on the backend
+/// listener only) the `X-Backend-Key`.
+pub enum Admin {
+    Client(Principal),
+    Backend,
+}
+
+impl Admin {
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Admin::Client(p) => Some(&p.client_id),
+            Admin::Backend => None,
+        }
+    }
+}
+
+/// A caller that may be an admin or an ordinary client (for endpoints a client may use on
+/// itself, such as reading its own record).
+pub struct AdminOrSelf(pub Result<Admin, Principal>);
+
+pub const BACKEND_KEY_HEADER: &str = "x-backend-key";
+
+fn admin_from(parts: &Parts, state: &AppState) -> Result<Result<Admin, Principal>, ApiError> {
+    reject_query_credentials(parts)?;
+    if let Some(key) = parts.headers.get(BACKEND_KEY_HEADER) {
+        if !state.backend {
+            return Err(ApiError::new(
+                ErrorCode::CredentialsInWrongPlace,
+                "the backend key is accepted on the backend listener only",
+            ));
+        }
+        if constant_time_eq(key.as_bytes(), state.keys.backend_key.as_bytes()) {
+            return Ok(Ok(Admin::Backend));
+        }
+        return Err(ApiError::new(
+            ErrorCode::InvalidBackendKey,
+            "wrong X-Backend-Key",
+        ));
+    }
+    let token = bearer(parts)?;
+    let p = state.principal_of(token)?;
+    Ok(if p.admin {
+        Ok(Admin::Client(p))
+    } else {
+        Err(p)
+    })
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        admin_from(parts, state)?.map_err(|p| {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                format!("client `{}` is not an admin", p.client_id),
+            )
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for AdminOrSelf {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        admin_from(parts, state).map(AdminOrSelf)
+    }
+}

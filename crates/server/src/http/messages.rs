@@ -1,0 +1,346 @@
+//! `/send`, `/notify`, `/receive`, `/ack`, `/nack`.
+
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json as AxumJson;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use trunkline_api::{AckResponse, ErrorCode, SendResponse};
+use trunkline_broker::{
+    dead_name, inbox_name, Delivery, Publish, ReceiveOptions, Settle, WaitHandle,
+};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{parse_json, Caller, JsonBytes, Query};
+use super::{now_ms, AppState};
+
+/// Longest publisher `message_id`, in bytes.
+const MAX_MESSAGE_ID: usize = 256;
+/// Longest lease, in seconds.
+const MAX_LEASE_SECS: u64 = 12 * 3600;
+
+#[derive(Deserialize)]
+struct NocHeader {
+    destination: Option<serde_json::Value>,
+}
+
+/// Both body forms: `{topic, body}` and the NOC message `{header: {destination}, payload}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody<'a> {
+    topic: Option<String>,
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
+    header: Option<NocHeader>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    message_id: Option<String>,
+    /// Seconds.
+    ttl: Option<f64>,
+}
+
+fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publish> {
+    let b: SendBody = parse_json(bytes)?;
+    let (topic, body) = match (b.topic, b.body, b.header) {
+        (Some(topic), Some(body), None) => (topic, body.get().as_bytes().to_vec()),
+        (None, Some(body), None) if broadcast => ("broadcast".to_owned(), body.get().as_bytes().to_vec()),
+        (Some(_), None, None) | (None, None, None) if b.payload.is_none() => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "expected {\"topic\": ..., \"body\": ...} or a NOC message {\"header\": {\"destination\": ...}, \"payload\": ...}",
+            ))
+        }
+        (None, None, Some(h)) => {
+            let topic = match h.destination {
+                Some(serde_json::Value::String(d)) => d,
+                None if broadcast => "broadcast".to_owned(),
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidBody,
+                        "header.destination must be a string: it is the topic",
+                    ))
+                }
+            };
+            // The whole NOC message is the body, so receivers get what was sent.
+            (topic, bytes.to_vec())
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "send either {topic, body} or a NOC message {header, payload}, not a mix",
+            ))
+        }
+    };
+    if let Some(id) = &b.message_id {
+        if id.is_empty() || id.len() > MAX_MESSAGE_ID {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("message_id must be 1 to {MAX_MESSAGE_ID} bytes"),
+            ));
+        }
+    }
+    let ttl_ms = match b.ttl {
+        None => None,
+        Some(t) if t.is_finite() && t > 0.0 && t <= 365.0 * 86400.0 => Some((t * 1000.0) as u64),
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "ttl is in seconds, more than 0 and at most a year",
+            ))
+        }
+    };
+    Ok(Publish {
+        topic,
+        body,
+        sender: sender.to_owned(),
+        message_id: b.message_id,
+        ttl_ms,
+        broadcast,
+    })
+}
+
+async fn publish(
+    state: AppState,
+    caller: Caller,
+    bytes: &[u8],
+    broadcast: bool,
+) -> ApiResult<Response> {
+    let p = parse_publish(bytes, &caller.0.client_id, broadcast)?;
+    let r = state.broker.publish(p, now_ms()).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        AxumJson(SendResponse {
+            id: r.id,
+            delivered_to: r.delivered_to,
+            duplicate: r.duplicate,
+        }),
+    )
+        .into_response())
+}
+
+/// `POST /send`: 202 once the message is durable in every matching inbox.
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBytes(bytes): JsonBytes,
+) -> ApiResult<Response> {
+    publish(state, caller, &bytes, false).await
+}
+
+/// `POST /notify`: to every inbox.
+pub async fn notify(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBytes(bytes): JsonBytes,
+) -> ApiResult<Response> {
+    publish(state, caller, &bytes, true).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveQuery {
+    max_messages: Option<usize>,
+    /// `auto` (default, destructive as the NOC) or `manual`.
+    ack: Option<String>,
+    /// Lease in seconds for `ack=manual` (default 30).
+    lease: Option<u64>,
+    /// Seconds to wait for a message when the inbox is empty (long poll).
+    wait: Option<u64>,
+    /// `inbox` (default) or `dead`.
+    queue: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OutMessage<'a> {
+    id: u64,
+    topic: &'a str,
+    body: &'a RawValue,
+    sender: &'a str,
+    timestamp: String,
+    redelivered: bool,
+    delivery_count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<&'a str>,
+}
+
+fn render(deliveries: &[Delivery]) -> Response {
+    let mut out = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        let data = &d.msg.data;
+        // Bodies were validated as JSON when they were sent.
+        let body: &RawValue = match serde_json::from_slice(&data.body) {
+            Ok(b) => b,
+            Err(_) => {
+                tracing::error!(id = d.msg.id, "stored body is not JSON");
+                continue;
+            }
+        };
+        let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(data.timestamp_ms);
+        out.push(OutMessage {
+            id: d.msg.id,
+            topic: &data.topic,
+            body,
+            sender: &data.sender,
+            timestamp: humantime::format_rfc3339_millis(ts).to_string(),
+            redelivered: d.redelivered(),
+            delivery_count: d.delivery_count,
+            receipt: d.receipt.as_deref(),
+        });
+    }
+    match serde_json::to_vec(&out) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(_) => ApiError::new(ErrorCode::Internal, "cannot encode messages").into_response(),
+    }
+}
+
+/// `GET /receive?max_messages=N&ack=auto|manual&lease=S&wait=S&queue=inbox|dead`.
+pub async fn receive(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(q): Query<ReceiveQuery>,
+) -> ApiResult<Response> {
+    let max = q.max_messages.unwrap_or(10);
+    if max == 0 || max > state.broker.config().max_receive {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!(
+                "max_messages must be 1 to {}",
+                state.broker.config().max_receive
+            ),
+        ));
+    }
+    let lease_ms = match (q.ack.as_deref(), q.lease) {
+        (None | Some("auto"), None) => None,
+        (Some("manual"), lease) => {
+            let secs = lease.unwrap_or(30);
+            if secs == 0 || secs > MAX_LEASE_SECS {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("lease must be 1 to {MAX_LEASE_SECS} seconds"),
+                ));
+            }
+            Some(secs * 1000)
+        }
+        (None | Some("auto"), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                "lease needs ack=manual",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("ack must be `auto` or `manual`, not `{other}`"),
+            ))
+        }
+    };
+    let queue = match q.queue.as_deref() {
+        None | Some("inbox") => inbox_name(&caller.client_id),
+        Some("dead") => dead_name(&caller.client_id),
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("queue must be `inbox` or `dead`, not `{other}`"),
+            ))
+        }
+    };
+    let max_wait = state.config.http_limits.max_wait_secs;
+    let wait = q.wait.unwrap_or(0);
+    if wait > max_wait {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("wait must be at most {max_wait} seconds"),
+        ));
+    }
+    let opts = ReceiveOptions { max, lease_ms };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let waiter = state.broker.waiter(&queue);
+    loop {
+        let notified = waiter.as_ref().map(|w| w.notified());
+        let mut notified = std::pin::pin!(notified);
+        if let Some(n) = notified.as_mut().as_pin_mut() {
+            n.enable();
+        }
+        let got = state
+            .broker
+            .receive(&caller.client_id, &queue, opts, now_ms())
+            .await?;
+        if !got.is_empty() || wait == 0 {
+            return Ok(render(&got));
+        }
+        let Some(n) = notified.as_mut().as_pin_mut() else {
+            return Ok(render(&got));
+        };
+        tokio::select! {
+            _ = n => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(render(&[])),
+            _ = state.shutdown.cancelled() => return Ok(render(&[])),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleBody {
+    receipts: Vec<String>,
+    /// For `/nack`: false sends the messages straight to the dead-letter queue.
+    requeue: Option<bool>,
+}
+
+const MAX_RECEIPTS: usize = 10_000;
+
+async fn settle(
+    state: AppState,
+    caller: Caller,
+    bytes: &[u8],
+    nack: bool,
+) -> ApiResult<AxumJson<AckResponse>> {
+    let b: SettleBody = parse_json(bytes)?;
+    if b.receipts.len() > MAX_RECEIPTS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("at most {MAX_RECEIPTS} receipts at a time"),
+        ));
+    }
+    let how = match (nack, b.requeue) {
+        (false, None) => Settle::Ack,
+        (false, Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "requeue applies to /nack only",
+            ))
+        }
+        (true, requeue) => Settle::Nack {
+            requeue: requeue.unwrap_or(true),
+        },
+    };
+    let r = state
+        .broker
+        .settle(&caller.0.client_id, &b.receipts, how, now_ms())
+        .await?;
+    Ok(AxumJson(AckResponse {
+        done: r.done,
+        unknown: r.unknown,
+    }))
+}
+
+/// `POST /ack {receipts}`.
+pub async fn ack(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBytes(bytes): JsonBytes,
+) -> ApiResult<AxumJson<AckResponse>> {
+    settle(state, caller, &bytes, false).await
+}
+
+/// `POST /nack {receipts, requeue?}`.
+pub async fn nack(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBytes(bytes): JsonBytes,
+) -> ApiResult<AxumJson<AckResponse>> {
+    settle(state, caller, &bytes, true).await
+}

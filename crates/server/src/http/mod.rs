@@ -1,0 +1,150 @@
+//! HTTP front-end: the public client API and the backend API, as axum routers.
+//!
+//! Both listeners serve the same client API; the backend listener also accepts the
+//! `X-Backend-Key` for client management and serves `/metrics`. Handlers are thin: they
+//! authenticate, turn JSON into broker calls, and broker results into JSON.
+
+pub mod clients;
+pub mod error;
+pub mod extract;
+pub mod messages;
+pub mod ops;
+pub mod tokens;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use trunkline_api::ErrorCode;
+use trunkline_auth::{Throttle, TokenError, TokenKey};
+use trunkline_broker::{Broker, Principal};
+
+use crate::config::Config;
+use error::ApiError;
+
+/// Keys the node checks credentials with.
+pub struct Keys {
+    pub token_key: TokenKey,
+    pub backend_key: String,
+}
+
+/// HTTP request counters by status class, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    pub by_class: [AtomicU64; 5],
+}
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Broker,
+    pub keys: Arc<Keys>,
+    pub config: Arc<Config>,
+    pub throttle: Arc<Throttle>,
+    pub http: Arc<HttpCounters>,
+    pub shutdown: CancellationToken,
+    /// True on the backend listener.
+    pub backend: bool,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl AppState {
+    /// Checks a bearer token and that its client still holds the credential it names.
+    pub fn principal_of(&self, token: &str) -> Result<Principal, ApiError> {
+        let claims = self
+            .keys
+            .token_key
+            .verify(token, now_ms() / 1000)
+            .map_err(|e| match e {
+                TokenError::Expired { .. } => ApiError::new(
+                    ErrorCode::TokenExpired,
+                    "the token has expired; get a new one from /token",
+                ),
+                _ => ApiError::new(ErrorCode::InvalidToken, "the token is not valid"),
+            })?;
+        self.broker
+            .check_credential(&claims.sub, &claims.cid)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidToken,
+                    "the token's client was deleted or its secret rotated; get a new token",
+                )
+            })
+    }
+
+    pub fn token_lifetime(&self) -> Duration {
+        Duration::from_secs_f64(self.config.auth.token_lifetime_hours * 3600.0)
+    }
+}
+
+/// The router of one listener.
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new()
+        .route("/client", post(clients::create).get(clients::list))
+        .route(
+            "/client/{client_id}",
+            get(clients::show)
+                .patch(clients::update)
+                .delete(clients::delete),
+        )
+        .route("/client/{client_id}/secret", post(clients::rotate))
+        .route("/token", get(tokens::get_token).post(tokens::post_token))
+        .route("/send", post(messages::send))
+        .route("/notify", post(messages::notify))
+        .route("/receive", get(messages::receive))
+        .route("/ack", post(messages::ack))
+        .route("/nack", post(messages::nack))
+        .route("/healthz", get(ops::healthz))
+        .route("/openapi.json", get(ops::openapi));
+    if state.backend {
+        r = r.route("/metrics", get(ops::metrics));
+    }
+    r.fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(
+            state.config.http_limits.max_body_bytes,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and logs each request. Logs the path only: query strings may hold secrets
+/// (`/token?secret=`), so they are never logged.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let start = std::time::Instant::now();
+    let timeout = Duration::from_secs(state.config.http_limits.request_timeout_secs);
+    let resp = match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
+            ErrorCode::Unavailable,
+            "the request took too long",
+        )),
+    };
+    let status = resp.status().as_u16();
+    let class = (status / 100).clamp(1, 5) as usize - 1;
+    state.http.by_class[class].fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(
+        method = %method,
+        path = %path,
+        status,
+        micros = start.elapsed().as_micros() as u64,
+        listener = if state.backend { "backend" } else { "public" },
+        "request"
+    );
+    resp
+}

@@ -1,0 +1,336 @@
+//! A running node: opening the data directory, keys, the first admin, listeners and the
+//! housekeeping task, and shutting it all down in order.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use trunkline_api::{CredentialsFile, Subscription};
+use trunkline_auth::{Throttle, TokenKey};
+use trunkline_broker::{Broker, NewClient};
+use trunkline_store::{Committer, RedbStore};
+
+use crate::config::{Config, Secrets};
+use crate::http::{self, now_ms, AppState, HttpCounters, Keys};
+use crate::listener;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("data directory {path}: {cause}")]
+    DataDir { path: PathBuf, cause: String },
+    #[error("cannot open the store (is another node using this data directory?): {0}")]
+    Store(String),
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind { addr: SocketAddr, cause: String },
+    #[error("invalid secret: {0}")]
+    Secret(String),
+}
+
+/// A node that is serving. Dropping it without [`Node::shutdown`] leaves the tasks running
+/// until the runtime ends.
+pub struct Node {
+    pub http_addr: SocketAddr,
+    pub backend_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    broker: Option<Broker>,
+    committer: Committer,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+const STORE_FILE: &str = "trunkline.redb";
+
+fn data_err(path: &Path, e: impl std::fmt::Display) -> StartError {
+    StartError::DataDir {
+        path: path.to_owned(),
+        cause: e.to_string(),
+    }
+}
+
+/// Writes `contents` to `path` readable by the owner only, atomically.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// A key from the environment, or the one saved in `file`, or a new one saved there.
+fn key_file(
+    dir: &Path,
+    file: &str,
+    from_env: Option<&str>,
+    make: impl FnOnce() -> String,
+) -> Result<String, StartError> {
+    if let Some(k) = from_env {
+        return Ok(k.to_owned());
+    }
+    let path = dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(k) if !k.trim().is_empty() => Ok(k.trim().to_owned()),
+        Ok(_) | Err(_)
+            if !path.exists()
+                || std::fs::metadata(&path)
+                    .map(|m| m.len() == 0)
+                    .unwrap_or(true) =>
+        {
+            let k = make();
+            write_private(&path, k.as_bytes()).map_err(|e| data_err(&path, e))?;
+            tracing::info!(file = %path.display(), "generated a new key");
+            Ok(k)
+        }
+        Ok(_) => unreachable!("invariant: an empty key file is handled above"),
+        Err(e) => Err(data_err(&path, e)),
+    }
+}
+
+fn public_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+impl Node {
+    /// Opens the data directory, recovers the store, binds both listeners and starts
+    /// serving. On first start it creates the `admin` client and `admin.json`.
+    pub async fn start(config: Config, secrets: Secrets) -> Result<Node, StartError> {
+        config.validate()?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| data_err(&dir, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let token_text = key_file(&dir, "token.key", secrets.token_secret.as_deref(), || {
+            TokenKey::generate().to_text()
+        })?;
+        let token_key = TokenKey::from_text(&token_text)
+            .map_err(|e| StartError::Secret(format!("token secret: {e}")))?;
+        let backend_key = key_file(
+            &dir,
+            "backend.key",
+            secrets.backend_key.as_deref(),
+            trunkline_auth::generate_secret,
+        )?;
+        if backend_key.len() < 16 {
+            return Err(StartError::Secret(
+                "the backend key must be at least 16 characters".into(),
+            ));
+        }
+
+        let store_path = dir.join(STORE_FILE);
+        let started = std::time::Instant::now();
+        let broker = {
+            let path = store_path.clone();
+            let bc = config.broker_config();
+            tokio::task::spawn_blocking(move || -> Result<Broker, StartError> {
+                let store = RedbStore::open(&path).map_err(|e| StartError::Store(e.to_string()))?;
+                Broker::open(Arc::new(store), bc, now_ms())
+                    .map_err(|e| StartError::Store(e.to_string()))
+            })
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))??
+        };
+        let depth: u64 = broker
+            .queue_depths()
+            .iter()
+            .map(|d| d.ready + d.leased)
+            .sum();
+        tracing::info!(
+            clients = broker.client_count(),
+            queued = depth,
+            millis = started.elapsed().as_millis() as u64,
+            "store recovered"
+        );
+
+        let http_listener = TcpListener::bind(config.http)
+            .await
+            .map_err(|e| StartError::Bind {
+                addr: config.http,
+                cause: e.to_string(),
+            })?;
+        let backend_listener =
+            TcpListener::bind(config.backend)
+                .await
+                .map_err(|e| StartError::Bind {
+                    addr: config.backend,
+                    cause: e.to_string(),
+                })?;
+        let http_addr = http_listener.local_addr().map_err(|e| StartError::Bind {
+            addr: config.http,
+            cause: e.to_string(),
+        })?;
+        let backend_addr = backend_listener
+            .local_addr()
+            .map_err(|e| StartError::Bind {
+                addr: config.backend,
+                cause: e.to_string(),
+            })?;
+
+        let admin_path = dir.join("admin.json");
+        if broker.client_count() == 0 && !admin_path.exists() {
+            let mut admin = NewClient::new("admin", "Administrator", vec!["#".into()]);
+            admin.roles = vec!["admin".into()];
+            let (view, secret) = broker
+                .create_client(admin, now_ms())
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?;
+            let creds = CredentialsFile {
+                api: public_url(http_addr),
+                client_id: view.client_id,
+                client_name: view.client_name,
+                subscription: Subscription::from_patterns(view.patterns),
+                secret,
+            };
+            let json = serde_json::to_vec_pretty(&creds).unwrap_or_default();
+            write_private(&admin_path, &json).map_err(|e| data_err(&admin_path, e))?;
+            tracing::info!(file = %admin_path.display(), "created client `admin`; its credentials are in this file");
+        }
+
+        let listen = serde_json::json!({
+            "http": http_addr.to_string(),
+            "backend": backend_addr.to_string(),
+            "pid": std::process::id(),
+        });
+        let listen_path = dir.join("listen.json");
+        write_private(&listen_path, listen.to_string().as_bytes())
+            .map_err(|e| data_err(&listen_path, e))?;
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let config = Arc::new(config);
+        let keys = Arc::new(Keys {
+            token_key,
+            backend_key,
+        });
+        let a = &config.auth;
+        let throttle = Arc::new(Throttle::new(
+            a.max_failed_logins,
+            a.failed_login_window_secs,
+            100_000,
+        ));
+        let counters = Arc::new(HttpCounters::default());
+        let state = |backend| AppState {
+            broker: broker.clone(),
+            keys: keys.clone(),
+            config: config.clone(),
+            throttle: throttle.clone(),
+            http: counters.clone(),
+            shutdown: shutdown.clone(),
+            backend,
+        };
+        let limits = &config.http_limits;
+        let header_timeout = Duration::from_secs(limits.header_timeout_secs);
+        tasks.spawn(listener::serve(
+            http_listener,
+            http::router(state(false)),
+            limits.max_connections,
+            header_timeout,
+            shutdown.clone(),
+            "public",
+        ));
+        tasks.spawn(listener::serve(
+            backend_listener,
+            http::router(state(true)),
+            limits.max_connections,
+            header_timeout,
+            shutdown.clone(),
+            "backend",
+        ));
+        {
+            let broker = broker.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = broker.sweep(now_ms()).await {
+                                tracing::warn!(cause = %e, "housekeeping failed");
+                            }
+                        }
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            });
+        }
+        tasks.close();
+        tracing::info!(http = %http_addr, backend = %backend_addr, data_dir = %dir.display(), "trunkline listening");
+        Ok(Node {
+            http_addr,
+            backend_addr,
+            data_dir: dir,
+            committer: broker.committer().clone(),
+            broker: Some(broker),
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The broker, for in-process callers (tests, embedding).
+    pub fn broker(&self) -> Option<&Broker> {
+        self.broker.as_ref()
+    }
+
+    /// A token that stops the node when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, lets open requests finish, and closes the store.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        self.tasks.wait().await;
+        self.broker = None;
+        let committer = self.committer;
+        // The commit thread ends once the last broker handle is gone; every acknowledged
+        // message is already durable, so a stuck handle only delays closing the file.
+        let joined = tokio::task::spawn_blocking(move || committer.join());
+        if tokio::time::timeout(Duration::from_secs(10), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("store still in use after shutdown; closing anyway");
+        }
+        tracing::info!("trunkline stopped");
+    }
+}
+
+/// Runs a node until `signal` completes, then shuts it down.
+pub async fn run(
+    config: Config,
+    secrets: Secrets,
+    signal: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let node = Node::start(config, secrets).await?;
+    let token = node.shutdown_token();
+    tokio::select! {
+        _ = signal => tracing::info!("shutting down"),
+        _ = token.cancelled() => {}
+    }
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The OpenAPI 3.1 description of the HTTP API, served at `/openapi.json`.
+//!
+//! Written by hand next to the handlers; a test checks that every route the router
+//! serves is described here and that every error code used is in the registry.
+
+use serde_json::{json, Map, Value};
+use trunkline_api::ErrorCode;
+
+use ErrorCode::*;
+
+/// Error responses for `codes`, grouped by status, each listing its codes.
+fn errors(codes: &[ErrorCode]) -> Map<String, Value> {
+    let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
+    for c in codes {
+        by_status.entry(c.status()).or_default().push(c.as_str());
+    }
+    by_status
+        .into_iter()
+        .map(|(status, codes)| {
+            (
+                status.to_string(),
+                json!({
+                    "description": format!("Error; code one of: {}", codes.join(", ")),
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+                }),
+            )
+        })
+        .collect()
+}
+
+fn op(summary: &str, ok: (&str, Value), codes: &[ErrorCode], extra: Value) -> Value {
+    let mut responses = errors(codes);
+    responses.insert(ok.0.to_owned(), ok.1);
+    let mut o = json!({"summary": summary, "responses": responses});
+    if let (Some(o), Value::Object(extra)) = (o.as_object_mut(), extra) {
+        o.extend(extra);
+    }
+    o
+}
+
+fn body(schema: &str) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn ok(desc: &str, schema: Value) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": schema}}})
+}
+
+fn r(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn q(name: &str, desc: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": desc, "schema": schema})
+}
+
+const AUTH: &[ErrorCode] = &[
+    MissingCredentials,
+    InvalidToken,
+    TokenExpired,
+    CredentialsInWrongPlace,
+];
+
+fn with(base: &[ErrorCode], more: &[ErrorCode]) -> Vec<ErrorCode> {
+    let mut v = base.to_vec();
+    v.extend_from_slice(more);
+    v.extend_from_slice(&[Unavailable, Internal]);
+    v
+}
+
+/// The document.
+pub fn document() -> Value {
+    let admin = with(AUTH, &[Forbidden, InvalidBackendKey]);
+    let id_param = json!([{"name": "client_id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let admin_sec = json!([{"bearer": []}, {"backendKey": []}]);
+    let client_ops = json!({
+        "post": op("Create a client; the answer holds its secret, shown only this once.",
+            ("201", ok("Created", r("ClientCredentials"))),
+            &with(&admin, &[MalformedJson, InvalidBody, InvalidClientId, InvalidPattern, UnsupportedMediaType, BodyTooLarge, ClientExists]),
+            json!({"requestBody": body("CreateClient"), "security": admin_sec})),
+        "get": op("List clients (never their secrets).", ("200", ok("Clients", json!({"type": "array", "items": r("Client")}))),
+            &admin, json!({"security": admin_sec})),
+    });
+    let one_client = json!({
+        "parameters": id_param,
+        "get": op("Show a client (admins, or the client itself).", ("200", ok("Client", r("Client"))),
+            &with(&admin, &[UnknownClient]), json!({"security": admin_sec})),
+        "patch": op("Change name, subscription, roles or inbox limits; effective at once.", ("200", ok("Client", r("Client"))),
+            &with(&admin, &[MalformedJson, InvalidBody, InvalidPattern, UnsupportedMediaType, BodyTooLarge, UnknownClient]),
+            json!({"requestBody": body("UpdateClient"), "security": admin_sec})),
+        "delete": op("Delete a client, its inbox and its tokens.", ("204", json!({"description": "Deleted"})),
+            &with(&admin, &[UnknownClient]), json!({"security": admin_sec})),
+    });
+    let rotate = json!({
+        "parameters": id_param,
+        "post": op("Rotate a client's secret (admins, or the client itself); old tokens stop working.",
+            ("200", ok("New credentials", r("ClientCredentials"))), &with(&admin, &[UnknownClient]), json!({"security": admin_sec})),
+    });
+    let token = json!({
+        "get": op("Client-credentials grant (NOC).", ("200", ok("Token", r("Token"))),
+            &with(&[], &[InvalidQuery, InvalidCredentials, Throttled]),
+            json!({"parameters": [q("client_id", "Client id", json!({"type": "string"})), q("secret", "Client secret", json!({"type": "string"}))]})),
+        "post": op("OAuth2 client-credentials grant, as a form or JSON, or with HTTP Basic credentials.",
+            ("200", ok("Token", r("OAuthToken"))),
+            &with(&[], &[MalformedJson, InvalidBody, UnsupportedMediaType, InvalidCredentials, Throttled, BodyTooLarge]),
+            json!({"requestBody": {"required": true, "content": {
+                "application/x-www-form-urlencoded": {"schema": r("OAuthTokenRequest")},
+                "application/json": {"schema": r("OAuthTokenRequest")}}}})),
+    });
+    let publish_errors = with(
+        AUTH,
+        &[
+            MalformedJson,
+            InvalidBody,
+            InvalidTopic,
+            UnsupportedMediaType,
+            BodyTooLarge,
+            QueueFull,
+            DuplicateInFlight,
+        ],
+    );
+    let send = json!({"post": op("Publish to a topic; 202 once durable in every matching inbox.",
+        ("202", ok("Accepted", r("SendResult"))), &publish_errors,
+        json!({"requestBody": body("SendRequest"), "security": [{"bearer": []}]}))});
+    let notify = json!({"post": op("Broadcast to every inbox; 202 once durable in all of them.",
+        ("202", ok("Accepted", r("SendResult"))), &publish_errors,
+        json!({"requestBody": body("SendRequest"), "security": [{"bearer": []}]}))});
+    let receive = json!({"get": op("Take messages from the caller's inbox.",
+        ("200", ok("Messages, oldest first", json!({"type": "array", "items": r("Message")}))),
+        &with(AUTH, &[InvalidQuery, UnknownQueue]),
+        json!({"security": [{"bearer": []}], "parameters": [
+            q("max_messages", "At most this many (default 10, at most 1000)", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
+            q("ack", "`auto` (default): removed as returned, as the NOC. `manual`: leased, with receipts", json!({"enum": ["auto", "manual"]})),
+            q("lease", "Seconds a manual-ack delivery stays leased (default 30)", json!({"type": "integer", "minimum": 1})),
+            q("wait", "Seconds to wait for a message if none is ready (long poll, default 0)", json!({"type": "integer", "minimum": 0})),
+            q("queue", "`inbox` (default) or `dead` (the dead-letter queue)", json!({"enum": ["inbox", "dead"]}))]}))});
+    let settle_errors = with(
+        AUTH,
+        &[
+            MalformedJson,
+            InvalidBody,
+            UnsupportedMediaType,
+            BodyTooLarge,
+        ],
+    );
+    let ack = json!({"post": op("Acknowledge leased deliveries: they are removed.", ("200", ok("Result", r("AckResult"))),
+        &settle_errors, json!({"requestBody": body("Receipts"), "security": [{"bearer": []}]}))});
+    let nack = json!({"post": op("Give leased deliveries back: requeued, or dead-lettered with requeue=false.", ("200", ok("Result", r("AckResult"))),
+        &settle_errors, json!({"requestBody": body("Receipts"), "security": [{"bearer": []}]}))});
+    let healthz = json!({"get": op("Liveness and store health.", ("200", ok("Healthy", r("Health"))), &[Unavailable], json!({}))});
+    let openapi = json!({"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1"}}}});
+    let metrics = json!({"get": {"summary": "Prometheus metrics (backend listener only).",
+        "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}});
+
+    let subscription = json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
+        "description": "Topic pattern(s): dot-separated words, `*` = one word, `#` = zero or more words"});
+    let queue_settings = json!({"type": "object", "additionalProperties": false, "properties": {
+        "max_length": {"type": "integer", "minimum": 1},
+        "overflow": {"enum": ["reject-publish", "drop-oldest"]},
+        "max_deliveries": {"type": "integer", "minimum": 1}}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Trunkline", "version": env!("CARGO_PKG_VERSION"),
+            "description": "Durable message backbone; NOC Communications Backbone compatible HTTP API. Every error is {\"error\": {\"code\", \"message\"}} with a stable code."},
+        "paths": {
+            "/client": client_ops, "/client/{client_id}": one_client, "/client/{client_id}/secret": rotate,
+            "/token": token, "/send": send, "/notify": notify, "/receive": receive, "/ack": ack, "/nack": nack,
+            "/healthz": healthz, "/openapi.json": openapi, "/metrics": metrics
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Token from /token"},
+                "backendKey": {"type": "apiKey", "in": "header", "name": "X-Backend-Key", "description": "Backend listener only"}
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"enum": ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()}, "message": {"type": "string"}}}}},
+                "CreateClient": {"type": "object", "additionalProperties": false, "required": ["client_id", "client_name", "subscription"], "properties": {
+                    "client_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}, "client_name": {"type": "string"},
+                    "subscription": subscription, "roles": {"type": "array", "items": {"enum": trunkline_broker::ROLES}}, "inbox": queue_settings}},
+                "UpdateClient": {"type": "object", "additionalProperties": false, "properties": {
+                    "client_name": {"type": "string"}, "subscription": subscription,
+                    "roles": {"type": "array", "items": {"enum": trunkline_broker::ROLES}}, "inbox": queue_settings}},
+                "Client": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
+                    "subscription": subscription, "roles": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
+                    "inbox_depth": {"type": "integer"}}},
+                "ClientCredentials": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
+                    "subscription": subscription, "secret": {"type": "string"}}},
+                "Token": {"type": "object", "properties": {"token": {"type": "string"}, "expiry": {"type": "string", "format": "date-time"}}},
+                "OAuthTokenRequest": {"type": "object", "required": ["grant_type"], "properties": {"grant_type": {"const": "client_credentials"},
+                    "client_id": {"type": "string"}, "client_secret": {"type": "string"}}},
+                "OAuthToken": {"type": "object", "properties": {"access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
+                    "expires_in": {"type": "integer"}}},
+                "SendRequest": {"oneOf": [
+                    {"type": "object", "additionalProperties": false, "required": ["body"], "properties": {
+                        "topic": {"type": "string", "maxLength": 255, "description": "Required for /send; /notify defaults to `broadcast`"},
+                        "body": {"description": "Any JSON value"},
+                        "message_id": {"type": "string", "maxLength": 256, "description": "Dedup key within the window"},
+                        "ttl": {"type": "number", "description": "Seconds until the message expires undelivered"}}},
+                    {"type": "object", "additionalProperties": false, "required": ["header"], "description": "A NOC message: the topic is header.destination and the whole message is the body",
+                        "properties": {"header": {"type": "object", "properties": {"destination": {"type": "string"}}}, "payload": {},
+                        "message_id": {"type": "string"}, "ttl": {"type": "number"}}}]},
+                "SendResult": {"type": "object", "properties": {"id": {"type": "integer"}, "delivered_to": {"type": "integer"}, "duplicate": {"type": "boolean"}}},
+                "Message": {"type": "object", "properties": {"id": {"type": "integer"}, "topic": {"type": "string"}, "body": {},
+                    "sender": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"}, "redelivered": {"type": "boolean"},
+                    "delivery_count": {"type": "integer"}, "receipt": {"type": "string", "description": "With ack=manual"}}},
+                "Receipts": {"type": "object", "additionalProperties": false, "required": ["receipts"], "properties": {
+                    "receipts": {"type": "array", "items": {"type": "string"}, "maxItems": 10000},
+                    "requeue": {"type": "boolean", "description": "/nack only; default true"}}},
+                "AckResult": {"type": "object", "properties": {"done": {"type": "integer"}, "unknown": {"type": "array", "items": {"type": "string"}}}},
+                "Health": {"type": "object", "properties": {"status": {"type": "string"}, "version": {"type": "string"}}}
+            }
+        }
+    })
+}
