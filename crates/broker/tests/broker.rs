@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use trunkline_broker::{
     Broker, BrokerConfig, BrokerError, ClientUpdate, Delivery, LimitSettings, NewClient, Overflow,
-    Publish, Published, ReceiveOptions, Settle,
+    Publish, Published, ReceiveOptions, Settle, WaitHandle,
 };
 use trunkline_store::{MemoryStore, RedbStore};
 
@@ -835,6 +835,11 @@ async fn a_full_dead_letter_queue_drops_its_oldest() {
 async fn updated_limits_apply_to_the_dead_letter_queue_too() {
     let br = broker();
     client_with(&br, "c", &["t"], limits(Some(10), None, Some(1))).await;
+    for n in 0..3 {
+        publish(&br, "t", n, T0).await;
+    }
+    let got = lease(&br, "c", 3, 100, T0).await;
+    assert_eq!(got.len(), 3);
     br.update_client(
         "c",
         ClientUpdate {
@@ -844,13 +849,8 @@ async fn updated_limits_apply_to_the_dead_letter_queue_too() {
     )
     .await
     .expect("update");
-    for n in 0..3 {
-        publish(&br, "t", n, T0).await;
-    }
-    let got = lease(&br, "c", 3, 100, T0).await;
-    assert_eq!(got.len(), 3);
-    // All three leases run out at once: the dead-letter queue, as long as the inbox, keeps
-    // the last two (as it would after a restart, which rebuilds it from the settings).
+    // All three leases run out at once: the dead-letter queue, as long as the inbox now,
+    // keeps the last two (as it would after a restart, which builds it from the settings).
     br.sweep(T0 + 100).await.expect("sweep");
     assert_eq!(
         bodies(&drain_dead(&br, "c", T0 + 100).await),

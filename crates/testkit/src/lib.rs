@@ -129,3 +129,92 @@ impl TestServer {
         self.dir.take()
     }
 }
+
+/// A node running as its own process (the real binary), for tests that kill it.
+pub struct ProcessServer {
+    pub child: std::process::Child,
+    pub http: String,
+    pub backend: String,
+    pub data_dir: PathBuf,
+}
+
+impl ProcessServer {
+    /// Starts `bin serve` on `data_dir` with both listeners on 127.0.0.1:0, and waits
+    /// (at most 30 s) for it to write `listen.json`. Its log goes to `data_dir/../node.log`.
+    pub fn start(bin: &Path, data_dir: &Path) -> std::io::Result<Self> {
+        let listen = data_dir.join("listen.json");
+        let _ = std::fs::remove_file(&listen);
+        let log_path = data_dir.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let child = std::process::Command::new(bin)
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--backend",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("TRUNKLINE_LOG_LEVEL", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut child = child;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&listen) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    let addr = |k: &str| format!("http://{}", v[k].as_str().unwrap_or_default());
+                    return Ok(ProcessServer {
+                        http: addr("http"),
+                        backend: addr("backend"),
+                        child,
+                        data_dir: data_dir.to_owned(),
+                    });
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(std::io::Error::other(format!(
+                    "node exited with {status}: {log}"
+                )));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(std::io::Error::other("node did not start within 30 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The credentials the node wrote to `admin.json`.
+    pub fn admin_credentials(&self) -> CredentialsFile {
+        let text =
+            std::fs::read_to_string(self.data_dir.join("admin.json")).expect("read admin.json");
+        serde_json::from_str(&text).expect("parse admin.json")
+    }
+}
+
+impl Drop for ProcessServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
