@@ -504,8 +504,13 @@ impl Broker {
                 None => d.begin(key.clone()),
             }
         }
+        // If this future is dropped while committing, the key must not stay in flight.
+        let mut in_flight = InFlight {
+            dedup: &self.inner.dedup,
+            key: dedup_key.clone(),
+        };
         let result = self.publish_inner(&p, dedup_key.as_deref(), now).await;
-        if let Some(key) = dedup_key {
+        if let Some(key) = in_flight.key.take() {
             let mut d = lock(&self.inner.dedup);
             match &result {
                 Ok(r) => d.finish(
@@ -541,7 +546,7 @@ impl Broker {
         let id = self.alloc_msg_id(now);
         let mut ops = Vec::with_capacity(targets.len() + 2);
         let mut fx = Effects::default();
-        let mut reserved: Vec<(Arc<QueueCell>, u64)> = Vec::with_capacity(targets.len());
+        let mut reserved = Reserved(Vec::with_capacity(targets.len()));
         let mut full = Vec::new();
         for name in &targets {
             let Some(cell) = self.queue(name) else {
@@ -549,15 +554,13 @@ impl Broker {
             };
             let r = lock(&cell.state).reserve(now);
             match r {
-                Ok(seq) => reserved.push((cell, seq)),
+                Ok(seq) => reserved.0.push((cell, seq)),
                 Err(()) => full.push(name.to_string()),
             }
         }
         if !full.is_empty() {
             // Nothing was dropped or enqueued anywhere: a refused publish changes nothing.
-            for (cell, _) in &reserved {
-                lock(&cell.state).unreserve();
-            }
+            drop(reserved);
             self.inner
                 .counters
                 .rejected_full
@@ -566,7 +569,7 @@ impl Broker {
         }
         // Every queue accepted: drop-oldest queues now drop what they must, durably in the
         // same commit as the message.
-        for (cell, _) in &reserved {
+        for (cell, _) in &reserved.0 {
             lock(&cell.state).make_room(&mut ops, &mut fx);
         }
         let data = Arc::new(StoredMessage {
@@ -576,11 +579,11 @@ impl Broker {
             timestamp_ms: now,
             expires_at_ms: p.ttl_ms.map(|t| now.saturating_add(t)),
         });
-        let delivered_to = reserved.len() as u64;
+        let delivered_to = reserved.0.len() as u64;
         let msg = Msg::new(id, data.clone(), delivered_to as u32);
-        if !reserved.is_empty() {
+        if !reserved.0.is_empty() {
             ops.push(Op::PutMessage { id, msg: data });
-            for (cell, seq) in &reserved {
+            for (cell, seq) in &reserved.0 {
                 let name = lock(&cell.state).name.clone();
                 ops.push(Op::PutEntry {
                     queue: name,
@@ -605,7 +608,7 @@ impl Broker {
             });
         }
         let committed = self.inner.committer.commit(ops).await;
-        for (cell, seq) in reserved {
+        for (cell, seq) in std::mem::take(&mut reserved.0) {
             {
                 let mut q = lock(&cell.state);
                 if committed.is_ok() {
@@ -1098,6 +1101,35 @@ impl Broker {
             client_id: Arc::from(client_id),
             admin: rec.is_admin(),
         })
+    }
+}
+
+/// Places reserved by a publish that has not settled them yet: given back if it is dropped
+/// first, as a publish future cancelled while committing is (say, by a client hanging
+/// up), so that they do not hold places in their queues for ever. Its message may then
+/// have been committed anyway; it comes out at the next start (at least once).
+struct Reserved(Vec<(Arc<QueueCell>, u64)>);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        for (cell, _) in self.0.drain(..) {
+            lock(&cell.state).unreserve();
+        }
+    }
+}
+
+/// A dedup key in flight; forgotten if the publish is dropped before it settles it, so
+/// that a retry is not refused as `DuplicateInFlight` for ever.
+struct InFlight<'a> {
+    dedup: &'a Mutex<Dedup>,
+    key: Option<String>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            lock(self.dedup).abort(&key);
+        }
     }
 }
 

@@ -1472,6 +1472,74 @@ async fn concurrent_duplicate_publishes_enqueue_once() {
     assert!(publish_id(&br, "s", "same", 3, T0).await.duplicate);
 }
 
+/// A memory store whose commits wait while its gate is closed.
+#[derive(Default)]
+struct GatedStore {
+    inner: MemoryStore,
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    commits_started: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedStore {
+    fn set_closed(&self, closed: bool) {
+        *self.closed.lock().expect("gate") = closed;
+        self.opened.notify_all();
+    }
+}
+
+impl trunkline_store::QueueStore for GatedStore {
+    fn commit(&self, ops: &[trunkline_store::Op]) -> Result<(), trunkline_store::StoreError> {
+        self.commits_started.fetch_add(1, Ordering::SeqCst);
+        let mut closed = self.closed.lock().expect("gate");
+        while *closed {
+            closed = self.opened.wait(closed).expect("gate");
+        }
+        drop(closed);
+        self.inner.commit(ops)
+    }
+    fn load(&self) -> Result<trunkline_store::Snapshot, trunkline_store::StoreError> {
+        self.inner.load()
+    }
+}
+
+#[tokio::test]
+async fn a_publish_cancelled_while_committing_leaks_nothing() {
+    let store = Arc::new(GatedStore::default());
+    let br = Broker::open(store.clone(), BrokerConfig::default(), T0).expect("open");
+    client_with(
+        &br,
+        "c",
+        &["dedup.t"],
+        limits(Some(1), Some(Overflow::RejectPublish), None),
+    )
+    .await;
+    store.set_closed(true);
+    let started = store.commits_started.load(Ordering::SeqCst);
+    let task = tokio::spawn({
+        let br = br.clone();
+        async move {
+            let mut p = Publish::new("dedup.t", body(1), "s");
+            p.message_id = Some("m".into());
+            br.publish(p, T0).await
+        }
+    });
+    // Wait until its commit is in the store, then cancel it (as a hung-up HTTP request is).
+    while store.commits_started.load(Ordering::SeqCst) == started {
+        tokio::task::yield_now().await;
+    }
+    task.abort();
+    assert!(task.await.expect_err("aborted").is_cancelled());
+    store.set_closed(false);
+
+    // Its message_id is not left "in flight" for ever, and its place in the full-length-1
+    // inbox is given back: the retry goes through and is delivered.
+    let retry = publish_id(&br, "s", "m", 2, T0 + 1).await;
+    assert_eq!(retry.delivered_to, 1);
+    assert_eq!(bodies(&drain(&br, "c", T0 + 1).await), vec![b(2)]);
+    assert_eq!(publish(&br, "dedup.t", 3, T0 + 2).await.delivered_to, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_publishers_and_consumers_lose_and_duplicate_nothing() {
     const PUBLISHERS: u64 = 4;
