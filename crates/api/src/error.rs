@@ -80,6 +80,8 @@ error_codes! {
     DuplicateInFlight = ("duplicate_in_flight", 409),
     /// A receipt is unknown, already acked, or its lease has expired.
     UnknownReceipt = ("unknown_receipt", 409),
+    /// The request was not received, or not handled, within the time allowed.
+    RequestTimeout = ("request_timeout", 408),
     /// The body is larger than the configured limit.
     BodyTooLarge = ("body_too_large", 413),
     /// Too many failed attempts; wait and retry.

@@ -1836,7 +1836,7 @@ mod model {
     }
 
     impl Model {
-        fn to_dead_or_ready(&mut self, n: u64, count: u32, requeue: bool) {
+        fn requeue_or_dead(&mut self, n: u64, count: u32, requeue: bool) {
             if requeue && count < MAX_DELIVERIES {
                 self.ready.insert(n, count);
             } else {
@@ -1854,7 +1854,7 @@ mod model {
             expired.sort();
             for (_, n, count) in expired {
                 self.leased.remove(&n);
-                self.to_dead_or_ready(n, count, true);
+                self.requeue_or_dead(n, count, true);
             }
         }
 
@@ -1889,7 +1889,7 @@ mod model {
                 Settle::Ack => {
                     self.done.insert(n);
                 }
-                Settle::Nack { requeue } => self.to_dead_or_ready(n, count, requeue),
+                Settle::Nack { requeue } => self.requeue_or_dead(n, count, requeue),
             }
             true
         }

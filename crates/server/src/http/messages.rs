@@ -42,8 +42,45 @@ struct SendBody<'a> {
     ttl: Option<f64>,
 }
 
+/// Deepest nesting of arrays and objects accepted in a body: receivers in other
+/// languages (Python's `json`, for one) fail on much deeper documents.
+const MAX_DEPTH: usize = 128;
+
+/// Nesting depth of valid JSON text, counting brackets outside strings.
+fn depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publish> {
     let b: SendBody = parse_json(bytes)?;
+    // The envelope adds one level around the body.
+    if depth(bytes) > MAX_DEPTH + 1 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("the body nests arrays and objects deeper than {MAX_DEPTH} levels"),
+        ));
+    }
     let (topic, body) = match (b.topic, b.body, b.header) {
         (Some(topic), Some(body), None) => (topic, body.get().as_bytes().to_vec()),
         (None, Some(body), None) if broadcast => ("broadcast".to_owned(), body.get().as_bytes().to_vec()),
@@ -343,4 +380,17 @@ pub async fn nack(
     JsonBytes(bytes): JsonBytes,
 ) -> ApiResult<AxumJson<AckResponse>> {
     settle(state, caller, &bytes, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::depth;
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(depth(br#"1"#), 0);
+        assert_eq!(depth(br#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(depth(br#"{"a":"[[[[\"[["}"#), 1);
+        assert_eq!(depth(br#"[[],[[]]]"#), 3);
+    }
 }

@@ -131,8 +131,8 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let resp = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
-            ErrorCode::Unavailable,
-            "the request took too long",
+            ErrorCode::RequestTimeout,
+            "the request was not received or handled in time",
         )),
     };
     let status = resp.status().as_u16();
