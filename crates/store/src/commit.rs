@@ -274,7 +274,7 @@ mod tests {
             .map_err(|e| CommitError::Failed(e.to_string()))?;
         assert_eq!(snap.entries.len(), 500);
         let commits = c.stats().commits.load(Ordering::Relaxed);
-        assert!(commits >= 1 && commits <= 500);
+        assert!((1..=500).contains(&commits));
         Ok(())
     }
 

@@ -30,11 +30,12 @@ pub struct TestServer {
 
 /// The configuration tests use: loopback, port 0, the given data directory.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = data_dir.to_owned();
-    c.http = "127.0.0.1:0".parse().expect("invariant: literal address");
-    c.backend = "127.0.0.1:0".parse().expect("invariant: literal address");
-    c
+    Config {
+        data_dir: data_dir.to_owned(),
+        http: "127.0.0.1:0".parse().expect("invariant: literal address"),
+        backend: "127.0.0.1:0".parse().expect("invariant: literal address"),
+        ..Config::default()
+    }
 }
 
 impl TestServer {

@@ -36,15 +36,21 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 
 /// Parses JSON with syntax errors as `malformed_json` and shape errors as `invalid_body`.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
-                ErrorCode::MalformedJson,
-                format!("the body is not valid JSON: {e}"),
-            ),
-            Category::Data => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
-        }
+    use serde_json::error::Category;
+    let malformed = |e: serde_json::Error| {
+        ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+    };
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => malformed(e),
+        // A shape error may have been met before a syntax error further on; the syntax
+        // error is the one to report. Checked only on failure, so valid requests pay nothing.
+        Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Err(syntax) if syntax.classify() != Category::Data => malformed(syntax),
+            _ => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
+        },
     })
 }
 
