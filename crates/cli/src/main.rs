@@ -347,6 +347,25 @@ fn save_private(path: &PathBuf, v: &CredentialsFile) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Prints new credentials as a credentials file, or saves them (mode 0600).
+fn emit_credentials(
+    c: &Client,
+    creds: trunkline_api::ClientCredentials,
+    save: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let file = CredentialsFile {
+        api: c.base_url().to_owned(),
+        client_id: creds.client_id,
+        client_name: creds.client_name,
+        subscription: creds.subscription,
+        secret: creds.secret,
+    };
+    match save {
+        Some(path) => save_private(&path, &file),
+        None => print_json(&file),
+    }
+}
+
 /// A body argument: JSON as given, anything else as a JSON string.
 fn body_value(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()))
@@ -467,17 +486,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
                     inbox: QueueSettings::default(),
                 })
                 .await?;
-            let file = CredentialsFile {
-                api: c.base_url().to_owned(),
-                client_id: created.client_id,
-                client_name: created.client_name,
-                subscription: created.subscription,
-                secret: created.secret,
-            };
-            match save {
-                Some(path) => save_private(&path, &file),
-                None => print_json(&file),
-            }
+            emit_credentials(&c, created, save)
         }
         ClientCommand::List { creds } => print_json(&connect(&creds)?.list_clients().await?),
         ClientCommand::Show { creds, client_id } => {
@@ -515,17 +524,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
         } => {
             let c = connect(&creds)?;
             let r = c.rotate_secret(&client_id).await?;
-            let file = CredentialsFile {
-                api: c.base_url().to_owned(),
-                client_id: r.client_id,
-                client_name: r.client_name,
-                subscription: r.subscription,
-                secret: r.secret,
-            };
-            match save {
-                Some(path) => save_private(&path, &file),
-                None => print_json(&file),
-            }
+            emit_credentials(&c, r, save)
         }
     }
 }
