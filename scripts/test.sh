@@ -14,6 +14,8 @@ cd "$ROOT"
 echo "==> Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
+    # nextest does not run doctests.
+    cargo test --workspace --doc
 else
     echo "(cargo-nextest not found; using cargo test)"
     cargo test --workspace
