@@ -109,6 +109,13 @@ async fn noc_flow_with_wildcards_and_notify() {
     let t1 = api.token("noc-c2", &s1).await;
     let t2 = api.token("autosub", &s2).await;
 
+    // The bootstrap admin sees everything but never blocks publishers.
+    let (_, v) = api.get("/client/admin", Some(&admin)).await;
+    assert_eq!(
+        (v["subscription"].as_str(), v["inbox"]["overflow"].as_str()),
+        (Some("#"), Some("drop-oldest")),
+        "{v}"
+    );
     // The secret is shown once only.
     let (s, v) = api.get("/client/noc-c2", Some(&admin)).await;
     assert_eq!(s, 200);

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trunkline_api::{CredentialsFile, Subscription};
 use trunkline_auth::{Throttle, TokenKey};
-use trunkline_broker::{Broker, NewClient};
+use trunkline_broker::{Broker, LimitSettings, NewClient, Overflow};
 use trunkline_store::{Committer, RedbStore};
 
 use crate::config::{Config, Secrets};
@@ -48,6 +48,8 @@ pub struct Node {
 }
 
 const STORE_FILE: &str = "trunkline.redb";
+/// Length of the bootstrap admin's inbox, which drops its oldest message when full.
+const ADMIN_INBOX_LENGTH: u64 = 10_000;
 
 fn data_err(path: &Path, e: impl std::fmt::Display) -> StartError {
     StartError::DataDir {
@@ -193,6 +195,14 @@ impl Node {
         if broker.client_count() == 0 && !admin_path.exists() {
             let mut admin = NewClient::new("admin", "Administrator", vec!["#".into()]);
             admin.roles = vec!["admin".into()];
+            // The admin sees every message (`#`, as the NOC's) but is rarely a consumer: a
+            // reject-publish inbox nobody reads would, once full, refuse every publish on
+            // the node. Its inbox keeps the latest messages instead.
+            admin.inbox = LimitSettings {
+                max_length: Some(ADMIN_INBOX_LENGTH),
+                overflow: Some(Overflow::DropOldest),
+                max_deliveries: None,
+            };
             let (view, secret) = broker
                 .create_client(admin, now_ms())
                 .await
