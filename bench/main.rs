@@ -23,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+
+mod routing;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -55,6 +57,8 @@ struct Cli {
 enum Cmd {
     /// Durable publish → receive → ack over HTTP against a server started for the run.
     Durable(DurableArgs),
+    /// Topic matching with many subscriptions, in process.
+    Routing(routing::RoutingArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -106,6 +110,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::Durable(args) => rt.block_on(durable(args)),
+        Cmd::Routing(args) => {
+            routing::run(&args);
+            Ok(true)
+        }
     };
     // An incomplete run still reports, but its numbers are not comparable: exit 2.
     // Tasks still running (only after an error or Ctrl-C) are cancelled here.
