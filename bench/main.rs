@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod recovery;
 mod routing;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
@@ -59,6 +60,8 @@ enum Cmd {
     Durable(DurableArgs),
     /// Topic matching with many subscriptions, in process.
     Routing(routing::RoutingArgs),
+    /// Time to recover a store full of queued messages, in process.
+    Recovery(recovery::RecoveryArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Cmd::Durable(args) => rt.block_on(durable(args)),
+        Cmd::Recovery(args) => rt.block_on(recovery::run(&args)).map(|_| true),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)

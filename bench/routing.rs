@@ -25,7 +25,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) as usize) % n.max(1)
     }
 }
@@ -58,7 +61,9 @@ pub fn run(a: &RoutingArgs) -> Value {
     }
     let build = start.elapsed();
     let mut rng = Lcg(42);
-    let topics: Vec<String> = (0..a.topics.min(100_000)).map(|_| topic(&mut rng, a.subscriptions)).collect();
+    let topics: Vec<String> = (0..a.topics.min(100_000))
+        .map(|_| topic(&mut rng, a.subscriptions))
+        .collect();
     let mut out = Vec::new();
     let mut matched = 0usize;
     let start = Instant::now();

@@ -1,0 +1,95 @@
+//! `trunkline-bench recovery`: how long a node takes to recover a store full of queued
+//! messages. In process: fills a redb store through the broker (`--messages` 1 KiB
+//! messages spread over `--clients` inboxes, published concurrently so commits batch),
+//! closes it, and times `Broker::open` on it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Value};
+use trunkline_broker::{Broker, BrokerConfig, NewClient, Publish};
+use trunkline_store::RedbStore;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RecoveryArgs {
+    #[arg(long, default_value_t = 200_000)]
+    pub messages: u64,
+    #[arg(long, default_value_t = 10)]
+    pub clients: u64,
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub async fn run(a: &RecoveryArgs) -> Result<Value> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let path = dir.path().join("trunkline.redb");
+    let mut config = BrokerConfig::default();
+    config.default_limits.max_length = a.messages + 1;
+    let broker = Broker::open(Arc::new(RedbStore::open(&path)?), config.clone(), now_ms())?;
+    for c in 0..a.clients {
+        broker
+            .create_client(
+                NewClient::new(format!("c{c}"), "c", vec![format!("r.{c}.#")]),
+                now_ms(),
+            )
+            .await?;
+    }
+    let body = format!("\"{}\"", "x".repeat(a.size.saturating_sub(2)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let per_task = a.messages / 64;
+    for t in 0..64u64 {
+        let (broker, body) = (broker.clone(), body.clone());
+        let clients = a.clients.max(1);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let topic = format!("r.{}.m", (t * per_task + i) % clients);
+                broker
+                    .publish(
+                        Publish::new(topic, body.clone().into_bytes(), "bench"),
+                        now_ms(),
+                    )
+                    .await?;
+            }
+            Ok::<_, trunkline_broker::BrokerError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let fill = start.elapsed();
+    let stored = per_task * 64;
+    broker
+        .shutdown()
+        .map_err(|_| anyhow!("broker still shared"))?;
+    let size = std::fs::metadata(&path)?.len();
+
+    let start = Instant::now();
+    let broker = Broker::open(Arc::new(RedbStore::open(&path)?), config, now_ms())?;
+    let open = start.elapsed();
+    let queued: u64 = broker.queue_depths().iter().map(|d| d.ready).sum();
+    anyhow::ensure!(queued == stored, "recovered {queued} of {stored} messages");
+    let per_million = open.as_secs_f64() * 1e6 / stored.max(1) as f64;
+    println!(
+        "recovery: {stored} queued messages of {} B ({} MiB store) filled in {:.1} s; reopened in {:.0} ms = {:.2} s per million",
+        a.size,
+        size >> 20,
+        fill.as_secs_f64(),
+        open.as_secs_f64() * 1e3,
+        per_million
+    );
+    let _ = broker.shutdown();
+    Ok(
+        json!({"messages": stored, "size": a.size, "store_bytes": size,
+        "fill_seconds": fill.as_secs_f64(), "open_seconds": open.as_secs_f64(),
+        "seconds_per_million": per_million}),
+    )
+}
