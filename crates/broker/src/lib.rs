@@ -32,6 +32,7 @@
 
 pub mod dedup;
 pub mod error;
+pub mod live;
 pub mod queue;
 pub mod registry;
 pub mod topic;
@@ -46,6 +47,7 @@ use trunkline_store::{Committer, Op, QueueStore, RecordTable, StoreError, Stored
 
 pub use dedup::DedupRecord;
 pub use error::BrokerError;
+pub use live::{LiveCounters, LiveMessage, LiveSubscription};
 pub use queue::{Limits, Msg, Overflow};
 pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings, ROLES};
 
@@ -259,6 +261,8 @@ struct Inner {
     /// Serialises client changes, which are rare, so that check-then-commit is atomic.
     admin: tokio::sync::Mutex<()>,
     counters: Counters,
+    live: Arc<RwLock<live::Live>>,
+    live_counters: LiveCounters,
 }
 
 /// Handle to the engine. Cheap to clone: clones share one broker.
@@ -421,6 +425,8 @@ impl Broker {
                 last_msg_id: AtomicU64::new(last_msg_id),
                 admin: tokio::sync::Mutex::new(()),
                 counters: Counters::default(),
+                live: Arc::default(),
+                live_counters: LiveCounters::default(),
             }),
         })
     }
@@ -581,6 +587,7 @@ impl Broker {
         });
         let delivered_to = reserved.0.len() as u64;
         let msg = Msg::new(id, data.clone(), delivered_to as u32);
+        let data_for_live = data.clone();
         if !reserved.0.is_empty() {
             ops.push(Op::PutMessage { id, msg: data });
             for (cell, seq) in &reserved.0 {
@@ -622,6 +629,10 @@ impl Broker {
             }
         }
         committed?;
+        self.fan_out_live(LiveMessage {
+            id,
+            data: data_for_live,
+        });
         let c = &self.inner.counters;
         c.published.fetch_add(1, Ordering::Relaxed);
         c.enqueued.fetch_add(delivered_to, Ordering::Relaxed);
@@ -631,6 +642,48 @@ impl Broker {
             delivered_to,
             duplicate: false,
         })
+    }
+
+    /// Hands a committed message to matching live subscribers (none are waited for).
+    fn fan_out_live(&self, msg: LiveMessage) {
+        let live = read(&self.inner.live);
+        if live.is_empty() {
+            return;
+        }
+        let (sent, missed) = live.fan_out(&msg);
+        let c = &self.inner.live_counters;
+        c.delivered.fetch_add(sent, Ordering::Relaxed);
+        c.missed.fetch_add(missed, Ordering::Relaxed);
+    }
+
+    /// Subscribes to every message published from now on to a topic matching `pattern`,
+    /// without storing anything. At most `capacity` messages wait for the subscriber; past
+    /// that it misses messages and [`LiveSubscription::lagged`] turns true.
+    pub fn subscribe_live(
+        &self,
+        pattern: &str,
+        capacity: usize,
+    ) -> Result<LiveSubscription, BrokerError> {
+        topic::validate_pattern(pattern).map_err(|cause| BrokerError::InvalidPattern {
+            pattern: pattern.to_owned(),
+            cause,
+        })?;
+        let (id, rx, lagged) = write(&self.inner.live).add(pattern.to_owned(), capacity);
+        Ok(LiveSubscription {
+            id,
+            rx,
+            lagged,
+            live: Arc::downgrade(&self.inner.live),
+        })
+    }
+
+    /// Live subscriptions open now.
+    pub fn live_subscriptions(&self) -> usize {
+        read(&self.inner.live).len()
+    }
+
+    pub fn live_counters(&self) -> &LiveCounters {
+        &self.inner.live_counters
     }
 
     // ----- consuming --------------------------------------------------------------------

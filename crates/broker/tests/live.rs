@@ -1,0 +1,92 @@
+//! Live subscriptions: what is published from now on, not stored.
+
+use std::sync::Arc;
+
+use trunkline_broker::{Broker, BrokerConfig, NewClient, Publish};
+use trunkline_store::MemoryStore;
+
+fn broker() -> Broker {
+    Broker::open(Arc::new(MemoryStore::default()), BrokerConfig::default(), 0).expect("open")
+}
+
+#[tokio::test]
+async fn live_subscribers_get_matching_messages_from_now_on() {
+    let b = broker();
+    b.publish(Publish::new("fleet.a.status", b"0".to_vec(), "p"), 1)
+        .await
+        .expect("publish");
+    let mut sub = b.subscribe_live("fleet.*.status", 10).expect("subscribe");
+    let mut all = b.subscribe_live("#", 10).expect("subscribe");
+    b.publish(Publish::new("fleet.a.status", b"1".to_vec(), "p"), 2)
+        .await
+        .expect("publish");
+    b.publish(Publish::new("fleet.a.alarm", b"2".to_vec(), "p"), 3)
+        .await
+        .expect("publish");
+    let m = sub.try_recv().expect("one message");
+    assert_eq!(
+        (m.data.topic.as_str(), m.data.body.as_slice()),
+        ("fleet.a.status", &b"1"[..])
+    );
+    assert!(
+        sub.try_recv().is_none(),
+        "the earlier and the non-matching ones are not delivered"
+    );
+    assert_eq!(
+        all.try_recv().map(|m| m.data.body.clone()),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(
+        all.try_recv().map(|m| m.data.body.clone()),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(b.live_subscriptions(), 2);
+    drop(sub);
+    assert_eq!(b.live_subscriptions(), 1, "dropping unsubscribes");
+    assert!(b.subscribe_live("a..b", 1).is_err());
+}
+
+#[tokio::test]
+async fn live_and_durable_routes_both_get_a_message() {
+    let b = broker();
+    b.create_client(NewClient::new("c", "c", vec!["x.#".into()]), 0)
+        .await
+        .expect("client");
+    let mut sub = b.subscribe_live("x.y", 10).expect("subscribe");
+    let r = b
+        .publish(Publish::new("x.y", b"1".to_vec(), "p"), 1)
+        .await
+        .expect("publish");
+    assert_eq!(r.delivered_to, 1);
+    assert_eq!(sub.try_recv().map(|m| m.id), Some(r.id));
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_marked_lagged_and_others_are_unaffected() {
+    let b = broker();
+    let mut slow = b.subscribe_live("t", 2).expect("subscribe");
+    let mut fast = b.subscribe_live("t", 100).expect("subscribe");
+    for i in 0..5u8 {
+        b.publish(Publish::new("t", vec![b'0' + i], "p"), 1)
+            .await
+            .expect("publish");
+        assert!(fast.try_recv().is_some());
+    }
+    assert!(slow.lagged());
+    assert!(!fast.lagged());
+    assert_eq!(
+        slow.try_recv().map(|m| m.data.body.clone()),
+        Some(b"0".to_vec())
+    );
+    assert_eq!(
+        slow.try_recv().map(|m| m.data.body.clone()),
+        Some(b"1".to_vec())
+    );
+    assert!(slow.try_recv().is_none());
+    assert_eq!(
+        b.live_counters()
+            .missed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+}
