@@ -95,6 +95,8 @@ pub struct Publish {
     pub ttl_ms: Option<u64>,
     /// To every inbox, whatever its subscription.
     pub broadcast: bool,
+    /// Straight into this queue (point to point), instead of routing by topic.
+    pub queue: Option<String>,
 }
 
 impl Publish {
@@ -106,6 +108,7 @@ impl Publish {
             message_id: None,
             ttl_ms: None,
             broadcast: false,
+            queue: None,
         }
     }
 }
@@ -541,7 +544,12 @@ impl Broker {
     ) -> Result<Published, BrokerError> {
         let targets: Vec<Arc<str>> = {
             let reg = read(&self.inner.registry);
-            if p.broadcast {
+            if let Some(q) = &p.queue {
+                match read(&self.inner.queues).get_key_value(q.as_str()) {
+                    Some((name, _)) => vec![name.clone()],
+                    None => return Err(BrokerError::UnknownQueue(q.clone())),
+                }
+            } else if p.broadcast {
                 reg.inboxes.clone()
             } else {
                 let mut out = Vec::new();
@@ -629,10 +637,12 @@ impl Broker {
             }
         }
         committed?;
-        self.fan_out_live(LiveMessage {
-            id,
-            data: data_for_live,
-        });
+        if p.queue.is_none() {
+            self.fan_out_live(LiveMessage {
+                id,
+                data: data_for_live,
+            });
+        }
         let c = &self.inner.counters;
         c.published.fetch_add(1, Ordering::Relaxed);
         c.enqueued.fetch_add(delivered_to, Ordering::Relaxed);

@@ -90,3 +90,49 @@ async fn a_slow_subscriber_is_marked_lagged_and_others_are_unaffected() {
         3
     );
 }
+
+#[tokio::test]
+async fn point_to_point_goes_to_one_queue_only() {
+    let b = broker();
+    b.create_client(NewClient::new("a", "a", vec!["#".into()]), 0)
+        .await
+        .expect("client");
+    b.create_client(NewClient::new("b", "b", vec!["zzz".into()]), 0)
+        .await
+        .expect("client");
+    let mut live = b.subscribe_live("#", 10).expect("live");
+    let mut p = Publish::new("b-inbox", b"1".to_vec(), "a");
+    p.queue = Some("b-inbox".into());
+    let r = b.publish(p, 1).await.expect("publish");
+    assert_eq!(r.delivered_to, 1);
+    let got = b
+        .receive(
+            "b",
+            "b-inbox",
+            trunkline_broker::ReceiveOptions::auto(10),
+            2,
+        )
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    let got = b
+        .receive(
+            "a",
+            "a-inbox",
+            trunkline_broker::ReceiveOptions::auto(10),
+            2,
+        )
+        .await
+        .expect("receive");
+    assert!(
+        got.is_empty(),
+        "a `#` subscriber does not see point-to-point messages"
+    );
+    assert!(live.try_recv().is_none());
+    let mut p = Publish::new("x", b"1".to_vec(), "a");
+    p.queue = Some("nobody-inbox".into());
+    assert!(matches!(
+        b.publish(p, 3).await,
+        Err(trunkline_broker::BrokerError::UnknownQueue(_))
+    ));
+}

@@ -136,6 +136,7 @@ fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publi
         message_id: b.message_id,
         ttl_ms,
         broadcast,
+        queue: None,
     })
 }
 
