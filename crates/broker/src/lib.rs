@@ -97,6 +97,10 @@ pub struct Publish {
     pub broadcast: bool,
     /// Straight into this queue (point to point), instead of routing by topic.
     pub queue: Option<String>,
+    /// Media type of the body; `None` means JSON text.
+    pub content_type: Option<String>,
+    /// Headers carried to consumers.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Publish {
@@ -109,6 +113,8 @@ impl Publish {
             ttl_ms: None,
             broadcast: false,
             queue: None,
+            content_type: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -592,6 +598,8 @@ impl Broker {
             sender: p.sender.clone(),
             timestamp_ms: now,
             expires_at_ms: p.ttl_ms.map(|t| now.saturating_add(t)),
+            content_type: p.content_type.clone(),
+            headers: p.headers.clone(),
         });
         let delivered_to = reserved.0.len() as u64;
         let msg = Msg::new(id, data.clone(), delivered_to as u32);

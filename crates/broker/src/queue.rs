@@ -407,6 +407,8 @@ mod tests {
                 sender: "s".into(),
                 timestamp_ms: 0,
                 expires_at_ms: expires,
+                content_type: None,
+                headers: Vec::new(),
             }),
             1,
         )

@@ -9,13 +9,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     pub topic: String,
-    /// The body as raw JSON text.
+    /// The body: JSON text unless `content_type` says otherwise.
     pub body: Vec<u8>,
     pub sender: String,
     /// Milliseconds since the Unix epoch at which the node accepted it.
     pub timestamp_ms: u64,
     /// Milliseconds since the Unix epoch after which it is dropped undelivered.
     pub expires_at_ms: Option<u64>,
+    /// Media type of the body; `None` means JSON text (what the HTTP API takes).
+    pub content_type: Option<String>,
+    /// Publisher headers carried to consumers (STOMP `SEND` headers such as `type`).
+    pub headers: Vec<(String, String)>,
 }
 
 /// One message's place in one queue.

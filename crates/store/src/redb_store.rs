@@ -152,6 +152,8 @@ mod tests {
             sender: "s".into(),
             timestamp_ms: 5,
             expires_at_ms: None,
+            content_type: None,
+            headers: Vec::new(),
         };
         {
             let s = RedbStore::open(&path)?;

@@ -137,6 +137,8 @@ fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publi
         ttl_ms,
         broadcast,
         queue: None,
+        content_type: None,
+        headers: Vec::new(),
     })
 }
 
@@ -202,19 +204,41 @@ struct OutMessage<'a> {
     delivery_count: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     receipt: Option<&'a str>,
+    /// Present when the body is not JSON (it is then shown as a string).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<&'a str>,
+    /// Publisher headers (from STOMP), first occurrence of each name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<std::collections::BTreeMap<&'a str, &'a str>>,
 }
 
 fn render(deliveries: &[Delivery]) -> Response {
     let mut out = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
+    // Bodies that are not JSON (sent over STOMP with another content type) are shown as
+    // a JSON string of their text; these hold the encoded strings while `out` borrows them.
+    let texts: Vec<Option<Box<RawValue>>> = deliveries
+        .iter()
+        .map(|d| {
+            let data = &d.msg.data;
+            let is_json = data
+                .content_type
+                .as_deref()
+                .is_none_or(|ct| ct.starts_with("application/json"))
+                && serde_json::from_slice::<&RawValue>(&data.body).is_ok();
+            (!is_json).then(|| {
+                serde_json::value::to_raw_value(&String::from_utf8_lossy(&data.body))
+                    .unwrap_or_else(|_| RawValue::NULL.to_owned())
+            })
+        })
+        .collect();
+    for (d, text) in deliveries.iter().zip(&texts) {
         let data = &d.msg.data;
-        // Bodies were validated as JSON when they were sent.
-        let body: &RawValue = match serde_json::from_slice(&data.body) {
-            Ok(b) => b,
-            Err(_) => {
-                tracing::error!(id = d.msg.id, "stored body is not JSON");
-                continue;
-            }
+        let body: &RawValue = match text {
+            Some(t) => t,
+            None => match serde_json::from_slice(&data.body) {
+                Ok(b) => b,
+                Err(_) => continue,
+            },
         };
         let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(data.timestamp_ms);
         out.push(OutMessage {
@@ -226,6 +250,14 @@ fn render(deliveries: &[Delivery]) -> Response {
             redelivered: d.redelivered(),
             delivery_count: d.delivery_count,
             receipt: d.receipt.as_deref(),
+            content_type: data.content_type.as_deref(),
+            headers: (!data.headers.is_empty()).then(|| {
+                data.headers
+                    .iter()
+                    .rev()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            }),
         });
     }
     match serde_json::to_vec(&out) {
