@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target in fuzz/ for SECONDS each (default 30).
+#
+# cargo-fuzz needs nightly-only rustc flags (-Zsanitizer=address and friends);
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. Crashes are saved under
+# fuzz/artifacts/<target>/; replay one with
+#   RUSTC_BOOTSTRAP=1 cargo fuzz run <target> fuzz/artifacts/<target>/<file>
+set -euo pipefail
+
+seconds="${1:-30}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked
+fi
+
+cd "$root/fuzz"
+export RUSTC_BOOTSTRAP=1
+for target in $(cargo fuzz list); do
+    echo "== fuzzing $target for ${seconds}s" >&2
+    # New inputs go to corpus/<target> (not committed); seeds/<target> and
+    # <target>.dict (committed) give the fuzzer a head start.
+    mkdir -p "corpus/$target"
+    corpora=("corpus/$target")
+    [ -d "seeds/$target" ] && corpora+=("seeds/$target")
+    flags=(-max_total_time="$seconds")
+    [ -f "$target.dict" ] && flags+=(-dict="$target.dict")
+    cargo fuzz run "$target" "${corpora[@]}" -- "${flags[@]}"
+done
