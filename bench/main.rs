@@ -261,7 +261,14 @@ impl Server {
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&data)
-            .args(["--http", "127.0.0.1:0", "--backend", "127.0.0.1:0"])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--backend",
+                "127.0.0.1:0",
+                "--stomp",
+                "127.0.0.1:0",
+            ])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -130,6 +130,8 @@ def node(tmp_path_factory) -> Node:
                 "127.0.0.1:0",
                 "--backend",
                 "127.0.0.1:0",
+                "--stomp",
+                "127.0.0.1:0",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -90,6 +90,24 @@ error_codes! {
     QueueFull = ("queue_full", 507),
     /// The node is shutting down or its store has failed; retry elsewhere or later.
     Unavailable = ("unavailable", 503),
+    /// STOMP: a frame that is not allowed here, or lacks a required header.
+    ProtocolError = ("protocol_error", 400),
+    /// STOMP: bytes that are not a STOMP frame (bad command, escape, header, length).
+    MalformedFrame = ("malformed_frame", 400),
+    /// STOMP: a frame, header block or body over the configured limits.
+    FrameTooLarge = ("frame_too_large", 413),
+    /// STOMP: the client does not offer STOMP 1.2.
+    UnsupportedVersion = ("unsupported_version", 400),
+    /// STOMP: a destination Trunkline does not serve.
+    InvalidDestination = ("invalid_destination", 400),
+    /// STOMP: the client fell silent for longer than the negotiated heart-beat allows.
+    HeartbeatTimeout = ("heartbeat_timeout", 408),
+    /// STOMP: more subscriptions than a connection may hold.
+    TooManySubscriptions = ("too_many_subscriptions", 429),
+    /// STOMP: more frames in one transaction than allowed.
+    TransactionTooLarge = ("transaction_too_large", 413),
+    /// A live subscriber fell behind and missed messages.
+    SlowConsumer = ("slow_consumer", 503),
     /// An internal error; details are in the server log, never in the answer.
     Internal = ("internal", 500),
 }

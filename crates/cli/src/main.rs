@@ -85,6 +85,12 @@ struct ServeArgs {
     /// Backend HTTP listener, e.g. 127.0.0.1:8088.
     #[arg(long, env = "TRUNKLINE_BACKEND")]
     backend: Option<SocketAddr>,
+    /// STOMP listener, e.g. 0.0.0.0:61613, or `off`.
+    #[arg(long, env = "TRUNKLINE_STOMP")]
+    stomp: Option<String>,
+    /// Unconfirmed STOMP operations per connection before reading pauses.
+    #[arg(long, env = "TRUNKLINE_STOMP_BUFFER")]
+    stomp_buffer: Option<usize>,
     /// `text` or `json`.
     #[arg(long, env = "TRUNKLINE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -237,6 +243,21 @@ fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     }
     if let Some(b) = a.backend {
         c.backend = b;
+    }
+    match a.stomp.as_deref() {
+        None => {}
+        Some("off") => c.stomp.enabled = false,
+        Some(addr) => {
+            c.stomp.enabled = true;
+            c.stomp.listen = addr.parse().map_err(|_| {
+                Failure::Usage(format!(
+                    "--stomp must be an address such as 127.0.0.1:61613, or off; got `{addr}`"
+                ))
+            })?;
+        }
+    }
+    if let Some(b) = a.stomp_buffer {
+        c.stomp.buffer = b;
     }
     if let Some(f) = &a.log_format {
         c.log.format = match f.as_str() {

@@ -226,6 +226,7 @@ fn serve_reads_env_and_stops_cleanly_on_sigterm() {
         .env("TRUNKLINE_DATA_DIR", &data)
         .env("TRUNKLINE_HTTP", "127.0.0.1:0")
         .env("TRUNKLINE_BACKEND", "127.0.0.1:0")
+        .env("TRUNKLINE_STOMP", "127.0.0.1:0")
         .env("TRUNKLINE_LOG_FORMAT", "json")
         .env(
             "TRUNKLINE_BACKEND_KEY",

@@ -23,6 +23,25 @@ http = "0.0.0.0:8087"
 # Backend HTTP API and /metrics (TRUNKLINE_BACKEND, --backend). Keep it private.
 backend = "127.0.0.1:8088"
 
+[stomp]
+# STOMP 1.2 over TCP (TRUNKLINE_STOMP, --stomp). Port 0 picks a free port.
+enabled = true
+listen = "0.0.0.0:61613"
+# Unconfirmed operations (sends, acks) per connection before the server stops reading
+# that socket until commits catch up (TRUNKLINE_STOMP_BUFFER).
+buffer = 100
+# Heart-beats the server offers: it can send every heartbeat_send_ms and wants to hear
+# from the client every heartbeat_recv_ms (0 = not needed).
+heartbeat_send_ms = 10000
+heartbeat_recv_ms = 10000
+# Time allowed between opening a connection and CONNECT.
+connect_timeout_secs = 10
+max_connections = 10000
+# Most unacknowledged messages per queue subscription (caps prefetch-count).
+max_prefetch = 100
+# How long a delivery stays leased to a connection before it is given to someone else.
+lease_secs = 1800
+
 [log]
 # "text" or "json" (TRUNKLINE_LOG_FORMAT).
 format = "text"
@@ -64,10 +83,25 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub http: SocketAddr,
     pub backend: SocketAddr,
+    pub stomp: StompConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub http_limits: HttpLimits,
     pub inbox: InboxConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub buffer: usize,
+    pub heartbeat_send_ms: u64,
+    pub heartbeat_recv_ms: u64,
+    pub connect_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_prefetch: usize,
+    pub lease_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +226,19 @@ impl Config {
         }
         if self.inbox.max_length == 0 || self.inbox.max_deliveries == 0 {
             return bad("inbox", "max_length and max_deliveries must be at least 1");
+        }
+        let st = &self.stomp;
+        if st.buffer == 0 || st.max_prefetch == 0 || st.max_connections == 0 {
+            return bad(
+                "stomp",
+                "buffer, max_prefetch and max_connections must be at least 1",
+            );
+        }
+        if st.connect_timeout_secs == 0 || st.lease_secs == 0 {
+            return bad(
+                "stomp",
+                "connect_timeout_secs and lease_secs must be at least 1",
+            );
         }
         if self.http == self.backend && self.http.port() != 0 {
             return bad("backend", "must differ from http");

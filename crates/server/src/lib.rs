@@ -29,6 +29,7 @@ pub mod http;
 pub mod listener;
 pub mod node;
 pub mod openapi;
+pub mod stomp_listener;
 
 pub use config::{Config, Secrets};
 pub use node::{run, Node, StartError};

@@ -40,6 +40,8 @@ pub enum StartError {
 pub struct Node {
     pub http_addr: SocketAddr,
     pub backend_addr: SocketAddr,
+    /// The STOMP listener, when enabled.
+    pub stomp_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     broker: Option<Broker>,
     committer: Committer,
@@ -180,6 +182,26 @@ impl Node {
                     addr: config.backend,
                     cause: e.to_string(),
                 })?;
+        let stomp_listener = if config.stomp.enabled {
+            let addr = config.stomp.listen;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Bind {
+                        addr,
+                        cause: e.to_string(),
+                    })?,
+            )
+        } else {
+            None
+        };
+        let stomp_addr = match &stomp_listener {
+            Some(l) => Some(l.local_addr().map_err(|e| StartError::Bind {
+                addr: config.stomp.listen,
+                cause: e.to_string(),
+            })?),
+            None => None,
+        };
         let http_addr = http_listener.local_addr().map_err(|e| StartError::Bind {
             addr: config.http,
             cause: e.to_string(),
@@ -222,6 +244,7 @@ impl Node {
         let listen = serde_json::json!({
             "http": http_addr.to_string(),
             "backend": backend_addr.to_string(),
+            "stomp": stomp_addr.map(|a| a.to_string()),
             "pid": std::process::id(),
         });
         let listen_path = dir.join("listen.json");
@@ -242,6 +265,7 @@ impl Node {
             100_000,
         ));
         let counters = Arc::new(HttpCounters::default());
+        let stomp_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let state = |backend| AppState {
             broker: broker.clone(),
             keys: keys.clone(),
@@ -250,6 +274,7 @@ impl Node {
             http: counters.clone(),
             shutdown: shutdown.clone(),
             backend,
+            stomp_connections: stomp_connections.clone(),
         };
         let limits = &config.http_limits;
         let header_timeout = Duration::from_secs(limits.header_timeout_secs);
@@ -269,6 +294,20 @@ impl Node {
             shutdown.clone(),
             "backend",
         ));
+        if let Some(listener) = stomp_listener {
+            let ctx = crate::stomp_listener::StompContext {
+                broker: broker.clone(),
+                token_key: Arc::new(keys.token_key.clone()),
+                throttle: throttle.clone(),
+                config: config.clone(),
+                connections: stomp_connections.clone(),
+            };
+            tasks.spawn(crate::stomp_listener::serve(
+                listener,
+                ctx,
+                shutdown.clone(),
+            ));
+        }
         {
             let broker = broker.clone();
             let shutdown = shutdown.clone();
@@ -288,10 +327,17 @@ impl Node {
             });
         }
         tasks.close();
-        tracing::info!(http = %http_addr, backend = %backend_addr, data_dir = %dir.display(), "trunkline listening");
+        tracing::info!(
+            http = %http_addr,
+            backend = %backend_addr,
+            stomp = %stomp_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+            data_dir = %dir.display(),
+            "trunkline listening"
+        );
         Ok(Node {
             http_addr,
             backend_addr,
+            stomp_addr,
             data_dir: dir,
             committer: broker.committer().clone(),
             broker: Some(broker),

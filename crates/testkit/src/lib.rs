@@ -25,17 +25,21 @@ pub struct TestServer {
     data_dir: PathBuf,
     pub http: String,
     pub backend: String,
+    /// `host:port` of the STOMP listener.
+    pub stomp: String,
     pub backend_key: String,
 }
 
 /// The configuration tests use: loopback, port 0, the given data directory.
 pub fn test_config(data_dir: &Path) -> Config {
-    Config {
+    let mut c = Config {
         data_dir: data_dir.to_owned(),
         http: "127.0.0.1:0".parse().expect("invariant: literal address"),
         backend: "127.0.0.1:0".parse().expect("invariant: literal address"),
         ..Config::default()
-    }
+    };
+    c.stomp.listen = "127.0.0.1:0".parse().expect("invariant: literal address");
+    c
 }
 
 impl TestServer {
@@ -65,6 +69,7 @@ impl TestServer {
             .trim()
             .to_owned();
         TestServer {
+            stomp: node.stomp_addr.map(|a| a.to_string()).unwrap_or_default(),
             http: format!("http://{}", node.http_addr),
             backend: format!("http://{}", node.backend_addr),
             node: Some(node),
@@ -136,6 +141,8 @@ pub struct ProcessServer {
     pub child: std::process::Child,
     pub http: String,
     pub backend: String,
+    /// `host:port` of the STOMP listener.
+    pub stomp: String,
     pub data_dir: PathBuf,
 }
 
@@ -172,6 +179,7 @@ impl ProcessServer {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                     let addr = |k: &str| format!("http://{}", v[k].as_str().unwrap_or_default());
                     return Ok(ProcessServer {
+                        stomp: v["stomp"].as_str().unwrap_or_default().to_owned(),
                         http: addr("http"),
                         backend: addr("backend"),
                         child,

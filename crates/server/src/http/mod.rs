@@ -51,6 +51,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// True on the backend listener.
     pub backend: bool,
+    /// Open STOMP connections, for `/metrics`.
+    pub stomp_connections: Arc<AtomicU64>,
 }
 
 /// Milliseconds since the Unix epoch.

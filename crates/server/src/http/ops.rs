@@ -185,6 +185,31 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Remembered publisher message ids.",
         b.dedup_len() as u64,
     );
+    gauge(
+        &mut out,
+        "trunkline_stomp_connections",
+        "Open STOMP connections.",
+        l(&state.stomp_connections),
+    );
+    gauge(
+        &mut out,
+        "trunkline_live_subscriptions",
+        "Open live subscriptions.",
+        b.live_subscriptions() as u64,
+    );
+    let lc = b.live_counters();
+    counter(
+        &mut out,
+        "trunkline_live_delivered_total",
+        "Messages handed to live subscribers.",
+        l(&lc.delivered),
+    );
+    counter(
+        &mut out,
+        "trunkline_live_missed_total",
+        "Messages live subscribers missed by falling behind.",
+        l(&lc.missed),
+    );
     let _ = writeln!(out, "# HELP trunkline_http_responses_total HTTP responses by status class.\n# TYPE trunkline_http_responses_total counter");
     for (i, n) in state.http.by_class.iter().enumerate() {
         let _ = writeln!(

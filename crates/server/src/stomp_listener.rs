@@ -1,0 +1,611 @@
+//! STOMP over TCP: the accept loop and one driver task per connection.
+//!
+//! The driver owns the socket and a [`ServerSession`]. It feeds the session what it reads
+//! (through the incremental [`Decoder`]) and the time, carries out the session's
+//! [`Event`]s against the broker in spawned tasks, and writes what the session hands out.
+//! Outcomes come back on two channels: one for operations (always read, so receipts flow)
+//! and one for deliveries, read only while the write buffer is small, so a consumer that
+//! does not read its socket holds back its own deliveries and nobody else's.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use trunkline_api::ErrorCode;
+use trunkline_auth::{Claims, Throttle, TokenKey};
+use trunkline_broker::{
+    dead_name, inbox_name, Broker, BrokerError, Delivery, Principal, Publish, ReceiveOptions,
+    Settle, WaitHandle,
+};
+use trunkline_proto::{encode, encode_heartbeat, DecodeError, Decoder, Limits};
+use trunkline_stomp::{
+    AckMode, Delivered, Destination, Event, Outgoing, ServerConfig, ServerSession, StompError,
+};
+
+use crate::config::Config;
+use crate::http::now_ms;
+
+/// Write buffer size past which deliveries wait.
+const WRITE_HIGH_WATER: usize = 1 << 20;
+/// Messages a live subscription may have waiting before it counts as a slow consumer.
+const LIVE_CAPACITY: usize = 1000;
+
+/// What every connection shares.
+#[derive(Clone)]
+pub struct StompContext {
+    pub broker: Broker,
+    pub token_key: Arc<TokenKey>,
+    pub throttle: Arc<Throttle>,
+    pub config: Arc<Config>,
+    pub connections: Arc<AtomicU64>,
+}
+
+/// Serves STOMP on `listener` until `shutdown`, then closes every connection.
+pub async fn serve(listener: TcpListener, ctx: StompContext, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(ctx.config.stomp.max_connections));
+    let tasks = TaskTracker::new();
+    let mut next_id = 0u64;
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(cause = %e, listener = "stomp", "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        next_id += 1;
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        let conn_id = next_id;
+        tasks.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            ctx.connections.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::debug_span!("stomp", conn_id, peer = %peer);
+            Connection::new(ctx.clone(), conn_id)
+                .run(stream, shutdown)
+                .instrument(span)
+                .await;
+            ctx.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// An outcome reported back to the driver.
+enum Done {
+    Op(u64, Result<(), StompError>),
+    Deliver(String, Vec<Delivered>),
+    Lagged(String),
+}
+
+fn stomp_error(code: ErrorCode, message: impl Into<String>) -> StompError {
+    StompError::new(code.as_str(), message)
+}
+
+fn broker_error(e: BrokerError) -> StompError {
+    let code = match &e {
+        BrokerError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
+        BrokerError::InvalidPattern { .. } => ErrorCode::InvalidPattern,
+        BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
+        BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
+        BrokerError::DuplicateInFlight => ErrorCode::DuplicateInFlight,
+        BrokerError::Unavailable(cause) => {
+            tracing::error!(cause = %cause, "storage unavailable");
+            return stomp_error(
+                ErrorCode::Unavailable,
+                "the node cannot store messages right now",
+            );
+        }
+        _ => ErrorCode::Internal,
+    };
+    stomp_error(code, e.to_string())
+}
+
+fn decode_error(e: &DecodeError) -> (&'static str, String) {
+    let code = match e {
+        DecodeError::FrameTooLarge { .. }
+        | DecodeError::HeaderBlockTooLarge { .. }
+        | DecodeError::TooManyHeaders { .. }
+        | DecodeError::BodyTooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::MalformedFrame,
+    };
+    (code.as_str(), e.to_string())
+}
+
+struct Connection {
+    ctx: StompContext,
+    session: ServerSession,
+    decoder: Decoder,
+    principal: Option<Principal>,
+    ops_tx: mpsc::UnboundedSender<Done>,
+    ops_rx: mpsc::UnboundedReceiver<Done>,
+    deliveries_tx: mpsc::Sender<Done>,
+    deliveries_rx: mpsc::Receiver<Done>,
+    /// Per subscription: the task feeding it (fetch loop or live forwarder) and its queue.
+    subscriptions: HashMap<String, (Option<JoinHandle<()>>, Destination, AckMode)>,
+    /// Broker calls under way; awaited before the connection ends.
+    inflight: TaskTracker,
+}
+
+impl Connection {
+    fn new(ctx: StompContext, conn_id: u64) -> Self {
+        let st = &ctx.config.stomp;
+        let config = ServerConfig {
+            heartbeat_send_ms: st.heartbeat_send_ms,
+            heartbeat_recv_ms: st.heartbeat_recv_ms,
+            connect_timeout_ms: st.connect_timeout_secs * 1000,
+            buffer: st.buffer,
+            max_prefetch: st.max_prefetch,
+            ..ServerConfig::default()
+        };
+        let mut session = ServerSession::new(config, now_ms());
+        session.set_session_id(format!("session-{conn_id}"));
+        let limits = Limits {
+            max_body_bytes: ctx.config.http_limits.max_body_bytes,
+            ..Limits::default()
+        };
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let (deliveries_tx, deliveries_rx) = mpsc::channel(64);
+        Connection {
+            ctx,
+            session,
+            decoder: Decoder::new(limits),
+            principal: None,
+            ops_tx,
+            ops_rx,
+            deliveries_tx,
+            deliveries_rx,
+            subscriptions: HashMap::new(),
+            inflight: TaskTracker::new(),
+        }
+    }
+
+    async fn run(mut self, mut stream: TcpStream, shutdown: CancellationToken) {
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut wbuf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            self.drive(&mut wbuf);
+            if self.session.is_closing() {
+                // Flush what is queued (the ERROR or last RECEIPT), then close.
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&wbuf)).await;
+                let _ = stream.shutdown().await;
+                break;
+            }
+            let timeout = self.session.poll_timeout().map(|t| {
+                tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now_ms()))
+            });
+            let can_read = self.session.wants_read();
+            let can_deliver = wbuf.len() < WRITE_HIGH_WATER;
+            let (mut rd, mut wr) = stream.split();
+            tokio::select! {
+                r = rd.read_buf(&mut rbuf), if can_read => match r {
+                    Ok(0) | Err(_) => {
+                        // The peer is gone: nothing more will be written either.
+                        self.close_now().await;
+                        break;
+                    }
+                    Ok(_) => self.decode(&mut rbuf),
+                },
+                r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
+                    if r.is_err() {
+                        self.close_now().await;
+                        break;
+                    }
+                }
+                Some(done) = self.ops_rx.recv() => self.done(done),
+                Some(done) = self.deliveries_rx.recv(), if can_deliver => self.done(done),
+                _ = async { match timeout { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    self.session.handle_timeout(now_ms());
+                }
+                _ = shutdown.cancelled() => {
+                    self.session.decode_failed(ErrorCode::Unavailable.as_str(), "the node is shutting down".into());
+                }
+            }
+        }
+        self.stop_subscriptions();
+        self.inflight.close();
+        self.inflight.wait().await;
+    }
+
+    fn decode(&mut self, rbuf: &mut BytesMut) {
+        loop {
+            match self.decoder.decode(rbuf) {
+                Ok(Some(item)) => {
+                    self.session.handle_item(now_ms(), item);
+                    if !self.session.wants_read() {
+                        // Leave the rest buffered until the session can take more.
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let (code, message) = decode_error(&e);
+                    self.session.decode_failed(code, message);
+                    rbuf.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Runs the session's events and moves its output into `wbuf`.
+    fn drive(&mut self, wbuf: &mut BytesMut) {
+        while let Some(ev) = self.session.poll_event() {
+            self.event(ev);
+        }
+        let now = now_ms();
+        while let Some(out) = self.session.poll_transmit(now) {
+            match out {
+                Outgoing::HeartBeat => encode_heartbeat(wbuf),
+                Outgoing::Frame(f) => {
+                    if let Err(e) = encode(&f, wbuf) {
+                        tracing::error!(cause = %e, "cannot encode a frame");
+                    }
+                }
+            }
+        }
+    }
+
+    fn done(&mut self, done: Done) {
+        match done {
+            Done::Op(op, r) => self.session.complete(op, r),
+            Done::Deliver(id, msgs) => self.session.deliver(&id, msgs),
+            Done::Lagged(id) => self.session.lagged(&id),
+        }
+    }
+
+    fn client_id(&self) -> Arc<str> {
+        self.principal
+            .as_ref()
+            .map(|p| p.client_id.clone())
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Authenticate { login, passcode } => {
+                let r = self.authenticate(login, passcode);
+                self.session.authenticated(now_ms(), r);
+            }
+            Event::Publish {
+                op,
+                destination,
+                body,
+                content_type,
+                headers,
+            } => {
+                let mut p = Publish::new(String::new(), Vec::new(), self.client_id().to_string());
+                match destination {
+                    Destination::Topic(t) => p.topic = t,
+                    Destination::Queue(q) => {
+                        p.topic = q.clone();
+                        p.queue = Some(q);
+                    }
+                }
+                let is_json = content_type
+                    .as_deref()
+                    .is_none_or(|c| c.starts_with("application/json"))
+                    && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+                p.content_type = if is_json {
+                    None
+                } else {
+                    Some(content_type.unwrap_or_else(|| "application/octet-stream".into()))
+                };
+                p.body = body.to_vec();
+                p.headers = headers;
+                let (broker, tx) = (self.ctx.broker.clone(), self.ops_tx.clone());
+                self.inflight.spawn(async move {
+                    let r = broker
+                        .publish(p, now_ms())
+                        .await
+                        .map(|_| ())
+                        .map_err(broker_error);
+                    let _ = tx.send(Done::Op(op, r));
+                });
+            }
+            Event::Subscribe {
+                op,
+                id,
+                destination,
+                ack,
+            } => {
+                let r = self.subscribe(&id, &destination, ack);
+                self.session.complete(op, r);
+            }
+            Event::Fetch { id, max } => self.fetch(id, max),
+            Event::Unsubscribe { id, unacked } => {
+                if let Some((Some(task), _, _)) = self.subscriptions.remove(&id) {
+                    task.abort();
+                }
+                self.give_back(unacked);
+            }
+            Event::Settle { op, receipts, ack } => {
+                let how = if ack {
+                    Settle::Ack
+                } else {
+                    Settle::Nack { requeue: true }
+                };
+                let (broker, tx, client) = (
+                    self.ctx.broker.clone(),
+                    self.ops_tx.clone(),
+                    self.client_id(),
+                );
+                self.inflight.spawn(async move {
+                    let r = broker
+                        .settle(&client, &receipts, how, now_ms())
+                        .await
+                        .map(|_| ())
+                        .map_err(broker_error);
+                    let _ = tx.send(Done::Op(op, r));
+                });
+            }
+            Event::Close { unacked } => {
+                self.stop_subscriptions();
+                self.give_back(unacked);
+            }
+        }
+    }
+
+    fn authenticate(
+        &mut self,
+        login: Option<String>,
+        passcode: Option<String>,
+    ) -> Result<String, StompError> {
+        let now = now_ms() / 1000;
+        let Some(passcode) = passcode else {
+            return Err(stomp_error(
+                ErrorCode::MissingCredentials,
+                "CONNECT needs login and passcode (client id and secret, or a token as passcode)",
+            ));
+        };
+        let principal = if passcode.starts_with("tl1.") {
+            let claims: Claims =
+                self.ctx
+                    .token_key
+                    .verify(&passcode, now)
+                    .map_err(|e| match e {
+                        trunkline_auth::TokenError::Expired { .. } => {
+                            stomp_error(ErrorCode::TokenExpired, "the token has expired")
+                        }
+                        _ => stomp_error(ErrorCode::InvalidToken, "the token is not valid"),
+                    })?;
+            if login
+                .as_deref()
+                .is_some_and(|l| !l.is_empty() && l != claims.sub)
+            {
+                return Err(stomp_error(
+                    ErrorCode::InvalidToken,
+                    "the token belongs to another client",
+                ));
+            }
+            self.ctx
+                .broker
+                .check_credential(&claims.sub, &claims.cid)
+                .ok_or_else(|| {
+                    stomp_error(
+                        ErrorCode::InvalidToken,
+                        "the token's client was deleted or its secret rotated",
+                    )
+                })?
+        } else {
+            let login = login.unwrap_or_default();
+            if let Err(wait) = self.ctx.throttle.check(&login, now) {
+                return Err(stomp_error(
+                    ErrorCode::Throttled,
+                    format!("too many failed attempts; retry in {wait} s"),
+                ));
+            }
+            match self.ctx.broker.authenticate(&login, &passcode) {
+                Some((p, _)) => {
+                    self.ctx.throttle.success(&login);
+                    p
+                }
+                None => {
+                    self.ctx.throttle.failure(&login, now);
+                    tracing::info!(client_id = %login, "STOMP login refused");
+                    return Err(stomp_error(
+                        ErrorCode::InvalidCredentials,
+                        "unknown client or wrong secret",
+                    ));
+                }
+            }
+        };
+        let id = principal.client_id.to_string();
+        self.principal = Some(principal);
+        Ok(id)
+    }
+
+    fn subscribe(
+        &mut self,
+        id: &str,
+        destination: &Destination,
+        ack: AckMode,
+    ) -> Result<(), StompError> {
+        let client = self.client_id();
+        match destination {
+            Destination::Queue(q) => {
+                if *q != inbox_name(&client) && *q != dead_name(&client) {
+                    return Err(stomp_error(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "client `{client}` may read /queue/{} and /queue/{} only",
+                            inbox_name(&client),
+                            dead_name(&client)
+                        ),
+                    ));
+                }
+                self.subscriptions
+                    .insert(id.to_owned(), (None, destination.clone(), ack));
+            }
+            Destination::Topic(pattern) => {
+                let mut live = self
+                    .ctx
+                    .broker
+                    .subscribe_live(pattern, LIVE_CAPACITY)
+                    .map_err(broker_error)?;
+                let (tx, sub_id) = (self.deliveries_tx.clone(), id.to_owned());
+                let task = tokio::spawn(async move {
+                    while let Some(m) = live.recv().await {
+                        if live.lagged() {
+                            let _ = tx.send(Done::Lagged(sub_id.clone())).await;
+                            return;
+                        }
+                        let mut batch = vec![m];
+                        while batch.len() < 64 {
+                            match live.try_recv() {
+                                Some(m) => batch.push(m),
+                                None => break,
+                            }
+                        }
+                        let msgs = batch
+                            .into_iter()
+                            .map(|m| {
+                                delivered(
+                                    m.id,
+                                    &m.data,
+                                    format!("/topic/{}", m.data.topic),
+                                    false,
+                                    None,
+                                )
+                            })
+                            .collect();
+                        if tx.send(Done::Deliver(sub_id.clone(), msgs)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                self.subscriptions
+                    .insert(id.to_owned(), (Some(task), destination.clone(), ack));
+            }
+        }
+        Ok(())
+    }
+
+    fn fetch(&mut self, id: String, max: usize) {
+        let client = self.client_id();
+        let lease_ms = self.ctx.config.stomp.lease_secs * 1000;
+        let Some((task, Destination::Queue(queue), ack)) = self.subscriptions.get_mut(&id) else {
+            return;
+        };
+        let opts = match ack {
+            AckMode::Auto => ReceiveOptions::auto(max),
+            _ => ReceiveOptions::leased(max, lease_ms),
+        };
+        let (broker, tx, queue) = (
+            self.ctx.broker.clone(),
+            self.deliveries_tx.clone(),
+            queue.clone(),
+        );
+        let sub_id = id.clone();
+        *task = Some(tokio::spawn(async move {
+            let waiter = broker.waiter(&queue);
+            loop {
+                let notified = waiter.as_ref().map(|w| w.notified());
+                let mut notified = std::pin::pin!(notified);
+                if let Some(n) = notified.as_mut().as_pin_mut() {
+                    n.enable();
+                }
+                let got = match broker.receive(&client, &queue, opts, now_ms()).await {
+                    Ok(got) => got,
+                    Err(e) => {
+                        tracing::warn!(cause = %e, queue = %queue, "fetch failed");
+                        return;
+                    }
+                };
+                if !got.is_empty() {
+                    let dest = format!("/queue/{queue}");
+                    let msgs = got.into_iter().map(|d| from_delivery(d, &dest)).collect();
+                    let _ = tx.send(Done::Deliver(sub_id, msgs)).await;
+                    return;
+                }
+                match notified.as_mut().as_pin_mut() {
+                    // Also look again now and then: a lease may have expired meanwhile.
+                    Some(n) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), n).await;
+                    }
+                    None => return,
+                }
+            }
+        }));
+    }
+
+    /// Gives unacknowledged deliveries back to their queues.
+    fn give_back(&mut self, receipts: Vec<String>) {
+        if receipts.is_empty() {
+            return;
+        }
+        let (broker, client) = (self.ctx.broker.clone(), self.client_id());
+        self.inflight.spawn(async move {
+            if let Err(e) = broker.settle(&client, &receipts, Settle::Nack { requeue: true }, now_ms()).await {
+                tracing::warn!(cause = %e, "could not give back unacknowledged messages; their leases will expire");
+            }
+        });
+    }
+
+    fn stop_subscriptions(&mut self) {
+        for (_, (task, _, _)) in self.subscriptions.drain() {
+            if let Some(t) = task {
+                t.abort();
+            }
+        }
+    }
+
+    /// The peer went away: give back what it held.
+    async fn close_now(&mut self) {
+        self.session
+            .decode_failed(ErrorCode::Unavailable.as_str(), "connection closed".into());
+        while let Some(ev) = self.session.poll_event() {
+            self.event(ev);
+        }
+    }
+}
+
+fn delivered(
+    id: u64,
+    data: &trunkline_store::StoredMessage,
+    destination: String,
+    redelivered: bool,
+    receipt: Option<String>,
+) -> Delivered {
+    let mut headers = data.headers.clone();
+    headers.push(("topic".into(), data.topic.clone()));
+    headers.push(("sender".into(), data.sender.clone()));
+    Delivered {
+        message_id: id,
+        destination,
+        body: Bytes::from(data.body.clone()),
+        content_type: data.content_type.clone(),
+        headers,
+        redelivered,
+        receipt,
+    }
+}
+
+fn from_delivery(d: Delivery, destination: &str) -> Delivered {
+    let redelivered = d.redelivered();
+    delivered(
+        d.msg.id,
+        &d.msg.data,
+        destination.to_owned(),
+        redelivered,
+        d.receipt,
+    )
+}
