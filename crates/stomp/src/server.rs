@@ -265,9 +265,11 @@ impl ServerSession {
         }
     }
 
-    /// True once the session is closing: the driver flushes and closes.
+    /// True once the session is done: the driver flushes what is queued and closes. (After
+    /// a `DISCONNECT` with a receipt the session stops reading but is not done until that
+    /// receipt is out.)
     pub fn is_closing(&self) -> bool {
-        self.state == State::Closing
+        self.closed
     }
 
     /// The next thing to write, if any.
