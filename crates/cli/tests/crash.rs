@@ -265,3 +265,165 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
         "{never_sent} delivered messages were never sent (only {in_doubt} publishes were in doubt)"
     );
 }
+
+/// A STOMP publisher that counts a message as delivered only on its (cumulative) RECEIPT,
+/// as swpt_stomp does: everything receipted must survive `kill -9`.
+async fn stomp_publish_until_killed(
+    addr: String,
+    secret: String,
+    round: u64,
+    accepted: Arc<Mutex<HashSet<Key>>>,
+) {
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use trunkline_proto::{encode, Command, Decoder, Frame, Item, Limits};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+        return;
+    };
+    let mut out = BytesMut::new();
+    let connect = Frame::new(Command::Connect)
+        .header("accept-version", "1.2")
+        .header("login", "admin")
+        .header("passcode", secret);
+    encode(&connect, &mut out).expect("encode");
+    let mut decoder = Decoder::new(Limits::default());
+    let mut inbuf = BytesMut::new();
+    let mut sent: Vec<u64> = Vec::new();
+    let mut confirmed = 0usize;
+    let (mut rd, mut wr) = stream.split();
+    let deadline = Instant::now() + LOAD + Duration::from_secs(5);
+    let mut s = 0u64;
+    loop {
+        if Instant::now() > deadline {
+            return;
+        }
+        // Keep up to 50 unconfirmed messages in flight.
+        while sent.len() - confirmed < 50 {
+            let body = json!({"p": 1000 + round, "s": s}).to_string();
+            let f = Frame::new(Command::Send)
+                .header(
+                    "destination",
+                    format!("/topic/load.{}.stomp", s as usize % CLIENTS),
+                )
+                .header("receipt", s.to_string())
+                .header("content-type", "application/json")
+                .body(body.into_bytes());
+            encode(&f, &mut out).expect("encode");
+            sent.push(s);
+            s += 1;
+        }
+        if !out.is_empty() && wr.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+        match tokio::time::timeout(Duration::from_secs(5), rd.read_buf(&mut inbuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+        while let Ok(Some(item)) = decoder.decode(&mut inbuf) {
+            let Item::Frame(f) = item else { continue };
+            if f.command == Command::Receipt {
+                let id: u64 = f
+                    .get("receipt-id")
+                    .and_then(|r| r.parse().ok())
+                    .expect("receipt id");
+                // Cumulative: this receipt confirms every earlier message too.
+                let upto = sent
+                    .iter()
+                    .position(|x| *x == id)
+                    .expect("a receipt for a sent message");
+                let mut a = accepted.lock().expect("accepted");
+                for x in &sent[confirmed..=upto] {
+                    a.insert((1000 + round, *x));
+                }
+                confirmed = upto + 1;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_stomp_receipted_message() {
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_trunkline"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http");
+    let mut secrets = Vec::new();
+    let admin_secret;
+    {
+        let mut node = ProcessServer::start(&bin, &dir).expect("start node");
+        admin_secret = node.admin_credentials().secret;
+        let t = token(&http, &node.http, "admin", &admin_secret).await;
+        // The admin inbox (subscribed to `#`) is moved aside so that each message has one home.
+        http.patch(format!("{}/client/admin", node.http))
+            .bearer_auth(&t)
+            .json(&json!({"subscription": "nothing.here"}))
+            .send()
+            .await
+            .expect("patch admin");
+        for i in 0..CLIENTS {
+            let r: Value = http
+                .post(format!("{}/client", node.http))
+                .bearer_auth(&t)
+                .json(&json!({"client_id": format!("c{i}"), "client_name": "c", "subscription": format!("load.{i}.#")}))
+                .send()
+                .await
+                .expect("create client")
+                .json()
+                .await
+                .expect("json");
+            secrets.push(r["secret"].as_str().expect("secret").to_owned());
+        }
+        node.kill9();
+    }
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    for round in 0..ROUNDS as u64 {
+        let mut node = ProcessServer::start(&bin, &dir).expect("restart");
+        let task = tokio::spawn(stomp_publish_until_killed(
+            node.stomp.clone(),
+            admin_secret.clone(),
+            round,
+            accepted.clone(),
+        ));
+        tokio::time::sleep(LOAD).await;
+        node.kill9();
+        task.await.expect("publisher");
+    }
+    let node = ProcessServer::start(&bin, &dir).expect("final restart");
+    let ledger = Mutex::new(Ledger::default());
+    for (i, secret) in secrets.iter().enumerate() {
+        let t = token(&http, &node.http, &format!("c{i}"), secret).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while consume_once(&http, &node.http, &t, &ledger)
+            .await
+            .expect("drain")
+            > 0
+        {
+            assert!(Instant::now() < deadline, "drain did not finish");
+        }
+    }
+    let accepted = accepted.lock().expect("accepted");
+    let l = ledger.lock().expect("ledger");
+    let lost: Vec<&Key> = accepted
+        .iter()
+        .filter(|k| !l.seen.contains_key(k))
+        .collect();
+    eprintln!(
+        "STOMP: {} receipted over {ROUNDS} kill -9 rounds, {} stored, lost {}",
+        accepted.len(),
+        l.seen.len(),
+        lost.len()
+    );
+    assert!(
+        accepted.len() > 100,
+        "the load was too small to mean anything"
+    );
+    assert!(
+        lost.is_empty(),
+        "receipted messages lost: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+}

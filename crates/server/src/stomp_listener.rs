@@ -183,6 +183,11 @@ impl Connection {
         let mut wbuf = BytesMut::with_capacity(16 * 1024);
         loop {
             self.drive(&mut wbuf);
+            // Frames that arrived while the session could not take them (pipelined after
+            // CONNECT, or past a full buffer) are decoded once it can.
+            if self.session.wants_read() && !rbuf.is_empty() && self.decode(&mut rbuf) {
+                continue;
+            }
             if self.session.is_closing() {
                 // Flush what is queued (the ERROR or last RECEIPT), then close.
                 let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&wbuf)).await;
@@ -202,7 +207,9 @@ impl Connection {
                         self.close_now().await;
                         break;
                     }
-                    Ok(_) => self.decode(&mut rbuf),
+                    Ok(_) => {
+                        self.decode(&mut rbuf);
+                    }
                 },
                 r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
                     if r.is_err() {
@@ -225,22 +232,25 @@ impl Connection {
         self.inflight.wait().await;
     }
 
-    fn decode(&mut self, rbuf: &mut BytesMut) {
+    /// Decodes what is buffered while the session takes it; true if anything was handled.
+    fn decode(&mut self, rbuf: &mut BytesMut) -> bool {
+        let mut handled = false;
         loop {
             match self.decoder.decode(rbuf) {
                 Ok(Some(item)) => {
+                    handled = true;
                     self.session.handle_item(now_ms(), item);
                     if !self.session.wants_read() {
                         // Leave the rest buffered until the session can take more.
-                        break;
+                        return handled;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => return handled,
                 Err(e) => {
                     let (code, message) = decode_error(&e);
                     self.session.decode_failed(code, message);
                     rbuf.clear();
-                    break;
+                    return true;
                 }
             }
         }

@@ -164,6 +164,8 @@ impl ProcessServer {
                 "127.0.0.1:0",
                 "--backend",
                 "127.0.0.1:0",
+                "--stomp",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir)
