@@ -1164,6 +1164,17 @@ impl Broker {
         ))
     }
 
+    /// The client `client_id`, if it exists (for identities proven otherwise, such as a
+    /// verified TLS client certificate).
+    pub fn principal(&self, client_id: &str) -> Option<Principal> {
+        let reg = read(&self.inner.registry);
+        let rec = reg.clients.get(client_id)?;
+        Some(Principal {
+            client_id: Arc::from(client_id),
+            admin: rec.is_admin(),
+        })
+    }
+
     /// The client behind a token, if it still exists with the same credential.
     pub fn check_credential(&self, client_id: &str, credential_id: &str) -> Option<Principal> {
         let reg = read(&self.inner.registry);

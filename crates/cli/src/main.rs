@@ -91,6 +91,18 @@ struct ServeArgs {
     /// Unconfirmed STOMP operations per connection before reading pauses.
     #[arg(long, env = "TRUNKLINE_STOMP_BUFFER")]
     stomp_buffer: Option<usize>,
+    /// STOMP over TLS 1.3 listener, e.g. 0.0.0.0:61614 (needs --tls-cert and --tls-key).
+    #[arg(long, env = "TRUNKLINE_STOMP_TLS")]
+    stomp_tls: Option<SocketAddr>,
+    /// PEM certificate chain of the server.
+    #[arg(long, env = "TRUNKLINE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of the server.
+    #[arg(long, env = "TRUNKLINE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates; clients must then present a certificate signed by one.
+    #[arg(long, env = "TRUNKLINE_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// `text` or `json`.
     #[arg(long, env = "TRUNKLINE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -258,6 +270,18 @@ fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     }
     if let Some(b) = a.stomp_buffer {
         c.stomp.buffer = b;
+    }
+    if a.stomp_tls.is_some() {
+        c.stomp.tls_listen = a.stomp_tls;
+    }
+    if a.tls_cert.is_some() {
+        c.stomp.tls_cert = a.tls_cert.clone();
+    }
+    if a.tls_key.is_some() {
+        c.stomp.tls_key = a.tls_key.clone();
+    }
+    if a.tls_client_ca.is_some() {
+        c.stomp.tls_client_ca = a.tls_client_ca.clone();
     }
     if let Some(f) = &a.log_format {
         c.log.format = match f.as_str() {

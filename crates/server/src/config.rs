@@ -41,6 +41,13 @@ max_connections = 10000
 max_prefetch = 100
 # How long a delivery stays leased to a connection before it is given to someone else.
 lease_secs = 1800
+# STOMP over TLS 1.3 (--stomp-tls, --tls-cert, --tls-key, --tls-client-ca): off unless
+# tls_listen is set, e.g. "0.0.0.0:61614". With tls_client_ca, clients must present a
+# certificate signed by that CA; its subject's serialNumber (else CN) is the client id.
+# tls_listen = "0.0.0.0:61614"
+# tls_cert = "/etc/trunkline/server.pem"
+# tls_key = "/etc/trunkline/server.key"
+# tls_client_ca = "/etc/trunkline/clients-ca.pem"
 
 [log]
 # "text" or "json" (TRUNKLINE_LOG_FORMAT).
@@ -102,6 +109,14 @@ pub struct StompConfig {
     pub max_connections: usize,
     pub max_prefetch: usize,
     pub lease_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,6 +254,9 @@ impl Config {
                 "stomp",
                 "connect_timeout_secs and lease_secs must be at least 1",
             );
+        }
+        if st.tls_listen.is_some() && (st.tls_cert.is_none() || st.tls_key.is_none()) {
+            return bad("stomp.tls_listen", "needs tls_cert and tls_key");
         }
         if self.http == self.backend && self.http.port() != 0 {
             return bad("backend", "must differ from http");

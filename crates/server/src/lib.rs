@@ -30,6 +30,7 @@ pub mod listener;
 pub mod node;
 pub mod openapi;
 pub mod stomp_listener;
+pub mod tls;
 
 pub use config::{Config, Secrets};
 pub use node::{run, Node, StartError};

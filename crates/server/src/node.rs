@@ -33,6 +33,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, cause: String },
     #[error("invalid secret: {0}")]
     Secret(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A node that is serving. Dropping it without [`Node::shutdown`] leaves the tasks running
@@ -42,6 +44,8 @@ pub struct Node {
     pub backend_addr: SocketAddr,
     /// The STOMP listener, when enabled.
     pub stomp_addr: Option<SocketAddr>,
+    /// The STOMP-over-TLS listener, when configured.
+    pub stomp_tls_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     broker: Option<Broker>,
     committer: Committer,
@@ -182,6 +186,31 @@ impl Node {
                     addr: config.backend,
                     cause: e.to_string(),
                 })?;
+        let st = &config.stomp;
+        let tls_acceptor = match (&st.tls_listen, &st.tls_cert, &st.tls_key) {
+            (Some(_), Some(cert), Some(key)) => Some(
+                crate::tls::acceptor(cert, key, st.tls_client_ca.as_deref())
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let stomp_tls_listener = match (st.enabled, st.tls_listen) {
+            (true, Some(addr)) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| StartError::Bind {
+                            addr,
+                            cause: e.to_string(),
+                        })?,
+                )
+            }
+            _ => None,
+        };
+        let stomp_tls_addr = match &stomp_tls_listener {
+            Some(l) => l.local_addr().ok(),
+            None => None,
+        };
         let stomp_listener = if config.stomp.enabled {
             let addr = config.stomp.listen;
             Some(
@@ -245,6 +274,7 @@ impl Node {
             "http": http_addr.to_string(),
             "backend": backend_addr.to_string(),
             "stomp": stomp_addr.map(|a| a.to_string()),
+            "stomp_tls": stomp_tls_addr.map(|a| a.to_string()),
             "pid": std::process::id(),
         });
         let listen_path = dir.join("listen.json");
@@ -302,10 +332,19 @@ impl Node {
                 config: config.clone(),
                 connections: stomp_connections.clone(),
             };
+            if let (Some(listener), Some(acceptor)) = (stomp_tls_listener, tls_acceptor) {
+                tasks.spawn(crate::stomp_listener::serve(
+                    listener,
+                    ctx.clone(),
+                    shutdown.clone(),
+                    Some(acceptor),
+                ));
+            }
             tasks.spawn(crate::stomp_listener::serve(
                 listener,
                 ctx,
                 shutdown.clone(),
+                None,
             ));
         }
         {
@@ -338,6 +377,7 @@ impl Node {
             http_addr,
             backend_addr,
             stomp_addr,
+            stomp_tls_addr,
             data_dir: dir,
             committer: broker.committer().clone(),
             broker: Some(broker),

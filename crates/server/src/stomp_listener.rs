@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -49,8 +49,14 @@ pub struct StompContext {
     pub connections: Arc<AtomicU64>,
 }
 
-/// Serves STOMP on `listener` until `shutdown`, then closes every connection.
-pub async fn serve(listener: TcpListener, ctx: StompContext, shutdown: CancellationToken) {
+/// Serves STOMP on `listener` (over TLS with `tls`) until `shutdown`, then closes every
+/// connection.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: StompContext,
+    shutdown: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let permits = Arc::new(Semaphore::new(ctx.config.stomp.max_connections));
     let tasks = TaskTracker::new();
     let mut next_id = 0u64;
@@ -71,16 +77,34 @@ pub async fn serve(listener: TcpListener, ctx: StompContext, shutdown: Cancellat
             _ = shutdown.cancelled() => break,
         };
         next_id += 1;
-        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        let (ctx, shutdown, tls) = (ctx.clone(), shutdown.clone(), tls.clone());
         let conn_id = next_id;
         tasks.spawn(async move {
             let _ = stream.set_nodelay(true);
             ctx.connections.fetch_add(1, Ordering::Relaxed);
-            let span = tracing::debug_span!("stomp", conn_id, peer = %peer);
-            Connection::new(ctx.clone(), conn_id)
-                .run(stream, shutdown)
-                .instrument(span)
-                .await;
+            let span = tracing::debug_span!("stomp", conn_id, peer = %peer, tls = tls.is_some());
+            let mut conn = Connection::new(ctx.clone(), conn_id);
+            match tls {
+                None => conn.run(stream, shutdown).instrument(span).await,
+                Some(acceptor) => {
+                    let timeout = Duration::from_secs(ctx.config.stomp.connect_timeout_secs);
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            conn.cert_identity = tls_stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(crate::tls::identity);
+                            conn.run(tls_stream, shutdown).instrument(span).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(parent: &span, cause = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::info!(parent: &span, "TLS handshake timed out"),
+                    }
+                }
+            }
             ctx.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
@@ -143,6 +167,8 @@ struct Connection {
     subscriptions: HashMap<String, (Option<JoinHandle<()>>, Destination, AckMode)>,
     /// Broker calls under way; awaited before the connection ends.
     inflight: TaskTracker,
+    /// The client a verified TLS client certificate names.
+    cert_identity: Option<String>,
 }
 
 impl Connection {
@@ -175,10 +201,16 @@ impl Connection {
             deliveries_rx,
             subscriptions: HashMap::new(),
             inflight: TaskTracker::new(),
+            cert_identity: None,
         }
     }
 
-    async fn run(mut self, mut stream: TcpStream, shutdown: CancellationToken) {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        stream: S,
+        shutdown: CancellationToken,
+    ) {
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut wbuf = BytesMut::with_capacity(16 * 1024);
         loop {
@@ -190,8 +222,8 @@ impl Connection {
             }
             if self.session.is_closing() {
                 // Flush what is queued (the ERROR or last RECEIPT), then close.
-                let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&wbuf)).await;
-                let _ = stream.shutdown().await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), wr.write_all(&wbuf)).await;
+                let _ = wr.shutdown().await;
                 break;
             }
             let timeout = self.session.poll_timeout().map(|t| {
@@ -199,7 +231,6 @@ impl Connection {
             });
             let can_read = self.session.wants_read();
             let can_deliver = wbuf.len() < WRITE_HIGH_WATER;
-            let (mut rd, mut wr) = stream.split();
             tokio::select! {
                 r = rd.read_buf(&mut rbuf), if can_read => match r {
                     Ok(0) | Err(_) => {
@@ -380,6 +411,26 @@ impl Connection {
         passcode: Option<String>,
     ) -> Result<String, StompError> {
         let now = now_ms() / 1000;
+        if let Some(id) = self.cert_identity.clone() {
+            // A verified certificate is the credential; a login, if given, must agree.
+            if login.as_deref().is_some_and(|l| !l.is_empty() && l != id) {
+                return Err(stomp_error(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the certificate names `{id}`, not `{}`",
+                        login.unwrap_or_default()
+                    ),
+                ));
+            }
+            let principal = self.ctx.broker.principal(&id).ok_or_else(|| {
+                stomp_error(
+                    ErrorCode::UnknownClient,
+                    format!("the certificate names `{id}`, which is not a client"),
+                )
+            })?;
+            self.principal = Some(principal);
+            return Ok(id);
+        }
         let Some(passcode) = passcode else {
             return Err(stomp_error(
                 ErrorCode::MissingCredentials,

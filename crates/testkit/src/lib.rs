@@ -27,6 +27,8 @@ pub struct TestServer {
     pub backend: String,
     /// `host:port` of the STOMP listener.
     pub stomp: String,
+    /// `host:port` of the STOMP-over-TLS listener, if configured.
+    pub stomp_tls: String,
     pub backend_key: String,
 }
 
@@ -70,6 +72,10 @@ impl TestServer {
             .to_owned();
         TestServer {
             stomp: node.stomp_addr.map(|a| a.to_string()).unwrap_or_default(),
+            stomp_tls: node
+                .stomp_tls_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             http: format!("http://{}", node.http_addr),
             backend: format!("http://{}", node.backend_addr),
             node: Some(node),
