@@ -4,6 +4,8 @@
 //! - [`destination`]: `/topic/…` and `/queue/…` destinations, in RabbitMQ STOMP's
 //!   conventions, so existing clients just work.
 //! - [`server`]: [`ServerSession`], one client connection as the server sees it.
+//! - [`client`]: [`ClientSession`], the other end: sends with cumulative receipts and a
+//!   window, kept for resending after a reconnect.
 //!
 //! A session never awaits and never reads a clock: the connection driver feeds it decoded
 //! items with [`ServerSession::handle_item`] and the time with
@@ -26,8 +28,10 @@
 //! assert_eq!(connected.command, Command::Connected);
 //! ```
 
+pub mod client;
 pub mod destination;
 pub mod server;
 
+pub use client::{ClientConfig, ClientEvent, ClientSession};
 pub use destination::Destination;
 pub use server::{AckMode, Delivered, Event, Outgoing, ServerConfig, ServerSession, StompError};
