@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod stomp;
+
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};

@@ -156,6 +156,11 @@ impl ProcessServer {
     /// Starts `bin serve` on `data_dir` with both listeners on 127.0.0.1:0, and waits
     /// (at most 30 s) for it to write `listen.json`. Its log goes to `data_dir/../node.log`.
     pub fn start(bin: &Path, data_dir: &Path) -> std::io::Result<Self> {
+        Self::start_on(bin, data_dir, "127.0.0.1:0")
+    }
+
+    /// As [`ProcessServer::start`], with STOMP on `stomp` (a fixed port survives restarts).
+    pub fn start_on(bin: &Path, data_dir: &Path, stomp: &str) -> std::io::Result<Self> {
         let listen = data_dir.join("listen.json");
         let _ = std::fs::remove_file(&listen);
         let log_path = data_dir.with_extension("log");
@@ -171,7 +176,7 @@ impl ProcessServer {
                 "--backend",
                 "127.0.0.1:0",
                 "--stomp",
-                "127.0.0.1:0",
+                stomp,
                 "--data-dir",
             ])
             .arg(data_dir)
@@ -234,4 +239,12 @@ impl Drop for ProcessServer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A loopback port that was free a moment ago (for servers that must keep their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
