@@ -53,6 +53,9 @@ enum Command {
         creds: CredsArgs,
         body: String,
     },
+    /// Send and subscribe over STOMP.
+    #[command(subcommand)]
+    Stomp(StompCommand),
     /// Take messages from your inbox and print them, one JSON object per line.
     Receive {
         #[command(flatten)]
@@ -133,6 +136,45 @@ struct CredsArgs {
     /// Node URL, overriding the file's `api`.
     #[arg(long, env = "TRUNKLINE_API")]
     api: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct StompArgs {
+    #[command(flatten)]
+    creds: CredsArgs,
+    /// STOMP address (default: the credentials file's host, port 61613).
+    #[arg(long = "stomp", env = "TRUNKLINE_STOMP_ADDR")]
+    addr: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum StompCommand {
+    /// Send one message and wait for its receipt (it is then durable).
+    Send {
+        #[command(flatten)]
+        stomp: StompArgs,
+        /// e.g. /topic/fleet.ah1.status or /queue/noc-c2-inbox
+        destination: String,
+        body: String,
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// Extra header NAME=VALUE; repeat for several.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+    /// Subscribe and print each message as one JSON object per line.
+    Subscribe {
+        #[command(flatten)]
+        stomp: StompArgs,
+        /// e.g. /queue/<you>-inbox or /topic/fleet.#
+        destination: String,
+        /// auto, client or client-individual (messages are acked after printing).
+        #[arg(long, default_value = "client-individual")]
+        ack: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -436,6 +478,7 @@ async fn dispatch(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Client(cmd) => client_command(cmd).await,
+        Command::Stomp(cmd) => stomp_command(cmd).await,
         Command::Send {
             creds,
             topic,
@@ -572,6 +615,121 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
             let c = connect(&creds)?;
             let r = c.rotate_secret(&client_id).await?;
             emit_credentials(&c, r, save)
+        }
+    }
+}
+
+fn stomp_options(a: &StompArgs) -> Result<trunkline_client::stomp::StompOptions, Failure> {
+    let text = std::fs::read_to_string(&a.creds.credentials).map_err(|e| {
+        Failure::Usage(format!(
+            "cannot read credentials file {}: {e}",
+            a.creds.credentials.display()
+        ))
+    })?;
+    let creds: CredentialsFile = serde_json::from_str(&text).map_err(|e| {
+        Failure::Usage(format!(
+            "{} is not a credentials file: {e}",
+            a.creds.credentials.display()
+        ))
+    })?;
+    let addr = match &a.addr {
+        Some(addr) => addr.clone(),
+        None => {
+            let api = a.creds.api.clone().unwrap_or(creds.api.clone());
+            let host = api
+                .split("://")
+                .nth(1)
+                .unwrap_or(&api)
+                .split(['/', ':'])
+                .next()
+                .unwrap_or("127.0.0.1")
+                .to_owned();
+            format!("{host}:61613")
+        }
+    };
+    let mut o = trunkline_client::stomp::StompOptions::new(addr, creds.client_id, creds.secret);
+    o.reconnect = false;
+    Ok(o)
+}
+
+fn stomp_failure(e: trunkline_client::stomp::StompClientError) -> Failure {
+    use trunkline_client::stomp::StompClientError as E;
+    match e {
+        E::Connect(m) => Failure::Unreachable(m),
+        other => Failure::Refused(other.to_string()),
+    }
+}
+
+async fn stomp_command(cmd: StompCommand) -> Result<(), Failure> {
+    use trunkline_client::stomp::StompClient;
+    match cmd {
+        StompCommand::Send {
+            stomp,
+            destination,
+            body,
+            content_type,
+            headers,
+        } => {
+            let c = StompClient::connect(stomp_options(&stomp)?)
+                .await
+                .map_err(stomp_failure)?;
+            let mut hs: Vec<(&str, &str)> = vec![("content-type", content_type.as_str())];
+            for h in &headers {
+                let Some((k, v)) = h.split_once('=') else {
+                    return Err(Failure::Usage(format!(
+                        "--header takes NAME=VALUE, not `{h}`"
+                    )));
+                };
+                hs.push((k, v));
+            }
+            let conf = c
+                .send(&destination, &hs, body.into_bytes())
+                .await
+                .map_err(stomp_failure)?;
+            conf.await.map_err(stomp_failure)?;
+            c.disconnect().await.map_err(stomp_failure)?;
+            print_json(&serde_json::json!({"confirmed": true}))
+        }
+        StompCommand::Subscribe {
+            stomp,
+            destination,
+            ack,
+            count,
+        } => {
+            let c = StompClient::connect(stomp_options(&stomp)?)
+                .await
+                .map_err(stomp_failure)?;
+            let mut rx = c
+                .subscribe(&destination, &ack, None)
+                .await
+                .map_err(stomp_failure)?;
+            let mut n = 0u64;
+            loop {
+                if count.is_some_and(|max| n >= max) {
+                    break;
+                }
+                let m = tokio::select! {
+                    m = rx.recv() => m,
+                    _ = signal() => None,
+                };
+                let Some(m) = m else { break };
+                let headers: serde_json::Map<String, serde_json::Value> = m
+                    .headers
+                    .iter()
+                    .rev()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                let line = serde_json::json!({
+                    "destination": m.destination,
+                    "redelivered": m.redelivered,
+                    "headers": headers,
+                    "body": String::from_utf8_lossy(&m.body),
+                });
+                println!("{line}");
+                c.ack(&m).await.map_err(stomp_failure)?;
+                n += 1;
+            }
+            c.disconnect().await.map_err(stomp_failure)
         }
     }
 }

@@ -286,3 +286,65 @@ fn serve_reads_env_and_stops_cleanly_on_sigterm() {
         "the admin secret must never be logged"
     );
 }
+
+#[tokio::test]
+async fn stomp_send_and_subscribe() {
+    let server = TestServer::start().await;
+    let admin = server.data_dir().join("admin.json");
+    let admin = admin.to_str().expect("path");
+    let o = run(&[
+        "stomp",
+        "send",
+        "--credentials",
+        admin,
+        "--stomp",
+        &server.stomp,
+        "/topic/cli.test",
+        "{\"n\":1}",
+        "--header",
+        "type=Ping",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("\"confirmed\": true"));
+    let o = run(&[
+        "stomp",
+        "subscribe",
+        "--credentials",
+        admin,
+        "--stomp",
+        &server.stomp,
+        "/queue/admin-inbox",
+        "--count",
+        "1",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).expect("one JSON line");
+    assert_eq!(
+        (line["body"].as_str(), line["headers"]["type"].as_str()),
+        (Some("{\"n\":1}"), Some("Ping"))
+    );
+    // Acked after printing: the inbox is empty now.
+    let o = run(&["receive", "--credentials", admin]).await;
+    assert!(
+        String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+        "{}",
+        text(&o)
+    );
+    let o = run(&[
+        "stomp",
+        "send",
+        "--credentials",
+        admin,
+        "--stomp",
+        &server.stomp,
+        "/nowhere/x",
+        "1",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("invalid_destination"));
+    server.stop().await;
+}
