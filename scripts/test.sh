@@ -11,6 +11,16 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# A private RabbitMQ for the STOMP client's interoperability test, when it is installed
+# (.ci/run installs it; elsewhere the test says it was skipped).
+if command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "==> starting RabbitMQ (scripts/rabbitmq.sh)"
+    if addr="$(bash scripts/rabbitmq.sh start)"; then
+        export TRUNKLINE_TEST_RABBITMQ_STOMP="$addr"
+        trap 'bash scripts/rabbitmq.sh stop' EXIT
+    fi
+fi
+
 echo "==> Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
