@@ -1,178 +1,30 @@
 """Interop tests: what a NOC Communications Backbone client adapter does, against the
 real `trunkline` binary.
 
-One node is started for the whole session in a temporary data directory, on
-127.0.0.1 with port 0 for both listeners; its addresses come from `listen.json`
-and the admin credentials from `admin.json`, as an operator would read them.
-Every test makes its own clients (deleted again afterwards), so tests do not see
-each other's messages. Every HTTP call has a timeout.
+The node (one for the whole session, shared with the other interop tests) and the
+`admin_token` and `make_client` fixtures are in conftest.py; see there. Every test makes
+its own clients (deleted again afterwards), so tests do not see each other's messages.
+Every HTTP call has a timeout.
 
 Run: TRUNKLINE_BIN=target/debug/trunkline pytest -q tests/interop
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import stat
-import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-# Seconds for any single HTTP call.
-HTTP_TIMEOUT = 10
-# Seconds for the node to write listen.json after it is started.
-START_TIMEOUT = 20
-# Seconds for the node to exit after SIGTERM (it drains connections for up to 10 s).
-STOP_TIMEOUT = 20
+from trunkline_node import Node, call, get_token, receive, uid
 
 NOC_DESTINATION = "soar.noc.autosub.ah1.send.platform-mission"
 
 
-# ----- the node ----------------------------------------------------------------------
-
-
-@dataclass
-class Node:
-    proc: subprocess.Popen
-    data_dir: Path
-    log_path: Path
-    url: str
-    backend_url: str
-    admin: dict
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"(no log: {e})"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _binary() -> Path:
-    default = REPO / "target" / "debug" / "trunkline"
-    path = Path(os.environ.get("TRUNKLINE_BIN") or default)
-    if not path.is_absolute():
-        path = Path.cwd() / path
-    return path
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    """SIGTERM, then SIGKILL after STOP_TIMEOUT. Returns how the process ended."""
-    if proc.poll() is not None:
-        return f"had already exited with code {proc.returncode} before SIGTERM"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code = proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-        return f"did not exit within {STOP_TIMEOUT} s of SIGTERM and was killed"
-    return "exited cleanly" if code == 0 else f"exited with code {code} on SIGTERM"
-
-
-def _wait_for_listen(proc: subprocess.Popen, data_dir: Path, log_path: Path) -> dict:
-    listen_path = data_dir / "listen.json"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"trunkline exited with code {proc.returncode} while starting:\n"
-                + log_path.read_text(errors="replace")
-            )
-        if listen_path.exists():
-            try:
-                return json.loads(listen_path.read_text())
-            except (OSError, ValueError):
-                pass  # being written; try again
-        time.sleep(0.05)
-    raise RuntimeError(
-        f"trunkline wrote no {listen_path} within {START_TIMEOUT} s:\n"
-        + log_path.read_text(errors="replace")
-    )
-
-
-@pytest.fixture(scope="session")
-def node(tmp_path_factory) -> Node:
-    binary = _binary()
-    if not binary.is_file():
-        pytest.fail(
-            f"no trunkline binary at {binary}: run `cargo build -p trunkline-cli` "
-            "or set TRUNKLINE_BIN"
-        )
-    base = tmp_path_factory.mktemp("trunkline")
-    data_dir = base / "data"
-    log_path = base / "trunkline.log"
-    # The node reads TRUNKLINE_* / SOAR_* settings from the environment: keep the
-    # caller's out so the node runs with its shipped defaults.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TRUNKLINE_", "SOAR_"))
-    }
-    env["TRUNKLINE_LOG_LEVEL"] = "info"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(binary),
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--http",
-                "127.0.0.1:0",
-                "--backend",
-                "127.0.0.1:0",
-                "--stomp",
-                "127.0.0.1:0",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        listen = _wait_for_listen(proc, data_dir, log_path)
-        assert listen["pid"] == proc.pid, listen
-        admin = json.loads((data_dir / "admin.json").read_text())
-        n = Node(
-            proc=proc,
-            data_dir=data_dir,
-            log_path=log_path,
-            url=f"http://{listen['http']}",
-            backend_url=f"http://{listen['backend']}",
-            admin=admin,
-        )
-        r = requests.get(f"{n.url}/healthz", timeout=HTTP_TIMEOUT)
-        assert r.status_code == 200, r.text
-    except BaseException:
-        _stop(proc)
-        raise
-    try:
-        yield n
-    finally:
-        outcome = _stop(proc)
-    assert outcome == "exited cleanly", f"trunkline {outcome}:\n{n.log_tail()}"
-
-
 # ----- HTTP helpers --------------------------------------------------------------------
-
-
-def call(node: Node, method: str, path: str, token: str | None = None, **kw):
-    """One request to the public listener, always with a timeout."""
-    headers = dict(kw.pop("headers", {}))
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    return requests.request(
-        method, node.url + path, headers=headers, timeout=HTTP_TIMEOUT, **kw
-    )
 
 
 def assert_error(r: requests.Response, status: int, code: str) -> dict:
@@ -185,12 +37,6 @@ def assert_error(r: requests.Response, status: int, code: str) -> dict:
     return body["error"]
 
 
-def get_token(node: Node, client_id: str, secret: str) -> str:
-    r = call(node, "GET", "/token", params={"client_id": client_id, "secret": secret})
-    assert r.status_code == 200, r.text
-    return r.json()["token"]
-
-
 def send(node: Node, token: str, message: dict, path: str = "/send") -> dict:
     r = call(node, "POST", path, token, json=message)
     assert r.status_code == 202, r.text
@@ -199,64 +45,8 @@ def send(node: Node, token: str, message: dict, path: str = "/send") -> dict:
     return out
 
 
-def receive(node: Node, token: str, **params) -> list:
-    r = call(node, "GET", "/receive", token, params=params)
-    assert r.status_code == 200, r.text
-    out = r.json()
-    assert isinstance(out, list), out
-    return out
-
-
 def parse_time(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@dataclass
-class Client:
-    client_id: str
-    secret: str
-    token: str
-    created: dict = field(repr=False)
-
-
-@pytest.fixture(scope="session")
-def admin_token(node: Node) -> str:
-    return get_token(node, node.admin["client_id"], node.admin["secret"])
-
-
-@pytest.fixture
-def make_client(node: Node, admin_token: str):
-    """Creates clients the NOC way (admin token, POST /client, keep the secret shown
-    once, then GET /token) and deletes them after the test."""
-    made: list[str] = []
-
-    def make(prefix: str, subscription, name: str | None = None) -> Client:
-        client_id = f"{prefix}-{uid()}"
-        r = call(
-            node,
-            "POST",
-            "/client",
-            admin_token,
-            json={
-                "client_id": client_id,
-                "client_name": name or f"Test {prefix}",
-                "subscription": subscription,
-            },
-        )
-        assert r.status_code == 201, r.text
-        made.append(client_id)
-        created = r.json()
-        token = get_token(node, client_id, created["secret"])
-        return Client(client_id, created["secret"], token, created)
-
-    yield make
-    for client_id in made:
-        r = call(node, "DELETE", f"/client/{client_id}", admin_token)
-        assert r.status_code in (204, 404), r.text
 
 
 # ----- the node's files ----------------------------------------------------------------

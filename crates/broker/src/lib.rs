@@ -496,6 +496,15 @@ impl Broker {
     /// Publishes a message into every matching inbox (every inbox for a broadcast) and
     /// returns once it is durable in all of them.
     pub async fn publish(&self, p: Publish, now: u64) -> Result<Published, BrokerError> {
+        self.publish_start(p, now)?.await
+    }
+
+    /// Starts a publish: routes it, reserves its places and submits its commit before
+    /// returning; the ticket resolves once it is durable. Publishes started one after
+    /// another are committed, made visible to consumers and answered in that order, so a
+    /// connection that pipelines its messages keeps their order. The outcome does not
+    /// depend on the ticket being awaited.
+    pub fn publish_start(&self, p: Publish, now: u64) -> Result<PublishTicket, BrokerError> {
         topic::validate_topic(&p.topic).map_err(|cause| BrokerError::InvalidTopic {
             topic: p.topic.clone(),
             cause,
@@ -510,44 +519,46 @@ impl Broker {
                         .counters
                         .duplicates
                         .fetch_add(1, Ordering::Relaxed);
-                    return Ok(Published {
+                    return Ok(PublishTicket::ready(Ok(Published {
                         id: r.id,
                         delivered_to: r.delivered_to,
                         duplicate: true,
-                    });
+                    })));
                 }
                 None => d.begin(key.clone()),
             }
         }
-        // If this future is dropped while committing, the key must not stay in flight.
-        let mut in_flight = InFlight {
-            dedup: &self.inner.dedup,
-            key: dedup_key.clone(),
-        };
-        let result = self.publish_inner(&p, dedup_key.as_deref(), now).await;
-        if let Some(key) = in_flight.key.take() {
-            let mut d = lock(&self.inner.dedup);
-            match &result {
-                Ok(r) => d.finish(
-                    key,
-                    DedupRecord {
-                        id: r.id,
-                        delivered_to: r.delivered_to,
-                        expires_ms: now + self.inner.config.dedup_window_ms,
-                    },
-                ),
-                Err(_) => d.abort(&key),
+        let (prepared, ops) = match self.prepare(&p, dedup_key.as_deref(), now) {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(key) = &dedup_key {
+                    lock(&self.inner.dedup).abort(key);
+                }
+                return Err(e);
             }
-        }
-        result
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let broker = self.clone();
+        self.inner.committer.submit(
+            ops,
+            Box::new(move |r| {
+                let out = broker.finish_publish(prepared, dedup_key, r.clone(), now);
+                // Let go of the broker before answering: whoever is answered may be about to
+                // shut it down, which needs the last handle.
+                drop(broker);
+                let _ = tx.send(out);
+            }),
+        );
+        Ok(PublishTicket(TicketState::Waiting(rx)))
     }
 
-    async fn publish_inner(
+    /// Routes, reserves places and builds the store ops of a publish.
+    fn prepare(
         &self,
         p: &Publish,
         dedup_key: Option<&str>,
         now: u64,
-    ) -> Result<Published, BrokerError> {
+    ) -> Result<(Prepared, Vec<Op>), BrokerError> {
         let targets: Vec<Arc<str>> = {
             let reg = read(&self.inner.registry);
             if let Some(q) = &p.queue {
@@ -566,7 +577,7 @@ impl Broker {
         let id = self.alloc_msg_id(now);
         let mut ops = Vec::with_capacity(targets.len() + 2);
         let mut fx = Effects::default();
-        let mut reserved = Reserved(Vec::with_capacity(targets.len()));
+        let mut reserved: Vec<(Arc<QueueCell>, u64)> = Vec::with_capacity(targets.len());
         let mut full = Vec::new();
         for name in &targets {
             let Some(cell) = self.queue(name) else {
@@ -574,13 +585,15 @@ impl Broker {
             };
             let r = lock(&cell.state).reserve(now);
             match r {
-                Ok(seq) => reserved.0.push((cell, seq)),
+                Ok(seq) => reserved.push((cell, seq)),
                 Err(()) => full.push(name.to_string()),
             }
         }
         if !full.is_empty() {
             // Nothing was dropped or enqueued anywhere: a refused publish changes nothing.
-            drop(reserved);
+            for (cell, _) in &reserved {
+                lock(&cell.state).unreserve();
+            }
             self.inner
                 .counters
                 .rejected_full
@@ -589,7 +602,7 @@ impl Broker {
         }
         // Every queue accepted: drop-oldest queues now drop what they must, durably in the
         // same commit as the message.
-        for (cell, _) in &reserved.0 {
+        for (cell, _) in &reserved {
             lock(&cell.state).make_room(&mut ops, &mut fx);
         }
         let data = Arc::new(StoredMessage {
@@ -601,12 +614,13 @@ impl Broker {
             content_type: p.content_type.clone(),
             headers: p.headers.clone(),
         });
-        let delivered_to = reserved.0.len() as u64;
-        let msg = Msg::new(id, data.clone(), delivered_to as u32);
-        let data_for_live = data.clone();
-        if !reserved.0.is_empty() {
-            ops.push(Op::PutMessage { id, msg: data });
-            for (cell, seq) in &reserved.0 {
+        let delivered_to = reserved.len() as u64;
+        if !reserved.is_empty() {
+            ops.push(Op::PutMessage {
+                id,
+                msg: data.clone(),
+            });
+            for (cell, seq) in &reserved {
                 let name = lock(&cell.state).name.clone();
                 ops.push(Op::PutEntry {
                     queue: name,
@@ -630,8 +644,31 @@ impl Broker {
                 value: serde_json::to_vec(&rec).unwrap_or_default(),
             });
         }
-        let committed = self.inner.committer.commit(ops).await;
-        for (cell, seq) in std::mem::take(&mut reserved.0) {
+        let live = p.queue.is_none();
+        Ok((
+            Prepared {
+                id,
+                data,
+                reserved,
+                fx,
+                live,
+            },
+            ops,
+        ))
+    }
+
+    /// Runs on the commit thread, in commit order: makes the message visible (or gives
+    /// its places back), feeds live subscribers, settles the dedup key.
+    fn finish_publish(
+        &self,
+        prep: Prepared,
+        dedup_key: Option<String>,
+        committed: Result<(), trunkline_store::CommitError>,
+        now: u64,
+    ) -> Result<Published, BrokerError> {
+        let delivered_to = prep.reserved.len() as u64;
+        let msg = Msg::new(prep.id, prep.data.clone(), delivered_to as u32);
+        for (cell, seq) in prep.reserved {
             {
                 let mut q = lock(&cell.state);
                 if committed.is_ok() {
@@ -644,19 +681,34 @@ impl Broker {
                 cell.notify.notify_waiters();
             }
         }
+        if let Some(key) = dedup_key {
+            let mut d = lock(&self.inner.dedup);
+            match &committed {
+                Ok(()) => d.finish(
+                    key,
+                    DedupRecord {
+                        id: prep.id,
+                        delivered_to,
+                        expires_ms: now + self.inner.config.dedup_window_ms,
+                    },
+                ),
+                Err(_) => d.abort(&key),
+            }
+        }
         committed?;
-        if p.queue.is_none() {
+        if prep.live {
             self.fan_out_live(LiveMessage {
-                id,
-                data: data_for_live,
+                id: prep.id,
+                data: prep.data,
             });
         }
         let c = &self.inner.counters;
         c.published.fetch_add(1, Ordering::Relaxed);
         c.enqueued.fetch_add(delivered_to, Ordering::Relaxed);
-        c.dropped_overflow.fetch_add(fx.dropped, Ordering::Relaxed);
+        c.dropped_overflow
+            .fetch_add(prep.fx.dropped, Ordering::Relaxed);
         Ok(Published {
-            id,
+            id: prep.id,
             delivered_to,
             duplicate: false,
         })
@@ -1186,31 +1238,44 @@ impl Broker {
     }
 }
 
-/// Places reserved by a publish that has not settled them yet: given back if it is dropped
-/// first, as a publish future cancelled while committing is (say, by a client hanging
-/// up), so that they do not hold places in their queues for ever. Its message may then
-/// have been committed anyway; it comes out at the next start (at least once).
-struct Reserved(Vec<(Arc<QueueCell>, u64)>);
+/// A publish routed and submitted, waiting for its commit.
+struct Prepared {
+    id: u64,
+    data: Arc<StoredMessage>,
+    reserved: Vec<(Arc<QueueCell>, u64)>,
+    fx: Effects,
+    /// Routed by topic (not point to point): live subscribers get it too.
+    live: bool,
+}
 
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        for (cell, _) in self.0.drain(..) {
-            lock(&cell.state).unreserve();
-        }
+enum TicketState {
+    Ready(Option<Result<Published, BrokerError>>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<Published, BrokerError>>),
+}
+
+/// The outcome of a publish started with [`Broker::publish_start`].
+pub struct PublishTicket(TicketState);
+
+impl PublishTicket {
+    fn ready(r: Result<Published, BrokerError>) -> Self {
+        PublishTicket(TicketState::Ready(Some(r)))
     }
 }
 
-/// A dedup key in flight; forgotten if the publish is dropped before it settles it, so
-/// that a retry is not refused as `DuplicateInFlight` for ever.
-struct InFlight<'a> {
-    dedup: &'a Mutex<Dedup>,
-    key: Option<String>,
-}
+impl std::future::Future for PublishTicket {
+    type Output = Result<Published, BrokerError>;
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            lock(self.dedup).abort(&key);
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            TicketState::Ready(r) => std::task::Poll::Ready(r.take().unwrap_or_else(|| {
+                Err(BrokerError::Unavailable("polled after completion".into()))
+            })),
+            TicketState::Waiting(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| {
+                r.unwrap_or_else(|_| Err(BrokerError::Unavailable("the committer stopped".into())))
+            }),
         }
     }
 }

@@ -113,6 +113,17 @@ pub async fn serve(
     tasks.wait().await;
 }
 
+/// What feeds one subscription.
+struct SubTask {
+    destination: Destination,
+    ack: AckMode,
+    /// Stops its fetch loop (never in the middle of a receive: what a receive took must
+    /// reach the session or go back to the queue).
+    cancel: CancellationToken,
+    /// The forwarder of a live subscription (holds no leases, so it may be aborted).
+    live: Option<JoinHandle<()>>,
+}
+
 /// An outcome reported back to the driver.
 enum Done {
     Op(u64, Result<(), StompError>),
@@ -164,7 +175,7 @@ struct Connection {
     deliveries_tx: mpsc::Sender<Done>,
     deliveries_rx: mpsc::Receiver<Done>,
     /// Per subscription: the task feeding it (fetch loop or live forwarder) and its queue.
-    subscriptions: HashMap<String, (Option<JoinHandle<()>>, Destination, AckMode)>,
+    subscriptions: HashMap<String, SubTask>,
     /// Broker calls under way; awaited before the connection ends.
     inflight: TaskTracker,
     /// The client a verified TLS client certificate names.
@@ -259,6 +270,7 @@ impl Connection {
             }
         }
         self.stop_subscriptions();
+        self.give_back_undelivered();
         self.inflight.close();
         self.inflight.wait().await;
     }
@@ -352,15 +364,18 @@ impl Connection {
                 };
                 p.body = body.to_vec();
                 p.headers = headers;
-                let (broker, tx) = (self.ctx.broker.clone(), self.ops_tx.clone());
-                self.inflight.spawn(async move {
-                    let r = broker
-                        .publish(p, now_ms())
-                        .await
-                        .map(|_| ())
-                        .map_err(broker_error);
-                    let _ = tx.send(Done::Op(op, r));
-                });
+                // Started here, in frame order, so that this connection's messages are
+                // committed and become visible in the order they were sent.
+                match self.ctx.broker.publish_start(p, now_ms()) {
+                    Ok(ticket) => {
+                        let tx = self.ops_tx.clone();
+                        self.inflight.spawn(async move {
+                            let r = ticket.await.map(|_| ()).map_err(broker_error);
+                            let _ = tx.send(Done::Op(op, r));
+                        });
+                    }
+                    Err(e) => self.session.complete(op, Err(broker_error(e))),
+                }
             }
             Event::Subscribe {
                 op,
@@ -373,8 +388,8 @@ impl Connection {
             }
             Event::Fetch { id, max } => self.fetch(id, max),
             Event::Unsubscribe { id, unacked } => {
-                if let Some((Some(task), _, _)) = self.subscriptions.remove(&id) {
-                    task.abort();
+                if let Some(sub) = self.subscriptions.remove(&id) {
+                    stop(sub);
                 }
                 self.give_back(unacked);
             }
@@ -513,8 +528,13 @@ impl Connection {
                         ),
                     ));
                 }
-                self.subscriptions
-                    .insert(id.to_owned(), (None, destination.clone(), ack));
+                let sub = SubTask {
+                    destination: destination.clone(),
+                    ack,
+                    cancel: CancellationToken::new(),
+                    live: None,
+                };
+                self.subscriptions.insert(id.to_owned(), sub);
             }
             Destination::Topic(pattern) => {
                 let mut live = self
@@ -553,8 +573,13 @@ impl Connection {
                         }
                     }
                 });
-                self.subscriptions
-                    .insert(id.to_owned(), (Some(task), destination.clone(), ack));
+                let sub = SubTask {
+                    destination: destination.clone(),
+                    ack,
+                    cancel: CancellationToken::new(),
+                    live: Some(task),
+                };
+                self.subscriptions.insert(id.to_owned(), sub);
             }
         }
         Ok(())
@@ -563,9 +588,16 @@ impl Connection {
     fn fetch(&mut self, id: String, max: usize) {
         let client = self.client_id();
         let lease_ms = self.ctx.config.stomp.lease_secs * 1000;
-        let Some((task, Destination::Queue(queue), ack)) = self.subscriptions.get_mut(&id) else {
+        let Some(SubTask {
+            destination: Destination::Queue(queue),
+            ack,
+            cancel,
+            ..
+        }) = self.subscriptions.get(&id)
+        else {
             return;
         };
+        let cancel = cancel.clone();
         let opts = match ack {
             AckMode::Auto => ReceiveOptions::auto(max),
             _ => ReceiveOptions::leased(max, lease_ms),
@@ -576,13 +608,16 @@ impl Connection {
             queue.clone(),
         );
         let sub_id = id.clone();
-        *task = Some(tokio::spawn(async move {
+        self.inflight.spawn(async move {
             let waiter = broker.waiter(&queue);
             loop {
                 let notified = waiter.as_ref().map(|w| w.notified());
                 let mut notified = std::pin::pin!(notified);
                 if let Some(n) = notified.as_mut().as_pin_mut() {
                     n.enable();
+                }
+                if cancel.is_cancelled() {
+                    return;
                 }
                 let got = match broker.receive(&client, &queue, opts, now_ms()).await {
                     Ok(got) => got,
@@ -593,19 +628,31 @@ impl Connection {
                 };
                 if !got.is_empty() {
                     let dest = format!("/queue/{queue}");
-                    let msgs = got.into_iter().map(|d| from_delivery(d, &dest)).collect();
-                    let _ = tx.send(Done::Deliver(sub_id, msgs)).await;
+                    let msgs: Vec<Delivered> =
+                        got.into_iter().map(|d| from_delivery(d, &dest)).collect();
+                    if let Err(mpsc::error::SendError(Done::Deliver(_, msgs))) =
+                        tx.send(Done::Deliver(sub_id, msgs)).await
+                    {
+                        // The connection is gone: what was leased for it goes back now.
+                        let receipts: Vec<String> =
+                            msgs.into_iter().filter_map(|m| m.receipt).collect();
+                        let _ = broker
+                            .settle(&client, &receipts, Settle::Nack { requeue: true }, now_ms())
+                            .await;
+                    }
                     return;
                 }
-                match notified.as_mut().as_pin_mut() {
+                let Some(n) = notified.as_mut().as_pin_mut() else {
+                    return;
+                };
+                tokio::select! {
+                    _ = n => {}
                     // Also look again now and then: a lease may have expired meanwhile.
-                    Some(n) => {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), n).await;
-                    }
-                    None => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = cancel.cancelled() => return,
                 }
             }
-        }));
+        });
     }
 
     /// Gives unacknowledged deliveries back to their queues.
@@ -622,11 +669,21 @@ impl Connection {
     }
 
     fn stop_subscriptions(&mut self) {
-        for (_, (task, _, _)) in self.subscriptions.drain() {
-            if let Some(t) = task {
-                t.abort();
+        for (_, sub) in self.subscriptions.drain() {
+            stop(sub);
+        }
+    }
+
+    /// At the end of the connection: deliveries that never reached the session go back.
+    fn give_back_undelivered(&mut self) {
+        self.deliveries_rx.close();
+        let mut receipts = Vec::new();
+        while let Ok(done) = self.deliveries_rx.try_recv() {
+            if let Done::Deliver(_, msgs) = done {
+                receipts.extend(msgs.into_iter().filter_map(|m| m.receipt));
             }
         }
+        self.give_back(receipts);
     }
 
     /// The peer went away: give back what it held.
@@ -639,6 +696,13 @@ impl Connection {
     }
 }
 
+fn stop(sub: SubTask) {
+    sub.cancel.cancel();
+    if let Some(t) = sub.live {
+        t.abort();
+    }
+}
+
 fn delivered(
     id: u64,
     data: &trunkline_store::StoredMessage,
@@ -646,9 +710,12 @@ fn delivered(
     redelivered: bool,
     receipt: Option<String>,
 ) -> Delivered {
-    let mut headers = data.headers.clone();
-    headers.push(("topic".into(), data.topic.clone()));
-    headers.push(("sender".into(), data.sender.clone()));
+    // The server's own headers first: with repeated headers the first one counts.
+    let mut headers = vec![
+        ("topic".to_owned(), data.topic.clone()),
+        ("sender".to_owned(), data.sender.clone()),
+    ];
+    headers.extend(data.headers.iter().cloned());
     Delivered {
         message_id: id,
         destination,

@@ -223,6 +223,9 @@ const RESERVED: &[&str] = &[
     "subscription",
     "ack",
     "redelivered",
+    // Set by the server on delivery; a publisher must not be able to forge them.
+    "sender",
+    "topic",
 ];
 
 impl ServerSession {

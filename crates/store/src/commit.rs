@@ -20,8 +20,6 @@ use crate::{Op, QueueStore, StoreError};
 
 /// Most ops written in one transaction; more waiting go in the next.
 const MAX_OPS_PER_COMMIT: usize = 50_000;
-/// Batches that may wait for the committer before callers are held back.
-const QUEUE_DEPTH: usize = 16_384;
 
 /// Why a commit did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,12 +106,36 @@ impl Default for CommitStats {
     }
 }
 
-type Request = (Vec<Op>, oneshot::Sender<Result<(), CommitError>>);
+/// What happens once a batch's commit is done: answer an awaiting caller, or run a
+/// callback on the commit thread (callbacks run in submission order, so work that must
+/// follow commit order, such as making messages visible, can be done there).
+pub type Callback = Box<dyn FnOnce(&Result<(), CommitError>) + Send>;
+
+enum Completion {
+    Reply(oneshot::Sender<Result<(), CommitError>>),
+    Callback(Callback),
+}
+
+impl Completion {
+    fn complete(self, r: &Result<(), CommitError>) {
+        match self {
+            Completion::Reply(tx) => {
+                let _ = tx.send(r.clone());
+            }
+            Completion::Callback(f) => f(r),
+        }
+    }
+}
+
+type Request = (Vec<Op>, Completion);
 
 /// Handle to the group-commit thread. Cheap to clone: clones share the one thread.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Request>,
+    // Unbounded, so that submitting never waits and never reorders: what may be waiting
+    // is bounded upstream, where requests are admitted (connection caps, the HTTP one
+    // request per connection, the STOMP per-connection buffer).
+    tx: mpsc::UnboundedSender<Request>,
     failed: Arc<AtomicBool>,
     stats: Arc<CommitStats>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -122,7 +144,7 @@ pub struct Committer {
 impl Committer {
     /// Starts the commit thread over `store`.
     pub fn start(store: Arc<dyn QueueStore>) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(CommitStats::default());
         let thread = {
@@ -148,10 +170,20 @@ impl Committer {
         }
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send((ops, reply))
-            .await
+            .send((ops, Completion::Reply(reply)))
             .map_err(|_| CommitError::Stopped)?;
         answer.await.map_err(|_| CommitError::Stopped)?
+    }
+
+    /// Submits `ops` now, without waiting; `done` runs on the commit thread once they are
+    /// durable (or failed), after the callbacks of everything submitted earlier. Keep it
+    /// short: the next commit waits for it.
+    pub fn submit(&self, ops: Vec<Op>, done: Callback) {
+        if let Err(mpsc::error::SendError((_, completion))) =
+            self.tx.send((ops, Completion::Callback(done)))
+        {
+            completion.complete(&Err(CommitError::Stopped));
+        }
     }
 
     /// True once a commit has failed; the node then refuses writes.
@@ -178,7 +210,7 @@ impl Committer {
 
 fn run(
     store: Arc<dyn QueueStore>,
-    mut rx: mpsc::Receiver<Request>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
     failed: Arc<AtomicBool>,
     stats: Arc<CommitStats>,
 ) {
@@ -225,8 +257,8 @@ fn run(
             }
         };
         ops.clear();
-        for reply in replies.drain(..) {
-            let _ = reply.send(result.clone());
+        for completion in replies.drain(..) {
+            completion.complete(&result);
         }
     }
 }
@@ -293,21 +325,39 @@ mod tests {
         {
             tokio::task::yield_now().await;
         }
-        let mut tasks = Vec::new();
-        for i in 1..500 {
-            let c = c.clone();
-            tasks.push(tokio::spawn(async move { c.commit(vec![entry(i)]).await }));
+        // 499 more submitted while the first commit is held: submitting never waits, and
+        // callbacks run in submission order.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (all_done, done_rx) = oneshot::channel();
+        let mut all_done = Some(all_done);
+        for i in 1..500u64 {
+            let order = order.clone();
+            let last = if i == 499 { all_done.take() } else { None };
+            c.submit(
+                vec![entry(i)],
+                Box::new(move |r| {
+                    if r.is_ok() {
+                        order.lock().map(|mut o| o.push(i)).unwrap_or(());
+                    }
+                    if let Some(tx) = last {
+                        let _ = tx.send(());
+                    }
+                }),
+            );
         }
-        // Let every caller queue up behind the held commit.
-        while c.tx.capacity() > QUEUE_DEPTH - 499 {
+        for _ in 0..10 {
             tokio::task::yield_now().await;
         }
         assert!(!first.is_finished(), "answered before its commit finished");
         let _ = open.send(());
         first.await.map_err(|_| CommitError::Stopped)??;
-        for t in tasks {
-            t.await.map_err(|_| CommitError::Stopped)??;
-        }
+        done_rx.await.map_err(|_| CommitError::Stopped)?;
+        let order = order.lock().map(|o| o.clone()).unwrap_or_default();
+        assert_eq!(
+            order,
+            (1..500).collect::<Vec<u64>>(),
+            "callbacks run in submission order"
+        );
         let snap = store
             .load()
             .map_err(|e| CommitError::Failed(e.to_string()))?;
