@@ -76,6 +76,8 @@ error_codes! {
     MethodNotAllowed = ("method_not_allowed", 405),
     /// A client with this id already exists.
     ClientExists = ("client_exists", 409),
+    /// The change would leave the node without an admin client.
+    LastAdmin = ("last_admin", 409),
     /// A message with this `message_id` is being published right now.
     DuplicateInFlight = ("duplicate_in_flight", 409),
     /// A receipt is unknown, already acked, or its lease has expired.

@@ -22,6 +22,8 @@ pub enum BrokerError {
     UnknownQueue(String),
     #[error("queue full, message rejected: {}", queues.join(", "))]
     QueueFull { queues: Vec<String> },
+    #[error("`{0}` is the last admin client: deleting it or taking its admin role would lock everyone out")]
+    LastAdmin(String),
     #[error("a message with this message_id is being published right now")]
     DuplicateInFlight,
     #[error("storage unavailable: {0}")]

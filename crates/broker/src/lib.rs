@@ -1049,6 +1049,9 @@ impl Broker {
             return Err(BrokerError::ClientExists(c.client_id));
         }
         let secret = generate_secret();
+        let mut c = c;
+        c.roles.sort();
+        c.roles.dedup();
         let rec = ClientRecord {
             client_id: c.client_id,
             client_name: c.client_name,
@@ -1098,13 +1101,18 @@ impl Broker {
         )?;
         let _admin = self.inner.admin.lock().await;
         let mut rec = self.record(client_id)?;
+        if u.roles.as_ref().is_some_and(|r| !r.iter().any(|r| r == "admin")) && self.is_last_admin(client_id) {
+            return Err(BrokerError::LastAdmin(client_id.to_owned()));
+        }
         if let Some(n) = u.client_name {
             rec.client_name = n;
         }
         if let Some(p) = u.patterns {
             rec.patterns = p;
         }
-        if let Some(r) = u.roles {
+        if let Some(mut r) = u.roles {
+            r.sort();
+            r.dedup();
             rec.roles = r;
         }
         if let Some(l) = u.inbox {
@@ -1139,10 +1147,20 @@ impl Broker {
         Ok((view, secret))
     }
 
+    /// True if `client_id` is an admin and no other client is.
+    fn is_last_admin(&self, client_id: &str) -> bool {
+        let reg = read(&self.inner.registry);
+        reg.clients.get(client_id).is_some_and(|r| r.is_admin())
+            && !reg.clients.values().any(|r| r.client_id != client_id && r.is_admin())
+    }
+
     /// Deletes a client, its inbox and dead-letter queue, and what they held.
     pub async fn delete_client(&self, client_id: &str) -> Result<(), BrokerError> {
         let _admin = self.inner.admin.lock().await;
         self.record(client_id)?;
+        if self.is_last_admin(client_id) {
+            return Err(BrokerError::LastAdmin(client_id.to_owned()));
+        }
         // Stop routing to it first, so nothing new lands in queues being purged.
         write(&self.inner.registry).remove(client_id);
         let mut ops = vec![Op::DeleteRecord {

@@ -640,7 +640,6 @@ async fn operations_endpoints() {
         "/ack",
         "/nack",
         "/healthz",
-        "/metrics",
         "/openapi.json",
     ] {
         assert!(
@@ -648,5 +647,18 @@ async fn operations_endpoints() {
             "{path} missing from the OpenAPI document"
         );
     }
+    // Each listener describes itself: /metrics and the backend key on the backend only.
+    assert!(doc["paths"].get("/metrics").is_none());
+    assert!(doc["components"]["securitySchemes"].get("backendKey").is_none());
+    let backend_doc: Value = reqwest::get(format!("{}/openapi.json", server.backend))
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    assert!(backend_doc["paths"].get("/metrics").is_some());
+    assert!(backend_doc["components"]["securitySchemes"]
+        .get("backendKey")
+        .is_some());
     server.stop().await;
 }

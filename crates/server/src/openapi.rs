@@ -54,6 +54,10 @@ fn q(name: &str, desc: &str, schema: Value) -> Value {
     json!({"name": name, "in": "query", "required": false, "description": desc, "schema": schema})
 }
 
+fn q_required(name: &str, desc: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": true, "description": desc, "schema": schema})
+}
+
 const AUTH: &[ErrorCode] = &[
     MissingCredentials,
     InvalidToken,
@@ -64,15 +68,16 @@ const AUTH: &[ErrorCode] = &[
 fn with(base: &[ErrorCode], more: &[ErrorCode]) -> Vec<ErrorCode> {
     let mut v = base.to_vec();
     v.extend_from_slice(more);
-    v.extend_from_slice(&[Unavailable, Internal]);
+    v.extend_from_slice(&[RequestTimeout, Unavailable, Internal]);
     v
 }
 
-/// The document.
-pub fn document() -> Value {
-    let admin = with(AUTH, &[Forbidden, InvalidBackendKey]);
+/// The document for one listener: the backend listener also takes the backend key and
+/// serves `/metrics`.
+pub fn document(backend: bool, config: &crate::Config) -> Value {
+    let admin = if backend { with(AUTH, &[Forbidden, InvalidBackendKey]) } else { with(AUTH, &[Forbidden]) };
     let id_param = json!([{"name": "client_id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    let admin_sec = json!([{"bearer": []}, {"backendKey": []}]);
+    let admin_sec = if backend { json!([{"bearer": []}, {"backendKey": []}]) } else { json!([{"bearer": []}]) };
     let client_ops = json!({
         "post": op("Create a client; the answer holds its secret, shown only this once.",
             ("201", ok("Created", r("ClientCredentials"))),
@@ -86,10 +91,10 @@ pub fn document() -> Value {
         "get": op("Show a client (admins, or the client itself).", ("200", ok("Client", r("Client"))),
             &with(&admin, &[UnknownClient]), json!({"security": admin_sec})),
         "patch": op("Change name, subscription, roles or inbox limits; effective at once.", ("200", ok("Client", r("Client"))),
-            &with(&admin, &[MalformedJson, InvalidBody, InvalidPattern, UnsupportedMediaType, BodyTooLarge, UnknownClient]),
+            &with(&admin, &[MalformedJson, InvalidBody, InvalidPattern, UnsupportedMediaType, BodyTooLarge, UnknownClient, LastAdmin]),
             json!({"requestBody": body("UpdateClient"), "security": admin_sec})),
-        "delete": op("Delete a client, its inbox and its tokens.", ("204", json!({"description": "Deleted"})),
-            &with(&admin, &[UnknownClient]), json!({"security": admin_sec})),
+        "delete": op("Delete a client, its inbox and its tokens (not the last admin).", ("204", json!({"description": "Deleted"})),
+            &with(&admin, &[UnknownClient, LastAdmin]), json!({"security": admin_sec})),
     });
     let rotate = json!({
         "parameters": id_param,
@@ -99,7 +104,7 @@ pub fn document() -> Value {
     let token = json!({
         "get": op("Client-credentials grant (NOC).", ("200", ok("Token", r("Token"))),
             &with(&[], &[InvalidQuery, InvalidCredentials, Throttled]),
-            json!({"parameters": [q("client_id", "Client id", json!({"type": "string"})), q("secret", "Client secret", json!({"type": "string"}))]})),
+            json!({"parameters": [q_required("client_id", "Client id", json!({"type": "string"})), q_required("secret", "Client secret", json!({"type": "string"}))]})),
         "post": op("OAuth2 client-credentials grant, as a form or JSON, or with HTTP Basic credentials.",
             ("200", ok("Token", r("OAuthToken"))),
             &with(&[], &[MalformedJson, InvalidBody, UnsupportedMediaType, InvalidCredentials, Throttled, BodyTooLarge]),
@@ -124,15 +129,15 @@ pub fn document() -> Value {
         json!({"requestBody": body("SendRequest"), "security": [{"bearer": []}]}))});
     let notify = json!({"post": op("Broadcast to every inbox; 202 once durable in all of them.",
         ("202", ok("Accepted", r("SendResult"))), &publish_errors,
-        json!({"requestBody": body("SendRequest"), "security": [{"bearer": []}]}))});
+        json!({"requestBody": body("NotifyRequest"), "security": [{"bearer": []}]}))});
     let receive = json!({"get": op("Take messages from the caller's inbox.",
         ("200", ok("Messages, oldest first", json!({"type": "array", "items": r("Message")}))),
         &with(AUTH, &[InvalidQuery, UnknownQueue]),
         json!({"security": [{"bearer": []}], "parameters": [
-            q("max_messages", "At most this many (default 10, at most 1000)", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
+            q("max_messages", "At most this many (default 10)", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
             q("ack", "`auto` (default): removed as returned, as the NOC. `manual`: leased, with receipts", json!({"enum": ["auto", "manual"]})),
-            q("lease", "Seconds a manual-ack delivery stays leased (default 30)", json!({"type": "integer", "minimum": 1})),
-            q("wait", "Seconds to wait for a message if none is ready (long poll, default 0)", json!({"type": "integer", "minimum": 0})),
+            q("lease", "Seconds a delivery stays leased (default 30); only with ack=manual", json!({"type": "integer", "minimum": 1, "maximum": 43200})),
+            q("wait", "Seconds to wait for a message if none is ready (long poll, default 0)", json!({"type": "integer", "minimum": 0, "maximum": config.http_limits.max_wait_secs})),
             q("queue", "`inbox` (default) or `dead` (the dead-letter queue)", json!({"enum": ["inbox", "dead"]}))]}))});
     let settle_errors = with(
         AUTH,
@@ -144,28 +149,36 @@ pub fn document() -> Value {
         ],
     );
     let ack = json!({"post": op("Acknowledge leased deliveries: they are removed.", ("200", ok("Result", r("AckResult"))),
-        &settle_errors, json!({"requestBody": body("Receipts"), "security": [{"bearer": []}]}))});
+        &settle_errors, json!({"requestBody": body("AckRequest"), "security": [{"bearer": []}]}))});
     let nack = json!({"post": op("Give leased deliveries back: requeued, or dead-lettered with requeue=false.", ("200", ok("Result", r("AckResult"))),
-        &settle_errors, json!({"requestBody": body("Receipts"), "security": [{"bearer": []}]}))});
-    let healthz = json!({"get": op("Liveness and store health.", ("200", ok("Healthy", r("Health"))), &[Unavailable], json!({}))});
+        &settle_errors, json!({"requestBody": body("NackRequest"), "security": [{"bearer": []}]}))});
+    let healthz = json!({"get": {"summary": "Liveness and store health.", "responses": {
+        "200": ok("Healthy", r("Health")), "503": ok("The store has failed", r("Health"))}}});
     let openapi = json!({"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1"}}}});
     let metrics = json!({"get": {"summary": "Prometheus metrics (backend listener only).",
         "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}});
 
-    let subscription = json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}],
-        "description": "Topic pattern(s): dot-separated words, `*` = one word, `#` = zero or more words"});
+    let pattern = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.\s]+(\.[^.\s]+)*$",
+        "description": "Dot-separated words, at most 255 bytes; `*` = one word, `#` = zero or more words, each only as a whole word"});
+    let subscription = json!({"oneOf": [pattern, {"type": "array", "items": pattern, "minItems": 1, "maxItems": 64}]});
     let queue_settings = json!({"type": "object", "additionalProperties": false, "properties": {
-        "max_length": {"type": "integer", "minimum": 1},
+        "max_length": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000_u64},
         "overflow": {"enum": ["reject-publish", "drop-oldest"]},
-        "max_deliveries": {"type": "integer", "minimum": 1}}});
-    json!({
+        "max_deliveries": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}});
+    let name = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"});
+    let topic = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.*#\s]+(\.[^.*#\s]+)*$",
+        "description": "Dot-separated words, at most 255 bytes, no wildcards"});
+    let message_id = json!({"type": "string", "minLength": 1, "maxLength": 256, "description": "Dedup key within the window (at most 256 bytes)"});
+    let ttl = json!({"type": "number", "exclusiveMinimum": 0, "maximum": 31_536_000, "description": "Seconds until the message expires undelivered"});
+
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "Trunkline", "version": env!("CARGO_PKG_VERSION"),
             "description": "Durable message backbone; NOC Communications Backbone compatible HTTP API. Every error is {\"error\": {\"code\", \"message\"}} with a stable code."},
         "paths": {
             "/client": client_ops, "/client/{client_id}": one_client, "/client/{client_id}/secret": rotate,
             "/token": token, "/send": send, "/notify": notify, "/receive": receive, "/ack": ack, "/nack": nack,
-            "/healthz": healthz, "/openapi.json": openapi, "/metrics": metrics
+            "/healthz": healthz, "/openapi.json": openapi
         },
         "components": {
             "securitySchemes": {
@@ -176,40 +189,56 @@ pub fn document() -> Value {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
                     "properties": {"code": {"enum": ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()}, "message": {"type": "string"}}}}},
                 "CreateClient": {"type": "object", "additionalProperties": false, "required": ["client_id", "client_name", "subscription"], "properties": {
-                    "client_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}, "client_name": {"type": "string"},
-                    "subscription": subscription, "roles": {"type": "array", "items": {"enum": trunkline_broker::ROLES}}, "inbox": queue_settings}},
+                    "client_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}, "client_name": name,
+                    "subscription": subscription, "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}}, "inbox": queue_settings}},
                 "UpdateClient": {"type": "object", "additionalProperties": false, "properties": {
-                    "client_name": {"type": "string"}, "subscription": subscription,
-                    "roles": {"type": "array", "items": {"enum": trunkline_broker::ROLES}}, "inbox": queue_settings}},
+                    "client_name": name, "subscription": subscription,
+                    "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}}, "inbox": queue_settings}},
                 "Client": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
                     "subscription": subscription, "roles": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
                     "inbox_depth": {"type": "integer"}}},
                 "ClientCredentials": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
                     "subscription": subscription, "secret": {"type": "string"}}},
                 "Token": {"type": "object", "properties": {"token": {"type": "string"}, "expiry": {"type": "string", "format": "date-time"}}},
-                "OAuthTokenRequest": {"type": "object", "required": ["grant_type"], "properties": {"grant_type": {"const": "client_credentials"},
-                    "client_id": {"type": "string"}, "client_secret": {"type": "string"}}},
+                "OAuthTokenRequest": {"type": "object", "required": ["grant_type", "client_id", "client_secret"],
+                    "description": "client_id and client_secret may instead be sent as HTTP Basic credentials",
+                    "properties": {"grant_type": {"const": "client_credentials"}, "client_id": {"type": "string"}, "client_secret": {"type": "string"}}},
                 "OAuthToken": {"type": "object", "properties": {"access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
                     "expires_in": {"type": "integer"}}},
                 "SendRequest": {"oneOf": [
+                    {"type": "object", "additionalProperties": false, "required": ["topic", "body"], "properties": {
+                        "topic": topic, "body": {"description": "Any JSON value"}, "message_id": message_id, "ttl": ttl}},
+                    {"type": "object", "additionalProperties": false, "required": ["header"],
+                        "description": "A NOC message: the topic is header.destination and the whole message is the body",
+                        "properties": {"header": {"type": "object", "required": ["destination"], "properties": {"destination": topic}},
+                        "payload": {}, "message_id": message_id, "ttl": ttl}}]},
+                "NotifyRequest": {"oneOf": [
                     {"type": "object", "additionalProperties": false, "required": ["body"], "properties": {
-                        "topic": {"type": "string", "maxLength": 255, "description": "Required for /send; /notify defaults to `broadcast`"},
-                        "body": {"description": "Any JSON value"},
-                        "message_id": {"type": "string", "maxLength": 256, "description": "Dedup key within the window"},
-                        "ttl": {"type": "number", "description": "Seconds until the message expires undelivered"}}},
-                    {"type": "object", "additionalProperties": false, "required": ["header"], "description": "A NOC message: the topic is header.destination and the whole message is the body",
-                        "properties": {"header": {"type": "object", "properties": {"destination": {"type": "string"}}}, "payload": {},
-                        "message_id": {"type": "string"}, "ttl": {"type": "number"}}}]},
+                        "topic": topic, "body": {"description": "Any JSON value"}, "message_id": message_id, "ttl": ttl},
+                        "description": "The topic defaults to `broadcast`"},
+                    {"type": "object", "additionalProperties": false, "required": ["header"],
+                        "properties": {"header": {"type": "object", "properties": {"destination": topic}},
+                        "payload": {}, "message_id": message_id, "ttl": ttl}}]},
                 "SendResult": {"type": "object", "properties": {"id": {"type": "integer"}, "delivered_to": {"type": "integer"}, "duplicate": {"type": "boolean"}}},
                 "Message": {"type": "object", "properties": {"id": {"type": "integer"}, "topic": {"type": "string"}, "body": {},
                     "sender": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"}, "redelivered": {"type": "boolean"},
-                    "delivery_count": {"type": "integer"}, "receipt": {"type": "string", "description": "With ack=manual"}}},
-                "Receipts": {"type": "object", "additionalProperties": false, "required": ["receipts"], "properties": {
+                    "delivery_count": {"type": "integer"}, "receipt": {"type": "string", "description": "With ack=manual"},
+                    "content_type": {"type": "string", "description": "Present when the body is not JSON; it is then shown as a string"},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Publisher headers (STOMP)"}}},
+                "AckRequest": {"type": "object", "additionalProperties": false, "required": ["receipts"], "properties": {
+                    "receipts": {"type": "array", "items": {"type": "string"}, "maxItems": 10000}}},
+                "NackRequest": {"type": "object", "additionalProperties": false, "required": ["receipts"], "properties": {
                     "receipts": {"type": "array", "items": {"type": "string"}, "maxItems": 10000},
-                    "requeue": {"type": "boolean", "description": "/nack only; default true"}}},
+                    "requeue": {"type": "boolean", "description": "false: straight to the dead-letter queue (default true)"}}},
                 "AckResult": {"type": "object", "properties": {"done": {"type": "integer"}, "unknown": {"type": "array", "items": {"type": "string"}}}},
                 "Health": {"type": "object", "properties": {"status": {"type": "string"}, "version": {"type": "string"}}}
             }
         }
-    })
+    });
+    if backend {
+        doc["paths"]["/metrics"] = metrics;
+    } else if let Some(schemes) = doc["components"]["securitySchemes"].as_object_mut() {
+        schemes.remove("backendKey");
+    }
+    doc
 }

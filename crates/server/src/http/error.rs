@@ -57,6 +57,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
             BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
             BrokerError::DuplicateInFlight => ErrorCode::DuplicateInFlight,
+            BrokerError::LastAdmin(_) => ErrorCode::LastAdmin,
             BrokerError::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "storage unavailable");
                 return ApiError::new(

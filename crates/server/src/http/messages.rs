@@ -32,7 +32,9 @@ struct NocHeader {
 #[serde(deny_unknown_fields)]
 struct SendBody<'a> {
     topic: Option<String>,
-    #[serde(borrow)]
+    /// Any JSON value, `null` included (hence not a plain `Option`, which would read
+    /// `null` as absent).
+    #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
     header: Option<NocHeader>,
     #[serde(borrow)]
@@ -40,6 +42,24 @@ struct SendBody<'a> {
     message_id: Option<String>,
     /// Seconds.
     ttl: Option<f64>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
+}
+
+/// Refuses `null` for the envelope's fields: "absent" and "null" must not be confused
+/// (a `null` ttl is not "no ttl" by accident of the parser).
+fn refuse_nulls(bytes: &[u8], fields: &[&str]) -> ApiResult<()> {
+    let Ok(map) = serde_json::from_slice::<std::collections::HashMap<&str, &RawValue>>(bytes) else {
+        return Ok(());
+    };
+    for f in fields {
+        if map.get(f).is_some_and(|v| v.get() == "null") {
+            return Err(ApiError::new(ErrorCode::InvalidBody, format!("`{f}` must not be null; leave it out instead")));
+        }
+    }
+    Ok(())
 }
 
 /// Deepest nesting of arrays and objects accepted in a body: receivers in other
@@ -74,6 +94,7 @@ fn depth(json: &[u8]) -> usize {
 
 fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publish> {
     let b: SendBody = parse_json(bytes)?;
+    refuse_nulls(bytes, &["topic", "header", "message_id", "ttl"])?;
     // The envelope adds one level around the body.
     if depth(bytes) > MAX_DEPTH + 1 {
         return Err(ApiError::new(
@@ -82,8 +103,10 @@ fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publi
         ));
     }
     let (topic, body) = match (b.topic, b.body, b.header) {
-        (Some(topic), Some(body), None) => (topic, body.get().as_bytes().to_vec()),
-        (None, Some(body), None) if broadcast => ("broadcast".to_owned(), body.get().as_bytes().to_vec()),
+        (Some(topic), Some(body), None) if b.payload.is_none() => (topic, body.get().as_bytes().to_vec()),
+        (None, Some(body), None) if broadcast && b.payload.is_none() => {
+            ("broadcast".to_owned(), body.get().as_bytes().to_vec())
+        }
         (Some(_), None, None) | (None, None, None) if b.payload.is_none() => {
             return Err(ApiError::new(
                 ErrorCode::InvalidBody,
@@ -121,7 +144,7 @@ fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publi
     }
     let ttl_ms = match b.ttl {
         None => None,
-        Some(t) if t.is_finite() && t > 0.0 && t <= 365.0 * 86400.0 => Some((t * 1000.0) as u64),
+        Some(t) if t.is_finite() && t > 0.0 && t <= 365.0 * 86400.0 => Some(((t * 1000.0) as u64).max(1)),
         Some(_) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidBody,
@@ -369,6 +392,7 @@ async fn settle(
     nack: bool,
 ) -> ApiResult<AxumJson<AckResponse>> {
     let b: SettleBody = parse_json(bytes)?;
+    refuse_nulls(bytes, &["receipts", "requeue"])?;
     if b.receipts.len() > MAX_RECEIPTS {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,

@@ -27,11 +27,11 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     (status, Json(health)).into_response()
 }
 
-/// `GET /openapi.json`.
-pub async fn openapi() -> Response {
+/// `GET /openapi.json`: the document of this listener.
+pub async fn openapi(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::document().to_string(),
+        crate::openapi::document(state.backend, &state.config).to_string(),
     )
         .into_response()
 }
