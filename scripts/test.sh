@@ -39,6 +39,9 @@ if [[ ! -x "$BIN" ]]; then
     exit 1
 fi
 
+echo "==> schemathesis: the HTTP API against its own OpenAPI document"
+TRUNKLINE_BIN="$BIN" bash tests/interop/schemathesis.sh
+
 echo "==> interop tests"
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"

@@ -4,7 +4,7 @@
 # checks against GET /openapi.json of both listeners, then stops the node. Fails if
 # Schemathesis reports anything, or if the node died, stopped answering /healthz or lost
 # its admin during a run. Bounded: a few examples per operation, and a time limit on
-# each run and on every request. Not run by CI (yet).
+# each run and on every request. Run by scripts/test.sh.
 #
 #   bash tests/interop/schemathesis.sh
 #

@@ -45,12 +45,45 @@ pub enum OverflowPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_length: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow: Option<OverflowPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole"
+    )]
     pub max_deliveries: Option<u32>,
+}
+
+/// A whole number, also when written `5.0` (JSON does not tell the two apart, and
+/// JavaScript clients send what they have).
+fn whole<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let v = match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => v,
+        (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => f as u64,
+        _ => {
+            return Err(D::Error::custom(format!(
+                "expected a whole number of at least 0, got {n}"
+            )))
+        }
+    };
+    T::try_from(v)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{v} is too large")))
 }
 
 /// `POST /client`.

@@ -1101,7 +1101,11 @@ impl Broker {
         )?;
         let _admin = self.inner.admin.lock().await;
         let mut rec = self.record(client_id)?;
-        if u.roles.as_ref().is_some_and(|r| !r.iter().any(|r| r == "admin")) && self.is_last_admin(client_id) {
+        if u.roles
+            .as_ref()
+            .is_some_and(|r| !r.iter().any(|r| r == "admin"))
+            && self.is_last_admin(client_id)
+        {
             return Err(BrokerError::LastAdmin(client_id.to_owned()));
         }
         if let Some(n) = u.client_name {
@@ -1151,7 +1155,10 @@ impl Broker {
     fn is_last_admin(&self, client_id: &str) -> bool {
         let reg = read(&self.inner.registry);
         reg.clients.get(client_id).is_some_and(|r| r.is_admin())
-            && !reg.clients.values().any(|r| r.client_id != client_id && r.is_admin())
+            && !reg
+                .clients
+                .values()
+                .any(|r| r.client_id != client_id && r.is_admin())
     }
 
     /// Deletes a client, its inbox and dead-letter queue, and what they held.

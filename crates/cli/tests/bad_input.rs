@@ -247,7 +247,6 @@ async fn malformed_requests_get_clear_errors() {
         ("max_messages=100000", InvalidQuery),
         ("ack=maybe", InvalidQuery),
         ("ack=manual&lease=0", InvalidQuery),
-        ("lease=5", InvalidQuery),
         ("wait=100000", InvalidQuery),
         ("queue=someone-else", InvalidQuery),
         ("colour=red", InvalidQuery),

@@ -649,7 +649,9 @@ async fn operations_endpoints() {
     }
     // Each listener describes itself: /metrics and the backend key on the backend only.
     assert!(doc["paths"].get("/metrics").is_none());
-    assert!(doc["components"]["securitySchemes"].get("backendKey").is_none());
+    assert!(doc["components"]["securitySchemes"]
+        .get("backendKey")
+        .is_none());
     let backend_doc: Value = reqwest::get(format!("{}/openapi.json", server.backend))
         .await
         .expect("doc")

@@ -75,9 +75,17 @@ fn with(base: &[ErrorCode], more: &[ErrorCode]) -> Vec<ErrorCode> {
 /// The document for one listener: the backend listener also takes the backend key and
 /// serves `/metrics`.
 pub fn document(backend: bool, config: &crate::Config) -> Value {
-    let admin = if backend { with(AUTH, &[Forbidden, InvalidBackendKey]) } else { with(AUTH, &[Forbidden]) };
+    let admin = if backend {
+        with(AUTH, &[Forbidden, InvalidBackendKey])
+    } else {
+        with(AUTH, &[Forbidden])
+    };
     let id_param = json!([{"name": "client_id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    let admin_sec = if backend { json!([{"bearer": []}, {"backendKey": []}]) } else { json!([{"bearer": []}]) };
+    let admin_sec = if backend {
+        json!([{"bearer": []}, {"backendKey": []}])
+    } else {
+        json!([{"bearer": []}])
+    };
     let client_ops = json!({
         "post": op("Create a client; the answer holds its secret, shown only this once.",
             ("201", ok("Created", r("ClientCredentials"))),
@@ -136,7 +144,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         json!({"security": [{"bearer": []}], "parameters": [
             q("max_messages", "At most this many (default 10)", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
             q("ack", "`auto` (default): removed as returned, as the NOC. `manual`: leased, with receipts", json!({"enum": ["auto", "manual"]})),
-            q("lease", "Seconds a delivery stays leased (default 30); only with ack=manual", json!({"type": "integer", "minimum": 1, "maximum": 43200})),
+            q("lease", "Seconds a delivery stays leased (default 30); ignored with ack=auto", json!({"type": "integer", "minimum": 1, "maximum": 43200})),
             q("wait", "Seconds to wait for a message if none is ready (long poll, default 0)", json!({"type": "integer", "minimum": 0, "maximum": config.http_limits.max_wait_secs})),
             q("queue", "`inbox` (default) or `dead` (the dead-letter queue)", json!({"enum": ["inbox", "dead"]}))]}))});
     let settle_errors = with(
@@ -158,7 +166,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
     let metrics = json!({"get": {"summary": "Prometheus metrics (backend listener only).",
         "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}});
 
-    let pattern = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.\s]+(\.[^.\s]+)*$",
+    let pattern = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^(\*|#|[^.*#\u0000-\u0020\u007f-\u009f]+)(\.(\*|#|[^.*#\u0000-\u0020\u007f-\u009f]+))*$",
         "description": "Dot-separated words, at most 255 bytes; `*` = one word, `#` = zero or more words, each only as a whole word"});
     let subscription = json!({"oneOf": [pattern, {"type": "array", "items": pattern, "minItems": 1, "maxItems": 64}]});
     let queue_settings = json!({"type": "object", "additionalProperties": false, "properties": {
@@ -166,7 +174,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "overflow": {"enum": ["reject-publish", "drop-oldest"]},
         "max_deliveries": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}});
     let name = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"});
-    let topic = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.*#\s]+(\.[^.*#\s]+)*$",
+    let topic = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.*#\u0000-\u0020\u007f-\u009f]+(\.[^.*#\u0000-\u0020\u007f-\u009f]+)*$",
         "description": "Dot-separated words, at most 255 bytes, no wildcards"});
     let message_id = json!({"type": "string", "minLength": 1, "maxLength": 256, "description": "Dedup key within the window (at most 256 bytes)"});
     let ttl = json!({"type": "number", "exclusiveMinimum": 0, "maximum": 31_536_000, "description": "Seconds until the message expires undelivered"});

@@ -24,7 +24,15 @@ const MAX_LEASE_SECS: u64 = 12 * 3600;
 
 #[derive(Deserialize)]
 struct NocHeader {
+    /// `Some(Null)` for an explicit `null`, which is refused like any non-string.
+    #[serde(default, deserialize_with = "present_value")]
     destination: Option<serde_json::Value>,
+}
+
+fn present_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Both body forms: `{topic, body}` and the NOC message `{header: {destination}, payload}`.
@@ -51,12 +59,16 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// Refuses `null` for the envelope's fields: "absent" and "null" must not be confused
 /// (a `null` ttl is not "no ttl" by accident of the parser).
 fn refuse_nulls(bytes: &[u8], fields: &[&str]) -> ApiResult<()> {
-    let Ok(map) = serde_json::from_slice::<std::collections::HashMap<&str, &RawValue>>(bytes) else {
+    let Ok(map) = serde_json::from_slice::<std::collections::HashMap<&str, &RawValue>>(bytes)
+    else {
         return Ok(());
     };
     for f in fields {
         if map.get(f).is_some_and(|v| v.get() == "null") {
-            return Err(ApiError::new(ErrorCode::InvalidBody, format!("`{f}` must not be null; leave it out instead")));
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("`{f}` must not be null; leave it out instead"),
+            ));
         }
     }
     Ok(())
@@ -144,7 +156,9 @@ fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publi
     }
     let ttl_ms = match b.ttl {
         None => None,
-        Some(t) if t.is_finite() && t > 0.0 && t <= 365.0 * 86400.0 => Some(((t * 1000.0) as u64).max(1)),
+        Some(t) if t.is_finite() && t > 0.0 && t <= 365.0 * 86400.0 => {
+            Some(((t * 1000.0) as u64).max(1))
+        }
         Some(_) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidBody,
@@ -317,11 +331,15 @@ pub async fn receive(
             }
             Some(secs * 1000)
         }
-        (None | Some("auto"), Some(_)) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidQuery,
-                "lease needs ack=manual",
-            ))
+        // A lease means nothing when messages are removed as they are returned.
+        (None | Some("auto"), Some(secs)) => {
+            if secs == 0 || secs > MAX_LEASE_SECS {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("lease must be 1 to {MAX_LEASE_SECS} seconds"),
+                ));
+            }
+            None
         }
         (Some(other), _) => {
             return Err(ApiError::new(
