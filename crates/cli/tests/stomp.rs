@@ -281,6 +281,7 @@ async fn live_topics_transactions_and_disconnect_receipt() {
 async fn refusals_are_error_frames() {
     let server = TestServer::start_with(|c| {
         c.stomp.connect_timeout_secs = 1;
+        c.stomp.frame_timeout_secs = 1;
     })
     .await;
     let secret = server.admin_credentials().secret;
@@ -338,6 +339,12 @@ async fn refusals_are_error_frames() {
     // Silence after connecting: closed at the connect timeout.
     let mut w = Wire::open(&server.stomp).await;
     w.raw(b"CONN").await;
+    w.expect_error("request_timeout").await;
+    // A frame started after CONNECT but never finished, with heart-beats off: closed at
+    // the frame timeout.
+    let (mut w, _) = Wire::connect(&server.stomp, "admin", &secret).await;
+    w.raw(b"SEND\ndestination:/topic/a\n\nno end in sight")
+        .await;
     w.expect_error("request_timeout").await;
     // The node is still fine.
     let (_, f) = Wire::connect(&server.stomp, "admin", &secret).await;

@@ -122,7 +122,12 @@ async fn reconnects_and_resends_through_a_kill_9() {
             confirmed
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill it part-way: once some sends are confirmed and many are still to come.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handed.load(std::sync::atomic::Ordering::Relaxed) < 500 {
+        assert!(Instant::now() < deadline, "sending did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     node.kill9();
     let at_kill = handed.load(std::sync::atomic::Ordering::Relaxed);
     assert!(

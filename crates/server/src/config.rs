@@ -36,6 +36,8 @@ heartbeat_send_ms = 10000
 heartbeat_recv_ms = 10000
 # Time allowed between opening a connection and CONNECT.
 connect_timeout_secs = 10
+# Time allowed to finish a frame once its first byte has arrived.
+frame_timeout_secs = 30
 max_connections = 10000
 # Most unacknowledged messages per queue subscription (caps prefetch-count).
 max_prefetch = 100
@@ -106,6 +108,7 @@ pub struct StompConfig {
     pub heartbeat_send_ms: u64,
     pub heartbeat_recv_ms: u64,
     pub connect_timeout_secs: u64,
+    pub frame_timeout_secs: u64,
     pub max_connections: usize,
     pub max_prefetch: usize,
     pub lease_secs: u64,
@@ -249,7 +252,7 @@ impl Config {
                 "buffer, max_prefetch and max_connections must be at least 1",
             );
         }
-        if st.connect_timeout_secs == 0 || st.lease_secs == 0 {
+        if st.connect_timeout_secs == 0 || st.lease_secs == 0 || st.frame_timeout_secs == 0 {
             return bad(
                 "stomp",
                 "connect_timeout_secs and lease_secs must be at least 1",

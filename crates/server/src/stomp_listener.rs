@@ -224,11 +224,13 @@ impl Connection {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut wbuf = BytesMut::with_capacity(16 * 1024);
+        let mut partial_since: Option<tokio::time::Instant> = None;
         loop {
             self.drive(&mut wbuf);
             // Frames that arrived while the session could not take them (pipelined after
             // CONNECT, or past a full buffer) are decoded once it can.
             if self.session.wants_read() && !rbuf.is_empty() && self.decode(&mut rbuf) {
+                partial_since = None;
                 continue;
             }
             if self.session.is_closing() {
@@ -237,9 +239,24 @@ impl Connection {
                 let _ = wr.shutdown().await;
                 break;
             }
-            let timeout = self.session.poll_timeout().map(|t| {
+            // A frame that has started must finish within the frame timeout, heart-beats
+            // or not: a peer trickling one frame forever holds a connection for nothing.
+            // The clock runs only while we wait on the peer for the rest of a frame, and
+            // restarts whenever a frame completes.
+            if rbuf.is_empty() || !self.session.wants_read() {
+                partial_since = None;
+            } else if partial_since.is_none() {
+                partial_since = Some(tokio::time::Instant::now());
+            }
+            let frame_timeout = Duration::from_secs(self.ctx.config.stomp.frame_timeout_secs);
+            let frame_deadline = partial_since.map(|t| t + frame_timeout);
+            let session_deadline = self.session.poll_timeout().map(|t| {
                 tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now_ms()))
             });
+            let timeout = match (session_deadline, frame_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let can_read = self.session.wants_read();
             let can_deliver = wbuf.len() < WRITE_HIGH_WATER;
             tokio::select! {
@@ -250,7 +267,9 @@ impl Connection {
                         break;
                     }
                     Ok(_) => {
-                        self.decode(&mut rbuf);
+                        if self.decode(&mut rbuf) {
+                            partial_since = None;
+                        }
                     }
                 },
                 r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => {
@@ -262,6 +281,12 @@ impl Connection {
                 Some(done) = self.ops_rx.recv() => self.done(done),
                 Some(done) = self.deliveries_rx.recv(), if can_deliver => self.done(done),
                 _ = async { match timeout { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    if frame_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                        self.session.decode_failed(
+                            ErrorCode::RequestTimeout.as_str(),
+                            format!("a frame was not completed within {} s", frame_timeout.as_secs()),
+                        );
+                    }
                     self.session.handle_timeout(now_ms());
                 }
                 _ = shutdown.cancelled() => {
