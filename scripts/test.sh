@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The one test command of the project: the Rust workspace tests, then the interop tests
-# (pytest + requests) against the real `trunkline` binary.
+# against the real `trunkline` binary: Python (pytest + requests, stomp.py), then
+# JavaScript (@stomp/stompjs under `node --test`).
 #
 #   bash scripts/test.sh            # from any directory
 #
 # Exits non-zero if any test fails. The Python tests run in a venv at .venv (created on
-# first use); TRUNKLINE_BIN may point at another binary to test.
+# first use); the JavaScript ones need Node.js 20+ and npm (packages from
+# tests/interop/stompjs/package-lock.json); TRUNKLINE_BIN may point at another binary.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +40,8 @@ if [[ ! -x "$BIN" ]]; then
     echo "error: no trunkline binary at $BIN after the build" >&2
     exit 1
 fi
+# Absolute, as the JavaScript tests run from their own directory.
+[[ "$BIN" == /* ]] || BIN="$ROOT/$BIN"
 
 echo "==> schemathesis: the HTTP API against its own OpenAPI document"
 TRUNKLINE_BIN="$BIN" bash tests/interop/schemathesis.sh
@@ -52,3 +56,10 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r tests/interop/requirements.txt
 TRUNKLINE_BIN="$BIN" "$VENV/bin/python" -m pytest -q tests/interop
+
+echo "==> interop tests: @stomp/stompjs (tests/interop/stompjs)"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "error: node and npm are required for tests/interop/stompjs (Node.js 20+)" >&2
+    exit 1
+fi
+(cd tests/interop/stompjs && npm ci --no-audit --no-fund --silent && TRUNKLINE_BIN="$BIN" node --test)

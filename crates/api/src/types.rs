@@ -96,6 +96,9 @@ pub struct CreateClient {
     /// Roles such as `admin`; none by default.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Other queues (such as `<other client>-inbox`) this client may consume from.
+    #[serde(default)]
+    pub grants: Vec<String>,
     /// Limits of the client's inbox.
     #[serde(default)]
     pub inbox: QueueSettings,
@@ -112,6 +115,8 @@ pub struct UpdateClient {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox: Option<QueueSettings>,
 }
 
@@ -122,6 +127,8 @@ pub struct ClientInfo {
     pub client_name: String,
     pub subscription: Subscription,
     pub roles: Vec<String>,
+    #[serde(default)]
+    pub grants: Vec<String>,
     pub inbox: QueueSettings,
     /// Messages waiting in the inbox (ready and leased).
     #[serde(default)]

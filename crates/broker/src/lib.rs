@@ -190,6 +190,8 @@ pub struct NewClient {
     pub client_name: String,
     pub patterns: Vec<String>,
     pub roles: Vec<String>,
+    /// Other queues this client may consume from.
+    pub grants: Vec<String>,
     pub inbox: LimitSettings,
 }
 
@@ -200,6 +202,7 @@ impl NewClient {
             client_name: name.into(),
             patterns,
             roles: Vec::new(),
+            grants: Vec::new(),
             inbox: LimitSettings::default(),
         }
     }
@@ -211,6 +214,7 @@ pub struct ClientUpdate {
     pub client_name: Option<String>,
     pub patterns: Option<Vec<String>>,
     pub roles: Option<Vec<String>>,
+    pub grants: Option<Vec<String>>,
     pub inbox: Option<LimitSettings>,
 }
 
@@ -221,6 +225,7 @@ pub struct ClientView {
     pub client_name: String,
     pub patterns: Vec<String>,
     pub roles: Vec<String>,
+    pub grants: Vec<String>,
     pub inbox: LimitSettings,
     pub inbox_depth: u64,
 }
@@ -758,8 +763,16 @@ impl Broker {
 
     // ----- consuming --------------------------------------------------------------------
 
-    fn owns(client_id: &str, queue: &str) -> bool {
-        queue == inbox_name(client_id) || queue == dead_name(client_id)
+    /// True if `client_id` may consume from `queue`: its own inbox and dead-letter queue,
+    /// and queues it was granted.
+    pub fn may_read(&self, client_id: &str, queue: &str) -> bool {
+        if queue == inbox_name(client_id) || queue == dead_name(client_id) {
+            return true;
+        }
+        read(&self.inner.registry)
+            .clients
+            .get(client_id)
+            .is_some_and(|r| r.grants.iter().any(|g| g == queue))
     }
 
     /// Takes up to `opts.max` messages from `queue`, which must be one of `client_id`'s.
@@ -771,7 +784,7 @@ impl Broker {
         opts: ReceiveOptions,
         now: u64,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        if !Self::owns(client_id, queue) {
+        if !self.may_read(client_id, queue) {
             return Err(BrokerError::UnknownQueue(queue.to_owned()));
         }
         let cell = self
@@ -858,7 +871,7 @@ impl Broker {
         let mut by_queue: HashMap<&str, Vec<(u64, u32, &String)>> = HashMap::new();
         for r in receipts {
             match parse_receipt(r) {
-                Some((q, seq, count)) if Self::owns(client_id, q) => {
+                Some((q, seq, count)) if self.may_read(client_id, q) => {
                     by_queue.entry(q).or_default().push((seq, count, r))
                 }
                 _ => out.unknown.push(r.clone()),
@@ -970,7 +983,22 @@ impl Broker {
         patterns: Option<&[String]>,
         roles: Option<&[String]>,
         limits: Option<&LimitSettings>,
+        grants: Option<&[String]>,
     ) -> Result<(), BrokerError> {
+        if let Some(grants) = grants {
+            let ok = |g: &String| {
+                !g.is_empty()
+                    && g.len() <= 128
+                    && g.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            };
+            if grants.len() > registry::MAX_PATTERNS || !grants.iter().all(ok) {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "grants must be at most {} queue names of letters, digits, `.`, `_` and `-`",
+                    registry::MAX_PATTERNS
+                )));
+            }
+        }
         if let Some(name) = name {
             if name.trim().is_empty() || name.len() > registry::MAX_NAME_LEN {
                 return Err(BrokerError::InvalidArgument(format!(
@@ -1021,6 +1049,7 @@ impl Broker {
             client_name: rec.client_name.clone(),
             patterns: rec.patterns.clone(),
             roles: rec.roles.clone(),
+            grants: rec.grants.clone(),
             inbox: rec.inbox,
             inbox_depth,
         }
@@ -1040,6 +1069,7 @@ impl Broker {
             Some(&c.patterns),
             Some(&c.roles),
             Some(&c.inbox),
+            Some(&c.grants),
         )?;
         let _admin = self.inner.admin.lock().await;
         if read(&self.inner.registry)
@@ -1057,6 +1087,7 @@ impl Broker {
             client_name: c.client_name,
             patterns: c.patterns,
             roles: c.roles,
+            grants: c.grants,
             secret_hash: SecretHash::of(&secret).as_str().to_owned(),
             credential_id: generate_credential_id(),
             inbox: c.inbox,
@@ -1098,6 +1129,7 @@ impl Broker {
             u.patterns.as_deref(),
             u.roles.as_deref(),
             u.inbox.as_ref(),
+            u.grants.as_deref(),
         )?;
         let _admin = self.inner.admin.lock().await;
         let mut rec = self.record(client_id)?;
@@ -1113,6 +1145,9 @@ impl Broker {
         }
         if let Some(p) = u.patterns {
             rec.patterns = p;
+        }
+        if let Some(g) = u.grants {
+            rec.grants = g;
         }
         if let Some(mut r) = u.roles {
             r.sort();

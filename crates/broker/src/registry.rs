@@ -33,6 +33,9 @@ pub struct ClientRecord {
     pub client_name: String,
     pub patterns: Vec<String>,
     pub roles: Vec<String>,
+    /// Other queues (such as `<other>-inbox`) this client may consume from.
+    #[serde(default)]
+    pub grants: Vec<String>,
     /// Salted hash of the secret; the secret itself is never stored.
     pub secret_hash: String,
     /// Names the current secret; tokens carry it, so rotating invalidates them.

@@ -573,6 +573,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
                     client_id,
                     subscription: Subscription::from_patterns(subscription),
                     roles,
+                    grants: Vec::new(),
                     inbox: QueueSettings::default(),
                 })
                 .await?;
@@ -595,6 +596,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
                 subscription: (!subscription.is_empty())
                     .then(|| Subscription::from_patterns(subscription)),
                 roles,
+                grants: None,
                 inbox: max_length.map(|m| QueueSettings {
                     max_length: Some(m),
                     ..Default::default()

@@ -351,3 +351,56 @@ async fn refusals_are_error_frames() {
     assert_eq!(f.command, Command::Connected);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_granted_queue_can_be_consumed_by_another_client() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let fleet = server.new_client("fleet", &["fleet.#"]).await;
+    let created = admin
+        .create_client(&trunkline_api::CreateClient {
+            client_id: "watcher".into(),
+            client_name: "watcher".into(),
+            subscription: trunkline_api::Subscription::One("nothing".into()),
+            roles: vec![],
+            grants: vec!["fleet-inbox".into()],
+            inbox: Default::default(),
+        })
+        .await
+        .expect("create");
+    admin
+        .send("fleet.a", &serde_json::json!("for the fleet"))
+        .await
+        .expect("send");
+    let (mut w, f) = Wire::connect(&server.stomp, "watcher", &created.secret).await;
+    assert_eq!(f.command, Command::Connected);
+    w.send(
+        Frame::new(Command::Subscribe)
+            .header("id", "s")
+            .header("destination", "/queue/fleet-inbox")
+            .header("ack", "client-individual"),
+    )
+    .await;
+    let m = w.next().await.expect("message");
+    assert_eq!(&m.body[..], b"\"for the fleet\"");
+    w.send(
+        Frame::new(Command::Ack)
+            .header("id", m.get("ack").expect("ack id"))
+            .header("receipt", "a"),
+    )
+    .await;
+    assert_eq!(w.next().await.map(|f| f.command), Some(Command::Receipt));
+    assert!(
+        http_receive(&server, &fleet).await.is_empty(),
+        "taken by the watcher"
+    );
+    // Not granted: refused.
+    w.send(
+        Frame::new(Command::Subscribe)
+            .header("id", "t")
+            .header("destination", "/queue/admin-inbox"),
+    )
+    .await;
+    w.expect_error("forbidden").await;
+    server.stop().await;
+}

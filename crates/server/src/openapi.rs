@@ -146,7 +146,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             q("ack", "`auto` (default): removed as returned, as the NOC. `manual`: leased, with receipts", json!({"enum": ["auto", "manual"]})),
             q("lease", "Seconds a delivery stays leased (default 30); ignored with ack=auto", json!({"type": "integer", "minimum": 1, "maximum": 43200})),
             q("wait", "Seconds to wait for a message if none is ready (long poll, default 0)", json!({"type": "integer", "minimum": 0, "maximum": config.http_limits.max_wait_secs})),
-            q("queue", "`inbox` (default) or `dead` (the dead-letter queue)", json!({"enum": ["inbox", "dead"]}))]}))});
+            q("queue", "`inbox` (default), `dead` (the dead-letter queue), or the name of a queue granted to the caller", json!({"type": "string", "minLength": 1}))]}))});
     let settle_errors = with(
         AUTH,
         &[
@@ -174,6 +174,8 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "overflow": {"enum": ["reject-publish", "drop-oldest"]},
         "max_deliveries": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}});
     let name = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"});
+    let grants = json!({"type": "array", "maxItems": 64, "description": "Other queues (such as `<client>-inbox`) this client may consume from",
+        "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}});
     let topic = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.*#\u0000-\u0020\u007f-\u009f]+(\.[^.*#\u0000-\u0020\u007f-\u009f]+)*$",
         "description": "Dot-separated words, at most 255 bytes, no wildcards"});
     let message_id = json!({"type": "string", "minLength": 1, "maxLength": 256, "description": "Dedup key within the window (at most 256 bytes)"});
@@ -198,10 +200,12 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
                     "properties": {"code": {"enum": ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()}, "message": {"type": "string"}}}}},
                 "CreateClient": {"type": "object", "additionalProperties": false, "required": ["client_id", "client_name", "subscription"], "properties": {
                     "client_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}, "client_name": name,
-                    "subscription": subscription, "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}}, "inbox": queue_settings}},
+                    "subscription": subscription, "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}},
+                    "grants": grants, "inbox": queue_settings}},
                 "UpdateClient": {"type": "object", "additionalProperties": false, "properties": {
                     "client_name": name, "subscription": subscription,
-                    "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}}, "inbox": queue_settings}},
+                    "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}},
+                    "grants": grants, "inbox": queue_settings}},
                 "Client": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
                     "subscription": subscription, "roles": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
                     "inbox_depth": {"type": "integer"}}},

@@ -543,11 +543,11 @@ impl Connection {
         let client = self.client_id();
         match destination {
             Destination::Queue(q) => {
-                if *q != inbox_name(&client) && *q != dead_name(&client) {
+                if !self.ctx.broker.may_read(&client, q) {
                     return Err(stomp_error(
                         ErrorCode::Forbidden,
                         format!(
-                            "client `{client}` may read /queue/{} and /queue/{} only",
+                            "client `{client}` may read /queue/{}, /queue/{} and queues granted to it only",
                             inbox_name(&client),
                             dead_name(&client)
                         ),

@@ -118,6 +118,7 @@ impl TestServer {
                     patterns.iter().map(|p| p.to_string()).collect(),
                 ),
                 roles: vec![],
+                grants: vec![],
                 inbox: Default::default(),
             })
             .await

@@ -43,6 +43,7 @@ pub fn info(v: ClientView) -> ClientInfo {
         client_name: v.client_name,
         subscription: Subscription::from_patterns(v.patterns),
         roles: v.roles,
+        grants: v.grants,
         inbox_depth: v.inbox_depth,
     }
 }
@@ -74,6 +75,7 @@ pub async fn create(
         client_name: body.client_name,
         patterns: body.subscription.patterns(),
         roles: body.roles,
+        grants: body.grants,
         inbox: limits_in(&body.inbox),
     };
     let (view, secret) = state.broker.create_client(new, now_ms()).await?;
@@ -120,6 +122,7 @@ pub async fn update(
         client_name: body.client_name,
         patterns: body.subscription.map(|s| s.patterns()),
         roles: body.roles,
+        grants: body.grants,
         inbox: body.inbox.as_ref().map(limits_in),
     };
     let view = state.broker.update_client(&id, u).await?;

@@ -351,10 +351,12 @@ pub async fn receive(
     let queue = match q.queue.as_deref() {
         None | Some("inbox") => inbox_name(&caller.client_id),
         Some("dead") => dead_name(&caller.client_id),
+        // Another queue this client was granted (PATCH /client {grants}).
+        Some(other) if state.broker.may_read(&caller.client_id, other) => other.to_owned(),
         Some(other) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidQuery,
-                format!("queue must be `inbox` or `dead`, not `{other}`"),
+                format!("queue must be `inbox`, `dead`, or a queue granted to you; not `{other}`"),
             ))
         }
     };
