@@ -248,7 +248,7 @@ async fn malformed_requests_get_clear_errors() {
         ("ack=maybe", InvalidQuery),
         ("ack=manual&lease=0", InvalidQuery),
         ("wait=100000", InvalidQuery),
-        ("queue=someone-else", InvalidQuery),
+        ("queue=someone-else", Forbidden),
         ("colour=red", InvalidQuery),
         ("token=abc", CredentialsInWrongPlace),
     ];

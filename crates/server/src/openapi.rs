@@ -140,7 +140,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         json!({"requestBody": body("NotifyRequest"), "security": [{"bearer": []}]}))});
     let receive = json!({"get": op("Take messages from the caller's inbox.",
         ("200", ok("Messages, oldest first", json!({"type": "array", "items": r("Message")}))),
-        &with(AUTH, &[InvalidQuery, UnknownQueue]),
+        &with(AUTH, &[InvalidQuery, UnknownQueue, Forbidden]),
         json!({"security": [{"bearer": []}], "parameters": [
             q("max_messages", "At most this many (default 10)", json!({"type": "integer", "minimum": 1, "maximum": 1000})),
             q("ack", "`auto` (default): removed as returned, as the NOC. `manual`: leased, with receipts", json!({"enum": ["auto", "manual"]})),

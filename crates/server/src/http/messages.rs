@@ -355,8 +355,8 @@ pub async fn receive(
         Some(other) if state.broker.may_read(&caller.client_id, other) => other.to_owned(),
         Some(other) => {
             return Err(ApiError::new(
-                ErrorCode::InvalidQuery,
-                format!("queue must be `inbox`, `dead`, or a queue granted to you; not `{other}`"),
+                ErrorCode::Forbidden,
+                format!("you may read `inbox`, `dead` and queues granted to you, not `{other}`"),
             ))
         }
     };
