@@ -334,6 +334,21 @@ async fn refusals_are_error_frames() {
     .await;
     w.expect_error("frame_too_large").await;
     let (mut w, _) = Wire::connect(&server.stomp, "admin", &secret).await;
+    w.raw(
+        format!(
+            "SEND\ndestination:/topic/a\nx-big:{}\n\n\0",
+            "y".repeat(10_000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    w.expect_error("frame_too_large").await;
+    let (mut w, _) = Wire::connect(&server.stomp, "admin", &secret).await;
+    let many: String = (0..100).map(|i| format!("h{i}:v\n")).collect();
+    w.raw(format!("SEND\ndestination:/topic/a\n{many}\n\0").as_bytes())
+        .await;
+    w.expect_error("frame_too_large").await;
+    let (mut w, _) = Wire::connect(&server.stomp, "admin", &secret).await;
     w.send(send("/topic/a..b", "1", "r")).await;
     w.expect_error("invalid_topic").await;
     // Silence after connecting: closed at the connect timeout.

@@ -147,6 +147,27 @@ async fn mutual_tls_names_the_client_by_its_certificate() {
         "{f:?}"
     );
 
+    // Trunkline's own client, with the certificate as its only credential.
+    let mut opts = trunkline_client::stomp::StompOptions::new(addr.clone(), "", "");
+    opts.session.login = None;
+    opts.session.passcode = None;
+    opts.tls = Some(trunkline_client::stomp::TlsOptions {
+        ca_pem: server_ca.cert.pem().into_bytes(),
+        client_cert_pem: Some(good.0.pem().into_bytes()),
+        client_key_pem: Some(good.1.serialize_pem().into_bytes()),
+        server_name: "localhost".into(),
+    });
+    let client = trunkline_client::stomp::StompClient::connect(opts)
+        .await
+        .expect("TLS client connects");
+    client
+        .send("/topic/peers.hello", &[], "hi")
+        .await
+        .expect("send")
+        .await
+        .expect("confirmed over TLS");
+    client.disconnect().await.expect("disconnect");
+
     // A login that disagrees with the certificate is refused.
     let mut s = tls_connect(&addr, &server_ca, Some(&good))
         .await
