@@ -60,27 +60,13 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(ctx.config.stomp.max_connections));
     let tasks = TaskTracker::new();
     let mut next_id = 0u64;
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(cause = %e, listener = "stomp", "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    while let Some((stream, peer, permit)) =
+        crate::listener::accept(&listener, &permits, &shutdown, "stomp").await
+    {
         next_id += 1;
         let (ctx, shutdown, tls) = (ctx.clone(), shutdown.clone(), tls.clone());
         let conn_id = next_id;
         tasks.spawn(async move {
-            let _ = stream.set_nodelay(true);
             ctx.connections.fetch_add(1, Ordering::Relaxed);
             let span = tracing::debug_span!("stomp", conn_id, peer = %peer, tls = tls.is_some());
             let mut conn = Connection::new(ctx.clone(), conn_id);
