@@ -26,6 +26,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod recovery;
 mod routing;
+mod stomp;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -62,6 +63,9 @@ enum Cmd {
     Routing(routing::RoutingArgs),
     /// Time to recover a store full of queued messages, in process.
     Recovery(recovery::RecoveryArgs),
+    /// Durable publish → consume → ack over STOMP, against Trunkline or RabbitMQ's STOMP
+    /// plugin, with the same client code.
+    StompDurable(stomp::StompArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Durable(args) => rt.block_on(durable(args)),
         Cmd::Recovery(args) => rt.block_on(recovery::run(&args)).map(|_| true),
+        Cmd::StompDurable(args) => rt.block_on(stomp::run(&args)),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)
@@ -233,6 +238,8 @@ struct Server {
     api: String,
     /// Base URL of the backend listener (`/metrics`).
     backend: String,
+    /// `host:port` of the STOMP listener.
+    stomp: String,
     admin_secret: String,
 }
 
@@ -251,6 +258,7 @@ impl Server {
             pid: 0,
             api: String::new(),
             backend: String::new(),
+            stomp: String::new(),
             admin_secret: String::new(),
         };
         let data = server.dir.join("data");
@@ -319,6 +327,7 @@ impl Server {
         };
         server.api = addr("http")?;
         server.backend = addr("backend")?;
+        server.stomp = listen["stomp"].as_str().unwrap_or_default().to_owned();
         if let Some(pid) = listen["pid"].as_u64() {
             if pid != u64::from(server.pid) {
                 bail!(
