@@ -45,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
                     let r = if control & 0x80 == 0 { Ok("c".to_owned()) } else { Err(StompError::new("invalid_credentials", "no")) };
                     s.authenticated(now, r);
                 }
-                Event::Publish { op, .. } | Event::Settle { op, .. } | Event::Subscribe { op, .. } => open_ops.push(op),
+                Event::Publish { op, .. }
+                | Event::PublishBatch { op, .. }
+                | Event::Settle { op, .. }
+                | Event::Subscribe { op, .. } => open_ops.push(op),
                 Event::Fetch { id, max } => {
                     let msgs = (0..max.min(2) as u64)
                         .map(|n| Delivered {

@@ -564,6 +564,17 @@ impl Broker {
         dedup_key: Option<&str>,
         now: u64,
     ) -> Result<(Prepared, Vec<Op>), BrokerError> {
+        let (id, reserved) = self.reserve_places(p, now)?;
+        Ok(self.build_publish(p, id, reserved, dedup_key, now))
+    }
+
+    /// Routes a publish and reserves its place in every target queue: all or none.
+    #[allow(clippy::type_complexity)]
+    fn reserve_places(
+        &self,
+        p: &Publish,
+        now: u64,
+    ) -> Result<(u64, Vec<(Arc<QueueCell>, u64)>), BrokerError> {
         let targets: Vec<Arc<str>> = {
             let reg = read(&self.inner.registry);
             if let Some(q) = &p.queue {
@@ -580,8 +591,6 @@ impl Broker {
             }
         };
         let id = self.alloc_msg_id(now);
-        let mut ops = Vec::with_capacity(targets.len() + 2);
-        let mut fx = Effects::default();
         let mut reserved: Vec<(Arc<QueueCell>, u64)> = Vec::with_capacity(targets.len());
         let mut full = Vec::new();
         for name in &targets {
@@ -605,6 +614,21 @@ impl Broker {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(BrokerError::QueueFull { queues: full });
         }
+        Ok((id, reserved))
+    }
+
+    /// Makes room where the overflow policy drops, and builds the store ops of a publish
+    /// whose places are reserved.
+    fn build_publish(
+        &self,
+        p: &Publish,
+        id: u64,
+        reserved: Vec<(Arc<QueueCell>, u64)>,
+        dedup_key: Option<&str>,
+        now: u64,
+    ) -> (Prepared, Vec<Op>) {
+        let mut ops = Vec::with_capacity(reserved.len() + 2);
+        let mut fx = Effects::default();
         // Every queue accepted: drop-oldest queues now drop what they must, durably in the
         // same commit as the message.
         for (cell, _) in &reserved {
@@ -650,7 +674,7 @@ impl Broker {
             });
         }
         let live = p.queue.is_none();
-        Ok((
+        (
             Prepared {
                 id,
                 data,
@@ -659,7 +683,63 @@ impl Broker {
                 live,
             },
             ops,
-        ))
+        )
+    }
+
+    /// Publishes several messages atomically: one commit holds them all, or, if any is
+    /// refused (a full queue, an unknown queue, a bad topic), none is published. They are
+    /// made visible in order. `message_id` dedup does not apply to batches.
+    pub fn publish_batch_start(
+        &self,
+        ps: Vec<Publish>,
+        now: u64,
+    ) -> Result<BatchTicket, BrokerError> {
+        for p in &ps {
+            topic::validate_topic(&p.topic).map_err(|cause| BrokerError::InvalidTopic {
+                topic: p.topic.clone(),
+                cause,
+            })?;
+            if p.message_id.is_some() {
+                return Err(BrokerError::InvalidArgument(
+                    "message_id is not supported in a batch".into(),
+                ));
+            }
+        }
+        let mut places = Vec::with_capacity(ps.len());
+        for p in &ps {
+            match self.reserve_places(p, now) {
+                Ok(x) => places.push(x),
+                Err(e) => {
+                    for (_, reserved) in places {
+                        for (cell, _) in reserved {
+                            lock(&cell.state).unreserve();
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        let mut prepared = Vec::with_capacity(ps.len());
+        for (p, (id, reserved)) in ps.iter().zip(places) {
+            let (prep, o) = self.build_publish(p, id, reserved, None, now);
+            ops.extend(o);
+            prepared.push(prep);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let broker = self.clone();
+        self.inner.committer.submit(
+            ops,
+            Box::new(move |r| {
+                let out: Result<Vec<Published>, BrokerError> = prepared
+                    .into_iter()
+                    .map(|prep| broker.finish_publish(prep, None, r.clone(), now))
+                    .collect();
+                drop(broker);
+                let _ = tx.send(out);
+            }),
+        );
+        Ok(BatchTicket(rx))
     }
 
     /// Runs on the commit thread, in commit order: makes the message visible (or gives
@@ -1311,6 +1391,22 @@ struct Prepared {
 enum TicketState {
     Ready(Option<Result<Published, BrokerError>>),
     Waiting(tokio::sync::oneshot::Receiver<Result<Published, BrokerError>>),
+}
+
+/// The outcome of a batch started with [`Broker::publish_batch_start`].
+pub struct BatchTicket(tokio::sync::oneshot::Receiver<Result<Vec<Published>, BrokerError>>);
+
+impl std::future::Future for BatchTicket {
+    type Output = Result<Vec<Published>, BrokerError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| Err(BrokerError::Unavailable("the committer stopped".into())))
+        })
+    }
 }
 
 /// The outcome of a publish started with [`Broker::publish_start`].

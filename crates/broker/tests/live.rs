@@ -136,3 +136,68 @@ async fn point_to_point_goes_to_one_queue_only() {
         Err(trunkline_broker::BrokerError::UnknownQueue(_))
     ));
 }
+
+#[tokio::test]
+async fn a_batch_is_published_all_or_nothing() {
+    use trunkline_broker::{LimitSettings, Overflow};
+    let b = broker();
+    let mut small = NewClient::new("small", "s", vec!["s.#".into()]);
+    small.inbox = LimitSettings {
+        max_length: Some(1),
+        overflow: Some(Overflow::RejectPublish),
+        max_deliveries: None,
+    };
+    b.create_client(small, 0).await.expect("client");
+    b.create_client(NewClient::new("all", "a", vec!["#".into()]), 0)
+        .await
+        .expect("client");
+    // The second message does not fit in `small`: nothing of the batch is published.
+    let batch = vec![
+        Publish::new("x.1", b"1".to_vec(), "p"),
+        Publish::new("s.1", b"2".to_vec(), "p"),
+        Publish::new("s.2", b"3".to_vec(), "p"),
+    ];
+    assert!(matches!(
+        b.publish_batch_start(batch, 1),
+        Err(trunkline_broker::BrokerError::QueueFull { .. })
+    ));
+    let got = b
+        .receive(
+            "all",
+            "all-inbox",
+            trunkline_broker::ReceiveOptions::auto(10),
+            2,
+        )
+        .await
+        .expect("receive");
+    assert!(got.is_empty(), "a refused batch publishes nothing");
+    // A batch that fits goes in one piece, in order.
+    let batch = vec![
+        Publish::new("x.1", b"1".to_vec(), "p"),
+        Publish::new("s.1", b"2".to_vec(), "p"),
+    ];
+    let r = b
+        .publish_batch_start(batch, 3)
+        .expect("start")
+        .await
+        .expect("batch");
+    assert_eq!(
+        r.iter().map(|p| p.delivered_to).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let got = b
+        .receive(
+            "all",
+            "all-inbox",
+            trunkline_broker::ReceiveOptions::auto(10),
+            4,
+        )
+        .await
+        .expect("receive");
+    assert_eq!(
+        got.iter()
+            .map(|d| d.msg.data.body.clone())
+            .collect::<Vec<_>>(),
+        vec![b"1".to_vec(), b"2".to_vec()]
+    );
+}

@@ -419,3 +419,57 @@ async fn a_granted_queue_can_be_consumed_by_another_client() {
     w.expect_error("forbidden").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_committed_transaction_publishes_all_or_nothing() {
+    let server = TestServer::start().await;
+    let secret = server.admin_credentials().secret;
+    let admin = server.admin();
+    admin
+        .create_client(&trunkline_api::CreateClient {
+            client_id: "small".into(),
+            client_name: "small".into(),
+            subscription: trunkline_api::Subscription::One("small.#".into()),
+            roles: vec![],
+            grants: vec![],
+            inbox: trunkline_api::QueueSettings {
+                max_length: Some(1),
+                ..Default::default()
+            },
+        })
+        .await
+        .expect("create");
+    let other = server.new_client("other", &["other.#"]).await;
+    admin
+        .send("small.full", &serde_json::json!(0))
+        .await
+        .expect("fill the small inbox");
+    let (mut w, _) = Wire::connect(&server.stomp, "admin", &secret).await;
+    w.send(Frame::new(Command::Begin).header("transaction", "t"))
+        .await;
+    w.send(send("/topic/other.a", "1", "o1").header("transaction", "t"))
+        .await;
+    w.send(send("/topic/small.b", "2", "o2").header("transaction", "t"))
+        .await;
+    w.send(
+        Frame::new(Command::Commit)
+            .header("transaction", "t")
+            .header("receipt", "c"),
+    )
+    .await;
+    let mut frames = Vec::new();
+    while let Some(f) = w.next().await {
+        frames.push(f);
+    }
+    let last = frames.last().expect("an answer");
+    assert_eq!(
+        (last.command, last.get("code")),
+        (Command::Error, Some("queue_full")),
+        "{frames:?}"
+    );
+    assert!(
+        http_receive(&server, &other).await.is_empty(),
+        "nothing of the refused transaction was published"
+    );
+    server.stop().await;
+}

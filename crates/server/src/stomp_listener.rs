@@ -28,7 +28,8 @@ use trunkline_broker::{
 };
 use trunkline_proto::{encode, encode_heartbeat, DecodeError, Decoder, Limits};
 use trunkline_stomp::{
-    AckMode, Delivered, Destination, Event, Outgoing, ServerConfig, ServerSession, StompError,
+    AckMode, Delivered, Destination, Event, Outgoing, PublishItem, ServerConfig, ServerSession,
+    StompError,
 };
 
 use crate::config::Config;
@@ -356,28 +357,28 @@ impl Connection {
                 content_type,
                 headers,
             } => {
-                let mut p = Publish::new(String::new(), Vec::new(), self.client_id().to_string());
-                match destination {
-                    Destination::Topic(t) => p.topic = t,
-                    Destination::Queue(q) => {
-                        p.topic = q.clone();
-                        p.queue = Some(q);
-                    }
-                }
-                let is_json = content_type
-                    .as_deref()
-                    .is_none_or(|c| c.starts_with("application/json"))
-                    && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
-                p.content_type = if is_json {
-                    None
-                } else {
-                    Some(content_type.unwrap_or_else(|| "application/octet-stream".into()))
-                };
-                p.body = body.to_vec();
-                p.headers = headers;
+                let p = self.to_publish(PublishItem {
+                    destination,
+                    body,
+                    content_type,
+                    headers,
+                });
                 // Started here, in frame order, so that this connection's messages are
                 // committed and become visible in the order they were sent.
                 match self.ctx.broker.publish_start(p, now_ms()) {
+                    Ok(ticket) => {
+                        let tx = self.ops_tx.clone();
+                        self.inflight.spawn(async move {
+                            let r = ticket.await.map(|_| ()).map_err(broker_error);
+                            let _ = tx.send(Done::Op(op, r));
+                        });
+                    }
+                    Err(e) => self.session.complete(op, Err(broker_error(e))),
+                }
+            }
+            Event::PublishBatch { op, items } => {
+                let ps = items.into_iter().map(|i| self.to_publish(i)).collect();
+                match self.ctx.broker.publish_batch_start(ps, now_ms()) {
                     Ok(ticket) => {
                         let tx = self.ops_tx.clone();
                         self.inflight.spawn(async move {
@@ -429,6 +430,35 @@ impl Connection {
                 self.give_back(unacked);
             }
         }
+    }
+
+    /// A `SEND` as a broker publish. A body that is not JSON keeps its content type (the
+    /// HTTP API shows it as a string); JSON bodies are stored as the HTTP API stores them.
+    fn to_publish(&self, item: PublishItem) -> Publish {
+        let mut p = Publish::new(String::new(), Vec::new(), self.client_id().to_string());
+        match item.destination {
+            Destination::Topic(t) => p.topic = t,
+            Destination::Queue(q) => {
+                p.topic = q.clone();
+                p.queue = Some(q);
+            }
+        }
+        let is_json = item
+            .content_type
+            .as_deref()
+            .is_none_or(|c| c.starts_with("application/json"))
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&item.body).is_ok();
+        p.content_type = if is_json {
+            None
+        } else {
+            Some(
+                item.content_type
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+            )
+        };
+        p.body = item.body.to_vec();
+        p.headers = item.headers;
+        p
     }
 
     fn authenticate(

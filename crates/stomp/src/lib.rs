@@ -34,4 +34,6 @@ pub mod server;
 
 pub use client::{ClientConfig, ClientEvent, ClientSession};
 pub use destination::Destination;
-pub use server::{AckMode, Delivered, Event, Outgoing, ServerConfig, ServerSession, StompError};
+pub use server::{
+    AckMode, Delivered, Event, Outgoing, PublishItem, ServerConfig, ServerSession, StompError,
+};

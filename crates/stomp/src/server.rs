@@ -100,6 +100,9 @@ pub enum Event {
         content_type: Option<String>,
         headers: Vec<(String, String)>,
     },
+    /// Publish the `SEND`s of a committed transaction atomically (all or none); answer
+    /// with `complete(op, …)`.
+    PublishBatch { op: u64, items: Vec<PublishItem> },
     /// Start a subscription; answer with `complete(op, …)`.
     Subscribe {
         op: u64,
@@ -123,6 +126,15 @@ pub enum Event {
     /// Flush what is queued for sending and close the connection. Unacknowledged
     /// deliveries in `unacked` go back to their queues.
     Close { unacked: Vec<String> },
+}
+
+/// One message of a [`Event::PublishBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishItem {
+    pub destination: Destination,
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
 }
 
 /// A message for a subscription.
@@ -521,23 +533,34 @@ impl ServerSession {
         }
     }
 
-    fn on_send(&mut self, frame: Frame, receipt: Option<String>) {
-        let Some(destination) = self.destination(&frame) else {
-            return;
-        };
+    /// What a `SEND` publishes; `None` (after failing the session) if it cannot.
+    fn publish_item(&mut self, frame: Frame) -> Option<PublishItem> {
+        let destination = self.destination(&frame)?;
         let headers = frame
             .headers
             .iter()
             .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
             .cloned()
             .collect();
-        let op = self.new_op(receipt, false);
-        self.events.push_back(Event::Publish {
-            op,
+        Some(PublishItem {
             destination,
             content_type: frame.get("content-type").map(str::to_owned),
             body: frame.body,
             headers,
+        })
+    }
+
+    fn on_send(&mut self, frame: Frame, receipt: Option<String>) {
+        let Some(item) = self.publish_item(frame) else {
+            return;
+        };
+        let op = self.new_op(receipt, false);
+        self.events.push_back(Event::Publish {
+            op,
+            destination: item.destination,
+            content_type: item.content_type,
+            body: item.body,
+            headers: item.headers,
         });
     }
 
@@ -719,13 +742,29 @@ impl ServerSession {
                         Some(&frame),
                     );
                 };
+                // The SENDs go as one atomic publish; ACKs and NACKs follow, in order.
+                let mut items = Vec::new();
+                let mut settles = Vec::new();
                 for f in frames {
-                    let mut f = f;
+                    if f.command == Command::Send {
+                        match self.publish_item(f) {
+                            Some(item) => items.push(item),
+                            None => return,
+                        }
+                    } else {
+                        settles.push(f);
+                    }
+                }
+                if !items.is_empty() {
+                    let op = self.new_op(None, false);
+                    self.events.push_back(Event::PublishBatch { op, items });
+                }
+                for mut f in settles {
                     // Their own receipts were answered when they were buffered.
                     f.headers
                         .retain(|(k, _)| k != "receipt" && k != "transaction");
                     self.on_frame(f, false);
-                    if self.state == State::Closing {
+                    if self.state == State::Closing || self.closed {
                         return;
                     }
                 }

@@ -391,11 +391,28 @@ fn transactions_hold_frames_until_commit() {
         2,
         frame(Command::Commit, &[("transaction", "t1"), ("receipt", "c")]),
     );
-    let ops = publish_ops(&events(&mut s));
-    assert_eq!(ops.len(), 2);
-    for op in ops {
-        s.complete(op, Ok(()));
-    }
+    // The transaction's SENDs are one atomic publish.
+    let op = match events(&mut s).as_slice() {
+        [Event::PublishBatch { op, items }] => {
+            assert_eq!(
+                items
+                    .iter()
+                    .map(|i| i.destination.clone())
+                    .collect::<Vec<_>>(),
+                vec![
+                    Destination::Topic("a".into()),
+                    Destination::Topic("b".into())
+                ]
+            );
+            *op
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        receipts(&sent(&mut s, 2)).is_empty(),
+        "the COMMIT receipt waits for the batch"
+    );
+    s.complete(op, Ok(()));
     assert_eq!(receipts(&sent(&mut s, 3)), ["c"]);
     s.handle_item(4, frame(Command::Begin, &[("transaction", "t2")]));
     s.handle_item(
