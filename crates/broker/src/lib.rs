@@ -277,7 +277,18 @@ struct Inner {
     counters: Counters,
     live: Arc<RwLock<live::Live>>,
     live_counters: LiveCounters,
+    /// The id floor last saved in the store.
+    saved_floor: AtomicU64,
 }
+
+/// Meta record holding a floor under every id handed out so far.
+const ID_FLOOR_KEY: &str = "id_floor";
+/// The floor is saved (by `sweep`) once ids have moved this far past it...
+const ID_SAVE_EVERY: u64 = 1 << 28;
+/// ...so a restart starts this far above the saved floor, which covers what was handed out
+/// after the last save (2^30 ids is also far below 2^53, the JavaScript-safe limit, after
+/// thousands of restarts).
+const ID_MARGIN: u64 = 1 << 30;
 
 /// Handle to the engine. Cheap to clone: clones share one broker.
 #[derive(Clone)]
@@ -313,6 +324,13 @@ impl Broker {
         now: u64,
     ) -> Result<Self, StoreError> {
         let mut snap = store.load()?;
+        let stored_floor = snap
+            .records(RecordTable::Meta)
+            .iter()
+            .find(|(k, _)| k == ID_FLOOR_KEY)
+            .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
         let client_rows = snap
             .records
             .remove(&RecordTable::Clients)
@@ -409,13 +427,28 @@ impl Broker {
             last_msg_id = last_msg_id.max(r.id);
             dedup.finish(key, r);
         }
-        if !cleanup.is_empty() {
+        // Ids and sequence numbers never go back, even if the clock does: start above
+        // every id the last run may have handed out (the floor it last saved plus a margin
+        // wider than what it can allocate between two saves), and save the new floor first.
+        let floor = last_msg_id
+            .max(stored_floor.saturating_add(ID_MARGIN))
+            .max(now.saturating_mul(1024));
+        last_msg_id = floor;
+        for q in queues.values_mut() {
+            q.lift_seq(floor);
+        }
+        cleanup.push(Op::PutRecord {
+            table: RecordTable::Meta,
+            key: ID_FLOOR_KEY.into(),
+            value: floor.to_le_bytes().to_vec(),
+        });
+        if cleanup.len() > 1 {
             tracing::info!(
                 ops = cleanup.len(),
                 "removing orphaned records left by an unclean stop"
             );
-            store.commit(&cleanup)?;
         }
+        store.commit(&cleanup)?;
         let queues = queues
             .into_iter()
             .map(|(name, q)| {
@@ -441,6 +474,7 @@ impl Broker {
                 counters: Counters::default(),
                 live: Arc::default(),
                 live_counters: LiveCounters::default(),
+                saved_floor: AtomicU64::new(last_msg_id),
             }),
         })
     }
@@ -1017,6 +1051,21 @@ impl Broker {
             }
             self.dead_letter(target, dead, now, &mut ops, &mut fx);
         }
+        let last = self.inner.last_msg_id.load(Ordering::Relaxed);
+        if last
+            >= self
+                .inner
+                .saved_floor
+                .load(Ordering::Relaxed)
+                .saturating_add(ID_SAVE_EVERY)
+        {
+            self.inner.saved_floor.store(last, Ordering::Relaxed);
+            ops.push(Op::PutRecord {
+                table: RecordTable::Meta,
+                key: ID_FLOOR_KEY.into(),
+                value: last.to_le_bytes().to_vec(),
+            });
+        }
         let forgotten = lock(&self.inner.dedup).prune(now, self.inner.config.dedup_capacity);
         ops.extend(forgotten.into_iter().map(|key| Op::DeleteRecord {
             table: RecordTable::Dedup,
@@ -1183,7 +1232,9 @@ impl Broker {
             .await?;
         {
             let mut queues = write(&self.inner.queues);
-            for q in client_queues(&rec, &self.inner.config) {
+            for mut q in client_queues(&rec, &self.inner.config) {
+                // A client made again under an old id must not meet its old receipts.
+                q.lift_seq(self.inner.last_msg_id.load(Ordering::Relaxed));
                 queues.insert(
                     q.name.clone(),
                     Arc::new(QueueCell {

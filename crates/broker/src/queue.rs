@@ -143,6 +143,11 @@ impl Queue {
     }
 
     /// Puts back an entry read from the store at start.
+    /// Makes every sequence number handed out from now on greater than `floor`.
+    pub(crate) fn lift_seq(&mut self, floor: u64) {
+        self.last_seq = self.last_seq.max(floor);
+    }
+
     pub(crate) fn restore(&mut self, seq: u64, slot: Slot) {
         self.last_seq = self.last_seq.max(seq);
         self.ready.insert(seq, slot);

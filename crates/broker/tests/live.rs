@@ -201,3 +201,46 @@ async fn a_batch_is_published_all_or_nothing() {
         vec![b"1".to_vec(), b"2".to_vec()]
     );
 }
+
+#[tokio::test]
+async fn ids_and_receipts_never_repeat_even_if_the_clock_goes_back() {
+    use trunkline_broker::{ReceiveOptions, Settle};
+    let store = Arc::new(MemoryStore::default());
+    let t0 = 1_800_000_000_000u64;
+    let b = Broker::open(store.clone(), BrokerConfig::default(), t0).expect("open");
+    b.create_client(NewClient::new("c", "c", vec!["t".into()]), t0)
+        .await
+        .expect("client");
+    let first = b
+        .publish(Publish::new("t", b"1".to_vec(), "p"), t0)
+        .await
+        .expect("publish");
+    let got = b
+        .receive("c", "c-inbox", ReceiveOptions::leased(1, 60_000), t0)
+        .await
+        .expect("receive");
+    let stale = got[0].receipt.clone().expect("receipt");
+    b.settle("c", std::slice::from_ref(&stale), Settle::Ack, t0)
+        .await
+        .expect("ack");
+    b.shutdown().map_err(|_| "other handles").expect("shutdown");
+
+    // The clock is an hour behind at the restart, and the queue is empty.
+    let earlier = t0 - 3_600_000;
+    let b = Broker::open(store, BrokerConfig::default(), earlier).expect("reopen");
+    let second = b
+        .publish(Publish::new("t", b"2".to_vec(), "p"), earlier)
+        .await
+        .expect("publish");
+    assert!(second.id > first.id, "{} after {}", second.id, first.id);
+    let got = b
+        .receive("c", "c-inbox", ReceiveOptions::leased(1, 60_000), earlier)
+        .await
+        .expect("receive");
+    assert_ne!(got[0].receipt.as_ref(), Some(&stale));
+    let r = b
+        .settle("c", &[stale], Settle::Ack, earlier)
+        .await
+        .expect("settle");
+    assert_eq!(r.done, 0, "an old receipt does not settle a new message");
+}
