@@ -22,6 +22,10 @@ pub enum BrokerError {
     UnknownQueue(String),
     #[error("queue full, message rejected: {}", queues.join(", "))]
     QueueFull { queues: Vec<String> },
+    #[error(
+        "the node holds its maximum of {max} bytes of queued messages; consumers must catch up"
+    )]
+    NodeFull { max: u64 },
     #[error("`{0}` is the last admin client: deleting it or taking its admin role would lock everyone out")]
     LastAdmin(String),
     #[error("a message with this message_id is being published right now")]

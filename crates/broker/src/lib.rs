@@ -66,6 +66,9 @@ pub struct BrokerConfig {
     pub dedup_capacity: usize,
     /// Most messages one receive may return.
     pub max_receive: usize,
+    /// Most body bytes queued on the node (bodies are held in memory); past it publishes
+    /// are refused with [`BrokerError::NodeFull`].
+    pub max_queued_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -79,6 +82,7 @@ impl Default for BrokerConfig {
             dedup_window_ms: 10 * 60 * 1000,
             dedup_capacity: 1_000_000,
             max_receive: 1000,
+            max_queued_bytes: 1 << 30,
         }
     }
 }
@@ -279,6 +283,8 @@ struct Inner {
     live_counters: LiveCounters,
     /// The id floor last saved in the store.
     saved_floor: AtomicU64,
+    /// Body bytes of queued messages (each body once), held in memory.
+    queued_bytes: Arc<AtomicU64>,
 }
 
 /// Meta record holding a floor under every id handed out so far.
@@ -324,6 +330,7 @@ impl Broker {
         now: u64,
     ) -> Result<Self, StoreError> {
         let mut snap = store.load()?;
+        let queued_bytes = Arc::new(AtomicU64::new(0));
         let stored_floor = snap
             .records(RecordTable::Meta)
             .iter()
@@ -354,7 +361,12 @@ impl Broker {
         let mut msgs: HashMap<u64, Arc<Msg>> = snap
             .messages
             .into_iter()
-            .map(|(id, m)| (id, Msg::new(id, Arc::new(m), 0)))
+            .map(|(id, m)| {
+                (
+                    id,
+                    Msg::counted(id, Arc::new(m), 0, Some(queued_bytes.clone())),
+                )
+            })
             .collect();
         let mut cleanup = Vec::new();
         let mut last_msg_id = 0;
@@ -383,6 +395,7 @@ impl Broker {
                 cleanup.push(Op::DeleteMessage { id: *id });
                 false
             } else {
+                queued_bytes.fetch_add(m.data.body.len() as u64, Ordering::AcqRel);
                 true
             }
         });
@@ -475,6 +488,7 @@ impl Broker {
                 live: Arc::default(),
                 live_counters: LiveCounters::default(),
                 saved_floor: AtomicU64::new(last_msg_id),
+                queued_bytes,
             }),
         })
     }
@@ -648,6 +662,23 @@ impl Broker {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(BrokerError::QueueFull { queues: full });
         }
+        if !reserved.is_empty() {
+            // Bodies are held in memory while queued: a node-wide cap keeps that bounded.
+            let len = p.body.len() as u64;
+            let max = self.inner.config.max_queued_bytes;
+            let before = self.inner.queued_bytes.fetch_add(len, Ordering::AcqRel);
+            if before + len > max {
+                self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                for (cell, _) in &reserved {
+                    lock(&cell.state).unreserve();
+                }
+                self.inner
+                    .counters
+                    .rejected_full
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(BrokerError::NodeFull { max });
+            }
+        }
         Ok((id, reserved))
     }
 
@@ -744,7 +775,12 @@ impl Broker {
             match self.reserve_places(p, now) {
                 Ok(x) => places.push(x),
                 Err(e) => {
-                    for (_, reserved) in places {
+                    for ((_, reserved), p) in places.into_iter().zip(&ps) {
+                        if !reserved.is_empty() {
+                            self.inner
+                                .queued_bytes
+                                .fetch_sub(p.body.len() as u64, Ordering::AcqRel);
+                        }
                         for (cell, _) in reserved {
                             lock(&cell.state).unreserve();
                         }
@@ -786,7 +822,17 @@ impl Broker {
         now: u64,
     ) -> Result<Published, BrokerError> {
         let delivered_to = prep.reserved.len() as u64;
-        let msg = Msg::new(prep.id, prep.data.clone(), delivered_to as u32);
+        let msg = Msg::counted(
+            prep.id,
+            prep.data.clone(),
+            delivered_to as u32,
+            Some(self.inner.queued_bytes.clone()),
+        );
+        if committed.is_err() && delivered_to > 0 {
+            self.inner
+                .queued_bytes
+                .fetch_sub(prep.data.body.len() as u64, Ordering::AcqRel);
+        }
         for (cell, seq) in prep.reserved {
             {
                 let mut q = lock(&cell.state);
@@ -1097,6 +1143,11 @@ impl Broker {
                 }
             })
             .collect()
+    }
+
+    /// Body bytes of queued messages.
+    pub fn queued_bytes(&self) -> u64 {
+        self.inner.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Remembered `message_id`s.

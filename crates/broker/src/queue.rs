@@ -7,7 +7,7 @@
 //! answers anyone. Time is an argument (milliseconds since the epoch).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use trunkline_store::{Op, StoredEntry, StoredMessage};
@@ -39,13 +39,27 @@ pub struct Msg {
     pub data: Arc<StoredMessage>,
     /// Queue entries referring to it; the body is deleted when the last goes.
     refs: AtomicU32,
+    /// The node's count of queued body bytes, given back when the body is deleted.
+    bytes: Option<Arc<AtomicU64>>,
 }
 
 impl Msg {
+    #[cfg(test)]
     pub(crate) fn new(id: u64, data: Arc<StoredMessage>, refs: u32) -> Arc<Self> {
+        Self::counted(id, data, refs, None)
+    }
+
+    /// A message whose body counts against the node's queued bytes in `bytes`.
+    pub(crate) fn counted(
+        id: u64,
+        data: Arc<StoredMessage>,
+        refs: u32,
+        bytes: Option<Arc<AtomicU64>>,
+    ) -> Arc<Self> {
         Arc::new(Msg {
             id,
             data,
+            bytes,
             refs: AtomicU32::new(refs),
         })
     }
@@ -58,6 +72,9 @@ impl Msg {
     pub(crate) fn release(&self, ops: &mut Vec<Op>) {
         if self.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
             ops.push(Op::DeleteMessage { id: self.id });
+            if let Some(b) = &self.bytes {
+                b.fetch_sub(self.data.body.len() as u64, Ordering::AcqRel);
+            }
         }
     }
 

@@ -244,3 +244,60 @@ async fn ids_and_receipts_never_repeat_even_if_the_clock_goes_back() {
         .expect("settle");
     assert_eq!(r.done, 0, "an old receipt does not settle a new message");
 }
+
+#[tokio::test]
+async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
+    let config = BrokerConfig {
+        max_queued_bytes: 100,
+        ..BrokerConfig::default()
+    };
+    let b = Broker::open(Arc::new(MemoryStore::default()), config, 0).expect("open");
+    b.create_client(NewClient::new("c", "c", vec!["#".into()]), 0)
+        .await
+        .expect("client");
+    b.create_client(NewClient::new("d", "d", vec!["#".into()]), 0)
+        .await
+        .expect("client");
+    let body = vec![b'1'; 40];
+    b.publish(Publish::new("t", body.clone(), "p"), 1)
+        .await
+        .expect("40");
+    b.publish(Publish::new("t", body.clone(), "p"), 1)
+        .await
+        .expect("80: a body counts once, whatever its queues");
+    assert_eq!(b.queued_bytes(), 80);
+    let refused = b.publish(Publish::new("t", body.clone(), "p"), 1).await;
+    assert!(
+        matches!(
+            refused,
+            Err(trunkline_broker::BrokerError::NodeFull { max: 100 })
+        ),
+        "{refused:?}"
+    );
+    // Nothing matching: nothing stored, nothing counted.
+    b.publish(Publish::new("t", body.clone(), "p"), 1)
+        .await
+        .err();
+    // Both queues must let go of a body before its bytes are free.
+    b.receive(
+        "c",
+        "c-inbox",
+        trunkline_broker::ReceiveOptions::auto(10),
+        2,
+    )
+    .await
+    .expect("receive");
+    assert_eq!(b.queued_bytes(), 80);
+    b.receive(
+        "d",
+        "d-inbox",
+        trunkline_broker::ReceiveOptions::auto(10),
+        2,
+    )
+    .await
+    .expect("receive");
+    assert_eq!(b.queued_bytes(), 0);
+    b.publish(Publish::new("t", body, "p"), 3)
+        .await
+        .expect("room again");
+}

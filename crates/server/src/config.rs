@@ -84,6 +84,9 @@ overflow = "reject-publish"
 max_deliveries = 10
 # How long a publisher's message_id is remembered for dedup.
 dedup_window_secs = 600
+# Most bytes of queued message bodies on the whole node (bodies are held in memory);
+# past it publishes are refused with 507 node_full until consumers catch up.
+max_queued_bytes = 1073741824
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +164,7 @@ pub struct InboxConfig {
     pub overflow: Overflow,
     pub max_deliveries: u32,
     pub dedup_window_secs: u64,
+    pub max_queued_bytes: u64,
 }
 
 /// A configuration that cannot be used.
@@ -275,6 +279,7 @@ impl Config {
                 max_deliveries: self.inbox.max_deliveries,
             },
             dedup_window_ms: self.inbox.dedup_window_secs.saturating_mul(1000),
+            max_queued_bytes: self.inbox.max_queued_bytes,
             ..BrokerConfig::default()
         }
     }

@@ -129,6 +129,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             UnsupportedMediaType,
             BodyTooLarge,
             QueueFull,
+            NodeFull,
             DuplicateInFlight,
         ],
     );

@@ -128,6 +128,7 @@ fn broker_error(e: BrokerError) -> StompError {
         BrokerError::InvalidPattern { .. } => ErrorCode::InvalidPattern,
         BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
         BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
+        BrokerError::NodeFull { .. } => ErrorCode::NodeFull,
         BrokerError::DuplicateInFlight => ErrorCode::DuplicateInFlight,
         BrokerError::Unavailable(cause) => {
             tracing::error!(cause = %cause, "storage unavailable");

@@ -56,6 +56,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::UnknownClient(_) => ErrorCode::UnknownClient,
             BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
             BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
+            BrokerError::NodeFull { .. } => ErrorCode::NodeFull,
             BrokerError::DuplicateInFlight => ErrorCode::DuplicateInFlight,
             BrokerError::LastAdmin(_) => ErrorCode::LastAdmin,
             BrokerError::Unavailable(cause) => {

@@ -187,6 +187,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     gauge(
         &mut out,
+        "trunkline_queued_bytes",
+        "Body bytes of queued messages (held in memory).",
+        b.queued_bytes(),
+    );
+    gauge(
+        &mut out,
         "trunkline_stomp_connections",
         "Open STOMP connections.",
         l(&state.stomp_connections),
