@@ -108,6 +108,17 @@ fn key_file(
     }
 }
 
+/// Binds a listener and tells the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_err = |e: std::io::Error| StartError::Bind {
+        addr,
+        cause: e.to_string(),
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, local))
+}
+
 fn public_url(addr: SocketAddr) -> String {
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()
@@ -173,19 +184,8 @@ impl Node {
             "store recovered"
         );
 
-        let http_listener = TcpListener::bind(config.http)
-            .await
-            .map_err(|e| StartError::Bind {
-                addr: config.http,
-                cause: e.to_string(),
-            })?;
-        let backend_listener =
-            TcpListener::bind(config.backend)
-                .await
-                .map_err(|e| StartError::Bind {
-                    addr: config.backend,
-                    cause: e.to_string(),
-                })?;
+        let (http_listener, http_addr) = bind(config.http).await?;
+        let (backend_listener, backend_addr) = bind(config.backend).await?;
         let st = &config.stomp;
         let tls_acceptor = match (&st.tls_listen, &st.tls_cert, &st.tls_key) {
             (Some(_), Some(cert), Some(key)) => Some(
@@ -194,53 +194,19 @@ impl Node {
             ),
             _ => None,
         };
-        let stomp_tls_listener = match (st.enabled, st.tls_listen) {
+        let (stomp_tls_listener, stomp_tls_addr) = match (st.enabled, st.tls_listen) {
             (true, Some(addr)) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| StartError::Bind {
-                            addr,
-                            cause: e.to_string(),
-                        })?,
-                )
+                let (l, a) = bind(addr).await?;
+                (Some(l), Some(a))
             }
-            _ => None,
+            _ => (None, None),
         };
-        let stomp_tls_addr = match &stomp_tls_listener {
-            Some(l) => l.local_addr().ok(),
-            None => None,
-        };
-        let stomp_listener = if config.stomp.enabled {
-            let addr = config.stomp.listen;
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| StartError::Bind {
-                        addr,
-                        cause: e.to_string(),
-                    })?,
-            )
+        let (stomp_listener, stomp_addr) = if st.enabled {
+            let (l, a) = bind(st.listen).await?;
+            (Some(l), Some(a))
         } else {
-            None
+            (None, None)
         };
-        let stomp_addr = match &stomp_listener {
-            Some(l) => Some(l.local_addr().map_err(|e| StartError::Bind {
-                addr: config.stomp.listen,
-                cause: e.to_string(),
-            })?),
-            None => None,
-        };
-        let http_addr = http_listener.local_addr().map_err(|e| StartError::Bind {
-            addr: config.http,
-            cause: e.to_string(),
-        })?;
-        let backend_addr = backend_listener
-            .local_addr()
-            .map_err(|e| StartError::Bind {
-                addr: config.backend,
-                cause: e.to_string(),
-            })?;
 
         let admin_path = dir.join("admin.json");
         if broker.client_count() == 0 && !admin_path.exists() {
