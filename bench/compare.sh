@@ -42,7 +42,8 @@ for s in "${SCENARIOS[@]}"; do
             echo "==> $name, $target, run $i"
             # shellcheck disable=SC2086
             timeout 300 "$BENCH" stomp-durable --target "$target" --server-bin "$SERVER" --rabbitmq "$RMQ" \
-                $args --json "$RESULTS/$name-$target-$i.json" | head -1
+                $args --json "$RESULTS/$name-$target-$i.json" > "$RESULTS/$name-$target-$i.log"
+            head -1 "$RESULTS/$name-$target-$i.log"
         done
     done
 done
