@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Side-by-side: the durable STOMP path of Trunkline and of RabbitMQ's STOMP plugin, driven
-# by the same client (trunkline-bench stomp-durable), alternating systems, each scenario
-# repeated; writes the medians and ratios to docs/performance.md.
+# Side-by-side durable publish → consume → ack: Trunkline and RabbitMQ's STOMP plugin driven
+# by the same STOMP client (trunkline-bench stomp-durable), and NATS JetStream through
+# async-nats (trunkline-bench nats-durable); systems alternate, each scenario is repeated;
+# the medians and ratios go to docs/performance.md.
 #
 #   bash bench/compare.sh [REPEATS]      # default 3
 #
-# Installs rabbitmq-server with apt if it is missing (as root), starts a private RabbitMQ
-# on loopback (scripts/rabbitmq.sh) and stops it at the end.
+# Installs rabbitmq-server and nats-server with apt if they are missing (as root), starts a
+# private RabbitMQ (scripts/rabbitmq.sh) and a private nats-server on loopback, and stops
+# them at the end.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,17 +16,32 @@ cd "$ROOT"
 REPEATS="${1:-3}"
 OUT="${OUT:-docs/performance.md}"
 RESULTS="$(mktemp -d)"
-trap 'bash scripts/rabbitmq.sh stop >/dev/null 2>&1 || true; rm -rf "$RESULTS"' EXIT
+NATS_PID=""
+cleanup() {
+    bash scripts/rabbitmq.sh stop >/dev/null 2>&1 || true
+    [ -n "$NATS_PID" ] && kill "$NATS_PID" 2>/dev/null || true
+    rm -rf "$RESULTS"
+}
+trap cleanup EXIT
 
 if ! command -v rabbitmq-server >/dev/null 2>&1; then
     echo "==> installing rabbitmq-server"
     DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server
 fi
+if ! command -v nats-server >/dev/null 2>&1; then
+    echo "==> installing nats-server"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
 echo "==> building (release)"
 cargo build --release -q -p trunkline-cli -p trunkline-bench
 echo "==> starting RabbitMQ"
 RMQ="$(bash scripts/rabbitmq.sh start)"
+NATS_PORT="${NATS_PORT:-24222}"
+mkdir -p "$RESULTS/nats"
+nats-server -a 127.0.0.1 -p "$NATS_PORT" -m $((NATS_PORT + 1)) -js -sd "$RESULTS/nats" > "$RESULTS/nats.log" 2>&1 &
+NATS_PID=$!
+sleep 1
 BENCH=target/release/trunkline-bench
 SERVER=target/release/trunkline
 
@@ -38,11 +55,17 @@ for s in "${SCENARIOS[@]}"; do
     name="${s%%|*}"
     args="${s#*|}"
     for i in $(seq "$REPEATS"); do
-        for target in trunkline rabbitmq; do
+        for target in trunkline rabbitmq nats; do
             echo "==> $name, $target, run $i"
-            # shellcheck disable=SC2086
-            timeout 300 "$BENCH" stomp-durable --target "$target" --server-bin "$SERVER" --rabbitmq "$RMQ" \
-                $args --json "$RESULTS/$name-$target-$i.json" > "$RESULTS/$name-$target-$i.log"
+            if [ "$target" = nats ]; then
+                # shellcheck disable=SC2086
+                timeout 300 "$BENCH" nats-durable --nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID" \
+                    $args --json "$RESULTS/$name-$target-$i.json" > "$RESULTS/$name-$target-$i.log"
+            else
+                # shellcheck disable=SC2086
+                timeout 300 "$BENCH" stomp-durable --target "$target" --server-bin "$SERVER" --rabbitmq "$RMQ" \
+                    $args --json "$RESULTS/$name-$target-$i.json" > "$RESULTS/$name-$target-$i.log"
+            fi
             head -1 "$RESULTS/$name-$target-$i.log"
         done
     done
@@ -54,7 +77,7 @@ results, repeats, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = []
 for name in ["1KiB", "16B", "64KiB"]:
     cells = {}
-    for target in ["trunkline", "rabbitmq"]:
+    for target in ["trunkline", "rabbitmq", "nats"]:
         runs = []
         for i in range(1, repeats + 1):
             p = os.path.join(results, f"{name}-{target}-{i}.json")
@@ -82,22 +105,30 @@ with open(out, "w") as f:
             % (datetime.date.today(), cpu_model or platform.machine(), os.cpu_count() or 0, repeats))
     f.write("system and scenario; medians, with the range of throughput. The machine is shared and\n"
             "noisy: compare ratios within one run of the script, not across runs.\n\n")
-    f.write("## Durable publish → consume over STOMP, every message acked\n\n")
-    f.write("Same client for both (`trunkline-bench stomp-durable`): 4 publishers with 100 unconfirmed\n"
-            "messages each (receipt after durability; RabbitMQ: `persistent:true` into durable queues,\n"
-            "receipt after the publisher confirm), 4 consumers with `prefetch-count:100` and\n"
-            "`ack:client-individual`, one queue per consumer. RabbitMQ 3.10 (Debian), default settings.\n\n")
-    f.write("| size | Trunkline msg/s | RabbitMQ msg/s | ratio | Trunkline CPU µs/msg | RabbitMQ CPU µs/msg | peak RSS T / R (MiB) | e2e p99 T / R (ms) |\n")
-    f.write("|---|---|---|---|---|---|---|---|\n")
+    f.write("## Durable publish → consume, every message acked\n\n")
+    f.write("Trunkline and RabbitMQ 3.10 (Debian, default settings, STOMP plugin) are driven by the same\n"
+            "STOMP client (`trunkline-bench stomp-durable`): 4 publishers with 100 unconfirmed messages\n"
+            "each (receipt after durability; RabbitMQ: `persistent:true` into durable queues, receipt\n"
+            "after the publisher confirm), 4 consumers with `prefetch-count:100` and\n"
+            "`ack:client-individual`, one queue per consumer. NATS JetStream 2.9 (Debian, file storage)\n"
+            "runs the same shape through async-nats (`nats-durable`: 100 outstanding publish acks per\n"
+            "publisher, durable pull consumers with `max_ack_pending` 100). **JetStream acknowledges before\n"
+            "syncing to disk** (it syncs every two minutes by default); Trunkline and RabbitMQ sync before\n"
+            "they acknowledge, so JetStream's row is not like for like.\n\n")
+    f.write("| size | system | msg/s (median, range) | server CPU µs/msg | peak RSS MiB | e2e p99 ms | Trunkline ÷ this |\n")
+    f.write("|---|---|---|---|---|---|---|\n")
+    names = {"trunkline": "Trunkline", "rabbitmq": "RabbitMQ STOMP", "nats": "NATS JetStream"}
     for name, c in rows:
-        t, r = c.get("trunkline"), c.get("rabbitmq")
-        if not t or not r:
-            continue
-        f.write("| %s | %.0f (%.0f–%.0f) | %.0f (%.0f–%.0f) | %.2fx | %.1f | %.1f | %.0f / %.0f | %.0f / %.0f |\n" % (
-            name, t["rate"], t["lo"], t["hi"], r["rate"], r["lo"], r["hi"], t["rate"] / r["rate"],
-            t["cpu"], r["cpu"], t["rss"], r["rss"], t["p99"], r["p99"]))
+        t = c.get("trunkline")
+        for target in ["trunkline", "rabbitmq", "nats"]:
+            x = c.get(target)
+            if not x:
+                continue
+            ratio = "" if target == "trunkline" or not t else "%.2fx" % (t["rate"] / x["rate"])
+            f.write("| %s | %s | %.0f (%.0f–%.0f) | %.1f | %.0f | %.0f | %s |\n" % (
+                name, names[target], x["rate"], x["lo"], x["hi"], x["cpu"], x["rss"], x["p99"], ratio))
     f.write("\nEnd-to-end latency here includes queueing: publishers run ahead of consumers.\n\n")
-    f.write("## Not measured yet\n\nAMQP (lapin), NATS core and JetStream, fixed-rate latency, live fan-out and a CI\n"
+    f.write("## Not measured yet\n\nAMQP (lapin), NATS core, fixed-rate latency, live fan-out and a CI\n"
             "regression guard: issue 4. Other figures (HTTP durable path, routing, recovery) are in\n`bench/README.md`.\n")
 print(open(out).read())
 PY

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod nats;
 mod recovery;
 mod routing;
 mod stomp;
@@ -66,6 +67,8 @@ enum Cmd {
     /// Durable publish → consume → ack over STOMP, against Trunkline or RabbitMQ's STOMP
     /// plugin, with the same client code.
     StompDurable(stomp::StompArgs),
+    /// The same durable scenario against NATS JetStream (file storage), via async-nats.
+    NatsDurable(nats::NatsArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Cmd::Durable(args) => rt.block_on(durable(args)),
         Cmd::Recovery(args) => rt.block_on(recovery::run(&args)).map(|_| true),
         Cmd::StompDurable(args) => rt.block_on(stomp::run(&args)),
+        Cmd::NatsDurable(args) => rt.block_on(nats::run(&args)),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)
