@@ -52,6 +52,26 @@ async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> St
     r["token"].as_str().expect("token field").to_owned()
 }
 
+/// Creates clients `c0`…`c{CLIENTS-1}`, each subscribed to `load.<i>.#`; returns their
+/// secrets in order.
+async fn create_load_clients(http: &reqwest::Client, base: &str, admin_token: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    for i in 0..CLIENTS {
+        let r: Value = http
+            .post(format!("{base}/client"))
+            .bearer_auth(admin_token)
+            .json(&json!({"client_id": format!("c{i}"), "client_name": "c", "subscription": format!("load.{i}.#")}))
+            .send()
+            .await
+            .expect("create client")
+            .json()
+            .await
+            .expect("json");
+        secrets.push(r["secret"].as_str().expect("secret").to_owned());
+    }
+    secrets
+}
+
 /// Receives and acks one batch; `Err` once the node is gone.
 async fn consume_once(
     http: &reqwest::Client,
@@ -126,19 +146,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
         let mut node = ProcessServer::start(&bin, &dir).expect("start node");
         let admin = node.admin_credentials();
         let t = token(&http, &node.http, "admin", &admin.secret).await;
-        for i in 0..CLIENTS {
-            let r: Value = http
-                .post(format!("{}/client", node.http))
-                .bearer_auth(&t)
-                .json(&json!({"client_id": format!("c{i}"), "client_name": "c", "subscription": format!("load.{i}.#")}))
-                .send()
-                .await
-                .expect("create client")
-                .json()
-                .await
-                .expect("json");
-            secrets.push(r["secret"].as_str().expect("secret").to_owned());
-        }
+        secrets.extend(create_load_clients(&http, &node.http, &t).await);
         secrets.push(admin.secret);
         node.kill9();
     }
@@ -364,19 +372,7 @@ async fn kill_9_loses_no_stomp_receipted_message() {
             .send()
             .await
             .expect("patch admin");
-        for i in 0..CLIENTS {
-            let r: Value = http
-                .post(format!("{}/client", node.http))
-                .bearer_auth(&t)
-                .json(&json!({"client_id": format!("c{i}"), "client_name": "c", "subscription": format!("load.{i}.#")}))
-                .send()
-                .await
-                .expect("create client")
-                .json()
-                .await
-                .expect("json");
-            secrets.push(r["secret"].as_str().expect("secret").to_owned());
-        }
+        secrets.extend(create_load_clients(&http, &node.http, &t).await);
         node.kill9();
     }
     let accepted = Arc::new(Mutex::new(HashSet::new()));
