@@ -8,15 +8,14 @@
 //! to its file store, and syncs to disk on its own schedule (every two minutes by
 //! default), not before each acknowledgement as Trunkline and RabbitMQ do.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream::StorageType};
 use futures::StreamExt;
-use serde_json::json;
 
-use crate::{cpu_ticks, latency_json, peak_rss_kib, sys};
+use crate::load::{self, LoadArgs};
+use crate::{cpu_ticks, sys};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct NatsArgs {
@@ -26,22 +25,8 @@ pub struct NatsArgs {
     /// The server process, for CPU per message (default: found by name).
     #[arg(long)]
     pub server_pid: Option<u32>,
-    #[arg(long, default_value_t = 20_000)]
-    pub messages: u64,
-    #[arg(long, default_value_t = 1024)]
-    pub size: usize,
-    #[arg(long, default_value_t = 4)]
-    pub publishers: usize,
-    #[arg(long, default_value_t = 4)]
-    pub consumers: usize,
-    #[arg(long, default_value_t = 100)]
-    pub window: usize,
-    #[arg(long, default_value_t = 100)]
-    pub prefetch: usize,
-    #[arg(long, default_value_t = 120)]
-    pub duration_limit: u64,
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 fn find_nats() -> Option<u32> {
@@ -74,18 +59,17 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
         .await
         .map_err(|e| anyhow!("create stream: {e}"))?;
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(a.duration_limit);
-    let per_consumer = a.messages / a.consumers as u64;
-    let total = per_consumer * a.consumers as u64;
+    let deadline = start + Duration::from_secs(a.load.duration_limit);
+    let (per_consumer, total) = a.load.split();
 
     let mut consumers = Vec::new();
-    for c in 0..a.consumers {
+    for c in 0..a.load.consumers {
         let consumer = stream
             .create_consumer(pull::Config {
                 durable_name: Some(format!("c{c}")),
                 filter_subject: format!("bench.{c}"),
                 ack_policy: AckPolicy::Explicit,
-                max_ack_pending: a.prefetch as i64,
+                max_ack_pending: a.load.prefetch as i64,
                 ..Default::default()
             })
             .await
@@ -101,16 +85,7 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
                 let Ok(Some(Ok(m))) = tokio::time::timeout(left, messages.next()).await else {
                     break;
                 };
-                let sent = std::str::from_utf8(&m.payload[..20.min(m.payload.len())])
-                    .ok()
-                    .and_then(|s| {
-                        s.trim_start_matches("{\"t\":")
-                            .split(',')
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    });
-                if let Some(sent) = sent {
+                if let Some(sent) = load::sent_ns(&m.payload) {
                     lat.push((start.elapsed().as_nanos() as u64).saturating_sub(sent));
                 }
                 if m.ack().await.is_err() {
@@ -123,13 +98,18 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
 
     let cpu0 = cpu_ticks(pid)?;
     let run_start = Instant::now();
-    let pad = "x".repeat(a.size.saturating_sub(40));
-    let per_pub = total / a.publishers as u64;
+    let pad = load::padding(a.load.size);
+    let per_pub = total / a.load.publishers as u64;
     let mut publishers = Vec::new();
-    for p in 0..a.publishers {
+    for p in 0..a.load.publishers {
         let js = jetstream::new(async_nats::connect(&a.nats).await.context("connect")?);
-        let (pad, npub, consumers_n, window) = (pad.clone(), a.publishers, a.consumers, a.window);
-        let extra = u64::from((p as u64) < total % a.publishers as u64);
+        let (pad, npub, consumers_n, window) = (
+            pad.clone(),
+            a.load.publishers,
+            a.load.consumers,
+            a.load.window,
+        );
+        let extra = u64::from((p as u64) < total % a.load.publishers as u64);
         publishers.push(tokio::spawn(async move {
             let (tx, mut rx) = tokio::sync::mpsc::channel(window);
             let waiter = tokio::spawn(async move {
@@ -149,7 +129,7 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
                 }
                 let n = i as usize * npub + p;
                 let t0 = start.elapsed().as_nanos() as u64;
-                let body = format!("{{\"t\":{t0},\"pad\":\"{pad}\"}}");
+                let body = load::body(t0, &pad);
                 let Ok(ack) = js
                     .publish(format!("bench.{}", n % consumers_n), body.into())
                     .await
@@ -175,28 +155,17 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
     }
     let elapsed = run_start.elapsed().as_secs_f64();
     let cpu_s = (cpu_ticks(pid)? - cpu0) as f64 / sys::clock_ticks_per_sec()?;
-    let consumed = e2e.len() as u64;
-    let r = json!({
-        "target": "nats-jetstream", "messages": total, "size": a.size, "publishers": a.publishers,
-        "consumers": a.consumers, "window": a.window, "prefetch": a.prefetch,
-        "confirmed": publish_lat.len(), "consumed": consumed, "elapsed_s": elapsed,
-        "msgs_per_s": consumed as f64 / elapsed,
-        "server_cpu_us_per_msg": cpu_s * 1e6 / consumed.max(1) as f64,
-        "server_peak_rss_mib": peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0,
-        "publish_latency": latency_json(publish_lat),
-        "end_to_end_latency": latency_json(e2e),
-    });
-    println!(
-        "nats-durable: {} msgs of {} B: {:.0} msgs/s consumed+acked, server CPU {:.1} µs/msg, peak RSS {:.1} MiB",
-        total,
-        a.size,
-        r["msgs_per_s"].as_f64().unwrap_or(0.0),
-        r["server_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
-        r["server_peak_rss_mib"].as_f64().unwrap_or(0.0),
-    );
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
-    }
     let _ = js.delete_stream("BENCH").await;
-    Ok(consumed == total)
+    load::report(
+        "nats-durable",
+        &a.load,
+        load::Outcome {
+            total,
+            publish_ns: publish_lat,
+            end_to_end_ns: e2e,
+            elapsed_s: elapsed,
+            server_cpu_s: cpu_s,
+            server_pid: pid,
+        },
+    )
 }

@@ -16,9 +16,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 use trunkline_client::stomp::{StompClient, StompOptions};
 
-use crate::{
-    cpu_ticks, create_client, get_token, http_client, latency_json, peak_rss_kib, sys, Server,
-};
+use crate::load::{self, LoadArgs};
+use crate::{cpu_ticks, create_client, get_token, http_client, sys, Server};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct StompArgs {
@@ -34,23 +33,8 @@ pub struct StompArgs {
     /// RabbitMQ's server process, for CPU per message (default: found by name).
     #[arg(long)]
     pub server_pid: Option<u32>,
-    #[arg(long, default_value_t = 20_000)]
-    pub messages: u64,
-    #[arg(long, default_value_t = 1024)]
-    pub size: usize,
-    #[arg(long, default_value_t = 4)]
-    pub publishers: usize,
-    #[arg(long, default_value_t = 4)]
-    pub consumers: usize,
-    /// Unconfirmed messages per publisher.
-    #[arg(long, default_value_t = 100)]
-    pub window: usize,
-    #[arg(long, default_value_t = 100)]
-    pub prefetch: usize,
-    #[arg(long, default_value_t = 120)]
-    pub duration_limit: u64,
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 fn now_ns(start: Instant) -> u64 {
@@ -103,7 +87,7 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 .await?;
             let mut queues = Vec::new();
             let mut logins = Vec::new();
-            for c in 0..a.consumers {
+            for c in 0..a.load.consumers {
                 let id = format!("bench-c{c}");
                 let secret =
                     create_client(&http, &server.api, &admin, &id, &format!("bench.none.{c}"))
@@ -133,10 +117,10 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 login: "guest".into(),
                 passcode: "guest".into(),
                 pid,
-                queues: (0..a.consumers)
+                queues: (0..a.load.consumers)
                     .map(|c| format!("/queue/bench-{run}-{c}"))
                     .collect(),
-                consumer_logins: (0..a.consumers)
+                consumer_logins: (0..a.load.consumers)
                     .map(|_| ("guest".into(), "guest".into()))
                     .collect(),
                 extra_headers: vec![("content-type", "application/json"), ("persistent", "true")],
@@ -157,20 +141,19 @@ fn options(addr: &str, login: &str, passcode: &str, window: usize) -> StompOptio
 pub async fn run(a: &StompArgs) -> Result<bool> {
     let t = prepare(a).await?;
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(a.duration_limit);
-    let per_consumer = a.messages / a.consumers as u64;
-    let total = per_consumer * a.consumers as u64;
+    let deadline = start + Duration::from_secs(a.load.duration_limit);
+    let (per_consumer, total) = a.load.split();
 
     // Consumers first, so that the queues exist (RabbitMQ declares them on SUBSCRIBE).
     let mut consumers = Vec::new();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(a.consumers);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(a.load.consumers);
     for (c, queue) in t.queues.iter().enumerate() {
         let (login, pass) = t.consumer_logins[c].clone();
         let client = StompClient::connect(options(&t.addr, &login, &pass, 1))
             .await
             .context("consumer connect")?;
         let mut rx = client
-            .subscribe(queue, "client-individual", Some(a.prefetch))
+            .subscribe(queue, "client-individual", Some(a.load.prefetch))
             .await?;
         let ready = ready_tx.clone();
         consumers.push(tokio::spawn(async move {
@@ -181,16 +164,7 @@ pub async fn run(a: &StompArgs) -> Result<bool> {
                 let Ok(Some(m)) = tokio::time::timeout(left, rx.recv()).await else {
                     break;
                 };
-                if let Some(sent) = std::str::from_utf8(&m.body[..20.min(m.body.len())])
-                    .ok()
-                    .and_then(|s| {
-                        s.trim_start_matches("{\"t\":")
-                            .split(',')
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                {
+                if let Some(sent) = load::sent_ns(&m.body) {
                     lat.push(now_ns(start).saturating_sub(sent));
                 }
                 if client.ack(&m).await.is_err() {
@@ -201,24 +175,24 @@ pub async fn run(a: &StompArgs) -> Result<bool> {
             lat
         }));
     }
-    for _ in 0..a.consumers {
+    for _ in 0..a.load.consumers {
         ready_rx.recv().await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let cpu0 = cpu_ticks(t.pid)?;
     let start_run = Instant::now();
-    let pad = "x".repeat(a.size.saturating_sub(40));
+    let pad = load::padding(a.load.size);
     let mut publishers = Vec::new();
-    let per_pub = total / a.publishers as u64;
+    let per_pub = total / a.load.publishers as u64;
     let queues = Arc::new(t.queues.clone());
-    for p in 0..a.publishers {
-        let client = StompClient::connect(options(&t.addr, &t.login, &t.passcode, a.window))
+    for p in 0..a.load.publishers {
+        let client = StompClient::connect(options(&t.addr, &t.login, &t.passcode, a.load.window))
             .await
             .context("publisher connect")?;
         let (queues, pad, headers) = (queues.clone(), pad.clone(), t.extra_headers.clone());
-        let npub = a.publishers;
-        let extra = if (p as u64) < total % a.publishers as u64 {
+        let npub = a.load.publishers;
+        let extra = if (p as u64) < total % a.load.publishers as u64 {
             1
         } else {
             0
@@ -244,7 +218,7 @@ pub async fn run(a: &StompArgs) -> Result<bool> {
                 let n = i as usize * npub + p;
                 let q = &queues[n % queues.len()];
                 let t0 = now_ns(start);
-                let body = format!("{{\"t\":{t0},\"pad\":\"{pad}\"}}");
+                let body = load::body(t0, &pad);
                 let Ok(conf) = client.send(q, &headers, body.into_bytes()).await else {
                     break;
                 };
@@ -269,31 +243,16 @@ pub async fn run(a: &StompArgs) -> Result<bool> {
     let elapsed = start_run.elapsed().as_secs_f64();
     let cpu1 = cpu_ticks(t.pid)?;
     let cpu_s = (cpu1 - cpu0) as f64 / sys::clock_ticks_per_sec()?;
-    let consumed = e2e.len() as u64;
-    let rss = peak_rss_kib(t.pid).unwrap_or(0);
-    let r = json!({
-        "target": a.target, "messages": total, "size": a.size, "publishers": a.publishers,
-        "consumers": a.consumers, "window": a.window, "prefetch": a.prefetch,
-        "confirmed": publish_lat.len(), "consumed": consumed, "elapsed_s": elapsed,
-        "msgs_per_s": consumed as f64 / elapsed,
-        "server_cpu_us_per_msg": cpu_s * 1e6 / consumed.max(1) as f64,
-        "server_peak_rss_mib": rss as f64 / 1024.0,
-        "publish_latency": latency_json(publish_lat),
-        "end_to_end_latency": latency_json(e2e),
-    });
-    println!(
-        "stomp-durable {}: {} msgs of {} B, {} publishers (window {}), {} consumers (prefetch {}): {:.0} msgs/s consumed+acked, server CPU {:.1} µs/msg, peak RSS {:.1} MiB",
-        a.target, total, a.size, a.publishers, a.window, a.consumers, a.prefetch,
-        r["msgs_per_s"].as_f64().unwrap_or(0.0),
-        r["server_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
-        r["server_peak_rss_mib"].as_f64().unwrap_or(0.0),
-    );
-    println!(
-        "  publish latency {}\n  end-to-end latency {}",
-        r["publish_latency"], r["end_to_end_latency"]
-    );
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
-    }
-    Ok(consumed == total)
+    load::report(
+        &format!("stomp-durable {}", a.target),
+        &a.load,
+        load::Outcome {
+            total,
+            publish_ns: publish_lat,
+            end_to_end_ns: e2e,
+            elapsed_s: elapsed,
+            server_cpu_s: cpu_s,
+            server_pid: t.pid,
+        },
+    )
 }
