@@ -367,26 +367,14 @@ impl Connection {
                 // Started here, in frame order, so that this connection's messages are
                 // committed and become visible in the order they were sent.
                 match self.ctx.broker.publish_start(p, now_ms()) {
-                    Ok(ticket) => {
-                        let tx = self.ops_tx.clone();
-                        self.inflight.spawn(async move {
-                            let r = ticket.await.map(|_| ()).map_err(broker_error);
-                            let _ = tx.send(Done::Op(op, r));
-                        });
-                    }
+                    Ok(ticket) => self.report_when_done(op, ticket),
                     Err(e) => self.session.complete(op, Err(broker_error(e))),
                 }
             }
             Event::PublishBatch { op, items } => {
                 let ps = items.into_iter().map(|i| self.to_publish(i)).collect();
                 match self.ctx.broker.publish_batch_start(ps, now_ms()) {
-                    Ok(ticket) => {
-                        let tx = self.ops_tx.clone();
-                        self.inflight.spawn(async move {
-                            let r = ticket.await.map(|_| ()).map_err(broker_error);
-                            let _ = tx.send(Done::Op(op, r));
-                        });
-                    }
+                    Ok(ticket) => self.report_when_done(op, ticket),
                     Err(e) => self.session.complete(op, Err(broker_error(e))),
                 }
             }
@@ -412,18 +400,9 @@ impl Connection {
                 } else {
                     Settle::Nack { requeue: true }
                 };
-                let (broker, tx, client) = (
-                    self.ctx.broker.clone(),
-                    self.ops_tx.clone(),
-                    self.client_id(),
-                );
-                self.inflight.spawn(async move {
-                    let r = broker
-                        .settle(&client, &receipts, how, now_ms())
-                        .await
-                        .map(|_| ())
-                        .map_err(broker_error);
-                    let _ = tx.send(Done::Op(op, r));
+                let (broker, client) = (self.ctx.broker.clone(), self.client_id());
+                self.report_when_done(op, async move {
+                    broker.settle(&client, &receipts, how, now_ms()).await
                 });
             }
             Event::Close { unacked } => {
@@ -431,6 +410,19 @@ impl Connection {
                 self.give_back(unacked);
             }
         }
+    }
+
+    /// Reports the outcome of broker work for operation `op` to the session when it ends.
+    fn report_when_done<T>(
+        &self,
+        op: u64,
+        work: impl std::future::Future<Output = Result<T, BrokerError>> + Send + 'static,
+    ) {
+        let tx = self.ops_tx.clone();
+        self.inflight.spawn(async move {
+            let r = work.await.map(|_| ()).map_err(broker_error);
+            let _ = tx.send(Done::Op(op, r));
+        });
     }
 
     /// A `SEND` as a broker publish. A body that is not JSON keeps its content type (the
