@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use trunkline_api::ErrorCode;
 use trunkline_testkit::TestServer;
 
@@ -143,6 +143,26 @@ async fn malformed_requests_get_clear_errors() {
             br#"{"topic":"a","body":1,"message_id":""}"#.to_vec(),
             InvalidBody,
         ),
+        (
+            "null ttl",
+            br#"{"topic":"a","body":1,"ttl":null}"#.to_vec(),
+            InvalidBody,
+        ),
+        (
+            "null topic",
+            br#"{"topic":null,"body":1}"#.to_vec(),
+            InvalidBody,
+        ),
+        (
+            "null header",
+            br#"{"header":null,"payload":1}"#.to_vec(),
+            InvalidBody,
+        ),
+        (
+            "null destination",
+            br#"{"header":{"destination":null},"payload":1}"#.to_vec(),
+            InvalidBody,
+        ),
         ("too large", vec![b' '; 2 * 1024 * 1024], BodyTooLarge),
     ];
     for (what, body, code) in &bodies {
@@ -240,6 +260,15 @@ async fn malformed_requests_get_clear_errors() {
     )
     .await;
     assert_error("ack with requeue", &r, InvalidBody);
+    let r = call(
+        &http,
+        "POST",
+        &format!("{base}/nack"),
+        &auth,
+        br#"{"receipts":[],"requeue":null}"#.to_vec(),
+    )
+    .await;
+    assert_error("nack with a null requeue", &r, InvalidBody);
 
     let queries: Vec<(&str, ErrorCode)> = vec![
         ("max_messages=abc", InvalidQuery),
@@ -469,6 +498,5 @@ async fn a_slow_body_times_out_with_408() {
     .expect("join");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(answer.contains("request_timeout"), "{answer:?}");
-    let _ = json!(null);
     server.stop().await;
 }

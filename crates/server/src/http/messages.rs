@@ -25,53 +25,37 @@ const MAX_LEASE_SECS: u64 = 12 * 3600;
 #[derive(Deserialize)]
 struct NocHeader {
     /// `Some(Null)` for an explicit `null`, which is refused like any non-string.
-    #[serde(default, deserialize_with = "present_value")]
+    #[serde(default, deserialize_with = "present")]
     destination: Option<serde_json::Value>,
-}
-
-fn present_value<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Both body forms: `{topic, body}` and the NOC message `{header: {destination}, payload}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendBody<'a> {
+    #[serde(default, deserialize_with = "present")]
     topic: Option<String>,
-    /// Any JSON value, `null` included (hence not a plain `Option`, which would read
-    /// `null` as absent).
+    /// Any JSON value, `null` included.
     #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present")]
     header: Option<NocHeader>,
     #[serde(borrow)]
     payload: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present")]
     message_id: Option<String>,
     /// Seconds.
+    #[serde(default, deserialize_with = "present")]
     ttl: Option<f64>,
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue as Deserialize>::deserialize(d).map(Some)
-}
-
-/// Refuses `null` for the envelope's fields: "absent" and "null" must not be confused
-/// (a `null` ttl is not "no ttl" by accident of the parser).
-fn refuse_nulls(bytes: &[u8], fields: &[&str]) -> ApiResult<()> {
-    let Ok(map) = serde_json::from_slice::<std::collections::HashMap<&str, &RawValue>>(bytes)
-    else {
-        return Ok(());
-    };
-    for f in fields {
-        if map.get(f).is_some_and(|v| v.get() == "null") {
-            return Err(ApiError::new(
-                ErrorCode::InvalidBody,
-                format!("`{f}` must not be null; leave it out instead"),
-            ));
-        }
-    }
-    Ok(())
+/// A field that, when present, is read as its type: `null` is then either a value (for a
+/// raw JSON body) or a type error (for a topic, a ttl, …), never "absent" as a plain
+/// `Option` would read it.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Deepest nesting of arrays and objects accepted in a body: receivers in other
@@ -106,7 +90,6 @@ fn depth(json: &[u8]) -> usize {
 
 fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publish> {
     let b: SendBody = parse_json(bytes)?;
-    refuse_nulls(bytes, &["topic", "header", "message_id", "ttl"])?;
     // The envelope adds one level around the body.
     if depth(bytes) > MAX_DEPTH + 1 {
         return Err(ApiError::new(
@@ -400,6 +383,7 @@ pub async fn receive(
 struct SettleBody {
     receipts: Vec<String>,
     /// For `/nack`: false sends the messages straight to the dead-letter queue.
+    #[serde(default, deserialize_with = "present")]
     requeue: Option<bool>,
 }
 
@@ -412,7 +396,6 @@ async fn settle(
     nack: bool,
 ) -> ApiResult<AxumJson<AckResponse>> {
     let b: SettleBody = parse_json(bytes)?;
-    refuse_nulls(bytes, &["receipts", "requeue"])?;
     if b.receipts.len() > MAX_RECEIPTS {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,
