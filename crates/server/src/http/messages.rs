@@ -234,18 +234,14 @@ struct OutMessage<'a> {
 
 fn render(deliveries: &[Delivery]) -> Response {
     let mut out = Vec::with_capacity(deliveries.len());
-    // Bodies that are not JSON (sent over STOMP with another content type) are shown as
-    // a JSON string of their text; these hold the encoded strings while `out` borrows them.
+    // A message without a content type holds JSON text (both front-ends ensure it). Other
+    // bodies (sent over STOMP) are shown as a JSON string of their text; `texts` holds
+    // those strings while `out` borrows them.
     let texts: Vec<Option<Box<RawValue>>> = deliveries
         .iter()
         .map(|d| {
             let data = &d.msg.data;
-            let is_json = data
-                .content_type
-                .as_deref()
-                .is_none_or(|ct| ct.starts_with("application/json"))
-                && serde_json::from_slice::<&RawValue>(&data.body).is_ok();
-            (!is_json).then(|| {
+            data.content_type.as_ref().map(|_| {
                 serde_json::value::to_raw_value(&String::from_utf8_lossy(&data.body))
                     .unwrap_or_else(|_| RawValue::NULL.to_owned())
             })
@@ -257,7 +253,13 @@ fn render(deliveries: &[Delivery]) -> Response {
             Some(t) => t,
             None => match serde_json::from_slice(&data.body) {
                 Ok(b) => b,
-                Err(_) => continue,
+                Err(_) => {
+                    tracing::error!(
+                        id = d.msg.id,
+                        "a stored body without content type is not JSON"
+                    );
+                    continue;
+                }
             },
         };
         let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(data.timestamp_ms);
