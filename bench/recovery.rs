@@ -1,5 +1,5 @@
 //! `trunkline-bench recovery`: how long a node takes to recover a store full of queued
-//! messages. In process: fills a redb store through the broker (`--messages` 1 KiB
+//! messages. In process: fills a store (`--engine log` or `redb`) through the broker (`--messages` 1 KiB
 //! messages spread over `--clients` inboxes, published concurrently so commits batch),
 //! closes it, and times `Broker::open` on it.
 
@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use trunkline_broker::{Broker, BrokerConfig, NewClient, Publish};
-use trunkline_store::RedbStore;
+use trunkline_store::{LogStore, QueueStore, RedbStore};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RecoveryArgs {
@@ -19,6 +19,30 @@ pub struct RecoveryArgs {
     pub clients: u64,
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
+    /// `log` (the default engine) or `redb`.
+    #[arg(long, default_value = "log")]
+    pub engine: String,
+}
+
+fn open_store(engine: &str, path: &std::path::Path) -> Result<Arc<dyn QueueStore>> {
+    Ok(match engine {
+        "log" => Arc::new(LogStore::open(path)?),
+        "redb" => Arc::new(RedbStore::open(path)?),
+        other => anyhow::bail!("--engine must be log or redb, not {other}"),
+    })
+}
+
+/// Bytes in a file, or in the files of a directory.
+fn disk_bytes(path: &std::path::Path) -> Result<u64> {
+    if path.is_dir() {
+        let mut n = 0;
+        for e in std::fs::read_dir(path)? {
+            n += e?.metadata()?.len();
+        }
+        Ok(n)
+    } else {
+        Ok(std::fs::metadata(path)?.len())
+    }
 }
 
 fn now_ms() -> u64 {
@@ -30,10 +54,10 @@ fn now_ms() -> u64 {
 
 pub async fn run(a: &RecoveryArgs) -> Result<Value> {
     let dir = tempfile::tempdir().context("temp dir")?;
-    let path = dir.path().join("trunkline.redb");
+    let path = dir.path().join(&a.engine);
     let mut config = BrokerConfig::default();
     config.default_limits.max_length = a.messages + 1;
-    let broker = Broker::open(Arc::new(RedbStore::open(&path)?), config.clone(), now_ms())?;
+    let broker = Broker::open(open_store(&a.engine, &path)?, config.clone(), now_ms())?;
     for c in 0..a.clients {
         broker
             .create_client(
@@ -70,16 +94,17 @@ pub async fn run(a: &RecoveryArgs) -> Result<Value> {
     broker
         .shutdown()
         .map_err(|_| anyhow!("broker still shared"))?;
-    let size = std::fs::metadata(&path)?.len();
+    let size = disk_bytes(&path)?;
 
     let start = Instant::now();
-    let broker = Broker::open(Arc::new(RedbStore::open(&path)?), config, now_ms())?;
+    let broker = Broker::open(open_store(&a.engine, &path)?, config, now_ms())?;
     let open = start.elapsed();
     let queued: u64 = broker.queue_depths().iter().map(|d| d.ready).sum();
     anyhow::ensure!(queued == stored, "recovered {queued} of {stored} messages");
     let per_million = open.as_secs_f64() * 1e6 / stored.max(1) as f64;
     println!(
-        "recovery: {stored} queued messages of {} B ({} MiB store) filled in {:.1} s; reopened in {:.0} ms = {:.2} s per million",
+        "recovery ({}): {stored} queued messages of {} B ({} MiB store) filled in {:.1} s; reopened in {:.0} ms = {:.2} s per million",
+        a.engine,
         a.size,
         size >> 20,
         fill.as_secs_f64(),
@@ -88,7 +113,7 @@ pub async fn run(a: &RecoveryArgs) -> Result<Value> {
     );
     let _ = broker.shutdown();
     Ok(
-        json!({"messages": stored, "size": a.size, "store_bytes": size,
+        json!({"engine": a.engine, "messages": stored, "size": a.size, "store_bytes": size,
         "fill_seconds": fill.as_secs_f64(), "open_seconds": open.as_secs_f64(),
         "seconds_per_million": per_million}),
     )

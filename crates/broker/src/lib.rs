@@ -361,12 +361,7 @@ impl Broker {
         let mut msgs: HashMap<u64, Arc<Msg>> = snap
             .messages
             .into_iter()
-            .map(|(id, m)| {
-                (
-                    id,
-                    Msg::counted(id, Arc::new(m), 0, Some(queued_bytes.clone())),
-                )
-            })
+            .map(|(id, m)| (id, Msg::counted(id, m, 0, Some(queued_bytes.clone()))))
             .collect();
         let mut cleanup = Vec::new();
         let mut last_msg_id = 0;

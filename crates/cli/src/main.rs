@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use trunkline_api::{CreateClient, CredentialsFile, QueueSettings, Subscription, UpdateClient};
 use trunkline_client::{Client, Error as ClientError, ReceiveOptions};
-use trunkline_server::config::{LogFormat, DEFAULT_CONFIG};
+use trunkline_server::config::{LogFormat, StoreEngine, DEFAULT_CONFIG};
 use trunkline_server::{Config, Secrets};
 
 #[derive(Parser)]
@@ -91,6 +91,9 @@ struct ServeArgs {
     /// STOMP listener, e.g. 0.0.0.0:61613, or `off`.
     #[arg(long, env = "TRUNKLINE_STOMP")]
     stomp: Option<String>,
+    /// Storage engine: `log` (default) or `redb`.
+    #[arg(long, env = "TRUNKLINE_STORE_ENGINE")]
+    store_engine: Option<String>,
     /// Unconfirmed STOMP operations per connection before reading pauses.
     #[arg(long, env = "TRUNKLINE_STOMP_BUFFER")]
     stomp_buffer: Option<usize>,
@@ -311,6 +314,17 @@ fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
                 ))
             })?;
         }
+    }
+    if let Some(e) = &a.store_engine {
+        c.store.engine = match e.as_str() {
+            "log" => StoreEngine::Log,
+            "redb" => StoreEngine::Redb,
+            other => {
+                return Err(Failure::Usage(format!(
+                    "store engine must be log or redb, not `{other}`"
+                )))
+            }
+        };
     }
     if let Some(b) = a.stomp_buffer {
         c.stomp.buffer = b;

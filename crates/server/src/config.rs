@@ -23,6 +23,14 @@ http = "0.0.0.0:8087"
 # Backend HTTP API and /metrics (TRUNKLINE_BACKEND, --backend). Keep it private.
 backend = "127.0.0.1:8088"
 
+[store]
+# "log" (the default: an append-only log of commits in <data_dir>/log/) or "redb" (the
+# first engine, one file <data_dir>/trunkline.redb). Both sync every commit before any
+# answer (TRUNKLINE_STORE_ENGINE, --store-engine).
+engine = "log"
+# Size at which the log starts a new segment file.
+segment_mib = 64
+
 [stomp]
 # STOMP 1.2 over TCP (TRUNKLINE_STOMP, --stomp). Port 0 picks a free port.
 enabled = true
@@ -95,11 +103,27 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub http: SocketAddr,
     pub backend: SocketAddr,
+    pub store: StoreConfig,
     pub stomp: StompConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub http_limits: HttpLimits,
     pub inbox: InboxConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub engine: StoreEngine,
+    pub segment_mib: u64,
+}
+
+/// Which storage engine keeps the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreEngine {
+    Log,
+    Redb,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

