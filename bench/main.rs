@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod guard;
 mod load;
 mod nats;
 mod recovery;
@@ -70,6 +71,8 @@ enum Cmd {
     StompDurable(stomp::StompArgs),
     /// The same durable scenario against NATS JetStream (file storage), via async-nats.
     NatsDurable(nats::NatsArgs),
+    /// The CI regression check: server CPU per message against bench/guard.json.
+    Guard(guard::GuardArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -124,6 +127,15 @@ fn main() -> ExitCode {
         Cmd::Recovery(args) => rt.block_on(recovery::run(&args)).map(|_| true),
         Cmd::StompDurable(args) => rt.block_on(stomp::run(&args)),
         Cmd::NatsDurable(args) => rt.block_on(nats::run(&args)),
+        Cmd::Guard(args) => guard::run(&args).and_then(|ok| {
+            if ok {
+                Ok(true)
+            } else {
+                Err(anyhow!(
+                    "a check used more than its limit of server CPU per message in every run"
+                ))
+            }
+        }),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)

@@ -8,6 +8,7 @@
 # Exits non-zero if any test fails. The Python tests run in a venv at .venv (created on
 # first use); the JavaScript ones need Node.js 20+ and npm (packages from
 # tests/interop/stompjs/package-lock.json); TRUNKLINE_BIN may point at another binary.
+# Last, the performance guard (bench/guard.rs) on a release build.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -63,3 +64,12 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     exit 1
 fi
 (cd tests/interop/stompjs && npm ci --no-audit --no-fund --silent && TRUNKLINE_BIN="$BIN" node --test)
+
+# The regression guard: server CPU per message on short durable runs (release build),
+# against bench/guard.json; fails only on a large regression that repeats. Under a minute
+# once built. TRUNKLINE_SKIP_GUARD=1 skips it (for a quick local run; CI never sets it).
+if [[ "${TRUNKLINE_SKIP_GUARD:-}" != 1 ]]; then
+    echo "==> performance guard (trunkline-bench guard)"
+    cargo build --release -p trunkline-cli -p trunkline-bench
+    target/release/trunkline-bench guard --server-bin target/release/trunkline
+fi
