@@ -231,6 +231,8 @@ fn run(
         }
         let result = match &failure {
             Some(cause) => Err(CommitError::Failed(cause.clone())),
+            // Nothing to write (live-only publishes): keep the order, skip the sync.
+            None if ops.is_empty() => Ok(()),
             None => {
                 let start = Instant::now();
                 let r = store.commit(&ops);
@@ -368,6 +370,15 @@ mod tests {
             "499 callers shared one commit"
         );
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_empty_batch_is_answered_without_touching_the_store() {
+        // FailingStore fails every commit it sees: an empty batch must not reach it.
+        let c = Committer::start(Arc::new(FailingStore));
+        assert!(c.commit(Vec::new()).await.is_ok());
+        assert_eq!(c.stats().commits.load(Ordering::Relaxed), 0);
+        assert!(c.commit(vec![entry(1)]).await.is_err());
     }
 
     #[tokio::test]
