@@ -9,11 +9,14 @@
 //! - segment files `<number, 20 digits>.seg`, numbered from 1 upwards; each starts with
 //!   the 8-byte magic `TLLOG001` and then holds frames;
 //! - a frame is `len: u32 LE`, `crc: u32 LE` (CRC-32 of the payload), then `len` bytes of
-//!   payload: [`Op`]s encoded one after another with postcard.
+//!   payload: [`Op`]s encoded one after another with postcard;
+//! - the newest segment is preallocated (`fallocate`) to the segment size and written in
+//!   place, so a commit's `fdatasync` has no file size to update; zeros follow the last
+//!   frame (a zero length ends the log). A segment is cut to its frames when it is sealed.
 //!
 //! A torn frame at the end of the newest segment (a crash mid-write) is cut off when the
-//! store opens: it was never acknowledged. A bad frame anywhere else is corruption and
-//! the store refuses to open.
+//! store opens: it was never acknowledged. A bad frame anywhere else, or anything but
+//! zeros after the end of an older segment, is corruption and the store refuses to open.
 //!
 //! Space comes back without rewriting the whole log: the oldest segment is deleted once
 //! nothing in it is live; when the log holds more than twice the live data (plus two
@@ -23,7 +26,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -176,26 +180,30 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io("syncing directory", dir, e))
 }
 
-/// Decodes the frames of one segment, applying their ops; returns the length of the
-/// valid prefix and whether the segment ended with a torn or bad frame.
+/// Decodes the frames of one segment, applying their ops. Returns the length of the
+/// valid prefix, and whether everything after it is zeros (the unused, preallocated end of
+/// a segment) rather than a torn or damaged frame.
 fn replay(seg: u64, bytes: &[u8], state: &mut State) -> Result<(u64, bool), StoreError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Ok((0, true));
+        return Ok((0, bytes.iter().all(|b| *b == 0)));
     }
     let mut pos = MAGIC.len();
     while pos < bytes.len() {
+        let rest_is_zero = || bytes[pos..].iter().all(|b| *b == 0);
         let Some(header) = bytes.get(pos..pos + FRAME_HEADER) else {
-            return Ok((pos as u64, true));
+            return Ok((pos as u64, rest_is_zero()));
         };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let start = pos + FRAME_HEADER;
-        let Some(payload) = bytes.get(start..start + len) else {
-            return Ok((pos as u64, true));
-        };
-        if len > MAX_FRAME || crc32fast::hash(payload) != crc {
-            return Ok((pos as u64, true));
+        if len == 0 {
+            // No frame is empty: this is where writing stopped.
+            return Ok((pos as u64, rest_is_zero()));
         }
+        let start = pos + FRAME_HEADER;
+        let payload = match bytes.get(start..start + len) {
+            Some(p) if len <= MAX_FRAME && crc32fast::hash(p) == crc => p,
+            _ => return Ok((pos as u64, false)),
+        };
         let mut rest = payload;
         while !rest.is_empty() {
             let (op, tail): (Op, &[u8]) = postcard::take_from_bytes(rest)
@@ -206,7 +214,14 @@ fn replay(seg: u64, bytes: &[u8], state: &mut State) -> Result<(u64, bool), Stor
         }
         pos = start + len;
     }
-    Ok((pos as u64, false))
+    Ok((pos as u64, true))
+}
+
+/// Reserves `size` bytes for a segment up front, so that appending does not change the
+/// file's size and `fdatasync` has no metadata to write. Best effort: a file system without
+/// `fallocate` just grows the file as it is written.
+fn preallocate(f: &File, size: u64) {
+    let _ = rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, size);
 }
 
 impl LogStore {
@@ -241,41 +256,42 @@ impl LogStore {
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(|e| io("reading", &path, e))?;
             state.segs.entry(seg).or_default();
-            let (valid, torn) = replay(seg, &bytes, &mut state)?;
-            if torn && Some(seg) != last {
+            let (valid, clean) = replay(seg, &bytes, &mut state)?;
+            if !clean && Some(seg) != last {
                 return Err(corrupt(format!(
                     "segment {} is damaged at offset {valid}, and it is not the newest",
                     path.display()
                 )));
             }
-            if torn {
+            state.segs.entry(seg).or_default().len = valid.max(MAGIC.len() as u64);
+            if !clean {
                 // A crash mid-append: what follows the last whole frame was never answered.
+                // Cut it off and zero the rest, so that no stale byte follows a new frame.
                 tracing::warn!(segment = %path.display(), offset = valid, "cutting off a torn frame");
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(|e| io("opening", &path, e))?;
-                let keep = valid.max(MAGIC.len() as u64);
                 if valid < MAGIC.len() as u64 {
-                    (&f).write_all(MAGIC).map_err(|e| io("writing", &path, e))?;
+                    f.write_all_at(MAGIC, 0)
+                        .map_err(|e| io("writing", &path, e))?;
                 }
-                f.set_len(keep).map_err(|e| io("truncating", &path, e))?;
+                f.set_len(valid.max(MAGIC.len() as u64))
+                    .map_err(|e| io("truncating", &path, e))?;
+                preallocate(&f, segment_bytes);
                 f.sync_all().map_err(|e| io("syncing", &path, e))?;
-                state.segs.entry(seg).or_default().len = keep;
-            } else {
-                state.segs.entry(seg).or_default().len = valid;
             }
         }
         let (seg, file) = match last {
             Some(seg) => {
                 let path = seg_path(dir, seg);
                 let file = OpenOptions::new()
-                    .append(true)
+                    .write(true)
                     .open(&path)
                     .map_err(|e| io("opening", &path, e))?;
                 (seg, file)
             }
-            None => (1, create_segment(dir, 1)?),
+            None => (1, create_segment(dir, 1, segment_bytes)?),
         };
         state.segs.entry(seg).or_insert(SegInfo {
             len: MAGIC.len() as u64,
@@ -312,14 +328,16 @@ impl LogStore {
     }
 }
 
-fn create_segment(dir: &Path, seg: u64) -> Result<File, StoreError> {
+fn create_segment(dir: &Path, seg: u64, size: u64) -> Result<File, StoreError> {
     let path = seg_path(dir, seg);
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(&path)
         .map_err(|e| io("creating", &path, e))?;
-    f.write_all(MAGIC).map_err(|e| io("writing", &path, e))?;
+    preallocate(&f, size);
+    f.write_all_at(MAGIC, 0)
+        .map_err(|e| io("writing", &path, e))?;
     f.sync_all().map_err(|e| io("syncing", &path, e))?;
     sync_dir(dir)?;
     Ok(f)
@@ -358,9 +376,10 @@ impl Writer {
             return Err(StoreError::Failed(cause.clone()));
         }
         let sizes = self.encode(ops)?;
+        let at = self.state.segs.get(&self.seg).map_or(0, |s| s.len);
         let written = self
             .file
-            .write_all(&self.buf)
+            .write_all_at(&self.buf, at)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             // The tail of the file is unknown now: refuse every later write. A restart
@@ -386,10 +405,18 @@ impl Writer {
         if len < self.segment_bytes {
             return Ok(());
         }
+        // Give back what was preallocated past the last frame, then start the next one.
+        let sealed = self
+            .file
+            .set_len(len)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| io("sealing", &seg_path(&self.dir, self.seg), e));
         let next = self.seg + 1;
-        self.file = create_segment(&self.dir, next).inspect_err(|e| {
-            self.failed = Some(e.to_string());
-        })?;
+        self.file = sealed
+            .and_then(|()| create_segment(&self.dir, next, self.segment_bytes))
+            .inspect_err(|e| {
+                self.failed = Some(e.to_string());
+            })?;
         self.seg = next;
         self.state.segs.insert(
             next,
@@ -526,18 +553,31 @@ mod tests {
             s.commit(&[put(1, b"1")])?;
             s.commit(&[put(2, b"2")])?;
         }
+        let (len, _) = LogStore::open(dir.path())?.usage()?;
         let path = seg_path(dir.path(), 1);
-        let len = std::fs::metadata(&path)
-            .map_err(|e| io("stat", &path, e))?
-            .len();
-        // Every cut inside the second frame loses exactly the second commit.
         let full = std::fs::read(&path).map_err(|e| io("read", &path, e))?;
+        assert!(full[len as usize..].iter().all(|b| *b == 0));
+        // Every cut inside the second frame, and any damage to it, loses exactly the second
+        // commit (a crash mid-append): truncated files, and stray bytes in the zeros.
+        let mut damaged = Vec::new();
         for cut in [len - 1, len - 5, len - 20] {
-            std::fs::write(&path, &full[..cut as usize]).map_err(|e| io("write", &path, e))?;
+            damaged.push(full[..cut as usize].to_vec());
+            let mut stray = full.clone();
+            stray[cut as usize..len as usize].fill(0);
+            stray[len as usize + 100] = 1;
+            damaged.push(stray);
+        }
+        for (i, bytes) in damaged.iter().enumerate() {
+            std::fs::write(&path, bytes).map_err(|e| io("write", &path, e))?;
             let s = LogStore::open(dir.path())?;
             let ids: Vec<u64> = s.load()?.messages.keys().copied().collect();
-            assert_eq!(ids, vec![1], "cut at {cut}");
+            assert_eq!(ids, vec![1], "case {i}");
             drop(s);
+            let after = std::fs::read(&path).map_err(|e| io("read", &path, e))?;
+            assert!(
+                after[len as usize - 20..].iter().all(|b| *b == 0),
+                "case {i}: the torn bytes were not zeroed"
+            );
         }
         let s = LogStore::open(dir.path())?;
         s.commit(&[put(3, b"3")])?;
@@ -612,7 +652,11 @@ mod tests {
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
             .sum();
-        assert_eq!(on_disk, total);
+        // Sealed segments are cut to their frames; only the newest keeps its reserve.
+        assert!(
+            on_disk <= total + seg,
+            "{on_disk} bytes on disk for {total} in the log"
+        );
         assert!(
             !s.segments()?.contains(&1),
             "the first segment outlived compaction"
