@@ -3,8 +3,9 @@
 //!
 //! [`StompClient::connect`] starts a task that owns the connection. [`StompClient::send`]
 //! waits for room in the window and returns a [`Confirmation`] that resolves when the
-//! server's receipt covers the message. If the connection drops, the task reconnects with
-//! backoff, sends every unconfirmed message again, and subscribes again: at least once.
+//! server's receipt covers the message ([`StompClient::publish`] sends without one). If the
+//! connection drops, the task reconnects with backoff, sends every unconfirmed message
+//! again, and subscribes again: at least once.
 //! An `ERROR` from the server (bad credentials, a refused message) is final.
 
 use std::collections::HashMap;
@@ -231,6 +232,26 @@ impl StompClient {
             .await
             .map_err(|_| StompClientError::Closed)?;
         Ok(Confirmation(rx))
+    }
+
+    /// Sends a message without a receipt: fire and forget, like a NATS core publish.
+    /// Nothing confirms it, it takes no room in the window, and it is not sent again after
+    /// a reconnect (at most once). A later [`StompClient::send`]'s confirmation covers it
+    /// too on a server that confirms in frame order, as Trunkline does.
+    pub async fn publish(
+        &self,
+        destination: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<(), StompClientError> {
+        let mut frame = Frame::new(Command::Send).header("destination", destination);
+        for (k, v) in headers {
+            frame = frame.header(*k, *v);
+        }
+        self.cmds
+            .send(Cmd::Frame(frame.body(body)))
+            .await
+            .map_err(|_| StompClientError::Closed)
     }
 
     /// Subscribes; messages arrive on the returned channel. `ack` is `auto`, `client` or
