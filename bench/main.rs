@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod fanout;
 mod guard;
 mod load;
 mod nats;
@@ -73,6 +74,9 @@ enum Cmd {
     NatsDurable(nats::NatsArgs),
     /// The CI regression check: server CPU per message against bench/guard.json.
     Guard(guard::GuardArgs),
+    /// Live (non-durable) fan-out, one publisher to N subscribers, against Trunkline
+    /// (STOMP /topic) or NATS core.
+    Fanout(fanout::FanoutArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
                 ))
             }
         }),
+        Cmd::Fanout(args) => rt.block_on(fanout::run(&args)),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)
@@ -147,7 +152,7 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("warning: the run hit --duration-limit before every message was acked");
+            eprintln!("warning: the run ended (--duration-limit, or a stall) before every message was through; its numbers are not comparable");
             ExitCode::from(2)
         }
         Err(e) => {
@@ -483,6 +488,24 @@ async fn create_client(
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| anyhow!("{what}: no secret in {v}"))
+}
+
+/// The `admin` client's token, after pointing its subscription away from `#`. On first
+/// start `admin` subscribes to `#`: every message would also go to its inbox (two queue
+/// entries per message, and an inbox that fills up and then refuses publishes). Elsewhere,
+/// each message has exactly the destinations a scenario made for it.
+async fn admin_aside(http: &reqwest::Client, server: &Server) -> Result<String> {
+    let api = server.api.as_str();
+    let admin = get_token(http, api, "admin", &server.admin_secret).await?;
+    let resp = http
+        .patch(format!("{api}/client/admin"))
+        .bearer_auth(&admin)
+        .json(&json!({"subscription": "bench-admin.unused"}))
+        .send()
+        .await
+        .context("PATCH /client/admin")?;
+    expect_json("PATCH /client/admin", resp, StatusCode::OK).await?;
+    Ok(admin)
 }
 
 /// `/metrics` as `series → value` (series names include their labels).
@@ -1013,18 +1036,7 @@ async fn run(server: &Server, a: &DurableArgs) -> Result<Value> {
         .unwrap_or(0);
     let http = http_client()?;
     let api = server.api.as_str();
-    let admin = get_token(&http, api, "admin", &server.admin_secret).await?;
-    // The first-start admin client subscribes to `#`: every message would also go to its
-    // inbox (two queue entries per message, and an inbox that fills up and then refuses
-    // publishes). Point it elsewhere so that each message has exactly one destination.
-    let resp = http
-        .patch(format!("{api}/client/admin"))
-        .bearer_auth(&admin)
-        .json(&json!({"subscription": "bench-admin.unused"}))
-        .send()
-        .await
-        .context("PATCH /client/admin")?;
-    expect_json("PATCH /client/admin", resp, StatusCode::OK).await?;
+    let admin = admin_aside(&http, server).await?;
 
     let mut consumer_tokens = Vec::with_capacity(a.consumers);
     for i in 0..a.consumers {

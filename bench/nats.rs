@@ -29,7 +29,7 @@ pub struct NatsArgs {
     pub load: LoadArgs,
 }
 
-fn find_nats() -> Option<u32> {
+pub(crate) fn find_nats() -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
 use trunkline_client::stomp::{StompClient, StompOptions};
 
 use crate::load::{self, LoadArgs};
-use crate::{cpu_ticks, create_client, get_token, http_client, sys, Server};
+use crate::{admin_aside, cpu_ticks, create_client, http_client, sys, Server};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct StompArgs {
@@ -78,13 +77,8 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 .ok_or_else(|| anyhow!("--server-bin is required for --target trunkline"))?;
             let server = Server::start(&bin, &std::env::temp_dir()).await?;
             let http = http_client()?;
-            let admin = get_token(&http, &server.api, "admin", &server.admin_secret).await?;
             // Each message has exactly one home: move the admin's `#` aside.
-            http.patch(format!("{}/client/admin", server.api))
-                .bearer_auth(&admin)
-                .json(&json!({"subscription": "bench.nothing"}))
-                .send()
-                .await?;
+            let admin = admin_aside(&http, &server).await?;
             let mut queues = Vec::new();
             let mut logins = Vec::new();
             for c in 0..a.load.consumers {
@@ -131,7 +125,7 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
     }
 }
 
-fn options(addr: &str, login: &str, passcode: &str, window: usize) -> StompOptions {
+pub(crate) fn options(addr: &str, login: &str, passcode: &str, window: usize) -> StompOptions {
     let mut o = StompOptions::new(addr, login, passcode);
     o.session.window = window;
     o.reconnect = false;

@@ -79,6 +79,71 @@ async fn sends_subscribes_and_acks() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn publishes_without_receipts_to_live_subscribers() {
+    let server = TestServer::start().await;
+    let secret = server.admin_credentials().secret;
+    let fleet = server.new_client("fleet", &["fleet.#"]).await;
+    let mut o = StompOptions::new(server.stomp.clone(), "admin", secret);
+    // One unconfirmed send at a time: publishes must not need room in the window.
+    o.session.window = 1;
+    let c = StompClient::connect(o).await.expect("connect");
+    // Same connection: the server handles frames in order, so the subscription is in
+    // place before the first publish.
+    let mut live = c
+        .subscribe("/topic/fleet.*", "auto", None)
+        .await
+        .expect("subscribe");
+    // Read as messages come: a full subscription channel holds up the whole connection,
+    // receipts included.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 301 {
+            let m = tokio::time::timeout(Duration::from_secs(10), live.recv())
+                .await
+                .expect("a live message in time")
+                .expect("open");
+            assert_eq!(m.ack, None, "ack: auto");
+            got.push(String::from_utf8_lossy(&m.body).into_owned());
+        }
+        got
+    });
+    let json = [("content-type", "application/json")];
+    for i in 0..300 {
+        c.publish("/topic/fleet.x", &json, format!("{i}"))
+            .await
+            .expect("publish");
+    }
+    let last = c.send("/topic/fleet.x", &json, "300").await.expect("send");
+    tokio::time::timeout(Duration::from_secs(10), last)
+        .await
+        .expect("confirmed in time")
+        .expect("confirmed");
+    // The receipt of the last send covers the publishes before it.
+    let stored = fleet
+        .receive(&ReceiveOptions {
+            max_messages: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("receive");
+    assert_eq!(
+        stored
+            .iter()
+            .filter_map(|m| m.body.as_u64())
+            .collect::<Vec<_>>(),
+        (0..=300).collect::<Vec<u64>>(),
+        "every message is in the inbox, in order, once the last one is confirmed"
+    );
+    assert_eq!(
+        reader.await.expect("reader"),
+        (0..=300).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "every message reaches the live subscriber, in order"
+    );
+    c.disconnect().await.expect("disconnect");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_and_resends_through_a_kill_9() {
     let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_trunkline"));

@@ -3,8 +3,9 @@
 //!
 //! [`StompClient::connect`] starts a task that owns the connection. [`StompClient::send`]
 //! waits for room in the window and returns a [`Confirmation`] that resolves when the
-//! server's receipt covers the message. If the connection drops, the task reconnects with
-//! backoff, sends every unconfirmed message again, and subscribes again: at least once.
+//! server's receipt covers the message ([`StompClient::publish`] sends without one). If the
+//! connection drops, the task reconnects with backoff, sends every unconfirmed message
+//! again, and subscribes again: at least once.
 //! An `ERROR` from the server (bad credentials, a refused message) is final.
 
 use std::collections::HashMap;
@@ -233,6 +234,27 @@ impl StompClient {
         Ok(Confirmation(rx))
     }
 
+    /// Sends a message without a receipt: fire and forget, like a NATS core publish.
+    /// Nothing confirms it, it takes no room in the window, and it is not sent again after
+    /// a reconnect (at most once). It waits while the connection has 1 MiB waiting to be
+    /// written. A later [`StompClient::send`]'s confirmation covers it
+    /// too on a server that confirms in frame order, as Trunkline does.
+    pub async fn publish(
+        &self,
+        destination: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<(), StompClientError> {
+        let mut frame = Frame::new(Command::Send).header("destination", destination);
+        for (k, v) in headers {
+            frame = frame.header(*k, *v);
+        }
+        self.cmds
+            .send(Cmd::Frame(frame.body(body)))
+            .await
+            .map_err(|_| StompClientError::Closed)
+    }
+
     /// Subscribes; messages arrive on the returned channel. `ack` is `auto`, `client` or
     /// `client-individual`.
     pub async fn subscribe(
@@ -288,6 +310,9 @@ impl StompClient {
         rx.await.unwrap_or(Err(StompClientError::Closed))
     }
 }
+
+/// Encoded bytes waiting for the socket past which no more commands are taken.
+const MAX_BUFFERED: usize = 1 << 20;
 
 type Pending = std::collections::BTreeMap<u64, oneshot::Sender<Result<(), StompClientError>>>;
 
@@ -441,7 +466,12 @@ async fn drive(
         let timeout = session.poll_timeout().map(|t| {
             tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now_ms()))
         });
-        let can_take = session.is_connected() && session.can_send() && disconnecting.is_none();
+        // Frames without receipts (publish, acks) take no room in the window: the write
+        // buffer bounds them, so that a server that does not read holds the caller back.
+        let can_take = session.is_connected()
+            && session.can_send()
+            && disconnecting.is_none()
+            && wbuf.len() < MAX_BUFFERED;
         tokio::select! {
             r = rd.read_buf(&mut rbuf) => match r {
                 Ok(0) | Err(_) => return Outcome::Dropped,
@@ -482,5 +512,62 @@ async fn drive(
                 session.handle_timeout(now_ms());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers CONNECT and then never reads again.
+    async fn deaf_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = Vec::new();
+            while !buf.contains(&0) {
+                let mut chunk = [0u8; 1024];
+                let n = s.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed before CONNECT");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            s.write_all(b"CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\0")
+                .await
+                .expect("write");
+            // Hold the socket open, unread.
+            std::future::pending::<()>().await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn publish_waits_when_the_server_does_not_read() {
+        let addr = deaf_server().await;
+        let c = StompClient::connect(StompOptions::new(addr, "me", "secret"))
+            .await
+            .expect("connect");
+        let body = Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut handed = 0u64;
+        // 64 MiB in all: far more than the kernel's socket buffers, the command channel
+        // and the write buffer hold together.
+        for _ in 0..1024 {
+            let sent = tokio::time::timeout(
+                Duration::from_secs(2),
+                c.publish("/topic/t", &[], body.clone()),
+            )
+            .await;
+            match sent {
+                Ok(r) => r.expect("publish"),
+                Err(_) => break,
+            }
+            handed += 1;
+        }
+        assert!(
+            handed < 1024,
+            "publish() kept taking messages the server does not read: the client buffers without bound"
+        );
     }
 }
