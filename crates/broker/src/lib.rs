@@ -553,6 +553,25 @@ impl Broker {
     /// connection that pipelines its messages keeps their order. The outcome does not
     /// depend on the ticket being awaited.
     pub fn publish_start(&self, p: Publish, now: u64) -> Result<PublishTicket, BrokerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Ok(
+            match self.publish_then(p, now, move |r| drop(tx.send(r)))? {
+                Sent::Now(r) => PublishTicket::ready(r),
+                Sent::Later => PublishTicket(TicketState::Waiting(rx)),
+            },
+        )
+    }
+
+    /// [`Broker::publish_start`] without a ticket: `done` runs with the outcome, on the
+    /// commit thread in commit order (keep it short: it holds up later commits), or
+    /// [`Sent::Now`] gives the outcome at once (a duplicate's first outcome). Saves a
+    /// task and a channel per message for callers that gather outcomes themselves.
+    pub fn publish_then(
+        &self,
+        p: Publish,
+        now: u64,
+        done: impl FnOnce(Result<Published, BrokerError>) + Send + 'static,
+    ) -> Result<Sent, BrokerError> {
         topic::validate_topic(&p.topic).map_err(|cause| BrokerError::InvalidTopic {
             topic: p.topic.clone(),
             cause,
@@ -567,7 +586,7 @@ impl Broker {
                         .counters
                         .duplicates
                         .fetch_add(1, Ordering::Relaxed);
-                    return Ok(PublishTicket::ready(Ok(Published {
+                    return Ok(Sent::Now(Ok(Published {
                         id: r.id,
                         delivered_to: r.delivered_to,
                         duplicate: true,
@@ -585,7 +604,6 @@ impl Broker {
                 return Err(e);
             }
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let broker = self.clone();
         self.inner.committer.submit(
             ops,
@@ -594,10 +612,10 @@ impl Broker {
                 // Let go of the broker before answering: whoever is answered may be about to
                 // shut it down, which needs the last handle.
                 drop(broker);
-                let _ = tx.send(out);
+                done(out);
             }),
         );
-        Ok(PublishTicket(TicketState::Waiting(rx)))
+        Ok(Sent::Later)
     }
 
     /// Routes, reserves places and builds the store ops of a publish.
@@ -1504,6 +1522,15 @@ impl std::future::Future for BatchTicket {
             r.unwrap_or_else(|_| Err(BrokerError::Unavailable("the committer stopped".into())))
         })
     }
+}
+
+/// Whether [`Broker::publish_then`] will call back, or already knows the outcome.
+#[derive(Debug)]
+pub enum Sent {
+    /// The callback runs once the publish is durable (or failed).
+    Later,
+    /// The outcome, known at once; the callback will not run.
+    Now(Result<Published, BrokerError>),
 }
 
 /// The outcome of a publish started with [`Broker::publish_start`].

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use trunkline_api::ErrorCode;
 use trunkline_auth::{Claims, Throttle, TokenKey};
 use trunkline_broker::{
-    dead_name, inbox_name, Broker, BrokerError, Delivery, Principal, Publish, ReceiveOptions,
+    dead_name, inbox_name, Broker, BrokerError, Delivery, Principal, Publish, ReceiveOptions, Sent,
     Settle, WaitHandle,
 };
 use trunkline_proto::{encode, encode_heartbeat, DecodeError, Decoder, Limits};
@@ -120,6 +120,11 @@ enum Done {
 
 fn stomp_error(code: ErrorCode, message: impl Into<String>) -> StompError {
     StompError::new(code.as_str(), message)
+}
+
+/// What the session hears of finished broker work.
+fn outcome<T>(r: Result<T, BrokerError>) -> Result<(), StompError> {
+    r.map(|_| ()).map_err(broker_error)
 }
 
 fn broker_error(e: BrokerError) -> StompError {
@@ -365,9 +370,15 @@ impl Connection {
                     headers,
                 });
                 // Started here, in frame order, so that this connection's messages are
-                // committed and become visible in the order they were sent.
-                match self.ctx.broker.publish_start(p, now_ms()) {
-                    Ok(ticket) => self.report_when_done(op, ticket),
+                // committed and become visible in the order they were sent. The outcome
+                // comes back from the commit thread straight into this connection's queue.
+                let tx = self.ops_tx.clone();
+                let done = move |r: Result<_, BrokerError>| {
+                    let _ = tx.send(Done::Op(op, outcome(r)));
+                };
+                match self.ctx.broker.publish_then(p, now_ms(), done) {
+                    Ok(Sent::Later) => {}
+                    Ok(Sent::Now(r)) => self.session.complete(op, outcome(r)),
                     Err(e) => self.session.complete(op, Err(broker_error(e))),
                 }
             }
@@ -420,7 +431,7 @@ impl Connection {
     ) {
         let tx = self.ops_tx.clone();
         self.inflight.spawn(async move {
-            let r = work.await.map(|_| ()).map_err(broker_error);
+            let r = outcome(work.await);
             let _ = tx.send(Done::Op(op, r));
         });
     }
@@ -737,9 +748,18 @@ fn stop(sub: SubTask) {
     }
 }
 
+/// A stored message's body as `Bytes`, sharing it rather than copying it per delivery.
+struct BodyOf(Arc<trunkline_store::StoredMessage>);
+
+impl AsRef<[u8]> for BodyOf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.body
+    }
+}
+
 fn delivered(
     id: u64,
-    data: &trunkline_store::StoredMessage,
+    data: &Arc<trunkline_store::StoredMessage>,
     destination: String,
     redelivered: bool,
     receipt: Option<String>,
@@ -753,7 +773,7 @@ fn delivered(
     Delivered {
         message_id: id,
         destination,
-        body: Bytes::from(data.body.clone()),
+        body: Bytes::from_owner(BodyOf(data.clone())),
         content_type: data.content_type.clone(),
         headers,
         redelivered,
