@@ -255,7 +255,7 @@ fn scan_head(
     let limit = limits.max_header_block_bytes.min(limits.max_frame_bytes);
     let window = buf.len().min(limit);
     while head.scanned < window {
-        let Some(lf) = buf[head.scanned..window].iter().position(|&b| b == b'\n') else {
+        let Some(lf) = memchr::memchr(b'\n', &buf[head.scanned..window]) else {
             head.scanned = window;
             break;
         };
@@ -306,13 +306,10 @@ fn parse_header(
     let malformed = DecodeError::MalformedHeader { line: number };
     // CR is only allowed as part of the EOL; NUL is refused so that no peer whose parser
     // looks for the frame's NUL first can be fooled by a relayed header.
-    if line.iter().any(|&b| b == b'\r' || b == 0) {
+    if memchr::memchr2(b'\r', 0, line).is_some() {
         return Err(malformed);
     }
-    let colon = line
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or_else(|| malformed.clone())?;
+    let colon = memchr::memchr(b':', line).ok_or_else(|| malformed.clone())?;
     let (name, value) = (&line[..colon], &line[colon + 1..]);
     if name.is_empty() {
         return Err(malformed);
@@ -377,7 +374,7 @@ fn scan_body(body: &mut Body, buf: &[u8], limits: &Limits) -> Result<Option<usiz
             let limit = body_limit.min(limits.max_frame_bytes);
             let window = buf.len().min(limit);
             if *scanned < window {
-                if let Some(at) = buf[*scanned..window].iter().position(|&b| b == 0) {
+                if let Some(at) = memchr::memchr(0, &buf[*scanned..window]) {
                     return Ok(Some(*scanned + at - body.start));
                 }
                 *scanned = window;

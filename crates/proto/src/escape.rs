@@ -7,7 +7,7 @@ use bytes::{BufMut, BytesMut};
 /// Undoes escaping. `None` when a backslash is followed by anything else or ends the text,
 /// which STOMP 1.2 calls a fatal protocol error.
 pub(crate) fn unescape(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
-    if !raw.contains(&b'\\') {
+    if memchr::memchr(b'\\', raw).is_none() {
         return Some(Cow::Borrowed(raw));
     }
     let mut out = Vec::with_capacity(raw.len());
