@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod amqp;
 mod load;
 mod nats;
 mod recovery;
@@ -70,6 +71,8 @@ enum Cmd {
     StompDurable(stomp::StompArgs),
     /// The same durable scenario against NATS JetStream (file storage), via async-nats.
     NatsDurable(nats::NatsArgs),
+    /// The same durable scenario against RabbitMQ over AMQP 0-9-1, via lapin.
+    AmqpDurable(amqp::AmqpArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         Cmd::Recovery(args) => rt.block_on(recovery::run(&args)).map(|_| true),
         Cmd::StompDurable(args) => rt.block_on(stomp::run(&args)),
         Cmd::NatsDurable(args) => rt.block_on(nats::run(&args)),
+        Cmd::AmqpDurable(args) => rt.block_on(amqp::run(&args)),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)
@@ -196,6 +200,25 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
             .ok_or_else(|| anyhow!("{path}: no field {n}"))
     };
     Ok(field(14)? + field(15)?)
+}
+
+/// The pid of a running process whose command line (arguments joined by NUL) passes
+/// `matches`, found in /proc (the highest pid if several do).
+fn find_process(matches: impl Fn(&str) -> bool) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            matches(&String::from_utf8_lossy(&cmd)).then_some(pid)
+        })
+        .max()
+}
+
+/// The pid of RabbitMQ's Erlang VM (`beam.smp`), for its CPU time.
+fn find_beam() -> Option<u32> {
+    find_process(|cmd| cmd.contains("beam.smp") && cmd.contains("rabbit"))
 }
 
 /// False once `pid` has exited (a zombie not yet reaped counts as exited).
