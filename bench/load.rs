@@ -80,19 +80,22 @@ impl LoadArgs {
     }
 }
 
-/// A body of about `size` bytes carrying its send time (ns since the start of the run).
-pub fn body(sent_ns: u64, pad: &str) -> String {
-    format!("{{\"t\":{sent_ns},\"pad\":\"{pad}\"}}")
+/// A JSON body carrying its send time (ns since the start of the run), padded to
+/// `padding.len()` bytes; never shorter than the 20-odd bytes that carry the time.
+pub fn body(sent_ns: u64, padding: &str) -> String {
+    let head = format!("{{\"t\":{sent_ns},\"pad\":\"");
+    let fill = padding.len().saturating_sub(head.len() + 2);
+    format!("{head}{}\"}}", &padding[..fill])
 }
 
-/// The padding that makes [`body`] `size` bytes long.
+/// The padding for bodies of `size` bytes.
 pub fn padding(size: usize) -> String {
-    "x".repeat(size.saturating_sub(40))
+    "x".repeat(size)
 }
 
 /// The send time a [`body`] carries.
 pub fn sent_ns(payload: &[u8]) -> Option<u64> {
-    let head = std::str::from_utf8(&payload[..20.min(payload.len())]).ok()?;
+    let head = std::str::from_utf8(&payload[..32.min(payload.len())]).ok()?;
     head.trim_start_matches("{\"t\":")
         .split(',')
         .next()?
@@ -459,4 +462,123 @@ pub fn report(target: &str, a: &LoadArgs, o: Outcome) -> Result<bool> {
         std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
     }
     Ok(consumed == o.total)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn args(messages: u64, publishers: usize, window: usize, rate: Option<f64>) -> LoadArgs {
+        LoadArgs {
+            messages,
+            size: 64,
+            publishers,
+            consumers: 1,
+            window,
+            prefetch: 1,
+            rate,
+            duration_limit: 10,
+            json: None,
+        }
+    }
+
+    /// Runs every publisher of `a` against a fake server whose confirmations take `delay`;
+    /// returns what they measured, the messages sent and the most unconfirmed at once
+    /// by one publisher.
+    async fn run(a: &LoadArgs, delay: Duration) -> (Vec<Published>, BTreeSet<u64>, usize) {
+        let clock = Clock::new(a);
+        let mut schedule = Schedule::start(a, clock, a.messages);
+        let sent = Mutex::new(BTreeSet::new());
+        let most = AtomicUsize::new(0);
+        let mut published = Vec::new();
+        let runs = (0..a.publishers).map(|p| {
+            let part = schedule.publisher(p);
+            let (sent, most) = (&sent, &most);
+            async move {
+                let unconfirmed = Arc::new(AtomicUsize::new(0));
+                publish(part, "", |n, body| {
+                    let unconfirmed = unconfirmed.clone();
+                    async move {
+                        assert!(sent_ns(body.as_bytes()).is_some(), "{body}");
+                        assert!(sent.lock().expect("lock").insert(n), "{n} sent twice");
+                        let now = unconfirmed.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        Ok(async move {
+                            tokio::time::sleep(delay).await;
+                            unconfirmed.fetch_sub(1, Ordering::SeqCst);
+                            Ok(())
+                        })
+                    }
+                })
+                .await
+            }
+        });
+        for p in futures::future::join_all(runs).await {
+            published.push(p);
+        }
+        let sent = sent.into_inner().expect("lock");
+        (published, sent, most.into_inner())
+    }
+
+    #[tokio::test]
+    async fn every_message_is_sent_once_and_confirmed() {
+        let a = args(103, 4, 10, None);
+        let (published, sent, _) = run(&a, Duration::ZERO).await;
+        assert_eq!(sent, (0..103).collect());
+        let confirmed: usize = published.iter().map(|p| p.latency_ns.len()).sum();
+        assert_eq!(confirmed, 103);
+        assert!(published.iter().all(|p| p.failure.is_none()));
+    }
+
+    #[tokio::test]
+    async fn the_window_bounds_unconfirmed_messages() {
+        for window in [1, 3] {
+            let a = args(30, 1, window, None);
+            let (_, sent, most) = run(&a, Duration::from_millis(2)).await;
+            assert_eq!(sent.len(), 30);
+            assert_eq!(most, window, "window {window}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rate_spreads_the_messages_over_time() {
+        // 40 messages at 400/s: the last is due 97.5 ms after the first.
+        let a = args(40, 2, 100, Some(400.0));
+        let started = Instant::now();
+        let (published, sent, _) = run(&a, Duration::ZERO).await;
+        assert_eq!(sent.len(), 40);
+        assert!(started.elapsed() >= Duration::from_millis(97));
+        let lags: usize = published.iter().map(|p| p.send_lag_ns.len()).sum();
+        assert_eq!(lags, 40);
+    }
+
+    #[tokio::test]
+    async fn a_late_confirmation_counts_from_the_due_time() {
+        // Window 1 and confirmations taking 20 ms at 1000/s: the publisher falls behind,
+        // and the wait for the window is part of each message's latency.
+        let a = args(5, 1, 1, Some(1000.0));
+        let (published, _, most) = run(&a, Duration::from_millis(20)).await;
+        assert_eq!(most, 1);
+        let mut lat = published[0].latency_ns.clone();
+        lat.sort_unstable();
+        // The fifth message was due at 4 ms and confirmed after five 20 ms waits.
+        assert!(lat[4] >= 90_000_000, "{lat:?}");
+    }
+
+    #[test]
+    fn the_body_carries_its_send_time_in_size_bytes() {
+        for (t, size) in [(0, 1024), (123_456_789, 1024), (u64::MAX, 65536), (7, 100)] {
+            let b = body(t, &padding(size));
+            assert_eq!(sent_ns(b.as_bytes()), Some(t));
+            assert_eq!(b.len(), size);
+            assert!(serde_json::from_str::<serde_json::Value>(&b).is_ok(), "{b}");
+        }
+        // Too small for the time: as short as it can be.
+        let b = body(12_345_678_901, &padding(16));
+        assert_eq!(b, r#"{"t":12345678901,"pad":""}"#);
+    }
 }
