@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Side-by-side durable publish → consume → ack: Trunkline and RabbitMQ's STOMP plugin driven
-# by the same STOMP client (trunkline-bench stomp-durable), and NATS JetStream through
-# async-nats (trunkline-bench nats-durable); systems alternate, each scenario is repeated;
-# the medians and ratios go to docs/performance.md.
+# Side by side, the same load shapes against every system: Trunkline and RabbitMQ's STOMP
+# plugin driven by one STOMP client (trunkline-bench stomp-durable), RabbitMQ over AMQP
+# 0-9-1 through lapin (amqp-durable), and NATS JetStream through async-nats
+# (nats-durable); all share bench/load.rs. Systems alternate within each repeat; medians,
+# ranges and ratios go to docs/performance.md.
 #
-#   bash bench/compare.sh [REPEATS]      # default 3
+#   bash bench/compare.sh [REPEATS]                   # default 3, every section
+#   ONLY=latency bash bench/compare.sh 1              # some sections: throughput latency sync fanout
+#   SYSTEMS="trunkline amqp" bash bench/compare.sh 1  # some systems: trunkline rabbitmq amqp nats
+#
+# Sections: throughput (durable, as fast as the window allows, 16 B / 1 KiB / 64 KiB),
+# latency (fixed rate, 1000 and 10000 msg/s, 1 KiB), sync (one publisher, window 1).
+# fanout (live, one publisher to 4 subscribers: Trunkline STOMP /topic against NATS core).
+#
+# With ONLY or SYSTEMS set, the report goes to bench/results/performance-partial.md, not
+# docs/performance.md; OUT=FILE chooses either way. Every run's output and JSON are kept
+# in bench/results/compare-<time>/. Every run is bounded in count (--messages), in time
+# (--duration-limit) and by `timeout`.
 #
 # Installs rabbitmq-server and nats-server with apt if they are missing (as root), starts a
 # private RabbitMQ (scripts/rabbitmq.sh) and a private nats-server on loopback, and stops
@@ -14,13 +26,30 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 REPEATS="${1:-3}"
-OUT="${OUT:-docs/performance.md}"
-RESULTS="$(mktemp -d)"
+SECTIONS="${ONLY:-throughput latency sync fanout}"
+SECTIONS="${SECTIONS//,/ }"
+SYSTEMS="${SYSTEMS:-trunkline rabbitmq amqp nats}"
+SYSTEMS="${SYSTEMS//,/ }"
+if [ -n "${ONLY:-}" ] || [ "$SYSTEMS" != "trunkline rabbitmq amqp nats" ]; then
+    OUT="${OUT:-bench/results/performance-partial.md}"
+else
+    OUT="${OUT:-docs/performance.md}"
+fi
+for s in $SECTIONS; do
+    case "$s" in throughput | latency | sync | fanout) ;; *) echo "unknown section $s (ONLY: throughput latency sync fanout)" >&2; exit 2 ;; esac
+done
+for s in $SYSTEMS; do
+    case "$s" in trunkline | rabbitmq | amqp | nats) ;; *) echo "unknown system $s (SYSTEMS: trunkline rabbitmq amqp nats)" >&2; exit 2 ;; esac
+done
+case "$REPEATS" in '' | *[!0-9]* | 0) echo "REPEATS must be a positive number" >&2; exit 2 ;; esac
+
+RESULTS="$ROOT/bench/results/compare-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$RESULTS" "$(dirname "$OUT")"
 NATS_PID=""
 cleanup() {
     bash scripts/rabbitmq.sh stop >/dev/null 2>&1 || true
-    [ -n "$NATS_PID" ] && kill "$NATS_PID" 2>/dev/null || true
-    rm -rf "$RESULTS"
+    if [ -n "$NATS_PID" ]; then kill "$NATS_PID" 2>/dev/null || true; fi
+    rm -rf "$RESULTS/nats"
 }
 trap cleanup EXIT
 
@@ -35,100 +64,366 @@ if ! command -v nats-server >/dev/null 2>&1; then
 fi
 echo "==> building (release)"
 cargo build --release -q -p trunkline-cli -p trunkline-bench
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BENCH="$TARGET/release/trunkline-bench"
+SERVER="$TARGET/release/trunkline"
 echo "==> starting RabbitMQ"
 RMQ="$(bash scripts/rabbitmq.sh start)"
+AMQP="amqp://guest:guest@127.0.0.1:${RMQ_AMQP_PORT:-25673}/%2f"
+RMQ_PID="$(cat "${RMQ_DIR:-$ROOT/target/rabbitmq}/rabbitmq.pid")"
 NATS_PORT="${NATS_PORT:-24222}"
 mkdir -p "$RESULTS/nats"
 nats-server -a 127.0.0.1 -p "$NATS_PORT" -m $((NATS_PORT + 1)) -js -sd "$RESULTS/nats" > "$RESULTS/nats.log" 2>&1 &
 NATS_PID=$!
 sleep 1
-BENCH=target/release/trunkline-bench
-SERVER=target/release/trunkline
+kill -0 "$NATS_PID" || { echo "nats-server did not start; see $RESULTS/nats.log" >&2; exit 1; }
 
-# scenario name, then stomp-durable arguments
+# section|name|load arguments|--duration-limit (s). Counts keep each run to a few
+# seconds: the latency runs last messages ÷ rate (8 s and 5 s) when the system keeps up.
 SCENARIOS=(
-    "1KiB|--size 1024 --messages 20000"
-    "16B|--size 16 --messages 40000"
-    "64KiB|--size 65536 --messages 2000"
+    "throughput|1KiB|--size 1024 --messages 20000|60"
+    "throughput|16B|--size 16 --messages 40000|60"
+    "throughput|64KiB|--size 65536 --messages 2000|60"
+    "latency|1000|--size 1024 --rate 1000 --messages 8000|30"
+    "latency|10000|--size 1024 --rate 10000 --messages 50000|30"
+    "sync|1KiB|--size 1024 --publishers 1 --window 1 --consumers 1 --messages 2000|15"
 )
-for s in "${SCENARIOS[@]}"; do
-    name="${s%%|*}"
-    args="${s#*|}"
-    for i in $(seq "$REPEATS"); do
-        for target in trunkline rabbitmq nats; do
-            echo "==> $name, $target, run $i"
-            if [ "$target" = nats ]; then
-                # shellcheck disable=SC2086
-                timeout 300 "$BENCH" nats-durable --nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID" \
-                    $args --json "$RESULTS/$name-$target-$i.json" > "$RESULTS/$name-$target-$i.log"
-            else
-                # shellcheck disable=SC2086
-                timeout 300 "$BENCH" stomp-durable --target "$target" --server-bin "$SERVER" --rabbitmq "$RMQ" \
-                    $args --json "$RESULTS/$name-$target-$i.json" > "$RESULTS/$name-$target-$i.log"
-            fi
-            head -1 "$RESULTS/$name-$target-$i.log"
+FAILED=0
+
+# One run: writes $RESULTS/<section>-<name>-<system>-<i>.{log,json}.
+run_one() {
+    local section="$1" name="$2" system="$3" args="$4" limit="$5" i="$6"
+    local base="$RESULTS/$section-$name-$system-$i" rc=0
+    local cmd
+    case "$system" in
+    trunkline) cmd=("$BENCH" stomp-durable --target trunkline --server-bin "$SERVER") ;;
+    rabbitmq) cmd=("$BENCH" stomp-durable --target rabbitmq --rabbitmq "$RMQ" --amqp "$AMQP" --server-pid "$RMQ_PID") ;;
+    amqp) cmd=("$BENCH" amqp-durable --amqp "$AMQP" --server-pid "$RMQ_PID") ;;
+    nats) cmd=("$BENCH" nats-durable --nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID") ;;
+    esac
+    echo "==> $section $name, $system, run $i"
+    # shellcheck disable=SC2086
+    timeout -k 10 $((limit + 60)) "${cmd[@]}" $args --duration-limit "$limit" \
+        --json "$base.json" > "$base.log" 2>&1 || rc=$?
+    head -1 "$base.log"
+    case "$rc" in
+    0) ;;
+    2) echo "    (incomplete: the run hit --duration-limit $limit s)" ;;
+    *)
+        echo "    FAILED (exit $rc); see $base.log"
+        rm -f "$base.json"
+        FAILED=$((FAILED + 1))
+        ;;
+    esac
+}
+
+run_section() {
+    local section="$1" s name rest args limit i system
+    for s in "${SCENARIOS[@]}"; do
+        [ "${s%%|*}" = "$section" ] || continue
+        rest="${s#*|}"
+        name="${rest%%|*}"
+        rest="${rest#*|}"
+        args="${rest%|*}"
+        limit="${rest##*|}"
+        for i in $(seq "$REPEATS"); do
+            for system in $SYSTEMS; do
+                run_one "$section" "$name" "$system" "$args" "$limit" "$i"
+            done
         done
     done
+}
+
+# Live fan-out, one publisher to 4 subscribers (trunkline-bench fanout): Trunkline's live
+# STOMP /topic subscriptions against NATS core (the nats-server above; core pub/sub does not
+# touch JetStream). Only these two systems take part; SYSTEMS picks among them.
+FANOUT_ARGS="${FANOUT_ARGS:---subscribers 4 --size 1024 --messages 200000 --credit 500}"
+run_fanout() {
+    local i system base rc
+    for i in $(seq "$REPEATS"); do
+        for system in $SYSTEMS; do
+            case "$system" in trunkline | nats) ;; *) continue ;; esac
+            base="$RESULTS/fanout-1to4-$system-$i"
+            rc=0
+            echo "==> fanout, $system, run $i"
+            # shellcheck disable=SC2086
+            timeout -k 10 180 "$BENCH" fanout --target "$system" --server-bin "$SERVER" \
+                --nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID" $FANOUT_ARGS \
+                --duration-limit 120 --json "$base.json" > "$base.log" 2>&1 || rc=$?
+            grep -m1 '^fanout' "$base.log" || tail -3 "$base.log"
+            if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ]; then
+                echo "    FAILED (exit $rc); see $base.log"
+                rm -f "$base.json"
+                FAILED=$((FAILED + 1))
+            fi
+        done
+    done
+}
+
+for section in $SECTIONS; do
+    case "$section" in
+    fanout) run_fanout ;;
+    *) run_section "$section" ;;
+    esac
 done
 
-python3 - "$RESULTS" "$REPEATS" "$OUT" <<'PY'
-import json, os, statistics, sys, datetime, platform
+python3 - "$RESULTS" "$REPEATS" "$OUT" "$SECTIONS" "$SYSTEMS" <<'PY'
+import datetime, glob, json, os, platform, statistics, subprocess, sys
+
 results, repeats, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rows = []
-for name in ["1KiB", "16B", "64KiB"]:
-    cells = {}
-    for target in ["trunkline", "rabbitmq", "nats"]:
-        runs = []
-        for i in range(1, repeats + 1):
-            p = os.path.join(results, f"{name}-{target}-{i}.json")
-            if os.path.exists(p):
-                runs.append(json.load(open(p)))
-        if not runs:
+sections, systems = sys.argv[4].split(), sys.argv[5].split()
+NAMES = {"trunkline": "Trunkline (STOMP)", "rabbitmq": "RabbitMQ STOMP",
+         "amqp": "RabbitMQ AMQP", "nats": "NATS JetStream"}
+
+
+def runs(section, name, system):
+    """The JSON reports of one scenario and system, one per repeat that did not fail."""
+    rs = []
+    for i in range(1, repeats + 1):
+        p = os.path.join(results, f"{section}-{name}-{system}-{i}.json")
+        if os.path.exists(p):
+            with open(p) as f:
+                rs.append(json.load(f))
+    return rs
+
+
+def stat(rs, get):
+    vals = [v for v in (get(r) for r in rs) if v is not None]
+    if not vals:
+        return None
+    return dict(med=statistics.median(vals), lo=min(vals), hi=max(vals))
+
+
+def lat(key, p):
+    return lambda r: (r.get(key) or {}).get(p)
+
+
+def num(x, d=0):
+    return "-" if x is None else f"{x:.{d}f}"
+
+
+def spread(s, d=0):
+    if s is None:
+        return "-"
+    if repeats == 1:
+        return num(s["med"], d)
+    return f"{num(s['med'], d)} ({num(s['lo'], d)}–{num(s['hi'], d)})"
+
+
+def incomplete(rs):
+    return "†" if any(r["consumed"] < r["messages"] for r in rs) else ""
+
+
+def med(rs, get):
+    return (stat(rs, get) or {}).get("med")
+
+
+def ratio(t, x):
+    if t is None or x is None or not x["med"]:
+        return "-"
+    return f"{t['med'] / x['med']:.2f}x"
+
+
+def version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine():
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    fs = version(["df", "--output=fstype", "/tmp"]).splitlines()[-1:] or [""]
+    rmq = version(["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"])
+    nats = version(["nats-server", "--version"])
+    commit = version(["git", "rev-parse", "--short", "HEAD"])
+    return (f"{cpu or platform.machine()}, {os.cpu_count() or 0} cores, {mem:.0f} GiB, Linux "
+            f"{platform.release()}, data on {fs[0] or '?'}; RabbitMQ {rmq or '?'} (Debian, "
+            f"default settings), {nats or 'nats-server ?'}, Trunkline {commit or '?'}")
+
+
+def write_throughput(f):
+    f.write("## Durable publish → consume, every message acked\n\n")
+    f.write("4 publishers, each keeping up to 100 messages unconfirmed; 4 consumers, one durable "
+            "queue each, 100 unacknowledged at most, acking every message "
+            "(`trunkline-bench stomp-durable|amqp-durable|nats-durable`, default shape). "
+            "Throughput is messages consumed and acked per second, from the first publish to the "
+            "last ack. Trunkline ÷ this: throughput ratio, above 1 means Trunkline is faster.\n\n")
+    f.write("| size | system | msg/s | server CPU µs/msg | peak RSS MiB | e2e p50 / p99 ms | Trunkline ÷ this |\n")
+    f.write("|---|---|---|---|---|---|---|\n")
+    for name in ["1KiB", "16B", "64KiB"]:
+        t = stat(runs("throughput", name, "trunkline"), lambda r: r["msgs_per_s"])
+        for system in systems:
+            rs = runs("throughput", name, system)
+            if not rs:
+                continue
+            rate = stat(rs, lambda r: r["msgs_per_s"])
+            f.write("| %s | %s%s | %s | %s | %s | %s / %s | %s |\n" % (
+                name, NAMES[system], incomplete(rs), spread(rate),
+                spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
+                num(max(r["server_peak_rss_mib"] for r in rs)),
+                num(med(rs, lat("end_to_end_latency", "p50_ms")), 1),
+                num(med(rs, lat("end_to_end_latency", "p99_ms")), 1),
+                "" if system == "trunkline" else ratio(t, rate)))
+    f.write("\nThe 16 B bodies are in fact 26–27 B, the smallest JSON object that carries the send "
+            "time. End-to-end latency here includes queueing: publishers run ahead of consumers.\n\n")
+
+
+def write_latency(f):
+    f.write("## Latency at a fixed rate\n\n")
+    f.write("The same shape (4 publishers, window 100, 4 consumers, prefetch 100), 1 KiB, but the "
+            "publishers send on a schedule: message n is due at start + n ÷ rate (`--rate`). "
+            "Latencies are measured from the due time, not from when the message left: a message "
+            "held back by a full window or a late publisher is charged for the wait (no "
+            "coordinated omission). Publish latency runs to the confirmation (Trunkline: receipt "
+            "after the commit; RabbitMQ: publisher confirm; JetStream: publish ack), end-to-end "
+            "to the delivery. Send lag is how late the load generator sent (its own timer and "
+            "scheduling on a shared 2-core machine, plus any wait for the window): latencies "
+            "below it say nothing about the server. 8000 messages at 1000 msg/s, 50 000 at "
+            "10 000 msg/s. Trunkline ÷ this: ratio of end-to-end p99 latencies, below 1 means "
+            "Trunkline's is lower.\n\n")
+    f.write("| rate msg/s | system | achieved msg/s | publish p50 / p99 / max ms | e2e p50 / p99 / max ms "
+            "| send lag p99 ms | server CPU µs/msg | peak RSS MiB | Trunkline ÷ this |\n")
+    f.write("|---|---|---|---|---|---|---|---|---|\n")
+    for name in ["1000", "10000"]:
+        t = stat(runs("latency", name, "trunkline"), lat("end_to_end_latency", "p99_ms"))
+        for system in systems:
+            rs = runs("latency", name, system)
+            if not rs:
+                continue
+            e2e99 = stat(rs, lat("end_to_end_latency", "p99_ms"))
+            m = lambda k, p: num(med(rs, lat(k, p)), 2)
+            f.write("| %s | %s%s | %s | %s / %s / %s | %s / %s / %s | %s | %s | %s | %s |\n" % (
+                name, NAMES[system], incomplete(rs), spread(stat(rs, lambda r: r["msgs_per_s"])),
+                m("publish_latency", "p50_ms"), m("publish_latency", "p99_ms"),
+                m("publish_latency", "max_ms"),
+                m("end_to_end_latency", "p50_ms"), spread(e2e99, 2),
+                m("end_to_end_latency", "max_ms"), m("send_lag", "p99_ms"),
+                spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
+                num(max(r["server_peak_rss_mib"] for r in rs)),
+                "" if system == "trunkline" else ratio(t, e2e99)))
+    f.write("\nA system that cannot sustain the rate falls behind the schedule and its latencies "
+            "grow with the backlog (achieved msg/s below the rate).\n\n")
+
+
+def write_sync(f):
+    f.write("## One synchronous durable publisher\n\n")
+    f.write("One publisher with a window of 1 (each message waits for its confirmation before the "
+            "next is sent), one consumer, 1 KiB, 2000 messages or 15 s. The rate is confirmed "
+            "messages per second. Trunkline ÷ this: rate ratio, above 1 means Trunkline is "
+            "faster.\n\n")
+    f.write("| system | confirmed msg/s | publish p50 / p99 ms | e2e p50 / p99 ms | server CPU µs/msg | peak RSS MiB | Trunkline ÷ this |\n")
+    f.write("|---|---|---|---|---|---|---|\n")
+    t = stat(runs("sync", "1KiB", "trunkline"), lambda r: r["publish_msgs_per_s"])
+    for system in systems:
+        rs = runs("sync", "1KiB", system)
+        if not rs:
             continue
-        rate = [r["msgs_per_s"] for r in runs]
-        cpu = [r["server_cpu_us_per_msg"] for r in runs]
-        rss = [r["server_peak_rss_mib"] for r in runs]
-        p99 = [r["end_to_end_latency"]["p99_ms"] or 0 for r in runs]
-        cells[target] = dict(rate=statistics.median(rate), lo=min(rate), hi=max(rate),
-                             cpu=statistics.median(cpu), rss=max(rss), p99=statistics.median(p99))
-    rows.append((name, cells))
-cpu_model = ""
-try:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu_model = line.split(":", 1)[1].strip(); break
-except OSError:
-    pass
+        rate = stat(rs, lambda r: r["publish_msgs_per_s"])
+        m = lambda k, p: num(med(rs, lat(k, p)), 2)
+        f.write("| %s%s | %s | %s / %s | %s / %s | %s | %s | %s |\n" % (
+            NAMES[system], incomplete(rs), spread(rate),
+            m("publish_latency", "p50_ms"), m("publish_latency", "p99_ms"),
+            m("end_to_end_latency", "p50_ms"), m("end_to_end_latency", "p99_ms"),
+            spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
+            num(max(r["server_peak_rss_mib"] for r in rs)),
+            "" if system == "trunkline" else ratio(t, rate)))
+    f.write("\n")
+
+
+def write_fanout(f):
+    names = {"trunkline": "Trunkline (STOMP /topic)", "nats": "NATS core"}
+    cells, notes = {}, []
+    for system in names:
+        if system not in systems:
+            continue
+        rs = []
+        for r in runs("fanout", "1to4", system):
+            if not r["complete"] or r["lost"] or r["out_of_order"]:
+                notes.append(f"{names[system]}: a run with {r['lost']} lost and {r['out_of_order']} "
+                             "out-of-order deliveries, or incomplete, is left out")
+            else:
+                rs.append(r)
+        if rs:
+            cells[system] = rs
+    if not cells:
+        return
+    args = next(iter(cells.values()))[0]["config"]
+    f.write("## Live fan-out, 1 publisher → %s subscribers\n\n" % args["subscribers"])
+    f.write("`trunkline-bench fanout`, %s-byte messages: one publisher sends without waiting "
+            "(Trunkline: STOMP `SEND` without a receipt to `/topic/…`, live subscriptions; NATS "
+            "core: publish through async-nats), pausing while it is more than `--credit` %s "
+            "messages ahead of the slowest subscriber, the same closed loop for both. "
+            "Deliveries/s = messages × subscribers until the last subscriber has everything; only "
+            "runs with nothing lost and nothing out of order count. The bench's own CPU per "
+            "delivery is shown because it shares the 2 cores with the server.\n\n"
+            % (args["size"], args["credit"]))
+    f.write("| system | deliveries/s | server CPU µs/delivery | bench CPU µs/delivery | "
+            "e2e p50 / p99 / max ms | peak RSS MiB | Trunkline ÷ this |\n|---|---|---|---|---|---|---|\n")
+    t = stat(cells.get("trunkline", []), lambda r: r["deliveries_per_s"])
+    for system, rs in cells.items():
+        rate = stat(rs, lambda r: r["deliveries_per_s"])
+        m = lambda p: num(med(rs, lat("end_to_end_latency", p)), 1)
+        f.write("| %s | %s | %s | %s | %s / %s / %s | %s | %s |\n" % (
+            names[system], spread(rate),
+            spread(stat(rs, lambda r: r["server_cpu_us_per_delivery"]), 2),
+            num(med(rs, lambda r: r["bench_cpu_us_per_delivery"]), 2),
+            m("p50_ms"), m("p99_ms"), m("max_ms"),
+            num(max(r["server_peak_rss_mib"] for r in rs)),
+            "" if system == "trunkline" else ratio(t, rate)))
+    f.write("\nLatency here is mostly the credit draining: compare it at equal `--credit`.\n")
+    for n in notes:
+        f.write("\n- %s\n" % n)
+    f.write("\n")
+
+
 with open(out, "w") as f:
     f.write("# Performance\n\n")
-    f.write("Generated by `bash bench/compare.sh` on %s (%s, %d cores); %d alternating runs per\n"
-            % (datetime.date.today(), cpu_model or platform.machine(), os.cpu_count() or 0, repeats))
-    f.write("system and scenario; medians, with the range of throughput. The machine is shared and\n"
-            "noisy: compare ratios within one run of the script, not across runs.\n\n")
-    f.write("## Durable publish → consume, every message acked\n\n")
-    f.write("Trunkline and RabbitMQ 3.10 (Debian, default settings, STOMP plugin) are driven by the same\n"
-            "STOMP client (`trunkline-bench stomp-durable`): 4 publishers with 100 unconfirmed messages\n"
-            "each (receipt after durability; RabbitMQ: `persistent:true` into durable queues, receipt\n"
-            "after the publisher confirm), 4 consumers with `prefetch-count:100` and\n"
-            "`ack:client-individual`, one queue per consumer. NATS JetStream 2.9 (Debian, file storage)\n"
-            "runs the same shape through async-nats (`nats-durable`: 100 outstanding publish acks per\n"
-            "publisher, durable pull consumers with `max_ack_pending` 100). **JetStream acknowledges before\n"
-            "syncing to disk** (it syncs every two minutes by default); Trunkline and RabbitMQ sync before\n"
-            "they acknowledge, so JetStream's row is not like for like.\n\n")
-    f.write("| size | system | msg/s (median, range) | server CPU µs/msg | peak RSS MiB | e2e p99 ms | Trunkline ÷ this |\n")
-    f.write("|---|---|---|---|---|---|---|\n")
-    names = {"trunkline": "Trunkline", "rabbitmq": "RabbitMQ STOMP", "nats": "NATS JetStream"}
-    for name, c in rows:
-        t = c.get("trunkline")
-        for target in ["trunkline", "rabbitmq", "nats"]:
-            x = c.get(target)
-            if not x:
-                continue
-            ratio = "" if target == "trunkline" or not t else "%.2fx" % (t["rate"] / x["rate"])
-            f.write("| %s | %s | %.0f (%.0f–%.0f) | %.1f | %.0f | %.0f | %s |\n" % (
-                name, names[target], x["rate"], x["lo"], x["hi"], x["cpu"], x["rss"], x["p99"], ratio))
-    f.write("\nEnd-to-end latency here includes queueing: publishers run ahead of consumers.\n\n")
-    f.write("## Not measured yet\n\nAMQP (lapin), NATS core, fixed-rate latency, live fan-out and a CI\n"
-            "regression guard: issue 4. Other figures (HTTP durable path, routing, recovery) are in\n`bench/README.md`.\n")
+    f.write("Generated by `bash bench/compare.sh` on %s: %s.\n\n" % (datetime.date.today(), machine()))
+    f.write("Method: every system runs on this machine on loopback, with the load generator "
+            "beside it (it competes for the 2 cores). Trunkline (a fresh server and data directory "
+            "per run) and RabbitMQ's STOMP plugin are driven by the same Rust STOMP client; "
+            "RabbitMQ's native AMQP 0-9-1 by lapin; NATS JetStream (file storage) by async-nats. "
+            "Durable everywhere: Trunkline answers a SEND's receipt after its commit; RabbitMQ "
+            "gets persistent messages (`persistent:true`, `delivery_mode` 2) into durable queues "
+            "and confirms after writing them to disk; **JetStream acknowledges before syncing to "
+            "disk** (it syncs every two minutes by default), so its rows are not like for like. "
+            "Queues are deleted before and after each RabbitMQ run, the stream before and after "
+            "each JetStream run. Systems alternate within each of %d repeat(s); each figure is the "
+            "median, with the range (min–max) where there are several runs. Server CPU is "
+            "user + system time of the server process over the run, per message consumed; peak "
+            "RSS is the process's high-water mark (RabbitMQ's and NATS's span the whole "
+            "session). † marks a system with a run that stopped at its duration limit before "
+            "every message was consumed. The machine is shared and noisy: compare ratios within "
+            "one run of the script, not across runs.\n\n" % repeats)
+    writers = {"throughput": write_throughput, "latency": write_latency,
+               "sync": write_sync, "fanout": write_fanout}
+    for s in ["throughput", "latency", "sync", "fanout"]:
+        if s in sections:
+            writers[s](f)
+    f.write("## Elsewhere\n\nWebSocket fan-out comes with the real-time gateway. The CI "
+            "regression guard (`trunkline-bench guard`, server CPU per message against "
+            "`bench/guard.json`) and other figures (HTTP durable path, routing, recovery) are in "
+            "`bench/README.md`. Raw results of this run: `%s` (not kept in git).\n"
+            % os.path.relpath(results))
 print(open(out).read())
 PY
+echo "==> report in $OUT; runs in $RESULTS"
+if [ "$FAILED" -gt 0 ]; then
+    echo "$FAILED run(s) failed" >&2
+    exit 1
+fi

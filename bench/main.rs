@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod amqp;
 mod fanout;
 mod guard;
 mod load;
@@ -77,6 +78,8 @@ enum Cmd {
     /// Live (non-durable) fan-out, one publisher to N subscribers, against Trunkline
     /// (STOMP /topic) or NATS core.
     Fanout(fanout::FanoutArgs),
+    /// The same durable scenario against RabbitMQ over AMQP 0-9-1, via lapin.
+    AmqpDurable(amqp::AmqpArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
             }
         }),
         Cmd::Fanout(args) => rt.block_on(fanout::run(&args)),
+        Cmd::AmqpDurable(args) => rt.block_on(amqp::run(&args)),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)
@@ -213,6 +217,25 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
             .ok_or_else(|| anyhow!("{path}: no field {n}"))
     };
     Ok(field(14)? + field(15)?)
+}
+
+/// The pid of a running process whose command line (arguments joined by NUL) passes
+/// `matches`, found in /proc (the highest pid if several do).
+fn find_process(matches: impl Fn(&str) -> bool) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            matches(&String::from_utf8_lossy(&cmd)).then_some(pid)
+        })
+        .max()
+}
+
+/// The pid of RabbitMQ's Erlang VM (`beam.smp`), for its CPU time.
+fn find_beam() -> Option<u32> {
+    find_process(|cmd| cmd.contains("beam.smp") && cmd.contains("rabbit"))
 }
 
 /// False once `pid` has exited (a zombie not yet reaped counts as exited).

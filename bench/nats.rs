@@ -1,21 +1,22 @@
 //! `trunkline-bench nats-durable`: the durable publish → consume → ack scenario of
 //! `stomp-durable`, against NATS JetStream (file storage) through the `async-nats` client:
-//! publishers keep up to `--window` publish acks outstanding, each consumer is a durable
-//! pull consumer on its own subject with `max_ack_pending = --prefetch`, acking every
-//! message.
+//! publishers (`load::publish`) keep up to `--window` publish acks outstanding, each
+//! consumer is a durable pull consumer on its own subject with `max_ack_pending =
+//! --prefetch`, acking every message.
 //!
 //! Caveat for comparisons: JetStream acknowledges a publish once the message is written
 //! to its file store, and syncs to disk on its own schedule (every two minutes by
 //! default), not before each acknowledgement as Trunkline and RabbitMQ do.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream::StorageType};
 use futures::StreamExt;
 
+use crate::find_process;
 use crate::load::{self, LoadArgs};
-use crate::{cpu_ticks, sys};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct NatsArgs {
@@ -30,16 +31,11 @@ pub struct NatsArgs {
 }
 
 pub(crate) fn find_nats() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        String::from_utf8_lossy(&cmd)
-            .starts_with("nats-server")
-            .then_some(pid)
-    })
+    find_process(|cmd| cmd.starts_with("nats-server"))
 }
 
 pub async fn run(a: &NatsArgs) -> Result<bool> {
+    a.load.check()?;
     let pid = a
         .server_pid
         .or_else(find_nats)
@@ -58,8 +54,7 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
         })
         .await
         .map_err(|e| anyhow!("create stream: {e}"))?;
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(a.load.duration_limit);
+    let clock = load::Clock::new(&a.load);
     let (per_consumer, total) = a.load.split();
 
     let mut consumers = Vec::new();
@@ -81,91 +76,60 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
         consumers.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_consumer as usize);
             while (lat.len() as u64) < per_consumer {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let Ok(Some(Ok(m))) = tokio::time::timeout(left, messages.next()).await else {
+                let Ok(Some(Ok(m))) = tokio::time::timeout(clock.left(), messages.next()).await
+                else {
                     break;
                 };
-                if let Some(sent) = load::sent_ns(&m.payload) {
-                    lat.push((start.elapsed().as_nanos() as u64).saturating_sub(sent));
+                if let Some(l) = clock.end_to_end(&m.payload) {
+                    lat.push(l);
                 }
                 if m.ack().await.is_err() {
                     break;
                 }
             }
-            lat
+            load::Consumed {
+                end_to_end_ns: lat,
+                done: Instant::now(),
+            }
         }));
     }
 
-    let cpu0 = cpu_ticks(pid)?;
-    let run_start = Instant::now();
-    let pad = load::padding(a.load.size);
-    let per_pub = total / a.load.publishers as u64;
+    let mut contexts = Vec::with_capacity(a.load.publishers);
+    for _ in 0..a.load.publishers {
+        contexts.push(jetstream::new(
+            async_nats::connect(&a.nats).await.context("connect")?,
+        ));
+    }
+    let meter = load::Meter::start(pid)?;
+    let mut schedule = load::Schedule::start(&a.load, clock, total);
+    let pad = Arc::new(load::padding(a.load.size));
+    let consumers_n = a.load.consumers as u64;
     let mut publishers = Vec::new();
-    for p in 0..a.load.publishers {
-        let js = jetstream::new(async_nats::connect(&a.nats).await.context("connect")?);
-        let (pad, npub, consumers_n, window) = (
-            pad.clone(),
-            a.load.publishers,
-            a.load.consumers,
-            a.load.window,
-        );
-        let extra = u64::from((p as u64) < total % a.load.publishers as u64);
+    for (p, js) in contexts.into_iter().enumerate() {
+        let (part, pad) = (schedule.publisher(p), pad.clone());
         publishers.push(tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::channel(window);
-            let waiter = tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while let Some((t0, ack)) = rx.recv().await {
-                    let ack: jetstream::context::PublishAckFuture = ack;
-                    if ack.await.is_err() {
-                        break;
-                    }
-                    lat.push((start.elapsed().as_nanos() as u64).saturating_sub(t0));
+            load::publish(part, &pad, |n, body| {
+                let js = &js;
+                async move {
+                    let ack = js
+                        .publish(format!("bench.{}", n % consumers_n), body.into())
+                        .await
+                        .map_err(|e| anyhow!("publish: {e}"))?;
+                    Ok(async move { ack.await.map(drop).map_err(|e| anyhow!("publish ack: {e}")) })
                 }
-                lat
-            });
-            for i in 0..per_pub + extra {
-                if Instant::now() > deadline {
-                    break;
-                }
-                let n = i as usize * npub + p;
-                let t0 = start.elapsed().as_nanos() as u64;
-                let body = load::body(t0, &pad);
-                let Ok(ack) = js
-                    .publish(format!("bench.{}", n % consumers_n), body.into())
-                    .await
-                else {
-                    break;
-                };
-                // The channel's capacity is the window of unacknowledged publishes.
-                if tx.send((t0, ack)).await.is_err() {
-                    break;
-                }
-            }
-            drop(tx);
-            waiter.await.unwrap_or_default()
+            })
+            .await
         }));
     }
-    let mut publish_lat = Vec::new();
+    let mut published = Vec::new();
     for p in publishers {
-        publish_lat.extend(p.await.unwrap_or_default());
+        published.push(p.await?);
     }
-    let mut e2e = Vec::new();
+    let mut consumed = Vec::new();
     for c in consumers {
-        e2e.extend(c.await.unwrap_or_default());
+        consumed.push(c.await?);
     }
-    let elapsed = run_start.elapsed().as_secs_f64();
-    let cpu_s = (cpu_ticks(pid)? - cpu0) as f64 / sys::clock_ticks_per_sec()?;
+    let outcome = meter.finish(total, a.load.rate, published, consumed)?;
     let _ = js.delete_stream("BENCH").await;
-    load::report(
-        "nats-durable",
-        &a.load,
-        load::Outcome {
-            total,
-            publish_ns: publish_lat,
-            end_to_end_ns: e2e,
-            elapsed_s: elapsed,
-            server_cpu_s: cpu_s,
-            server_pid: pid,
-        },
-    )
+    load::report("nats-durable", &a.load, outcome)
 }

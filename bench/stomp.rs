@@ -5,7 +5,8 @@
 //! Publishers send `--messages` messages of `--size` bytes round-robin to one queue per
 //! consumer, each with a receipt (Trunkline: after the message is durable; RabbitMQ:
 //! `persistent:true` to a durable queue, receipt after the publisher confirm), keeping up
-//! to `--window` unconfirmed. Consumers subscribe with `ack:client-individual` and
+//! to `--window` unconfirmed, at a fixed `--rate` if given (the publisher loop is
+//! `load::publish`). Consumers subscribe with `ack:client-individual` and
 //! `prefetch-count`, and ack every message.
 
 use std::path::PathBuf;
@@ -13,10 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use futures::FutureExt;
 use trunkline_client::stomp::{StompClient, StompOptions};
 
+use crate::amqp;
 use crate::load::{self, LoadArgs};
-use crate::{admin_aside, cpu_ticks, create_client, http_client, sys, Server};
+use crate::{admin_aside, create_client, find_beam, http_client, Server};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct StompArgs {
@@ -29,31 +32,14 @@ pub struct StompArgs {
     /// RabbitMQ's STOMP address.
     #[arg(long, default_value = "127.0.0.1:25674")]
     pub rabbitmq: String,
+    /// RabbitMQ's AMQP URI, to delete the run's queues before and after it.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:25673/%2f")]
+    pub amqp: String,
     /// RabbitMQ's server process, for CPU per message (default: found by name).
     #[arg(long)]
     pub server_pid: Option<u32>,
     #[command(flatten)]
     pub load: LoadArgs,
-}
-
-fn now_ns(start: Instant) -> u64 {
-    start.elapsed().as_nanos() as u64
-}
-
-/// The pid of RabbitMQ's Erlang VM (`beam.smp`), found in /proc.
-fn find_beam() -> Option<u32> {
-    let mut found = None;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("beam.smp") && cmd.contains("rabbit") {
-            found = Some(pid);
-        }
-    }
-    found
 }
 
 struct Target {
@@ -65,6 +51,8 @@ struct Target {
     queues: Vec<String>,
     consumer_logins: Vec<(String, String)>,
     extra_headers: Vec<(&'static str, &'static str)>,
+    /// RabbitMQ: the queues' AMQP names, deleted before and after the run.
+    rabbitmq_queues: Vec<String>,
     _server: Option<Server>,
 }
 
@@ -97,6 +85,7 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 queues,
                 consumer_logins: logins,
                 extra_headers: vec![("content-type", "application/json")],
+                rabbitmq_queues: Vec::new(),
                 _server: Some(server),
             })
         }
@@ -105,19 +94,22 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 .server_pid
                 .or_else(find_beam)
                 .ok_or_else(|| anyhow!("no RabbitMQ process found; pass --server-pid"))?;
-            let run = std::process::id();
+            // `/queue/NAME` is the durable AMQP queue NAME.
+            let names: Vec<String> = (0..a.load.consumers)
+                .map(|c| format!("trunkline-bench-stomp-{c}"))
+                .collect();
+            amqp::delete_queues(&a.amqp, &names).await?;
             Ok(Target {
                 addr: a.rabbitmq.clone(),
                 login: "guest".into(),
                 passcode: "guest".into(),
                 pid,
-                queues: (0..a.load.consumers)
-                    .map(|c| format!("/queue/bench-{run}-{c}"))
-                    .collect(),
+                queues: names.iter().map(|n| format!("/queue/{n}")).collect(),
                 consumer_logins: (0..a.load.consumers)
                     .map(|_| ("guest".into(), "guest".into()))
                     .collect(),
                 extra_headers: vec![("content-type", "application/json"), ("persistent", "true")],
+                rabbitmq_queues: names,
                 _server: None,
             })
         }
@@ -133,9 +125,17 @@ pub(crate) fn options(addr: &str, login: &str, passcode: &str, window: usize) ->
 }
 
 pub async fn run(a: &StompArgs) -> Result<bool> {
+    a.load.check()?;
     let t = prepare(a).await?;
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(a.load.duration_limit);
+    let result = load(a, &t).await;
+    let cleanup = amqp::delete_queues(&a.amqp, &t.rabbitmq_queues).await;
+    let ok = result?;
+    cleanup?;
+    Ok(ok)
+}
+
+async fn load(a: &StompArgs, t: &Target) -> Result<bool> {
+    let clock = load::Clock::new(&a.load);
     let (per_consumer, total) = a.load.split();
 
     // Consumers first, so that the queues exist (RabbitMQ declares them on SUBSCRIBE).
@@ -154,19 +154,22 @@ pub async fn run(a: &StompArgs) -> Result<bool> {
             let _ = ready.send(()).await;
             let mut lat = Vec::with_capacity(per_consumer as usize);
             while (lat.len() as u64) < per_consumer {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let Ok(Some(m)) = tokio::time::timeout(left, rx.recv()).await else {
+                let Ok(Some(m)) = tokio::time::timeout(clock.left(), rx.recv()).await else {
                     break;
                 };
-                if let Some(sent) = load::sent_ns(&m.body) {
-                    lat.push(now_ns(start).saturating_sub(sent));
+                if let Some(l) = clock.end_to_end(&m.body) {
+                    lat.push(l);
                 }
                 if client.ack(&m).await.is_err() {
                     break;
                 }
             }
-            let _ = client.disconnect().await;
-            lat
+            let consumed = load::Consumed {
+                end_to_end_ns: lat,
+                done: Instant::now(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+            consumed
         }));
     }
     for _ in 0..a.load.consumers {
@@ -174,79 +177,45 @@ pub async fn run(a: &StompArgs) -> Result<bool> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let cpu0 = cpu_ticks(t.pid)?;
-    let start_run = Instant::now();
-    let pad = load::padding(a.load.size);
-    let mut publishers = Vec::new();
-    let per_pub = total / a.load.publishers as u64;
-    let queues = Arc::new(t.queues.clone());
-    for p in 0..a.load.publishers {
+    let mut clients = Vec::with_capacity(a.load.publishers);
+    for _ in 0..a.load.publishers {
+        // The client's own window is never the limit: load::publish keeps at most
+        // --window messages unconfirmed.
         let client = StompClient::connect(options(&t.addr, &t.login, &t.passcode, a.load.window))
             .await
             .context("publisher connect")?;
-        let (queues, pad, headers) = (queues.clone(), pad.clone(), t.extra_headers.clone());
-        let npub = a.load.publishers;
-        let extra = if (p as u64) < total % a.load.publishers as u64 {
-            1
-        } else {
-            0
-        };
+        clients.push(client);
+    }
+    let meter = load::Meter::start(t.pid)?;
+    let mut schedule = load::Schedule::start(&a.load, clock, total);
+    let pad = Arc::new(load::padding(a.load.size));
+    let queues = Arc::new(t.queues.clone());
+    let mut publishers = Vec::new();
+    for (p, client) in clients.into_iter().enumerate() {
+        let (part, queues, pad) = (schedule.publisher(p), queues.clone(), pad.clone());
+        let headers = t.extra_headers.clone();
         publishers.push(tokio::spawn(async move {
-            let (conf_tx, mut conf_rx) = tokio::sync::mpsc::channel(4096);
-            let waiter = tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while let Some((t0, conf)) = conf_rx.recv().await {
-                    let conf: trunkline_client::stomp::Confirmation = conf;
-                    if conf.await.is_err() {
-                        break;
-                    }
-                    lat.push(now_ns(start).saturating_sub(t0));
+            let published = load::publish(part, &pad, |n, body| {
+                let (client, queues, headers) = (&client, &queues, &headers);
+                async move {
+                    let q = &queues[n as usize % queues.len()];
+                    let confirmation = client.send(q, headers, body.into_bytes()).await?;
+                    Ok(confirmation.map(|r| r.map_err(anyhow::Error::from)))
                 }
-                lat
-            });
-            for i in 0..per_pub + extra {
-                if Instant::now() > deadline {
-                    break;
-                }
-                // Publishers interleave, so that every queue gets an equal share.
-                let n = i as usize * npub + p;
-                let q = &queues[n % queues.len()];
-                let t0 = now_ns(start);
-                let body = load::body(t0, &pad);
-                let Ok(conf) = client.send(q, &headers, body.into_bytes()).await else {
-                    break;
-                };
-                if conf_tx.send((t0, conf)).await.is_err() {
-                    break;
-                }
-            }
-            drop(conf_tx);
-            let lat = waiter.await.unwrap_or_default();
-            let _ = client.disconnect().await;
-            lat
+            })
+            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
+            published
         }));
     }
-    let mut publish_lat = Vec::new();
+    let mut published = Vec::new();
     for p in publishers {
-        publish_lat.extend(p.await.unwrap_or_default());
+        published.push(p.await?);
     }
-    let mut e2e = Vec::new();
+    let mut consumed = Vec::new();
     for c in consumers {
-        e2e.extend(c.await.unwrap_or_default());
+        consumed.push(c.await?);
     }
-    let elapsed = start_run.elapsed().as_secs_f64();
-    let cpu1 = cpu_ticks(t.pid)?;
-    let cpu_s = (cpu1 - cpu0) as f64 / sys::clock_ticks_per_sec()?;
-    load::report(
-        &format!("stomp-durable {}", a.target),
-        &a.load,
-        load::Outcome {
-            total,
-            publish_ns: publish_lat,
-            end_to_end_ns: e2e,
-            elapsed_s: elapsed,
-            server_cpu_s: cpu_s,
-            server_pid: t.pid,
-        },
-    )
+    let outcome = meter.finish(total, a.load.rate, published, consumed)?;
+    load::report(&format!("stomp-durable {}", a.target), &a.load, outcome)
 }
