@@ -194,14 +194,8 @@ async fn load(a: &AmqpArgs, pid: u32, prefetch: u16, queues: &[String]) -> Resul
             published
         }));
     }
-    let mut published = Vec::new();
-    for p in publishers {
-        published.push(p.await?);
-    }
-    let mut consumed = Vec::new();
-    for c in consumers {
-        consumed.push(c.await?);
-    }
-    let outcome = meter.finish(total, a.load.rate, published, consumed)?;
+    let outcome = meter
+        .finish(total, a.load.rate, publishers, consumers)
+        .await?;
     load::report("amqp-durable rabbitmq", &a.load, outcome)
 }

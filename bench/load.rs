@@ -150,14 +150,23 @@ impl Meter {
         })
     }
 
-    /// Reads the meter at the end of the load and puts the run's figures together.
-    pub fn finish(
+    /// Waits for every publisher and consumer task, reads the meter and puts the run's
+    /// figures together.
+    pub async fn finish(
         self,
         total: u64,
         rate: Option<f64>,
-        published: Vec<Published>,
-        consumed: Vec<Consumed>,
+        publishers: Vec<tokio::task::JoinHandle<Published>>,
+        consumers: Vec<tokio::task::JoinHandle<Consumed>>,
     ) -> Result<Outcome> {
+        let mut published = Vec::with_capacity(publishers.len());
+        for p in publishers {
+            published.push(p.await?);
+        }
+        let mut consumed = Vec::with_capacity(consumers.len());
+        for c in consumers {
+            consumed.push(c.await?);
+        }
         let server_cpu_s =
             cpu_ticks(self.pid)?.saturating_sub(self.cpu0) as f64 / sys::clock_ticks_per_sec()?;
         let since_begin = |t: Option<Instant>| {

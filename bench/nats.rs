@@ -121,15 +121,9 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
             .await
         }));
     }
-    let mut published = Vec::new();
-    for p in publishers {
-        published.push(p.await?);
-    }
-    let mut consumed = Vec::new();
-    for c in consumers {
-        consumed.push(c.await?);
-    }
-    let outcome = meter.finish(total, a.load.rate, published, consumed)?;
+    let outcome = meter
+        .finish(total, a.load.rate, publishers, consumers)
+        .await?;
     let _ = js.delete_stream("BENCH").await;
     load::report("nats-durable", &a.load, outcome)
 }

@@ -208,14 +208,8 @@ async fn load(a: &StompArgs, t: &Target) -> Result<bool> {
             published
         }));
     }
-    let mut published = Vec::new();
-    for p in publishers {
-        published.push(p.await?);
-    }
-    let mut consumed = Vec::new();
-    for c in consumers {
-        consumed.push(c.await?);
-    }
-    let outcome = meter.finish(total, a.load.rate, published, consumed)?;
+    let outcome = meter
+        .finish(total, a.load.rate, publishers, consumers)
+        .await?;
     load::report(&format!("stomp-durable {}", a.target), &a.load, outcome)
 }
