@@ -2,8 +2,10 @@
 //! (RabbitMQ's STOMP plugin, for one).
 //!
 //! [`StompClient::connect`] starts a task that owns the connection. [`StompClient::send`]
-//! waits for room in the window and returns a [`Confirmation`] that resolves when the
-//! server's receipt covers the message ([`StompClient::publish`] sends without one). If the
+//! queues a message for that task (waiting only while its command queue is full) and
+//! returns a [`Confirmation`] that resolves when the server's receipt covers the message;
+//! the task holds messages back while the window of unconfirmed ones is full, so time a
+//! message from its confirmation, not from `send` returning ([`StompClient::publish`] sends without one). If the
 //! connection drops, the task reconnects with backoff, sends every unconfirmed message
 //! again, and subscribes again: at least once.
 //! An `ERROR` from the server (bad credentials, a refused message) is final.
@@ -209,8 +211,9 @@ impl StompClient {
         })
     }
 
-    /// Sends a message; waits for room in the window. Await the returned
-    /// [`Confirmation`] to know it is durable.
+    /// Queues a message for sending (waiting only while the connection task's command
+    /// queue is full; the task itself keeps at most the window unconfirmed). Await the
+    /// returned [`Confirmation`] to know it is durable.
     pub async fn send(
         &self,
         destination: &str,
