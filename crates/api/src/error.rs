@@ -112,6 +112,18 @@ error_codes! {
     TransactionTooLarge = ("transaction_too_large", 413),
     /// A live subscriber fell behind and missed messages.
     SlowConsumer = ("slow_consumer", 503),
+    /// WebSocket: a frame that is not a JSON envelope `{service, message}`.
+    MalformedMessage = ("malformed_message", 400),
+    /// WebSocket: no service of this name.
+    UnknownService = ("unknown_service", 404),
+    /// WebSocket: the service has no command of this name.
+    UnknownCommand = ("unknown_command", 404),
+    /// WebSocket: more messages per second than the session may send.
+    RateLimited = ("rate_limited", 429),
+    /// WebSocket: the node holds as many sessions as it may.
+    TooManySessions = ("too_many_sessions", 503),
+    /// WebSocket: `GET /ws` without a valid WebSocket upgrade request.
+    UpgradeRequired = ("upgrade_required", 426),
     /// An internal error; details are in the server log, never in the answer.
     Internal = ("internal", 500),
 }

@@ -59,6 +59,19 @@ lease_secs = 1800
 # tls_key = "/etc/trunkline/server.key"
 # tls_client_ca = "/etc/trunkline/clients-ca.pem"
 
+[ws]
+# WebSocket sessions at GET /ws on the public listener (docs/ws-protocol.md).
+max_sessions = 10000
+# The server pings every ping_secs and closes a session silent for idle_timeout_secs.
+ping_secs = 20
+idle_timeout_secs = 60
+# Time allowed for the first `authenticate` call when the upgrade carried no token.
+auth_timeout_secs = 10
+# Messages a session may send per second (bursts of as many); more get `rate_limited`.
+rate_per_sec = 100
+# Largest message a session may send, in bytes.
+max_message_bytes = 1048576
+
 [log]
 # "text" or "json" (TRUNKLINE_LOG_FORMAT).
 format = "text"
@@ -105,10 +118,22 @@ pub struct Config {
     pub backend: SocketAddr,
     pub store: StoreConfig,
     pub stomp: StompConfig,
+    pub ws: WsConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub http_limits: HttpLimits,
     pub inbox: InboxConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsConfig {
+    pub max_sessions: usize,
+    pub ping_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub auth_timeout_secs: u64,
+    pub rate_per_sec: u32,
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -31,6 +31,7 @@ pub mod node;
 pub mod openapi;
 pub mod stomp_listener;
 pub mod tls;
+pub mod ws;
 
 pub use config::{Config, Secrets};
 pub use node::{run, Node, StartError};

@@ -288,6 +288,7 @@ impl Node {
         ));
         let counters = Arc::new(HttpCounters::default());
         let stomp_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sessions = Arc::new(crate::ws::Sessions::default());
         let state = |backend| AppState {
             broker: broker.clone(),
             keys: keys.clone(),
@@ -297,6 +298,7 @@ impl Node {
             shutdown: shutdown.clone(),
             backend,
             stomp_connections: stomp_connections.clone(),
+            sessions: sessions.clone(),
         };
         let limits = &config.http_limits;
         let header_timeout = Duration::from_secs(limits.header_timeout_secs);

@@ -131,13 +131,21 @@ fn reject_query_credentials(parts: &Parts) -> Result<(), ApiError> {
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        return Err(ApiError::new(
+    bearer_token(&parts.headers).unwrap_or_else(|| {
+        Err(ApiError::new(
             ErrorCode::MissingCredentials,
             "send `Authorization: Bearer <token>`; get a token from /token",
-        ));
-    };
-    let value = value.to_str().unwrap_or("");
+        ))
+    })
+}
+
+/// The token of an `Authorization: Bearer` header; `None` without the header.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<Result<&str, ApiError>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    Some(parse_bearer(value.to_str().unwrap_or("")))
+}
+
+fn parse_bearer(value: &str) -> Result<&str, ApiError> {
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(ApiError::new(

@@ -53,6 +53,8 @@ pub struct AppState {
     pub backend: bool,
     /// Open STOMP connections, for `/metrics`.
     pub stomp_connections: Arc<AtomicU64>,
+    /// WebSocket sessions (public listener), for the cap and `/metrics`.
+    pub sessions: Arc<crate::ws::Sessions>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -113,6 +115,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi));
     if state.backend {
         r = r.route("/metrics", get(ops::metrics));
+    } else {
+        r = r.route("/ws", get(crate::ws::upgrade));
     }
     r.fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

@@ -199,6 +199,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     gauge(
         &mut out,
+        "trunkline_ws_sessions",
+        "Open WebSocket sessions.",
+        state.sessions.open() as u64,
+    );
+    gauge(
+        &mut out,
         "trunkline_live_subscriptions",
         "Open live subscriptions.",
         b.live_subscriptions() as u64,

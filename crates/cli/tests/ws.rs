@@ -1,0 +1,328 @@
+//! WebSocket sessions at `GET /ws`, as a client sees them: a real node on 127.0.0.1:0,
+//! a real WebSocket client (tokio-tungstenite).
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use trunkline_testkit::TestServer;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn admin_token(server: &TestServer) -> String {
+    let c = server.admin_credentials();
+    let url = format!(
+        "{}/token?client_id={}&secret={}",
+        server.http, c.client_id, c.secret
+    );
+    let v: Value = reqwest::get(url)
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token json");
+    v["token"].as_str().expect("token").to_owned()
+}
+
+fn ws_url(server: &TestServer, query: &str) -> String {
+    format!("{}/ws{query}", server.http.replacen("http://", "ws://", 1))
+}
+
+async fn connect(server: &TestServer, token: Option<&str>) -> Result<Ws, WsError> {
+    let mut req = ws_url(server, "").into_client_request()?;
+    if let Some(t) = token {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header value"),
+        );
+    }
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+/// The next text frame as JSON (pings are answered by the library meanwhile).
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the session is open")
+            .expect("a frame");
+        match frame {
+            Message::Text(t) => return serde_json::from_str(&t).expect("JSON from the server"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; its close code.
+async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+async fn call(ws: &mut Ws, service: &str, command: &str, params: Value, id: u64) -> Value {
+    let msg = json!({"service": service, "message": {"command": command, "params": params, "callId": id}});
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .expect("send");
+    next_json(ws).await
+}
+
+#[tokio::test]
+async fn a_session_authenticated_by_header_gets_a_welcome_and_answers_calls() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["service"], "session");
+    assert_eq!(welcome["message"]["type"], "welcome");
+    assert_eq!(welcome["message"]["clientId"], "admin");
+    let session_id = welcome["message"]["sessionId"]
+        .as_str()
+        .expect("session id")
+        .to_owned();
+    let r = call(&mut ws, "session", "whoami", Value::Null, 7).await;
+    assert_eq!(
+        r,
+        json!({"service": "session", "message": {"type": "response", "callId": 7,
+               "data": {"sessionId": session_id, "clientId": "admin"}}})
+    );
+    let r = call(&mut ws, "session", "ping", Value::Null, 8).await;
+    assert_eq!(r["message"]["data"], "pong");
+    // A second session gets another id.
+    let mut other = connect(&server, Some(&token)).await.expect("upgrade");
+    let w2 = next_json(&mut other).await;
+    assert_ne!(w2["message"]["sessionId"], json!(session_id));
+}
+
+#[tokio::test]
+async fn every_bad_frame_gets_an_error_answer_and_the_session_goes_on() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
+    next_json(&mut ws).await;
+    let cases: [(Message, Value, &str); 6] = [
+        (
+            Message::Text("{not json".into()),
+            Value::Null,
+            "malformed_message",
+        ),
+        (
+            Message::Text("[1,2]".into()),
+            Value::Null,
+            "malformed_message",
+        ),
+        (
+            Message::Text(r#"{"service":"session","message":"whoami"}"#.into()),
+            json!("session"),
+            "malformed_message",
+        ),
+        (
+            Message::Text(r#"{"service":"chat","message":{"command":"x","callId":"c1"}}"#.into()),
+            json!("chat"),
+            "unknown_service",
+        ),
+        (
+            Message::Text(
+                r#"{"service":"session","message":{"command":"dance","callId":3}}"#.into(),
+            ),
+            json!("session"),
+            "unknown_command",
+        ),
+        (
+            Message::Binary(vec![1, 2, 3].into()),
+            Value::Null,
+            "malformed_message",
+        ),
+    ];
+    for (frame, service, code) in cases {
+        ws.send(frame).await.expect("send");
+        let r = next_json(&mut ws).await;
+        assert_eq!(r["service"], service, "{r}");
+        assert_eq!(r["message"]["type"], "error", "{r}");
+        assert_eq!(r["message"]["code"], code, "{r}");
+        assert!(r["message"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // The callId of a refused call comes back, so the caller can match it.
+    let r = call(&mut ws, "nope", "x", Value::Null, 41).await;
+    assert_eq!(r["message"]["callId"], 41);
+    // Still working.
+    let r = call(&mut ws, "session", "ping", Value::Null, 42).await;
+    assert_eq!(r["message"]["data"], "pong");
+}
+
+#[tokio::test]
+async fn browsers_authenticate_with_a_first_message_or_a_query_token() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    // First message.
+    let mut ws = connect(&server, None)
+        .await
+        .expect("upgrade without a token");
+    let r = call(&mut ws, "auth", "authenticate", json!({"token": token}), 1).await;
+    assert_eq!(r["message"]["type"], "welcome", "{r}");
+    let r = call(&mut ws, "session", "whoami", Value::Null, 2).await;
+    assert_eq!(r["message"]["data"]["clientId"], "admin");
+    // Query token.
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&server, &format!("?token={token}")))
+        .await
+        .expect("upgrade with ?token=");
+    assert_eq!(next_json(&mut ws).await["message"]["type"], "welcome");
+    // Anything but authenticate first closes the session with 4401.
+    let mut ws = connect(&server, None).await.expect("upgrade");
+    ws.send(Message::Text(
+        json!({"service": "session", "message": {"command": "whoami"}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4401)));
+    // So does a bad token in the first message.
+    let mut ws = connect(&server, None).await.expect("upgrade");
+    ws.send(Message::Text(
+        json!({"service": "auth", "message": {"command": "authenticate", "params": {"token": "tl1.bad.bad"}}})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4401)));
+}
+
+#[tokio::test]
+async fn a_bad_token_in_the_upgrade_is_refused_with_401() {
+    let server = TestServer::start().await;
+    match connect(&server, Some("tl1.forged.token")).await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401);
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("json");
+            assert_eq!(body["error"]["code"], "invalid_token");
+        }
+        other => panic!("expected a 401, got {:?}", other.map(|_| "a session")),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_session_is_closed_after_the_auth_timeout() {
+    let server = TestServer::start_with(|c| c.ws.auth_timeout_secs = 1).await;
+    let mut ws = connect(&server, None).await.expect("upgrade");
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4401)));
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed() {
+    let server = TestServer::start_with(|c| {
+        c.ws.ping_secs = 1;
+        c.ws.idle_timeout_secs = 2;
+    })
+    .await;
+    let token = admin_token(&server).await;
+    let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
+    next_json(&mut ws).await;
+    // Not reading means not answering pings: like a half-open connection.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4408)));
+    // A session that keeps reading (so pings are answered) stays open past the timeout.
+    let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
+    next_json(&mut ws).await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    while let Ok(frame) = tokio::time::timeout_at(until, ws.next()).await {
+        match frame {
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let r = call(&mut ws, "session", "ping", Value::Null, 1).await;
+    assert_eq!(r["message"]["data"], "pong");
+}
+
+#[tokio::test]
+async fn a_session_over_its_rate_gets_rate_limited_errors_then_recovers() {
+    let server = TestServer::start_with(|c| c.ws.rate_per_sec = 5).await;
+    let token = admin_token(&server).await;
+    let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
+    next_json(&mut ws).await;
+    for id in 0..20u64 {
+        let msg = json!({"service": "session", "message": {"command": "ping", "callId": id}});
+        ws.send(Message::Text(msg.to_string().into()))
+            .await
+            .expect("send");
+    }
+    let mut limited = 0;
+    for id in 0..20u64 {
+        let r = next_json(&mut ws).await;
+        assert_eq!(r["message"]["callId"], id, "answers come in order: {r}");
+        match r["message"]["type"].as_str() {
+            Some("response") => {}
+            Some("error") => {
+                assert_eq!(r["message"]["code"], "rate_limited");
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        (10..=15).contains(&limited),
+        "{limited} of 20 limited at 5/s"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = call(&mut ws, "session", "ping", Value::Null, 99).await;
+    assert_eq!(r["message"]["data"], "pong");
+}
+
+#[tokio::test]
+async fn sessions_past_the_cap_are_refused_with_503_until_one_closes() {
+    let server = TestServer::start_with(|c| c.ws.max_sessions = 1).await;
+    let token = admin_token(&server).await;
+    let mut first = connect(&server, Some(&token)).await.expect("upgrade");
+    next_json(&mut first).await;
+    match connect(&server, Some(&token)).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
+        other => panic!("expected a 503, got {:?}", other.map(|_| "a session")),
+    }
+    first.close(None).await.expect("close");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match connect(&server, Some(&token)).await {
+            Ok(mut ws) => {
+                assert_eq!(next_json(&mut ws).await["message"]["type"], "welcome");
+                break;
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the closed session's place never came back: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plain_get_of_ws_gets_a_json_426() {
+    let server = TestServer::start().await;
+    let resp = reqwest::get(format!("{}/ws", server.http))
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 426);
+    let body: Value = resp.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "upgrade_required");
+}
