@@ -250,8 +250,16 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
     });
     if backend {
         doc["paths"]["/metrics"] = metrics;
-    } else if let Some(schemes) = doc["components"]["securitySchemes"].as_object_mut() {
-        schemes.remove("backendKey");
+    } else {
+        let ws = json!({"get": op(
+            "Upgrade to a WebSocket session (docs/ws-protocol.md). The token may come as a bearer header, as ?token= (never logged), or in a first `authenticate` message.",
+            ("101", json!({"description": "Switching Protocols: the session begins"})),
+            &[InvalidToken, TokenExpired, UpgradeRequired, TooManySessions],
+            json!({"parameters": [q("token", "A client token, for browsers that cannot set headers", json!({"type": "string"}))]}))});
+        doc["paths"]["/ws"] = ws;
+        if let Some(schemes) = doc["components"]["securitySchemes"].as_object_mut() {
+            schemes.remove("backendKey");
+        }
     }
     doc
 }
