@@ -66,3 +66,30 @@ def test_refusals(node: Node):
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
         assert closed.value.rcvd.code == 4401
+
+
+def test_inbox_push_ack_and_nack(node: Node, make_client, admin_token):
+    from trunkline_node import call as http_call
+
+    c = make_client("wsin", ["wsin.#"])
+    with connect(ws_url(node), additional_headers={"Authorization": f"Bearer {c.token}"}) as ws:
+        ws.recv(timeout=10)
+        r = call(ws, "inbox", "subscribe", 1, {"window": 1, "lease": 30})
+        assert r["message"]["data"]["window"] == 1
+        for n in range(2):
+            sent = http_call(node, "POST", "/send", admin_token, json={"topic": f"wsin.{c.client_id}.x", "body": {"n": n}})
+            assert sent.status_code == 202, sent.text
+        first = json.loads(ws.recv(timeout=10))["message"]
+        assert first["type"] == "message" and first["body"] == {"n": 0}
+        # Window 1: the second waits for the first to be settled; a nack gives it back.
+        r = call(ws, "inbox", "nack", 2, {"receipts": [first["receipt"]]})
+        assert r["message"]["data"]["done"] == 1
+        # The freed place may go to the redelivery or to the next in line: settle both.
+        got = {}
+        for k in range(2):
+            m = json.loads(ws.recv(timeout=10))["message"]
+            got[m["body"]["n"]] = m
+            r = call(ws, "inbox", "ack", 10 + k, {"receipts": [m["receipt"]]})
+            assert r["message"]["data"] == {"done": 1, "unknown": []}
+        assert got[0]["redelivered"] is True and got[0]["delivery_count"] == 2
+        assert got[1]["redelivered"] is False

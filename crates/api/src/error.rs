@@ -118,6 +118,8 @@ error_codes! {
     UnknownService = ("unknown_service", 404),
     /// WebSocket: the service has no command of this name.
     UnknownCommand = ("unknown_command", 404),
+    /// WebSocket: a call's `params` are missing, of the wrong type or out of range.
+    InvalidParams = ("invalid_params", 400),
     /// WebSocket: more messages per second than the session may send.
     RateLimited = ("rate_limited", 429),
     /// WebSocket: the node holds as many sessions as it may.

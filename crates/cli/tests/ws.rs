@@ -326,3 +326,172 @@ async fn a_plain_get_of_ws_gets_a_json_426() {
     let body: Value = resp.json().await.expect("json error");
     assert_eq!(body["error"]["code"], "upgrade_required");
 }
+
+/// Pushes until `n` inbox messages have come (other frames are not expected).
+async fn pushes(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = next_json(ws).await;
+        assert_eq!(v["service"], "inbox", "{v}");
+        assert_eq!(v["message"]["type"], "message", "{v}");
+        out.push(v["message"].clone());
+    }
+    out
+}
+
+/// No frame but pings for `ms` milliseconds.
+async fn quiet_for(ws: &mut Ws, ms: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+    while let Ok(frame) = tokio::time::timeout_at(until, ws.next()).await {
+        match frame {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected nothing, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_inbox_is_pushed_within_the_window_with_leases_acks_and_redelivery() {
+    let server = TestServer::start().await;
+    let dev = server.new_client("dev-1", &["dev.#"]).await;
+    let token = dev.fetch_token().await.expect("token").token;
+    let admin = server.admin();
+    for i in 0..5 {
+        admin
+            .send("dev.temp", &json!({"n": i}))
+            .await
+            .expect("send");
+    }
+    let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
+    next_json(&mut ws).await;
+    let r = call(
+        &mut ws,
+        "inbox",
+        "subscribe",
+        json!({"window": 2, "lease": 30}),
+        1,
+    )
+    .await;
+    assert_eq!(
+        r["message"]["data"],
+        json!({"queue": "dev-1-inbox", "window": 2, "lease": 30})
+    );
+    // Two in flight at most.
+    let first = pushes(&mut ws, 2).await;
+    assert_eq!(first[0]["body"], json!({"n": 0}));
+    assert_eq!(first[1]["body"], json!({"n": 1}));
+    assert_eq!(first[0]["topic"], "dev.temp");
+    assert_eq!(first[0]["redelivered"], false);
+    quiet_for(&mut ws, 300).await;
+    // An ack makes room for the next.
+    let r = call(
+        &mut ws,
+        "inbox",
+        "ack",
+        json!({"receipts": [first[0]["receipt"]]}),
+        2,
+    )
+    .await;
+    assert_eq!(r["message"]["data"], json!({"done": 1, "unknown": []}));
+    let next = pushes(&mut ws, 1).await;
+    assert_eq!(next[0]["body"], json!({"n": 2}));
+    // A nack (requeue) sends it round again, marked redelivered.
+    let r = call(
+        &mut ws,
+        "inbox",
+        "nack",
+        json!({"receipts": [first[1]["receipt"]]}),
+        3,
+    )
+    .await;
+    assert_eq!(r["message"]["data"]["done"], 1);
+    let mut seen = pushes(&mut ws, 1).await;
+    let mut extra_acks = 0;
+    if seen[0]["body"] != json!({"n": 1}) {
+        extra_acks += 1;
+        // The freed place may first go to the next message in line.
+        let r = call(
+            &mut ws,
+            "inbox",
+            "ack",
+            json!({"receipts": [seen[0]["receipt"]]}),
+            4,
+        )
+        .await;
+        assert_eq!(r["message"]["data"]["done"], 1);
+        seen = pushes(&mut ws, 1).await;
+    }
+    assert_eq!(seen[0]["body"], json!({"n": 1}));
+    assert_eq!(seen[0]["redelivered"], true);
+    assert_eq!(seen[0]["delivery_count"], 2);
+    // A message published while subscribed is pushed when there is room.
+    let r = call(
+        &mut ws,
+        "inbox",
+        "ack",
+        json!({"receipts": [seen[0]["receipt"], next[0]["receipt"]]}),
+        5,
+    )
+    .await;
+    assert_eq!(r["message"]["data"]["done"], 2);
+    // Closing the session gives back what it still holds, at once.
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut left = Vec::new();
+    let expected = 2 - extra_acks;
+    while left.len() < expected && tokio::time::Instant::now() < deadline {
+        let got = dev
+            .receive(&trunkline_client::ReceiveOptions {
+                max_messages: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("receive");
+        left.extend(got.into_iter().map(|m| m.body.to_string()));
+        if left.len() < expected {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        left.len(),
+        expected,
+        "the messages still in flight came back: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_message_is_pushed_to_a_waiting_subscriber_and_bad_params_are_refused() {
+    let server = TestServer::start().await;
+    let dev = server.new_client("dev-2", &["dev.#"]).await;
+    let token = dev.fetch_token().await.expect("token").token;
+    let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
+    next_json(&mut ws).await;
+    for (params, code) in [
+        (json!({"window": 0}), "invalid_params"),
+        (json!({"window": "ten"}), "invalid_params"),
+        (json!({"lease": 0}), "invalid_params"),
+        (json!({"queue": "admin-inbox"}), "forbidden"),
+    ] {
+        let r = call(&mut ws, "inbox", "subscribe", params.clone(), 1).await;
+        assert_eq!(r["message"]["code"], code, "{params}: {r}");
+    }
+    let r = call(&mut ws, "inbox", "ack", json!({"receipts": "x"}), 2).await;
+    assert_eq!(r["message"]["code"], "invalid_params");
+    let r = call(&mut ws, "inbox", "subscribe", Value::Null, 3).await;
+    assert_eq!(r["message"]["type"], "response");
+    let r = call(&mut ws, "inbox", "subscribe", Value::Null, 4).await;
+    assert_eq!(
+        r["message"]["code"], "protocol_error",
+        "one subscription per session"
+    );
+    quiet_for(&mut ws, 200).await;
+    server
+        .admin()
+        .send("dev.door", &json!("open"))
+        .await
+        .expect("send");
+    let got = pushes(&mut ws, 1).await;
+    assert_eq!(got[0]["body"], "open");
+    assert_eq!(got[0]["queue"], "dev-2-inbox");
+    assert!(got[0]["receipt"].as_str().is_some());
+}

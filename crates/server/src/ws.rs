@@ -13,6 +13,7 @@
 //! second (bursts up to the same number); more get a `rate_limited` error each and are not
 //! handled. At most `max_sessions` are open at once; the next upgrade gets 503.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,15 +23,17 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use trunkline_api::ErrorCode;
-use trunkline_broker::Principal;
+use trunkline_broker::{Principal, ReceiveOptions, Settle, WaitHandle};
 
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
-use crate::http::AppState;
+use crate::http::messages::{message_value, readable_queue, MAX_LEASE_SECS};
+use crate::http::{now_ms, AppState};
 
 /// Close codes of our own (4000–4999 are for applications).
 const CLOSE_AUTH: u16 = 4401;
@@ -213,11 +216,32 @@ fn error_frame(service: Option<&str>, call_id: &Value, code: ErrorCode, text: &s
     )
 }
 
+/// The session's subscription to one of its queues (inbox, dead, or a granted queue).
+struct InboxSub {
+    queue: String,
+    window: usize,
+    lease_ms: u64,
+    /// Receipts pushed and not settled yet, with when their lease ends.
+    in_flight: HashMap<String, Instant>,
+    waiter: Option<Arc<dyn WaitHandle>>,
+}
+
+impl InboxSub {
+    /// Room in the window; deliveries whose lease has ended no longer count.
+    fn room(&mut self, now: Instant) -> usize {
+        self.in_flight.retain(|_, until| *until > now);
+        self.window.saturating_sub(self.in_flight.len())
+    }
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
 struct Session {
     state: AppState,
     place: Place,
     principal: Option<Principal>,
     bucket: Bucket,
+    inbox: Option<InboxSub>,
 }
 
 /// What one incoming frame calls for.
@@ -235,6 +259,7 @@ impl Session {
             place,
             principal,
             bucket,
+            inbox: None,
         }
     }
 
@@ -252,12 +277,26 @@ impl Session {
         let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_secs.max(1)));
         ping.tick().await;
         let close = loop {
+            // Push what the window has room for. The wake-up is armed first, so a message
+            // that arrives after the fetch is not missed.
+            let waiter = self.inbox.as_ref().and_then(|s| s.waiter.clone());
+            let notified = waiter.as_ref().map(|w| w.notified());
+            let mut notified = std::pin::pin!(notified);
+            if let Some(n) = notified.as_mut().as_pin_mut() {
+                n.enable();
+            }
+            let room = match self.fill(&mut tx).await {
+                Ok(room) => room,
+                Err(()) => break None,
+            };
+            let wait_for_messages = room > 0 && notified.is_some();
             tokio::select! {
+                _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } }, if wait_for_messages => {}
                 frame = rx.next() => {
                     let Some(Ok(frame)) = frame else { break None };
                     last_heard = Instant::now();
                     let next = match frame {
-                        Message::Text(text) => self.on_text(text.as_str()),
+                        Message::Text(text) => self.on_text(text.as_str()).await,
                         Message::Binary(_) => Next::Reply(error_frame(None, &Value::Null,
                             ErrorCode::MalformedMessage, "binary frames are not used; send JSON text")),
                         Message::Close(_) => break None,
@@ -299,6 +338,75 @@ impl Session {
                 .await;
         }
         let _ = tx.close().await;
+        self.give_back_in_flight();
+    }
+
+    /// Fetches and pushes deliveries while the window has room; the room left (0 when
+    /// full, or when not subscribed). `Err` when the socket is gone.
+    async fn fill(&mut self, tx: &mut Sink) -> Result<usize, ()> {
+        let (Some(sub), Some(p)) = (self.inbox.as_mut(), self.principal.as_ref()) else {
+            return Ok(0);
+        };
+        let room = sub.room(Instant::now());
+        if room == 0 {
+            return Ok(0);
+        }
+        let opts = ReceiveOptions::leased(room, sub.lease_ms);
+        let got = match self
+            .state
+            .broker
+            .receive(&p.client_id, &sub.queue, opts, now_ms())
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => {
+                tracing::warn!(session = %self.place.id, cause = %e, "inbox fetch failed");
+                return Ok(room);
+            }
+        };
+        let until = Instant::now() + Duration::from_millis(sub.lease_ms);
+        for d in &got {
+            let Some(mut m) = message_value(d) else {
+                continue;
+            };
+            if let Some(r) = &d.receipt {
+                sub.in_flight.insert(r.clone(), until);
+            }
+            if let Some(o) = m.as_object_mut() {
+                o.insert("type".into(), json!("message"));
+                o.insert("queue".into(), json!(sub.queue));
+            }
+            if tx
+                .send(Message::Text(envelope(Some("inbox"), m).into()))
+                .await
+                .is_err()
+            {
+                return Err(());
+            }
+        }
+        Ok(if got.len() < room {
+            room - got.len()
+        } else {
+            0
+        })
+    }
+
+    /// Leased deliveries not settled go back to their queue at once (not at lease end).
+    fn give_back_in_flight(&mut self) {
+        let (Some(sub), Some(p)) = (self.inbox.take(), self.principal.as_ref()) else {
+            return;
+        };
+        let receipts: Vec<String> = sub.in_flight.into_keys().collect();
+        if receipts.is_empty() {
+            return;
+        }
+        let (broker, client) = (self.state.broker.clone(), p.client_id.clone());
+        tokio::spawn(async move {
+            let how = Settle::Nack { requeue: true };
+            if let Err(e) = broker.settle(&client, &receipts, how, now_ms()).await {
+                tracing::warn!(cause = %e, "could not give back unacknowledged messages; their leases will expire");
+            }
+        });
     }
 
     fn welcome(&self) -> String {
@@ -309,7 +417,7 @@ impl Session {
         )
     }
 
-    fn on_text(&mut self, text: &str) -> Next {
+    async fn on_text(&mut self, text: &str) -> Next {
         if !self.bucket.take(Instant::now()) {
             let service = parse(text).ok().map(|c| (c.service, c.call_id));
             let (service, call_id) = service.unwrap_or((String::new(), Value::Null));
@@ -339,6 +447,7 @@ impl Session {
         };
         let result = match call.service.as_str() {
             "session" => self.session_service(&call, &principal),
+            "inbox" => self.inbox_service(&call, &principal).await,
             "auth" => Err((
                 ErrorCode::ProtocolError,
                 "this session is already authenticated".into(),
@@ -376,6 +485,97 @@ impl Session {
                 Next::Reply(self.welcome())
             }
             Err(e) => Next::Close(CLOSE_AUTH, format!("{}: {}", e.code, e.message)),
+        }
+    }
+
+    async fn inbox_service(
+        &mut self,
+        call: &Call,
+        principal: &Principal,
+    ) -> Result<Value, (ErrorCode, String)> {
+        let bad = |why: String| (ErrorCode::InvalidParams, why);
+        let p = &call.params;
+        match call.command.as_str() {
+            "subscribe" => {
+                if self.inbox.is_some() {
+                    return Err((
+                        ErrorCode::ProtocolError,
+                        "already subscribed; unsubscribe first".into(),
+                    ));
+                }
+                let name = match p.get("queue") {
+                    None => None,
+                    Some(Value::String(q)) => Some(q.as_str()),
+                    Some(_) => return Err(bad("queue must be a string".into())),
+                };
+                let queue = readable_queue(&self.state, &principal.client_id, name)
+                    .map_err(|e| (e.code, e.message))?;
+                let max = self.state.broker.config().max_receive as u64;
+                let window = p
+                    .get("window")
+                    .map_or(Some(10), Value::as_u64)
+                    .filter(|w| (1..=max).contains(w))
+                    .ok_or_else(|| bad(format!("window must be 1 to {max}")))?;
+                let lease = p
+                    .get("lease")
+                    .map_or(Some(30), Value::as_u64)
+                    .filter(|l| (1..=MAX_LEASE_SECS).contains(l))
+                    .ok_or_else(|| bad(format!("lease must be 1 to {MAX_LEASE_SECS} seconds")))?;
+                let waiter = self
+                    .state
+                    .broker
+                    .waiter(&queue)
+                    .map(|w| w as Arc<dyn WaitHandle>);
+                self.inbox = Some(InboxSub {
+                    queue: queue.clone(),
+                    window: window as usize,
+                    lease_ms: lease * 1000,
+                    in_flight: HashMap::new(),
+                    waiter,
+                });
+                Ok(json!({"queue": queue, "window": window, "lease": lease}))
+            }
+            "unsubscribe" => {
+                self.give_back_in_flight();
+                Ok(json!({}))
+            }
+            "ack" | "nack" => {
+                let receipts: Vec<String> = p
+                    .get("receipts")
+                    .and_then(|r| serde_json::from_value(r.clone()).ok())
+                    .ok_or_else(|| bad("params.receipts must be an array of receipts".into()))?;
+                let how = match (call.command.as_str(), p.get("requeue")) {
+                    ("ack", None) => Settle::Ack,
+                    ("ack", Some(_)) => return Err(bad("requeue applies to nack only".into())),
+                    (_, None) => Settle::Nack { requeue: true },
+                    (_, Some(r)) => Settle::Nack {
+                        requeue: r
+                            .as_bool()
+                            .ok_or_else(|| bad("requeue must be true or false".into()))?,
+                    },
+                };
+                if let Some(sub) = self.inbox.as_mut() {
+                    for r in &receipts {
+                        sub.in_flight.remove(r);
+                    }
+                }
+                let r = self
+                    .state
+                    .broker
+                    .settle(&principal.client_id, &receipts, how, now_ms())
+                    .await
+                    .map_err(|e| {
+                        let e = ApiError::from(e);
+                        (e.code, e.message)
+                    })?;
+                Ok(json!({"done": r.done, "unknown": r.unknown}))
+            }
+            other => Err((
+                ErrorCode::UnknownCommand,
+                format!(
+                    "service `inbox` has no command `{other}` (subscribe, unsubscribe, ack, nack)"
+                ),
+            )),
         }
     }
 

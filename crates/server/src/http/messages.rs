@@ -20,7 +20,7 @@ use super::{now_ms, AppState};
 /// Longest publisher `message_id`, in bytes.
 const MAX_MESSAGE_ID: usize = 256;
 /// Longest lease, in seconds.
-const MAX_LEASE_SECS: u64 = 12 * 3600;
+pub(crate) const MAX_LEASE_SECS: u64 = 12 * 3600;
 
 #[derive(Deserialize)]
 struct NocHeader {
@@ -232,59 +232,85 @@ struct OutMessage<'a> {
     headers: Option<std::collections::BTreeMap<&'a str, &'a str>>,
 }
 
+/// A body that is not JSON (it has a content type; sent over STOMP) as a JSON string of
+/// its text; `None` for JSON bodies, which are shown as they are.
+fn body_text(d: &Delivery) -> Option<Box<RawValue>> {
+    let data = &d.msg.data;
+    data.content_type.as_ref().map(|_| {
+        serde_json::value::to_raw_value(&String::from_utf8_lossy(&data.body))
+            .unwrap_or_else(|_| RawValue::NULL.to_owned())
+    })
+}
+
+/// One delivery as the API shows it (`text` from [`body_text`]); `None` if its stored body
+/// is broken (logged).
+fn out_message<'a>(d: &'a Delivery, text: &'a Option<Box<RawValue>>) -> Option<OutMessage<'a>> {
+    let data = &d.msg.data;
+    let body: &RawValue = match text {
+        Some(t) => t,
+        None => match serde_json::from_slice(&data.body) {
+            Ok(b) => b,
+            Err(_) => {
+                tracing::error!(
+                    id = d.msg.id,
+                    "a stored body without content type is not JSON"
+                );
+                return None;
+            }
+        },
+    };
+    let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(data.timestamp_ms);
+    Some(OutMessage {
+        id: d.msg.id,
+        topic: &data.topic,
+        body,
+        sender: &data.sender,
+        timestamp: humantime::format_rfc3339_millis(ts).to_string(),
+        redelivered: d.redelivered(),
+        delivery_count: d.delivery_count,
+        receipt: d.receipt.as_deref(),
+        content_type: data.content_type.as_deref(),
+        headers: (!data.headers.is_empty()).then(|| {
+            data.headers
+                .iter()
+                .rev()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        }),
+    })
+}
+
+/// One delivery as a JSON object, the same fields `/receive` shows (for WebSocket pushes).
+pub fn message_value(d: &Delivery) -> Option<serde_json::Value> {
+    let text = body_text(d);
+    out_message(d, &text).and_then(|m| serde_json::to_value(m).ok())
+}
+
 fn render(deliveries: &[Delivery]) -> Response {
-    let mut out = Vec::with_capacity(deliveries.len());
-    // A message without a content type holds JSON text (both front-ends ensure it). Other
-    // bodies (sent over STOMP) are shown as a JSON string of their text; `texts` holds
-    // those strings while `out` borrows them.
-    let texts: Vec<Option<Box<RawValue>>> = deliveries
+    // `texts` holds the string forms of non-JSON bodies while `out` borrows them.
+    let texts: Vec<Option<Box<RawValue>>> = deliveries.iter().map(body_text).collect();
+    let out: Vec<OutMessage<'_>> = deliveries
         .iter()
-        .map(|d| {
-            let data = &d.msg.data;
-            data.content_type.as_ref().map(|_| {
-                serde_json::value::to_raw_value(&String::from_utf8_lossy(&data.body))
-                    .unwrap_or_else(|_| RawValue::NULL.to_owned())
-            })
-        })
+        .zip(&texts)
+        .filter_map(|(d, text)| out_message(d, text))
         .collect();
-    for (d, text) in deliveries.iter().zip(&texts) {
-        let data = &d.msg.data;
-        let body: &RawValue = match text {
-            Some(t) => t,
-            None => match serde_json::from_slice(&data.body) {
-                Ok(b) => b,
-                Err(_) => {
-                    tracing::error!(
-                        id = d.msg.id,
-                        "a stored body without content type is not JSON"
-                    );
-                    continue;
-                }
-            },
-        };
-        let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(data.timestamp_ms);
-        out.push(OutMessage {
-            id: d.msg.id,
-            topic: &data.topic,
-            body,
-            sender: &data.sender,
-            timestamp: humantime::format_rfc3339_millis(ts).to_string(),
-            redelivered: d.redelivered(),
-            delivery_count: d.delivery_count,
-            receipt: d.receipt.as_deref(),
-            content_type: data.content_type.as_deref(),
-            headers: (!data.headers.is_empty()).then(|| {
-                data.headers
-                    .iter()
-                    .rev()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect()
-            }),
-        });
-    }
     match serde_json::to_vec(&out) {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(_) => ApiError::new(ErrorCode::Internal, "cannot encode messages").into_response(),
+    }
+}
+
+/// The queue a client asks to read: `inbox` (the default), `dead`, or another queue it
+/// was granted (PATCH /client {grants}).
+pub fn readable_queue(state: &AppState, client_id: &str, name: Option<&str>) -> ApiResult<String> {
+    match name {
+        None | Some("inbox") => Ok(inbox_name(client_id)),
+        Some("dead") => Ok(dead_name(client_id)),
+        Some(other) if state.broker.may_read(client_id, other) => Ok(other.to_owned()),
+        Some(other) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("you may read `inbox`, `dead` and queues granted to you, not `{other}`"),
+        )),
     }
 }
 
@@ -333,18 +359,7 @@ pub async fn receive(
             ))
         }
     };
-    let queue = match q.queue.as_deref() {
-        None | Some("inbox") => inbox_name(&caller.client_id),
-        Some("dead") => dead_name(&caller.client_id),
-        // Another queue this client was granted (PATCH /client {grants}).
-        Some(other) if state.broker.may_read(&caller.client_id, other) => other.to_owned(),
-        Some(other) => {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!("you may read `inbox`, `dead` and queues granted to you, not `{other}`"),
-            ))
-        }
-    };
+    let queue = readable_queue(&state, &caller.client_id, q.queue.as_deref())?;
     let max_wait = state.config.http_limits.max_wait_secs;
     let wait = q.wait.unwrap_or(0);
     if wait > max_wait {
