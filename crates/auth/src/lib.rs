@@ -18,10 +18,12 @@
 //! assert!(key.verify(&token, 2_001).is_err());
 //! ```
 
+pub mod channel;
 pub mod secret;
 pub mod throttle;
 pub mod token;
 
+pub use channel::ChannelClaims;
 pub use secret::{constant_time_eq, generate_credential_id, generate_secret, SecretHash};
 pub use throttle::Throttle;
 pub use token::{Claims, TokenError, TokenKey};

@@ -80,15 +80,27 @@ impl TokenKey {
         }
     }
 
+    /// HMAC-SHA256 of `data` under this key.
+    pub(crate) fn tag(&self, data: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Checks `tag` against `data` in constant time.
+    pub(crate) fn check_tag(&self, data: &[u8], tag: &[u8]) -> Result<(), TokenError> {
+        let mut mac = self.mac();
+        mac.update(data);
+        mac.verify_slice(tag).map_err(|_| TokenError::BadSignature)
+    }
+
     /// Signs `claims` into a token.
     pub fn sign(&self, claims: &Claims) -> String {
         let json = serde_json::to_vec(claims).unwrap_or_default();
         let mut out = String::with_capacity(PREFIX.len() + json.len() * 2 + 44);
         out.push_str(PREFIX);
         out.push_str(&URL_SAFE_NO_PAD.encode(json));
-        let mut mac = self.mac();
-        mac.update(out.as_bytes());
-        let tag = mac.finalize().into_bytes();
+        let tag = self.tag(out.as_bytes());
         out.push('.');
         out.push_str(&URL_SAFE_NO_PAD.encode(tag));
         out
@@ -103,10 +115,7 @@ impl TokenKey {
         let tag = URL_SAFE_NO_PAD
             .decode(tag)
             .map_err(|_| TokenError::Malformed)?;
-        let mut mac = self.mac();
-        mac.update(signed.as_bytes());
-        mac.verify_slice(&tag)
-            .map_err(|_| TokenError::BadSignature)?;
+        self.check_tag(signed.as_bytes(), &tag)?;
         let payload = URL_SAFE_NO_PAD
             .decode(&signed[PREFIX.len()..])
             .map_err(|_| TokenError::Malformed)?;
