@@ -57,7 +57,7 @@ pub fn verify(key: &TokenKey, token: &str, now: u64) -> Result<ChannelClaims, To
     if header.alg != "HS256" {
         return Err(TokenError::Malformed);
     }
-    key.check_tag(token[..h.len() + 1 + p.len()].as_bytes(), &decode(s)?)?;
+    key.check_tag(&token.as_bytes()[..h.len() + 1 + p.len()], &decode(s)?)?;
     let claims: ChannelClaims =
         serde_json::from_slice(&decode(p)?).map_err(|_| TokenError::Malformed)?;
     if now >= claims.exp {
