@@ -409,6 +409,7 @@ fn secrets() -> Secrets {
     Secrets {
         token_secret: var(&["TRUNKLINE_TOKEN_SECRET", "SOAR_TOKEN_SECRET"]),
         backend_key: var(&["TRUNKLINE_BACKEND_KEY"]),
+        channel_secret: var(&["TRUNKLINE_CHANNEL_SECRET"]),
     }
 }
 

@@ -495,3 +495,244 @@ async fn a_new_message_is_pushed_to_a_waiting_subscriber_and_bad_params_are_refu
     assert_eq!(got[0]["queue"], "dev-2-inbox");
     assert!(got[0]["receipt"].as_str().is_some());
 }
+
+/// `POST` to the backend listener with the backend key.
+async fn backend_post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", server.backend))
+        .header("X-Backend-Key", &server.backend_key)
+        .json(&body)
+        .send()
+        .await
+        .expect("backend request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn mint(server: &TestServer, claims: Value) -> String {
+    let (status, v) = backend_post(server, "/channel-token", claims).await;
+    assert_eq!(status, 200, "{v}");
+    v["token"].as_str().expect("token").to_owned()
+}
+
+/// A session and its id.
+async fn session(server: &TestServer, token: &str) -> (Ws, String) {
+    let mut ws = connect(server, Some(token)).await.expect("upgrade");
+    let w = next_json(&mut ws).await;
+    let sid = w["message"]["sessionId"].as_str().expect("sid").to_owned();
+    (ws, sid)
+}
+
+#[tokio::test]
+async fn public_channels_take_any_session_and_backends_publish_to_them() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    let (mut a, _) = session(&server, &token).await;
+    let (mut b, _) = session(&server, &token).await;
+    for ws in [&mut a, &mut b] {
+        let r = call(ws, "channel", "subscribe", json!({"channel": "news"}), 1).await;
+        assert_eq!(
+            r["message"]["data"],
+            json!({"channel": "news", "publish": false})
+        );
+    }
+    // End clients may not publish without a token that says so.
+    let r = call(
+        &mut a,
+        "channel",
+        "publish",
+        json!({"channel": "news", "message": "hi"}),
+        2,
+    )
+    .await;
+    assert_eq!(r["message"]["code"], "forbidden");
+    let (status, v) = backend_post(
+        &server,
+        "/channels/news/publish",
+        json!({"message": {"headline": "x"}}),
+    )
+    .await;
+    assert_eq!((status, v), (200, json!({"delivered": 2})));
+    for ws in [&mut a, &mut b] {
+        let m = next_json(ws).await;
+        assert_eq!(
+            m,
+            json!({"service": "channel", "message": {"type": "message", "channel": "news",
+                   "message": {"headline": "x"}, "from": {"backend": true}}})
+        );
+    }
+    for (params, code) in [
+        (json!({"channel": "bad name"}), "invalid_params"),
+        (json!({"channel": "x:y"}), "invalid_params"),
+        (json!({}), "invalid_params"),
+        (json!({"channel": "pvt:secret"}), "forbidden"),
+    ] {
+        let r = call(&mut a, "channel", "subscribe", params.clone(), 3).await;
+        assert_eq!(r["message"]["code"], code, "{params}");
+    }
+}
+
+#[tokio::test]
+async fn presence_channels_need_a_token_for_this_session_and_show_joins_and_leaves() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    let (mut a, sid_a) = session(&server, &token).await;
+    let (mut b, sid_b) = session(&server, &token).await;
+    let room = "prs:room.1";
+    // Tokens that do not fit are refused, each with a clear error.
+    let for_b = mint(&server, json!({"sid": sid_b, "cname": room})).await;
+    let other_room = mint(&server, json!({"sid": sid_a, "cname": "prs:elsewhere"})).await;
+    let expired = trunkline_auth::channel::sign(
+        &trunkline_auth::TokenKey::from_text(
+            &std::fs::read_to_string(server.data_dir().join("channel.key")).expect("channel.key"),
+        )
+        .expect("key"),
+        &trunkline_auth::ChannelClaims {
+            sid: sid_a.clone(),
+            cname: room.into(),
+            publish: false,
+            conn_info: None,
+            exp: 1,
+        },
+    );
+    for (t, code) in [
+        (for_b.as_str(), "forbidden"),
+        (other_room.as_str(), "forbidden"),
+        (expired.as_str(), "invalid_token"),
+        ("eyJhbGciOiJIUzI1NiJ9.e30.AAAA", "invalid_token"),
+    ] {
+        let r = call(
+            &mut a,
+            "channel",
+            "subscribe",
+            json!({"channel": room, "token": t}),
+            1,
+        )
+        .await;
+        assert_eq!(r["message"]["code"], code, "{r}");
+    }
+    // A joins: nobody else there yet.
+    let ta = mint(
+        &server,
+        json!({"sid": sid_a, "cname": room, "conn_info": {"name": "machine-a"}}),
+    )
+    .await;
+    let r = call(
+        &mut a,
+        "channel",
+        "subscribe",
+        json!({"channel": room, "token": ta}),
+        2,
+    )
+    .await;
+    assert_eq!(r["message"]["data"]["members"], json!([]));
+    // B joins with publish rights: it sees A, A sees B join.
+    let tb = mint(
+        &server,
+        json!({"sid": sid_b, "cname": room, "pub": true, "conn_info": {"name": "machine-b"}}),
+    )
+    .await;
+    let r = call(
+        &mut b,
+        "channel",
+        "subscribe",
+        json!({"channel": room, "token": tb}),
+        3,
+    )
+    .await;
+    assert_eq!(
+        r["message"]["data"]["members"],
+        json!([{"session_id": sid_a, "client_id": "admin", "info": {"name": "machine-a"}}])
+    );
+    let joined = next_json(&mut a).await;
+    assert_eq!(joined["message"]["type"], "joined");
+    assert_eq!(joined["message"]["member"]["session_id"], json!(sid_b));
+    assert_eq!(
+        joined["message"]["member"]["info"],
+        json!({"name": "machine-b"})
+    );
+    // B publishes, excluding itself.
+    let r = call(
+        &mut b,
+        "channel",
+        "publish",
+        json!({"channel": room, "message": 42, "exclude_self": true}),
+        4,
+    )
+    .await;
+    assert_eq!(r["message"]["data"], json!({"delivered": 1}));
+    let m = next_json(&mut a).await;
+    assert_eq!(m["message"]["message"], 42);
+    assert_eq!(m["message"]["from"]["session_id"], json!(sid_b));
+    // The backend lists the members.
+    let members: Value = reqwest::Client::new()
+        .get(format!("{}/channels/{room}/members", server.backend))
+        .header("X-Backend-Key", &server.backend_key)
+        .send()
+        .await
+        .expect("members")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(members.as_array().map(Vec::len), Some(2));
+    // B drops without a goodbye: A is told it left.
+    drop(b);
+    let left = next_json(&mut a).await;
+    assert_eq!(left["message"]["type"], "left");
+    assert_eq!(left["message"]["member"]["session_id"], json!(sid_b));
+}
+
+#[tokio::test]
+async fn a_session_that_stops_reading_its_channels_is_closed_as_a_slow_consumer() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    let (mut slow, _) = session(&server, &token).await;
+    let r = call(
+        &mut slow,
+        "channel",
+        "subscribe",
+        json!({"channel": "firehose"}),
+        1,
+    )
+    .await;
+    assert_eq!(r["message"]["type"], "response");
+    let (mut fast, _) = session(&server, &token).await;
+    call(
+        &mut fast,
+        "channel",
+        "subscribe",
+        json!({"channel": "firehose"}),
+        1,
+    )
+    .await;
+    // `slow` reads nothing; `fast` keeps reading. Big messages fill the socket, then the
+    // session's queue.
+    let reader = tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), fast.next()).await
+        {
+            if matches!(m, Message::Text(_)) {
+                n += 1;
+            }
+        }
+        n
+    });
+    let blob = "x".repeat(32 * 1024);
+    let http = reqwest::Client::new();
+    for _ in 0..2500 {
+        let r = http
+            .post(format!("{}/channels/firehose/publish", server.backend))
+            .header("X-Backend-Key", &server.backend_key)
+            .json(&json!({"message": blob}))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    assert_eq!(close_code(&mut slow).await, Some(CloseCode::from(4429)));
+    assert_eq!(
+        reader.await.expect("reader"),
+        2500,
+        "the fast reader got everything"
+    );
+}

@@ -355,6 +355,8 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 pub struct Secrets {
     pub token_secret: Option<String>,
     pub backend_key: Option<String>,
+    /// The app secret channel tokens (JWT, HS256) are signed with.
+    pub channel_secret: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -363,6 +365,7 @@ impl std::fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("token_secret", &mask(&self.token_secret))
             .field("backend_key", &mask(&self.backend_key))
+            .field("channel_secret", &mask(&self.channel_secret))
             .finish()
     }
 }

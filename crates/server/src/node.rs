@@ -180,6 +180,14 @@ impl Node {
             secrets.backend_key.as_deref(),
             trunkline_auth::generate_secret,
         )?;
+        let channel_text = key_file(
+            &dir,
+            "channel.key",
+            secrets.channel_secret.as_deref(),
+            || TokenKey::generate().to_text(),
+        )?;
+        let channel_key = TokenKey::from_text(&channel_text)
+            .map_err(|e| StartError::Secret(format!("channel secret: {e}")))?;
         if backend_key.len() < 16 {
             return Err(StartError::Secret(
                 "the backend key must be at least 16 characters".into(),
@@ -279,6 +287,7 @@ impl Node {
         let keys = Arc::new(Keys {
             token_key,
             backend_key,
+            channel_key,
         });
         let a = &config.auth;
         let throttle = Arc::new(Throttle::new(
@@ -289,6 +298,7 @@ impl Node {
         let counters = Arc::new(HttpCounters::default());
         let stomp_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sessions = Arc::new(crate::ws::Sessions::default());
+        let channels = Arc::new(crate::channels::Channels::default());
         let state = |backend| AppState {
             broker: broker.clone(),
             keys: keys.clone(),
@@ -299,6 +309,7 @@ impl Node {
             backend,
             stomp_connections: stomp_connections.clone(),
             sessions: sessions.clone(),
+            channels: channels.clone(),
         };
         let limits = &config.http_limits;
         let header_timeout = Duration::from_secs(limits.header_timeout_secs);

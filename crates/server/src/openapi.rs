@@ -250,6 +250,41 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
     });
     if backend {
         doc["paths"]["/metrics"] = metrics;
+        let channel = json!({"type": "string", "pattern": r"^(?:[A-Za-z0-9._-]{1,64}|(?:pvt|prs|sys):[A-Za-z0-9.:_-]{0,60})$",
+            "description": "A channel name: [a-zA-Z0-9.:_-]{1,64}; with `:` only after pvt:, prs: or sys:"});
+        let channel_param =
+            json!([{"name": "channel", "in": "path", "required": true, "schema": channel}]);
+        let body_errors = with(
+            &admin,
+            &[
+                MalformedJson,
+                InvalidBody,
+                UnsupportedMediaType,
+                BodyTooLarge,
+            ],
+        );
+        doc["paths"]["/channel-token"] = json!({"post": op(
+            "Mint a channel token (JWT, HS256) binding one WebSocket session to one channel (docs/ws-protocol.md).",
+            ("200", ok("The token", json!({"type": "object", "properties": {"token": {"type": "string"}, "exp": {"type": "integer"}}}))),
+            &body_errors,
+            json!({"security": admin_sec, "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": false, "required": ["sid", "cname"], "properties": {
+                    "sid": {"type": "string", "description": "The session id (from the session's welcome)"},
+                    "cname": channel, "pub": {"type": "boolean", "description": "May publish (default false)"},
+                    "conn_info": {"description": "What presence shows of the member"},
+                    "ttl": {"type": ["integer", "null"], "minimum": 1, "maximum": 604800, "description": "Seconds (default 3600)"}}}}}}}))});
+        doc["paths"]["/channels/{channel}/publish"] = json!({"post": op(
+            "Publish to every session subscribed to a channel.",
+            ("200", ok("Sessions it was queued for", json!({"type": "object", "properties": {"delivered": {"type": "integer"}}}))),
+            &body_errors,
+            json!({"security": admin_sec, "parameters": channel_param, "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": false, "required": ["message"], "properties": {"message": {}}}}}}}))});
+        doc["paths"]["/channels/{channel}/members"] = json!({"get": op(
+            "The sessions subscribed to a channel.",
+            ("200", ok("Members", json!({"type": "array", "items": {"type": "object", "properties": {
+                "session_id": {"type": "string"}, "client_id": {"type": "string"}, "info": {}}}}))),
+            &with(&admin, &[InvalidBody]),
+            json!({"security": admin_sec, "parameters": channel_param}))});
     } else {
         let ws = json!({"get": op(
             "Upgrade to a WebSocket session (docs/ws-protocol.md). The token may come as a bearer header, as ?token= (never logged), or in a first `authenticate` message.",

@@ -27,9 +27,12 @@ use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use trunkline_api::ErrorCode;
 use trunkline_broker::{Principal, ReceiveOptions, Settle, WaitHandle};
 
+use crate::channels::{self, Mailbox, MemberInfo};
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::http::messages::{message_value, readable_queue, MAX_LEASE_SECS};
@@ -39,6 +42,7 @@ use crate::http::{now_ms, AppState};
 const CLOSE_AUTH: u16 = 4401;
 const CLOSE_IDLE: u16 = 4408;
 const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_SLOW: u16 = 4429;
 
 /// Sessions of the node, for the cap, ids and `/metrics`.
 #[derive(Default)]
@@ -242,6 +246,11 @@ struct Session {
     principal: Option<Principal>,
     bucket: Bucket,
     inbox: Option<InboxSub>,
+    /// Channel frames for this session, and how channels reach it.
+    mailbox: Mailbox,
+    pushes: mpsc::Receiver<String>,
+    /// Channels joined, and whether this session may publish to each.
+    joined: HashMap<String, bool>,
 }
 
 /// What one incoming frame calls for.
@@ -254,12 +263,19 @@ enum Next {
 impl Session {
     fn new(state: AppState, place: Place, principal: Option<Principal>) -> Self {
         let bucket = Bucket::new(state.config.ws.rate_per_sec);
+        let (tx, pushes) = mpsc::channel(channels::SESSION_QUEUE);
         Session {
             state,
             place,
             principal,
             bucket,
             inbox: None,
+            mailbox: Mailbox {
+                tx,
+                kick: CancellationToken::new(),
+            },
+            pushes,
+            joined: HashMap::new(),
         }
     }
 
@@ -312,6 +328,14 @@ impl Session {
                         Next::Nothing => {}
                     }
                 }
+                Some(frame) = self.pushes.recv() => {
+                    if tx.send(Message::Text(frame.into())).await.is_err() {
+                        break None;
+                    }
+                }
+                _ = self.mailbox.kick.cancelled() => {
+                    break Some((CLOSE_SLOW, "slow consumer: the session fell too far behind its channels".into()));
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= idle {
                         break Some((CLOSE_IDLE, format!("nothing heard for {} s", idle.as_secs())));
@@ -339,6 +363,9 @@ impl Session {
         }
         let _ = tx.close().await;
         self.give_back_in_flight();
+        for channel in std::mem::take(&mut self.joined).into_keys() {
+            self.state.channels.leave(&channel, &self.place.id);
+        }
     }
 
     /// Fetches and pushes deliveries while the window has room; the room left (0 when
@@ -448,6 +475,7 @@ impl Session {
         let result = match call.service.as_str() {
             "session" => self.session_service(&call, &principal),
             "inbox" => self.inbox_service(&call, &principal).await,
+            "channel" => self.channel_service(&call, &principal),
             "auth" => Err((
                 ErrorCode::ProtocolError,
                 "this session is already authenticated".into(),
@@ -574,6 +602,141 @@ impl Session {
                 ErrorCode::UnknownCommand,
                 format!(
                     "service `inbox` has no command `{other}` (subscribe, unsubscribe, ack, nack)"
+                ),
+            )),
+        }
+    }
+
+    /// Checks a channel token for this session and `channel`.
+    fn channel_token(
+        &self,
+        channel: &str,
+        token: &str,
+    ) -> Result<trunkline_auth::ChannelClaims, (ErrorCode, String)> {
+        let now = now_ms() / 1000;
+        let claims = trunkline_auth::channel::verify(&self.state.keys.channel_key, token, now)
+            .map_err(|e| (ErrorCode::InvalidToken, format!("channel token: {e}")))?;
+        if claims.sid != self.place.id {
+            return Err((
+                ErrorCode::Forbidden,
+                format!(
+                    "the channel token is for session `{}`, not this one",
+                    claims.sid
+                ),
+            ));
+        }
+        if claims.cname != channel {
+            return Err((
+                ErrorCode::Forbidden,
+                format!(
+                    "the channel token is for channel `{}`, not `{channel}`",
+                    claims.cname
+                ),
+            ));
+        }
+        Ok(claims)
+    }
+
+    fn channel_service(
+        &mut self,
+        call: &Call,
+        principal: &Principal,
+    ) -> Result<Value, (ErrorCode, String)> {
+        let p = &call.params;
+        let channel = p
+            .get("channel")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                (
+                    ErrorCode::InvalidParams,
+                    "params.channel must be a string".into(),
+                )
+            })?
+            .to_owned();
+        if let Some(why) = channels::invalid_name(&channel) {
+            return Err((ErrorCode::InvalidParams, why));
+        }
+        let token = match p.get("token") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(self.channel_token(&channel, t)?),
+            Some(_) => {
+                return Err((
+                    ErrorCode::InvalidParams,
+                    "params.token must be a string".into(),
+                ))
+            }
+        };
+        match call.command.as_str() {
+            "subscribe" => {
+                if channels::needs_token(&channel) && token.is_none() {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("`{channel}` needs a channel token (params.token)"),
+                    ));
+                }
+                if self.joined.contains_key(&channel) {
+                    return Err((
+                        ErrorCode::ProtocolError,
+                        format!("already subscribed to `{channel}`"),
+                    ));
+                }
+                let may_publish = token.as_ref().is_some_and(|c| c.publish);
+                let info = MemberInfo {
+                    session_id: self.place.id.clone(),
+                    client_id: principal.client_id.to_string(),
+                    info: token.and_then(|c| c.conn_info).unwrap_or(Value::Null),
+                };
+                let members = self
+                    .state
+                    .channels
+                    .join(&channel, info, self.mailbox.clone());
+                self.joined.insert(channel.clone(), may_publish);
+                let mut data = json!({"channel": channel, "publish": may_publish});
+                if channels::has_presence(&channel) {
+                    data["members"] = json!(members);
+                }
+                Ok(data)
+            }
+            "unsubscribe" => {
+                if self.joined.remove(&channel).is_none() {
+                    return Err((
+                        ErrorCode::ProtocolError,
+                        format!("not subscribed to `{channel}`"),
+                    ));
+                }
+                self.state.channels.leave(&channel, &self.place.id);
+                Ok(json!({}))
+            }
+            "publish" => {
+                let allowed = token
+                    .as_ref()
+                    .map(|c| c.publish)
+                    .or(self.joined.get(&channel).copied())
+                    .unwrap_or(false);
+                if !allowed {
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("publishing to `{channel}` needs a channel token with pub: true"),
+                    ));
+                }
+                let message = p.get("message").cloned().unwrap_or(Value::Null);
+                let exclude_self = p
+                    .get("exclude_self")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let from = json!({"session_id": self.place.id, "client_id": &*principal.client_id});
+                let n = self.state.channels.publish(
+                    &channel,
+                    &message,
+                    from,
+                    exclude_self.then_some(self.place.id.as_str()),
+                );
+                Ok(json!({"delivered": n}))
+            }
+            other => Err((
+                ErrorCode::UnknownCommand,
+                format!(
+                    "service `channel` has no command `{other}` (subscribe, unsubscribe, publish)"
                 ),
             )),
         }

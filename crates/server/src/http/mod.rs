@@ -4,6 +4,7 @@
 //! `X-Backend-Key` for client management and serves `/metrics`. Handlers are thin: they
 //! authenticate, turn JSON into broker calls, and broker results into JSON.
 
+pub mod channels;
 pub mod clients;
 pub mod error;
 pub mod extract;
@@ -32,6 +33,8 @@ use error::ApiError;
 pub struct Keys {
     pub token_key: TokenKey,
     pub backend_key: String,
+    /// Signs and checks channel tokens (WebSocket `pvt:`, `prs:`, `sys:` channels).
+    pub channel_key: TokenKey,
 }
 
 /// HTTP request counters by status class, for `/metrics`.
@@ -55,6 +58,8 @@ pub struct AppState {
     pub stomp_connections: Arc<AtomicU64>,
     /// WebSocket sessions (public listener), for the cap and `/metrics`.
     pub sessions: Arc<crate::ws::Sessions>,
+    /// WebSocket channels, shared by both listeners (backends publish to them).
+    pub channels: Arc<crate::channels::Channels>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -114,7 +119,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/openapi.json", get(ops::openapi));
     if state.backend {
-        r = r.route("/metrics", get(ops::metrics));
+        r = r
+            .route("/metrics", get(ops::metrics))
+            .route("/channel-token", post(channels::mint))
+            .route("/channels/{channel}/publish", post(channels::publish))
+            .route("/channels/{channel}/members", get(channels::members));
     } else {
         r = r.route("/ws", get(crate::ws::upgrade));
     }

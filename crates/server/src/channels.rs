@@ -1,0 +1,202 @@
+//! WebSocket channels: named groups of sessions with publish, and presence on `prs:` and
+//! `sys:` channels (see `docs/ws-protocol.md`).
+//!
+//! Names are `[a-zA-Z0-9.:_-]{1,64}`; a name with `:` must start with `pvt:`, `prs:` or
+//! `sys:`, and those channels need a channel token (a JWT the backend mints) bound to the
+//! session and the channel. Public channels are open to any session.
+//!
+//! Each member has a bounded queue of frames to send. A member whose queue is full when a
+//! message comes is a slow consumer: the policy is `disconnect` (its session is closed
+//! with code 4429 and leaves every channel), so one slow reader never holds up the others
+//! or grows memory without bound.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Frames waiting for one session before it counts as a slow consumer.
+pub const SESSION_QUEUE: usize = 1024;
+
+/// Why a channel name is refused, or `None` if it is valid.
+pub fn invalid_name(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 64 {
+        return Some("a channel name has 1 to 64 characters".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '_' | '-')))
+    {
+        return Some(format!(
+            "`{c}` is not allowed in a channel name ([a-zA-Z0-9.:_-])"
+        ));
+    }
+    if name.contains(':') && !needs_token(name) {
+        return Some("a channel name with `:` must start with `pvt:`, `prs:` or `sys:`".into());
+    }
+    None
+}
+
+/// Private, presence and system channels need a channel token.
+pub fn needs_token(name: &str) -> bool {
+    ["pvt:", "prs:", "sys:"].iter().any(|p| name.starts_with(p))
+}
+
+/// Members see each other join and leave on presence and system channels.
+pub fn has_presence(name: &str) -> bool {
+    name.starts_with("prs:") || name.starts_with("sys:")
+}
+
+/// What presence shows of a member.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MemberInfo {
+    pub session_id: String,
+    pub client_id: String,
+    pub info: Value,
+}
+
+/// How to reach a session.
+#[derive(Clone)]
+pub struct Mailbox {
+    pub tx: mpsc::Sender<String>,
+    /// Cancelled to close the session (slow consumer).
+    pub kick: CancellationToken,
+}
+
+struct Member {
+    info: MemberInfo,
+    mailbox: Mailbox,
+}
+
+/// Every channel of the node.
+#[derive(Default)]
+pub struct Channels {
+    inner: Mutex<HashMap<String, HashMap<String, Member>>>,
+}
+
+fn push(service: &str, message: Value) -> String {
+    json!({"service": service, "message": message}).to_string()
+}
+
+impl Channels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Member>>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a member; returns the members before it (for presence channels) and tells
+    /// them it joined.
+    pub fn join(&self, channel: &str, info: MemberInfo, mailbox: Mailbox) -> Vec<MemberInfo> {
+        let mut all = self.lock();
+        let members = all.entry(channel.to_owned()).or_default();
+        let before: Vec<MemberInfo> = members.values().map(|m| m.info.clone()).collect();
+        if has_presence(channel) {
+            let joined = push(
+                "channel",
+                json!({"type": "joined", "channel": channel, "member": info}),
+            );
+            deliver(members.values(), &joined, None);
+        }
+        members.insert(info.session_id.clone(), Member { info, mailbox });
+        if has_presence(channel) {
+            before
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Removes a member; its peers on a presence channel are told it left.
+    pub fn leave(&self, channel: &str, session_id: &str) -> bool {
+        let mut all = self.lock();
+        let Some(members) = all.get_mut(channel) else {
+            return false;
+        };
+        let Some(gone) = members.remove(session_id) else {
+            return false;
+        };
+        if has_presence(channel) {
+            let left = push(
+                "channel",
+                json!({"type": "left", "channel": channel, "member": gone.info}),
+            );
+            deliver(members.values(), &left, None);
+        }
+        if members.is_empty() {
+            all.remove(channel);
+        }
+        true
+    }
+
+    /// Sends `message` to every member (but `except`); the number it was queued for.
+    pub fn publish(
+        &self,
+        channel: &str,
+        message: &Value,
+        from: Value,
+        except: Option<&str>,
+    ) -> usize {
+        let all = self.lock();
+        let Some(members) = all.get(channel) else {
+            return 0;
+        };
+        let frame = push(
+            "channel",
+            json!({"type": "message", "channel": channel, "message": message, "from": from}),
+        );
+        deliver(members.values(), &frame, except)
+    }
+
+    /// The members of a channel.
+    pub fn members(&self, channel: &str) -> Vec<MemberInfo> {
+        self.lock()
+            .get(channel)
+            .map(|m| m.values().map(|m| m.info.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Queues `frame` for each member but `except`; a member with a full queue is kicked.
+fn deliver<'a>(
+    members: impl Iterator<Item = &'a Member>,
+    frame: &str,
+    except: Option<&str>,
+) -> usize {
+    let mut n = 0;
+    for m in members {
+        if Some(m.info.session_id.as_str()) == except {
+            continue;
+        }
+        match m.mailbox.tx.try_send(frame.to_owned()) {
+            Ok(()) => n += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => m.mailbox.kick.cancel(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in [
+            "news",
+            "a.b-c_d",
+            "pvt:x",
+            "prs:room.1",
+            "sys:commandControl",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(invalid_name(ok), None, "{ok}");
+        }
+        for bad in ["", "a b", "x:y", "abc:", &"a".repeat(65), "é", "a/b"] {
+            assert!(invalid_name(bad).is_some(), "{bad}");
+        }
+        assert!(needs_token("pvt:a") && !needs_token("news"));
+        assert!(has_presence("sys:a") && has_presence("prs:a") && !has_presence("pvt:a"));
+    }
+}

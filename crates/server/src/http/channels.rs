@@ -1,0 +1,95 @@
+//! The backend's channel endpoints (backend listener; `X-Backend-Key` or an admin token):
+//! mint channel tokens, publish to a channel, list its members.
+
+use axum::extract::{Path, State};
+use axum::Json as AxumJson;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use trunkline_api::ErrorCode;
+use trunkline_auth::ChannelClaims;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Admin, Json};
+use super::{now_ms, AppState};
+use crate::channels::{invalid_name, MemberInfo};
+
+/// Longest a channel token may live.
+const MAX_TOKEN_SECS: u64 = 7 * 24 * 3600;
+
+fn channel_name(name: &str) -> ApiResult<()> {
+    match invalid_name(name) {
+        Some(why) => Err(ApiError::new(ErrorCode::InvalidBody, why)),
+        None => Ok(()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintToken {
+    sid: String,
+    cname: String,
+    #[serde(rename = "pub", default)]
+    publish: bool,
+    #[serde(default)]
+    conn_info: Option<Value>,
+    /// Seconds the token lives (default 3600). A number, so that `60.0` is 60 as JSON
+    /// Schema's `integer` says.
+    #[serde(default)]
+    ttl: Option<f64>,
+}
+
+/// `POST /channel-token {sid, cname, pub?, conn_info?, ttl?}` → `{token, exp}`.
+pub async fn mint(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(b): Json<MintToken>,
+) -> ApiResult<AxumJson<Value>> {
+    channel_name(&b.cname)?;
+    let ttl = b.ttl.unwrap_or(3600.0);
+    if !(1.0..=MAX_TOKEN_SECS as f64).contains(&ttl) || ttl.fract() != 0.0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("ttl must be 1 to {MAX_TOKEN_SECS} seconds"),
+        ));
+    }
+    let exp = now_ms() / 1000 + ttl as u64;
+    let claims = ChannelClaims {
+        sid: b.sid,
+        cname: b.cname,
+        publish: b.publish,
+        conn_info: b.conn_info,
+        exp,
+    };
+    let token = trunkline_auth::channel::sign(&state.keys.channel_key, &claims);
+    Ok(AxumJson(json!({"token": token, "exp": exp})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    message: Value,
+}
+
+/// `POST /channels/{channel}/publish {message}` → `{delivered}`.
+pub async fn publish(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(channel): Path<String>,
+    Json(b): Json<PublishBody>,
+) -> ApiResult<AxumJson<Value>> {
+    channel_name(&channel)?;
+    let n = state
+        .channels
+        .publish(&channel, &b.message, json!({"backend": true}), None);
+    Ok(AxumJson(json!({"delivered": n})))
+}
+
+/// `GET /channels/{channel}/members` → `[{session_id, client_id, info}]`.
+pub async fn members(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(channel): Path<String>,
+) -> ApiResult<AxumJson<Vec<MemberInfo>>> {
+    channel_name(&channel)?;
+    Ok(AxumJson(state.channels.members(&channel)))
+}
