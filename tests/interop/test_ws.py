@@ -93,3 +93,29 @@ def test_inbox_push_ack_and_nack(node: Node, make_client, admin_token):
             assert r["message"]["data"] == {"done": 1, "unknown": []}
         assert got[0]["redelivered"] is True and got[0]["delivery_count"] == 2
         assert got[1]["redelivered"] is False
+
+
+def test_snorky_backend_connector_publishes_to_a_channel(node: Node, make_client):
+    """PyPI `snorky`'s own backend connector, unchanged, against POST /backend."""
+    from snorky.backend import SnorkyBackend, SnorkyError, SnorkyHTTPTransport
+
+    key = (node.data_dir / "backend.key").read_text().strip()
+    backend = SnorkyBackend(SnorkyHTTPTransport(node.backend_url + "/backend", key))
+    c = make_client("snk", ["snk.#"])
+    with connect(ws_url(node), additional_headers={"Authorization": f"Bearer {c.token}"}) as ws:
+        ws.recv(timeout=10)
+        assert call(ws, "channel", "subscribe", 1, {"channel": "scores"})["message"]["type"] == "response"
+        assert backend.call("pubsub", "publish", channel="scores", message={"home": 2}) is None
+        m = json.loads(ws.recv(timeout=10))
+        assert m == {"service": "channel", "message": {"type": "message", "channel": "scores",
+                     "message": {"home": 2}, "from": {"backend": True}}}
+    with pytest.raises(SnorkyError, match="Unknown command"):
+        backend.call("pubsub", "subscribe", channel="scores")
+    with pytest.raises(SnorkyError, match="Invalid params"):
+        backend.call("pubsub", "publish", channel="not a name", message=1)
+    with pytest.raises(SnorkyError, match="Unknown service"):
+        backend.call("chat", "send", channel="x")
+    # A wrong key is an HTTP error, which the connector raises as RuntimeError.
+    with pytest.raises(RuntimeError):
+        SnorkyBackend(SnorkyHTTPTransport(node.backend_url + "/backend", "wrong-key-0123456789")).call(
+            "pubsub", "publish", channel="scores", message=1)

@@ -736,3 +736,53 @@ async fn a_session_that_stops_reading_its_channels_is_closed_as_a_slow_consumer(
         "the fast reader got everything"
     );
 }
+
+#[tokio::test]
+async fn the_snorky_backend_endpoint_answers_every_request() {
+    let server = TestServer::start().await;
+    let url = format!("{}/backend", server.backend);
+    let http = reqwest::Client::new();
+    let body = json!({"service": "pubsub", "message": {"command": "publish", "params": {"channel": "c", "message": 1}, "callId": 9}});
+    // No key, a wrong key, bad JSON: clear HTTP errors.
+    let r = http.post(&url).json(&body).send().await.expect("request");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .post(&url)
+        .header("X-Backend-Key", "not-the-key-0123456789")
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .post(&url)
+        .header("X-Backend-Key", &server.backend_key)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 400);
+    // A call: answered in Snorky's wrapping, callId echoed.
+    let (status, v) = backend_post(&server, "/backend", body).await;
+    assert_eq!(
+        (status, v),
+        (
+            200,
+            json!({"service": "pubsub", "message": {"type": "response", "callId": 9, "data": null}})
+        )
+    );
+    let (status, v) = backend_post(
+        &server,
+        "/backend",
+        json!({"service": "x", "message": {"command": "y"}}),
+    )
+    .await;
+    assert_eq!(
+        (status, v),
+        (
+            200,
+            json!({"service": "x", "message": {"type": "error", "message": "Unknown service"}})
+        )
+    );
+}

@@ -279,6 +279,16 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             &body_errors,
             json!({"security": admin_sec, "parameters": channel_param, "requestBody": {"required": true, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": false, "required": ["message"], "properties": {"message": {}}}}}}}))});
+        doc["paths"]["/backend"] = json!({"post": op(
+            "Snorky's backend interface: {service, message: {command, params, callId?}} answered in the same wrapping, HTTP 200 whatever the outcome. Service `pubsub`, command `publish {channel, message}`.",
+            ("200", ok("The answer", json!({"type": "object", "required": ["service", "message"], "properties": {
+                "service": {"type": "string"}, "message": {"type": "object", "required": ["type"]}}}))),
+            &body_errors,
+            json!({"security": admin_sec, "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["service", "message"], "properties": {
+                    "service": {"type": "string"},
+                    "message": {"type": "object", "required": ["command"], "properties": {
+                        "command": {"type": "string"}, "params": {"type": "object"}, "callId": {}}}}}}}}}))});
         doc["paths"]["/channels/{channel}/members"] = json!({"get": op(
             "The sessions subscribed to a channel.",
             ("200", ok("Members", json!({"type": "array", "items": {"type": "object", "properties": {

@@ -93,3 +93,59 @@ pub async fn members(
     channel_name(&channel)?;
     Ok(AxumJson(state.channels.members(&channel)))
 }
+
+/// `POST /backend`: Snorky's backend interface. The body is `{service, message: {command,
+/// params, callId?}}`; the answer, HTTP 200 whatever the outcome, is in the same wrapping:
+/// `{type: "response", callId, data}` or `{type: "error", callId, message}` (`callId` only
+/// if the call had one). Service `pubsub`, command `publish {channel, message}` publishes to
+/// a channel, as Snorky's `PubSubBackend` does, so that its Python `SnorkyBackend` works
+/// unchanged.
+pub async fn snorky(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(body): Json<Value>,
+) -> ApiResult<AxumJson<Value>> {
+    let service = body.get("service").and_then(Value::as_str);
+    let message = body.get("message").and_then(Value::as_object);
+    let (Some(service), Some(message)) = (service, message) else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "expected {\"service\": <name>, \"message\": {\"command\", \"params\", \"callId\"?}}",
+        ));
+    };
+    let call_id = message.get("callId").cloned();
+    let command = message.get("command").and_then(Value::as_str);
+    let params = message.get("params").cloned().unwrap_or(json!({}));
+    let (Some(command), true) = (command, params.is_object()) else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "message.command must be a string and message.params an object",
+        ));
+    };
+    let outcome: Result<Value, &str> = match (service, command) {
+        ("pubsub", "publish") => {
+            match (
+                params.get("channel").and_then(Value::as_str),
+                params.get("message"),
+            ) {
+                (Some(channel), Some(msg)) if invalid_name(channel).is_none() => {
+                    state
+                        .channels
+                        .publish(channel, msg, json!({"backend": true}), None);
+                    Ok(Value::Null)
+                }
+                _ => Err("Invalid params"),
+            }
+        }
+        ("pubsub", _) => Err("Unknown command"),
+        _ => Err("Unknown service"),
+    };
+    let mut answer = match outcome {
+        Ok(data) => json!({"type": "response", "data": data}),
+        Err(why) => json!({"type": "error", "message": why}),
+    };
+    if let Some(id) = call_id {
+        answer["callId"] = id;
+    }
+    Ok(AxumJson(json!({"service": service, "message": answer})))
+}

@@ -123,7 +123,8 @@ pub fn router(state: AppState) -> Router {
             .route("/metrics", get(ops::metrics))
             .route("/channel-token", post(channels::mint))
             .route("/channels/{channel}/publish", post(channels::publish))
-            .route("/channels/{channel}/members", get(channels::members));
+            .route("/channels/{channel}/members", get(channels::members))
+            .route("/backend", post(channels::snorky));
     } else {
         r = r.route("/ws", get(crate::ws::upgrade));
     }
