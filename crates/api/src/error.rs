@@ -122,6 +122,8 @@ error_codes! {
     InvalidParams = ("invalid_params", 400),
     /// WebSocket: more messages per second than the session may send.
     RateLimited = ("rate_limited", 429),
+    /// WebSocket: no open session with this id.
+    UnknownSession = ("unknown_session", 404),
     /// WebSocket: the node holds as many sessions as it may.
     TooManySessions = ("too_many_sessions", 503),
     /// WebSocket: `GET /ws` without a valid WebSocket upgrade request.

@@ -509,6 +509,19 @@ async fn backend_post(server: &TestServer, path: &str, body: Value) -> (u16, Val
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET /channels/{channel}/members` on the backend listener.
+async fn members_of(server: &TestServer, channel: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/channels/{channel}/members", server.backend))
+        .header("X-Backend-Key", &server.backend_key)
+        .send()
+        .await
+        .expect("members")
+        .json()
+        .await
+        .expect("json")
+}
+
 async fn mint(server: &TestServer, claims: Value) -> String {
     let (status, v) = backend_post(server, "/channel-token", claims).await;
     assert_eq!(status, 200, "{v}");
@@ -665,15 +678,7 @@ async fn presence_channels_need_a_token_for_this_session_and_show_joins_and_leav
     assert_eq!(m["message"]["message"], 42);
     assert_eq!(m["message"]["from"]["session_id"], json!(sid_b));
     // The backend lists the members.
-    let members: Value = reqwest::Client::new()
-        .get(format!("{}/channels/{room}/members", server.backend))
-        .header("X-Backend-Key", &server.backend_key)
-        .send()
-        .await
-        .expect("members")
-        .json()
-        .await
-        .expect("json");
+    let members = members_of(&server, room).await;
     assert_eq!(members.as_array().map(Vec::len), Some(2));
     // B drops without a goodbye: A is told it left.
     drop(b);
@@ -784,5 +789,61 @@ async fn the_snorky_backend_endpoint_answers_every_request() {
             200,
             json!({"service": "x", "message": {"type": "error", "message": "Unknown service"}})
         )
+    );
+}
+
+#[tokio::test]
+async fn a_backend_pushes_to_one_session_and_disconnects_it() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    let (mut ws, sid) = session(&server, &token).await;
+    let r = call(&mut ws, "channel", "subscribe", json!({"channel": "prs:ops", "token": mint(&server, json!({"sid": sid, "cname": "prs:ops"})).await}), 1).await;
+    assert_eq!(r["message"]["type"], "response");
+    let (status, _) = backend_post(
+        &server,
+        &format!("/sessions/{sid}/send"),
+        json!({"message": {"cmd": "reboot"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"service": "session", "message": {"type": "message", "message": {"cmd": "reboot"}, "from": {"backend": true}}})
+    );
+    let (status, v) =
+        backend_post(&server, "/sessions/ws-999999/send", json!({"message": 1})).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (404, json!("unknown_session"))
+    );
+    let disconnect = || async {
+        reqwest::Client::new()
+            .delete(format!("{}/sessions/{sid}", server.backend))
+            .header("X-Backend-Key", &server.backend_key)
+            .send()
+            .await
+            .expect("delete")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(disconnect().await, 200);
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4000)));
+    // Gone from its channel, and no longer reachable.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let members = members_of(&server, "prs:ops").await;
+        if members == json!([]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still a member: {members}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        disconnect().await,
+        404,
+        "a closed session is no longer there"
     );
 }

@@ -289,6 +289,19 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
                     "service": {"type": "string"},
                     "message": {"type": "object", "required": ["command"], "properties": {
                         "command": {"type": "string"}, "params": {"type": "object"}, "callId": {}}}}}}}}}))});
+        let session_param = json!([{"name": "session_id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+        let done = ("200", ok("Done", json!({"type": "object"})));
+        doc["paths"]["/sessions/{session_id}/send"] = json!({"post": op(
+            "Push a message to one WebSocket session ({service: session, message: {type: message, message, from: {backend: true}}}).",
+            done.clone(),
+            &with(&body_errors, &[UnknownSession]),
+            json!({"security": admin_sec, "parameters": session_param, "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": false, "required": ["message"], "properties": {"message": {}}}}}}}))});
+        doc["paths"]["/sessions/{session_id}"] = json!({"delete": op(
+            "Close a WebSocket session (close code 4000); it leaves its channels.",
+            done,
+            &with(&admin, &[UnknownSession]),
+            json!({"security": admin_sec, "parameters": session_param}))});
         doc["paths"]["/channels/{channel}/members"] = json!({"get": op(
             "The sessions subscribed to a channel.",
             ("200", ok("Members", json!({"type": "array", "items": {"type": "object", "properties": {

@@ -43,17 +43,59 @@ const CLOSE_AUTH: u16 = 4401;
 const CLOSE_IDLE: u16 = 4408;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_SLOW: u16 = 4429;
+const CLOSE_BY_BACKEND: u16 = 4000;
 
-/// Sessions of the node, for the cap, ids and `/metrics`.
+/// Sessions of the node, for the cap, ids, `/metrics` and the backend's reach.
 #[derive(Default)]
 pub struct Sessions {
     open: AtomicUsize,
     next_id: AtomicU64,
+    /// Authenticated sessions by id.
+    live: std::sync::Mutex<HashMap<String, Reach>>,
 }
+
+/// How a backend reaches a session.
+#[derive(Clone)]
+struct Reach {
+    mailbox: Mailbox,
+    /// Cancelled to close the session on a backend's request.
+    close: CancellationToken,
+}
+
+/// What a backend asked of a session that is not there.
+#[derive(Debug)]
+pub struct NoSession;
 
 impl Sessions {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Reach>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reach(&self, id: &str) -> Result<Reach, NoSession> {
+        self.live().get(id).cloned().ok_or(NoSession)
+    }
+
+    /// Queues a push for one session (a full queue closes it as a slow consumer).
+    pub fn send(&self, id: &str, message: &Value) -> Result<(), NoSession> {
+        let reach = self.reach(id)?;
+        let frame = envelope(
+            Some("session"),
+            json!({"type": "message", "message": message, "from": {"backend": true}}),
+        );
+        if let Err(mpsc::error::TrySendError::Full(_)) = reach.mailbox.tx.try_send(frame) {
+            reach.mailbox.kick.cancel();
+        }
+        Ok(())
+    }
+
+    /// Closes a session (code 4000).
+    pub fn disconnect(&self, id: &str) -> Result<(), NoSession> {
+        self.reach(id)?.close.cancel();
+        Ok(())
     }
 
     /// Takes a place, or `None` at the cap. The place is given back when the guard drops.
@@ -86,6 +128,7 @@ struct Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
+        self.sessions.live().remove(&self.id);
         self.sessions.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -251,6 +294,8 @@ struct Session {
     pushes: mpsc::Receiver<String>,
     /// Channels joined, and whether this session may publish to each.
     joined: HashMap<String, bool>,
+    /// Cancelled by a backend's `DELETE /sessions/{id}`.
+    close: CancellationToken,
 }
 
 /// What one incoming frame calls for.
@@ -276,6 +321,7 @@ impl Session {
             },
             pushes,
             joined: HashMap::new(),
+            close: CancellationToken::new(),
         }
     }
 
@@ -288,6 +334,7 @@ impl Session {
         let auth_deadline =
             tokio::time::Instant::now() + Duration::from_secs(ws.auth_timeout_secs.max(1));
         if self.principal.is_some() {
+            self.register();
             let _ = tx.send(Message::Text(self.welcome().into())).await;
         }
         let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_secs.max(1)));
@@ -332,6 +379,9 @@ impl Session {
                     if tx.send(Message::Text(frame.into())).await.is_err() {
                         break None;
                     }
+                }
+                _ = self.close.cancelled() => {
+                    break Some((CLOSE_BY_BACKEND, "disconnected by a backend".into()));
                 }
                 _ = self.mailbox.kick.cancelled() => {
                     break Some((CLOSE_SLOW, "slow consumer: the session fell too far behind its channels".into()));
@@ -436,6 +486,18 @@ impl Session {
         });
     }
 
+    /// Makes the (authenticated) session reachable by backends; `Place` undoes it.
+    fn register(&self) {
+        let reach = Reach {
+            mailbox: self.mailbox.clone(),
+            close: self.close.clone(),
+        };
+        self.place
+            .sessions
+            .live()
+            .insert(self.place.id.clone(), reach);
+    }
+
     fn welcome(&self) -> String {
         envelope(
             Some("session"),
@@ -510,6 +572,7 @@ impl Session {
         match self.state.principal_of(token) {
             Ok(p) => {
                 self.principal = Some(p);
+                self.register();
                 Next::Reply(self.welcome())
             }
             Err(e) => Next::Close(CLOSE_AUTH, format!("{}: {}", e.code, e.message)),

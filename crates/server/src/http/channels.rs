@@ -149,3 +149,37 @@ pub async fn snorky(
     }
     Ok(AxumJson(json!({"service": service, "message": answer})))
 }
+
+fn no_session(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownSession,
+        format!("no open WebSocket session `{id}`"),
+    )
+}
+
+/// `POST /sessions/{id}/send {message}`: a push to one session.
+pub async fn send_to_session(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    Json(b): Json<PublishBody>,
+) -> ApiResult<AxumJson<Value>> {
+    state
+        .sessions
+        .send(&id, &b.message)
+        .map_err(|_| no_session(&id))?;
+    Ok(AxumJson(json!({})))
+}
+
+/// `DELETE /sessions/{id}`: closes a session (code 4000).
+pub async fn disconnect(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<AxumJson<Value>> {
+    state
+        .sessions
+        .disconnect(&id)
+        .map_err(|_| no_session(&id))?;
+    Ok(AxumJson(json!({})))
+}

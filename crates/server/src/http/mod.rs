@@ -124,7 +124,15 @@ pub fn router(state: AppState) -> Router {
             .route("/channel-token", post(channels::mint))
             .route("/channels/{channel}/publish", post(channels::publish))
             .route("/channels/{channel}/members", get(channels::members))
-            .route("/backend", post(channels::snorky));
+            .route("/backend", post(channels::snorky))
+            .route(
+                "/sessions/{session_id}/send",
+                post(channels::send_to_session),
+            )
+            .route(
+                "/sessions/{session_id}",
+                axum::routing::delete(channels::disconnect),
+            );
     } else {
         r = r.route("/ws", get(crate::ws::upgrade));
     }
