@@ -847,3 +847,77 @@ async fn a_backend_pushes_to_one_session_and_disconnects_it() {
         "a closed session is no longer there"
     );
 }
+
+#[tokio::test]
+async fn an_admin_session_follows_every_system_channel_at_once() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    let (mut watcher, _) = session(&server, &token).await;
+    let r = call(
+        &mut watcher,
+        "channel",
+        "subscribe",
+        json!({"channel": "sys:*"}),
+        1,
+    )
+    .await;
+    assert_eq!(
+        r["message"]["data"],
+        json!({"channel": "sys:*", "channels": {}})
+    );
+    // Not for end clients.
+    let dev = server.new_client("dev-9", &["dev.#"]).await;
+    let dev_token = dev.fetch_token().await.expect("token").token;
+    let (mut other, _) = session(&server, &dev_token).await;
+    let r = call(
+        &mut other,
+        "channel",
+        "subscribe",
+        json!({"channel": "sys:*"}),
+        1,
+    )
+    .await;
+    assert_eq!(r["message"]["code"], "forbidden");
+    // A machine joins a system channel it was given a token for: the watcher sees it.
+    let (mut machine, sid) = session(&server, &dev_token).await;
+    let t = mint(
+        &server,
+        json!({"sid": sid, "cname": "sys:commandControl", "conn_info": {"host": "m1"}}),
+    )
+    .await;
+    let r = call(
+        &mut machine,
+        "channel",
+        "subscribe",
+        json!({"channel": "sys:commandControl", "token": t}),
+        2,
+    )
+    .await;
+    assert_eq!(r["message"]["type"], "response");
+    let joined = next_json(&mut watcher).await;
+    assert_eq!(joined["message"]["type"], "joined");
+    assert_eq!(joined["message"]["channel"], "sys:commandControl");
+    assert_eq!(joined["message"]["member"]["info"], json!({"host": "m1"}));
+    let (status, v) = backend_post(
+        &server,
+        "/channels/sys:commandControl/publish",
+        json!({"message": "status?"}),
+    )
+    .await;
+    assert_eq!((status, v), (200, json!({"delivered": 1})));
+    assert_eq!(
+        next_json(&mut machine).await["message"]["message"],
+        "status?"
+    );
+    assert_eq!(
+        next_json(&mut watcher).await["message"]["message"],
+        "status?"
+    );
+    drop(machine);
+    let left = next_json(&mut watcher).await;
+    assert_eq!(left["message"]["type"], "left");
+    assert_eq!(left["message"]["member"]["session_id"], json!(sid));
+    // Public channels are not followed.
+    backend_post(&server, "/channels/news/publish", json!({"message": 1})).await;
+    quiet_for(&mut watcher, 200).await;
+}

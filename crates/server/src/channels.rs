@@ -75,7 +75,13 @@ struct Member {
 #[derive(Default)]
 pub struct Channels {
     inner: Mutex<HashMap<String, HashMap<String, Member>>>,
+    /// Sessions that follow every `sys:` channel at once (`sys:*`), by session id. Taken
+    /// only while `inner` is held, so events reach them in the channels' order.
+    sys_watchers: Mutex<HashMap<String, Mailbox>>,
 }
+
+/// What a `sys:*` watcher subscribes to.
+pub const ALL_SYSTEM: &str = "sys:*";
 
 fn push(service: &str, message: Value) -> String {
     json!({"service": service, "message": message}).to_string()
@@ -84,6 +90,52 @@ fn push(service: &str, message: Value) -> String {
 impl Channels {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Member>>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watchers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mailbox>> {
+        self.sys_watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Passes a `sys:` channel's event to the `sys:*` watchers that are not members of it
+    /// (members got it already) and not `except`.
+    fn tell_watchers(
+        &self,
+        channel: &str,
+        members: Option<&HashMap<String, Member>>,
+        frame: &str,
+        except: Option<&str>,
+    ) {
+        if !channel.starts_with("sys:") {
+            return;
+        }
+        for (sid, mailbox) in self.watchers().iter() {
+            if Some(sid.as_str()) == except || members.is_some_and(|m| m.contains_key(sid)) {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.tx.try_send(frame.to_owned()) {
+                mailbox.kick.cancel();
+            }
+        }
+    }
+
+    /// Follows every `sys:` channel; returns their members now.
+    pub fn watch_system(
+        &self,
+        session_id: &str,
+        mailbox: Mailbox,
+    ) -> HashMap<String, Vec<MemberInfo>> {
+        let all = self.lock();
+        self.watchers().insert(session_id.to_owned(), mailbox);
+        all.iter()
+            .filter(|(name, _)| name.starts_with("sys:"))
+            .map(|(name, m)| (name.clone(), m.values().map(|m| m.info.clone()).collect()))
+            .collect()
+    }
+
+    /// Stops following every `sys:` channel.
+    pub fn unwatch_system(&self, session_id: &str) -> bool {
+        let _all = self.lock();
+        self.watchers().remove(session_id).is_some()
     }
 
     /// Adds a member; returns the members before it (for presence channels) and tells
@@ -98,6 +150,7 @@ impl Channels {
                 json!({"type": "joined", "channel": channel, "member": info}),
             );
             deliver(members.values(), &joined, None);
+            self.tell_watchers(channel, Some(members), &joined, Some(&info.session_id));
         }
         members.insert(info.session_id.clone(), Member { info, mailbox });
         if has_presence(channel) {
@@ -122,6 +175,7 @@ impl Channels {
                 json!({"type": "left", "channel": channel, "member": gone.info}),
             );
             deliver(members.values(), &left, None);
+            self.tell_watchers(channel, Some(members), &left, Some(session_id));
         }
         if members.is_empty() {
             all.remove(channel);
@@ -138,14 +192,13 @@ impl Channels {
         except: Option<&str>,
     ) -> usize {
         let all = self.lock();
-        let Some(members) = all.get(channel) else {
-            return 0;
-        };
+        let members = all.get(channel);
         let frame = push(
             "channel",
             json!({"type": "message", "channel": channel, "message": message, "from": from}),
         );
-        deliver(members.values(), &frame, except)
+        self.tell_watchers(channel, members, &frame, except);
+        members.map_or(0, |m| deliver(m.values(), &frame, except))
     }
 
     /// The members of a channel.

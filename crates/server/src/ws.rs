@@ -414,7 +414,11 @@ impl Session {
         let _ = tx.close().await;
         self.give_back_in_flight();
         for channel in std::mem::take(&mut self.joined).into_keys() {
-            self.state.channels.leave(&channel, &self.place.id);
+            if channel == channels::ALL_SYSTEM {
+                self.state.channels.unwatch_system(&self.place.id);
+            } else {
+                self.state.channels.leave(&channel, &self.place.id);
+            }
         }
     }
 
@@ -706,6 +710,9 @@ impl Session {
         principal: &Principal,
     ) -> Result<Value, (ErrorCode, String)> {
         let p = &call.params;
+        if p.get("channel").and_then(Value::as_str) == Some(channels::ALL_SYSTEM) {
+            return self.system_watch(call, principal);
+        }
         let channel = p
             .get("channel")
             .and_then(Value::as_str)
@@ -801,6 +808,45 @@ impl Session {
                 format!(
                     "service `channel` has no command `{other}` (subscribe, unsubscribe, publish)"
                 ),
+            )),
+        }
+    }
+
+    /// `sys:*`: an admin session (a trusted backend) follows every `sys:` channel at once.
+    fn system_watch(
+        &mut self,
+        call: &Call,
+        principal: &Principal,
+    ) -> Result<Value, (ErrorCode, String)> {
+        let all = channels::ALL_SYSTEM;
+        match call.command.as_str() {
+            "subscribe" if !principal.admin => Err((
+                ErrorCode::Forbidden,
+                format!("only admin clients (backends) may subscribe to `{all}`"),
+            )),
+            "subscribe" if self.joined.contains_key(all) => Err((
+                ErrorCode::ProtocolError,
+                format!("already subscribed to `{all}`"),
+            )),
+            "subscribe" => {
+                let channels = self
+                    .state
+                    .channels
+                    .watch_system(&self.place.id, self.mailbox.clone());
+                self.joined.insert(all.to_owned(), false);
+                Ok(json!({"channel": all, "channels": channels}))
+            }
+            "unsubscribe" if self.joined.remove(all).is_some() => {
+                self.state.channels.unwatch_system(&self.place.id);
+                Ok(json!({}))
+            }
+            "unsubscribe" => Err((
+                ErrorCode::ProtocolError,
+                format!("not subscribed to `{all}`"),
+            )),
+            _ => Err((
+                ErrorCode::InvalidParams,
+                format!("`{all}` can only be subscribed to, not published to"),
             )),
         }
     }
