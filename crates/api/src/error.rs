@@ -128,6 +128,17 @@ error_codes! {
     TooManySessions = ("too_many_sessions", 503),
     /// WebSocket: `GET /ws` without a valid WebSocket upgrade request.
     UpgradeRequired = ("upgrade_required", 426),
+    /// RPC and client functions: no session serves or exposes the function called.
+    NoCallee = ("no_callee", 404),
+    /// RPC and client functions: the callee did not answer within the call's timeout.
+    CallTimeout = ("call_timeout", 504),
+    /// RPC and client functions: the callee's session ended before it answered.
+    CalleeGone = ("callee_gone", 502),
+    /// RPC and client functions: every callee holds as many calls as it may.
+    CalleeBusy = ("callee_busy", 503),
+    /// RPC and client functions: the function raised an exception (its code and message
+    /// come with the error).
+    CallException = ("call_exception", 502),
     /// An internal error; details are in the server log, never in the answer.
     Internal = ("internal", 500),
 }
@@ -151,6 +162,10 @@ pub struct ErrorDetail {
     pub code: String,
     /// A human-readable explanation; never contains secrets or internal details.
     pub message: String,
+    /// More, for the codes that have it: `{"exception": {code, message}}` for
+    /// `call_exception`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// The JSON body of every error answer: `{"error": {"code": "...", "message": "..."}}`.
@@ -165,6 +180,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code: code.as_str().to_owned(),
                 message: message.into(),
+                details: None,
             },
         }
     }

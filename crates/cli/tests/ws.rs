@@ -539,9 +539,10 @@ async fn session(server: &TestServer, token: &str) -> (Ws, String) {
 #[tokio::test]
 async fn public_channels_take_any_session_and_backends_publish_to_them() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
-    let (mut a, _) = session(&server, &token).await;
-    let (mut b, _) = session(&server, &token).await;
+    let user = server.new_client("user-1", &["user.#"]).await;
+    let user_token = user.fetch_token().await.expect("token").token;
+    let (mut a, _) = session(&server, &user_token).await;
+    let (mut b, _) = session(&server, &user_token).await;
     for ws in [&mut a, &mut b] {
         let r = call(ws, "channel", "subscribe", json!({"channel": "news"}), 1).await;
         assert_eq!(
@@ -582,6 +583,35 @@ async fn public_channels_take_any_session_and_backends_publish_to_them() {
     ] {
         let r = call(&mut a, "channel", "subscribe", params.clone(), 3).await;
         assert_eq!(r["message"]["code"], code, "{params}");
+    }
+
+    // An admin client's session is a backend: it joins any channel and publishes
+    // without a token.
+    let (mut admin, _) = session(&server, &admin_token(&server).await).await;
+    let r = call(
+        &mut admin,
+        "channel",
+        "subscribe",
+        json!({"channel": "pvt:secret"}),
+        1,
+    )
+    .await;
+    assert_eq!(
+        r["message"]["data"],
+        json!({"channel": "pvt:secret", "publish": true})
+    );
+    let r = call(
+        &mut admin,
+        "channel",
+        "publish",
+        json!({"channel": "news", "message": "hi"}),
+        2,
+    )
+    .await;
+    assert_eq!(r["message"]["data"], json!({"delivered": 2}));
+    for ws in [&mut a, &mut b] {
+        let m = next_json(ws).await;
+        assert_eq!(m["message"]["message"], "hi");
     }
 }
 

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod stomp;
+pub mod ws;
 
 use std::time::Duration;
 
@@ -47,6 +48,12 @@ pub enum Error {
     Decode(String),
     #[error("invalid client settings: {0}")]
     Config(String),
+    /// The WebSocket session ended (the reason, with the node's close code if it sent one).
+    #[error("session closed: {0}")]
+    Closed(String),
+    /// A called function raised an exception (`call_exception`): its code and message.
+    #[error("the function raised `{code}`: {message}")]
+    Exception { code: String, message: String },
 }
 
 impl Error {
@@ -165,6 +172,12 @@ impl Client {
 
     fn transport(e: reqwest::Error) -> Error {
         Error::Transport(e.to_string())
+    }
+
+    /// Opens a WebSocket session (`GET /ws`) as this client.
+    pub async fn websocket(&self) -> Result<ws::WsSession, Error> {
+        let token = self.token(false).await?;
+        ws::WsSession::connect(&self.base, &token).await
     }
 
     /// Gets a token with `GET /token` (not cached).

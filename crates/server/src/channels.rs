@@ -201,6 +201,13 @@ impl Channels {
         members.map_or(0, |m| deliver(m.values(), &frame, except))
     }
 
+    /// Whether `session_id` is a member of `channel`.
+    pub fn is_member(&self, channel: &str, session_id: &str) -> bool {
+        self.lock()
+            .get(channel)
+            .is_some_and(|m| m.contains_key(session_id))
+    }
+
     /// The members of a channel.
     pub fn members(&self, channel: &str) -> Vec<MemberInfo> {
         self.lock()

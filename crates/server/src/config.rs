@@ -71,6 +71,8 @@ auth_timeout_secs = 10
 rate_per_sec = 100
 # Largest message a session may send, in bytes.
 max_message_bytes = 1048576
+# RPC and client-function calls one session may hold unanswered; more get `callee_busy`.
+max_pending_calls = 100
 
 [log]
 # "text" or "json" (TRUNKLINE_LOG_FORMAT).
@@ -134,6 +136,7 @@ pub struct WsConfig {
     pub auth_timeout_secs: u64,
     pub rate_per_sec: u32,
     pub max_message_bytes: usize,
+    pub max_pending_calls: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

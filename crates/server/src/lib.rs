@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod calls;
 pub mod channels;
 pub mod config;
 pub mod http;

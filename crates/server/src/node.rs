@@ -299,6 +299,7 @@ impl Node {
         let stomp_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sessions = Arc::new(crate::ws::Sessions::default());
         let channels = Arc::new(crate::channels::Channels::default());
+        let calls = Arc::new(crate::calls::Calls::new(config.ws.max_pending_calls));
         let state = |backend| AppState {
             broker: broker.clone(),
             keys: keys.clone(),
@@ -310,6 +311,7 @@ impl Node {
             stomp_connections: stomp_connections.clone(),
             sessions: sessions.clone(),
             channels: channels.clone(),
+            calls: calls.clone(),
         };
         let limits = &config.http_limits;
         let header_timeout = Duration::from_secs(limits.header_timeout_secs);

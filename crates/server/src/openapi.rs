@@ -198,7 +198,8 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             },
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"enum": ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()}, "message": {"type": "string"}}}}},
+                    "properties": {"code": {"enum": ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()}, "message": {"type": "string"},
+                    "details": {"type": "object", "description": "for call_exception: {exception: {code, message}}"}}}}},
                 "CreateClient": {"type": "object", "additionalProperties": false, "required": ["client_id", "client_name", "subscription"], "properties": {
                     "client_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}, "client_name": name,
                     "subscription": subscription, "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}},
@@ -302,6 +303,41 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             done,
             &with(&admin, &[UnknownSession]),
             json!({"security": admin_sec, "parameters": session_param}))});
+        let call_body = json!({"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": false, "properties": {
+                "payload": {"description": "Handed to the function (default null)"},
+                "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": 300000, "description": "Milliseconds (default 10000)"}}}}}});
+        let call_ok = (
+            "200",
+            ok(
+                "The function's `end` data, and the `next` parts before it (at most 1024)",
+                json!({"type": "object", "properties": {"data": {}, "parts": {"type": "array"}}}),
+            ),
+        );
+        let call_errors = with(
+            &body_errors,
+            &[NoCallee, CallTimeout, CalleeGone, CalleeBusy, CallException],
+        );
+        let function_param = json!({"name": "function", "in": "path", "required": true, "schema": {"type": "string"}});
+        doc["paths"]["/rpc/{server}/{function}"] = json!({"post": op(
+            "Call a function of an RPC server: one of the WebSocket sessions serving the name, in turn. Waits for the answer.",
+            call_ok.clone(),
+            &call_errors,
+            json!({"security": admin_sec, "requestBody": call_body, "parameters": [
+                {"name": "server", "in": "path", "required": true, "schema": {"type": "string"}}, function_param]}))});
+        doc["paths"]["/sessions/{session_id}/functions/{function}"] = json!({"post": op(
+            "Call a client function of one WebSocket session. Waits for the answer.",
+            call_ok,
+            &call_errors,
+            json!({"security": admin_sec, "requestBody": call_body, "parameters": [session_param[0], function_param]}))});
+        doc["paths"]["/channels/{channel}/functions/{function}"] = json!({"post": op(
+            "Call a client function of every session subscribed to a channel, at once. Waits for every answer; each member's data or error.",
+            ("200", ok("Each member's answer", json!({"type": "array", "items": {"type": "object", "properties": {
+                "session_id": {"type": "string"}, "client_id": {"type": "string"}, "info": {}, "data": {},
+                "error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "exception": {}}},
+                "parts": {"type": "array"}}}}))),
+            &body_errors,
+            json!({"security": admin_sec, "requestBody": call_body, "parameters": [channel_param[0], function_param]}))});
         doc["paths"]["/channels/{channel}/members"] = json!({"get": op(
             "The sessions subscribed to a channel.",
             ("200", ok("Members", json!({"type": "array", "items": {"type": "object", "properties": {

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use trunkline_api::ErrorCode;
 use trunkline_broker::{Principal, ReceiveOptions, Settle, WaitHandle};
 
+use crate::calls::{self, Answer, Kind, Reply, Request};
 use crate::channels::{self, Mailbox, MemberInfo};
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
@@ -296,6 +297,8 @@ struct Session {
     joined: HashMap<String, bool>,
     /// Cancelled by a backend's `DELETE /sessions/{id}`.
     close: CancellationToken,
+    /// Whether the session made, served or exposed calls (so its end must be told).
+    uses_calls: bool,
 }
 
 /// What one incoming frame calls for.
@@ -322,6 +325,7 @@ impl Session {
             pushes,
             joined: HashMap::new(),
             close: CancellationToken::new(),
+            uses_calls: false,
         }
     }
 
@@ -413,6 +417,9 @@ impl Session {
         }
         let _ = tx.close().await;
         self.give_back_in_flight();
+        if self.uses_calls {
+            self.state.calls.session_gone(&self.place.id);
+        }
         for channel in std::mem::take(&mut self.joined).into_keys() {
             if channel == channels::ALL_SYSTEM {
                 self.state.channels.unwatch_system(&self.place.id);
@@ -539,9 +546,11 @@ impl Session {
             return self.authenticate(&call);
         };
         let result = match call.service.as_str() {
-            "session" => self.session_service(&call, &principal),
-            "inbox" => self.inbox_service(&call, &principal).await,
-            "channel" => self.channel_service(&call, &principal),
+            "session" => self.session_service(&call, &principal).map(Some),
+            "inbox" => self.inbox_service(&call, &principal).await.map(Some),
+            "channel" => self.channel_service(&call, &principal).map(Some),
+            "rpc" => self.rpc_service(&call, &principal),
+            "functions" => self.functions_service(&call, &principal),
             "auth" => Err((
                 ErrorCode::ProtocolError,
                 "this session is already authenticated".into(),
@@ -552,7 +561,8 @@ impl Session {
             )),
         };
         Next::Reply(match result {
-            Ok(data) => envelope(
+            Ok(None) => return Next::Nothing,
+            Ok(Some(data)) => envelope(
                 Some(&call.service),
                 json!({"type": "response", "callId": call.call_id, "data": data}),
             ),
@@ -738,7 +748,7 @@ impl Session {
         };
         match call.command.as_str() {
             "subscribe" => {
-                if channels::needs_token(&channel) && token.is_none() {
+                if channels::needs_token(&channel) && token.is_none() && !principal.admin {
                     return Err((
                         ErrorCode::Forbidden,
                         format!("`{channel}` needs a channel token (params.token)"),
@@ -750,7 +760,7 @@ impl Session {
                         format!("already subscribed to `{channel}`"),
                     ));
                 }
-                let may_publish = token.as_ref().is_some_and(|c| c.publish);
+                let may_publish = principal.admin || token.as_ref().is_some_and(|c| c.publish);
                 let info = MemberInfo {
                     session_id: self.place.id.clone(),
                     client_id: principal.client_id.to_string(),
@@ -778,11 +788,12 @@ impl Session {
                 Ok(json!({}))
             }
             "publish" => {
-                let allowed = token
-                    .as_ref()
-                    .map(|c| c.publish)
-                    .or(self.joined.get(&channel).copied())
-                    .unwrap_or(false);
+                let allowed = principal.admin
+                    || token
+                        .as_ref()
+                        .map(|c| c.publish)
+                        .or(self.joined.get(&channel).copied())
+                        .unwrap_or(false);
                 if !allowed {
                     return Err((
                         ErrorCode::Forbidden,
@@ -851,6 +862,209 @@ impl Session {
         }
     }
 
+    /// Who this session is, as a callee sees it.
+    fn caller(&self, principal: &Principal) -> Value {
+        json!({"session_id": self.place.id, "client_id": &*principal.client_id})
+    }
+
+    /// Checks that this session may use RPC server `name`: to serve it (admin clients, or a
+    /// channel token for `name` with `pub: true`) or to call it (any session for a public
+    /// name; admin clients or a token for `name` for `pvt:`, `prs:` and `sys:` names).
+    fn rpc_allowed(
+        &self,
+        name: &str,
+        params: &Value,
+        principal: &Principal,
+        serve: bool,
+    ) -> Result<(), (ErrorCode, String)> {
+        if let Some(why) = channels::invalid_name(name) {
+            return Err((ErrorCode::InvalidParams, format!("server name: {why}")));
+        }
+        if principal.admin || !(serve || channels::needs_token(name)) {
+            return Ok(());
+        }
+        let claims = match params.get("token") {
+            Some(Value::String(t)) => self.channel_token(name, t)?,
+            _ if serve => return Err((ErrorCode::Forbidden, format!(
+                "serving `{name}` needs an admin client or a token for `{name}` with pub: true (params.token)"))),
+            _ => return Err((ErrorCode::Forbidden, format!("calling `{name}` needs a token for it (params.token)"))),
+        };
+        if serve && !claims.publish {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("serving `{name}` needs a token with pub: true"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn rpc_service(
+        &mut self,
+        call: &Call,
+        principal: &Principal,
+    ) -> Result<Option<Value>, (ErrorCode, String)> {
+        let p = &call.params;
+        match call.command.as_str() {
+            "register" => {
+                let name = str_param(p, "name")?;
+                let functions = functions_param(p)?;
+                self.rpc_allowed(name, p, principal, true)?;
+                self.uses_calls = true;
+                self.state
+                    .calls
+                    .register(name, &self.place.id, &self.mailbox, functions.clone());
+                Ok(Some(json!({"name": name, "functions": functions})))
+            }
+            "unregister" => {
+                let name = str_param(p, "name")?;
+                if !self.state.calls.unregister(name, &self.place.id) {
+                    return Err((
+                        ErrorCode::ProtocolError,
+                        format!("this session does not serve `{name}`"),
+                    ));
+                }
+                Ok(Some(json!({})))
+            }
+            "call" => {
+                let server = str_param(p, "server")?;
+                self.rpc_allowed(server, p, principal, false)?;
+                let req = self.request(call, principal)?;
+                self.uses_calls = true;
+                self.state
+                    .calls
+                    .call_rpc(server, req)
+                    .map_err(|e| (e.code, e.message))?;
+                Ok(None)
+            }
+            "next" | "end" | "exception" => self.answer_call(Kind::Rpc, call),
+            other => Err((
+                ErrorCode::UnknownCommand,
+                format!("service `rpc` has no command `{other}` (register, unregister, call, next, end, exception)"),
+            )),
+        }
+    }
+
+    fn functions_service(
+        &mut self,
+        call: &Call,
+        principal: &Principal,
+    ) -> Result<Option<Value>, (ErrorCode, String)> {
+        let p = &call.params;
+        match call.command.as_str() {
+            "expose" => {
+                let functions = functions_param(p)?;
+                self.uses_calls = true;
+                self.state
+                    .calls
+                    .expose(&self.place.id, &self.mailbox, functions.clone());
+                Ok(Some(json!({"functions": functions})))
+            }
+            "call" => {
+                let target = (
+                    p.get("session_id").and_then(Value::as_str),
+                    p.get("channel").and_then(Value::as_str),
+                );
+                let req = self.request(call, principal)?;
+                self.uses_calls = true;
+                match target {
+                    (Some(session), None) => {
+                        if !self.may_command(principal, |c| {
+                            self.state.channels.is_member(c, session)
+                        }) {
+                            return Err((ErrorCode::Forbidden, format!(
+                                "calling session `{session}` needs an admin client, or publish rights on a channel it is a member of")));
+                        }
+                        self.state
+                            .calls
+                            .call_function(session, req)
+                            .map_err(|e| (e.code, e.message))?;
+                    }
+                    (None, Some(channel)) => {
+                        if !self.may_command(principal, |c| c == channel) {
+                            return Err((ErrorCode::Forbidden, format!(
+                                "calling the members of `{channel}` needs an admin client, or publish rights on it")));
+                        }
+                        let mut members = self.state.channels.members(channel);
+                        members.retain(|m| m.session_id != self.place.id);
+                        let calls = self.state.calls.clone();
+                        let mailbox = self.mailbox.clone();
+                        let call_id = call.call_id.clone();
+                        tokio::spawn(async move {
+                            let results = calls::call_members(&calls, members, req).await;
+                            let frame = envelope(
+                                Some(Kind::Function.service()),
+                                json!({"type": "response", "callId": call_id, "data": results}),
+                            );
+                            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.tx.try_send(frame) {
+                                mailbox.kick.cancel();
+                            }
+                        });
+                    }
+                    _ => {
+                        return Err((
+                            ErrorCode::InvalidParams,
+                            "give params.session_id or params.channel (a string), not both".into(),
+                        ))
+                    }
+                }
+                Ok(None)
+            }
+            "next" | "end" | "exception" => self.answer_call(Kind::Function, call),
+            other => Err((
+                ErrorCode::UnknownCommand,
+                format!("service `functions` has no command `{other}` (expose, call, next, end, exception)"),
+            )),
+        }
+    }
+
+    /// Whether this session may call client functions of the sessions `on` a channel
+    /// picks: admin clients may call any; others need publish rights on such a channel.
+    fn may_command(&self, principal: &Principal, on: impl Fn(&str) -> bool) -> bool {
+        principal.admin
+            || self
+                .joined
+                .iter()
+                .any(|(c, may_publish)| *may_publish && on(c))
+    }
+
+    /// The call this session asks for, answered to it.
+    fn request(&self, call: &Call, principal: &Principal) -> Result<Request, (ErrorCode, String)> {
+        let p = &call.params;
+        Ok(Request {
+            function: str_param(p, "function")?.to_owned(),
+            payload: p.get("payload").cloned().unwrap_or(Value::Null),
+            from: self.caller(principal),
+            timeout: calls::timeout_of(p.get("timeout_ms"))
+                .map_err(|why| (ErrorCode::InvalidParams, why))?,
+            reply: Reply::Session {
+                session_id: self.place.id.clone(),
+                mailbox: self.mailbox.clone(),
+                call_id: call.call_id.clone(),
+            },
+        })
+    }
+
+    /// A callee's `next`, `end` or `exception` for a call it holds: `{delivered}`.
+    fn answer_call(&self, kind: Kind, call: &Call) -> Result<Option<Value>, (ErrorCode, String)> {
+        let p = &call.params;
+        let id = str_param(p, "id")?;
+        let data = p.get("data").cloned().unwrap_or(Value::Null);
+        let answer = match call.command.as_str() {
+            "next" => Answer::Next(data),
+            "end" => Answer::End(data),
+            _ => Answer::Exception {
+                code: str_param(p, "code")?.to_owned(),
+                message: p
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            },
+        };
+        let delivered = self.state.calls.answer(kind, &self.place.id, id, answer);
+        Ok(Some(json!({"delivered": delivered})))
+    }
+
     fn session_service(
         &self,
         call: &Call,
@@ -865,4 +1079,27 @@ impl Session {
             )),
         }
     }
+}
+
+/// A string parameter.
+fn str_param<'a>(p: &'a Value, name: &str) -> Result<&'a str, (ErrorCode, String)> {
+    p.get(name).and_then(Value::as_str).ok_or_else(|| {
+        (
+            ErrorCode::InvalidParams,
+            format!("params.{name} must be a string"),
+        )
+    })
+}
+
+/// `params.functions`: 1 to 256 function names of 1 to 128 characters.
+fn functions_param(p: &Value) -> Result<Vec<String>, (ErrorCode, String)> {
+    p.get("functions")
+        .and_then(|f| serde_json::from_value::<Vec<String>>(f.clone()).ok())
+        .filter(|f| (1..=256).contains(&f.len()) && f.iter().all(|n| (1..=128).contains(&n.len())))
+        .ok_or_else(|| {
+            (
+                ErrorCode::InvalidParams,
+                "params.functions must be an array of 1 to 256 names of 1 to 128 characters".into(),
+            )
+        })
 }

@@ -16,7 +16,7 @@ use crate::channels::{invalid_name, MemberInfo};
 /// Longest a channel token may live.
 const MAX_TOKEN_SECS: u64 = 7 * 24 * 3600;
 
-fn channel_name(name: &str) -> ApiResult<()> {
+pub(super) fn channel_name(name: &str) -> ApiResult<()> {
     match invalid_name(name) {
         Some(why) => Err(ApiError::new(ErrorCode::InvalidBody, why)),
         None => Ok(()),

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for 429 answers.
     pub retry_after: Option<u64>,
+    /// Sent as `error.details`.
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            details: None,
         }
     }
 }
@@ -30,7 +33,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody::new(self.code, self.message);
+        let mut body = ErrorBody::new(self.code, self.message);
+        body.error.details = self.details;
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

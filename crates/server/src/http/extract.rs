@@ -54,7 +54,7 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, A
     })
 }
 
-/// A JSON body. A content type other than JSON is refused; none at all is accepted, as
+/// A JSON object body. A content type other than JSON is refused; none at all is accepted, as
 /// many scripts send JSON without saying so.
 pub struct Json<T>(pub T);
 
@@ -91,7 +91,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
-        parse_json(&bytes).map(Json)
+        let value = parse_json(&bytes)?;
+        // Every body is an object; serde would take a struct from an array too.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "the body must be a JSON object",
+            ));
+        }
+        Ok(Json(value))
     }
 }
 

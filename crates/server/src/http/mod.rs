@@ -4,6 +4,7 @@
 //! `X-Backend-Key` for client management and serves `/metrics`. Handlers are thin: they
 //! authenticate, turn JSON into broker calls, and broker results into JSON.
 
+pub mod calls;
 pub mod channels;
 pub mod clients;
 pub mod error;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub sessions: Arc<crate::ws::Sessions>,
     /// WebSocket channels, shared by both listeners (backends publish to them).
     pub channels: Arc<crate::channels::Channels>,
+    /// RPC and client-function calls, shared by both listeners (backends call too).
+    pub calls: Arc<crate::calls::Calls>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -125,6 +128,15 @@ pub fn router(state: AppState) -> Router {
             .route("/channels/{channel}/publish", post(channels::publish))
             .route("/channels/{channel}/members", get(channels::members))
             .route("/backend", post(channels::snorky))
+            .route("/rpc/{server}/{function}", post(calls::rpc))
+            .route(
+                "/sessions/{session_id}/functions/{function}",
+                post(calls::session_function),
+            )
+            .route(
+                "/channels/{channel}/functions/{function}",
+                post(calls::channel_function),
+            )
             .route(
                 "/sessions/{session_id}/send",
                 post(channels::send_to_session),
