@@ -119,3 +119,70 @@ def test_snorky_backend_connector_publishes_to_a_channel(node: Node, make_client
     with pytest.raises(RuntimeError):
         SnorkyBackend(SnorkyHTTPTransport(node.backend_url + "/backend", "wrong-key-0123456789")).call(
             "pubsub", "publish", channel="scores", message=1)
+
+
+def session(node: Node, token: str):
+    ws = connect(ws_url(node), additional_headers={"Authorization": f"Bearer {token}"})
+    welcome = json.loads(ws.recv(timeout=10))
+    return ws, welcome["message"]["sessionId"]
+
+
+def answer_one_call(ws, service: str, reply) -> dict:
+    """Reads the next `call` push and answers it with `reply(call)`: ("next"/"end"/
+    "exception", params) pairs, in order; the pushed call."""
+    pushed = json.loads(ws.recv(timeout=10))["message"]
+    assert pushed["type"] == "call", pushed
+    for n, (command, params) in enumerate(reply(pushed)):
+        r = call(ws, service, command, f"a{n}", {"id": pushed["id"], **params})
+        assert r["message"]["data"] == {"delivered": True}, r
+    return pushed
+
+
+def test_client_functions_called_by_a_backend(node: Node, make_client):
+    """A device written with `websockets` exposes a function; a backend calls it over REST."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    key = (node.data_dir / "backend.key").read_text().strip()
+    c = make_client("dev", ["dev.#"])
+    ws, sid = session(node, c.token)
+    with ws:
+        r = call(ws, "functions", "expose", 1, {"functions": ["status"]})
+        assert r["message"]["data"] == {"functions": ["status"]}
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                requests.post, f"{node.backend_url}/sessions/{sid}/functions/status",
+                json={"payload": {"verbose": True}, "timeout_ms": 5000},
+                headers={"X-Backend-Key": key}, timeout=30)
+            pushed = answer_one_call(ws, "functions", lambda p: [
+                ("next", {"data": "warming up"}), ("end", {"data": {"battery": 91, "asked": p["payload"]}})])
+            resp = pending.result(timeout=30)
+        assert pushed["function"] == "status" and pushed["from"] == {"backend": True}
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"data": {"battery": 91, "asked": {"verbose": True}}, "parts": ["warming up"]}
+
+
+def test_rpc_between_two_websockets_sessions(node: Node, make_client, admin_token):
+    """One `websockets` session serves `calc`; another calls it and gets the parts, the
+    answer, and the callee's exception."""
+    server_ws, _ = session(node, admin_token)
+    caller = make_client("rpc", ["rpc.#"])
+    caller_ws, _ = session(node, caller.token)
+    with server_ws, caller_ws:
+        r = call(server_ws, "rpc", "register", 1, {"name": "calc", "functions": ["add"]})
+        assert r["message"]["data"] == {"name": "calc", "functions": ["add"]}
+        caller_ws.send(json.dumps({"service": "rpc", "message": {"command": "call", "callId": "c1",
+                                   "params": {"server": "calc", "function": "add", "payload": [2, 40]}}}))
+        answer_one_call(server_ws, "rpc", lambda p: [("next", {"data": "adding"}), ("end", {"data": sum(p["payload"])})])
+        assert json.loads(caller_ws.recv(timeout=10)) == {
+            "service": "rpc", "message": {"type": "next", "callId": "c1", "data": "adding"}}
+        assert json.loads(caller_ws.recv(timeout=10)) == {
+            "service": "rpc", "message": {"type": "response", "callId": "c1", "data": 42}}
+
+        caller_ws.send(json.dumps({"service": "rpc", "message": {"command": "call", "callId": "c2",
+                                   "params": {"server": "calc", "function": "add", "payload": "x"}}}))
+        answer_one_call(server_ws, "rpc", lambda p: [("exception", {"code": "E_TYPE", "message": "numbers only"})])
+        err = json.loads(caller_ws.recv(timeout=10))["message"]
+        assert (err["type"], err["callId"], err["code"]) == ("error", "c2", "call_exception")
+        assert err["exception"] == {"code": "E_TYPE", "message": "numbers only"}
