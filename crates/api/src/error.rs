@@ -106,7 +106,8 @@ error_codes! {
     InvalidDestination = ("invalid_destination", 400),
     /// STOMP: the client fell silent for longer than the negotiated heart-beat allows.
     HeartbeatTimeout = ("heartbeat_timeout", 408),
-    /// STOMP: more subscriptions than a connection may hold.
+    /// STOMP: more subscriptions than a connection may hold; WebSocket: more channels than a
+    /// session may join.
     TooManySubscriptions = ("too_many_subscriptions", 429),
     /// STOMP: more frames in one transaction than allowed.
     TransactionTooLarge = ("transaction_too_large", 413),

@@ -12,25 +12,17 @@ use trunkline_testkit::TestServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn backend(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", server.backend))
-        .header("x-backend-key", &server.backend_key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("backend request");
+/// `POST` to the backend listener with the backend key.
+async fn post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", server.backend))
+        .header("x-backend-key", &server.backend_key)
+        .json(&body)
+        .send()
+        .await
+        .expect("backend request");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
-    backend(server, reqwest::Method::POST, path, Some(body)).await
 }
 
 async fn mint(server: &TestServer, sid: &str, cname: &str, publish: bool, info: Value) -> String {
@@ -235,6 +227,16 @@ async fn a_callee_that_disconnects_or_is_full_gives_its_caller_a_distinct_error(
         .await
         .expect_err("the callee holds two calls already");
     assert_eq!(code(&e), Some(ErrorCode::CalleeBusy), "{e}");
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", server.backend))
+        .header("x-backend-key", &server.backend_key)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("trunkline_ws_calls_pending 2\n"), "{text}");
 
     // Answering one makes room; its caller gets the answer.
     let first = held.remove(0);
@@ -579,4 +581,44 @@ async fn command_and_control_of_machines_on_a_system_channel() {
         .into_iter()
         .flatten()
         .all(|a| a["data"]["load"].is_number()));
+}
+
+#[tokio::test]
+async fn a_session_serves_and_joins_a_bounded_number_of_names() {
+    let server = TestServer::start_with(|c| c.ws.rate_per_sec = 100_000).await;
+    let s = admin_session(&server).await;
+    for i in 0..64 {
+        s.request(
+            "rpc",
+            "register",
+            json!({"name": format!("svc{i}"), "functions": ["f"]}),
+        )
+        .await
+        .expect("register");
+    }
+    let e = s
+        .request(
+            "rpc",
+            "register",
+            json!({"name": "svc64", "functions": ["f"]}),
+        )
+        .await
+        .expect_err("the 65th name");
+    assert_eq!(code(&e), Some(ErrorCode::ProtocolError), "{e}");
+    // Registering a name it serves again replaces its functions.
+    s.request(
+        "rpc",
+        "register",
+        json!({"name": "svc0", "functions": ["g"]}),
+    )
+    .await
+    .expect("re-register");
+    for i in 0..1024 {
+        s.subscribe(&format!("ch{i}"), None).await.expect("join");
+    }
+    let e = s
+        .subscribe("ch1024", None)
+        .await
+        .expect_err("the 1025th channel");
+    assert_eq!(code(&e), Some(ErrorCode::TooManySubscriptions), "{e}");
 }

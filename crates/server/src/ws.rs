@@ -46,6 +46,12 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_SLOW: u16 = 4429;
 const CLOSE_BY_BACKEND: u16 = 4000;
 
+/// Channels one session may join at once.
+const MAX_JOINED: usize = 1024;
+
+/// RPC server names one session may serve at once.
+const MAX_SERVED: usize = 64;
+
 /// Sessions of the node, for the cap, ids, `/metrics` and the backend's reach.
 #[derive(Default)]
 pub struct Sessions {
@@ -299,6 +305,8 @@ struct Session {
     close: CancellationToken,
     /// Whether the session made, served or exposed calls (so its end must be told).
     uses_calls: bool,
+    /// RPC server names this session serves.
+    serving: std::collections::HashSet<String>,
 }
 
 /// What one incoming frame calls for.
@@ -326,6 +334,7 @@ impl Session {
             joined: HashMap::new(),
             close: CancellationToken::new(),
             uses_calls: false,
+            serving: Default::default(),
         }
     }
 
@@ -760,6 +769,12 @@ impl Session {
                         format!("already subscribed to `{channel}`"),
                     ));
                 }
+                if self.joined.len() >= MAX_JOINED {
+                    return Err((
+                        ErrorCode::TooManySubscriptions,
+                        format!("a session joins at most {MAX_JOINED} channels"),
+                    ));
+                }
                 let may_publish = principal.admin || token.as_ref().is_some_and(|c| c.publish);
                 let info = MemberInfo {
                     session_id: self.place.id.clone(),
@@ -909,6 +924,13 @@ impl Session {
                 let name = str_param(p, "name")?;
                 let functions = functions_param(p)?;
                 self.rpc_allowed(name, p, principal, true)?;
+                if self.serving.len() >= MAX_SERVED && !self.serving.contains(name) {
+                    return Err((
+                        ErrorCode::ProtocolError,
+                        format!("a session serves at most {MAX_SERVED} RPC names"),
+                    ));
+                }
+                self.serving.insert(name.to_owned());
                 self.uses_calls = true;
                 self.state
                     .calls
@@ -917,6 +939,7 @@ impl Session {
             }
             "unregister" => {
                 let name = str_param(p, "name")?;
+                self.serving.remove(name);
                 if !self.state.calls.unregister(name, &self.place.id) {
                     return Err((
                         ErrorCode::ProtocolError,

@@ -205,6 +205,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     gauge(
         &mut out,
+        "trunkline_ws_calls_pending",
+        "RPC and client-function calls waiting for their callee's answer.",
+        state.calls.pending() as u64,
+    );
+    gauge(
+        &mut out,
         "trunkline_live_subscriptions",
         "Open live subscriptions.",
         b.live_subscriptions() as u64,
