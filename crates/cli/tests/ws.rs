@@ -496,34 +496,17 @@ async fn a_new_message_is_pushed_to_a_waiting_subscriber_and_bad_params_are_refu
     assert!(got[0]["receipt"].as_str().is_some());
 }
 
-/// `POST` to the backend listener with the backend key.
-async fn backend_post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", server.backend))
-        .header("X-Backend-Key", &server.backend_key)
-        .json(&body)
-        .send()
-        .await
-        .expect("backend request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// `GET /channels/{channel}/members` on the backend listener.
 async fn members_of(server: &TestServer, channel: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/channels/{channel}/members", server.backend))
-        .header("X-Backend-Key", &server.backend_key)
-        .send()
-        .await
-        .expect("members")
-        .json()
-        .await
-        .expect("json")
+    let (status, v) = server
+        .backend_request("GET", &format!("/channels/{channel}/members"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v
 }
 
 async fn mint(server: &TestServer, claims: Value) -> String {
-    let (status, v) = backend_post(server, "/channel-token", claims).await;
+    let (status, v) = server.backend_post("/channel-token", claims).await;
     assert_eq!(status, 200, "{v}");
     v["token"].as_str().expect("token").to_owned()
 }
@@ -560,12 +543,12 @@ async fn public_channels_take_any_session_and_backends_publish_to_them() {
     )
     .await;
     assert_eq!(r["message"]["code"], "forbidden");
-    let (status, v) = backend_post(
-        &server,
-        "/channels/news/publish",
-        json!({"message": {"headline": "x"}}),
-    )
-    .await;
+    let (status, v) = server
+        .backend_post(
+            "/channels/news/publish",
+            json!({"message": {"headline": "x"}}),
+        )
+        .await;
     assert_eq!((status, v), (200, json!({"delivered": 2})));
     for ws in [&mut a, &mut b] {
         let m = next_json(ws).await;
@@ -799,7 +782,7 @@ async fn the_snorky_backend_endpoint_answers_every_request() {
         .expect("request");
     assert_eq!(r.status().as_u16(), 400);
     // A call: answered in Snorky's wrapping, callId echoed.
-    let (status, v) = backend_post(&server, "/backend", body).await;
+    let (status, v) = server.backend_post("/backend", body).await;
     assert_eq!(
         (status, v),
         (
@@ -807,12 +790,12 @@ async fn the_snorky_backend_endpoint_answers_every_request() {
             json!({"service": "pubsub", "message": {"type": "response", "callId": 9, "data": null}})
         )
     );
-    let (status, v) = backend_post(
-        &server,
-        "/backend",
-        json!({"service": "x", "message": {"command": "y"}}),
-    )
-    .await;
+    let (status, v) = server
+        .backend_post(
+            "/backend",
+            json!({"service": "x", "message": {"command": "y"}}),
+        )
+        .await;
     assert_eq!(
         (status, v),
         (
@@ -829,19 +812,20 @@ async fn a_backend_pushes_to_one_session_and_disconnects_it() {
     let (mut ws, sid) = session(&server, &token).await;
     let r = call(&mut ws, "channel", "subscribe", json!({"channel": "prs:ops", "token": mint(&server, json!({"sid": sid, "cname": "prs:ops"})).await}), 1).await;
     assert_eq!(r["message"]["type"], "response");
-    let (status, _) = backend_post(
-        &server,
-        &format!("/sessions/{sid}/send"),
-        json!({"message": {"cmd": "reboot"}}),
-    )
-    .await;
+    let (status, _) = server
+        .backend_post(
+            &format!("/sessions/{sid}/send"),
+            json!({"message": {"cmd": "reboot"}}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(
         next_json(&mut ws).await,
         json!({"service": "session", "message": {"type": "message", "message": {"cmd": "reboot"}, "from": {"backend": true}}})
     );
-    let (status, v) =
-        backend_post(&server, "/sessions/ws-999999/send", json!({"message": 1})).await;
+    let (status, v) = server
+        .backend_post("/sessions/ws-999999/send", json!({"message": 1}))
+        .await;
     assert_eq!(
         (status, v["error"]["code"].clone()),
         (404, json!("unknown_session"))
@@ -928,12 +912,12 @@ async fn an_admin_session_follows_every_system_channel_at_once() {
     assert_eq!(joined["message"]["type"], "joined");
     assert_eq!(joined["message"]["channel"], "sys:commandControl");
     assert_eq!(joined["message"]["member"]["info"], json!({"host": "m1"}));
-    let (status, v) = backend_post(
-        &server,
-        "/channels/sys:commandControl/publish",
-        json!({"message": "status?"}),
-    )
-    .await;
+    let (status, v) = server
+        .backend_post(
+            "/channels/sys:commandControl/publish",
+            json!({"message": "status?"}),
+        )
+        .await;
     assert_eq!((status, v), (200, json!({"delivered": 1})));
     assert_eq!(
         next_json(&mut machine).await["message"]["message"],
@@ -948,6 +932,8 @@ async fn an_admin_session_follows_every_system_channel_at_once() {
     assert_eq!(left["message"]["type"], "left");
     assert_eq!(left["message"]["member"]["session_id"], json!(sid));
     // Public channels are not followed.
-    backend_post(&server, "/channels/news/publish", json!({"message": 1})).await;
+    server
+        .backend_post("/channels/news/publish", json!({"message": 1}))
+        .await;
     quiet_for(&mut watcher, 200).await;
 }

@@ -12,26 +12,13 @@ use trunkline_testkit::TestServer;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// `POST` to the backend listener with the backend key.
-async fn post(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", server.backend))
-        .header("x-backend-key", &server.backend_key)
-        .json(&body)
-        .send()
-        .await
-        .expect("backend request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn mint(server: &TestServer, sid: &str, cname: &str, publish: bool, info: Value) -> String {
-    let (status, v) = post(
-        server,
-        "/channel-token",
-        json!({"sid": sid, "cname": cname, "pub": publish, "conn_info": info}),
-    )
-    .await;
+    let (status, v) = server
+        .backend_post(
+            "/channel-token",
+            json!({"sid": sid, "cname": cname, "pub": publish, "conn_info": info}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     v["token"].as_str().expect("token").to_owned()
 }
@@ -117,29 +104,35 @@ async fn rpc_calls_are_answered_streamed_shared_and_fail_with_distinct_errors() 
     }
 
     // The backend calls the same server over REST and gets data and parts.
-    let (status, v) = post(&server, "/rpc/calc/count", json!({"payload": {"n": 2}})).await;
+    let (status, v) = server
+        .backend_post("/rpc/calc/count", json!({"payload": {"n": 2}}))
+        .await;
     assert_eq!(
         (status, &v),
         (200, &json!({"data": "done", "parts": [1, 2]}))
     );
-    let (status, v) = post(&server, "/rpc/calc/fail", json!({})).await;
+    let (status, v) = server.backend_post("/rpc/calc/fail", json!({})).await;
     assert_eq!(status, 502, "{v}");
     assert_eq!(v["error"]["code"], "call_exception");
     assert_eq!(
         v["error"]["details"]["exception"],
         json!({"code": "E42", "message": "no can do"})
     );
-    let (status, v) = post(&server, "/rpc/calc/hang", json!({"timeout_ms": 200})).await;
+    let (status, v) = server
+        .backend_post("/rpc/calc/hang", json!({"timeout_ms": 200}))
+        .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (504, Some("call_timeout"))
     );
-    let (status, v) = post(&server, "/rpc/calc/add", json!({"timeout_ms": 0})).await;
+    let (status, v) = server
+        .backend_post("/rpc/calc/add", json!({"timeout_ms": 0}))
+        .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (400, Some("invalid_body"))
     );
-    let (status, v) = post(&server, "/rpc/none/add", json!({})).await;
+    let (status, v) = server.backend_post("/rpc/none/add", json!({})).await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (404, Some("no_callee"))
@@ -400,18 +393,22 @@ async fn client_functions_are_called_by_backends_and_by_sessions_their_tokens_al
 
     // A backend calls it by session id.
     let path = format!("/sessions/{}/functions/add", device.id());
-    let (status, v) = post(&server, &path, json!({"payload": {"a": 1, "b": 2}})).await;
+    let (status, v) = server
+        .backend_post(&path, json!({"payload": {"a": 1, "b": 2}}))
+        .await;
     assert_eq!(
         (status, &v),
         (200, &json!({"data": {"sum": 3}, "parts": []}))
     );
     let path = format!("/sessions/{}/functions/nope", device.id());
-    let (status, v) = post(&server, &path, json!({})).await;
+    let (status, v) = server.backend_post(&path, json!({})).await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (404, Some("no_callee"))
     );
-    let (status, v) = post(&server, "/sessions/ws-999999/functions/add", json!({})).await;
+    let (status, v) = server
+        .backend_post("/sessions/ws-999999/functions/add", json!({}))
+        .await;
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (404, Some("no_callee"))
@@ -535,12 +532,12 @@ async fn command_and_control_of_machines_on_a_system_channel() {
 
     // And one by one, through the REST interface, by session id.
     for (session, sysid) in &online {
-        let (status, v) = post(
-            &server,
-            &format!("/sessions/{session}/functions/get_load"),
-            json!({}),
-        )
-        .await;
+        let (status, v) = server
+            .backend_post(
+                &format!("/sessions/{session}/functions/get_load"),
+                json!({}),
+            )
+            .await;
         assert_eq!(status, 200, "{v}");
         let i: usize = sysid.trim_start_matches("machine-").parse().expect("index");
         assert_eq!(v["data"]["load"].as_f64(), Some(loads[i]));
@@ -568,12 +565,12 @@ async fn command_and_control_of_machines_on_a_system_channel() {
         }
     }
     // The REST channel call now reaches the three left.
-    let (status, v) = post(
-        &server,
-        &format!("/channels/{CHANNEL}/functions/get_load"),
-        json!({}),
-    )
-    .await;
+    let (status, v) = server
+        .backend_post(
+            &format!("/channels/{CHANNEL}/functions/get_load"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v.as_array().map(Vec::len), Some(3));
     assert!(v

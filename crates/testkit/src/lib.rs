@@ -89,6 +89,35 @@ impl TestServer {
         &self.data_dir
     }
 
+    /// A request to the backend listener with the backend key: the status and the JSON
+    /// answer (`null` if it was not JSON).
+    pub async fn backend_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.backend))
+            .header("X-Backend-Key", &self.backend_key);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("backend request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `POST` to the backend listener with the backend key.
+    pub async fn backend_post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.backend_request("POST", path, Some(&body)).await
+    }
+
     /// The credentials the node wrote to `admin.json`.
     pub fn admin_credentials(&self) -> CredentialsFile {
         let text =
