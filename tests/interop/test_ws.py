@@ -186,3 +186,24 @@ def test_rpc_between_two_websockets_sessions(node: Node, make_client, admin_toke
         err = json.loads(caller_ws.recv(timeout=10))["message"]
         assert (err["type"], err["callId"], err["code"]) == ("error", "c2", "call_exception")
         assert err["exception"] == {"code": "E_TYPE", "message": "numbers only"}
+
+
+def test_query_tokens_never_reach_the_log(tmp_path):
+    """A `?token=` in the upgrade URL (good or bad) is not written to the log, even at
+    debug level."""
+    from trunkline_node import get_token, start_node, stop_node
+
+    node = start_node(tmp_path, log_level="debug")
+    try:
+        token = get_token(node, node.admin["client_id"], node.admin["secret"])
+        with connect(ws_url(node, f"?token={token}")) as ws:
+            assert json.loads(ws.recv(timeout=10))["message"]["type"] == "welcome"
+        bad = "tl1.bogus-token-for-the-log-check"
+        with pytest.raises(InvalidStatus):
+            connect(ws_url(node, f"?token={bad}"))
+    finally:
+        assert stop_node(node.proc) == "exited cleanly"
+    log = node.log_path.read_text(errors="replace")
+    assert "/ws" in log, "the upgrades were logged at debug level"
+    assert token not in log and bad not in log
+    assert token.split(".")[-1] not in log

@@ -91,11 +91,11 @@ def _wait_for_listen(proc: subprocess.Popen, data_dir: Path, log_path: Path) -> 
     )
 
 
-def start_node(base: Path, config_toml: str | None = None) -> Node:
+def start_node(base: Path, config_toml: str | None = None, log_level: str = "info") -> Node:
     """Starts `trunkline serve` with its data in `base/data` and its log in
     `base/trunkline.log`, all listeners on 127.0.0.1 port 0, and waits until it is up.
     `config_toml` (optional) is written to `base/trunkline.toml` and passed as --config;
-    without it the node runs with its shipped defaults."""
+    without it the node runs with its shipped defaults. `log_level` is its tracing filter."""
     path = binary()
     if not path.is_file():
         raise FileNotFoundError(
@@ -127,7 +127,7 @@ def start_node(base: Path, config_toml: str | None = None) -> Node:
         for k, v in os.environ.items()
         if not k.startswith(("TRUNKLINE_", "SOAR_"))
     }
-    env["TRUNKLINE_LOG_LEVEL"] = "info"
+    env["TRUNKLINE_LOG_LEVEL"] = log_level
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             args,
