@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use trunkline_api::ErrorCode;
 
-use crate::channels::{Mailbox, MemberInfo};
+use crate::channels::{envelope, Mailbox, MemberInfo};
 
 /// Time a call may take when the caller does not say.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -160,10 +160,7 @@ pub struct Calls {
 }
 
 fn push(mailbox: &Mailbox, service: &str, message: Value) {
-    let frame = json!({"service": service, "message": message}).to_string();
-    if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.tx.try_send(frame) {
-        mailbox.kick.cancel();
-    }
+    mailbox.push(envelope(Some(service), message));
 }
 
 impl Calls {

@@ -58,12 +58,38 @@ pub struct MemberInfo {
     pub info: Value,
 }
 
+/// A text frame for a session: cheap to clone, so one serialized push is shared by every
+/// session it goes to.
+pub type Frame = axum::extract::ws::Utf8Bytes;
+
 /// How to reach a session.
 #[derive(Clone)]
 pub struct Mailbox {
-    pub tx: mpsc::Sender<String>,
+    pub tx: mpsc::Sender<Frame>,
     /// Cancelled to close the session (slow consumer).
     pub kick: CancellationToken,
+}
+
+impl Mailbox {
+    /// Queues a frame. A full queue closes the session as a slow consumer. Whether the
+    /// frame was queued.
+    pub fn push(&self, frame: Frame) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// `{"service": service, "message": message}` as a frame.
+pub fn envelope(service: Option<&str>, message: Value) -> Frame {
+    json!({"service": service, "message": message})
+        .to_string()
+        .into()
 }
 
 struct Member {
@@ -83,10 +109,6 @@ pub struct Channels {
 /// What a `sys:*` watcher subscribes to.
 pub const ALL_SYSTEM: &str = "sys:*";
 
-fn push(service: &str, message: Value) -> String {
-    json!({"service": service, "message": message}).to_string()
-}
-
 impl Channels {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Member>>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -102,7 +124,7 @@ impl Channels {
         &self,
         channel: &str,
         members: Option<&HashMap<String, Member>>,
-        frame: &str,
+        frame: &Frame,
         except: Option<&str>,
     ) {
         if !channel.starts_with("sys:") {
@@ -112,9 +134,7 @@ impl Channels {
             if Some(sid.as_str()) == except || members.is_some_and(|m| m.contains_key(sid)) {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.tx.try_send(frame.to_owned()) {
-                mailbox.kick.cancel();
-            }
+            mailbox.push(frame.clone());
         }
     }
 
@@ -145,8 +165,8 @@ impl Channels {
         let members = all.entry(channel.to_owned()).or_default();
         let before: Vec<MemberInfo> = members.values().map(|m| m.info.clone()).collect();
         if has_presence(channel) {
-            let joined = push(
-                "channel",
+            let joined = envelope(
+                Some("channel"),
                 json!({"type": "joined", "channel": channel, "member": info}),
             );
             deliver(members.values(), &joined, None);
@@ -170,8 +190,8 @@ impl Channels {
             return false;
         };
         if has_presence(channel) {
-            let left = push(
-                "channel",
+            let left = envelope(
+                Some("channel"),
                 json!({"type": "left", "channel": channel, "member": gone.info}),
             );
             deliver(members.values(), &left, None);
@@ -193,8 +213,8 @@ impl Channels {
     ) -> usize {
         let all = self.lock();
         let members = all.get(channel);
-        let frame = push(
-            "channel",
+        let frame = envelope(
+            Some("channel"),
             json!({"type": "message", "channel": channel, "message": message, "from": from}),
         );
         self.tell_watchers(channel, members, &frame, except);
@@ -220,21 +240,13 @@ impl Channels {
 /// Queues `frame` for each member but `except`; a member with a full queue is kicked.
 fn deliver<'a>(
     members: impl Iterator<Item = &'a Member>,
-    frame: &str,
+    frame: &Frame,
     except: Option<&str>,
 ) -> usize {
-    let mut n = 0;
-    for m in members {
-        if Some(m.info.session_id.as_str()) == except {
-            continue;
-        }
-        match m.mailbox.tx.try_send(frame.to_owned()) {
-            Ok(()) => n += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => m.mailbox.kick.cancel(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
-    }
-    n
+    members
+        .filter(|m| Some(m.info.session_id.as_str()) != except)
+        .filter(|m| m.mailbox.push(frame.clone()))
+        .count()
 }
 
 #[cfg(test)]

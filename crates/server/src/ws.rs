@@ -33,7 +33,7 @@ use trunkline_api::ErrorCode;
 use trunkline_broker::{Principal, ReceiveOptions, Settle, WaitHandle};
 
 use crate::calls::{self, Answer, Kind, Reply, Request};
-use crate::channels::{self, Mailbox, MemberInfo};
+use crate::channels::{self, envelope, Frame, Mailbox, MemberInfo};
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::http::messages::{message_value, readable_queue, MAX_LEASE_SECS};
@@ -45,6 +45,9 @@ const CLOSE_IDLE: u16 = 4408;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_SLOW: u16 = 4429;
 const CLOSE_BY_BACKEND: u16 = 4000;
+
+/// Pushes written to a session's socket with one flush, at most.
+const PUSH_BATCH: usize = 64;
 
 /// Channels one session may join at once.
 const MAX_JOINED: usize = 1024;
@@ -93,9 +96,7 @@ impl Sessions {
             Some("session"),
             json!({"type": "message", "message": message, "from": {"backend": true}}),
         );
-        if let Err(mpsc::error::TrySendError::Full(_)) = reach.mailbox.tx.try_send(frame) {
-            reach.mailbox.kick.cancel();
-        }
+        reach.mailbox.push(frame);
         Ok(())
     }
 
@@ -259,11 +260,7 @@ fn parse(text: &str) -> Result<Call, (Option<String>, Value, String)> {
     })
 }
 
-fn envelope(service: Option<&str>, message: Value) -> String {
-    json!({"service": service, "message": message}).to_string()
-}
-
-fn error_frame(service: Option<&str>, call_id: &Value, code: ErrorCode, text: &str) -> String {
+fn error_frame(service: Option<&str>, call_id: &Value, code: ErrorCode, text: &str) -> Frame {
     envelope(
         service,
         json!({"type": "error", "callId": call_id, "code": code, "message": text}),
@@ -298,7 +295,7 @@ struct Session {
     inbox: Option<InboxSub>,
     /// Channel frames for this session, and how channels reach it.
     mailbox: Mailbox,
-    pushes: mpsc::Receiver<String>,
+    pushes: mpsc::Receiver<Frame>,
     /// Channels joined, and whether this session may publish to each.
     joined: HashMap<String, bool>,
     /// Cancelled by a backend's `DELETE /sessions/{id}`.
@@ -311,7 +308,7 @@ struct Session {
 
 /// What one incoming frame calls for.
 enum Next {
-    Reply(String),
+    Reply(Frame),
     Close(u16, String),
     Nothing,
 }
@@ -348,7 +345,7 @@ impl Session {
             tokio::time::Instant::now() + Duration::from_secs(ws.auth_timeout_secs.max(1));
         if self.principal.is_some() {
             self.register();
-            let _ = tx.send(Message::Text(self.welcome().into())).await;
+            let _ = tx.send(Message::Text(self.welcome())).await;
         }
         let mut ping = tokio::time::interval(Duration::from_secs(ws.ping_secs.max(1)));
         ping.tick().await;
@@ -380,7 +377,7 @@ impl Session {
                     };
                     match next {
                         Next::Reply(text) => {
-                            if tx.send(Message::Text(text.into())).await.is_err() {
+                            if tx.send(Message::Text(text)).await.is_err() {
                                 break None;
                             }
                         }
@@ -389,7 +386,13 @@ impl Session {
                     }
                 }
                 Some(frame) = self.pushes.recv() => {
-                    if tx.send(Message::Text(frame.into())).await.is_err() {
+                    // Write what is queued with one flush.
+                    let mut ok = tx.feed(Message::Text(frame)).await.is_ok();
+                    for _ in 1..PUSH_BATCH {
+                        let Ok(frame) = self.pushes.try_recv() else { break };
+                        ok = ok && tx.feed(Message::Text(frame)).await.is_ok();
+                    }
+                    if !ok || tx.flush().await.is_err() {
                         break None;
                     }
                 }
@@ -474,12 +477,15 @@ impl Session {
                 o.insert("queue".into(), json!(sub.queue));
             }
             if tx
-                .send(Message::Text(envelope(Some("inbox"), m).into()))
+                .feed(Message::Text(envelope(Some("inbox"), m)))
                 .await
                 .is_err()
             {
                 return Err(());
             }
+        }
+        if !got.is_empty() && tx.flush().await.is_err() {
+            return Err(());
         }
         Ok(if got.len() < room {
             room - got.len()
@@ -518,7 +524,7 @@ impl Session {
             .insert(self.place.id.clone(), reach);
     }
 
-    fn welcome(&self) -> String {
+    fn welcome(&self) -> Frame {
         envelope(
             Some("session"),
             json!({"type": "welcome", "sessionId": self.place.id,
@@ -1018,9 +1024,7 @@ impl Session {
                                 Some(Kind::Function.service()),
                                 json!({"type": "response", "callId": call_id, "data": results}),
                             );
-                            if let Err(mpsc::error::TrySendError::Full(_)) = mailbox.tx.try_send(frame) {
-                                mailbox.kick.cancel();
-                            }
+                            mailbox.push(frame);
                         });
                     }
                     _ => {
