@@ -619,3 +619,32 @@ async fn a_session_serves_and_joins_a_bounded_number_of_names() {
         .expect_err("the 1025th channel");
     assert_eq!(code(&e), Some(ErrorCode::TooManySubscriptions), "{e}");
 }
+
+#[tokio::test]
+async fn a_backend_call_ends_before_its_http_request_times_out() {
+    let server = TestServer::start_with(|c| {
+        c.http_limits.request_timeout_secs = 3;
+        c.http_limits.max_wait_secs = 1;
+    })
+    .await;
+    let callee = admin_session(&server).await;
+    callee
+        .serve("calc", &["hang"], None, calculator)
+        .await
+        .expect("serve");
+    let started = std::time::Instant::now();
+    let (status, v) = server
+        .backend_post("/rpc/calc/hang", json!({"timeout_ms": 60000}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (504, Some("call_timeout")),
+        "{v}"
+    );
+    // Cut to 2 s, far from the 60 s asked for.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -2,6 +2,8 @@
 //! server name, and client functions of one session or of every member of a channel.
 //! Each request waits for the outcome (at most the call's `timeout_ms`).
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::Json as AxumJson;
 use serde::Deserialize;
@@ -25,12 +27,21 @@ pub struct CallBody {
 }
 
 impl CallBody {
+    /// The call; its timeout ends a second before the request's own
+    /// (`[http_limits] request_timeout_secs`), so the answer is `call_timeout`.
     fn request(
         self,
+        state: &AppState,
         function: String,
     ) -> ApiResult<(Request, tokio::sync::oneshot::Receiver<Outcome>)> {
-        let timeout = calls::timeout_of(self.timeout_ms.as_ref())
+        let asked = calls::timeout_of(self.timeout_ms.as_ref())
             .map_err(|why| ApiError::new(ErrorCode::InvalidBody, why))?;
+        let request_timeout = Duration::from_secs(state.config.http_limits.request_timeout_secs);
+        let timeout = asked.min(
+            request_timeout
+                .saturating_sub(Duration::from_secs(1))
+                .max(Duration::from_millis(1)),
+        );
         let (reply, done) = Reply::collect();
         let req = Request {
             function,
@@ -64,7 +75,7 @@ pub async fn rpc(
     Path((server, function)): Path<(String, String)>,
     Json(b): Json<CallBody>,
 ) -> ApiResult<AxumJson<Value>> {
-    let (req, done) = b.request(function)?;
+    let (req, done) = b.request(&state, function)?;
     let started = state.calls.call_rpc(&server, req);
     answer(calls::outcome(started, done).await)
 }
@@ -77,7 +88,7 @@ pub async fn session_function(
     Path((session, function)): Path<(String, String)>,
     Json(b): Json<CallBody>,
 ) -> ApiResult<AxumJson<Value>> {
-    let (req, done) = b.request(function)?;
+    let (req, done) = b.request(&state, function)?;
     let started = state.calls.call_function(&session, req);
     answer(calls::outcome(started, done).await)
 }
@@ -91,7 +102,7 @@ pub async fn channel_function(
     Json(b): Json<CallBody>,
 ) -> ApiResult<AxumJson<Vec<Value>>> {
     channel_name(&channel)?;
-    let (req, _) = b.request(function)?;
+    let (req, _) = b.request(&state, function)?;
     let members = state.channels.members(&channel);
     Ok(AxumJson(
         calls::call_members(&state.calls, members, req).await,
