@@ -207,3 +207,39 @@ def test_query_tokens_never_reach_the_log(tmp_path):
     assert "/ws" in log, "the upgrades were logged at debug level"
     assert token not in log and bad not in log
     assert token.split(".")[-1] not in log
+
+
+def test_snorky_pubsub_frontend_frames(node: Node, make_client):
+    """Service `pubsub` in Snorky's own frontend shape (what snorky.js's PubSub service
+    sends and expects), next to a native `channel` subscriber, fed by PyPI snorky's
+    backend connector."""
+    from snorky.backend import SnorkyBackend, SnorkyHTTPTransport
+
+    key = (node.data_dir / "backend.key").read_text().strip()
+    backend = SnorkyBackend(SnorkyHTTPTransport(node.backend_url + "/backend", key))
+    c = make_client("snf", ["snf.#"])
+    snorky_ws, _ = session(node, c.token)
+    native_ws, _ = session(node, c.token)
+    with snorky_ws, native_ws:
+        r = call(snorky_ws, "pubsub", "subscribe", 0, {"channel": "scores"})
+        assert r == {"service": "pubsub", "message": {"type": "response", "callId": 0, "data": None}}
+        r = call(snorky_ws, "pubsub", "subscribe", 1, {"channel": "scores"})
+        assert (r["message"]["type"], r["message"]["callId"], r["message"]["message"]) == ("error", 1, "Already subscribed")
+        assert call(native_ws, "channel", "subscribe", 1, {"channel": "scores"})["message"]["type"] == "response"
+
+        backend.call("pubsub", "publish", channel="scores", message={"home": 3})
+        assert json.loads(snorky_ws.recv(timeout=10)) == {
+            "service": "pubsub", "message": {"type": "message", "channel": "scores", "message": {"home": 3}}}
+        assert json.loads(native_ws.recv(timeout=10))["message"] == {
+            "type": "message", "channel": "scores", "message": {"home": 3}, "from": {"backend": True}}
+
+        r = call(snorky_ws, "pubsub", "publish", 2, {"channel": "scores", "message": 1})
+        assert r["message"]["message"] == "Not authorized"
+        r = call(snorky_ws, "pubsub", "unsubscribe", 3, {"channel": "scores"})
+        assert r["message"] == {"type": "response", "callId": 3, "data": None}
+        r = call(snorky_ws, "pubsub", "unsubscribe", 4, {"channel": "scores"})
+        assert r["message"]["message"] == "Not subscribed"
+        r = call(snorky_ws, "pubsub", "shout", 5, {})
+        assert r["message"]["message"] == "Unknown command"
+        r = call(snorky_ws, "pubsub", "subscribe", 6, {"channel": ["not", "a", "name"]})
+        assert r["message"]["message"] == "Invalid params"

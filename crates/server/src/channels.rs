@@ -92,9 +92,26 @@ pub fn envelope(service: Option<&str>, message: Value) -> Frame {
         .into()
 }
 
+/// Which protocol a member subscribed with, and so the shape of what it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Service `channel`: messages with `from`, presence events.
+    Native,
+    /// Service `pubsub`, as Snorky's `PubSubService`: `{type: "message", channel,
+    /// message}` only.
+    Snorky,
+}
+
 struct Member {
     info: MemberInfo,
     mailbox: Mailbox,
+    flavor: Flavor,
+}
+
+impl Member {
+    fn native(&self) -> bool {
+        self.flavor == Flavor::Native
+    }
 }
 
 /// Every channel of the node.
@@ -160,7 +177,13 @@ impl Channels {
 
     /// Adds a member; returns the members before it (for presence channels) and tells
     /// them it joined.
-    pub fn join(&self, channel: &str, info: MemberInfo, mailbox: Mailbox) -> Vec<MemberInfo> {
+    pub fn join(
+        &self,
+        channel: &str,
+        info: MemberInfo,
+        mailbox: Mailbox,
+        flavor: Flavor,
+    ) -> Vec<MemberInfo> {
         let mut all = self.lock();
         let members = all.entry(channel.to_owned()).or_default();
         let before: Vec<MemberInfo> = members.values().map(|m| m.info.clone()).collect();
@@ -169,10 +192,15 @@ impl Channels {
                 Some("channel"),
                 json!({"type": "joined", "channel": channel, "member": info}),
             );
-            deliver(members.values(), &joined, None);
+            deliver(members.values().filter(|m| m.native()), &joined, None);
             self.tell_watchers(channel, Some(members), &joined, Some(&info.session_id));
         }
-        members.insert(info.session_id.clone(), Member { info, mailbox });
+        let member = Member {
+            info,
+            mailbox,
+            flavor,
+        };
+        members.insert(member.info.session_id.clone(), member);
         if has_presence(channel) {
             before
         } else {
@@ -194,7 +222,7 @@ impl Channels {
                 Some("channel"),
                 json!({"type": "left", "channel": channel, "member": gone.info}),
             );
-            deliver(members.values(), &left, None);
+            deliver(members.values().filter(|m| m.native()), &left, None);
             self.tell_watchers(channel, Some(members), &left, Some(session_id));
         }
         if members.is_empty() {
@@ -218,7 +246,19 @@ impl Channels {
             json!({"type": "message", "channel": channel, "message": message, "from": from}),
         );
         self.tell_watchers(channel, members, &frame, except);
-        members.map_or(0, |m| deliver(m.values(), &frame, except))
+        let Some(members) = members else {
+            return 0;
+        };
+        let mut n = deliver(members.values().filter(|m| m.native()), &frame, except);
+        let mut snorky = members.values().filter(|m| !m.native()).peekable();
+        if snorky.peek().is_some() {
+            let frame = envelope(
+                Some("pubsub"),
+                json!({"type": "message", "channel": channel, "message": message}),
+            );
+            n += deliver(snorky, &frame, except);
+        }
+        n
     }
 
     /// Whether `session_id` is a member of `channel`.

@@ -33,7 +33,7 @@ use trunkline_api::ErrorCode;
 use trunkline_broker::{Principal, ReceiveOptions, Settle, WaitHandle};
 
 use crate::calls::{self, Answer, Kind, Reply, Request};
-use crate::channels::{self, envelope, Frame, Mailbox, MemberInfo};
+use crate::channels::{self, envelope, Flavor, Frame, Mailbox, MemberInfo};
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::http::messages::{message_value, readable_queue, MAX_LEASE_SECS};
@@ -563,7 +563,10 @@ impl Session {
         let result = match call.service.as_str() {
             "session" => self.session_service(&call, &principal).map(Some),
             "inbox" => self.inbox_service(&call, &principal).await.map(Some),
-            "channel" => self.channel_service(&call, &principal).map(Some),
+            "channel" => self
+                .channel_service(&call, &principal, Flavor::Native)
+                .map(Some),
+            "pubsub" => return self.pubsub_service(&call, &principal),
             "rpc" => self.rpc_service(&call, &principal),
             "functions" => self.functions_service(&call, &principal),
             "auth" => Err((
@@ -733,6 +736,7 @@ impl Session {
         &mut self,
         call: &Call,
         principal: &Principal,
+        flavor: Flavor,
     ) -> Result<Value, (ErrorCode, String)> {
         let p = &call.params;
         if p.get("channel").and_then(Value::as_str) == Some(channels::ALL_SYSTEM) {
@@ -787,10 +791,10 @@ impl Session {
                     client_id: principal.client_id.to_string(),
                     info: token.and_then(|c| c.conn_info).unwrap_or(Value::Null),
                 };
-                let members = self
-                    .state
-                    .channels
-                    .join(&channel, info, self.mailbox.clone());
+                let members =
+                    self.state
+                        .channels
+                        .join(&channel, info, self.mailbox.clone(), flavor);
                 self.joined.insert(channel.clone(), may_publish);
                 let mut data = json!({"channel": channel, "publish": may_publish});
                 if channels::has_presence(&channel) {
@@ -842,6 +846,41 @@ impl Session {
                 ),
             )),
         }
+    }
+
+    /// Service `pubsub`, as Snorky's `PubSubService` speaks it, so that Snorky's clients
+    /// work unchanged: `subscribe {channel}`, `unsubscribe {channel}`, `publish {channel,
+    /// message}` answered with `data: null`, errors worded as Snorky words them, messages
+    /// pushed as `{type: "message", channel, message}`. The channels, tokens and publish
+    /// rights are those of service `channel` (Snorky's default lets anyone publish; here
+    /// end clients need `pub: true`).
+    fn pubsub_service(&mut self, call: &Call, principal: &Principal) -> Next {
+        let all_system =
+            call.params.get("channel").and_then(Value::as_str) == Some(channels::ALL_SYSTEM);
+        let result = match call.command.as_str() {
+            "subscribe" | "unsubscribe" | "publish" if all_system => Err((
+                ErrorCode::InvalidParams,
+                "`sys:*` is for service `channel`".into(),
+            )),
+            "subscribe" | "unsubscribe" | "publish" => {
+                self.channel_service(call, principal, Flavor::Snorky)
+            }
+            _ => Err((ErrorCode::UnknownCommand, "Unknown command".into())),
+        };
+        let message = match result {
+            Ok(_) => json!({"type": "response", "callId": call.call_id, "data": null}),
+            Err((code, why)) => {
+                let text = match code {
+                    ErrorCode::ProtocolError if why.starts_with("already") => "Already subscribed",
+                    ErrorCode::ProtocolError => "Not subscribed",
+                    ErrorCode::Forbidden | ErrorCode::InvalidToken => "Not authorized",
+                    ErrorCode::UnknownCommand => "Unknown command",
+                    _ => "Invalid params",
+                };
+                json!({"type": "error", "callId": call.call_id, "code": code, "message": text, "detail": why})
+            }
+        };
+        Next::Reply(envelope(Some("pubsub"), message))
     }
 
     /// `sys:*`: an admin session (a trusted backend) follows every `sys:` channel at once.
