@@ -58,6 +58,12 @@ if [ -n "${REPORT_ONLY:-}" ]; then
 else
 RESULTS="$ROOT/bench/results/compare-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RESULTS" "$(dirname "$OUT")"
+# The commit measured, for the report ("+ changes" when the tree differs from it).
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    COMMIT="$COMMIT + changes"
+fi
+printf '%s\n' "$COMMIT" > "$RESULTS/commit"
 NATS_PID=""
 cleanup() {
     bash scripts/rabbitmq.sh stop >/dev/null 2>&1 || true
@@ -308,7 +314,12 @@ def machine():
     fs = version(["df", "--output=fstype", "/tmp"]).splitlines()[-1:] or [""]
     rmq = version(["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"])
     nats = version(["nats-server", "--version"])
-    commit = version(["git", "rev-parse", "--short", "HEAD"])
+    # The commit measured, as the run wrote it down (a report rewritten later, or from
+    # results put together from several runs, says what was measured); else HEAD.
+    try:
+        commit = open(os.path.join(results, "commit")).read().strip()
+    except OSError:
+        commit = version(["git", "rev-parse", "--short", "HEAD"])
     return (f"{cpu or platform.machine()}, {os.cpu_count() or 0} cores, {mem:.0f} GiB, Linux "
             f"{platform.release()}, data on {fs[0] or '?'}; RabbitMQ {rmq or '?'} (Debian, "
             f"default settings), {nats or 'nats-server ?'}, Trunkline {commit or '?'}")
@@ -551,7 +562,8 @@ def write_wsfanout(f):
             "deliveries/s is what is left to it: Node's broadcast runs on one thread (its event "
             "loop), Trunkline's on both cores. "
             "Server CPU per delivery is the fair figure. Latency is mostly the credit draining "
-            "(Little's law: credit ÷ messages/s).\n")
+            "(Little's law: credit ÷ messages/s). Where Trunkline's time goes, and what would "
+            "cut it: `bench/README.md`, WebSocket fan-out.\n")
     write_notes(f, notes)
 
 
