@@ -6,13 +6,15 @@
 # ranges and ratios go to docs/performance.md.
 #
 #   bash bench/compare.sh [REPEATS]                   # default 3, every section
-#   ONLY=latency bash bench/compare.sh 1              # some sections: throughput latency sync fanout
-#   SYSTEMS="trunkline amqp" bash bench/compare.sh 1  # some systems: trunkline rabbitmq amqp nats
+#   ONLY=latency bash bench/compare.sh 1              # some sections: throughput latency sync fanout wsfanout
+#   SYSTEMS="trunkline amqp" bash bench/compare.sh 1  # some systems: trunkline rabbitmq amqp nats node
 #   REPORT_ONLY=bench/results/compare-<time> bash bench/compare.sh 3   # rewrite the report only
 #
 # Sections: throughput (durable, as fast as the window allows, 16 B / 1 KiB / 64 KiB),
 # latency (fixed rate, 1000 and 10000 msg/s, 1 KiB), sync (one publisher, window 1).
 # fanout (live, one publisher to 4 subscribers: Trunkline STOMP /topic against NATS core).
+# wsfanout (live over WebSocket, one publisher session to 1000 sessions: a Trunkline
+# channel against a plain Node `ws` broadcast server, bench/node/ws-broadcast.mjs).
 #
 # With ONLY or SYSTEMS set, the report goes to bench/results/performance-partial.md, not
 # docs/performance.md; OUT=FILE chooses either way. Every run's output and JSON are kept
@@ -20,28 +22,32 @@
 # (--duration-limit) and by `timeout`.
 #
 # Installs rabbitmq-server and nats-server with apt if they are missing (as root), starts a
-# private RabbitMQ (scripts/rabbitmq.sh) and a private nats-server on loopback, and stops
-# them at the end.
+# private RabbitMQ (scripts/rabbitmq.sh) and a private nats-server on loopback when a
+# section needs them, and stops them at the end. For wsfanout, installs npm `ws` in
+# bench/node (npm ci) if it is not there.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 REPEATS="${1:-3}"
-SECTIONS="${ONLY:-throughput latency sync fanout}"
+ALL_SYSTEMS="trunkline rabbitmq amqp nats node"
+SECTIONS="${ONLY:-throughput latency sync fanout wsfanout}"
 SECTIONS="${SECTIONS//,/ }"
-SYSTEMS="${SYSTEMS:-trunkline rabbitmq amqp nats}"
+SYSTEMS="${SYSTEMS:-$ALL_SYSTEMS}"
 SYSTEMS="${SYSTEMS//,/ }"
-if [ -n "${ONLY:-}" ] || [ "$SYSTEMS" != "trunkline rabbitmq amqp nats" ]; then
+if [ -n "${ONLY:-}" ] || [ "$SYSTEMS" != "$ALL_SYSTEMS" ]; then
     OUT="${OUT:-bench/results/performance-partial.md}"
 else
     OUT="${OUT:-docs/performance.md}"
 fi
 for s in $SECTIONS; do
-    case "$s" in throughput | latency | sync | fanout) ;; *) echo "unknown section $s (ONLY: throughput latency sync fanout)" >&2; exit 2 ;; esac
+    case "$s" in throughput | latency | sync | fanout | wsfanout) ;; *) echo "unknown section $s (ONLY: throughput latency sync fanout wsfanout)" >&2; exit 2 ;; esac
 done
 for s in $SYSTEMS; do
-    case "$s" in trunkline | rabbitmq | amqp | nats) ;; *) echo "unknown system $s (SYSTEMS: trunkline rabbitmq amqp nats)" >&2; exit 2 ;; esac
+    case "$s" in trunkline | rabbitmq | amqp | nats | node) ;; *) echo "unknown system $s (SYSTEMS: $ALL_SYSTEMS)" >&2; exit 2 ;; esac
 done
+# has WORD LIST: true if WORD is one of the words of LIST.
+has() { case " $2 " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 case "$REPEATS" in '' | *[!0-9]* | 0) echo "REPEATS must be a positive number" >&2; exit 2 ;; esac
 
 FAILED=0
@@ -52,6 +58,12 @@ if [ -n "${REPORT_ONLY:-}" ]; then
 else
 RESULTS="$ROOT/bench/results/compare-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RESULTS" "$(dirname "$OUT")"
+# The commit measured, for the report ("+ changes" when the tree differs from it).
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    COMMIT="$COMMIT + changes"
+fi
+printf '%s\n' "$COMMIT" > "$RESULTS/commit"
 NATS_PID=""
 cleanup() {
     bash scripts/rabbitmq.sh stop >/dev/null 2>&1 || true
@@ -60,30 +72,58 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! command -v rabbitmq-server >/dev/null 2>&1; then
+# Which outside systems the chosen sections and systems need.
+NEED_RMQ=""
+NEED_NATS=""
+for s in $SECTIONS; do
+    case "$s" in
+    throughput | latency | sync)
+        if has rabbitmq "$SYSTEMS" || has amqp "$SYSTEMS"; then NEED_RMQ=1; fi
+        if has nats "$SYSTEMS"; then NEED_NATS=1; fi
+        ;;
+    fanout) if has nats "$SYSTEMS"; then NEED_NATS=1; fi ;;
+    esac
+done
+NEED_NODE=""
+if has wsfanout "$SECTIONS" && has node "$SYSTEMS"; then NEED_NODE=1; fi
+
+if [ -n "$NEED_RMQ" ] && ! command -v rabbitmq-server >/dev/null 2>&1; then
     echo "==> installing rabbitmq-server"
     DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server
 fi
-if ! command -v nats-server >/dev/null 2>&1; then
+if [ -n "$NEED_NATS" ] && ! command -v nats-server >/dev/null 2>&1; then
     echo "==> installing nats-server"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
+if [ -n "$NEED_NODE" ]; then
+    command -v node >/dev/null 2>&1 || { echo "wsfanout needs Node.js (node) for the ws broadcast server" >&2; exit 1; }
+    if [ ! -f bench/node/node_modules/ws/package.json ]; then
+        echo "==> installing npm ws in bench/node"
+        (cd bench/node && npm ci --no-audit --no-fund --silent)
+    fi
 fi
 echo "==> building (release)"
 cargo build --release -q -p trunkline-cli -p trunkline-bench
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BENCH="$TARGET/release/trunkline-bench"
 SERVER="$TARGET/release/trunkline"
-echo "==> starting RabbitMQ"
-RMQ="$(bash scripts/rabbitmq.sh start)"
-AMQP="amqp://guest:guest@127.0.0.1:${RMQ_AMQP_PORT:-25673}/%2f"
-RMQ_PID="$(cat "${RMQ_DIR:-$ROOT/target/rabbitmq}/rabbitmq.pid")"
+RMQ="" AMQP="" RMQ_PID="" NATS_ARGS=()
+if [ -n "$NEED_RMQ" ]; then
+    echo "==> starting RabbitMQ"
+    RMQ="$(bash scripts/rabbitmq.sh start)"
+    AMQP="amqp://guest:guest@127.0.0.1:${RMQ_AMQP_PORT:-25673}/%2f"
+    RMQ_PID="$(cat "${RMQ_DIR:-$ROOT/target/rabbitmq}/rabbitmq.pid")"
+fi
 NATS_PORT="${NATS_PORT:-24222}"
-mkdir -p "$RESULTS/nats"
-nats-server -a 127.0.0.1 -p "$NATS_PORT" -m $((NATS_PORT + 1)) -js -sd "$RESULTS/nats" > "$RESULTS/nats.log" 2>&1 &
-NATS_PID=$!
-sleep 1
-kill -0 "$NATS_PID" || { echo "nats-server did not start; see $RESULTS/nats.log" >&2; exit 1; }
+if [ -n "$NEED_NATS" ]; then
+    mkdir -p "$RESULTS/nats"
+    nats-server -a 127.0.0.1 -p "$NATS_PORT" -m $((NATS_PORT + 1)) -js -sd "$RESULTS/nats" > "$RESULTS/nats.log" 2>&1 &
+    NATS_PID=$!
+    sleep 1
+    kill -0 "$NATS_PID" || { echo "nats-server did not start; see $RESULTS/nats.log" >&2; exit 1; }
+    NATS_ARGS=(--nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID")
+fi
 
 # section|name|load arguments|--duration-limit (s). Counts keep each run to a few
 # seconds: the latency runs last messages ÷ rate (8 s and 5 s) when the system keeps up.
@@ -106,6 +146,7 @@ run_one() {
     rabbitmq) cmd=("$BENCH" stomp-durable --target rabbitmq --rabbitmq "$RMQ" --amqp "$AMQP" --server-pid "$RMQ_PID") ;;
     amqp) cmd=("$BENCH" amqp-durable --amqp "$AMQP" --server-pid "$RMQ_PID") ;;
     nats) cmd=("$BENCH" nats-durable --nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID") ;;
+    *) return 0 ;; # node takes part in wsfanout only
     esac
     echo "==> $section $name, $system, run $i"
     # shellcheck disable=SC2086
@@ -140,23 +181,21 @@ run_section() {
     done
 }
 
-# Live fan-out, one publisher to 4 subscribers (trunkline-bench fanout): Trunkline's live
-# STOMP /topic subscriptions against NATS core (the nats-server above; core pub/sub does not
-# touch JetStream). Only these two systems take part; SYSTEMS picks among them.
-FANOUT_ARGS="${FANOUT_ARGS:---subscribers 4 --size 1024 --messages 200000 --credit 500}"
-run_fanout() {
-    local i system base rc
+# Live fan-out runs of the subcommand <section> (its name too), for the systems it takes:
+#   run_live <section> <name> "<systems>" <arguments...>
+# writes $RESULTS/<section>-<name>-<system>-<i>.{log,json}.
+run_live() {
+    local section="$1" name="$2" takes="$3" i system base rc
+    shift 3
     for i in $(seq "$REPEATS"); do
         for system in $SYSTEMS; do
-            case "$system" in trunkline | nats) ;; *) continue ;; esac
-            base="$RESULTS/fanout-1to4-$system-$i"
+            has "$system" "$takes" || continue
+            base="$RESULTS/$section-$name-$system-$i"
             rc=0
-            echo "==> fanout, $system, run $i"
-            # shellcheck disable=SC2086
-            timeout -k 10 180 "$BENCH" fanout --target "$system" --server-bin "$SERVER" \
-                --nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID" $FANOUT_ARGS \
+            echo "==> $section, $system, run $i"
+            timeout -k 10 180 "$BENCH" "$section" --target "$system" "$@" \
                 --duration-limit 120 --json "$base.json" > "$base.log" 2>&1 || rc=$?
-            grep -m1 '^fanout' "$base.log" || tail -3 "$base.log"
+            grep -m1 "^$section" "$base.log" || tail -3 "$base.log"
             if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ]; then
                 echo "    FAILED (exit $rc); see $base.log"
                 rm -f "$base.json"
@@ -166,9 +205,26 @@ run_fanout() {
     done
 }
 
+# Live fan-out, one publisher to 4 subscribers (trunkline-bench fanout): Trunkline's live
+# STOMP /topic subscriptions against NATS core (the nats-server above; core pub/sub does not
+# touch JetStream).
+FANOUT_ARGS="${FANOUT_ARGS:---subscribers 4 --size 1024 --messages 200000 --credit 500}"
+# WebSocket fan-out, one publisher session to 1000 sessions (trunkline-bench wsfanout):
+# a Trunkline public channel against the plain Node `ws` broadcast server; both servers
+# are started by the bench for each run.
+WSFANOUT_ARGS="${WSFANOUT_ARGS:---sessions 1000 --size 1024 --messages 2000 --credit 50}"
+
 for section in $SECTIONS; do
     case "$section" in
-    fanout) run_fanout ;;
+    fanout)
+        # shellcheck disable=SC2086
+        run_live fanout 1to4 "trunkline nats" --server-bin "$SERVER" "${NATS_ARGS[@]}" $FANOUT_ARGS
+        ;;
+    wsfanout)
+        # shellcheck disable=SC2086
+        run_live wsfanout 1to1000 "trunkline node" --server-bin "$SERVER" \
+            --node-script "$ROOT/bench/node/ws-broadcast.mjs" $WSFANOUT_ARGS
+        ;;
     *) run_section "$section" ;;
     esac
 done
@@ -258,7 +314,12 @@ def machine():
     fs = version(["df", "--output=fstype", "/tmp"]).splitlines()[-1:] or [""]
     rmq = version(["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"])
     nats = version(["nats-server", "--version"])
-    commit = version(["git", "rev-parse", "--short", "HEAD"])
+    # The commit measured, as the run wrote it down (a report rewritten later, or from
+    # results put together from several runs, says what was measured); else HEAD.
+    try:
+        commit = open(os.path.join(results, "commit")).read().strip()
+    except OSError:
+        commit = version(["git", "rev-parse", "--short", "HEAD"])
     return (f"{cpu or platform.machine()}, {os.cpu_count() or 0} cores, {mem:.0f} GiB, Linux "
             f"{platform.release()}, data on {fs[0] or '?'}; RabbitMQ {rmq or '?'} (Debian, "
             f"default settings), {nats or 'nats-server ?'}, Trunkline {commit or '?'}")
@@ -391,24 +452,60 @@ def write_bar(f):
             "before the sync, which Trunkline does not offer.\n\n")
 
 
-def write_fanout(f):
-    names = {"trunkline": "Trunkline (STOMP /topic)", "nats": "NATS core"}
+def live_runs(section, name, names):
+    """The runs of a live fan-out section by system, each complete with nothing lost and
+    nothing out of order; notes on the runs left out; the configuration of the first run
+    (None if there is none)."""
     cells, notes = {}, []
     for system in names:
         if system not in systems:
             continue
         rs = []
-        for r in runs("fanout", "1to4", system):
-            if not r["complete"] or r["lost"] or r["out_of_order"]:
+        for r in runs(section, name, system):
+            if (not r["complete"] or r["lost"] or r["out_of_order"]
+                    or r.get("publish_errors") or r.get("short_publishes")):
                 notes.append(f"{names[system]}: a run with {r['lost']} lost and {r['out_of_order']} "
                              "out-of-order deliveries, or incomplete, is left out")
             else:
                 rs.append(r)
         if rs:
             cells[system] = rs
+    config = next(iter(cells.values()))[0]["config"] if cells else None
+    return cells, notes, config
+
+
+def write_notes(f, notes):
+    for n in notes:
+        f.write("\n- %s\n" % n)
+    f.write("\n")
+
+
+def live_table(f, cells, names, extra):
+    """The table of a live fan-out section; `extra` holds (heading, cell of the runs)
+    columns to put before peak RSS."""
+    heads = ["system", "deliveries/s", "server CPU µs/delivery", "bench CPU µs/delivery",
+             "e2e p50 / p99 / max ms"] + [h for h, _ in extra] + ["peak RSS MiB",
+                                                                 "Trunkline ÷ this"]
+    f.write("| %s |\n|%s\n" % (" | ".join(heads), "---|" * len(heads)))
+    t = stat(cells.get("trunkline", []), lambda r: r["deliveries_per_s"])
+    for system, rs in cells.items():
+        rate = stat(rs, lambda r: r["deliveries_per_s"])
+        m = lambda p: num(med(rs, lat("end_to_end_latency", p)), 1)
+        row = [names[system], spread(rate),
+               spread(stat(rs, lambda r: r["server_cpu_us_per_delivery"]), 2),
+               num(med(rs, lambda r: r["bench_cpu_us_per_delivery"]), 2),
+               "%s / %s / %s" % (m("p50_ms"), m("p99_ms"), m("max_ms"))]
+        row += [cell(rs) for _, cell in extra]
+        row += [num(max(r["server_peak_rss_mib"] for r in rs)),
+                "" if system == "trunkline" else ratio(t, rate)]
+        f.write("| %s |\n" % " | ".join(row))
+
+
+def write_fanout(f):
+    names = {"trunkline": "Trunkline (STOMP /topic)", "nats": "NATS core"}
+    cells, notes, args = live_runs("fanout", "1to4", names)
     if not cells:
         return
-    args = next(iter(cells.values()))[0]["config"]
     f.write("## Live fan-out, 1 publisher → %s subscribers\n\n" % args["subscribers"])
     f.write("`trunkline-bench fanout`, %s-byte messages: one publisher sends without waiting "
             "(Trunkline: STOMP `SEND` without a receipt to `/topic/…`, live subscriptions; NATS "
@@ -418,23 +515,56 @@ def write_fanout(f):
             "runs with nothing lost and nothing out of order count. The bench's own CPU per "
             "delivery is shown because it shares the 2 cores with the server.\n\n"
             % (args["size"], args["credit"]))
-    f.write("| system | deliveries/s | server CPU µs/delivery | bench CPU µs/delivery | "
-            "e2e p50 / p99 / max ms | peak RSS MiB | Trunkline ÷ this |\n|---|---|---|---|---|---|---|\n")
-    t = stat(cells.get("trunkline", []), lambda r: r["deliveries_per_s"])
-    for system, rs in cells.items():
-        rate = stat(rs, lambda r: r["deliveries_per_s"])
-        m = lambda p: num(med(rs, lat("end_to_end_latency", p)), 1)
-        f.write("| %s | %s | %s | %s | %s / %s / %s | %s | %s |\n" % (
-            names[system], spread(rate),
-            spread(stat(rs, lambda r: r["server_cpu_us_per_delivery"]), 2),
-            num(med(rs, lambda r: r["bench_cpu_us_per_delivery"]), 2),
-            m("p50_ms"), m("p99_ms"), m("max_ms"),
-            num(max(r["server_peak_rss_mib"] for r in rs)),
-            "" if system == "trunkline" else ratio(t, rate)))
+    live_table(f, cells, names, [])
     f.write("\nLatency here is mostly the credit draining: compare it at equal `--credit`.\n")
-    for n in notes:
-        f.write("\n- %s\n" % n)
-    f.write("\n")
+    write_notes(f, notes)
+
+
+def write_wsfanout(f):
+    names = {"trunkline": "Trunkline (channel)", "node": "Node `ws` broadcast"}
+    cells, notes, args = live_runs("wsfanout", "1to1000", names)
+    if not cells:
+        return
+    f.write("## WebSocket fan-out, 1 publisher → %s sessions\n\n" % args["subscribers"])
+    f.write("`trunkline-bench wsfanout`, %s-byte messages, %s per run: one publisher session "
+            "sends without waiting, %s receiver sessions get every message, each on its own "
+            "connection (tokio-tungstenite, in the bench process). Trunkline: a server started "
+            "for the run, sessions authenticated with a client token, receivers subscribed to the "
+            "public channel `bench`, the publisher calling `channel.publish` with a channel token "
+            "(its answers read and checked by a task: `delivered` must be every receiver); "
+            "`[ws] rate_per_sec` is raised for the run, as the default 100/s would stop the one "
+            "publisher. Node: `bench/node/ws-broadcast.mjs`, the plain broadcast server of npm "
+            "`ws` %s, also started for the run: every message relayed to every other open client, "
+            "with no authentication, channels or envelope. The publisher pauses while it is "
+            "more than `--credit` %s messages ahead of the slowest receiver, the same closed loop "
+            "for both. Deliveries/s = messages × sessions until the last session has everything; "
+            "only runs with nothing lost, nothing out of order and no failed publish count. Idle "
+            "session = the server's RSS with every receiver connected (and subscribed) minus its "
+            "RSS before any, over the sessions, measured before the first message.\n\n"
+            % (args["size"], args["messages"], args["subscribers"],
+               "(%s)" % cells["node"][0].get("server", "?") if "node" in cells else "",
+               args["credit"]))
+    live_table(f, cells, names, [
+        ("idle session KiB", lambda rs: spread(stat(rs, lambda r: r["idle_session_kib"]), 1))])
+    t = stat(cells.get("trunkline", []), lambda r: r["deliveries_per_s"])
+    node = stat(cells.get("node", []), lambda r: r["deliveries_per_s"])
+    cpu = {s: med(cells.get(s, []), lambda r: r["server_cpu_us_per_delivery"])
+           for s in ("trunkline", "node")}
+    if t and node:
+        r = t["med"] / node["med"]
+        f.write("\nAim (issue 5): at least 3x the deliveries/s of the Node server. This run: "
+                "%.2fx, %s." % (r, "holds" if r >= 3 else "**does not hold**"))
+        if cpu["trunkline"] and cpu["node"]:
+            f.write(" Per delivery Trunkline's server used %.2fx the CPU of Node's (%.2f against "
+                    "%.2f µs)." % (cpu["trunkline"] / cpu["node"], cpu["trunkline"], cpu["node"]))
+        f.write("\n")
+    f.write("\nThe receivers run in the bench process on the same 2 cores, and each system's "
+            "deliveries/s is what is left to it: Node's broadcast runs on one thread (its event "
+            "loop), Trunkline's on both cores. "
+            "Server CPU per delivery is the fair figure. Latency is mostly the credit draining "
+            "(Little's law: credit ÷ messages/s). Where Trunkline's time goes, and what would "
+            "cut it: `bench/README.md`, WebSocket fan-out.\n")
+    write_notes(f, notes)
 
 
 with open(out, "w") as f:
@@ -458,12 +588,11 @@ with open(out, "w") as f:
             "one run of the script, not across runs.\n\n" % repeats)
     write_bar(f)
     writers = {"throughput": write_throughput, "latency": write_latency,
-               "sync": write_sync, "fanout": write_fanout}
-    for s in ["throughput", "latency", "sync", "fanout"]:
+               "sync": write_sync, "fanout": write_fanout, "wsfanout": write_wsfanout}
+    for s in ["throughput", "latency", "sync", "fanout", "wsfanout"]:
         if s in sections:
             writers[s](f)
-    f.write("## Elsewhere\n\nWebSocket fan-out comes with the real-time gateway. The CI "
-            "regression guard (`trunkline-bench guard`, server CPU per message against "
+    f.write("## Elsewhere\n\nThe CI regression guard (`trunkline-bench guard`, server CPU per message against "
             "`bench/guard.json`) and other figures (HTTP durable path, routing, recovery) are in "
             "`bench/README.md`. Raw results of this run: `%s` (not kept in git).\n"
             % os.path.relpath(results))

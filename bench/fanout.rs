@@ -18,8 +18,11 @@
 //! Deliveries/s is messages × subscribers over the time from the first send to the moment
 //! the last subscriber had everything. Lost messages (sent × subscribers − delivered) must
 //! be 0 for a valid run.
+//!
+//! The loop (credit, counting, latency, the report) is shared with `wsfanout`, which
+//! brings its own connections through [`Target`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +79,43 @@ pub struct FanoutArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+impl FanoutArgs {
+    fn load(&self) -> Load {
+        Load {
+            scenario: "fanout",
+            target: self.target.clone(),
+            messages: self.messages,
+            size: self.size,
+            credit: self.credit,
+            duration_limit: self.duration_limit,
+        }
+    }
+}
+
+/// The shape of one fan-out run, whatever the protocol.
+#[derive(Clone, Debug)]
+pub(crate) struct Load {
+    /// The subcommand, first word of the report.
+    pub scenario: &'static str,
+    pub target: String,
+    pub messages: u64,
+    pub size: usize,
+    pub credit: u64,
+    pub duration_limit: u64,
+}
+
+impl Load {
+    pub fn check(&self, subscribers: usize) -> Result<()> {
+        if subscribers == 0 || self.messages == 0 || self.duration_limit == 0 {
+            bail!("the subscribers (sessions), --messages and --duration-limit must be at least 1");
+        }
+        if self.size > 512 * 1024 {
+            bail!("--size must be at most 512 KiB (Trunkline takes bodies up to 1 MiB)");
+        }
+        Ok(())
+    }
 }
 
 /// What the publisher and the subscribers share.
@@ -153,14 +193,15 @@ enum Credit {
 }
 
 /// Sends the messages.
-enum Publisher {
+pub(crate) enum Publisher {
     Trunkline(StompClient),
     Nats(async_nats::Client),
+    WebSocket(crate::wsfanout::Publisher),
 }
 
 impl Publisher {
     /// Sends `body`; for the `last` one, waits until the server has everything.
-    async fn publish(&self, body: String, last: bool) -> Result<()> {
+    async fn publish(&mut self, body: String, last: bool) -> Result<()> {
         match self {
             Publisher::Trunkline(c) => {
                 let headers = [("content-type", "application/json")];
@@ -177,30 +218,29 @@ impl Publisher {
                     c.flush().await?;
                 }
             }
+            Publisher::WebSocket(p) => p.publish(body, last).await?,
         }
         Ok(())
     }
 }
 
 /// One system, connected and subscribed.
-struct Target {
-    pid: u32,
-    publisher: Publisher,
-    /// The bodies each subscriber gets.
-    subscribers: Vec<BoxStream<'static, Bytes>>,
+pub(crate) struct Target {
+    /// The server process, for CPU and RSS.
+    pub pid: u32,
+    pub publisher: Publisher,
+    /// The bodies each subscriber gets (or whole frames holding them: see
+    /// [`load::sent_ns`]).
+    pub subscribers: Vec<BoxStream<'static, Bytes>>,
     /// The subscribers' connections, open until the end of the run.
-    _connections: Vec<Box<dyn std::any::Any + Send>>,
+    pub _connections: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 /// Connects and subscribes; for Trunkline, starts the server first.
 async fn prepare(a: &FanoutArgs) -> Result<(Target, Option<Server>)> {
     match a.target.as_str() {
         "trunkline" => {
-            let bin = a
-                .server_bin
-                .clone()
-                .ok_or_else(|| anyhow!("--server-bin is required for --target trunkline"))?;
-            let server = Server::start(&bin, &std::env::temp_dir()).await?;
+            let server = Server::for_target(a.server_bin.as_deref(), None).await?;
             eprintln!("server pid {} on {}", server.pid, server.stomp);
             // Live messages only: no inbox may match the topic.
             admin_aside(&http_client()?, &server).await?;
@@ -331,12 +371,7 @@ struct PubResult {
     stopped: Option<String>,
 }
 
-async fn publisher(
-    shared: Arc<Shared>,
-    p: Publisher,
-    a: FanoutArgs,
-    deadline: Instant,
-) -> PubResult {
+async fn publisher(shared: Arc<Shared>, mut p: Publisher, a: Load, deadline: Instant) -> PubResult {
     let pad = load::padding(a.size);
     let mut r = PubResult {
         sent: 0,
@@ -374,44 +409,51 @@ async fn publisher(
 
 /// Runs the scenario; true if every subscriber got every message.
 pub async fn run(a: &FanoutArgs) -> Result<bool> {
-    if a.subscribers == 0 || a.messages == 0 || a.duration_limit == 0 {
-        bail!("--subscribers, --messages and --duration-limit must be at least 1");
-    }
-    if a.size > 512 * 1024 {
-        bail!("--size must be at most 512 KiB (Trunkline takes bodies up to 1 MiB)");
-    }
+    let load = a.load();
+    load.check(a.subscribers)?;
     let (t, mut server) = prepare(a).await?;
-    let result = tokio::select! {
-        r = measure(a, t, server.is_some()) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if let Some(s) = &server {
-                eprintln!("the server's log ends with:\n{}", s.log_tail(20));
-            }
-            return Err(e);
-        }
-    };
-    let complete = report["complete"].as_bool() == Some(true);
-    if let Some(s) = &server {
-        if !complete {
-            eprintln!("the server's log ends with:\n{}", s.log_tail(20));
-        }
-    }
+    let log_tail = || server.as_ref().map(|s| s.log_tail(20));
+    let report = measured(&load, t, server.is_some(), &log_tail).await?;
     tokio::task::block_in_place(|| server.as_mut().map(Server::stop));
     drop(server);
-    print_report(&report);
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+    finish(&report, a.json.as_deref())
+}
+
+/// [`measure`], stopped by Ctrl-C; `log_tail` (the end of the server's log, if the bench
+/// started it) is printed when the run fails or is incomplete.
+pub(crate) async fn measured(
+    load: &Load,
+    t: Target,
+    fresh: bool,
+    log_tail: &dyn Fn() -> Option<String>,
+) -> Result<Value> {
+    let result = tokio::select! {
+        r = measure(load, t, fresh) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    if !result
+        .as_ref()
+        .is_ok_and(|r| r["complete"].as_bool() == Some(true))
+    {
+        if let Some(tail) = log_tail() {
+            eprintln!("the server's log ends with:\n{tail}");
+        }
+    }
+    result
+}
+
+/// Prints the report and writes it to `json`; true if the run was complete.
+pub(crate) fn finish(report: &Value, json: Option<&Path>) -> Result<bool> {
+    print_report(report);
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(complete)
+    Ok(report["complete"].as_bool() == Some(true))
 }
 
 /// Runs the load on a connected target. `fresh`: the server was started for this run.
-async fn measure(a: &FanoutArgs, t: Target, fresh: bool) -> Result<Value> {
+async fn measure(a: &Load, t: Target, fresh: bool) -> Result<Value> {
     let n = t.subscribers.len();
     let shared = Arc::new(Shared {
         t0: Instant::now(),
@@ -484,7 +526,7 @@ async fn measure(a: &FanoutArgs, t: Target, fresh: bool) -> Result<Value> {
     let bench_cpu_s = bench_cpu1.saturating_sub(bench_cpu0) as f64 / tick;
     let per = delivered_all.max(1) as f64;
     Ok(json!({
-        "scenario": "fanout",
+        "scenario": a.scenario,
         "target": a.target,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "config": {
@@ -526,7 +568,8 @@ fn print_report(r: &Value) {
     let c = &r["config"];
     let l = |p: &str| fmt(&r["end_to_end_latency"][p], 2);
     println!(
-        "fanout {}: {} msgs of {} B to {} subscribers (credit {}): {} deliveries/s, server CPU {} µs/delivery, peak RSS {} MiB",
+        "{} {}: {} msgs of {} B to {} subscribers (credit {}): {} deliveries/s, server CPU {} µs/delivery, peak RSS {} MiB",
+        r["scenario"].as_str().unwrap_or(""),
         r["target"].as_str().unwrap_or(""),
         r["sent"],
         c["size"],

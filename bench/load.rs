@@ -93,14 +93,15 @@ pub fn padding(size: usize) -> String {
     "x".repeat(size)
 }
 
-/// The send time a [`body`] carries.
+/// The send time a [`body`] carries, wherever it stands in `payload`: first in the body
+/// as sent, or inside a frame that wraps it (Trunkline's WebSocket channel frames carry
+/// the body re-serialized with its keys sorted, so `"t"` comes after the padding, which
+/// is all `x`).
 pub fn sent_ns(payload: &[u8]) -> Option<u64> {
-    let head = std::str::from_utf8(&payload[..32.min(payload.len())]).ok()?;
-    head.trim_start_matches("{\"t\":")
-        .split(',')
-        .next()?
-        .parse()
-        .ok()
+    let at = memchr::memmem::find(payload, b"\"t\":")? + 4;
+    let digits = payload.get(at..)?;
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
 }
 
 /// The clock of a run: body times count from `base`; nothing starts after `deadline`.

@@ -32,6 +32,7 @@ mod nats;
 mod recovery;
 mod routing;
 mod stomp;
+mod wsfanout;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -80,6 +81,9 @@ enum Cmd {
     Fanout(fanout::FanoutArgs),
     /// The same durable scenario against RabbitMQ over AMQP 0-9-1, via lapin.
     AmqpDurable(amqp::AmqpArgs),
+    /// Live fan-out over WebSocket, one publisher session to many receiver sessions,
+    /// against Trunkline (a public channel) or a plain Node `ws` broadcast server.
+    Wsfanout(wsfanout::WsFanoutArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Fanout(args) => rt.block_on(fanout::run(&args)),
         Cmd::AmqpDurable(args) => rt.block_on(amqp::run(&args)),
+        Cmd::Wsfanout(args) => rt.block_on(wsfanout::run(&args)),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)
@@ -179,6 +184,28 @@ mod sys {
             anyhow::bail!("sysconf(_SC_CLK_TCK) failed");
         }
         Ok(t as f64)
+    }
+
+    /// Raises this process's soft limit of open files to at least `want` (within the hard
+    /// limit); children started later inherit it. Returns the soft limit now.
+    pub fn raise_open_files(want: u64) -> std::io::Result<u64> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit, which `lim` is.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur >= want as libc::rlim_t {
+            return Ok(lim.rlim_cur);
+        }
+        lim.rlim_cur = lim.rlim_max.min(want as libc::rlim_t);
+        // SAFETY: setrlimit reads one rlimit, which `lim` is.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(lim.rlim_cur)
     }
 
     /// Sends `sig` to process `pid`. Call only for a child that was not reaped yet, so
@@ -252,12 +279,22 @@ fn alive(pid: u32) -> bool {
 
 /// Peak resident set size of `pid` (`VmHWM` of `/proc/PID/status`), in KiB.
 fn peak_rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident set size of `pid` now (`VmRSS` of `/proc/PID/status`), in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let s = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("{path}: no VmHWM"))
+        .ok_or_else(|| anyhow!("{path}: no {field}"))
 }
 
 /// The 1-minute load average, to tell a quiet machine from a busy one.
@@ -290,6 +327,17 @@ struct Server {
 
 impl Server {
     async fn start(bin: &Path, parent: &Path) -> Result<Server> {
+        Server::start_with(bin, parent, None).await
+    }
+
+    /// The server of `--target trunkline`, from `--server-bin`, in the system temp dir.
+    async fn for_target(bin: Option<&Path>, config: Option<&str>) -> Result<Server> {
+        let bin = bin.ok_or_else(|| anyhow!("--server-bin is required for --target trunkline"))?;
+        Server::start_with(bin, &std::env::temp_dir(), config).await
+    }
+
+    /// Starts the server with `config` (TOML, over the defaults) as its `--config` file.
+    async fn start_with(bin: &Path, parent: &Path, config: Option<&str>) -> Result<Server> {
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -326,8 +374,14 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if let Some(text) = config {
+            let path = server.dir.join("config.toml");
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            cmd.arg("--config").arg(path);
+        }
         // The server reads its settings from TRUNKLINE_* variables too: start it from its
-        // defaults whatever the caller's environment holds.
+        // defaults (and `config`) whatever the caller's environment holds.
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
             if k.starts_with("TRUNKLINE_") || k.starts_with("SOAR_") {
@@ -400,31 +454,35 @@ impl Server {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// SIGTERM, then SIGKILL after [`STOP_GRACE`]. Returns how long the stop took and
-    /// how the process ended. Blocks.
+    /// Stops the server: see [`stop_child`]. Blocks.
     fn stop(&mut self) -> Option<(Duration, String)> {
-        let mut child = self.child.take()?;
-        let started = Instant::now();
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some((Duration::ZERO, format!("had already exited ({status})")));
-        }
-        if let Err(e) = sys::signal(child.id(), libc::SIGTERM) {
-            eprintln!("warning: cannot send SIGTERM to the server: {e}");
-        }
-        while started.elapsed() < STOP_GRACE {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some((started.elapsed(), describe(status))),
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => break,
-            }
-        }
-        eprintln!(
-            "warning: the server did not stop within {STOP_GRACE:?} of SIGTERM; sending SIGKILL"
-        );
-        let _ = child.kill();
-        let status = child.wait().map(describe).unwrap_or_else(|e| e.to_string());
-        Some((started.elapsed(), format!("killed ({status})")))
+        self.child
+            .take()
+            .map(|mut c| stop_child(&mut c, "the server"))
     }
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`]. Returns how long the stop took and how the
+/// process ended. `what` names it in warnings. Blocks.
+fn stop_child(child: &mut Child, what: &str) -> (Duration, String) {
+    let started = Instant::now();
+    if let Ok(Some(status)) = child.try_wait() {
+        return (Duration::ZERO, format!("had already exited ({status})"));
+    }
+    if let Err(e) = sys::signal(child.id(), libc::SIGTERM) {
+        eprintln!("warning: cannot send SIGTERM to {what}: {e}");
+    }
+    while started.elapsed() < STOP_GRACE {
+        match child.try_wait() {
+            Ok(Some(status)) => return (started.elapsed(), describe(status)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break,
+        }
+    }
+    eprintln!("warning: {what} did not stop within {STOP_GRACE:?} of SIGTERM; sending SIGKILL");
+    let _ = child.kill();
+    let status = child.wait().map(describe).unwrap_or_else(|e| e.to_string());
+    (started.elapsed(), format!("killed ({status})"))
 }
 
 fn describe(status: ExitStatus) -> String {

@@ -59,11 +59,7 @@ struct Target {
 async fn prepare(a: &StompArgs) -> Result<Target> {
     match a.target.as_str() {
         "trunkline" => {
-            let bin = a
-                .server_bin
-                .clone()
-                .ok_or_else(|| anyhow!("--server-bin is required for --target trunkline"))?;
-            let server = Server::start(&bin, &std::env::temp_dir()).await?;
+            let server = Server::for_target(a.server_bin.as_deref(), None).await?;
             let http = http_client()?;
             // Each message has exactly one home: move the admin's `#` aside.
             let admin = admin_aside(&http, &server).await?;
