@@ -358,16 +358,28 @@ impl Broker {
                 queues.insert(q.name.clone(), q);
             }
         }
-        let mut msgs: HashMap<u64, Arc<Msg>> = snap
+        // Ordered by id, as the snapshot's messages are.
+        let mut msgs: Vec<(u64, Arc<Msg>)> = snap
             .messages
             .into_iter()
             .map(|(id, m)| (id, Msg::counted(id, m, 0, Some(queued_bytes.clone()))))
             .collect();
+        if !msgs.is_sorted_by_key(|(id, _)| *id) {
+            msgs.sort_unstable_by_key(|(id, _)| *id);
+        }
         let mut cleanup = Vec::new();
-        let mut last_msg_id = 0;
+        // Entries come grouped by queue: look each queue up once.
+        let mut current: Option<(Arc<str>, Option<&mut Queue>)> = None;
         for (qname, seq, entry) in snap.entries {
-            let q = queues.get_mut(qname.as_str());
-            match (q, msgs.get(&entry.msg_id)) {
+            if current.as_ref().is_none_or(|(name, _)| *name != qname) {
+                current = Some((qname.clone(), queues.get_mut(&*qname)));
+            }
+            let q = current.as_mut().and_then(|(_, q)| q.as_deref_mut());
+            let msg = msgs
+                .binary_search_by_key(&entry.msg_id, |(id, _)| *id)
+                .ok()
+                .map(|i| &msgs[i].1);
+            match (q, msg) {
                 (Some(q), Some(msg)) => {
                     msg.add_ref();
                     q.restore(
@@ -378,14 +390,11 @@ impl Broker {
                         },
                     );
                 }
-                _ => cleanup.push(Op::DeleteEntry {
-                    queue: Arc::from(qname),
-                    seq,
-                }),
+                _ => cleanup.push(Op::DeleteEntry { queue: qname, seq }),
             }
         }
-        msgs.retain(|id, m| {
-            last_msg_id = last_msg_id.max(*id);
+        let mut last_msg_id = msgs.last().map_or(0, |(id, _)| *id);
+        msgs.retain(|(id, m)| {
             if Arc::strong_count(m) == 1 {
                 cleanup.push(Op::DeleteMessage { id: *id });
                 false

@@ -114,8 +114,9 @@ mod engine_tests {
             .expect("commit");
         }
         let snap = open(dir.path()).expect("reopen").load().expect("load");
-        assert_eq!(snap.messages.get(&1).map(|m| &**m), Some(&msg));
-        assert_eq!(snap.entries, vec![("q".to_string(), 3, entry)]);
+        assert_eq!(snap.messages.len(), 1);
+        assert_eq!((snap.messages[0].0, &*snap.messages[0].1), (1, &msg));
+        assert_eq!(snap.entries, vec![(Arc::from("q"), 3, entry)]);
         assert_eq!(
             snap.records(RecordTable::Clients),
             &[("c".to_string(), vec![9])]

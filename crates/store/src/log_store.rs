@@ -69,8 +69,10 @@ struct SegInfo {
 /// The live state, and where each record lives in the log.
 #[derive(Default)]
 struct State {
-    messages: HashMap<u64, (Arc<StoredMessage>, Loc)>,
-    entries: HashMap<(Arc<str>, u64), (StoredEntry, Loc)>,
+    /// Ordered maps: ids and sequence numbers grow, so replaying appends at their ends.
+    messages: BTreeMap<u64, (Arc<StoredMessage>, Loc)>,
+    /// Entries by queue, then sequence number.
+    entries: HashMap<Arc<str>, BTreeMap<u64, (StoredEntry, Loc)>>,
     records: HashMap<(RecordTable, String), (Vec<u8>, Loc)>,
     segs: BTreeMap<u64, SegInfo>,
 }
@@ -94,11 +96,20 @@ impl State {
             Op::DeleteMessage { id } => self.messages.remove(&id).map(|(_, l)| l),
             Op::PutEntry { queue, seq, entry } => {
                 self.add_live(loc);
-                self.entries
-                    .insert((queue, seq), (entry, loc))
-                    .map(|(_, l)| l)
+                let q = match self.entries.get_mut(&*queue) {
+                    Some(q) => q,
+                    None => self.entries.entry(queue).or_default(),
+                };
+                q.insert(seq, (entry, loc)).map(|(_, l)| l)
             }
-            Op::DeleteEntry { queue, seq } => self.entries.remove(&(queue, seq)).map(|(_, l)| l),
+            Op::DeleteEntry { queue, seq } => {
+                let q = self.entries.get_mut(&*queue);
+                let old = q.and_then(|q| q.remove(&seq).map(|(_, l)| l));
+                if self.entries.get(&*queue).is_some_and(|q| q.is_empty()) {
+                    self.entries.remove(&*queue);
+                }
+                old
+            }
             Op::PutRecord { table, key, value } => {
                 self.add_live(loc);
                 self.records
@@ -142,13 +153,15 @@ impl State {
                 });
             }
         }
-        for ((queue, seq), (entry, loc)) in &self.entries {
-            if loc.seg == seg {
-                ops.push(Op::PutEntry {
-                    queue: queue.clone(),
-                    seq: *seq,
-                    entry: *entry,
-                });
+        for (queue, q) in &self.entries {
+            for (seq, (entry, loc)) in q {
+                if loc.seg == seg {
+                    ops.push(Op::PutEntry {
+                        queue: queue.clone(),
+                        seq: *seq,
+                        entry: *entry,
+                    });
+                }
             }
         }
         ops
@@ -460,12 +473,12 @@ impl QueueStore for LogStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let w = self.writer()?;
         let st = &w.state;
-        let mut entries: Vec<(String, u64, StoredEntry)> = st
-            .entries
-            .iter()
-            .map(|((q, s), (e, _))| (q.to_string(), *s, *e))
-            .collect();
-        entries.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut queues: Vec<_> = st.entries.iter().collect();
+        queues.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut entries = Vec::with_capacity(queues.iter().map(|(_, q)| q.len()).sum());
+        for (queue, q) in queues {
+            entries.extend(q.iter().map(|(seq, (e, _))| (queue.clone(), *seq, *e)));
+        }
         let mut records: HashMap<RecordTable, Vec<(String, Vec<u8>)>> = HashMap::new();
         for ((table, key), (value, _)) in &st.records {
             records
@@ -524,18 +537,17 @@ mod tests {
 
     type Flat = (
         Vec<(u64, StoredMessage)>,
-        Vec<(String, u64, StoredEntry)>,
+        Vec<(Arc<str>, u64, StoredEntry)>,
         Vec<(RecordTable, String, Vec<u8>)>,
     );
 
     /// The snapshot as comparable, ordered values.
     fn flat(s: Snapshot) -> Flat {
-        let mut m: Vec<_> = s
+        let m: Vec<_> = s
             .messages
             .into_iter()
             .map(|(k, v)| (k, (*v).clone()))
             .collect();
-        m.sort_by_key(|x| x.0);
         let mut r: Vec<_> = s
             .records
             .into_iter()
@@ -570,7 +582,7 @@ mod tests {
         for (i, bytes) in damaged.iter().enumerate() {
             std::fs::write(&path, bytes).map_err(|e| io("write", &path, e))?;
             let s = LogStore::open(dir.path())?;
-            let ids: Vec<u64> = s.load()?.messages.keys().copied().collect();
+            let ids: Vec<u64> = s.load()?.messages.iter().map(|(id, _)| *id).collect();
             assert_eq!(ids, vec![1], "case {i}");
             drop(s);
             let after = std::fs::read(&path).map_err(|e| io("read", &path, e))?;
@@ -582,13 +594,12 @@ mod tests {
         let s = LogStore::open(dir.path())?;
         s.commit(&[put(3, b"3")])?;
         drop(s);
-        let mut ids: Vec<u64> = LogStore::open(dir.path())?
+        let ids: Vec<u64> = LogStore::open(dir.path())?
             .load()?
             .messages
-            .keys()
-            .copied()
+            .iter()
+            .map(|(id, _)| *id)
             .collect();
-        ids.sort();
         assert_eq!(ids, vec![1, 3]);
         Ok(())
     }

@@ -7,8 +7,8 @@ use crate::{Op, QueueStore, RecordTable, Snapshot, StoreError, StoredEntry, Stor
 
 #[derive(Default)]
 struct State {
-    messages: HashMap<u64, Arc<StoredMessage>>,
-    entries: BTreeMap<(String, u64), StoredEntry>,
+    messages: BTreeMap<u64, Arc<StoredMessage>>,
+    entries: BTreeMap<(Arc<str>, u64), StoredEntry>,
     records: HashMap<RecordTable, BTreeMap<String, Vec<u8>>>,
 }
 
@@ -33,10 +33,10 @@ impl QueueStore for MemoryStore {
                     st.messages.remove(id);
                 }
                 Op::PutEntry { queue, seq, entry } => {
-                    st.entries.insert((queue.to_string(), *seq), *entry);
+                    st.entries.insert((queue.clone(), *seq), *entry);
                 }
                 Op::DeleteEntry { queue, seq } => {
-                    st.entries.remove(&(queue.to_string(), *seq));
+                    st.entries.remove(&(queue.clone(), *seq));
                 }
                 Op::PutRecord { table, key, value } => {
                     st.records
@@ -60,7 +60,7 @@ impl QueueStore for MemoryStore {
             .lock()
             .map_err(|_| StoreError::Failed("memory store lock poisoned".into()))?;
         Ok(Snapshot {
-            messages: st.messages.clone(),
+            messages: st.messages.iter().map(|(id, m)| (*id, m.clone())).collect(),
             entries: st
                 .entries
                 .iter()

@@ -95,9 +95,10 @@ pub enum Op {
 /// Everything a store holds, as read back at start.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub messages: HashMap<u64, Arc<StoredMessage>>,
+    /// Messages ordered by id.
+    pub messages: Vec<(u64, Arc<StoredMessage>)>,
     /// Entries ordered by queue name, then sequence number.
-    pub entries: Vec<(String, u64, StoredEntry)>,
+    pub entries: Vec<(Arc<str>, u64, StoredEntry)>,
     pub records: HashMap<RecordTable, Vec<(String, Vec<u8>)>>,
 }
 

@@ -111,7 +111,7 @@ impl QueueStore for RedbStore {
                 table: "messages",
                 cause: e.to_string(),
             })?;
-            snap.messages.insert(k.value(), Arc::new(msg));
+            snap.messages.push((k.value(), Arc::new(msg)));
         }
         let entries = txn.open_table(ENTRIES).map_err(engine)?;
         for row in entries.iter().map_err(engine)? {
@@ -121,7 +121,7 @@ impl QueueStore for RedbStore {
                 table: "entries",
                 cause: e.to_string(),
             })?;
-            snap.entries.push((queue.to_owned(), seq, entry));
+            snap.entries.push((Arc::from(queue), seq, entry));
         }
         for t in RecordTable::ALL {
             let table = txn.open_table(record_def(t)).map_err(engine)?;
