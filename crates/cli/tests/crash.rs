@@ -1,6 +1,7 @@
 //! Durability under `kill -9`: concurrent publishers and consumers run against the real
 //! binary, which is killed several times and restarted on the same data directory. Then
-//! every inbox is drained. What must hold:
+//! every inbox is drained. Half the consumers take their inbox with `/receive` and `/ack`,
+//! the other half as pushes over a WebSocket session, acked there. What must hold:
 //! - every publish that got a 202 is delivered (during the run or in the final drain);
 //! - no delivery whose ack was confirmed is ever delivered again;
 //! - nothing is delivered that was never sent.
@@ -33,6 +34,8 @@ struct Ledger {
     seen: HashMap<Key, u32>,
     /// Deliveries of an already-acked message: must stay zero.
     resurrected: Vec<Key>,
+    /// Acks confirmed over WebSocket sessions.
+    ws_acked: usize,
 }
 
 fn key(body: &Value) -> Option<Key> {
@@ -89,24 +92,11 @@ async fn consume_once(
         .error_for_status()?
         .json()
         .await?;
-    let mut receipts = Vec::new();
-    let mut keys = HashMap::new();
-    {
-        let mut l = ledger.lock().expect("ledger");
-        for m in &msgs {
-            let k = key(&m["body"]).expect("delivered message has the shape that was sent");
-            if l.acked.contains(&k) {
-                l.resurrected.push(k);
-            }
-            *l.seen.entry(k).or_default() += 1;
-            let r = m["receipt"].as_str().expect("receipt").to_owned();
-            keys.insert(r.clone(), k);
-            receipts.push(r);
-        }
-    }
-    if receipts.is_empty() {
+    let delivered = record_deliveries(&msgs, ledger);
+    if delivered.is_empty() {
         return Ok(0);
     }
+    let receipts: Vec<&str> = delivered.iter().map(|(r, _)| r.as_str()).collect();
     let r: Value = http
         .post(format!("{base}/ack"))
         .bearer_auth(token)
@@ -116,17 +106,80 @@ async fn consume_once(
         .error_for_status()?
         .json()
         .await?;
+    record_acks(&r, delivered, ledger);
+    Ok(msgs.len())
+}
+
+/// Records deliveries in the ledger (and any of an already-acked message); returns their
+/// receipts and keys.
+fn record_deliveries(msgs: &[Value], ledger: &Mutex<Ledger>) -> Vec<(String, Key)> {
+    let mut l = ledger.lock().expect("ledger");
+    let mut out = Vec::new();
+    for m in msgs {
+        let k = key(&m["body"]).expect("delivered message has the shape that was sent");
+        if l.acked.contains(&k) {
+            l.resurrected.push(k);
+        }
+        *l.seen.entry(k).or_default() += 1;
+        out.push((m["receipt"].as_str().expect("receipt").to_owned(), k));
+    }
+    out
+}
+
+/// Marks as acked the deliveries whose receipts the node's ack answer `r` does not list as
+/// unknown.
+fn record_acks(r: &Value, delivered: Vec<(String, Key)>, ledger: &Mutex<Ledger>) -> usize {
     let unknown: HashSet<&str> = r["unknown"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
     let mut l = ledger.lock().expect("ledger");
-    for (r, k) in keys {
+    let mut n = 0;
+    for (r, k) in delivered {
         if !unknown.contains(r.as_str()) {
             l.acked.insert(k);
+            n += 1;
         }
     }
-    Ok(msgs.len())
+    n
+}
+
+/// Takes an inbox as pushes over a WebSocket session (window 100) and acks them in
+/// batches, until `until` or until the node is gone.
+async fn consume_ws(base: &str, token: &str, ledger: &Mutex<Ledger>, until: Instant) {
+    use trunkline_client::ws::{Event, WsSession};
+    let Ok(session) = WsSession::connect(base, token).await else {
+        return;
+    };
+    if session.subscribe_inbox(100, 60).await.is_err() {
+        return;
+    }
+    while Instant::now() < until {
+        // A batch: what has come within a few milliseconds of the first push.
+        let mut msgs = Vec::new();
+        let mut wait = Duration::from_millis(200);
+        while msgs.len() < 100 {
+            match tokio::time::timeout(wait, session.next_event()).await {
+                Ok(Some(Event::Inbox(m))) => msgs.push(m),
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(_) => break,
+            }
+            wait = Duration::from_millis(5);
+        }
+        if msgs.is_empty() {
+            continue;
+        }
+        let delivered = record_deliveries(&msgs, ledger);
+        let receipts: Vec<String> = delivered.iter().map(|(r, _)| r.clone()).collect();
+        match session.ack(&receipts).await {
+            Ok(r) => {
+                let n = record_acks(&r, delivered, ledger);
+                ledger.lock().expect("ledger").ws_acked += n;
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,6 +255,10 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
             let (http, base, ledger) = (http.clone(), base.clone(), ledger.clone());
             let t = token(&http, &base, &format!("c{i}"), secret).await;
             tasks.push(tokio::spawn(async move {
+                if i % 2 == 1 {
+                    consume_ws(&base, &t, &ledger, stop_at).await;
+                    return;
+                }
                 while Instant::now() < stop_at {
                     if consume_once(&http, &base, &t, &ledger).await.is_err() {
                         break;
@@ -244,13 +301,14 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     let never_sent = l.seen.keys().filter(|k| !l.accepted.contains(k)).count();
     let duplicates: u32 = l.seen.values().map(|n| n - 1).sum();
     eprintln!(
-        "accepted {} publishes over {ROUNDS} kill -9 rounds; {} delivered; {} acked; \
+        "accepted {} publishes over {ROUNDS} kill -9 rounds; {} delivered; {} acked ({} over WebSocket); \
          {duplicates} redeliveries of unacked messages; {never_sent} delivered whose publish \
          was cut off by the kill (outcome unknown to the publisher; {in_doubt} such requests); \
          lost {}; resurrected after ack {}",
         l.accepted.len(),
         l.seen.len(),
         l.acked.len(),
+        l.ws_acked,
         lost.len(),
         l.resurrected.len()
     );
@@ -258,6 +316,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
         l.accepted.len() > 100,
         "the load was too small to mean anything"
     );
+    assert!(l.ws_acked > 0, "the WebSocket consumers acked nothing");
     assert!(
         lost.is_empty(),
         "acknowledged publishes lost: {:?}",
