@@ -734,7 +734,7 @@ async fn stomp_command(cmd: StompCommand) -> Result<(), Failure> {
                     .headers
                     .iter()
                     .rev()
-                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
                     .collect();
                 let line = serde_json::json!({
                     "destination": m.destination,

@@ -81,7 +81,8 @@ impl StompOptions {
 #[derive(Debug, Clone)]
 pub struct StompMessage {
     pub destination: String,
-    pub headers: Vec<(String, String)>,
+    /// Headers in wire order (names of the common ones are constants, not allocated).
+    pub headers: Vec<(std::borrow::Cow<'static, str>, String)>,
     pub body: Bytes,
     /// The id to pass to [`StompClient::ack`] (client ack modes).
     pub ack: Option<String>,
@@ -250,7 +251,7 @@ impl StompClient {
     ) -> Result<(), StompClientError> {
         let mut frame = Frame::new(Command::Send).header("destination", destination);
         for (k, v) in headers {
-            frame = frame.header(*k, *v);
+            frame = frame.header(k.to_string(), *v);
         }
         self.cmds
             .send(Cmd::Frame(frame.body(body)))

@@ -8,6 +8,7 @@
 //! current frame on every call; it is linear per call and fine when reads are large,
 //! but a connection should hold a `Decoder`.
 
+use std::borrow::Cow;
 use std::mem;
 
 use bytes::{Buf, BytesMut};
@@ -108,7 +109,7 @@ enum State {
 struct Head {
     /// `None` until the command line is complete.
     command: Option<Command>,
-    headers: Vec<(String, String)>,
+    headers: Vec<(Cow<'static, str>, String)>,
     /// Where the line being scanned starts.
     line_start: usize,
     /// Everything before this has been scanned.
@@ -118,7 +119,7 @@ struct Head {
 #[derive(Debug, Clone)]
 struct Body {
     command: Command,
-    headers: Vec<(String, String)>,
+    headers: Vec<(Cow<'static, str>, String)>,
     /// Where the body starts (the header block's length).
     start: usize,
     length: BodyLength,
@@ -302,7 +303,7 @@ fn parse_header(
     line: &[u8],
     escaped: bool,
     number: usize,
-) -> Result<(String, String), DecodeError> {
+) -> Result<(Cow<'static, str>, String), DecodeError> {
     let malformed = DecodeError::MalformedHeader { line: number };
     // CR is only allowed as part of the EOL; NUL is refused so that no peer whose parser
     // looks for the frame's NUL first can be fooled by a relayed header.
@@ -322,12 +323,39 @@ fn parse_header(
         };
         String::from_utf8(bytes.into_owned()).map_err(|_| DecodeError::InvalidUtf8 { line: number })
     };
-    Ok((text(name)?, text(value)?))
+    let name = match known_name(name) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(text(name)?),
+    };
+    Ok((name, text(value)?))
+}
+
+/// The headers most frames carry, so that decoding them allocates no name.
+const KNOWN_NAMES: [&str; 14] = [
+    "accept-version",
+    "ack",
+    "content-length",
+    "content-type",
+    "destination",
+    "heart-beat",
+    "host",
+    "id",
+    "login",
+    "message-id",
+    "passcode",
+    "receipt",
+    "subscription",
+    "transaction",
+];
+
+/// `raw` as one of [`KNOWN_NAMES`] (none needs unescaping, so this holds escaped or not).
+fn known_name(raw: &[u8]) -> Option<&'static str> {
+    KNOWN_NAMES.iter().copied().find(|n| n.as_bytes() == raw)
 }
 
 /// Decides how the body ends, refusing a declared length over the limits at once.
 fn body_length(
-    headers: &[(String, String)],
+    headers: &[(Cow<'static, str>, String)],
     start: usize,
     limits: &Limits,
 ) -> Result<BodyLength, DecodeError> {

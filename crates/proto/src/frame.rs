@@ -1,5 +1,7 @@
 //! Frames and the items a STOMP stream is made of.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 use crate::command::Command;
@@ -11,11 +13,12 @@ pub const CONTENT_LENGTH: &str = "content-length";
 ///
 /// Headers are kept as received, repeats included, because STOMP 1.2 gives the first
 /// occurrence of a repeated header its meaning and a relay must not reorder them.
-/// Names and values here are unescaped text; the codec escapes them on the wire.
+/// Names and values here are unescaped text; the codec escapes them on the wire. A name
+/// is usually a constant (`Cow::Borrowed`), and costs no allocation then.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub command: Command,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Cow<'static, str>, String)>,
     pub body: Bytes,
 }
 
@@ -32,7 +35,7 @@ impl Frame {
     /// Appends a header (after any already present, so an earlier one with the same
     /// name keeps its meaning).
     #[must_use]
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }

@@ -34,7 +34,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             }
             Frame {
                 command,
-                headers,
+                headers: headers.into_iter().map(|(k, v)| (k.into(), v)).collect(),
                 body: Bytes::from(body),
             }
         })

@@ -14,7 +14,7 @@ fn frame(command: Command, headers: &[(&str, &str)], body: &[u8]) -> Frame {
         command,
         headers: headers
             .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .map(|(n, v)| (n.to_string().into(), v.to_string()))
             .collect(),
         body: Bytes::copy_from_slice(body),
     }

@@ -765,11 +765,14 @@ fn delivered(
     receipt: Option<String>,
 ) -> Delivered {
     // The server's own headers first: with repeated headers the first one counts.
-    let mut headers = vec![
-        ("topic".to_owned(), data.topic.clone()),
-        ("sender".to_owned(), data.sender.clone()),
-    ];
-    headers.extend(data.headers.iter().cloned());
+    let mut headers = Vec::with_capacity(2 + data.headers.len());
+    headers.push(("topic".into(), data.topic.clone()));
+    headers.push(("sender".into(), data.sender.clone()));
+    headers.extend(
+        data.headers
+            .iter()
+            .map(|(k, v)| (k.clone().into(), v.clone())),
+    );
     Delivered {
         message_id: id,
         destination,

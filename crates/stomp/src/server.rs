@@ -11,6 +11,7 @@
 //! operations are unconfirmed the session asks the driver to stop reading
 //! ([`ServerSession::wants_read`]), which bounds what one connection can make the node hold.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
@@ -145,7 +146,7 @@ pub struct Delivered {
     pub destination: String,
     pub body: Bytes,
     pub content_type: Option<String>,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Cow<'static, str>, String)>,
     pub redelivered: bool,
     /// The broker's receipt for a leased delivery (client ack modes); `None` when the
     /// delivery needs no acknowledgement.
@@ -539,8 +540,8 @@ impl ServerSession {
         let headers = frame
             .headers
             .iter()
-            .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-            .cloned()
+            .filter(|(k, _)| !RESERVED.contains(&&**k))
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         Some(PublishItem {
             destination,
@@ -882,10 +883,13 @@ impl ServerSession {
         };
         sub.fetching = false;
         for m in messages {
-            let mut f = Frame::new(Command::Message)
-                .header("subscription", id)
-                .header("message-id", m.message_id.to_string())
-                .header("destination", m.destination);
+            let mut f = Frame {
+                headers: Vec::with_capacity(6 + m.headers.len()),
+                ..Frame::new(Command::Message)
+            }
+            .header("subscription", id)
+            .header("message-id", m.message_id.to_string())
+            .header("destination", m.destination);
             if let Some(r) = &m.receipt {
                 if sub.ack != AckMode::Auto {
                     f = f.header("ack", r.clone());
@@ -901,9 +905,7 @@ impl ServerSession {
                 m.content_type
                     .unwrap_or_else(|| "application/json".to_owned()),
             );
-            for (k, v) in m.headers {
-                f = f.header(k, v);
-            }
+            f.headers.extend(m.headers);
             self.transmit.push_back(Outgoing::Frame(f.body(m.body)));
         }
         self.want_fetch(id);

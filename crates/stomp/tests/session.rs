@@ -9,7 +9,7 @@ use trunkline_stomp::{
 fn frame(cmd: Command, headers: &[(&str, &str)]) -> Item {
     let mut f = Frame::new(cmd);
     for (k, v) in headers {
-        f = f.header(*k, *v);
+        f = f.header(k.to_string(), *v);
     }
     Item::Frame(f)
 }
