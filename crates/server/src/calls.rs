@@ -150,6 +150,20 @@ struct Inner {
     exposed: HashMap<String, HashSet<String>>,
     /// How to reach the sessions that serve or expose functions.
     callees: HashMap<String, Mailbox>,
+    /// The pending calls each session takes part in, as callee or as calling session, so
+    /// that a session's end finds its calls without looking at every other one.
+    involved: HashMap<String, HashSet<u64>>,
+}
+
+impl Inner {
+    /// The sessions call `p` involves: its callee, and its caller if that is a session.
+    fn parties(p: &Pending) -> impl Iterator<Item = &str> {
+        let caller = match &p.reply {
+            Reply::Session { session_id, .. } => Some(session_id.as_str()),
+            Reply::Collect(_) => None,
+        };
+        std::iter::once(p.callee.as_str()).chain(caller)
+    }
 }
 
 /// Every call of the node.
@@ -321,16 +335,21 @@ impl Calls {
             }
         });
         *inner.load.entry(callee.clone()).or_default() += 1;
-        inner.pending.insert(
-            id,
-            Pending {
-                kind,
-                callee,
-                reply: req.reply,
-                parts: Vec::new(),
-                timer,
-            },
-        );
+        let p = Pending {
+            kind,
+            callee,
+            reply: req.reply,
+            parts: Vec::new(),
+            timer,
+        };
+        for session in Inner::parties(&p) {
+            inner
+                .involved
+                .entry(session.to_owned())
+                .or_default()
+                .insert(id);
+        }
+        inner.pending.insert(id, p);
         Ok(())
     }
 
@@ -401,15 +420,7 @@ impl Calls {
             s.sessions.retain(|(id, _)| id != session);
             !s.sessions.is_empty()
         });
-        let ids: Vec<u64> = inner
-            .pending
-            .iter()
-            .filter(|(_, p)| {
-                p.callee == session
-                    || matches!(&p.reply, Reply::Session { session_id, .. } if session_id == session)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let ids = inner.involved.remove(session).unwrap_or_default();
         for id in ids {
             let Some(p) = take(&mut inner, id) else {
                 continue;
@@ -438,6 +449,14 @@ impl Calls {
 /// Removes call `id`, giving its callee's place back.
 fn take(inner: &mut Inner, id: u64) -> Option<Pending> {
     let p = inner.pending.remove(&id)?;
+    for session in Inner::parties(&p) {
+        if let Some(ids) = inner.involved.get_mut(session) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                inner.involved.remove(session);
+            }
+        }
+    }
     if let Some(n) = inner.load.get_mut(&p.callee) {
         *n -= 1;
         if *n == 0 {
@@ -550,4 +569,81 @@ pub async fn call_members(
         }
     });
     futures::future::join_all(waits).await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    fn mailbox() -> (Mailbox, mpsc::Receiver<crate::channels::Frame>) {
+        let (tx, rx) = mpsc::channel(16);
+        let kick = CancellationToken::new();
+        (Mailbox { tx, kick }, rx)
+    }
+
+    fn request(reply: Reply) -> Request {
+        Request {
+            function: "f".into(),
+            payload: json!({}),
+            from: json!({}),
+            timeout: Duration::from_secs(60),
+            reply,
+        }
+    }
+
+    /// The calls a session takes part in are found through its own index, and nothing
+    /// stays behind in it once the calls end, whichever way they end.
+    #[tokio::test]
+    async fn a_sessions_end_finds_its_calls_and_leaves_no_trace() {
+        let calls = Arc::new(Calls::new(10));
+        let (callee, _callee_rx) = mailbox();
+        let (caller, _caller_rx) = mailbox();
+        calls.expose("a", &callee, vec!["f".into()]);
+        calls.expose("c", &callee, vec!["f".into()]);
+        // b calls a twice; a backend calls a and c.
+        for _ in 0..2 {
+            let reply = Reply::Session {
+                session_id: "b".into(),
+                mailbox: caller.clone(),
+                call_id: json!(1),
+            };
+            calls.call_function("a", request(reply)).expect("call a");
+        }
+        let (reply, from_a) = Reply::collect();
+        calls
+            .call_function("a", request(reply))
+            .expect("backend call a");
+        let (reply, from_c) = Reply::collect();
+        calls
+            .call_function("c", request(reply))
+            .expect("backend call c");
+        assert_eq!(calls.pending(), 4);
+
+        // The caller b goes: its two calls are dropped, the backend's stay.
+        calls.session_gone("b");
+        assert_eq!(calls.pending(), 2);
+        // The callee a goes: the backend's call to it ends with callee_gone.
+        calls.session_gone("a");
+        let outcome = from_a.await.expect("outcome");
+        assert_eq!(
+            outcome.result.map_err(|e| e.code),
+            Err(ErrorCode::CalleeGone)
+        );
+        // c answers its call.
+        let id = calls
+            .lock()
+            .pending
+            .keys()
+            .copied()
+            .next()
+            .expect("c's call");
+        assert!(calls.answer(Kind::Function, "c", &id.to_string(), Answer::End(json!(7))));
+        assert_eq!(from_c.await.expect("outcome").result.ok(), Some(json!(7)));
+
+        assert_eq!(calls.pending(), 0);
+        assert!(calls.lock().involved.is_empty(), "index left behind");
+    }
 }
