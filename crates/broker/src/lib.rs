@@ -41,6 +41,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use trunkline_auth::{generate_credential_id, generate_secret, SecretHash};
 use trunkline_store::{Committer, Op, QueueStore, RecordTable, StoreError, StoredMessage};
@@ -92,7 +93,7 @@ impl Default for BrokerConfig {
 pub struct Publish {
     pub topic: String,
     /// The body as raw JSON text.
-    pub body: Vec<u8>,
+    pub body: Bytes,
     pub sender: String,
     /// Publisher's id for dedup within the window.
     pub message_id: Option<String>,
@@ -108,10 +109,14 @@ pub struct Publish {
 }
 
 impl Publish {
-    pub fn new(topic: impl Into<String>, body: Vec<u8>, sender: impl Into<String>) -> Self {
+    pub fn new(
+        topic: impl Into<String>,
+        body: impl Into<Bytes>,
+        sender: impl Into<String>,
+    ) -> Self {
         Publish {
             topic: topic.into(),
-            body,
+            body: body.into(),
             sender: sender.into(),
             message_id: None,
             ttl_ms: None,

@@ -425,7 +425,7 @@ mod tests {
             id,
             Arc::new(StoredMessage {
                 topic: "t".into(),
-                body: b"1".to_vec(),
+                body: b"1".to_vec().into(),
                 sender: "s".into(),
                 timestamp_ms: 0,
                 expires_at_ms: expires,

@@ -48,7 +48,7 @@ fn body(n: u64) -> Vec<u8> {
 }
 
 fn body_of(d: &Delivery) -> String {
-    String::from_utf8(d.msg.data.body.clone()).expect("utf-8 body")
+    String::from_utf8(d.msg.data.body.to_vec()).expect("utf-8 body")
 }
 
 fn bodies(ds: &[Delivery]) -> Vec<String> {
@@ -206,7 +206,7 @@ async fn delivery_carries_the_published_message() {
     let d = &got[0];
     assert_eq!(d.msg.id, sent.id);
     assert_eq!(d.msg.data.topic, "x.y");
-    assert_eq!(d.msg.data.body, b"{\"k\":[1,2]}");
+    assert_eq!(&d.msg.data.body[..], b"{\"k\":[1,2]}");
     assert_eq!(d.msg.data.sender, "sender-1");
     assert_eq!(d.msg.data.timestamp_ms, T0 + 5);
     assert_eq!(d.msg.data.expires_at_ms, None);

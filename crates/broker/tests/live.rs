@@ -25,7 +25,7 @@ async fn live_subscribers_get_matching_messages_from_now_on() {
         .expect("publish");
     let m = sub.try_recv().expect("one message");
     assert_eq!(
-        (m.data.topic.as_str(), m.data.body.as_slice()),
+        (m.data.topic.as_str(), &m.data.body[..]),
         ("fleet.a.status", &b"1"[..])
     );
     assert!(
@@ -33,11 +33,11 @@ async fn live_subscribers_get_matching_messages_from_now_on() {
         "the earlier and the non-matching ones are not delivered"
     );
     assert_eq!(
-        all.try_recv().map(|m| m.data.body.clone()),
+        all.try_recv().map(|m| m.data.body.to_vec()),
         Some(b"1".to_vec())
     );
     assert_eq!(
-        all.try_recv().map(|m| m.data.body.clone()),
+        all.try_recv().map(|m| m.data.body.to_vec()),
         Some(b"2".to_vec())
     );
     assert_eq!(b.live_subscriptions(), 2);
@@ -75,11 +75,11 @@ async fn a_slow_subscriber_is_marked_lagged_and_others_are_unaffected() {
     assert!(slow.lagged());
     assert!(!fast.lagged());
     assert_eq!(
-        slow.try_recv().map(|m| m.data.body.clone()),
+        slow.try_recv().map(|m| m.data.body.to_vec()),
         Some(b"0".to_vec())
     );
     assert_eq!(
-        slow.try_recv().map(|m| m.data.body.clone()),
+        slow.try_recv().map(|m| m.data.body.to_vec()),
         Some(b"1".to_vec())
     );
     assert!(slow.try_recv().is_none());

@@ -460,7 +460,9 @@ impl Connection {
                     .unwrap_or_else(|| "application/octet-stream".into()),
             )
         };
-        p.body = item.body.to_vec();
+        // A copy: the decoded body shares the connection's read buffer, which a queued
+        // message must not keep alive.
+        p.body = Bytes::copy_from_slice(&item.body);
         p.headers = item.headers;
         p
     }
@@ -748,15 +750,6 @@ fn stop(sub: SubTask) {
     }
 }
 
-/// A stored message's body as `Bytes`, sharing it rather than copying it per delivery.
-struct BodyOf(Arc<trunkline_store::StoredMessage>);
-
-impl AsRef<[u8]> for BodyOf {
-    fn as_ref(&self) -> &[u8] {
-        &self.0.body
-    }
-}
-
 fn delivered(
     id: u64,
     data: &Arc<trunkline_store::StoredMessage>,
@@ -776,7 +769,8 @@ fn delivered(
     Delivered {
         message_id: id,
         destination,
-        body: Bytes::from_owner(BodyOf(data.clone())),
+        // Shared with the stored message, not copied.
+        body: data.body.clone(),
         content_type: data.content_type.clone(),
         headers,
         redelivered,

@@ -73,7 +73,7 @@ mod engine_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let msg = StoredMessage {
             topic: "a.b".into(),
-            body: b"{\"x\":1}".to_vec(),
+            body: bytes::Bytes::from_static(b"{\"x\":1}"),
             sender: "s".into(),
             timestamp_ms: 5,
             expires_at_ms: Some(9),

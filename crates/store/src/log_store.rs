@@ -511,7 +511,7 @@ mod tests {
     fn msg(body: &[u8]) -> Arc<StoredMessage> {
         Arc::new(StoredMessage {
             topic: "a.b".into(),
-            body: body.to_vec(),
+            body: bytes::Bytes::copy_from_slice(body),
             sender: "s".into(),
             timestamp_ms: 5,
             expires_at_ms: Some(9),

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// A message body and its metadata, stored once however many queues hold it.
@@ -12,8 +13,8 @@ pub struct StoredMessage {
     /// The body: JSON text unless `content_type` says otherwise. Encoded as one byte
     /// string (not a sequence of single bytes): the same bytes on disk, written at memcpy
     /// speed.
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
+    #[serde(with = "body_bytes")]
+    pub body: Bytes,
     pub sender: String,
     /// Milliseconds since the Unix epoch at which the node accepted it.
     pub timestamp_ms: u64,
@@ -106,5 +107,21 @@ impl Snapshot {
     /// The records of one table (empty if it has none).
     pub fn records(&self, table: RecordTable) -> &[(String, Vec<u8>)] {
         self.records.get(&table).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// A body as one byte string, the encoding `serde_bytes` gives a `Vec<u8>` (so the stored
+/// format does not depend on the type that holds it in memory).
+mod body_bytes {
+    use bytes::Bytes;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(body: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(body)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let buf: serde_bytes::ByteBuf = serde::Deserialize::deserialize(d)?;
+        Ok(Bytes::from(buf.into_vec()))
     }
 }

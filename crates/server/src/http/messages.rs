@@ -151,7 +151,7 @@ fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publi
     };
     Ok(Publish {
         topic,
-        body,
+        body: body.into(),
         sender: sender.to_owned(),
         message_id: b.message_id,
         ttl_ms,
