@@ -261,6 +261,13 @@ impl StompClient {
 
     /// Subscribes; messages arrive on the returned channel. `ack` is `auto`, `client` or
     /// `client-individual`.
+    ///
+    /// The channel holds twice `prefetch` (default 100) messages. When it is full the
+    /// connection stops reading from the server until the channel is read: receipts and
+    /// other subscriptions' messages wait behind it. With a client ack mode the server
+    /// sends at most `prefetch` unacknowledged messages, so the channel never fills; with
+    /// `auto`, or a live `/topic`, read the channel from a task of its own if the same
+    /// connection also waits for send confirmations.
     pub async fn subscribe(
         &self,
         destination: &str,
