@@ -264,10 +264,11 @@ impl StompClient {
     ///
     /// The channel holds twice `prefetch` (default 100) messages. When it is full the
     /// connection stops reading from the server until the channel is read: receipts and
-    /// other subscriptions' messages wait behind it. With a client ack mode the server
-    /// sends at most `prefetch` unacknowledged messages, so the channel never fills; with
-    /// `auto`, or a live `/topic`, read the channel from a task of its own if the same
-    /// connection also waits for send confirmations.
+    /// other subscriptions' messages wait behind it. With a client ack mode and a
+    /// `prefetch`, the server sends at most that many unacknowledged messages, so the
+    /// channel never fills; otherwise (`auto`, a live `/topic`, or a server whose own
+    /// prefetch is larger) read the channel from a task of its own if the same connection
+    /// also waits for send confirmations.
     pub async fn subscribe(
         &self,
         destination: &str,
