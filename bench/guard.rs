@@ -72,8 +72,10 @@ fn calibrate() -> f64 {
     best
 }
 
-/// Server CPU µs per message of one run of `args`.
-fn measure(server_bin: &Path, args: &[String]) -> Result<f64> {
+/// One run's server CPU µs per message, and its commits per message where the scenario
+/// reports them (CPU per message falls as commits batch more messages, so a disk that
+/// syncs faster, which batches less, shows as more CPU per message).
+fn measure(server_bin: &Path, args: &[String]) -> Result<(f64, Option<f64>)> {
     let exe = std::env::current_exe().context("cannot find trunkline-bench itself")?;
     let json = tempfile::NamedTempFile::new()?;
     let out = Command::new(exe)
@@ -93,9 +95,10 @@ fn measure(server_bin: &Path, args: &[String]) -> Result<f64> {
         );
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(json.path())?)?;
-    report["server_cpu_us_per_msg"]
+    let cpu = report["server_cpu_us_per_msg"]
         .as_f64()
-        .context("the report has no server_cpu_us_per_msg")
+        .context("the report has no server_cpu_us_per_msg")?;
+    Ok((cpu, report["commits_per_msg"].as_f64()))
 }
 
 /// Whether the best run stays within the recorded figure × factor × machine speed.
@@ -123,8 +126,11 @@ pub fn run(a: &GuardArgs) -> Result<bool> {
         let mut pass = false;
         let mut limit = 0.0;
         for _ in 0..a.runs.max(1) {
-            let cpu = measure(&a.server_bin, &check.args)?;
-            seen.push(format!("{cpu:.1}"));
+            let (cpu, commits) = measure(&a.server_bin, &check.args)?;
+            seen.push(match commits {
+                Some(c) => format!("{cpu:.1} µs/msg at {c:.2} commits/msg"),
+                None => format!("{cpu:.1} µs/msg"),
+            });
             best = best.min(cpu);
             (limit, pass) = verdict(best, check.cpu_us_per_msg, base.factor, speed);
             if pass && !a.record {
@@ -140,7 +146,7 @@ pub fn run(a: &GuardArgs) -> Result<bool> {
             continue;
         }
         println!(
-            "{}: {} µs/msg server CPU (recorded {:.1}, limit {limit:.1}): {}",
+            "{}: {} server CPU (recorded {:.1}, limit {limit:.1}): {}",
             check.name,
             seen.join(", "),
             check.cpu_us_per_msg,
