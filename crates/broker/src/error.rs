@@ -30,6 +30,12 @@ pub enum BrokerError {
     LastAdmin(String),
     #[error("a message with this message_id is being published right now")]
     DuplicateInFlight,
+    /// The caller may not do this (the message says what it may do).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller's client was deleted or its secret rotated since it authenticated.
+    #[error("client `{0}` was deleted or its secret rotated; authenticate again")]
+    Revoked(String),
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }

@@ -5,6 +5,8 @@
 //! - [`topic`]: topic and pattern validation, and the [`topic::TopicTrie`] router.
 //! - [`queue`]: one queue's in-memory index of its durable entries.
 //! - [`registry`]: client records and routing.
+//! - [`authz`]: who may read, write and manage what; [`Principal`], the identity every
+//!   read and write is checked against.
 //! - [`dedup`]: the publisher `message_id` window.
 //!
 //! A [`Broker`] is a cheap `Clone` handle. It speaks no protocol: HTTP, STOMP and
@@ -30,6 +32,7 @@
 //! # });
 //! ```
 
+pub mod authz;
 pub mod dedup;
 pub mod error;
 pub mod live;
@@ -50,7 +53,8 @@ pub use dedup::DedupRecord;
 pub use error::BrokerError;
 pub use live::{LiveCounters, LiveMessage, LiveSubscription};
 pub use queue::{Limits, Msg, Overflow};
-pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings, ROLES};
+pub use authz::{Access, Principal, Target, REMOVED_ROLES, ROLES};
+pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings};
 
 use dedup::Dedup;
 use queue::{Effects, Queue, Slot};
@@ -198,9 +202,13 @@ pub struct NewClient {
     pub client_id: String,
     pub client_name: String,
     pub patterns: Vec<String>,
+    /// Topic patterns it may publish to; `None`: every topic.
+    pub publish: Option<Vec<String>>,
     pub roles: Vec<String>,
     /// Other queues this client may consume from.
     pub grants: Vec<String>,
+    /// Other queues this client may put messages into.
+    pub write_grants: Vec<String>,
     pub inbox: LimitSettings,
 }
 
@@ -210,8 +218,10 @@ impl NewClient {
             client_id: id.into(),
             client_name: name.into(),
             patterns,
+            publish: None,
             roles: Vec::new(),
             grants: Vec::new(),
+            write_grants: Vec::new(),
             inbox: LimitSettings::default(),
         }
     }
@@ -222,8 +232,11 @@ impl NewClient {
 pub struct ClientUpdate {
     pub client_name: Option<String>,
     pub patterns: Option<Vec<String>>,
+    /// `Some(["#"])` lets the client publish to every topic again.
+    pub publish: Option<Vec<String>>,
     pub roles: Option<Vec<String>>,
     pub grants: Option<Vec<String>>,
+    pub write_grants: Option<Vec<String>>,
     pub inbox: Option<LimitSettings>,
 }
 
@@ -233,17 +246,13 @@ pub struct ClientView {
     pub client_id: String,
     pub client_name: String,
     pub patterns: Vec<String>,
+    /// Topic patterns it may publish to (`["#"]`: every topic).
+    pub publish: Vec<String>,
     pub roles: Vec<String>,
     pub grants: Vec<String>,
+    pub write_grants: Vec<String>,
     pub inbox: LimitSettings,
     pub inbox_depth: u64,
-}
-
-/// The identity behind an authenticated request: cheap to copy around per request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub client_id: Arc<str>,
-    pub admin: bool,
 }
 
 /// Depths of one queue, for metrics.
@@ -373,6 +382,30 @@ impl Broker {
             msgs.sort_unstable_by_key(|(id, _)| *id);
         }
         let mut cleanup = Vec::new();
+        // Records written by earlier versions may hold roles that were removed, and grants
+        // of queues deleted before grants went with their queues: neither counts.
+        let stale: Vec<ClientRecord> = registry
+            .clients
+            .values()
+            .filter_map(|rec| {
+                let mut rec = rec.clone();
+                let before = (rec.roles.len(), rec.grants.len(), rec.write_grants.len());
+                rec.roles.retain(|r| ROLES.contains(&r.as_str()));
+                rec.grants.retain(|g| queues.contains_key(g.as_str()));
+                rec.write_grants.retain(|g| queues.contains_key(g.as_str()));
+                (before != (rec.roles.len(), rec.grants.len(), rec.write_grants.len()))
+                    .then_some(rec)
+            })
+            .collect();
+        for rec in stale {
+            tracing::warn!(client_id = %rec.client_id, "dropping removed roles or grants of deleted queues");
+            cleanup.push(Op::PutRecord {
+                table: RecordTable::Clients,
+                key: rec.client_id.clone(),
+                value: client_json(&rec),
+            });
+            registry.insert(rec);
+        }
         // Entries come grouped by queue: look each queue up once.
         let mut current: Option<(Arc<str>, Option<&mut Queue>)> = None;
         for (qname, seq, entry) in snap.entries {
@@ -921,8 +954,13 @@ impl Broker {
     /// Subscribes to every message published from now on to a topic matching `pattern`,
     /// without storing anything. At most `capacity` messages wait for the subscriber; past
     /// that it misses messages and [`LiveSubscription::lagged`] turns true.
+    ///
+    /// For a client (`reader`), a wider pattern than it may read is narrowed: it gets
+    /// only messages its current subscription patterns allow too. `None` subscribes the
+    /// node itself, unfiltered: never on behalf of a client.
     pub fn subscribe_live(
         &self,
+        reader: Option<&Principal>,
         pattern: &str,
         capacity: usize,
     ) -> Result<LiveSubscription, BrokerError> {
@@ -930,7 +968,11 @@ impl Broker {
             pattern: pattern.to_owned(),
             cause,
         })?;
-        let (id, rx, lagged) = write(&self.inner.live).add(pattern.to_owned(), capacity);
+        if let Some(r) = reader {
+            r.access()?;
+        }
+        let (id, rx, lagged) =
+            write(&self.inner.live).add(pattern.to_owned(), capacity, reader.cloned());
         Ok(LiveSubscription {
             id,
             rx,
@@ -950,30 +992,17 @@ impl Broker {
 
     // ----- consuming --------------------------------------------------------------------
 
-    /// True if `client_id` may consume from `queue`: its own inbox and dead-letter queue,
-    /// and queues it was granted.
-    pub fn may_read(&self, client_id: &str, queue: &str) -> bool {
-        if queue == inbox_name(client_id) || queue == dead_name(client_id) {
-            return true;
-        }
-        read(&self.inner.registry)
-            .clients
-            .get(client_id)
-            .is_some_and(|r| r.grants.iter().any(|g| g == queue))
-    }
-
-    /// Takes up to `opts.max` messages from `queue`, which must be one of `client_id`'s.
-    /// Returns once the removal (auto-ack) or the lease's delivery count is durable.
+    /// Takes up to `opts.max` messages from `queue`, which `who` must be allowed to read
+    /// ([`BrokerError::Forbidden`] otherwise, [`BrokerError::Revoked`] once its client is
+    /// gone). Returns once the removal (auto-ack) or the lease's delivery count is durable.
     pub async fn receive(
         &self,
-        client_id: &str,
+        who: &Principal,
         queue: &str,
         opts: ReceiveOptions,
         now: u64,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        if !self.may_read(client_id, queue) {
-            return Err(BrokerError::UnknownQueue(queue.to_owned()));
-        }
+        who.check_read(Target::Queue(queue))?;
         let cell = self
             .queue(queue)
             .ok_or_else(|| BrokerError::UnknownQueue(queue.to_owned()))?;
@@ -1044,21 +1073,29 @@ impl Broker {
             .fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Acks or nacks leased deliveries of `client_id`'s queues by their receipts.
+    /// Acks or nacks leased deliveries, by their receipts, of queues `who` may read.
+    ///
+    /// Giving deliveries back (`Nack { requeue: true }`) also works for a principal revoked
+    /// since (a session closing because its client's secret was rotated returns what it
+    /// held at once); anything else needs a principal that is still valid.
     pub async fn settle(
         &self,
-        client_id: &str,
+        who: &Principal,
         receipts: &[String],
         how: Settle,
         now: u64,
     ) -> Result<Settled, BrokerError> {
+        let access = match how {
+            Settle::Nack { requeue: true } => who.last_access(),
+            _ => who.access()?,
+        };
         let mut ops = Vec::new();
         let mut fx = Effects::default();
         let mut out = Settled::default();
         let mut by_queue: HashMap<&str, Vec<(u64, u32, &String)>> = HashMap::new();
         for r in receipts {
             match parse_receipt(r) {
-                Some((q, seq, count)) if self.may_read(client_id, q) => {
+                Some((q, seq, count)) if access.may_read(Target::Queue(q)) => {
                     by_queue.entry(q).or_default().push((seq, count, r))
                 }
                 _ => out.unknown.push(r.clone()),
@@ -1184,15 +1221,18 @@ impl Broker {
 
     // ----- clients ----------------------------------------------------------------------
 
-    fn check_client_fields(
-        &self,
-        name: Option<&str>,
-        patterns: Option<&[String]>,
-        roles: Option<&[String]>,
-        limits: Option<&LimitSettings>,
-        grants: Option<&[String]>,
-    ) -> Result<(), BrokerError> {
-        if let Some(grants) = grants {
+    fn check_client_fields(&self, f: Fields<'_>) -> Result<(), BrokerError> {
+        let Fields {
+            name,
+            patterns,
+            publish,
+            roles,
+            limits,
+            grants,
+            write_grants,
+        } = f;
+        for (field, grants) in [("grants", grants), ("write_grants", write_grants)] {
+            let Some(grants) = grants else { continue };
             let ok = |g: &String| {
                 !g.is_empty()
                     && g.len() <= 128
@@ -1201,9 +1241,38 @@ impl Broker {
             };
             if grants.len() > registry::MAX_PATTERNS || !grants.iter().all(ok) {
                 return Err(BrokerError::InvalidArgument(format!(
-                    "grants must be at most {} queue names of letters, digits, `.`, `_` and `-`",
+                    "{field} must be at most {} queue names of letters, digits, `.`, `_` and `-`",
                     registry::MAX_PATTERNS
                 )));
+            }
+            // A grant names a queue that exists now; it goes when the queue's owner goes,
+            // so a client created later under the same name does not inherit it.
+            let queues = read(&self.inner.queues);
+            if let Some(missing) = grants.iter().find(|g| !queues.contains_key(g.as_str())) {
+                return Err(BrokerError::UnknownQueue(missing.clone()));
+            }
+        }
+        if let Some(bad) = write_grants
+            .into_iter()
+            .flatten()
+            .find(|g| authz::is_dead_letter_queue(g))
+        {
+            return Err(BrokerError::InvalidArgument(format!(
+                "`{bad}` is a dead-letter queue: only the broker puts messages there"
+            )));
+        }
+        if let Some(publish) = publish {
+            if publish.len() > registry::MAX_PATTERNS {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "publish must have at most {} patterns",
+                    registry::MAX_PATTERNS
+                )));
+            }
+            for p in publish {
+                topic::validate_pattern(p).map_err(|cause| BrokerError::InvalidPattern {
+                    pattern: p.clone(),
+                    cause,
+                })?;
             }
         }
         if let Some(name) = name {
@@ -1230,8 +1299,13 @@ impl Broker {
         }
         if let Some(roles) = roles {
             if let Some(bad) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+                let why = REMOVED_ROLES
+                    .iter()
+                    .find(|(r, _)| r == bad)
+                    .map(|(_, why)| format!(" (it was removed: {why})"))
+                    .unwrap_or_default();
                 return Err(BrokerError::InvalidArgument(format!(
-                    "unknown role `{bad}`; roles are {}",
+                    "unknown role `{bad}`{why}; roles are {}",
                     ROLES.join(", ")
                 )));
             }
@@ -1255,8 +1329,10 @@ impl Broker {
             client_id: rec.client_id.clone(),
             client_name: rec.client_name.clone(),
             patterns: rec.patterns.clone(),
+            publish: rec.publish.clone().unwrap_or_else(|| vec!["#".into()]),
             roles: rec.roles.clone(),
             grants: rec.grants.clone(),
+            write_grants: rec.write_grants.clone(),
             inbox: rec.inbox,
             inbox_depth,
         }
@@ -1271,14 +1347,16 @@ impl Broker {
         if !valid_client_id(&c.client_id) {
             return Err(BrokerError::InvalidClientId(c.client_id));
         }
-        self.check_client_fields(
-            Some(&c.client_name),
-            Some(&c.patterns),
-            Some(&c.roles),
-            Some(&c.inbox),
-            Some(&c.grants),
-        )?;
         let _admin = self.inner.admin.lock().await;
+        self.check_client_fields(Fields {
+            name: Some(&c.client_name),
+            patterns: Some(&c.patterns),
+            publish: c.publish.as_deref(),
+            roles: Some(&c.roles),
+            limits: Some(&c.inbox),
+            grants: Some(&c.grants),
+            write_grants: Some(&c.write_grants),
+        })?;
         if read(&self.inner.registry)
             .clients
             .contains_key(&c.client_id)
@@ -1293,8 +1371,10 @@ impl Broker {
             client_id: c.client_id,
             client_name: c.client_name,
             patterns: c.patterns,
+            publish: every_topic_is_none(c.publish),
             roles: c.roles,
             grants: c.grants,
+            write_grants: c.write_grants,
             secret_hash: SecretHash::of(&secret).as_str().to_owned(),
             credential_id: generate_credential_id(),
             inbox: c.inbox,
@@ -1333,14 +1413,16 @@ impl Broker {
         client_id: &str,
         u: ClientUpdate,
     ) -> Result<ClientView, BrokerError> {
-        self.check_client_fields(
-            u.client_name.as_deref(),
-            u.patterns.as_deref(),
-            u.roles.as_deref(),
-            u.inbox.as_ref(),
-            u.grants.as_deref(),
-        )?;
         let _admin = self.inner.admin.lock().await;
+        self.check_client_fields(Fields {
+            name: u.client_name.as_deref(),
+            patterns: u.patterns.as_deref(),
+            publish: u.publish.as_deref(),
+            roles: u.roles.as_deref(),
+            limits: u.inbox.as_ref(),
+            grants: u.grants.as_deref(),
+            write_grants: u.write_grants.as_deref(),
+        })?;
         let mut rec = self.record(client_id)?;
         if u.roles
             .as_ref()
@@ -1357,6 +1439,12 @@ impl Broker {
         }
         if let Some(g) = u.grants {
             rec.grants = g;
+        }
+        if let Some(g) = u.write_grants {
+            rec.write_grants = g;
+        }
+        if u.publish.is_some() {
+            rec.publish = every_topic_is_none(u.publish);
         }
         if let Some(mut r) = u.roles {
             r.sort();
@@ -1412,13 +1500,37 @@ impl Broker {
         if self.is_last_admin(client_id) {
             return Err(BrokerError::LastAdmin(client_id.to_owned()));
         }
-        // Stop routing to it first, so nothing new lands in queues being purged.
-        write(&self.inner.registry).remove(client_id);
+        // Stop routing to it first, so nothing new lands in queues being purged; its
+        // principals are revoked with it, which ends its open sessions.
+        let gone = [inbox_name(client_id), dead_name(client_id)];
         let mut ops = vec![Op::DeleteRecord {
             table: RecordTable::Clients,
             key: client_id.to_owned(),
         }];
-        for name in [inbox_name(client_id), dead_name(client_id)] {
+        {
+            let mut reg = write(&self.inner.registry);
+            reg.remove(client_id);
+            // Grants of its queues go with them.
+            let holders: Vec<ClientRecord> = reg
+                .clients
+                .values()
+                .filter(|r| {
+                    r.grants.iter().chain(&r.write_grants).any(|g| gone.contains(g))
+                })
+                .cloned()
+                .collect();
+            for mut rec in holders {
+                rec.grants.retain(|g| !gone.contains(g));
+                rec.write_grants.retain(|g| !gone.contains(g));
+                ops.push(Op::PutRecord {
+                    table: RecordTable::Clients,
+                    key: rec.client_id.clone(),
+                    value: client_json(&rec),
+                });
+                reg.insert(rec);
+            }
+        }
+        for name in gone {
             let cell = write(&self.inner.queues).remove(name.as_str());
             if let Some(cell) = cell {
                 lock(&cell.state).purge(&mut ops);
@@ -1471,40 +1583,51 @@ impl Broker {
 
     /// Checks a client's secret; on success returns who it is and its credential id.
     pub fn authenticate(&self, client_id: &str, secret: &str) -> Option<(Principal, String)> {
-        let reg = read(&self.inner.registry);
-        let rec = reg.clients.get(client_id)?;
-        if !SecretHash::from_stored(rec.secret_hash.clone()).verify(secret) {
+        let (hash, credential_id) = {
+            let reg = read(&self.inner.registry);
+            let rec = reg.clients.get(client_id)?;
+            (rec.secret_hash.clone(), rec.credential_id.clone())
+        };
+        // Hashing is slow on purpose: not under the registry lock.
+        if !SecretHash::from_stored(hash).verify(secret) {
             return None;
         }
-        Some((
-            Principal {
-                client_id: Arc::from(client_id),
-                admin: rec.is_admin(),
-            },
-            rec.credential_id.clone(),
-        ))
+        let p = self.check_credential(client_id, &credential_id)?;
+        Some((p, credential_id))
     }
 
     /// The client `client_id`, if it exists (for identities proven otherwise, such as a
-    /// verified TLS client certificate).
+    /// verified TLS client certificate). Revoked when the client is deleted or its secret
+    /// rotated, like every principal.
     pub fn principal(&self, client_id: &str) -> Option<Principal> {
-        let reg = read(&self.inner.registry);
-        let rec = reg.clients.get(client_id)?;
-        Some(Principal {
-            client_id: Arc::from(client_id),
-            admin: rec.is_admin(),
-        })
+        read(&self.inner.registry).principal(client_id)
     }
 
     /// The client behind a token, if it still exists with the same credential.
     pub fn check_credential(&self, client_id: &str, credential_id: &str) -> Option<Principal> {
         let reg = read(&self.inner.registry);
         let rec = reg.clients.get(client_id)?;
-        (rec.credential_id == credential_id).then(|| Principal {
-            client_id: Arc::from(client_id),
-            admin: rec.is_admin(),
-        })
+        if rec.credential_id != credential_id {
+            return None;
+        }
+        reg.principal(client_id)
     }
+}
+
+/// The client fields [`Broker::check_client_fields`] checks; `None` is not being set.
+struct Fields<'a> {
+    name: Option<&'a str>,
+    patterns: Option<&'a [String]>,
+    publish: Option<&'a [String]>,
+    roles: Option<&'a [String]>,
+    limits: Option<&'a LimitSettings>,
+    grants: Option<&'a [String]>,
+    write_grants: Option<&'a [String]>,
+}
+
+/// Publish patterns as stored: a list that allows every topic is stored as none.
+fn every_topic_is_none(publish: Option<Vec<String>>) -> Option<Vec<String>> {
+    publish.filter(|p| !p.iter().any(|p| p == "#"))
 }
 
 /// A publish routed and submitted, waiting for its commit.

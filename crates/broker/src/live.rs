@@ -4,6 +4,11 @@
 //! Nothing is stored for them. Each subscription has a bounded channel; a subscriber that
 //! falls behind by more than its capacity misses messages and is marked `lagged`, which the
 //! session turns into its slow-consumer policy (typically: tell the client and close).
+//!
+//! A subscription made for a client gets only what the client may read *now*: the
+//! messages its pattern matches and its subscription patterns allow (the intersection),
+//! checked per message against the client's current rights, and nothing once the client
+//! is deleted or its secret rotated.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +17,7 @@ use std::sync::{Arc, RwLock, Weak};
 use tokio::sync::mpsc;
 use trunkline_store::StoredMessage;
 
+use crate::authz::{Principal, Target};
 use crate::topic::TopicTrie;
 
 /// A message delivered live.
@@ -25,6 +31,8 @@ struct Sender {
     tx: mpsc::Sender<LiveMessage>,
     lagged: Arc<AtomicBool>,
     pattern: String,
+    /// Whose rights filter what it gets; `None` for the node's own subscribers.
+    reader: Option<Principal>,
 }
 
 /// Every live subscription of a node.
@@ -40,6 +48,7 @@ impl Live {
         &mut self,
         pattern: String,
         capacity: usize,
+        reader: Option<Principal>,
     ) -> (u64, mpsc::Receiver<LiveMessage>, Arc<AtomicBool>) {
         self.next += 1;
         let id = self.next;
@@ -52,6 +61,7 @@ impl Live {
                 tx,
                 lagged: lagged.clone(),
                 pattern,
+                reader,
             },
         );
         (id, rx, lagged)
@@ -81,6 +91,12 @@ impl Live {
             let Some(s) = self.subs.get(&id) else {
                 continue;
             };
+            if let Some(reader) = &s.reader {
+                let topic = Target::Topic(&msg.data.topic);
+                if !reader.access().is_ok_and(|a| a.may_read(topic)) {
+                    continue;
+                }
+            }
             match s.tx.try_send(msg.clone()) {
                 Ok(()) => sent += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {

@@ -5,10 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::authz::Holder;
 use crate::topic::TopicTrie;
-
-/// Roles a client may hold.
-pub const ROLES: &[&str] = &["admin", "publisher", "backend", "peer"];
 
 /// Longest client name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -32,10 +30,16 @@ pub struct ClientRecord {
     pub client_id: String,
     pub client_name: String,
     pub patterns: Vec<String>,
+    /// Topic patterns this client may publish to; `None`: every topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
     pub roles: Vec<String>,
     /// Other queues (such as `<other>-inbox`) this client may consume from.
     #[serde(default)]
     pub grants: Vec<String>,
+    /// Other queues this client may put messages into directly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_grants: Vec<String>,
     /// Salted hash of the secret; the secret itself is never stored.
     pub secret_hash: String,
     /// Names the current secret; tokens carry it, so rotating invalidates them.
@@ -79,6 +83,8 @@ pub(crate) struct Registry {
     pub trie: TopicTrie<Arc<str>>,
     /// Every inbox, for broadcasts.
     pub inboxes: Vec<Arc<str>>,
+    /// Per client: what its principals share (its current rights, its revocation).
+    pub holders: HashMap<String, Arc<Holder>>,
 }
 
 impl Registry {
@@ -94,7 +100,24 @@ impl Registry {
         for p in &rec.patterns {
             self.trie.insert(p, inbox.clone());
         }
+        match self.holders.get(&rec.client_id) {
+            // Same credential: open sessions carry on with the new rights.
+            Some(h) if h.credential_id == rec.credential_id => h.update(&rec),
+            // A new secret: sessions opened with the old one end.
+            _ => {
+                if let Some(old) = self.holders.insert(rec.client_id.clone(), Holder::new(&rec)) {
+                    old.revoke();
+                }
+            }
+        }
         self.clients.insert(rec.client_id.clone(), rec);
+    }
+
+    /// A principal of `client_id` as it is now.
+    pub fn principal(&self, client_id: &str) -> Option<crate::Principal> {
+        self.holders
+            .get(client_id)
+            .map(|h| crate::Principal::new(h, client_id))
     }
 
     pub fn remove(&mut self, client_id: &str) -> Option<ClientRecord> {
@@ -105,6 +128,9 @@ impl Registry {
             self.trie.remove(p, &inbox_arc);
         }
         self.inboxes.retain(|q| q.as_ref() != inbox);
+        if let Some(h) = self.holders.remove(client_id) {
+            h.revoke();
+        }
         Some(rec)
     }
 }

@@ -25,6 +25,52 @@ fn broker() -> Broker {
     broker_with(BrokerConfig::default())
 }
 
+/// Receive and settle as a client named by its id, as the front-ends do with the
+/// principal of a request or session.
+trait AsClient {
+    async fn receive_as(
+        &self,
+        id: &str,
+        queue: &str,
+        opts: ReceiveOptions,
+        now: u64,
+    ) -> Result<Vec<Delivery>, BrokerError>;
+    async fn settle_as(
+        &self,
+        id: &str,
+        receipts: &[String],
+        how: Settle,
+        now: u64,
+    ) -> Result<trunkline_broker::Settled, BrokerError>;
+}
+
+impl AsClient for Broker {
+    async fn receive_as(
+        &self,
+        id: &str,
+        queue: &str,
+        opts: ReceiveOptions,
+        now: u64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let who = self
+            .principal(id)
+            .ok_or_else(|| BrokerError::UnknownClient(id.into()))?;
+        self.receive(&who, queue, opts, now).await
+    }
+    async fn settle_as(
+        &self,
+        id: &str,
+        receipts: &[String],
+        how: Settle,
+        now: u64,
+    ) -> Result<trunkline_broker::Settled, BrokerError> {
+        let who = self
+            .principal(id)
+            .ok_or_else(|| BrokerError::UnknownClient(id.into()))?;
+        self.settle(&who, receipts, how, now).await
+    }
+}
+
 fn pats(ps: &[&str]) -> Vec<String> {
     ps.iter().map(|p| p.to_string()).collect()
 }
@@ -81,19 +127,19 @@ fn dead(id: &str) -> String {
 
 /// Auto-ack receive of everything ready in `id`'s inbox.
 async fn drain(b: &Broker, id: &str, now: u64) -> Vec<Delivery> {
-    b.receive(id, &inbox(id), ReceiveOptions::auto(1000), now)
+    b.receive_as(id, &inbox(id), ReceiveOptions::auto(1000), now)
         .await
         .expect("receive")
 }
 
 async fn drain_dead(b: &Broker, id: &str, now: u64) -> Vec<Delivery> {
-    b.receive(id, &dead(id), ReceiveOptions::auto(1000), now)
+    b.receive_as(id, &dead(id), ReceiveOptions::auto(1000), now)
         .await
         .expect("receive dead")
 }
 
 async fn lease(b: &Broker, id: &str, max: usize, lease_ms: u64, now: u64) -> Vec<Delivery> {
-    b.receive(id, &inbox(id), ReceiveOptions::leased(max, lease_ms), now)
+    b.receive_as(id, &inbox(id), ReceiveOptions::leased(max, lease_ms), now)
         .await
         .expect("leased receive")
 }
@@ -228,19 +274,19 @@ async fn receive_is_fifo_and_respects_max() {
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
     let first = br
-        .receive("c", "c-inbox", ReceiveOptions::auto(2), T0)
+        .receive_as("c", "c-inbox", ReceiveOptions::auto(2), T0)
         .await
         .expect("receive");
     assert_eq!(bodies(&first), vec![b(0), b(1)]);
     // max_receive (3) caps a larger request.
     let second = br
-        .receive("c", "c-inbox", ReceiveOptions::auto(100), T0)
+        .receive_as("c", "c-inbox", ReceiveOptions::auto(100), T0)
         .await
         .expect("receive");
     assert_eq!(bodies(&second), vec![b(2), b(3), b(4)]);
     assert_eq!(bodies(&drain(&br, "c", T0).await), vec![b(5), b(6)]);
     assert!(br
-        .receive("c", "c-inbox", ReceiveOptions::auto(0), T0)
+        .receive_as("c", "c-inbox", ReceiveOptions::auto(0), T0)
         .await
         .expect("receive")
         .is_empty());
@@ -308,17 +354,13 @@ async fn a_client_can_only_receive_from_its_own_queues() {
         ("a", "nope"),
         ("b", "a-inbox"),
     ] {
-        let r = br.receive(who, queue, ReceiveOptions::auto(10), T0).await;
+        let r = br.receive_as(who, queue, ReceiveOptions::auto(10), T0).await;
+        // Refused before looking, so whether the queue exists is not told either.
         assert!(
-            matches!(r, Err(BrokerError::UnknownQueue(ref q)) if q == queue),
+            matches!(r, Err(BrokerError::Forbidden(ref m)) if m.contains(queue)),
             "{who} {queue}: {r:?}"
         );
     }
-    // An unknown client asking for "its" inbox gets UnknownQueue as well.
-    let r = br
-        .receive("ghost", "ghost-inbox", ReceiveOptions::auto(10), T0)
-        .await;
-    assert!(matches!(r, Err(BrokerError::UnknownQueue(_))), "{r:?}");
     // Nothing was taken from b by the refused attempts.
     assert_eq!(bodies(&drain(&br, "b", T0).await), vec![b(1)]);
     assert!(drain_dead(&br, "a", T0).await.is_empty());
@@ -366,14 +408,14 @@ async fn update_client_patterns_take_effect_for_the_next_publish() {
             "c",
             ClientUpdate {
                 client_name: Some("renamed".into()),
-                roles: Some(pats(&["publisher"])),
+                roles: Some(pats(&["backend"])),
                 ..Default::default()
             },
         )
         .await
         .expect("update");
     assert_eq!(view.client_name, "renamed");
-    assert_eq!(view.roles, pats(&["publisher"]));
+    assert_eq!(view.roles, pats(&["backend"]));
     assert_eq!(view.patterns, pats(&["new.*"]));
     assert_eq!(br.get_client("c"), Some(view));
 }
@@ -414,15 +456,17 @@ async fn a_deleted_client_is_gone_everywhere() {
     let secret = client(&br, "gone", &["t.#"]).await;
     client(&br, "stay", &["t.#"]).await;
     assert_eq!(publish(&br, "t.1", 1, T0).await.delivered_to, 2);
+    let before = br.principal("gone").expect("principal");
     br.delete_client("gone").await.expect("delete");
+    assert!(before.is_revoked());
 
     assert!(br.get_client("gone").is_none());
     assert!(br.authenticate("gone", &secret).is_none());
     assert_eq!(br.client_count(), 1);
     assert!(br.list_clients().iter().all(|c| c.client_id != "gone"));
     for q in ["gone-inbox", "gone-dead"] {
-        let r = br.receive("gone", q, ReceiveOptions::auto(10), T0).await;
-        assert!(matches!(r, Err(BrokerError::UnknownQueue(_))), "{q}: {r:?}");
+        let r = br.receive(&before, q, ReceiveOptions::auto(10), T0).await;
+        assert!(matches!(r, Err(BrokerError::Revoked(_))), "{q}: {r:?}");
         assert!(
             br.queue_depths().iter().all(|d| &*d.name != q),
             "{q} still listed"
@@ -467,7 +511,7 @@ async fn deleting_a_client_drops_its_leased_and_dead_messages() {
         publish(&br, "t", n, T0).await;
     }
     let leased = lease(&br, "c", 2, 100, T0).await;
-    br.settle(
+    br.settle_as(
         "c",
         &receipts(&leased[..1]),
         Settle::Nack { requeue: false },
@@ -476,13 +520,18 @@ async fn deleting_a_client_drops_its_leased_and_dead_messages() {
     .await
     .expect("nack");
     assert_eq!(depth(&br, "c-dead"), (1, 0));
+    let before = br.principal("c").expect("principal");
     br.delete_client("c").await.expect("delete");
     assert!(br.queue_depths().is_empty());
-    // Its old receipt settles nothing.
+    // Its old receipts settle nothing: acks are refused, give-backs find nothing.
+    let r = br
+        .settle(&before, &receipts(&leased[1..]), Settle::Ack, T0)
+        .await;
+    assert!(matches!(r, Err(BrokerError::Revoked(_))), "{r:?}");
     let s = br
-        .settle("c", &receipts(&leased[1..]), Settle::Ack, T0)
+        .settle(&before, &receipts(&leased[1..]), Settle::Nack { requeue: true }, T0)
         .await
-        .expect("settle");
+        .expect("give back");
     assert_eq!(s.done, 0);
     assert_eq!(s.unknown, receipts(&leased[1..]));
 }
@@ -512,7 +561,7 @@ async fn leased_messages_stay_until_acked() {
     assert!(lease(&br, "c", 10, 1_000, T0 + 20).await.is_empty());
 
     let s = br
-        .settle("c", &rs, Settle::Ack, T0 + 30)
+        .settle_as("c", &rs, Settle::Ack, T0 + 30)
         .await
         .expect("ack");
     assert_eq!(
@@ -525,7 +574,7 @@ async fn leased_messages_stay_until_acked() {
     assert_eq!(depth(&br, "c-inbox"), (0, 1));
     // Acking again is reported, not an error.
     let s = br
-        .settle("c", &rs[..1], Settle::Ack, T0 + 31)
+        .settle_as("c", &rs[..1], Settle::Ack, T0 + 31)
         .await
         .expect("ack again");
     assert_eq!((s.done, s.unknown.clone()), (0, rs[..1].to_vec()));
@@ -534,7 +583,7 @@ async fn leased_messages_stay_until_acked() {
     let later = lease(&br, "c", 10, 1_000, T0 + 10_000).await;
     assert_eq!(bodies(&later), vec![b(2)]);
     assert_eq!(later[0].delivery_count, 2);
-    br.settle("c", &receipts(&later), Settle::Ack, T0 + 10_000)
+    br.settle_as("c", &receipts(&later), Settle::Ack, T0 + 10_000)
         .await
         .expect("ack");
     assert!(lease(&br, "c", 10, 1_000, T0 + 100_000).await.is_empty());
@@ -552,7 +601,7 @@ async fn nack_with_requeue_redelivers_in_place() {
     let first = lease(&br, "c", 1, 60_000, T0).await;
     assert_eq!(bodies(&first), vec![b(0)]);
     let s = br
-        .settle(
+        .settle_as(
             "c",
             &receipts(&first),
             Settle::Nack { requeue: true },
@@ -575,12 +624,12 @@ async fn nack_with_requeue_redelivers_in_place() {
     );
     // The old receipt settles nothing now; the new one does.
     let s = br
-        .settle("c", &receipts(&first), Settle::Ack, T0 + 3)
+        .settle_as("c", &receipts(&first), Settle::Ack, T0 + 3)
         .await
         .expect("stale ack");
     assert_eq!((s.done, s.unknown), (0, receipts(&first)));
     let s = br
-        .settle("c", &receipts(&again), Settle::Ack, T0 + 3)
+        .settle_as("c", &receipts(&again), Settle::Ack, T0 + 3)
         .await
         .expect("ack");
     assert_eq!(s.done, 3);
@@ -607,7 +656,7 @@ async fn an_expired_lease_brings_the_message_back() {
     let mut both = receipts(&first);
     both.extend(receipts(&second));
     let s = br
-        .settle("c", &both, Settle::Ack, T0 + 600)
+        .settle_as("c", &both, Settle::Ack, T0 + 600)
         .await
         .expect("settle");
     assert_eq!(s.done, 1);
@@ -627,7 +676,7 @@ async fn auto_receive_after_lease_expiry_counts_the_delivery() {
     assert!(got[0].redelivered());
     // It was auto-acked: the old receipt is unknown and nothing is left.
     let s = br
-        .settle("c", &receipts(&first), Settle::Ack, T0 + 101)
+        .settle_as("c", &receipts(&first), Settle::Ack, T0 + 101)
         .await
         .expect("settle");
     assert_eq!(s.done, 0);
@@ -669,7 +718,7 @@ async fn receipts_of_other_clients_or_garbage_are_unknown() {
         Settle::Nack { requeue: true },
         Settle::Nack { requeue: false },
     ] {
-        let s = br.settle("b", &tries, how, T0 + 1).await.expect("settle");
+        let s = br.settle_as("b", &tries, how, T0 + 1).await.expect("settle");
         assert_eq!(s.done, 0, "{how:?}");
         assert_eq!(s.unknown, tries, "{how:?}");
     }
@@ -677,7 +726,7 @@ async fn receipts_of_other_clients_or_garbage_are_unknown() {
     assert_eq!(depth(&br, "a-inbox"), (0, 1));
     assert_eq!(depth(&br, "b-dead"), (0, 0));
     let s = br
-        .settle("a", &a_rs, Settle::Ack, T0 + 2)
+        .settle_as("a", &a_rs, Settle::Ack, T0 + 2)
         .await
         .expect("ack");
     assert_eq!(
@@ -690,7 +739,7 @@ async fn receipts_of_other_clients_or_garbage_are_unknown() {
     // Unknown receipts of a's own queue with a made-up sequence number.
     let fake = format!("a-inbox/{}/1", u64::MAX);
     let s = br
-        .settle("a", std::slice::from_ref(&fake), Settle::Ack, T0 + 3)
+        .settle_as("a", std::slice::from_ref(&fake), Settle::Ack, T0 + 3)
         .await
         .expect("settle");
     assert_eq!(s.unknown, vec![fake]);
@@ -705,7 +754,7 @@ async fn the_same_receipt_twice_in_one_call_settles_once() {
     let r = receipts(&lease(&br, "c", 1, 1_000, T0).await);
     let twice = vec![r[0].clone(), r[0].clone()];
     let s = br
-        .settle("c", &twice, Settle::Nack { requeue: true }, T0)
+        .settle_as("c", &twice, Settle::Nack { requeue: true }, T0)
         .await
         .expect("nack");
     assert_eq!((s.done, s.unknown.len()), (1, 1));
@@ -742,7 +791,7 @@ async fn lease_expiries_past_max_deliveries_dead_letter() {
     );
     // Stale receipts of the inbox deliveries are unknown.
     let s = br
-        .settle("c", &receipts(&d2), Settle::Ack, T0 + 202)
+        .settle_as("c", &receipts(&d2), Settle::Ack, T0 + 202)
         .await
         .expect("settle");
     assert_eq!(s.done, 0);
@@ -757,7 +806,7 @@ async fn nack_without_requeue_dead_letters_at_once() {
     publish(&br, "t", 2, T0).await;
     let got = lease(&br, "c", 2, 10_000, T0).await;
     let s = br
-        .settle(
+        .settle_as(
             "c",
             &receipts(&got[..1]),
             Settle::Nack { requeue: false },
@@ -770,14 +819,14 @@ async fn nack_without_requeue_dead_letters_at_once() {
     assert_eq!(depth(&br, "c-dead"), (1, 0));
     // The dead-letter queue can be consumed with leases too.
     let dl = br
-        .receive("c", "c-dead", ReceiveOptions::leased(10, 1_000), T0 + 2)
+        .receive_as("c", "c-dead", ReceiveOptions::leased(10, 1_000), T0 + 2)
         .await
         .expect("receive dead");
     assert_eq!(bodies(&dl), vec![b(1)]);
     let dr = receipts(&dl);
     assert!(dr[0].starts_with("c-dead/"), "{}", dr[0]);
     let s = br
-        .settle("c", &dr, Settle::Ack, T0 + 3)
+        .settle_as("c", &dr, Settle::Ack, T0 + 3)
         .await
         .expect("ack dead");
     assert_eq!(s.done, 1);
@@ -790,13 +839,13 @@ async fn nack_with_requeue_on_the_last_allowed_delivery_dead_letters() {
     client_with(&br, "c", &["t"], limits(None, None, Some(2))).await;
     publish(&br, "t", 1, T0).await;
     let d1 = lease(&br, "c", 1, 1_000, T0).await;
-    br.settle("c", &receipts(&d1), Settle::Nack { requeue: true }, T0)
+    br.settle_as("c", &receipts(&d1), Settle::Nack { requeue: true }, T0)
         .await
         .expect("nack");
     assert_eq!(depth(&br, "c-inbox"), (1, 0));
     let d2 = lease(&br, "c", 1, 1_000, T0).await;
     assert_eq!(d2[0].delivery_count, 2);
-    br.settle("c", &receipts(&d2), Settle::Nack { requeue: true }, T0)
+    br.settle_as("c", &receipts(&d2), Settle::Nack { requeue: true }, T0)
         .await
         .expect("nack");
     assert_eq!(depth(&br, "c-inbox"), (0, 0));
@@ -822,7 +871,7 @@ async fn a_full_dead_letter_queue_drops_its_oldest() {
     for round in 0..3 {
         publish(&br, "t", round, T0).await;
         let got = lease(&br, "c", 1, 1_000, T0).await;
-        br.settle("c", &receipts(&got), Settle::Nack { requeue: false }, T0)
+        br.settle_as("c", &receipts(&got), Settle::Nack { requeue: false }, T0)
             .await
             .expect("nack");
     }
@@ -879,7 +928,7 @@ async fn expired_messages_are_not_delivered() {
     publish(&br, "t", 3, T0).await;
     // Before its deadline it is delivered with its expiry.
     let early = br
-        .receive("c", "c-inbox", ReceiveOptions::leased(1, 10), T0 + 99)
+        .receive_as("c", "c-inbox", ReceiveOptions::leased(1, 10), T0 + 99)
         .await
         .expect("r");
     assert_eq!(bodies(&early), vec![b(1)]);
@@ -954,7 +1003,7 @@ async fn reject_publish_refuses_and_enqueues_nowhere() {
         .publish(Publish::new("t", body(4), "p"), T0)
         .await
         .is_err());
-    br.settle("small", &receipts(&leased), Settle::Ack, T0)
+    br.settle_as("small", &receipts(&leased), Settle::Ack, T0)
         .await
         .expect("ack");
     // Room again.
@@ -999,7 +1048,7 @@ async fn drop_oldest_never_drops_a_leased_message() {
                                     // Everything is leased or just arrived: the ready one (3) goes for 4.
     publish(&br, "t", 4, T0).await;
     let s = br
-        .settle("c", &receipts(&leased), Settle::Ack, T0)
+        .settle_as("c", &receipts(&leased), Settle::Ack, T0)
         .await
         .expect("ack");
     assert_eq!(s.done, 1);
@@ -1196,20 +1245,20 @@ async fn state_survives_a_restart() {
     // a: 0,1 acked; 2,3 leased and unsettled; 4,5 never received.
     let got = lease(&br, "a", 4, 60_000, T0 + 10).await;
     assert_eq!(bodies(&got), vec![b(0), b(1), b(2), b(3)]);
-    br.settle("a", &receipts(&got[..2]), Settle::Ack, T0 + 11)
+    br.settle_as("a", &receipts(&got[..2]), Settle::Ack, T0 + 11)
         .await
         .expect("ack");
     // b: 0,1 auto-received; 2 nacked to the dead-letter queue; the rest stays.
     assert_eq!(
         bodies(
-            &br.receive("b", "b-inbox", ReceiveOptions::auto(2), T0 + 12)
+            &br.receive_as("b", "b-inbox", ReceiveOptions::auto(2), T0 + 12)
                 .await
                 .expect("r")
         ),
         vec![b(0), b(1)]
     );
     let bl = lease(&br, "b", 1, 60_000, T0 + 13).await;
-    br.settle(
+    br.settle_as(
         "b",
         &receipts(&bl),
         Settle::Nack { requeue: false },
@@ -1250,12 +1299,12 @@ async fn state_survives_a_restart() {
     }
     // Receipts from before the restart are stale now.
     let s = br
-        .settle("a", &stale_receipts, Settle::Ack, T0 + 1_002)
+        .settle_as("a", &stale_receipts, Settle::Ack, T0 + 1_002)
         .await
         .expect("settle");
     assert_eq!(s.done, 0);
     let s = br
-        .settle("a", &receipts(&after), Settle::Ack, T0 + 1_002)
+        .settle_as("a", &receipts(&after), Settle::Ack, T0 + 1_002)
         .await
         .expect("ack");
     assert_eq!(s.done, 5);
@@ -1429,7 +1478,7 @@ async fn waiters_are_woken_by_new_messages_nacks_and_deletion() {
 
     let got = lease(&br, "c", 1, 1_000, T0).await;
     let woken = w.notified();
-    br.settle("c", &receipts(&got), Settle::Nack { requeue: true }, T0)
+    br.settle_as("c", &receipts(&got), Settle::Nack { requeue: true }, T0)
         .await
         .expect("nack");
     tokio::time::timeout(Duration::from_secs(10), woken)
@@ -1599,7 +1648,7 @@ async fn concurrent_publishers_and_consumers_lose_and_duplicate_nothing() {
                 }
                 idle = 0;
                 let s = br
-                    .settle("c", &receipts(&got), Settle::Ack, T0)
+                    .settle_as("c", &receipts(&got), Settle::Ack, T0)
                     .await
                     .expect("ack");
                 assert_eq!(s.done, got.len() as u64);
@@ -1635,20 +1684,20 @@ async fn authenticate_checks_the_secret() {
     let br = broker();
     let secret = client(&br, "c", &["t"]).await;
     let mut admin = NewClient::new("root", "Root", pats(&["#"]));
-    admin.roles = pats(&["admin", "publisher"]);
+    admin.roles = pats(&["admin", "backend"]);
     let (_, admin_secret) = br.create_client(admin, T0).await.expect("create");
 
     let (p, cid) = br.authenticate("c", &secret).expect("right secret");
     assert_eq!(&*p.client_id, "c");
-    assert!(!p.admin);
+    assert!(!p.is_admin());
     assert!(br.authenticate("c", "wrong").is_none());
     assert!(br.authenticate("c", "").is_none());
     assert!(br.authenticate("c", &admin_secret).is_none());
     assert!(br.authenticate("nobody", &secret).is_none());
     let (p, _) = br.authenticate("root", &admin_secret).expect("admin");
-    assert!(p.admin);
+    assert!(p.is_admin());
 
-    assert_eq!(br.check_credential("c", &cid).map(|p| p.admin), Some(false));
+    assert_eq!(br.check_credential("c", &cid).map(|p| p.is_admin()), Some(false));
     assert!(br.check_credential("c", "other").is_none());
     assert!(br.check_credential("root", &cid).is_none());
     assert!(br.check_credential("nobody", &cid).is_none());
@@ -1727,7 +1776,7 @@ async fn client_fields_are_validated() {
         );
     }
     let mut c = NewClient::new("c", "n", pats(&["t"]));
-    c.roles = pats(&["publisher", "superuser"]);
+    c.roles = pats(&["backend", "superuser"]);
     let r = br.create_client(c, T0).await;
     assert!(
         matches!(r, Err(BrokerError::InvalidArgument(ref m)) if m.contains("superuser")),
@@ -1751,7 +1800,7 @@ async fn client_fields_are_validated() {
 
     // Valid edge cases.
     let mut c = NewClient::new("0.x_y-z", "n", pats(&["#", "*", "a.*.#"]));
-    c.roles = pats(&["admin", "publisher", "backend", "peer"]);
+    c.roles = pats(&["admin", "backend"]);
     br.create_client(c, T0).await.expect("valid client");
     client(&br, &"a".repeat(64), &["t"]).await;
 
@@ -1799,7 +1848,7 @@ async fn client_fields_are_validated() {
     }
     let view = br.get_client("0.x_y-z").expect("kept");
     assert_eq!(view.patterns, pats(&["#", "*", "a.*.#"]));
-    assert_eq!(view.roles.len(), 4);
+    assert_eq!(view.roles.len(), 2);
     let ids: Vec<String> = br.list_clients().into_iter().map(|c| c.client_id).collect();
     assert_eq!(ids, vec!["0.x_y-z".to_string(), "a".repeat(64)]);
 }
@@ -1948,7 +1997,7 @@ mod model {
                 } => {
                     let opts = ReceiveOptions { max, lease_ms };
                     let got = br
-                        .receive("c", "c-inbox", opts, now)
+                        .receive_as("c", "c-inbox", opts, now)
                         .await
                         .expect("receive");
                     m.reclaim(now);
@@ -1975,7 +2024,7 @@ mod model {
                         _ => Settle::Ack,
                     };
                     let out = br
-                        .settle("c", std::slice::from_ref(&r), how, now)
+                        .settle_as("c", std::slice::from_ref(&r), how, now)
                         .await
                         .expect("settle");
                     let ok = m.settle(n, count, how);

@@ -15,8 +15,8 @@ async fn live_subscribers_get_matching_messages_from_now_on() {
     b.publish(Publish::new("fleet.a.status", b"0".to_vec(), "p"), 1)
         .await
         .expect("publish");
-    let mut sub = b.subscribe_live("fleet.*.status", 10).expect("subscribe");
-    let mut all = b.subscribe_live("#", 10).expect("subscribe");
+    let mut sub = b.subscribe_live(None, "fleet.*.status", 10).expect("subscribe");
+    let mut all = b.subscribe_live(None, "#", 10).expect("subscribe");
     b.publish(Publish::new("fleet.a.status", b"1".to_vec(), "p"), 2)
         .await
         .expect("publish");
@@ -43,7 +43,7 @@ async fn live_subscribers_get_matching_messages_from_now_on() {
     assert_eq!(b.live_subscriptions(), 2);
     drop(sub);
     assert_eq!(b.live_subscriptions(), 1, "dropping unsubscribes");
-    assert!(b.subscribe_live("a..b", 1).is_err());
+    assert!(b.subscribe_live(None, "a..b", 1).is_err());
 }
 
 #[tokio::test]
@@ -52,7 +52,7 @@ async fn live_and_durable_routes_both_get_a_message() {
     b.create_client(NewClient::new("c", "c", vec!["x.#".into()]), 0)
         .await
         .expect("client");
-    let mut sub = b.subscribe_live("x.y", 10).expect("subscribe");
+    let mut sub = b.subscribe_live(None, "x.y", 10).expect("subscribe");
     let r = b
         .publish(Publish::new("x.y", b"1".to_vec(), "p"), 1)
         .await
@@ -64,8 +64,8 @@ async fn live_and_durable_routes_both_get_a_message() {
 #[tokio::test]
 async fn a_slow_subscriber_is_marked_lagged_and_others_are_unaffected() {
     let b = broker();
-    let mut slow = b.subscribe_live("t", 2).expect("subscribe");
-    let mut fast = b.subscribe_live("t", 100).expect("subscribe");
+    let mut slow = b.subscribe_live(None, "t", 2).expect("subscribe");
+    let mut fast = b.subscribe_live(None, "t", 100).expect("subscribe");
     for i in 0..5u8 {
         b.publish(Publish::new("t", vec![b'0' + i], "p"), 1)
             .await
@@ -100,14 +100,13 @@ async fn point_to_point_goes_to_one_queue_only() {
     b.create_client(NewClient::new("b", "b", vec!["zzz".into()]), 0)
         .await
         .expect("client");
-    let mut live = b.subscribe_live("#", 10).expect("live");
+    let mut live = b.subscribe_live(None, "#", 10).expect("live");
     let mut p = Publish::new("b-inbox", b"1".to_vec(), "a");
     p.queue = Some("b-inbox".into());
     let r = b.publish(p, 1).await.expect("publish");
     assert_eq!(r.delivered_to, 1);
     let got = b
-        .receive(
-            "b",
+        .receive(&b.principal("b").expect("client"),
             "b-inbox",
             trunkline_broker::ReceiveOptions::auto(10),
             2,
@@ -116,8 +115,7 @@ async fn point_to_point_goes_to_one_queue_only() {
         .expect("receive");
     assert_eq!(got.len(), 1);
     let got = b
-        .receive(
-            "a",
+        .receive(&b.principal("a").expect("client"),
             "a-inbox",
             trunkline_broker::ReceiveOptions::auto(10),
             2,
@@ -162,8 +160,7 @@ async fn a_batch_is_published_all_or_nothing() {
         Err(trunkline_broker::BrokerError::QueueFull { .. })
     ));
     let got = b
-        .receive(
-            "all",
+        .receive(&b.principal("all").expect("client"),
             "all-inbox",
             trunkline_broker::ReceiveOptions::auto(10),
             2,
@@ -186,8 +183,7 @@ async fn a_batch_is_published_all_or_nothing() {
         vec![1, 2]
     );
     let got = b
-        .receive(
-            "all",
+        .receive(&b.principal("all").expect("client"),
             "all-inbox",
             trunkline_broker::ReceiveOptions::auto(10),
             4,
@@ -216,11 +212,11 @@ async fn ids_and_receipts_never_repeat_even_if_the_clock_goes_back() {
         .await
         .expect("publish");
     let got = b
-        .receive("c", "c-inbox", ReceiveOptions::leased(1, 60_000), t0)
+        .receive(&b.principal("c").expect("client"), "c-inbox", ReceiveOptions::leased(1, 60_000), t0)
         .await
         .expect("receive");
     let stale = got[0].receipt.clone().expect("receipt");
-    b.settle("c", std::slice::from_ref(&stale), Settle::Ack, t0)
+    b.settle(&b.principal("c").expect("client"), std::slice::from_ref(&stale), Settle::Ack, t0)
         .await
         .expect("ack");
     b.shutdown().map_err(|_| "other handles").expect("shutdown");
@@ -234,12 +230,12 @@ async fn ids_and_receipts_never_repeat_even_if_the_clock_goes_back() {
         .expect("publish");
     assert!(second.id > first.id, "{} after {}", second.id, first.id);
     let got = b
-        .receive("c", "c-inbox", ReceiveOptions::leased(1, 60_000), earlier)
+        .receive(&b.principal("c").expect("client"), "c-inbox", ReceiveOptions::leased(1, 60_000), earlier)
         .await
         .expect("receive");
     assert_ne!(got[0].receipt.as_ref(), Some(&stale));
     let r = b
-        .settle("c", &[stale], Settle::Ack, earlier)
+        .settle(&b.principal("c").expect("client"), &[stale], Settle::Ack, earlier)
         .await
         .expect("settle");
     assert_eq!(r.done, 0, "an old receipt does not settle a new message");
@@ -279,8 +275,7 @@ async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
         .await
         .err();
     // Both queues must let go of a body before its bytes are free.
-    b.receive(
-        "c",
+    b.receive(&b.principal("c").expect("client"),
         "c-inbox",
         trunkline_broker::ReceiveOptions::auto(10),
         2,
@@ -288,8 +283,7 @@ async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
     .await
     .expect("receive");
     assert_eq!(b.queued_bytes(), 80);
-    b.receive(
-        "d",
+    b.receive(&b.principal("d").expect("client"),
         "d-inbox",
         trunkline_broker::ReceiveOptions::auto(10),
         2,

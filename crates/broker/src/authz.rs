@@ -1,0 +1,433 @@
+//! Who may do what: the one set of rules every front-end (HTTP, STOMP, WebSocket, and
+//! later federation) applies before it reads, writes or manages anything.
+//!
+//! A client's rights come from its record, compiled into an [`Access`]:
+//! - **read**: topics matching its subscription patterns (through its inbox, or live), its
+//!   own inbox and dead-letter queue, and the queues it was granted for reading;
+//! - **write**: topics matching its publish patterns (none given: every topic, as the NOC
+//!   behaves), its own inbox, and the queues it was granted for writing; never a
+//!   dead-letter queue, which only the broker fills; a broadcast (reaching every inbox
+//!   whatever its subscription) only for a client whose publishing is not narrowed;
+//! - **roles**: `admin` manages clients (and has the `backend` rights); `backend` acts as a
+//!   trusted backend in WebSocket sessions (channels and calls without channel tokens).
+//!   Roles give no data rights: an admin reads and writes by its own patterns and grants.
+//!
+//! A [`Principal`], the identity behind a request or an open session, reads its client's
+//! current `Access` at every check, so a change to the client reaches open sessions at
+//! once. Deleting the client or rotating its secret revokes every principal issued
+//! before: each check then fails with [`BrokerError::Revoked`], and sessions watching
+//! [`Principal::revocation`] close.
+
+use std::sync::{Arc, RwLock};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{dead_name, inbox_name, ClientRecord};
+use crate::topic::TopicTrie;
+use crate::BrokerError;
+
+/// Roles a client may hold.
+pub const ROLES: &[&str] = &["admin", "backend"];
+
+/// Roles of earlier versions that did nothing, with what replaced them (a record that
+/// still names one loses it when loaded).
+pub const REMOVED_ROLES: &[(&str, &str)] = &[
+    (
+        "publisher",
+        "what a client may publish is set by its `publish` patterns",
+    ),
+    (
+        "peer",
+        "peer nodes are identified by certificates in the node database, not by clients",
+    ),
+];
+
+/// What an action reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// Messages routed by this topic (a topic, never a pattern).
+    Topic(&'a str),
+    /// One named queue.
+    Queue(&'a str),
+    /// A message for every inbox, whatever its subscription.
+    Broadcast,
+}
+
+/// `true` for the name of a dead-letter queue, which only the broker fills.
+pub fn is_dead_letter_queue(queue: &str) -> bool {
+    queue.ends_with("-dead")
+}
+
+/// A set of topic patterns, asked whether any matches a topic.
+#[derive(Debug, Clone)]
+struct Patterns {
+    list: Vec<String>,
+    /// One of them is `#`: every topic matches.
+    all: bool,
+    trie: TopicTrie<()>,
+}
+
+impl Patterns {
+    fn new(list: &[String]) -> Self {
+        let mut trie = TopicTrie::new();
+        for p in list {
+            trie.insert(p, ());
+        }
+        Patterns {
+            list: list.to_vec(),
+            all: list.iter().any(|p| p == "#"),
+            trie,
+        }
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        if self.all {
+            return true;
+        }
+        let mut out = Vec::new();
+        self.trie.matches(topic, &mut out);
+        !out.is_empty()
+    }
+}
+
+/// What one client may do, compiled from its record. Replaced as a whole when the client
+/// changes.
+#[derive(Debug, Clone)]
+pub struct Access {
+    client_id: Arc<str>,
+    admin: bool,
+    backend: bool,
+    read: Patterns,
+    /// `None`: every topic.
+    publish: Option<Patterns>,
+    read_queues: Vec<String>,
+    write_queues: Vec<String>,
+    inbox: String,
+    dead: String,
+}
+
+impl Access {
+    pub fn of(rec: &ClientRecord) -> Self {
+        let has = |role: &str| rec.roles.iter().any(|r| r == role);
+        Access {
+            client_id: Arc::from(rec.client_id.as_str()),
+            admin: has("admin"),
+            backend: has("backend"),
+            read: Patterns::new(&rec.patterns),
+            publish: rec.publish.as_deref().map(Patterns::new),
+            read_queues: rec.grants.clone(),
+            write_queues: rec.write_grants.clone(),
+            inbox: inbox_name(&rec.client_id),
+            dead: dead_name(&rec.client_id),
+        }
+    }
+
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    /// May this client see messages of `target`?
+    pub fn may_read(&self, target: Target<'_>) -> bool {
+        match target {
+            Target::Topic(topic) => self.read.matches(topic),
+            Target::Queue(q) => q == self.inbox || q == self.dead || self.read_queues.iter().any(|g| g == q),
+            // Every inbox gets a broadcast: that is what it is.
+            Target::Broadcast => true,
+        }
+    }
+
+    /// May this client put messages into `target`?
+    pub fn may_write(&self, target: Target<'_>) -> bool {
+        match target {
+            Target::Topic(topic) => self.publish.as_ref().is_none_or(|p| p.matches(topic)),
+            Target::Queue(q) => {
+                !is_dead_letter_queue(q)
+                    && (q == self.inbox || self.write_queues.iter().any(|g| g == q))
+            }
+            Target::Broadcast => self.publish.as_ref().is_none_or(|p| p.all),
+        }
+    }
+
+    /// May this client manage clients (create, change, delete, rotate others' secrets)?
+    pub fn may_admin(&self) -> bool {
+        self.admin
+    }
+
+    /// Does this client act as a trusted backend in its WebSocket sessions (channels
+    /// without channel tokens, `sys:*`, any RPC name, any session's functions)?
+    pub fn is_backend(&self) -> bool {
+        self.admin || self.backend
+    }
+
+    /// Why reading `target` is refused, for the error message.
+    fn read_refusal(&self, target: Target<'_>) -> String {
+        let id = &self.client_id;
+        match target {
+            Target::Topic(t) => format!(
+                "client `{id}` may not read topic `{t}`: its subscription is {:?}",
+                self.read.list
+            ),
+            Target::Queue(q) => format!(
+                "client `{id}` may read `{}`, `{}` and queues granted to it, not `{q}`",
+                self.inbox, self.dead
+            ),
+            Target::Broadcast => format!("client `{id}` may not read broadcasts"),
+        }
+    }
+
+    /// Why writing `target` is refused, for the error message.
+    fn write_refusal(&self, target: Target<'_>) -> String {
+        let id = &self.client_id;
+        let publish = self.publish.as_ref().map(|p| p.list.clone()).unwrap_or_default();
+        match target {
+            Target::Topic(t) => format!(
+                "client `{id}` may not publish to topic `{t}`: it may publish to {publish:?}"
+            ),
+            Target::Queue(q) if is_dead_letter_queue(q) => {
+                format!("`{q}` is a dead-letter queue: only the broker puts messages there")
+            }
+            Target::Queue(q) => format!(
+                "client `{id}` may put messages into `{}` and queues granted to it for writing, not `{q}`",
+                self.inbox
+            ),
+            Target::Broadcast => format!(
+                "client `{id}` may publish to {publish:?} only, and a broadcast reaches every inbox"
+            ),
+        }
+    }
+}
+
+/// The shared state behind every principal of one client credential.
+#[derive(Debug)]
+pub(crate) struct Holder {
+    access: RwLock<Arc<Access>>,
+    /// The credential (secret) these principals were issued for.
+    pub credential_id: String,
+    revoked: CancellationToken,
+}
+
+impl Holder {
+    pub fn new(rec: &ClientRecord) -> Arc<Self> {
+        Arc::new(Holder {
+            access: RwLock::new(Arc::new(Access::of(rec))),
+            credential_id: rec.credential_id.clone(),
+            revoked: CancellationToken::new(),
+        })
+    }
+
+    /// The client changed: checks from now on use its new rights.
+    pub fn update(&self, rec: &ClientRecord) {
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Access::of(rec));
+    }
+
+    /// The client was deleted or its secret rotated.
+    pub fn revoke(&self) {
+        self.revoked.cancel();
+    }
+
+    fn current(&self) -> Arc<Access> {
+        self.access.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The identity behind an authenticated request or an open session. Cheap to clone; every
+/// check reads the client's current rights, and fails once the client was deleted or its
+/// secret rotated.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub client_id: Arc<str>,
+    holder: Arc<Holder>,
+}
+
+impl PartialEq for Principal {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.holder, &other.holder)
+    }
+}
+
+impl Principal {
+    pub(crate) fn new(holder: &Arc<Holder>, client_id: &str) -> Self {
+        Principal {
+            client_id: Arc::from(client_id),
+            holder: holder.clone(),
+        }
+    }
+
+    /// The client's current rights, or [`BrokerError::Revoked`].
+    pub fn access(&self) -> Result<Arc<Access>, BrokerError> {
+        if self.holder.revoked.is_cancelled() {
+            return Err(BrokerError::Revoked(self.client_id.to_string()));
+        }
+        Ok(self.holder.current())
+    }
+
+    /// The rights this principal last had, revoked or not: for giving back what a closing
+    /// session held, which must work after a revocation too.
+    pub(crate) fn last_access(&self) -> Arc<Access> {
+        self.holder.current()
+    }
+
+    /// `Ok` if this client may read `target`; [`BrokerError::Forbidden`] otherwise.
+    pub fn check_read(&self, target: Target<'_>) -> Result<Arc<Access>, BrokerError> {
+        let a = self.access()?;
+        if a.may_read(target) {
+            Ok(a)
+        } else {
+            Err(BrokerError::Forbidden(a.read_refusal(target)))
+        }
+    }
+
+    /// `Ok` if this client may write `target`; [`BrokerError::Forbidden`] otherwise.
+    pub fn check_write(&self, target: Target<'_>) -> Result<Arc<Access>, BrokerError> {
+        let a = self.access()?;
+        if a.may_write(target) {
+            Ok(a)
+        } else {
+            Err(BrokerError::Forbidden(a.write_refusal(target)))
+        }
+    }
+
+    /// `Ok` if this client may publish `p` (to its topic, its queue, or every inbox).
+    pub fn check_publish(&self, p: &crate::Publish) -> Result<(), BrokerError> {
+        let target = match (&p.queue, p.broadcast) {
+            (Some(q), _) => Target::Queue(q),
+            (None, true) => Target::Broadcast,
+            (None, false) => Target::Topic(&p.topic),
+        };
+        self.check_write(target).map(drop)
+    }
+
+    /// `Ok` if this client may manage clients.
+    pub fn check_admin(&self) -> Result<(), BrokerError> {
+        let a = self.access()?;
+        if a.may_admin() {
+            Ok(())
+        } else {
+            Err(BrokerError::Forbidden(format!(
+                "client `{}` is not an admin",
+                self.client_id
+            )))
+        }
+    }
+
+    /// True if the client is an admin now (false once revoked).
+    pub fn is_admin(&self) -> bool {
+        self.access().is_ok_and(|a| a.may_admin())
+    }
+
+    /// True if the client acts as a backend now (false once revoked).
+    pub fn is_backend(&self) -> bool {
+        self.access().is_ok_and(|a| a.is_backend())
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.holder.revoked.is_cancelled()
+    }
+
+    /// Cancelled when the client is deleted or its secret rotated: sessions wait on it to
+    /// close themselves.
+    pub fn revocation(&self) -> CancellationToken {
+        self.holder.revoked.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, patterns: &[&str], publish: Option<&[&str]>) -> ClientRecord {
+        ClientRecord {
+            client_id: id.into(),
+            client_name: id.into(),
+            patterns: patterns.iter().map(|s| s.to_string()).collect(),
+            publish: publish.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            roles: vec![],
+            grants: vec!["shared-inbox".into()],
+            write_grants: vec!["ops-inbox".into()],
+            secret_hash: String::new(),
+            credential_id: "c1".into(),
+            inbox: Default::default(),
+            created_ms: 0,
+        }
+    }
+
+    /// The rules as a table: (target, may read, may write) for a client `cb` subscribed to
+    /// `b.#` that may publish to `b.#` and `x.*`.
+    #[test]
+    fn rules_table() {
+        let a = Access::of(&record("cb", &["b.#"], Some(&["b.#", "x.*"])));
+        let table: &[(Target, bool, bool)] = &[
+            (Target::Topic("b"), true, true),
+            (Target::Topic("b.c.d"), true, true),
+            (Target::Topic("a.secret"), false, false),
+            (Target::Topic("x.y"), false, true),
+            (Target::Topic("x.y.z"), false, false),
+            (Target::Queue("cb-inbox"), true, true),
+            (Target::Queue("cb-dead"), true, false),
+            (Target::Queue("shared-inbox"), true, false),
+            (Target::Queue("ops-inbox"), false, true),
+            (Target::Queue("admin-inbox"), false, false),
+            (Target::Queue("other-dead"), false, false),
+            (Target::Broadcast, true, false),
+        ];
+        for (target, read, write) in table {
+            assert_eq!(a.may_read(*target), *read, "read {target:?}");
+            assert_eq!(a.may_write(*target), *write, "write {target:?}");
+        }
+        assert!(!a.may_admin());
+        assert!(!a.is_backend());
+    }
+
+    #[test]
+    fn default_publish_is_every_topic_and_broadcast() {
+        let a = Access::of(&record("c", &["b.#"], None));
+        assert!(a.may_write(Target::Topic("anything.at.all")));
+        assert!(a.may_write(Target::Broadcast));
+        let narrowed_to_all = Access::of(&record("c", &["b.#"], Some(&["#"])));
+        assert!(narrowed_to_all.may_write(Target::Broadcast));
+    }
+
+    #[test]
+    fn roles() {
+        let mut rec = record("c", &["#"], None);
+        rec.roles = vec!["backend".into()];
+        let a = Access::of(&rec);
+        assert!(a.is_backend() && !a.may_admin());
+        rec.roles = vec!["admin".into()];
+        let a = Access::of(&rec);
+        assert!(a.is_backend() && a.may_admin());
+        // An admin reads by its patterns and grants like anyone.
+        assert!(!a.may_read(Target::Queue("x-inbox")));
+    }
+
+    #[test]
+    fn revoked_principals_fail_every_check() {
+        let rec = record("c", &["#"], None);
+        let h = Holder::new(&rec);
+        let p = Principal::new(&h, "c");
+        assert!(p.check_read(Target::Topic("a")).is_ok());
+        h.revoke();
+        assert!(matches!(
+            p.check_read(Target::Topic("a")),
+            Err(BrokerError::Revoked(_))
+        ));
+        assert!(matches!(
+            p.check_write(Target::Queue("c-inbox")),
+            Err(BrokerError::Revoked(_))
+        ));
+        assert!(p.revocation().is_cancelled());
+        assert!(!p.is_admin());
+    }
+
+    #[test]
+    fn updates_reach_existing_principals() {
+        let mut rec = record("c", &["a.#"], None);
+        let h = Holder::new(&rec);
+        let p = Principal::new(&h, "c");
+        assert!(p.check_read(Target::Topic("b.x")).is_err());
+        rec.patterns = vec!["b.#".into()];
+        h.update(&rec);
+        assert!(p.check_read(Target::Topic("b.x")).is_ok());
+        assert!(p.check_read(Target::Topic("a.x")).is_err());
+    }
+}
