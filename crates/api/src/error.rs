@@ -60,6 +60,9 @@ error_codes! {
     InvalidToken = ("invalid_token", 401),
     /// The token has expired; get a new one from `/token`.
     TokenExpired = ("token_expired", 401),
+    /// The client was deleted or its secret rotated after this session or token was
+    /// authenticated: the session is closed; authenticate again with current credentials.
+    CredentialsRevoked = ("credentials_revoked", 401),
     /// The client id and secret do not match.
     InvalidCredentials = ("invalid_credentials", 401),
     /// The backend key is wrong.

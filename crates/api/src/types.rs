@@ -86,6 +86,10 @@ where
         .map_err(|_| D::Error::custom(format!("{v} is too large")))
 }
 
+fn every_topic() -> Subscription {
+    Subscription::One("#".into())
+}
+
 /// `POST /client`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,12 +97,20 @@ pub struct CreateClient {
     pub client_id: String,
     pub client_name: String,
     pub subscription: Subscription,
-    /// Roles such as `admin`; none by default.
+    /// Topic patterns this client may publish to; left out: every topic (`#`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Subscription>,
+    /// Roles: `admin`, `backend`; none by default.
     #[serde(default)]
     pub roles: Vec<String>,
-    /// Other queues (such as `<other client>-inbox`) this client may consume from.
+    /// Other queues (such as `<other client>-inbox`) this client may consume from. Each
+    /// must exist; a grant goes when its queue's owner is deleted.
     #[serde(default)]
     pub grants: Vec<String>,
+    /// Other queues this client may put messages into directly (STOMP `SEND /queue/…`);
+    /// never a dead-letter queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_grants: Vec<String>,
     /// Limits of the client's inbox.
     #[serde(default)]
     pub inbox: QueueSettings,
@@ -112,10 +124,15 @@ pub struct UpdateClient {
     pub client_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<Subscription>,
+    /// `"#"` lets the client publish to every topic again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Subscription>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_grants: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox: Option<QueueSettings>,
 }
@@ -126,9 +143,14 @@ pub struct ClientInfo {
     pub client_id: String,
     pub client_name: String,
     pub subscription: Subscription,
+    /// Topic patterns it may publish to (`"#"`: every topic).
+    #[serde(default = "every_topic")]
+    pub publish: Subscription,
     pub roles: Vec<String>,
     #[serde(default)]
     pub grants: Vec<String>,
+    #[serde(default)]
+    pub write_grants: Vec<String>,
     pub inbox: QueueSettings,
     /// Messages waiting in the inbox (ready and leased).
     #[serde(default)]

@@ -130,7 +130,9 @@ impl Access {
     pub fn may_read(&self, target: Target<'_>) -> bool {
         match target {
             Target::Topic(topic) => self.read.matches(topic),
-            Target::Queue(q) => q == self.inbox || q == self.dead || self.read_queues.iter().any(|g| g == q),
+            Target::Queue(q) => {
+                q == self.inbox || q == self.dead || self.read_queues.iter().any(|g| g == q)
+            }
             // Every inbox gets a broadcast: that is what it is.
             Target::Broadcast => true,
         }
@@ -178,7 +180,11 @@ impl Access {
     /// Why writing `target` is refused, for the error message.
     fn write_refusal(&self, target: Target<'_>) -> String {
         let id = &self.client_id;
-        let publish = self.publish.as_ref().map(|p| p.list.clone()).unwrap_or_default();
+        let publish = self
+            .publish
+            .as_ref()
+            .map(|p| p.list.clone())
+            .unwrap_or_default();
         match target {
             Target::Topic(t) => format!(
                 "client `{id}` may not publish to topic `{t}`: it may publish to {publish:?}"
@@ -226,7 +232,10 @@ impl Holder {
     }
 
     fn current(&self) -> Arc<Access> {
-        self.access.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.access
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -49,11 +49,11 @@ use tokio::sync::Notify;
 use trunkline_auth::{generate_credential_id, generate_secret, SecretHash};
 use trunkline_store::{Committer, Op, QueueStore, RecordTable, StoreError, StoredMessage};
 
+pub use authz::{Access, Principal, Target, REMOVED_ROLES, ROLES};
 pub use dedup::DedupRecord;
 pub use error::BrokerError;
 pub use live::{LiveCounters, LiveMessage, LiveSubscription};
 pub use queue::{Limits, Msg, Overflow};
-pub use authz::{Access, Principal, Target, REMOVED_ROLES, ROLES};
 pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings};
 
 use dedup::Dedup;
@@ -1515,7 +1515,10 @@ impl Broker {
                 .clients
                 .values()
                 .filter(|r| {
-                    r.grants.iter().chain(&r.write_grants).any(|g| gone.contains(g))
+                    r.grants
+                        .iter()
+                        .chain(&r.write_grants)
+                        .any(|g| gone.contains(g))
                 })
                 .cloned()
                 .collect();

@@ -105,7 +105,10 @@ impl Registry {
             Some(h) if h.credential_id == rec.credential_id => h.update(&rec),
             // A new secret: sessions opened with the old one end.
             _ => {
-                if let Some(old) = self.holders.insert(rec.client_id.clone(), Holder::new(&rec)) {
+                if let Some(old) = self
+                    .holders
+                    .insert(rec.client_id.clone(), Holder::new(&rec))
+                {
                     old.revoke();
                 }
             }

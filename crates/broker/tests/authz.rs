@@ -91,8 +91,12 @@ async fn grants_name_existing_queues_and_go_with_them() {
 
 #[tokio::test]
 async fn write_rights() {
-    let b = Broker::open(Arc::new(MemoryStore::default()), BrokerConfig::default(), T0)
-        .expect("open");
+    let b = Broker::open(
+        Arc::new(MemoryStore::default()),
+        BrokerConfig::default(),
+        T0,
+    )
+    .expect("open");
     client(&b, "ops", &["ops.#"]).await;
     let mut c = NewClient::new("w", "w", pats(&["w.#"]));
     c.publish = Some(pats(&["w.#"]));
@@ -133,8 +137,12 @@ async fn write_rights() {
 
 #[tokio::test]
 async fn rotation_and_deletion_revoke_principals() {
-    let b = Broker::open(Arc::new(MemoryStore::default()), BrokerConfig::default(), T0)
-        .expect("open");
+    let b = Broker::open(
+        Arc::new(MemoryStore::default()),
+        BrokerConfig::default(),
+        T0,
+    )
+    .expect("open");
     let secret = client(&b, "x", &["t"]).await;
     let (old, _) = b.authenticate("x", &secret).expect("login");
     let token = old.revocation();
@@ -158,7 +166,10 @@ async fn rotation_and_deletion_revoke_principals() {
     b.delete_client("x").await.expect("delete");
     assert!(now.is_revoked());
     client(&b, "x", &["t"]).await;
-    assert!(now.is_revoked(), "a new client of the same id is someone else");
+    assert!(
+        now.is_revoked(),
+        "a new client of the same id is someone else"
+    );
     let r = b
         .settle(&now, &["x-inbox/1/1".into()], Settle::Ack, T0)
         .await;
@@ -167,8 +178,12 @@ async fn rotation_and_deletion_revoke_principals() {
 
 #[tokio::test]
 async fn live_subscriptions_are_narrowed_to_what_the_client_may_read() {
-    let b = Broker::open(Arc::new(MemoryStore::default()), BrokerConfig::default(), T0)
-        .expect("open");
+    let b = Broker::open(
+        Arc::new(MemoryStore::default()),
+        BrokerConfig::default(),
+        T0,
+    )
+    .expect("open");
     client(&b, "cb", &["b.#"]).await;
     let cb = b.principal("cb").expect("cb");
     let mut wide = b.subscribe_live(Some(&cb), "#", 100).expect("subscribe");
@@ -197,7 +212,10 @@ async fn live_subscriptions_are_narrowed_to_what_the_client_may_read() {
             .await
             .expect("publish");
     }
-    assert_eq!(wide.try_recv().map(|m| m.data.topic.clone()).as_deref(), Some("a.secret"));
+    assert_eq!(
+        wide.try_recv().map(|m| m.data.topic.clone()).as_deref(),
+        Some("a.secret")
+    );
     assert!(wide.try_recv().is_none());
     // Deleted: nothing more.
     b.delete_client("cb").await.expect("delete");

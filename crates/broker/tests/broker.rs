@@ -354,7 +354,9 @@ async fn a_client_can_only_receive_from_its_own_queues() {
         ("a", "nope"),
         ("b", "a-inbox"),
     ] {
-        let r = br.receive_as(who, queue, ReceiveOptions::auto(10), T0).await;
+        let r = br
+            .receive_as(who, queue, ReceiveOptions::auto(10), T0)
+            .await;
         // Refused before looking, so whether the queue exists is not told either.
         assert!(
             matches!(r, Err(BrokerError::Forbidden(ref m)) if m.contains(queue)),
@@ -529,7 +531,12 @@ async fn deleting_a_client_drops_its_leased_and_dead_messages() {
         .await;
     assert!(matches!(r, Err(BrokerError::Revoked(_))), "{r:?}");
     let s = br
-        .settle(&before, &receipts(&leased[1..]), Settle::Nack { requeue: true }, T0)
+        .settle(
+            &before,
+            &receipts(&leased[1..]),
+            Settle::Nack { requeue: true },
+            T0,
+        )
         .await
         .expect("give back");
     assert_eq!(s.done, 0);
@@ -718,7 +725,10 @@ async fn receipts_of_other_clients_or_garbage_are_unknown() {
         Settle::Nack { requeue: true },
         Settle::Nack { requeue: false },
     ] {
-        let s = br.settle_as("b", &tries, how, T0 + 1).await.expect("settle");
+        let s = br
+            .settle_as("b", &tries, how, T0 + 1)
+            .await
+            .expect("settle");
         assert_eq!(s.done, 0, "{how:?}");
         assert_eq!(s.unknown, tries, "{how:?}");
     }
@@ -1697,7 +1707,10 @@ async fn authenticate_checks_the_secret() {
     let (p, _) = br.authenticate("root", &admin_secret).expect("admin");
     assert!(p.is_admin());
 
-    assert_eq!(br.check_credential("c", &cid).map(|p| p.is_admin()), Some(false));
+    assert_eq!(
+        br.check_credential("c", &cid).map(|p| p.is_admin()),
+        Some(false)
+    );
     assert!(br.check_credential("c", "other").is_none());
     assert!(br.check_credential("root", &cid).is_none());
     assert!(br.check_credential("nobody", &cid).is_none());

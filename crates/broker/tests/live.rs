@@ -15,7 +15,9 @@ async fn live_subscribers_get_matching_messages_from_now_on() {
     b.publish(Publish::new("fleet.a.status", b"0".to_vec(), "p"), 1)
         .await
         .expect("publish");
-    let mut sub = b.subscribe_live(None, "fleet.*.status", 10).expect("subscribe");
+    let mut sub = b
+        .subscribe_live(None, "fleet.*.status", 10)
+        .expect("subscribe");
     let mut all = b.subscribe_live(None, "#", 10).expect("subscribe");
     b.publish(Publish::new("fleet.a.status", b"1".to_vec(), "p"), 2)
         .await
@@ -106,7 +108,8 @@ async fn point_to_point_goes_to_one_queue_only() {
     let r = b.publish(p, 1).await.expect("publish");
     assert_eq!(r.delivered_to, 1);
     let got = b
-        .receive(&b.principal("b").expect("client"),
+        .receive(
+            &b.principal("b").expect("client"),
             "b-inbox",
             trunkline_broker::ReceiveOptions::auto(10),
             2,
@@ -115,7 +118,8 @@ async fn point_to_point_goes_to_one_queue_only() {
         .expect("receive");
     assert_eq!(got.len(), 1);
     let got = b
-        .receive(&b.principal("a").expect("client"),
+        .receive(
+            &b.principal("a").expect("client"),
             "a-inbox",
             trunkline_broker::ReceiveOptions::auto(10),
             2,
@@ -160,7 +164,8 @@ async fn a_batch_is_published_all_or_nothing() {
         Err(trunkline_broker::BrokerError::QueueFull { .. })
     ));
     let got = b
-        .receive(&b.principal("all").expect("client"),
+        .receive(
+            &b.principal("all").expect("client"),
             "all-inbox",
             trunkline_broker::ReceiveOptions::auto(10),
             2,
@@ -183,7 +188,8 @@ async fn a_batch_is_published_all_or_nothing() {
         vec![1, 2]
     );
     let got = b
-        .receive(&b.principal("all").expect("client"),
+        .receive(
+            &b.principal("all").expect("client"),
             "all-inbox",
             trunkline_broker::ReceiveOptions::auto(10),
             4,
@@ -212,13 +218,23 @@ async fn ids_and_receipts_never_repeat_even_if_the_clock_goes_back() {
         .await
         .expect("publish");
     let got = b
-        .receive(&b.principal("c").expect("client"), "c-inbox", ReceiveOptions::leased(1, 60_000), t0)
+        .receive(
+            &b.principal("c").expect("client"),
+            "c-inbox",
+            ReceiveOptions::leased(1, 60_000),
+            t0,
+        )
         .await
         .expect("receive");
     let stale = got[0].receipt.clone().expect("receipt");
-    b.settle(&b.principal("c").expect("client"), std::slice::from_ref(&stale), Settle::Ack, t0)
-        .await
-        .expect("ack");
+    b.settle(
+        &b.principal("c").expect("client"),
+        std::slice::from_ref(&stale),
+        Settle::Ack,
+        t0,
+    )
+    .await
+    .expect("ack");
     b.shutdown().map_err(|_| "other handles").expect("shutdown");
 
     // The clock is an hour behind at the restart, and the queue is empty.
@@ -230,12 +246,22 @@ async fn ids_and_receipts_never_repeat_even_if_the_clock_goes_back() {
         .expect("publish");
     assert!(second.id > first.id, "{} after {}", second.id, first.id);
     let got = b
-        .receive(&b.principal("c").expect("client"), "c-inbox", ReceiveOptions::leased(1, 60_000), earlier)
+        .receive(
+            &b.principal("c").expect("client"),
+            "c-inbox",
+            ReceiveOptions::leased(1, 60_000),
+            earlier,
+        )
         .await
         .expect("receive");
     assert_ne!(got[0].receipt.as_ref(), Some(&stale));
     let r = b
-        .settle(&b.principal("c").expect("client"), &[stale], Settle::Ack, earlier)
+        .settle(
+            &b.principal("c").expect("client"),
+            &[stale],
+            Settle::Ack,
+            earlier,
+        )
         .await
         .expect("settle");
     assert_eq!(r.done, 0, "an old receipt does not settle a new message");
@@ -275,7 +301,8 @@ async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
         .await
         .err();
     // Both queues must let go of a body before its bytes are free.
-    b.receive(&b.principal("c").expect("client"),
+    b.receive(
+        &b.principal("c").expect("client"),
         "c-inbox",
         trunkline_broker::ReceiveOptions::auto(10),
         2,
@@ -283,7 +310,8 @@ async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
     .await
     .expect("receive");
     assert_eq!(b.queued_bytes(), 80);
-    b.receive(&b.principal("d").expect("client"),
+    b.receive(
+        &b.principal("d").expect("client"),
         "d-inbox",
         trunkline_broker::ReceiveOptions::auto(10),
         2,

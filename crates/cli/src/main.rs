@@ -193,9 +193,18 @@ enum ClientCommand {
         /// Subscription pattern; repeat for several.
         #[arg(long = "sub", required = true)]
         subscription: Vec<String>,
-        /// Role (admin, publisher, backend, peer); repeat for several.
+        /// Topic pattern it may publish to; repeat for several (default: every topic).
+        #[arg(long = "publish")]
+        publish: Vec<String>,
+        /// Role (admin, backend); repeat for several.
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// Another queue it may read (such as `<other>-inbox`); repeat for several.
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+        /// Another queue it may put messages into; repeat for several.
+        #[arg(long = "write-grant")]
+        write_grants: Vec<String>,
         /// Write the credentials file here (mode 0600) instead of printing it.
         #[arg(long)]
         save: Option<PathBuf>,
@@ -211,7 +220,8 @@ enum ClientCommand {
         creds: CredsArgs,
         client_id: String,
     },
-    /// Change a client's name, subscription or roles.
+    /// Change a client's name, subscription, publish patterns, roles or grants (its open
+    /// sessions get the new rights at once).
     Update {
         #[command(flatten)]
         creds: CredsArgs,
@@ -220,8 +230,17 @@ enum ClientCommand {
         name: Option<String>,
         #[arg(long = "sub")]
         subscription: Vec<String>,
+        /// Topic patterns it may publish to (`#`: every topic).
+        #[arg(long = "publish")]
+        publish: Vec<String>,
         #[arg(long = "role")]
         roles: Option<Vec<String>>,
+        /// Replaces its read grants.
+        #[arg(long = "grant")]
+        grants: Option<Vec<String>>,
+        /// Replaces its write grants.
+        #[arg(long = "write-grant")]
+        write_grants: Option<Vec<String>>,
         #[arg(long)]
         max_length: Option<u64>,
     },
@@ -578,7 +597,10 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
             client_id,
             name,
             subscription,
+            publish,
             roles,
+            grants,
+            write_grants,
             save,
         } => {
             let c = connect(&creds)?;
@@ -587,8 +609,10 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
                     client_name: name.unwrap_or_else(|| client_id.clone()),
                     client_id,
                     subscription: Subscription::from_patterns(subscription),
+                    publish: (!publish.is_empty()).then(|| Subscription::from_patterns(publish)),
                     roles,
-                    grants: Vec::new(),
+                    grants,
+                    write_grants,
                     inbox: QueueSettings::default(),
                 })
                 .await?;
@@ -603,15 +627,20 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
             client_id,
             name,
             subscription,
+            publish,
             roles,
+            grants,
+            write_grants,
             max_length,
         } => {
             let u = UpdateClient {
                 client_name: name,
                 subscription: (!subscription.is_empty())
                     .then(|| Subscription::from_patterns(subscription)),
+                publish: (!publish.is_empty()).then(|| Subscription::from_patterns(publish)),
                 roles,
-                grants: None,
+                grants,
+                write_grants,
                 inbox: max_length.map(|m| QueueSettings {
                     max_length: Some(m),
                     ..Default::default()

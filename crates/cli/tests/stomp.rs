@@ -378,7 +378,9 @@ async fn a_granted_queue_can_be_consumed_by_another_client() {
             client_name: "watcher".into(),
             subscription: trunkline_api::Subscription::One("nothing".into()),
             roles: vec![],
+            publish: None,
             grants: vec!["fleet-inbox".into()],
+            write_grants: vec![],
             inbox: Default::default(),
         })
         .await
@@ -431,7 +433,9 @@ async fn a_committed_transaction_publishes_all_or_nothing() {
             client_name: "small".into(),
             subscription: trunkline_api::Subscription::One("small.#".into()),
             roles: vec![],
+            publish: None,
             grants: vec![],
+            write_grants: vec![],
             inbox: trunkline_api::QueueSettings {
                 max_length: Some(1),
                 ..Default::default()

@@ -63,6 +63,7 @@ const AUTH: &[ErrorCode] = &[
     InvalidToken,
     TokenExpired,
     CredentialsInWrongPlace,
+    CredentialsRevoked,
 ];
 
 fn with(base: &[ErrorCode], more: &[ErrorCode]) -> Vec<ErrorCode> {
@@ -89,7 +90,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
     let client_ops = json!({
         "post": op("Create a client; the answer holds its secret, shown only this once.",
             ("201", ok("Created", r("ClientCredentials"))),
-            &with(&admin, &[MalformedJson, InvalidBody, InvalidClientId, InvalidPattern, UnsupportedMediaType, BodyTooLarge, ClientExists]),
+            &with(&admin, &[MalformedJson, InvalidBody, InvalidClientId, InvalidPattern, UnsupportedMediaType, BodyTooLarge, ClientExists, UnknownQueue]),
             json!({"requestBody": body("CreateClient"), "security": admin_sec})),
         "get": op("List clients (never their secrets).", ("200", ok("Clients", json!({"type": "array", "items": r("Client")}))),
             &admin, json!({"security": admin_sec})),
@@ -98,10 +99,10 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "parameters": id_param,
         "get": op("Show a client (admins, or the client itself).", ("200", ok("Client", r("Client"))),
             &with(&admin, &[UnknownClient]), json!({"security": admin_sec})),
-        "patch": op("Change name, subscription, roles or inbox limits; effective at once.", ("200", ok("Client", r("Client"))),
-            &with(&admin, &[MalformedJson, InvalidBody, InvalidPattern, UnsupportedMediaType, BodyTooLarge, UnknownClient, LastAdmin]),
+        "patch": op("Change name, subscription, publish patterns, roles, grants or inbox limits; effective at once, for open sessions too.", ("200", ok("Client", r("Client"))),
+            &with(&admin, &[MalformedJson, InvalidBody, InvalidPattern, UnsupportedMediaType, BodyTooLarge, UnknownClient, UnknownQueue, LastAdmin]),
             json!({"requestBody": body("UpdateClient"), "security": admin_sec})),
-        "delete": op("Delete a client, its inbox and its tokens (not the last admin).", ("204", json!({"description": "Deleted"})),
+        "delete": op("Delete a client, its inbox, its tokens, grants of its queues and its open sessions (not the last admin).", ("204", json!({"description": "Deleted"})),
             &with(&admin, &[UnknownClient, LastAdmin]), json!({"security": admin_sec})),
     });
     let rotate = json!({
@@ -131,6 +132,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             QueueFull,
             NodeFull,
             DuplicateInFlight,
+            Forbidden,
         ],
     );
     let send = json!({"post": op("Publish to a topic; 202 once durable in every matching inbox.",
@@ -175,8 +177,12 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "overflow": {"enum": ["reject-publish", "drop-oldest"]},
         "max_deliveries": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}});
     let name = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"});
-    let grants = json!({"type": "array", "maxItems": 64, "description": "Other queues (such as `<client>-inbox`) this client may consume from",
+    let grants = json!({"type": "array", "maxItems": 64, "description": "Other queues (such as `<client>-inbox`) this client may consume from; each must exist",
         "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}});
+    let write_grants = json!({"type": "array", "maxItems": 64, "description": "Other queues this client may put messages into directly; each must exist and not be a dead-letter queue",
+        "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}});
+    let publish = json!({"oneOf": [pattern, {"type": "array", "items": pattern, "maxItems": 64}],
+        "description": "Topic patterns this client may publish to; left out: every topic (`#`). A client whose publishing is narrowed may not broadcast (/notify)"});
     let topic = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.*#\u0000-\u0020\u007f-\u009f]+(\.[^.*#\u0000-\u0020\u007f-\u009f]+)*$",
         "description": "Dot-separated words, at most 255 bytes, no wildcards"});
     let message_id = json!({"type": "string", "minLength": 1, "maxLength": 256, "description": "Dedup key within the window (at most 256 bytes)"});
@@ -202,14 +208,15 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
                     "details": {"type": "object", "description": "for call_exception: {exception: {code, message}}"}}}}},
                 "CreateClient": {"type": "object", "additionalProperties": false, "required": ["client_id", "client_name", "subscription"], "properties": {
                     "client_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}, "client_name": name,
-                    "subscription": subscription, "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}},
-                    "grants": grants, "inbox": queue_settings}},
+                    "subscription": subscription, "publish": publish, "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}},
+                    "grants": grants, "write_grants": write_grants, "inbox": queue_settings}},
                 "UpdateClient": {"type": "object", "additionalProperties": false, "properties": {
-                    "client_name": name, "subscription": subscription,
+                    "client_name": name, "subscription": subscription, "publish": publish,
                     "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}},
-                    "grants": grants, "inbox": queue_settings}},
+                    "grants": grants, "write_grants": write_grants, "inbox": queue_settings}},
                 "Client": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
-                    "subscription": subscription, "roles": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
+                    "subscription": subscription, "publish": subscription, "roles": {"type": "array", "items": {"type": "string"}},
+                    "grants": {"type": "array", "items": {"type": "string"}}, "write_grants": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
                     "inbox_depth": {"type": "integer"}}},
                 "ClientCredentials": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
                     "subscription": subscription, "secret": {"type": "string"}}},

@@ -23,8 +23,8 @@ use tracing::Instrument;
 use trunkline_api::ErrorCode;
 use trunkline_auth::{Claims, Throttle, TokenKey};
 use trunkline_broker::{
-    dead_name, inbox_name, Broker, BrokerError, Delivery, Principal, Publish, ReceiveOptions, Sent,
-    Settle, WaitHandle,
+    Broker, BrokerError, Delivery, Principal, Publish, ReceiveOptions, Sent, Settle, Target,
+    WaitHandle,
 };
 use trunkline_proto::{encode, encode_heartbeat, DecodeError, Decoder, Limits};
 use trunkline_stomp::{
@@ -33,6 +33,7 @@ use trunkline_stomp::{
 };
 
 use crate::config::Config;
+use crate::http::error::ApiError;
 use crate::http::now_ms;
 
 /// Write buffer size past which deliveries wait.
@@ -116,6 +117,9 @@ enum Done {
     Op(u64, Result<(), StompError>),
     Deliver(String, Vec<Delivered>),
     Lagged(String),
+    /// Ends the connection with this `ERROR` (a subscription's queue became unreadable,
+    /// the client was deleted or its secret rotated).
+    Fail(StompError),
 }
 
 fn stomp_error(code: ErrorCode, message: impl Into<String>) -> StompError {
@@ -127,24 +131,10 @@ fn outcome<T>(r: Result<T, BrokerError>) -> Result<(), StompError> {
     r.map(|_| ()).map_err(broker_error)
 }
 
+/// A broker error as an `ERROR` frame: the same code and message HTTP answers with.
 fn broker_error(e: BrokerError) -> StompError {
-    let code = match &e {
-        BrokerError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
-        BrokerError::InvalidPattern { .. } => ErrorCode::InvalidPattern,
-        BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
-        BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
-        BrokerError::NodeFull { .. } => ErrorCode::NodeFull,
-        BrokerError::DuplicateInFlight => ErrorCode::DuplicateInFlight,
-        BrokerError::Unavailable(cause) => {
-            tracing::error!(cause = %cause, "storage unavailable");
-            return stomp_error(
-                ErrorCode::Unavailable,
-                "the node cannot store messages right now",
-            );
-        }
-        _ => ErrorCode::Internal,
-    };
-    stomp_error(code, e.to_string())
+    let e = ApiError::from(e);
+    stomp_error(e.code, e.message)
 }
 
 fn decode_error(e: &DecodeError) -> (&'static str, String) {
@@ -173,6 +163,8 @@ struct Connection {
     inflight: TaskTracker,
     /// The client a verified TLS client certificate names.
     cert_identity: Option<String>,
+    /// Ends the connection when the client is deleted or its secret rotated.
+    revocation_watch: Option<JoinHandle<()>>,
 }
 
 impl Connection {
@@ -206,6 +198,7 @@ impl Connection {
             subscriptions: HashMap::new(),
             inflight: TaskTracker::new(),
             cert_identity: None,
+            revocation_watch: None,
         }
     }
 
@@ -287,6 +280,9 @@ impl Connection {
                 }
             }
         }
+        if let Some(w) = self.revocation_watch.take() {
+            w.abort();
+        }
         self.stop_subscriptions();
         self.give_back_undelivered();
         self.inflight.close();
@@ -340,6 +336,7 @@ impl Connection {
             Done::Op(op, r) => self.session.complete(op, r),
             Done::Deliver(id, msgs) => self.session.deliver(&id, msgs),
             Done::Lagged(id) => self.session.lagged(&id),
+            Done::Fail(e) => self.session.decode_failed(e.code, e.message),
         }
     }
 
@@ -350,10 +347,25 @@ impl Connection {
             .unwrap_or_else(|| Arc::from(""))
     }
 
+    /// Who this connection acts for. The session asks for work only once authenticated.
+    fn who(&self) -> Result<Principal, StompError> {
+        self.principal
+            .clone()
+            .ok_or_else(|| stomp_error(ErrorCode::MissingCredentials, "not authenticated"))
+    }
+
+    /// Checks that this connection may publish `p` (the one rule every protocol applies).
+    fn may_publish(&self, p: &Publish) -> Result<(), StompError> {
+        self.who()?.check_publish(p).map_err(broker_error)
+    }
+
     fn event(&mut self, ev: Event) {
         match ev {
             Event::Authenticate { login, passcode } => {
                 let r = self.authenticate(login, passcode);
+                if r.is_ok() {
+                    self.watch_revocation();
+                }
                 self.session.authenticated(now_ms(), r);
             }
             Event::Publish {
@@ -369,6 +381,10 @@ impl Connection {
                     content_type,
                     headers,
                 });
+                if let Err(e) = self.may_publish(&p) {
+                    self.session.complete(op, Err(e));
+                    return;
+                }
                 // Started here, in frame order, so that this connection's messages are
                 // committed and become visible in the order they were sent. The outcome
                 // comes back from the commit thread straight into this connection's queue.
@@ -383,7 +399,11 @@ impl Connection {
                 }
             }
             Event::PublishBatch { op, items } => {
-                let ps = items.into_iter().map(|i| self.to_publish(i)).collect();
+                let ps: Vec<Publish> = items.into_iter().map(|i| self.to_publish(i)).collect();
+                if let Err(e) = ps.iter().try_for_each(|p| self.may_publish(p)) {
+                    self.session.complete(op, Err(e));
+                    return;
+                }
                 match self.ctx.broker.publish_batch_start(ps, now_ms()) {
                     Ok(ticket) => self.report_when_done(op, ticket),
                     Err(e) => self.session.complete(op, Err(broker_error(e))),
@@ -411,9 +431,13 @@ impl Connection {
                 } else {
                     Settle::Nack { requeue: true }
                 };
-                let (broker, client) = (self.ctx.broker.clone(), self.client_id());
+                let who = match self.who() {
+                    Ok(who) => who,
+                    Err(e) => return self.session.complete(op, Err(e)),
+                };
+                let broker = self.ctx.broker.clone();
                 self.report_when_done(op, async move {
-                    broker.settle(&client, &receipts, how, now_ms()).await
+                    broker.settle(&who, &receipts, how, now_ms()).await
                 });
             }
             Event::Close { unacked } => {
@@ -562,19 +586,10 @@ impl Connection {
         destination: &Destination,
         ack: AckMode,
     ) -> Result<(), StompError> {
-        let client = self.client_id();
+        let who = self.who()?;
         match destination {
             Destination::Queue(q) => {
-                if !self.ctx.broker.may_read(&client, q) {
-                    return Err(stomp_error(
-                        ErrorCode::Forbidden,
-                        format!(
-                            "client `{client}` may read /queue/{}, /queue/{} and queues granted to it only",
-                            inbox_name(&client),
-                            dead_name(&client)
-                        ),
-                    ));
-                }
+                who.check_read(Target::Queue(q)).map_err(broker_error)?;
                 let sub = SubTask {
                     destination: destination.clone(),
                     ack,
@@ -587,7 +602,7 @@ impl Connection {
                 let mut live = self
                     .ctx
                     .broker
-                    .subscribe_live(pattern, LIVE_CAPACITY)
+                    .subscribe_live(Some(&who), pattern, LIVE_CAPACITY)
                     .map_err(broker_error)?;
                 let (tx, sub_id) = (self.deliveries_tx.clone(), id.to_owned());
                 let task = tokio::spawn(async move {
@@ -633,7 +648,7 @@ impl Connection {
     }
 
     fn fetch(&mut self, id: String, max: usize) {
-        let client = self.client_id();
+        let Ok(who) = self.who() else { return };
         let lease_ms = self.ctx.config.stomp.lease_secs * 1000;
         let Some(SubTask {
             destination: Destination::Queue(queue),
@@ -666,8 +681,14 @@ impl Connection {
                 if cancel.is_cancelled() {
                     return;
                 }
-                let got = match broker.receive(&client, &queue, opts, now_ms()).await {
+                let got = match broker.receive(&who, &queue, opts, now_ms()).await {
                     Ok(got) => got,
+                    // No longer allowed (a grant withdrawn, the client deleted or its
+                    // secret rotated): the connection ends with the reason.
+                    Err(e @ (BrokerError::Forbidden(_) | BrokerError::Revoked(_))) => {
+                        let _ = tx.send(Done::Fail(broker_error(e))).await;
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(cause = %e, queue = %queue, "fetch failed");
                         return;
@@ -684,7 +705,7 @@ impl Connection {
                         let receipts: Vec<String> =
                             msgs.into_iter().filter_map(|m| m.receipt).collect();
                         let _ = broker
-                            .settle(&client, &receipts, Settle::Nack { requeue: true }, now_ms())
+                            .settle(&who, &receipts, Settle::Nack { requeue: true }, now_ms())
                             .await;
                     }
                     return;
@@ -702,14 +723,31 @@ impl Connection {
         });
     }
 
+    /// Ends the connection with an `ERROR credentials_revoked` once its client is deleted or
+    /// its secret rotated: what it holds goes back, its subscriptions end.
+    fn watch_revocation(&mut self) {
+        let Some(token) = self.principal.as_ref().map(Principal::revocation) else {
+            return;
+        };
+        let tx = self.ops_tx.clone();
+        self.revocation_watch = Some(tokio::spawn(async move {
+            token.cancelled().await;
+            let _ = tx.send(Done::Fail(stomp_error(
+                ErrorCode::CredentialsRevoked,
+                "the client was deleted or its secret rotated; connect again with current credentials",
+            )));
+        }));
+    }
+
     /// Gives unacknowledged deliveries back to their queues.
     fn give_back(&mut self, receipts: Vec<String>) {
         if receipts.is_empty() {
             return;
         }
-        let (broker, client) = (self.ctx.broker.clone(), self.client_id());
+        let Ok(who) = self.who() else { return };
+        let broker = self.ctx.broker.clone();
         self.inflight.spawn(async move {
-            if let Err(e) = broker.settle(&client, &receipts, Settle::Nack { requeue: true }, now_ms()).await {
+            if let Err(e) = broker.settle(&who, &receipts, Settle::Nack { requeue: true }, now_ms()).await {
                 tracing::warn!(cause = %e, "could not give back unacknowledged messages; their leases will expire");
             }
         });

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trunkline_api::ErrorCode;
-use trunkline_broker::{Principal, ReceiveOptions, Settle, WaitHandle};
+use trunkline_broker::{BrokerError, Principal, ReceiveOptions, Settle, WaitHandle};
 
 use crate::calls::{self, Answer, Kind, Reply, Request};
 use crate::channels::{self, envelope, Flavor, Frame, Mailbox, MemberInfo};
@@ -306,6 +306,9 @@ struct Session {
     joined: HashMap<String, bool>,
     /// Cancelled by a backend's `DELETE /sessions/{id}`.
     close: CancellationToken,
+    /// Cancelled when the client is deleted or its secret rotated (a fresh, never
+    /// cancelled one until the session is authenticated).
+    revoked: CancellationToken,
     /// Whether the session made, served or exposed calls (so its end must be told).
     uses_calls: bool,
     /// RPC server names this session serves.
@@ -336,6 +339,7 @@ impl Session {
             pushes,
             joined: HashMap::new(),
             close: CancellationToken::new(),
+            revoked: CancellationToken::new(),
             uses_calls: false,
             serving: Default::default(),
         }
@@ -405,6 +409,9 @@ impl Session {
                 _ = self.close.cancelled() => {
                     break Some((CLOSE_BY_BACKEND, "disconnected by a backend".into()));
                 }
+                _ = self.revoked.cancelled() => {
+                    break Some((CLOSE_AUTH, "credentials_revoked: the client was deleted or its secret rotated".into()));
+                }
                 _ = self.mailbox.kick.cancelled() => {
                     break Some((CLOSE_SLOW, "slow consumer: the session fell too far behind its channels".into()));
                 }
@@ -461,10 +468,21 @@ impl Session {
         let got = match self
             .state
             .broker
-            .receive(&p.client_id, &sub.queue, opts, now_ms())
+            .receive(p, &sub.queue, opts, now_ms())
             .await
         {
             Ok(got) => got,
+            // The queue is no longer readable (a grant withdrawn): the subscription ends
+            // and the session is told. A revoked client's session is closed elsewhere.
+            Err(e @ BrokerError::Forbidden(_)) => {
+                let e = ApiError::from(e);
+                let frame = envelope(
+                    Some("inbox"),
+                    json!({"type": "error", "code": e.code, "message": e.message, "queue": sub.queue}),
+                );
+                self.give_back_in_flight();
+                return tx.send(Message::Text(frame)).await.map(|_| 0).map_err(drop);
+            }
             Err(e) => {
                 tracing::warn!(session = %self.place.id, cause = %e, "inbox fetch failed");
                 return Ok(room);
@@ -509,17 +527,20 @@ impl Session {
         if receipts.is_empty() {
             return;
         }
-        let (broker, client) = (self.state.broker.clone(), p.client_id.clone());
+        let (broker, who) = (self.state.broker.clone(), p.clone());
         tokio::spawn(async move {
             let how = Settle::Nack { requeue: true };
-            if let Err(e) = broker.settle(&client, &receipts, how, now_ms()).await {
+            if let Err(e) = broker.settle(&who, &receipts, how, now_ms()).await {
                 tracing::warn!(cause = %e, "could not give back unacknowledged messages; their leases will expire");
             }
         });
     }
 
     /// Makes the (authenticated) session reachable by backends; `Place` undoes it.
-    fn register(&self) {
+    fn register(&mut self) {
+        if let Some(p) = &self.principal {
+            self.revoked = p.revocation();
+        }
         let reach = Reach {
             mailbox: self.mailbox.clone(),
             close: self.close.clone(),
@@ -637,8 +658,7 @@ impl Session {
                     Some(Value::String(q)) => Some(q.as_str()),
                     Some(_) => return Err(bad("queue must be a string".into())),
                 };
-                let queue = readable_queue(&self.state, &principal.client_id, name)
-                    .map_err(|e| (e.code, e.message))?;
+                let queue = readable_queue(principal, name).map_err(|e| (e.code, e.message))?;
                 let max = self.state.broker.config().max_receive as u64;
                 let window = p
                     .get("window")
@@ -691,7 +711,7 @@ impl Session {
                 let r = self
                     .state
                     .broker
-                    .settle(&principal.client_id, &receipts, how, now_ms())
+                    .settle(principal, &receipts, how, now_ms())
                     .await
                     .map_err(|e| {
                         let e = ApiError::from(e);
@@ -773,7 +793,7 @@ impl Session {
         };
         match call.command.as_str() {
             "subscribe" => {
-                if channels::needs_token(&channel) && token.is_none() && !principal.admin {
+                if channels::needs_token(&channel) && token.is_none() && !principal.is_backend() {
                     return Err((
                         ErrorCode::Forbidden,
                         format!("`{channel}` needs a channel token (params.token)"),
@@ -791,7 +811,8 @@ impl Session {
                         format!("a session joins at most {MAX_JOINED} channels"),
                     ));
                 }
-                let may_publish = principal.admin || token.as_ref().is_some_and(|c| c.publish);
+                let may_publish =
+                    principal.is_backend() || token.as_ref().is_some_and(|c| c.publish);
                 let info = MemberInfo {
                     session_id: self.place.id.clone(),
                     client_id: principal.client_id.to_string(),
@@ -819,7 +840,7 @@ impl Session {
                 Ok(json!({}))
             }
             "publish" => {
-                let allowed = principal.admin
+                let allowed = principal.is_backend()
                     || token
                         .as_ref()
                         .map(|c| c.publish)
@@ -897,9 +918,9 @@ impl Session {
     ) -> Result<Value, (ErrorCode, String)> {
         let all = channels::ALL_SYSTEM;
         match call.command.as_str() {
-            "subscribe" if !principal.admin => Err((
+            "subscribe" if !principal.is_backend() => Err((
                 ErrorCode::Forbidden,
-                format!("only admin clients (backends) may subscribe to `{all}`"),
+                format!("only admin or backend clients may subscribe to `{all}`"),
             )),
             "subscribe" if self.joined.contains_key(all) => Err((
                 ErrorCode::ProtocolError,
@@ -933,9 +954,9 @@ impl Session {
         json!({"session_id": self.place.id, "client_id": &*principal.client_id})
     }
 
-    /// Checks that this session may use RPC server `name`: to serve it (admin clients, or a
+    /// Checks that this session may use RPC server `name`: to serve it (admin or backend clients, or a
     /// channel token for `name` with `pub: true`) or to call it (any session for a public
-    /// name; admin clients or a token for `name` for `pvt:`, `prs:` and `sys:` names).
+    /// name; admin or backend clients or a token for `name` for `pvt:`, `prs:` and `sys:` names).
     fn rpc_allowed(
         &self,
         name: &str,
@@ -946,13 +967,13 @@ impl Session {
         if let Some(why) = channels::invalid_name(name) {
             return Err((ErrorCode::InvalidParams, format!("server name: {why}")));
         }
-        if principal.admin || !(serve || channels::needs_token(name)) {
+        if principal.is_backend() || !(serve || channels::needs_token(name)) {
             return Ok(());
         }
         let claims = match params.get("token") {
             Some(Value::String(t)) => self.channel_token(name, t)?,
             _ if serve => return Err((ErrorCode::Forbidden, format!(
-                "serving `{name}` needs an admin client or a token for `{name}` with pub: true (params.token)"))),
+                "serving `{name}` needs an admin or backend client or a token for `{name}` with pub: true (params.token)"))),
             _ => return Err((ErrorCode::Forbidden, format!("calling `{name}` needs a token for it (params.token)"))),
         };
         if serve && !claims.publish {
@@ -1046,7 +1067,7 @@ impl Session {
                             self.state.channels.is_member(c, session)
                         }) {
                             return Err((ErrorCode::Forbidden, format!(
-                                "calling session `{session}` needs an admin client, or publish rights on a channel it is a member of")));
+                                "calling session `{session}` needs an admin or backend client, or publish rights on a channel it is a member of")));
                         }
                         self.state
                             .calls
@@ -1056,7 +1077,7 @@ impl Session {
                     (None, Some(channel)) => {
                         if !self.may_command(principal, |c| c == channel) {
                             return Err((ErrorCode::Forbidden, format!(
-                                "calling the members of `{channel}` needs an admin client, or publish rights on it")));
+                                "calling the members of `{channel}` needs an admin or backend client, or publish rights on it")));
                         }
                         let mut members = self.state.channels.members(channel);
                         members.retain(|m| m.session_id != self.place.id);
@@ -1090,9 +1111,9 @@ impl Session {
     }
 
     /// Whether this session may call client functions of the sessions `on` a channel
-    /// picks: admin clients may call any; others need publish rights on such a channel.
+    /// picks: admin and backend clients may call any; others need publish rights on such a channel.
     fn may_command(&self, principal: &Principal, on: impl Fn(&str) -> bool) -> bool {
-        principal.admin
+        principal.is_backend()
             || self
                 .joined
                 .iter()

@@ -146,8 +146,10 @@ impl TestServer {
                 subscription: trunkline_api::Subscription::from_patterns(
                     patterns.iter().map(|p| p.to_string()).collect(),
                 ),
+                publish: None,
                 roles: vec![],
                 grants: vec![],
+                write_grants: vec![],
                 inbox: Default::default(),
             })
             .await

@@ -42,8 +42,10 @@ pub fn info(v: ClientView) -> ClientInfo {
         client_id: v.client_id,
         client_name: v.client_name,
         subscription: Subscription::from_patterns(v.patterns),
+        publish: Subscription::from_patterns(v.publish),
         roles: v.roles,
         grants: v.grants,
+        write_grants: v.write_grants,
         inbox_depth: v.inbox_depth,
     }
 }
@@ -74,8 +76,10 @@ pub async fn create(
         client_id: body.client_id,
         client_name: body.client_name,
         patterns: body.subscription.patterns(),
+        publish: body.publish.map(|p| p.patterns()),
         roles: body.roles,
         grants: body.grants,
+        write_grants: body.write_grants,
         inbox: limits_in(&body.inbox),
     };
     let (view, secret) = state.broker.create_client(new, now_ms()).await?;
@@ -111,7 +115,8 @@ pub async fn show(
     found(&state, &id).map(|v| AxumJson(info(v)))
 }
 
-/// `PATCH /client/{id}`: name, subscription, roles, inbox limits.
+/// `PATCH /client/{id}`: name, subscription, publish patterns, roles, grants, inbox limits.
+/// Open sessions of the client get the new rights at once.
 pub async fn update(
     State(state): State<AppState>,
     _admin: Admin,
@@ -121,8 +126,10 @@ pub async fn update(
     let u = ClientUpdate {
         client_name: body.client_name,
         patterns: body.subscription.map(|s| s.patterns()),
+        publish: body.publish.map(|p| p.patterns()),
         roles: body.roles,
         grants: body.grants,
+        write_grants: body.write_grants,
         inbox: body.inbox.as_ref().map(limits_in),
     };
     let view = state.broker.update_client(&id, u).await?;
@@ -130,7 +137,8 @@ pub async fn update(
     Ok(AxumJson(info(view)))
 }
 
-/// `DELETE /client/{id}` → 204; its inbox and tokens go with it.
+/// `DELETE /client/{id}` → 204; its inbox, its tokens, grants of its queues and its open
+/// sessions go with it.
 pub async fn delete(
     State(state): State<AppState>,
     _admin: Admin,
@@ -141,7 +149,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /client/{id}/secret`: a new secret, shown once; old tokens stop working.
+/// `POST /client/{id}/secret`: a new secret, shown once; old tokens stop working and
+/// sessions opened before are closed.
 pub async fn rotate(
     State(state): State<AppState>,
     AdminOrSelf(who): AdminOrSelf,

@@ -49,6 +49,8 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The one mapping from broker errors to registry codes: HTTP answers, STOMP `ERROR`
+/// frames and WebSocket error answers all go through it.
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         let code = match &e {
@@ -63,6 +65,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::NodeFull { .. } => ErrorCode::NodeFull,
             BrokerError::DuplicateInFlight => ErrorCode::DuplicateInFlight,
             BrokerError::LastAdmin(_) => ErrorCode::LastAdmin,
+            BrokerError::Forbidden(_) => ErrorCode::Forbidden,
+            BrokerError::Revoked(_) => ErrorCode::CredentialsRevoked,
             BrokerError::Unavailable(cause) => {
                 tracing::error!(cause = %cause, "storage unavailable");
                 return ApiError::new(

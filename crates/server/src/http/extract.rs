@@ -218,7 +218,7 @@ fn admin_from(parts: &Parts, state: &AppState) -> Result<Result<Admin, Principal
     }
     let token = bearer(parts)?;
     let p = state.principal_of(token)?;
-    Ok(if p.admin {
+    Ok(if p.is_admin() {
         Ok(Admin::Client(p))
     } else {
         Err(p)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use trunkline_api::{AckResponse, ErrorCode, SendResponse};
 use trunkline_broker::{
-    dead_name, inbox_name, Delivery, Publish, ReceiveOptions, Settle, WaitHandle,
+    dead_name, inbox_name, Delivery, Principal, Publish, ReceiveOptions, Settle, Target, WaitHandle,
 };
 
 use super::error::{ApiError, ApiResult};
@@ -169,6 +169,7 @@ async fn publish(
     broadcast: bool,
 ) -> ApiResult<Response> {
     let p = parse_publish(bytes, &caller.0.client_id, broadcast)?;
+    caller.0.check_publish(&p)?;
     let r = state.broker.publish(p, now_ms()).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -301,17 +302,15 @@ fn render(deliveries: &[Delivery]) -> Response {
 }
 
 /// The queue a client asks to read: `inbox` (the default), `dead`, or another queue it
-/// was granted (PATCH /client {grants}).
-pub fn readable_queue(state: &AppState, client_id: &str, name: Option<&str>) -> ApiResult<String> {
-    match name {
-        None | Some("inbox") => Ok(inbox_name(client_id)),
-        Some("dead") => Ok(dead_name(client_id)),
-        Some(other) if state.broker.may_read(client_id, other) => Ok(other.to_owned()),
-        Some(other) => Err(ApiError::new(
-            ErrorCode::Forbidden,
-            format!("you may read `inbox`, `dead` and queues granted to you, not `{other}`"),
-        )),
-    }
+/// was granted (PATCH /client {grants}); `forbidden` for any other.
+pub fn readable_queue(who: &Principal, name: Option<&str>) -> ApiResult<String> {
+    let queue = match name {
+        None | Some("inbox") => inbox_name(&who.client_id),
+        Some("dead") => dead_name(&who.client_id),
+        Some(other) => other.to_owned(),
+    };
+    who.check_read(Target::Queue(&queue))?;
+    Ok(queue)
 }
 
 /// `GET /receive?max_messages=N&ack=auto|manual&lease=S&wait=S&queue=inbox|dead`.
@@ -359,7 +358,7 @@ pub async fn receive(
             ))
         }
     };
-    let queue = readable_queue(&state, &caller.client_id, q.queue.as_deref())?;
+    let queue = readable_queue(&caller, q.queue.as_deref())?;
     let max_wait = state.config.http_limits.max_wait_secs;
     let wait = q.wait.unwrap_or(0);
     if wait > max_wait {
@@ -379,7 +378,7 @@ pub async fn receive(
         }
         let got = state
             .broker
-            .receive(&caller.client_id, &queue, opts, now_ms())
+            .receive(&caller, &queue, opts, now_ms())
             .await?;
         if !got.is_empty() || wait == 0 {
             return Ok(render(&got));
@@ -433,7 +432,7 @@ async fn settle(
     };
     let r = state
         .broker
-        .settle(&caller.0.client_id, &b.receipts, how, now_ms())
+        .settle(&caller.0, &b.receipts, how, now_ms())
         .await?;
     Ok(AxumJson(AckResponse {
         done: r.done,
