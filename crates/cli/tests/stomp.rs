@@ -3,88 +3,9 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use trunkline_proto::{encode, Command, Decoder, Frame, Item, Limits};
-use trunkline_testkit::TestServer;
-
-struct Wire {
-    stream: TcpStream,
-    buf: BytesMut,
-    decoder: Decoder,
-}
-
-impl Wire {
-    async fn open(addr: &str) -> Wire {
-        Wire {
-            stream: TcpStream::connect(addr).await.expect("connect"),
-            buf: BytesMut::new(),
-            decoder: Decoder::new(Limits::default()),
-        }
-    }
-
-    async fn send(&mut self, f: Frame) {
-        let mut out = BytesMut::new();
-        encode(&f, &mut out).expect("encode");
-        self.stream.write_all(&out).await.expect("write");
-    }
-
-    async fn raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-    }
-
-    /// The next frame (heart-beats skipped); `None` if the server closed. At most 10 s.
-    async fn next(&mut self) -> Option<Frame> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(Item::Frame(f))) => return Some(f),
-                Ok(Some(Item::HeartBeat)) => continue,
-                Ok(None) => {}
-                Err(e) => panic!("server sent garbage: {e}"),
-            }
-            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("a frame within 10 s")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-        }
-    }
-
-    async fn connect(addr: &str, login: &str, passcode: &str) -> (Wire, Frame) {
-        let mut w = Wire::open(addr).await;
-        w.send(
-            Frame::new(Command::Connect)
-                .header("accept-version", "1.2")
-                .header("host", "/")
-                .header("login", login)
-                .header("passcode", passcode),
-        )
-        .await;
-        let f = w.next().await.expect("an answer to CONNECT");
-        (w, f)
-    }
-
-    /// Expects an ERROR with `code`, then the connection closing.
-    async fn expect_error(&mut self, code: &str) -> Frame {
-        let f = self.next().await.expect("an ERROR frame");
-        assert_eq!(
-            (f.command, f.get("code")),
-            (Command::Error, Some(code)),
-            "{f:?}"
-        );
-        assert!(f.get("message").is_some_and(|m| !m.is_empty()));
-        assert!(
-            self.next().await.is_none(),
-            "the connection closes after ERROR"
-        );
-        f
-    }
-}
+use trunkline_proto::{Command, Frame};
+use trunkline_testkit::{StompWire as Wire, TestServer};
 
 fn send(dest: &str, body: &str, receipt: &str) -> Frame {
     Frame::new(Command::Send)

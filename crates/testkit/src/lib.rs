@@ -12,11 +12,15 @@
 //! # }
 //! ```
 
+pub mod stomp;
+
 use std::path::{Path, PathBuf};
 
 use trunkline_api::CredentialsFile;
 use trunkline_client::Client;
 use trunkline_server::{Config, Node, Secrets};
+
+pub use stomp::StompWire;
 
 /// A node for one test. Stop it with [`TestServer::stop`] (or let the runtime end).
 pub struct TestServer {
