@@ -228,3 +228,121 @@ async fn live_subscriptions_are_narrowed_to_what_the_client_may_read() {
         Err(BrokerError::Revoked(_))
     ));
 }
+
+mod property {
+    //! No message outside a client's read rights reaches it, whatever the clients'
+    //! patterns, grants and live subscriptions: checked against a reference matcher.
+
+    use super::*;
+    use proptest::prelude::*;
+    use trunkline_broker::topic::naive_match;
+
+    const WORDS: &[&str] = &["a", "b", "c"];
+
+    fn topic() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(WORDS), 1..4).prop_map(|w| w.join("."))
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            proptest::sample::select(&["a", "b", "c", "*", "#"][..]),
+            1..4,
+        )
+        .prop_map(|w| w.join("."))
+    }
+
+    #[derive(Debug, Clone)]
+    struct Spec {
+        read: Vec<String>,
+        publish: Option<Vec<String>>,
+        /// Indexes of other clients whose inbox it may read.
+        grants: Vec<usize>,
+        live: String,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            proptest::collection::vec(pattern(), 1..3),
+            proptest::option::of(proptest::collection::vec(pattern(), 1..3)),
+            proptest::collection::vec(0usize..3, 0..2),
+            pattern(),
+        )
+            .prop_map(|(read, publish, grants, live)| Spec {
+                read,
+                publish,
+                grants,
+                live,
+            })
+    }
+
+    fn matches_any(patterns: &[String], topic: &str) -> bool {
+        patterns.iter().any(|p| naive_match(p, topic))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn nothing_outside_the_read_rights_is_delivered(
+            specs in proptest::collection::vec(spec(), 3),
+            sends in proptest::collection::vec((0usize..3, topic(), any::<bool>()), 1..20),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async {
+                let b = Broker::open(Arc::new(MemoryStore::default()), BrokerConfig::default(), T0)
+                    .expect("open");
+                let ids: Vec<String> = (0..specs.len()).map(|i| format!("c{i}")).collect();
+                for (i, s) in specs.iter().enumerate() {
+                    let mut c = NewClient::new(ids[i].clone(), "n", s.read.clone());
+                    c.publish = s.publish.clone();
+                    b.create_client(c, T0).await.expect("create");
+                }
+                for (i, s) in specs.iter().enumerate() {
+                    let grants: Vec<String> = s.grants.iter().filter(|g| **g != i)
+                        .map(|g| format!("c{g}-inbox")).collect();
+                    b.update_client(&ids[i], ClientUpdate { grants: Some(grants), ..Default::default() })
+                        .await.expect("grant");
+                }
+                let who: Vec<_> = ids.iter().map(|id| b.principal(id).expect("principal")).collect();
+                let mut live: Vec<_> = specs.iter().zip(&who)
+                    .map(|(s, p)| b.subscribe_live(Some(p), &s.live, 1000).expect("live"))
+                    .collect();
+                for (from, topic, broadcast) in &sends {
+                    let mut p = Publish::new(topic.clone(), b"1".to_vec(), ids[*from].clone());
+                    p.broadcast = *broadcast;
+                    let allowed = if *broadcast {
+                        specs[*from].publish.as_ref().is_none_or(|ps| ps.iter().any(|p| p == "#"))
+                    } else {
+                        specs[*from].publish.as_ref().is_none_or(|ps| matches_any(ps, topic))
+                    };
+                    let checked = who[*from].check_publish(&p);
+                    prop_assert_eq!(checked.is_ok(), allowed, "publish rule for {:?}", p.topic);
+                    if checked.is_ok() {
+                        b.publish(p, T0).await.expect("publish");
+                    }
+                }
+                for (i, s) in specs.iter().enumerate() {
+                    while let Some(m) = live[i].try_recv() {
+                        let t = &m.data.topic;
+                        prop_assert!(matches_any(&s.read, t) && naive_match(&s.live, t),
+                            "c{} live {:?} got {}", i, s.live, t);
+                    }
+                    for (j, owner) in specs.iter().enumerate() {
+                        let q = format!("c{j}-inbox");
+                        let r = b.receive(&who[i], &q, ReceiveOptions::auto(1000), T0).await;
+                        let may = i == j || s.grants.contains(&j);
+                        prop_assert_eq!(r.is_ok(), may, "c{} reading {}", i, q);
+                        for d in r.unwrap_or_default() {
+                            let t = &d.msg.data.topic;
+                            // In an inbox: what its owner subscribed to, or a broadcast.
+                            let broadcast = sends.iter().any(|(_, st, bc)| *bc && st == t);
+                            prop_assert!(matches_any(&owner.read, t) || broadcast,
+                                "{} held {}", q, t);
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
