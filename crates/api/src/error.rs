@@ -209,3 +209,18 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod docs {
+    use super::ErrorCode;
+
+    /// docs/errors.md lists every code with its status, so users need not read the sources.
+    #[test]
+    fn every_code_is_documented_with_its_status() {
+        let doc = include_str!("../../../docs/errors.md");
+        for code in ErrorCode::ALL {
+            let row = format!("| `{}` | {} |", code.as_str(), code.status());
+            assert!(doc.contains(&row), "docs/errors.md lacks the row {row}");
+        }
+    }
+}
