@@ -589,6 +589,25 @@ async fn admin_aside(http: &reqwest::Client, server: &Server) -> Result<String> 
     Ok(admin)
 }
 
+/// Lets `admin` put messages straight into `queues` (STOMP `SEND /queue/…`), which a client
+/// may do only into its own inbox and queues granted to it for writing.
+async fn grant_writes(
+    http: &reqwest::Client,
+    api: &str,
+    admin: &str,
+    queues: &[String],
+) -> Result<()> {
+    let resp = http
+        .patch(format!("{api}/client/admin"))
+        .bearer_auth(admin)
+        .json(&json!({"write_grants": queues}))
+        .send()
+        .await
+        .context("PATCH /client/admin write_grants")?;
+    expect_json("PATCH /client/admin write_grants", resp, StatusCode::OK).await?;
+    Ok(())
+}
+
 /// `/metrics` as `series → value` (series names include their labels).
 async fn metrics(c: &reqwest::Client, backend: &str) -> Result<HashMap<String, f64>> {
     let resp = c

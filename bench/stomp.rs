@@ -19,7 +19,7 @@ use trunkline_client::stomp::{StompClient, StompOptions};
 
 use crate::amqp;
 use crate::load::{self, LoadArgs};
-use crate::{admin_aside, create_client, find_beam, http_client, Server};
+use crate::{admin_aside, create_client, find_beam, grant_writes, http_client, Server};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct StompArgs {
@@ -73,6 +73,8 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 queues.push(format!("/queue/{id}-inbox"));
                 logins.push((id, secret));
             }
+            let names: Vec<String> = logins.iter().map(|(id, _)| format!("{id}-inbox")).collect();
+            grant_writes(&http, &server.api, &admin, &names).await?;
             Ok(Target {
                 addr: server.stomp.clone(),
                 login: "admin".into(),
