@@ -6,6 +6,7 @@
 //! - [`queue`]: one queue's in-memory index of its durable entries.
 //! - [`registry`]: client records and routing.
 //! - [`dedup`]: the publisher `message_id` window.
+//! - [`footprint`]: what queued messages cost in memory, which the node-wide cap counts.
 //!
 //! A [`Broker`] is a cheap `Clone` handle. It speaks no protocol: HTTP, STOMP and
 //! WebSocket front-ends call it. It does no I/O but through the store's [`Committer`]:
@@ -32,6 +33,7 @@
 
 pub mod dedup;
 pub mod error;
+pub mod footprint;
 pub mod live;
 pub mod queue;
 pub mod registry;
@@ -67,9 +69,10 @@ pub struct BrokerConfig {
     pub dedup_capacity: usize,
     /// Most messages one receive may return.
     pub max_receive: usize,
-    /// Most body bytes queued on the node (bodies are held in memory); past it publishes
-    /// are refused with [`BrokerError::NodeFull`].
-    pub max_queued_bytes: u64,
+    /// Most memory queued messages may take on the node, as [`footprint`] counts it (queue
+    /// entries, message records and bodies); past it publishes are refused with
+    /// [`BrokerError::NodeFull`].
+    pub max_memory_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -83,7 +86,7 @@ impl Default for BrokerConfig {
             dedup_window_ms: 10 * 60 * 1000,
             dedup_capacity: 1_000_000,
             max_receive: 1000,
-            max_queued_bytes: 1 << 30,
+            max_memory_bytes: 1 << 30,
         }
     }
 }
@@ -288,8 +291,8 @@ struct Inner {
     live_counters: LiveCounters,
     /// The id floor last saved in the store.
     saved_floor: AtomicU64,
-    /// Body bytes of queued messages (each body once), held in memory.
-    queued_bytes: Arc<AtomicU64>,
+    /// Memory held by queued messages (entries, records, bodies), against the cap.
+    memory: Arc<footprint::Account>,
 }
 
 /// Meta record holding a floor under every id handed out so far.
@@ -335,7 +338,7 @@ impl Broker {
         now: u64,
     ) -> Result<Self, StoreError> {
         let mut snap = store.load()?;
-        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let memory = Arc::new(footprint::Account::new(config.max_memory_bytes));
         let stored_floor = snap
             .records(RecordTable::Meta)
             .iter()
@@ -367,7 +370,7 @@ impl Broker {
         let mut msgs: Vec<(u64, Arc<Msg>)> = snap
             .messages
             .into_iter()
-            .map(|(id, m)| (id, Msg::counted(id, m, 0, Some(queued_bytes.clone()))))
+            .map(|(id, m)| (id, Msg::counted(id, m, 0, Some(memory.clone()))))
             .collect();
         if !msgs.is_sorted_by_key(|(id, _)| *id) {
             msgs.sort_unstable_by_key(|(id, _)| *id);
@@ -386,6 +389,7 @@ impl Broker {
                 .map(|i| &msgs[i].1);
             match (q, msg) {
                 (Some(q), Some(msg)) => {
+                    // Counts the entry's memory, past the cap if need be: it is stored.
                     msg.add_ref();
                     q.restore(
                         seq,
@@ -404,7 +408,7 @@ impl Broker {
                 cleanup.push(Op::DeleteMessage { id: *id });
                 false
             } else {
-                queued_bytes.fetch_add(m.data.body.len() as u64, Ordering::AcqRel);
+                memory.add(footprint::stored_message_bytes(&m.data));
                 true
             }
         });
@@ -471,6 +475,15 @@ impl Broker {
             );
         }
         store.commit(&cleanup)?;
+        if memory.used() > memory.max() {
+            // Nothing stored is dropped for it: publishes are refused until consumers
+            // bring the node back under its cap.
+            tracing::warn!(
+                used = memory.used(),
+                max = memory.max(),
+                "the restored queues take more memory than max_memory_bytes allows"
+            );
+        }
         let queues = queues
             .into_iter()
             .map(|(name, q)| {
@@ -497,7 +510,7 @@ impl Broker {
                 live: Arc::default(),
                 live_counters: LiveCounters::default(),
                 saved_floor: AtomicU64::new(last_msg_id),
-                queued_bytes,
+                memory,
             }),
         })
     }
@@ -665,6 +678,25 @@ impl Broker {
                 out
             }
         };
+        // Queued messages are held in memory (each entry, each record, each body): a
+        // node-wide cap keeps that bounded. Checked first, so that a flood the node refuses
+        // costs no queue lock; given back as entries and messages go.
+        let needed = if targets.is_empty() {
+            0
+        } else {
+            publish_memory(p, targets.len())
+        };
+        if let Err(full) = self.inner.memory.try_add(needed) {
+            self.inner
+                .counters
+                .rejected_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(BrokerError::NodeFull {
+                used: full.used,
+                needed,
+                max: full.max,
+            });
+        }
         let id = self.alloc_msg_id(now);
         let mut reserved: Vec<(Arc<QueueCell>, u64)> = Vec::with_capacity(targets.len());
         let mut full = Vec::new();
@@ -683,28 +715,21 @@ impl Broker {
             for (cell, _) in &reserved {
                 lock(&cell.state).unreserve();
             }
+            self.inner.memory.sub(needed);
             self.inner
                 .counters
                 .rejected_full
                 .fetch_add(1, Ordering::Relaxed);
             return Err(BrokerError::QueueFull { queues: full });
         }
-        if !reserved.is_empty() {
-            // Bodies are held in memory while queued: a node-wide cap keeps that bounded.
-            let len = p.body.len() as u64;
-            let max = self.inner.config.max_queued_bytes;
-            let before = self.inner.queued_bytes.fetch_add(len, Ordering::AcqRel);
-            if before + len > max {
-                self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                for (cell, _) in &reserved {
-                    lock(&cell.state).unreserve();
-                }
-                self.inner
-                    .counters
-                    .rejected_full
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(BrokerError::NodeFull { max });
-            }
+        if reserved.len() < targets.len() {
+            // Queues deleted since routing: count only the places taken.
+            let taken = if reserved.is_empty() {
+                0
+            } else {
+                publish_memory(p, reserved.len())
+            };
+            self.inner.memory.sub(needed - taken);
         }
         Ok((id, reserved))
     }
@@ -804,9 +829,7 @@ impl Broker {
                 Err(e) => {
                     for ((_, reserved), p) in places.into_iter().zip(&ps) {
                         if !reserved.is_empty() {
-                            self.inner
-                                .queued_bytes
-                                .fetch_sub(p.body.len() as u64, Ordering::AcqRel);
+                            self.inner.memory.sub(publish_memory(p, reserved.len()));
                         }
                         for (cell, _) in reserved {
                             lock(&cell.state).unreserve();
@@ -849,16 +872,17 @@ impl Broker {
         now: u64,
     ) -> Result<Published, BrokerError> {
         let delivered_to = prep.reserved.len() as u64;
+        // Its entries and the message were counted when the places were reserved.
         let msg = Msg::counted(
             prep.id,
             prep.data.clone(),
             delivered_to as u32,
-            Some(self.inner.queued_bytes.clone()),
+            Some(self.inner.memory.clone()),
         );
         if committed.is_err() && delivered_to > 0 {
-            self.inner
-                .queued_bytes
-                .fetch_sub(prep.data.body.len() as u64, Ordering::AcqRel);
+            self.inner.memory.sub(
+                delivered_to * footprint::ENTRY_BYTES + footprint::stored_message_bytes(&prep.data),
+            );
         }
         for (cell, seq) in prep.reserved {
             {
@@ -1172,9 +1196,9 @@ impl Broker {
             .collect()
     }
 
-    /// Body bytes of queued messages.
-    pub fn queued_bytes(&self) -> u64 {
-        self.inner.queued_bytes.load(Ordering::Relaxed)
+    /// Memory held by queued messages, as the node-wide cap counts it ([`footprint`]).
+    pub fn memory_used(&self) -> u64 {
+        self.inner.memory.used()
     }
 
     /// Remembered `message_id`s.
@@ -1612,6 +1636,19 @@ fn client_queues(rec: &ClientRecord, config: &BrokerConfig) -> [Queue; 2] {
             None,
         ),
     ]
+}
+
+/// What a publish into `places` queues adds to the memory the cap counts: the same as
+/// [`footprint::stored_message_bytes`] of the message it stores, plus its entries.
+fn publish_memory(p: &Publish, places: usize) -> u64 {
+    places as u64 * footprint::ENTRY_BYTES
+        + footprint::message_bytes(
+            &p.topic,
+            &p.sender,
+            p.body.len(),
+            p.content_type.as_deref(),
+            &p.headers,
+        )
 }
 
 fn parse_receipt(r: &str) -> Option<(&str, u64, u32)> {
