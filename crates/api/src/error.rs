@@ -93,7 +93,8 @@ error_codes! {
     Throttled = ("throttled", 429),
     /// A matching queue is full and its overflow policy rejects new messages.
     QueueFull = ("queue_full", 507),
-    /// The node holds as many bytes of queued messages as it may; consumers must catch up.
+    /// Queued messages (entries, records, bodies) take all the memory the node allows them
+    /// (`inbox.max_memory_bytes`); consumers must catch up.
     NodeFull = ("node_full", 507),
     /// The node is shutting down or its store has failed; retry elsewhere or later.
     Unavailable = ("unavailable", 503),

@@ -23,9 +23,11 @@ pub enum BrokerError {
     #[error("queue full, message rejected: {}", queues.join(", "))]
     QueueFull { queues: Vec<String> },
     #[error(
-        "the node holds its maximum of {max} bytes of queued messages; consumers must catch up"
+        "node memory for queued messages is full: {used} of its {max} bytes are taken by queue \
+         entries, message records and bodies, and this message needs {needed} more; \
+         consumers must catch up"
     )]
-    NodeFull { max: u64 },
+    NodeFull { used: u64, needed: u64, max: u64 },
     #[error("`{0}` is the last admin client: deleting it or taking its admin role would lock everyone out")]
     LastAdmin(String),
     #[error("a message with this message_id is being published right now")]

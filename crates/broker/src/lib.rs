@@ -8,6 +8,7 @@
 //! - [`authz`]: who may read, write and manage what; [`Principal`], the identity every
 //!   read and write is checked against.
 //! - [`dedup`]: the publisher `message_id` window.
+//! - [`footprint`]: what queued messages cost in memory, which the node-wide cap counts.
 //!
 //! A [`Broker`] is a cheap `Clone` handle. It speaks no protocol: HTTP, STOMP and
 //! WebSocket front-ends call it. It does no I/O but through the store's [`Committer`]:
@@ -35,6 +36,7 @@
 pub mod authz;
 pub mod dedup;
 pub mod error;
+pub mod footprint;
 pub mod live;
 pub mod queue;
 pub mod registry;
@@ -71,9 +73,10 @@ pub struct BrokerConfig {
     pub dedup_capacity: usize,
     /// Most messages one receive may return.
     pub max_receive: usize,
-    /// Most body bytes queued on the node (bodies are held in memory); past it publishes
-    /// are refused with [`BrokerError::NodeFull`].
-    pub max_queued_bytes: u64,
+    /// Most memory queued messages may take on the node, as [`footprint`] counts it (queue
+    /// entries, message records and bodies); past it publishes are refused with
+    /// [`BrokerError::NodeFull`].
+    pub max_memory_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -87,7 +90,7 @@ impl Default for BrokerConfig {
             dedup_window_ms: 10 * 60 * 1000,
             dedup_capacity: 1_000_000,
             max_receive: 1000,
-            max_queued_bytes: 1 << 30,
+            max_memory_bytes: 1 << 30,
         }
     }
 }
@@ -297,8 +300,8 @@ struct Inner {
     live_counters: LiveCounters,
     /// The id floor last saved in the store.
     saved_floor: AtomicU64,
-    /// Body bytes of queued messages (each body once), held in memory.
-    queued_bytes: Arc<AtomicU64>,
+    /// Memory held by queued messages (entries, records, bodies), against the cap.
+    memory: Arc<footprint::Account>,
 }
 
 /// Meta record holding a floor under every id handed out so far.
@@ -344,7 +347,7 @@ impl Broker {
         now: u64,
     ) -> Result<Self, StoreError> {
         let mut snap = store.load()?;
-        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let memory = Arc::new(footprint::Account::new(config.max_memory_bytes));
         let stored_floor = snap
             .records(RecordTable::Meta)
             .iter()
@@ -376,7 +379,7 @@ impl Broker {
         let mut msgs: Vec<(u64, Arc<Msg>)> = snap
             .messages
             .into_iter()
-            .map(|(id, m)| (id, Msg::counted(id, m, 0, Some(queued_bytes.clone()))))
+            .map(|(id, m)| (id, Msg::counted(id, m, 0, Some(memory.clone()))))
             .collect();
         if !msgs.is_sorted_by_key(|(id, _)| *id) {
             msgs.sort_unstable_by_key(|(id, _)| *id);
@@ -419,6 +422,7 @@ impl Broker {
                 .map(|i| &msgs[i].1);
             match (q, msg) {
                 (Some(q), Some(msg)) => {
+                    // Counts the entry's memory, past the cap if need be: it is stored.
                     msg.add_ref();
                     q.restore(
                         seq,
@@ -437,7 +441,7 @@ impl Broker {
                 cleanup.push(Op::DeleteMessage { id: *id });
                 false
             } else {
-                queued_bytes.fetch_add(m.data.body.len() as u64, Ordering::AcqRel);
+                memory.add(footprint::stored_message_bytes(&m.data));
                 true
             }
         });
@@ -504,6 +508,15 @@ impl Broker {
             );
         }
         store.commit(&cleanup)?;
+        if memory.used() > memory.max() {
+            // Nothing stored is dropped for it: publishes are refused until consumers
+            // bring the node back under its cap.
+            tracing::warn!(
+                used = memory.used(),
+                max = memory.max(),
+                "the restored queues take more memory than max_memory_bytes allows"
+            );
+        }
         let queues = queues
             .into_iter()
             .map(|(name, q)| {
@@ -530,7 +543,7 @@ impl Broker {
                 live: Arc::default(),
                 live_counters: LiveCounters::default(),
                 saved_floor: AtomicU64::new(last_msg_id),
-                queued_bytes,
+                memory,
             }),
         })
     }
@@ -698,6 +711,25 @@ impl Broker {
                 out
             }
         };
+        // Queued messages are held in memory (each entry, each record, each body): a
+        // node-wide cap keeps that bounded. Checked first, so that a flood the node refuses
+        // costs no queue lock; given back as entries and messages go.
+        let needed = if targets.is_empty() {
+            0
+        } else {
+            publish_memory(p, targets.len())
+        };
+        if let Err(full) = self.inner.memory.try_add(needed) {
+            self.inner
+                .counters
+                .rejected_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(BrokerError::NodeFull {
+                used: full.used,
+                needed,
+                max: full.max,
+            });
+        }
         let id = self.alloc_msg_id(now);
         let mut reserved: Vec<(Arc<QueueCell>, u64)> = Vec::with_capacity(targets.len());
         let mut full = Vec::new();
@@ -716,28 +748,21 @@ impl Broker {
             for (cell, _) in &reserved {
                 lock(&cell.state).unreserve();
             }
+            self.inner.memory.sub(needed);
             self.inner
                 .counters
                 .rejected_full
                 .fetch_add(1, Ordering::Relaxed);
             return Err(BrokerError::QueueFull { queues: full });
         }
-        if !reserved.is_empty() {
-            // Bodies are held in memory while queued: a node-wide cap keeps that bounded.
-            let len = p.body.len() as u64;
-            let max = self.inner.config.max_queued_bytes;
-            let before = self.inner.queued_bytes.fetch_add(len, Ordering::AcqRel);
-            if before + len > max {
-                self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                for (cell, _) in &reserved {
-                    lock(&cell.state).unreserve();
-                }
-                self.inner
-                    .counters
-                    .rejected_full
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(BrokerError::NodeFull { max });
-            }
+        if reserved.len() < targets.len() {
+            // Queues deleted since routing: count only the places taken.
+            let taken = if reserved.is_empty() {
+                0
+            } else {
+                publish_memory(p, reserved.len())
+            };
+            self.inner.memory.sub(needed - taken);
         }
         Ok((id, reserved))
     }
@@ -837,9 +862,7 @@ impl Broker {
                 Err(e) => {
                     for ((_, reserved), p) in places.into_iter().zip(&ps) {
                         if !reserved.is_empty() {
-                            self.inner
-                                .queued_bytes
-                                .fetch_sub(p.body.len() as u64, Ordering::AcqRel);
+                            self.inner.memory.sub(publish_memory(p, reserved.len()));
                         }
                         for (cell, _) in reserved {
                             lock(&cell.state).unreserve();
@@ -882,16 +905,17 @@ impl Broker {
         now: u64,
     ) -> Result<Published, BrokerError> {
         let delivered_to = prep.reserved.len() as u64;
+        // Its entries and the message were counted when the places were reserved.
         let msg = Msg::counted(
             prep.id,
             prep.data.clone(),
             delivered_to as u32,
-            Some(self.inner.queued_bytes.clone()),
+            Some(self.inner.memory.clone()),
         );
         if committed.is_err() && delivered_to > 0 {
-            self.inner
-                .queued_bytes
-                .fetch_sub(prep.data.body.len() as u64, Ordering::AcqRel);
+            self.inner.memory.sub(
+                delivered_to * footprint::ENTRY_BYTES + footprint::stored_message_bytes(&prep.data),
+            );
         }
         for (cell, seq) in prep.reserved {
             {
@@ -1209,9 +1233,9 @@ impl Broker {
             .collect()
     }
 
-    /// Body bytes of queued messages.
-    pub fn queued_bytes(&self) -> u64 {
-        self.inner.queued_bytes.load(Ordering::Relaxed)
+    /// Memory held by queued messages, as the node-wide cap counts it ([`footprint`]).
+    pub fn memory_used(&self) -> u64 {
+        self.inner.memory.used()
     }
 
     /// Remembered `message_id`s.
@@ -1738,6 +1762,19 @@ fn client_queues(rec: &ClientRecord, config: &BrokerConfig) -> [Queue; 2] {
             None,
         ),
     ]
+}
+
+/// What a publish into `places` queues adds to the memory the cap counts: the same as
+/// [`footprint::stored_message_bytes`] of the message it stores, plus its entries.
+fn publish_memory(p: &Publish, places: usize) -> u64 {
+    places as u64 * footprint::ENTRY_BYTES
+        + footprint::message_bytes(
+            &p.topic,
+            &p.sender,
+            p.body.len(),
+            p.content_type.as_deref(),
+            &p.headers,
+        )
 }
 
 fn parse_receipt(r: &str) -> Option<(&str, u64, u32)> {

@@ -7,10 +7,12 @@
 //! answers anyone. Time is an argument (milliseconds since the epoch).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use trunkline_store::{Op, StoredEntry, StoredMessage};
+
+use crate::footprint::{self, Account};
 
 /// What happens when a full queue gets another message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -39,8 +41,9 @@ pub struct Msg {
     pub data: Arc<StoredMessage>,
     /// Queue entries referring to it; the body is deleted when the last goes.
     refs: AtomicU32,
-    /// The node's count of queued body bytes, given back when the body is deleted.
-    bytes: Option<Arc<AtomicU64>>,
+    /// The node's count of queued memory: each entry gives back its share as it goes, and
+    /// the last one the message's.
+    account: Option<Arc<Account>>,
 }
 
 impl Msg {
@@ -49,32 +52,44 @@ impl Msg {
         Self::counted(id, data, refs, None)
     }
 
-    /// A message whose body counts against the node's queued bytes in `bytes`.
+    /// A message held by `refs` entries, whose memory `account` counts: the caller has
+    /// already counted those entries and, if `refs > 0`, the message itself.
     pub(crate) fn counted(
         id: u64,
         data: Arc<StoredMessage>,
         refs: u32,
-        bytes: Option<Arc<AtomicU64>>,
+        account: Option<Arc<Account>>,
     ) -> Arc<Self> {
         Arc::new(Msg {
             id,
             data,
-            bytes,
+            account,
             refs: AtomicU32::new(refs),
         })
     }
 
+    /// One more entry refers to it (restored at start); counts that entry's memory.
     pub(crate) fn add_ref(&self) {
         self.refs.fetch_add(1, Ordering::AcqRel);
+        if let Some(a) = &self.account {
+            a.add(footprint::ENTRY_BYTES);
+        }
     }
 
-    /// Drops one reference; deletes the body in the same commit if it was the last.
+    /// Drops one reference; deletes the body in the same commit if it was the last. The
+    /// entry's memory, and with the last the message's, is no longer counted.
     pub(crate) fn release(&self, ops: &mut Vec<Op>) {
-        if self.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let last = self.refs.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last {
             ops.push(Op::DeleteMessage { id: self.id });
-            if let Some(b) = &self.bytes {
-                b.fetch_sub(self.data.body.len() as u64, Ordering::AcqRel);
-            }
+        }
+        if let Some(a) = &self.account {
+            let message = if last {
+                footprint::stored_message_bytes(&self.data)
+            } else {
+                0
+            };
+            a.sub(footprint::ENTRY_BYTES + message);
         }
     }
 

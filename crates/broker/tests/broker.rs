@@ -1687,6 +1687,85 @@ async fn concurrent_publishers_and_consumers_lose_and_duplicate_nothing() {
     );
 }
 
+#[tokio::test]
+async fn queued_memory_is_counted_the_same_after_a_restart() {
+    let store = Arc::new(MemoryStore::default());
+    let br = Broker::open(store.clone(), BrokerConfig::default(), T0).expect("open");
+    client_with(&br, "a", &["t.#"], limits(None, None, Some(1))).await;
+    client(&br, "b", &["t.#", "u"]).await;
+    for n in 0..5 {
+        publish(&br, "t.x", n, T0).await;
+    }
+    let mut p = Publish::new("u", body(9), "pub");
+    p.content_type = Some("text/plain".into());
+    p.headers = vec![("type".into(), "note".into())];
+    br.publish(p, T0).await.expect("publish");
+    // a: one acked, two leased with their only allowed delivery (dead-lettered at the
+    // restart); b: one received, one nacked to its dead-letter queue.
+    let got = lease(&br, "a", 3, 60_000, T0 + 1).await;
+    br.settle("a", &receipts(&got[..1]), Settle::Ack, T0 + 1)
+        .await
+        .expect("ack");
+    br.receive("b", &inbox("b"), ReceiveOptions::auto(1), T0 + 1)
+        .await
+        .expect("receive");
+    let bl = lease(&br, "b", 1, 60_000, T0 + 1).await;
+    br.settle("b", &receipts(&bl), Settle::Nack { requeue: false }, T0 + 1)
+        .await
+        .expect("nack");
+    let before = br.memory_used();
+    // a holds 1-4; b holds 2-4 and the note, and 1 in its dead-letter queue: 9 entries of
+    // 5 messages (0 is gone from both).
+    let message =
+        |n: u64| trunkline_broker::footprint::message_bytes("t.x", "pub", body(n).len(), None, &[]);
+    let note = trunkline_broker::footprint::message_bytes(
+        "u",
+        "pub",
+        body(9).len(),
+        Some("text/plain"),
+        &[("type".into(), "note".into())],
+    );
+    let entries = 9 * trunkline_broker::footprint::ENTRY_BYTES;
+    assert_eq!(before, entries + (1..5).map(message).sum::<u64>() + note);
+    br.shutdown().unwrap_or_else(|_| panic!("the only handle"));
+
+    let br = Broker::open(store, BrokerConfig::default(), T0 + 2).expect("reopen");
+    assert_eq!(br.memory_used(), before);
+    assert_eq!(
+        depth(&br, &dead("a")),
+        (2, 0),
+        "leases past their last delivery"
+    );
+    for id in ["a", "b"] {
+        drain(&br, id, T0 + 3).await;
+        drain_dead(&br, id, T0 + 3).await;
+    }
+    assert_eq!(br.memory_used(), 0, "nothing held, nothing counted");
+}
+
+#[tokio::test]
+async fn a_refused_batch_gives_back_the_memory_it_reserved() {
+    let one = trunkline_broker::footprint::ENTRY_BYTES
+        + trunkline_broker::footprint::message_bytes("t.x", "pub", body(0).len(), None, &[]);
+    let br = broker_with(BrokerConfig {
+        max_memory_bytes: one + one / 2,
+        ..BrokerConfig::default()
+    });
+    client(&br, "a", &["t.#"]).await;
+    let batch = (0..2)
+        .map(|n| Publish::new("t.x", body(n), "pub"))
+        .collect();
+    let refused = br.publish_batch_start(batch, T0);
+    assert!(
+        matches!(refused, Err(BrokerError::NodeFull { .. })),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(br.memory_used(), 0);
+    publish(&br, "t.x", 0, T0).await;
+    assert_eq!(br.memory_used(), one);
+}
+
 // ----- 9. auth and validation ----------------------------------------------------------
 
 #[tokio::test]
@@ -2055,6 +2134,24 @@ mod model {
                 (m.ready.len() as u64, m.leased.len() as u64)
             );
             prop_assert_eq!(depth(&br, "c-dead"), (m.dead.len() as u64, 0));
+            // Each entry held, and each message (one entry each here), is counted.
+            let held: u64 = m
+                .ready
+                .keys()
+                .chain(m.leased.keys())
+                .chain(m.dead.iter())
+                .map(|n| {
+                    trunkline_broker::footprint::ENTRY_BYTES
+                        + trunkline_broker::footprint::message_bytes(
+                            "q.x",
+                            "pub",
+                            body(*n).len(),
+                            None,
+                            &[],
+                        )
+                })
+                .sum();
+            prop_assert_eq!(br.memory_used(), held);
         }
 
         // Nothing published is lost and nothing acked comes back: once every lease has run
@@ -2083,6 +2180,7 @@ mod model {
             published,
             "every published message is accounted for"
         );
+        prop_assert_eq!(br.memory_used(), 0, "nothing held, nothing counted");
         Ok(())
     }
 

@@ -267,10 +267,19 @@ async fn ids_and_receipts_never_repeat_even_if_the_clock_goes_back() {
     assert_eq!(r.done, 0, "an old receipt does not settle a new message");
 }
 
+/// What a publish of `body_len` bytes to topic `t` by `p` into `places` queues counts.
+fn publish_cost(body_len: usize, places: u64) -> u64 {
+    use trunkline_broker::footprint;
+    places * footprint::ENTRY_BYTES + footprint::message_bytes("t", "p", body_len, None, &[])
+}
+
 #[tokio::test]
-async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
+async fn the_node_caps_queued_memory_and_frees_it_as_entries_and_messages_go() {
+    use trunkline_broker::footprint::ENTRY_BYTES;
+    let cost = publish_cost(40, 2);
+    let max = 2 * cost + cost / 2;
     let config = BrokerConfig {
-        max_queued_bytes: 100,
+        max_memory_bytes: max,
         ..BrokerConfig::default()
     };
     let b = Broker::open(Arc::new(MemoryStore::default()), config, 0).expect("open");
@@ -283,24 +292,35 @@ async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
     let body = vec![b'1'; 40];
     b.publish(Publish::new("t", body.clone(), "p"), 1)
         .await
-        .expect("40");
+        .expect("one");
     b.publish(Publish::new("t", body.clone(), "p"), 1)
         .await
-        .expect("80: a body counts once, whatever its queues");
-    assert_eq!(b.queued_bytes(), 80);
+        .expect("two: a message counts once, and once per queue that holds it");
+    assert_eq!(b.memory_used(), 2 * cost);
     let refused = b.publish(Publish::new("t", body.clone(), "p"), 1).await;
-    assert!(
-        matches!(
-            refused,
-            Err(trunkline_broker::BrokerError::NodeFull { max: 100 })
-        ),
-        "{refused:?}"
+    match refused {
+        Err(
+            e @ trunkline_broker::BrokerError::NodeFull {
+                used,
+                needed,
+                max: m,
+            },
+        ) => {
+            assert_eq!((used, needed, m), (2 * cost, cost, max));
+            assert!(
+                e.to_string()
+                    .contains("node memory for queued messages is full"),
+                "{e}"
+            );
+        }
+        other => panic!("expected node_full, got {other:?}"),
+    }
+    assert_eq!(
+        b.memory_used(),
+        2 * cost,
+        "a refused publish counts nothing"
     );
-    // Nothing matching: nothing stored, nothing counted.
-    b.publish(Publish::new("t", body.clone(), "p"), 1)
-        .await
-        .err();
-    // Both queues must let go of a body before its bytes are free.
+    // One queue lets go of its entries: the messages stay, held by the other.
     b.receive(
         &b.principal("c").expect("client"),
         "c-inbox",
@@ -309,7 +329,7 @@ async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
     )
     .await
     .expect("receive");
-    assert_eq!(b.queued_bytes(), 80);
+    assert_eq!(b.memory_used(), 2 * cost - 2 * ENTRY_BYTES);
     b.receive(
         &b.principal("d").expect("client"),
         "d-inbox",
@@ -318,8 +338,48 @@ async fn the_node_caps_queued_bytes_and_frees_them_as_messages_go() {
     )
     .await
     .expect("receive");
-    assert_eq!(b.queued_bytes(), 0);
+    assert_eq!(b.memory_used(), 0);
     b.publish(Publish::new("t", body, "p"), 3)
         .await
         .expect("room again");
+}
+
+#[tokio::test]
+async fn fan_out_of_tiny_messages_is_refused_once_its_entries_fill_the_cap() {
+    // The old cap counted bodies only: 3 bytes a message, 500 copies of it unseen.
+    let config = BrokerConfig {
+        max_memory_bytes: 1 << 20,
+        ..BrokerConfig::default()
+    };
+    let b = Broker::open(Arc::new(MemoryStore::default()), config, 0).expect("open");
+    for i in 0..100 {
+        b.create_client(
+            NewClient::new(format!("c{i}"), "c", vec!["flood.#".into()]),
+            0,
+        )
+        .await
+        .expect("client");
+    }
+    let mut accepted = 0u64;
+    let err = loop {
+        match b
+            .publish(Publish::new("flood.x", b"123".to_vec(), "p"), 1)
+            .await
+        {
+            Ok(p) => {
+                assert_eq!(p.delivered_to, 100);
+                accepted += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(accepted < 1000, "never refused");
+    };
+    assert!(
+        matches!(err, trunkline_broker::BrokerError::NodeFull { .. }),
+        "{err:?}"
+    );
+    let cost = trunkline_broker::footprint::ENTRY_BYTES * 100
+        + trunkline_broker::footprint::message_bytes("flood.x", "p", 3, None, &[]);
+    assert_eq!(accepted, (1 << 20) / cost);
+    assert_eq!(b.memory_used(), accepted * cost);
 }

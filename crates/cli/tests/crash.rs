@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use trunkline_testkit::ProcessServer;
+use trunkline_testkit::{token, ProcessServer};
 
 const CLIENTS: usize = 4;
 const PUBLISHERS: usize = 8;
@@ -40,19 +40,6 @@ struct Ledger {
 
 fn key(body: &Value) -> Option<Key> {
     Some((body["p"].as_u64()?, body["s"].as_u64()?))
-}
-
-async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> String {
-    let r: Value = http
-        .get(format!("{base}/token"))
-        .query(&[("client_id", id), ("secret", secret)])
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token json");
-    r["token"].as_str().expect("token field").to_owned()
 }
 
 /// Creates clients `c0`…`c{CLIENTS-1}`, each subscribed to `load.<i>.#`; returns their

@@ -107,9 +107,13 @@ overflow = "reject-publish"
 max_deliveries = 10
 # How long a publisher's message_id is remembered for dedup.
 dedup_window_secs = 600
-# Most bytes of queued message bodies on the whole node (bodies are held in memory);
-# past it publishes are refused with 507 node_full until consumers catch up.
-max_queued_bytes = 1073741824
+# Most memory queued messages may take on the whole node, counting what each holds:
+# every queue entry (about 200 bytes: a message sent to 500 inboxes takes 500), every
+# message record (about 320 bytes) and its topic, headers and body. Past it publishes are
+# refused with 507 node_full until consumers catch up; nothing accepted is dropped.
+# The process needs this much plus its base (tens of MiB) and what is in flight.
+# (`max_queued_bytes`, its old name, which counted bodies only, is still read.)
+max_memory_bytes = 1073741824
 "#;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,7 +220,7 @@ pub struct InboxConfig {
     pub overflow: Overflow,
     pub max_deliveries: u32,
     pub dedup_window_secs: u64,
-    pub max_queued_bytes: u64,
+    pub max_memory_bytes: u64,
 }
 
 /// A configuration that cannot be used.
@@ -248,8 +252,9 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let mut base: toml::Table =
             toml::from_str(DEFAULT_CONFIG).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let over: toml::Table =
+        let mut over: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        rename_old_keys(&mut over)?;
         merge(&mut base, over);
         toml::Value::Table(base)
             .try_into()
@@ -301,6 +306,12 @@ impl Config {
         if self.inbox.max_length == 0 || self.inbox.max_deliveries == 0 {
             return bad("inbox", "max_length and max_deliveries must be at least 1");
         }
+        if self.inbox.max_memory_bytes < MIN_MEMORY_BYTES {
+            return bad(
+                "inbox.max_memory_bytes",
+                "must be at least 1048576 (1 MiB): below that no fan-out fits",
+            );
+        }
         let st = &self.stomp;
         if st.buffer == 0 || st.max_prefetch == 0 || st.max_connections == 0 {
             return bad(
@@ -331,7 +342,7 @@ impl Config {
                 max_deliveries: self.inbox.max_deliveries,
             },
             dedup_window_ms: self.inbox.dedup_window_secs.saturating_mul(1000),
-            max_queued_bytes: self.inbox.max_queued_bytes,
+            max_memory_bytes: self.inbox.max_memory_bytes,
             ..BrokerConfig::default()
         }
     }
@@ -340,6 +351,28 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// Smallest `inbox.max_memory_bytes` accepted.
+const MIN_MEMORY_BYTES: u64 = 1 << 20;
+
+/// Reads keys under the names they had before: `inbox.max_queued_bytes` (which counted
+/// message bodies only) is now `inbox.max_memory_bytes` (which counts everything queued
+/// messages hold, so the same number refuses sooner).
+fn rename_old_keys(over: &mut toml::Table) -> Result<(), ConfigError> {
+    let Some(toml::Value::Table(inbox)) = over.get_mut("inbox") else {
+        return Ok(());
+    };
+    if let Some(v) = inbox.remove("max_queued_bytes") {
+        if inbox.contains_key("max_memory_bytes") {
+            return Err(ConfigError::Invalid {
+                setting: "inbox.max_queued_bytes",
+                reason: "is the old name of inbox.max_memory_bytes; set only one".into(),
+            });
+        }
+        inbox.insert("max_memory_bytes".into(), v);
+    }
+    Ok(())
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -395,5 +428,18 @@ mod tests {
         let mut c = Config::default();
         c.http_limits.max_wait_secs = 100;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_memory_cap_is_read_under_its_old_name_too() {
+        let c = Config::from_toml("[inbox]\nmax_queued_bytes = 67108864\n");
+        assert!(
+            matches!(&c, Ok(c) if c.inbox.max_memory_bytes == 64 << 20),
+            "{c:?}"
+        );
+        let c = Config::from_toml("[inbox]\nmax_memory_bytes = 5\nmax_queued_bytes = 6\n");
+        assert!(c.is_err());
+        let c = Config::from_toml("[inbox]\nmax_memory_bytes = 1000\n");
+        assert!(c.is_ok_and(|c| c.validate().is_err()));
     }
 }

@@ -197,6 +197,33 @@ impl ProcessServer {
 
     /// As [`ProcessServer::start`], with STOMP on `stomp` (a fixed port survives restarts).
     pub fn start_on(bin: &Path, data_dir: &Path, stomp: &str) -> std::io::Result<Self> {
+        Self::spawn(Self::serve_command(bin, data_dir, stomp), data_dir)
+    }
+
+    /// The command [`ProcessServer::start_on`] runs: `bin serve` on `data_dir`, both HTTP
+    /// listeners on 127.0.0.1:0, STOMP on `stomp`, logging warnings. Add to it (a
+    /// `--config`, environment) or run it under a wrapper, then [`ProcessServer::spawn`] it.
+    pub fn serve_command(bin: &Path, data_dir: &Path, stomp: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--backend",
+            "127.0.0.1:0",
+            "--stomp",
+            stomp,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("TRUNKLINE_LOG_LEVEL", "warn");
+        cmd
+    }
+
+    /// Runs `cmd`, a node serving `data_dir` (whose process id must be the child's: a
+    /// wrapper must `exec` it), and waits (at most 30 s) for it to write `listen.json`. Its
+    /// output goes to `data_dir/../node.log` (`data_dir` with the extension `log`).
+    pub fn spawn(mut cmd: std::process::Command, data_dir: &Path) -> std::io::Result<Self> {
         let listen = data_dir.join("listen.json");
         let _ = std::fs::remove_file(&listen);
         let log_path = data_dir.with_extension("log");
@@ -204,24 +231,11 @@ impl ProcessServer {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let child = std::process::Command::new(bin)
-            .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
-                "--backend",
-                "127.0.0.1:0",
-                "--stomp",
-                stomp,
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("TRUNKLINE_LOG_LEVEL", "warn")
+        let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut child = child;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Ok(text) = std::fs::read_to_string(&listen) {
@@ -275,6 +289,20 @@ impl Drop for ProcessServer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A bearer token for `id` from the node at `base` (`GET /token`); panics if there is none.
+pub async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> String {
+    let r: serde_json::Value = http
+        .get(format!("{base}/token"))
+        .query(&[("client_id", id), ("secret", secret)])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token json");
+    r["token"].as_str().expect("token field").to_owned()
 }
 
 /// A loopback port that was free a moment ago (for servers that must keep their port).

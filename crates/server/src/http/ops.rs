@@ -133,7 +133,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     counter(
         &mut out,
         "trunkline_publishes_rejected_full_total",
-        "Publishes refused because a queue was full.",
+        "Publishes refused because a queue, or the memory for queued messages, was full.",
         l(&c.rejected_full),
     );
     counter(
@@ -187,9 +187,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     gauge(
         &mut out,
-        "trunkline_queued_bytes",
-        "Body bytes of queued messages (held in memory).",
-        b.queued_bytes(),
+        "trunkline_queued_memory_bytes",
+        "Memory held by queued messages as the node-wide cap counts it: queue entries, message records and bodies.",
+        b.memory_used(),
+    );
+    gauge(
+        &mut out,
+        "trunkline_queued_memory_max_bytes",
+        "The node-wide cap on memory held by queued messages (inbox.max_memory_bytes).",
+        b.config().max_memory_bytes,
     );
     gauge(
         &mut out,

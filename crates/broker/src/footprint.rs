@@ -1,0 +1,188 @@
+//! What queued messages cost in memory, as the node-wide cap (`max_memory_bytes`) counts
+//! it.
+//!
+//! Everything a queued message keeps in memory is counted, not only its body:
+//! - per queue entry ([`ENTRY_BYTES`]): the queue's index slot (ready, or leased with its
+//!   deadline), and the log store's index of the same entry;
+//! - per message ([`message_bytes`]): the message record and its `Arc`s
+//!   ([`MESSAGE_BYTES`], the log store's index of it included), plus each string and the
+//!   body as the allocator hands them out.
+//!
+//! A publish into N queues costs `N * ENTRY_BYTES + message_bytes(..)`. The figures are
+//! estimates, checked against the resident set of a broker on the log store with
+//! `examples/memory_cost.rs` (2 M entries: 500 inboxes x 4000 messages; and 1 M messages
+//! in one inbox). Measured there: a ready entry 132 bytes (52 in the broker, 80 in the
+//! log store's index), a leased one 52 bytes more than that in steady state (its lease
+//! table and deadline index; 104 more than a ready one while the freed ready slots wait
+//! for reuse), and a message record 305 bytes besides its strings and body. They lean
+//! high rather than low, so the cap is a bound on memory, not a hope; with the redb
+//! engine, which keeps no index in memory, they count high by about 80 bytes an entry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use trunkline_store::StoredMessage;
+
+/// One queue entry: a ready entry takes a slot in its queue's ordered map (52 bytes with
+/// the map's nodes about half full) and one in the log store's index (80 bytes); a leased
+/// entry takes a slot in the lease table and one in the deadline index instead (about 104
+/// bytes, more just after the table grew). Counted at the dearer, leased, state.
+pub const ENTRY_BYTES: u64 = 200;
+
+/// One message record, without its strings and body: the broker's `Msg` and the shared
+/// `StoredMessage` behind their `Arc`s (64 + 176 bytes as allocated), and the log store's
+/// index of the message (about 65 bytes).
+pub const MESSAGE_BYTES: u64 = 320;
+
+/// What the allocator takes for `n` bytes (glibc: 8 bytes of header, rounded up to 16,
+/// at least 32); nothing for nothing.
+pub const fn allocation(n: usize) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        let chunk = (n + 8).div_ceil(16) * 16;
+        (if chunk < 32 { 32 } else { chunk }) as u64
+    }
+}
+
+/// What one message costs in memory, however many queues hold it: its record, its
+/// strings, headers and body (and the body's shared handle).
+pub fn message_bytes(
+    topic: &str,
+    sender: &str,
+    body_len: usize,
+    content_type: Option<&str>,
+    headers: &[(String, String)],
+) -> u64 {
+    let headers_bytes = allocation(std::mem::size_of_val(headers))
+        + headers
+            .iter()
+            .map(|(k, v)| allocation(k.len()) + allocation(v.len()))
+            .sum::<u64>();
+    MESSAGE_BYTES
+        + allocation(topic.len())
+        + allocation(sender.len())
+        // The body, and the shared handle (3 words) `Bytes` allocates once it is cloned.
+        + allocation(body_len)
+        + allocation(24)
+        + content_type.map_or(0, |c| allocation(c.len()))
+        + headers_bytes
+}
+
+/// [`message_bytes`] of a stored message.
+pub fn stored_message_bytes(m: &StoredMessage) -> u64 {
+    message_bytes(
+        &m.topic,
+        &m.sender,
+        m.body.len(),
+        m.content_type.as_deref(),
+        &m.headers,
+    )
+}
+
+/// The node's count of memory held by queued messages, against its cap.
+#[derive(Debug)]
+pub(crate) struct Account {
+    used: AtomicU64,
+    max: u64,
+}
+
+/// The cap would be passed: what is in use, and the most allowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Full {
+    pub used: u64,
+    pub max: u64,
+}
+
+impl Account {
+    pub(crate) fn new(max: u64) -> Self {
+        Account {
+            used: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// Counts `n` more bytes if they fit under the cap (nothing always fits, even over
+    /// the cap).
+    pub(crate) fn try_add(&self, n: u64) -> Result<(), Full> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            let next = cur.saturating_add(n);
+            if next > self.max {
+                return Err(Full {
+                    used: cur,
+                    max: self.max,
+                });
+            }
+            match self
+                .used
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Counts `n` more bytes whatever the cap (what is already stored, at start).
+    pub(crate) fn add(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub(crate) fn sub(&self, n: u64) {
+        // Never below zero, even if a release outran its count (it cannot, by
+        // construction; a wrapped counter would refuse every publish).
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn max(&self) -> u64 {
+        self.max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocations_round_as_glibc_does() {
+        assert_eq!(
+            (allocation(0), allocation(3), allocation(24), allocation(25)),
+            (0, 32, 32, 48)
+        );
+    }
+
+    #[test]
+    fn the_cap_refuses_what_would_pass_it_and_nothing_else() {
+        let a = Account::new(100);
+        assert!(a.try_add(60).is_ok());
+        assert!(matches!(a.try_add(41), Err(Full { used: 60, max: 100 })));
+        assert!(a.try_add(40).is_ok());
+        a.add(10);
+        assert!(a.try_add(0).is_ok(), "nothing fits even over the cap");
+        a.sub(110);
+        a.sub(1);
+        assert_eq!(a.used(), 0);
+    }
+
+    #[test]
+    fn estimates_cover_at_least_the_structs_themselves() {
+        use std::mem::size_of;
+        // Two `Arc` headers (16 bytes each) around `Msg` and `StoredMessage`.
+        let records = 32 + size_of::<crate::Msg>() + size_of::<StoredMessage>();
+        assert!(MESSAGE_BYTES >= records as u64, "{records}");
+        // A ready entry's key and slot, and the log store's key, entry and location.
+        let entry = 8 + size_of::<crate::queue::Slot>() + 8 + 16 + 16;
+        assert!(ENTRY_BYTES >= entry as u64, "{entry}");
+    }
+}
