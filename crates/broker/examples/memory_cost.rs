@@ -100,9 +100,10 @@ async fn main() -> anyhow::Result<()> {
         for i in 0..inboxes {
             let id = format!("c{i}");
             let inbox = format!("c{i}-inbox");
+            let who = b.principal(&id).expect("the client was just created");
             loop {
                 let got = b
-                    .receive(&id, &inbox, ReceiveOptions::leased(1000, 3_600_000), 3)
+                    .receive(&who, &inbox, ReceiveOptions::leased(1000, 3_600_000), 3)
                     .await?;
                 if got.is_empty() {
                     break;

@@ -1703,14 +1703,14 @@ async fn queued_memory_is_counted_the_same_after_a_restart() {
     // a: one acked, two leased with their only allowed delivery (dead-lettered at the
     // restart); b: one received, one nacked to its dead-letter queue.
     let got = lease(&br, "a", 3, 60_000, T0 + 1).await;
-    br.settle("a", &receipts(&got[..1]), Settle::Ack, T0 + 1)
+    br.settle_as("a", &receipts(&got[..1]), Settle::Ack, T0 + 1)
         .await
         .expect("ack");
-    br.receive("b", &inbox("b"), ReceiveOptions::auto(1), T0 + 1)
+    br.receive_as("b", &inbox("b"), ReceiveOptions::auto(1), T0 + 1)
         .await
         .expect("receive");
     let bl = lease(&br, "b", 1, 60_000, T0 + 1).await;
-    br.settle("b", &receipts(&bl), Settle::Nack { requeue: false }, T0 + 1)
+    br.settle_as("b", &receipts(&bl), Settle::Nack { requeue: false }, T0 + 1)
         .await
         .expect("nack");
     let before = br.memory_used();
