@@ -98,6 +98,9 @@ error_codes! {
     NodeFull = ("node_full", 507),
     /// The node is shutting down or its store has failed; retry elsewhere or later.
     Unavailable = ("unavailable", 503),
+    /// The listener holds as many connections as it may, from the caller's source address
+    /// or in all; retry later.
+    TooManyConnections = ("too_many_connections", 503),
     /// STOMP: a frame that is not allowed here, or lacks a required header.
     ProtocolError = ("protocol_error", 400),
     /// STOMP: bytes that are not a STOMP frame (bad command, escape, header, length).

@@ -116,6 +116,23 @@ pub struct CreateClient {
     pub inbox: QueueSettings,
 }
 
+impl CreateClient {
+    /// A client named by its id, with `subscription` and every other field at its default.
+    pub fn new(client_id: impl Into<String>, subscription: Subscription) -> Self {
+        let client_id = client_id.into();
+        CreateClient {
+            client_name: client_id.clone(),
+            client_id,
+            subscription,
+            publish: None,
+            roles: Vec::new(),
+            grants: Vec::new(),
+            write_grants: Vec::new(),
+            inbox: QueueSettings::default(),
+        }
+    }
+}
+
 /// `PATCH /client/{id}`: every field is optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

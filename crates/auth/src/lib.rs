@@ -3,7 +3,8 @@
 //! Modules:
 //! - [`secret`]: generating client secrets and storing them only as salted hashes.
 //! - [`token`]: HMAC-SHA256 signed, expiring bearer tokens bound to one credential.
-//! - [`throttle`]: counting failed logins per key and refusing for a while after too many.
+//! - [`throttle`]: counting failed logins per (address, client), per address and per client,
+//!   and refusing for a while after too many.
 //!
 //! No I/O, no async, no clock of its own: time is always an argument.
 //!
@@ -25,7 +26,7 @@ pub mod token;
 
 pub use channel::ChannelClaims;
 pub use secret::{constant_time_eq, generate_credential_id, generate_secret, SecretHash};
-pub use throttle::Throttle;
+pub use throttle::{Throttle, ThrottleLimits};
 pub use token::{Claims, TokenError, TokenKey};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -83,17 +83,33 @@ level = "info"
 [auth]
 # Token lifetime in hours (TRUNKLINE_TOKEN_LIFETIME, or SOAR_TOKEN_LIFETIME).
 token_lifetime_hours = 24
-# Failed secrets per client within the window before /token answers 429.
+# Failed secrets for one client from one source address within the window before that
+# address gets 429 for that client (STOMP: ERROR throttled), right secret or wrong. Other
+# addresses are not affected: a guesser cannot lock a client out.
 max_failed_logins = 5
 failed_login_window_secs = 60
+# Failed secrets from one source address (IPv6: one /64), over all clients, within the
+# window before every login from that address gets 429.
+max_failed_logins_per_address = 20
+# Failed secrets for one client from all addresses within the window past which each
+# address may fail only once for it: slows guessing spread over many addresses without
+# refusing an address that has not failed (see trunkline_auth::throttle).
+max_failed_logins_per_client = 100
 
 [http_limits]
-# Largest request body, in bytes (413 beyond).
+# Largest request body, in bytes (413 beyond; a declared Content-Length over it is refused
+# before the body is read). /token takes at most 4 KiB whatever this says.
 max_body_bytes = 1048576
-# Most open connections per listener; more wait to be accepted.
+# Most open connections per listener. Past it, 32 more are accepted to answer /healthz
+# (others get 503 too_many_connections); past those, connections are refused with 503.
 max_connections = 10000
-# Time allowed to send a request's headers, and to handle a whole request.
+# Most open connections from one source address (IPv6: one /64) on the public listener;
+# more are answered 503 too_many_connections and closed.
+max_connections_per_address = 256
+# Time allowed to send a request's headers; to send its body once the headers are in (408
+# beyond); and to handle a whole request.
 header_timeout_secs = 10
+body_timeout_secs = 15
 request_timeout_secs = 90
 # Longest /receive?wait=.
 max_wait_secs = 60
@@ -201,6 +217,8 @@ pub struct AuthConfig {
     pub token_lifetime_hours: f64,
     pub max_failed_logins: u32,
     pub failed_login_window_secs: u64,
+    pub max_failed_logins_per_address: u32,
+    pub max_failed_logins_per_client: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,7 +226,9 @@ pub struct AuthConfig {
 pub struct HttpLimits {
     pub max_body_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
     pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
     pub request_timeout_secs: u64,
     pub max_wait_secs: u64,
 }
@@ -285,16 +305,30 @@ impl Config {
                 "must be more than 0 and at most a year",
             );
         }
-        if self.auth.max_failed_logins == 0 {
-            return bad("auth.max_failed_logins", "must be at least 1");
+        let a = &self.auth;
+        if a.max_failed_logins == 0 || a.max_failed_logins_per_client == 0 {
+            return bad(
+                "auth",
+                "max_failed_logins and max_failed_logins_per_client must be at least 1",
+            );
+        }
+        if a.max_failed_logins_per_address < a.max_failed_logins {
+            return bad(
+                "auth.max_failed_logins_per_address",
+                "must be at least max_failed_logins",
+            );
         }
         if self.http_limits.max_body_bytes < 1024 {
             return bad("http_limits.max_body_bytes", "must be at least 1024");
         }
-        if self.http_limits.max_connections == 0 {
-            return bad("http_limits.max_connections", "must be at least 1");
+        let h = &self.http_limits;
+        if h.max_connections == 0 || h.max_connections_per_address == 0 {
+            return bad(
+                "http_limits",
+                "max_connections and max_connections_per_address must be at least 1",
+            );
         }
-        if self.http_limits.header_timeout_secs == 0 || self.http_limits.request_timeout_secs == 0 {
+        if h.header_timeout_secs == 0 || h.body_timeout_secs == 0 || h.request_timeout_secs == 0 {
             return bad("http_limits", "timeouts must be at least 1 second");
         }
         if self.http_limits.max_wait_secs >= self.http_limits.request_timeout_secs {
@@ -427,6 +461,15 @@ mod tests {
         assert!(Config::from_toml("[inbox]\nmax_lenght = 5").is_err());
         let mut c = Config::default();
         c.http_limits.max_wait_secs = 100;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.auth.max_failed_logins_per_address = c.auth.max_failed_logins - 1;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.http_limits.max_connections_per_address = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.http_limits.body_timeout_secs = 0;
         assert!(c.validate().is_err());
     }
 

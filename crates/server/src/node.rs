@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trunkline_api::{CredentialsFile, Subscription};
-use trunkline_auth::{Throttle, TokenKey};
+use trunkline_auth::{Throttle, ThrottleLimits, TokenKey};
 use trunkline_broker::{Broker, LimitSettings, NewClient, Overflow};
 use trunkline_store::{Committer, LogStore, QueueStore, RedbStore};
 
@@ -290,11 +290,13 @@ impl Node {
             channel_key,
         });
         let a = &config.auth;
-        let throttle = Arc::new(Throttle::new(
-            a.max_failed_logins,
-            a.failed_login_window_secs,
-            100_000,
-        ));
+        let throttle = Arc::new(Throttle::new(ThrottleLimits {
+            per_client_address: a.max_failed_logins,
+            per_address: a.max_failed_logins_per_address,
+            per_client: a.max_failed_logins_per_client,
+            window_secs: a.failed_login_window_secs,
+            capacity: 100_000,
+        }));
         let counters = Arc::new(HttpCounters::default());
         let stomp_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sessions = Arc::new(crate::ws::Sessions::default());
@@ -314,20 +316,27 @@ impl Node {
             calls: calls.clone(),
         };
         let limits = &config.http_limits;
-        let header_timeout = Duration::from_secs(limits.header_timeout_secs);
+        let public_limits = listener::ConnectionLimits {
+            max_connections: limits.max_connections,
+            per_address: Some(limits.max_connections_per_address),
+            header_timeout: Duration::from_secs(limits.header_timeout_secs),
+        };
         tasks.spawn(listener::serve(
             http_listener,
             http::router(state(false)),
-            limits.max_connections,
-            header_timeout,
+            http::reserve_router(state(false)),
+            public_limits,
             shutdown.clone(),
             "public",
         ));
         tasks.spawn(listener::serve(
             backend_listener,
             http::router(state(true)),
-            limits.max_connections,
-            header_timeout,
+            http::reserve_router(state(true)),
+            listener::ConnectionLimits {
+                per_address: None,
+                ..public_limits
+            },
             shutdown.clone(),
             "backend",
         ));

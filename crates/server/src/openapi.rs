@@ -69,7 +69,7 @@ const AUTH: &[ErrorCode] = &[
 fn with(base: &[ErrorCode], more: &[ErrorCode]) -> Vec<ErrorCode> {
     let mut v = base.to_vec();
     v.extend_from_slice(more);
-    v.extend_from_slice(&[RequestTimeout, Unavailable, Internal]);
+    v.extend_from_slice(&[RequestTimeout, Unavailable, TooManyConnections, Internal]);
     v
 }
 

@@ -71,7 +71,7 @@ pub async fn serve(
         tasks.spawn(async move {
             ctx.connections.fetch_add(1, Ordering::Relaxed);
             let span = tracing::debug_span!("stomp", conn_id, peer = %peer, tls = tls.is_some());
-            let mut conn = Connection::new(ctx.clone(), conn_id);
+            let mut conn = Connection::new(ctx.clone(), conn_id, peer.ip());
             match tls {
                 None => conn.run(stream, shutdown).instrument(span).await,
                 Some(acceptor) => {
@@ -165,10 +165,12 @@ struct Connection {
     cert_identity: Option<String>,
     /// Ends the connection when the client is deleted or its secret rotated.
     revocation_watch: Option<JoinHandle<()>>,
+    /// The peer's address, which failed logins are counted by.
+    peer: std::net::IpAddr,
 }
 
 impl Connection {
-    fn new(ctx: StompContext, conn_id: u64) -> Self {
+    fn new(ctx: StompContext, conn_id: u64, peer: std::net::IpAddr) -> Self {
         let st = &ctx.config.stomp;
         let config = ServerConfig {
             heartbeat_send_ms: st.heartbeat_send_ms,
@@ -199,6 +201,7 @@ impl Connection {
             inflight: TaskTracker::new(),
             cert_identity: None,
             revocation_watch: None,
+            peer,
         }
     }
 
@@ -554,7 +557,7 @@ impl Connection {
                 })?
         } else {
             let login = login.unwrap_or_default();
-            if let Err(wait) = self.ctx.throttle.check(&login, now) {
+            if let Err(wait) = self.ctx.throttle.check(self.peer, &login, now) {
                 return Err(stomp_error(
                     ErrorCode::Throttled,
                     format!("too many failed attempts; retry in {wait} s"),
@@ -562,11 +565,11 @@ impl Connection {
             }
             match self.ctx.broker.authenticate(&login, &passcode) {
                 Some((p, _)) => {
-                    self.ctx.throttle.success(&login);
+                    self.ctx.throttle.success(self.peer, &login);
                     p
                 }
                 None => {
-                    self.ctx.throttle.failure(&login, now);
+                    self.ctx.throttle.failure(self.peer, &login, now);
                     tracing::info!(client_id = %login, "STOMP login refused");
                     return Err(stomp_error(
                         ErrorCode::InvalidCredentials,

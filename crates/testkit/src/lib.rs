@@ -144,18 +144,12 @@ impl TestServer {
     pub async fn new_client(&self, client_id: &str, patterns: &[&str]) -> Client {
         let created = self
             .admin()
-            .create_client(&trunkline_api::CreateClient {
-                client_id: client_id.into(),
-                client_name: client_id.into(),
-                subscription: trunkline_api::Subscription::from_patterns(
+            .create_client(&trunkline_api::CreateClient::new(
+                client_id,
+                trunkline_api::Subscription::from_patterns(
                     patterns.iter().map(|p| p.to_string()).collect(),
                 ),
-                publish: None,
-                roles: vec![],
-                grants: vec![],
-                write_grants: vec![],
-                inbox: Default::default(),
-            })
+            ))
             .await
             .expect("create client");
         self.client(client_id, &created.secret)

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use tokio_util::sync::CancellationToken;
 use trunkline_api::ErrorCode;
 use trunkline_auth::{Throttle, TokenError, TokenKey};
@@ -102,8 +102,30 @@ impl AppState {
     }
 }
 
+/// What a request body may be, as [`extract::Body`] reads it: set for every route, and
+/// smaller for `/token`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    pub max_bytes: usize,
+    /// From the end of the headers to the last byte of the body.
+    pub timeout: Duration,
+}
+
+/// Largest `/token` body: client credentials take a few hundred bytes, and anyone may
+/// send one.
+pub const TOKEN_BODY_BYTES: usize = 4096;
+
 /// The router of one listener.
 pub fn router(state: AppState) -> Router {
+    let limits = &state.config.http_limits;
+    let body_limit = BodyLimit {
+        max_bytes: limits.max_body_bytes,
+        timeout: Duration::from_secs(limits.body_timeout_secs),
+    };
+    let token_limit = BodyLimit {
+        max_bytes: TOKEN_BODY_BYTES.min(limits.max_body_bytes),
+        ..body_limit
+    };
     let mut r = Router::new()
         .route("/client", post(clients::create).get(clients::list))
         .route(
@@ -113,7 +135,12 @@ pub fn router(state: AppState) -> Router {
                 .delete(clients::delete),
         )
         .route("/client/{client_id}/secret", post(clients::rotate))
-        .route("/token", get(tokens::get_token).post(tokens::post_token))
+        .route(
+            "/token",
+            get(tokens::get_token)
+                .post(tokens::post_token)
+                .layer(Extension(token_limit)),
+        )
         .route("/send", post(messages::send))
         .route("/notify", post(messages::notify))
         .route("/receive", get(messages::receive))
@@ -150,9 +177,17 @@ pub fn router(state: AppState) -> Router {
     }
     r.fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(DefaultBodyLimit::max(
-            state.config.http_limits.max_body_bytes,
-        ))
+        .layer(Extension(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The router of connections accepted past the listener's cap ([`crate::listener`]):
+/// `/healthz`, and `503 too_many_connections` for everything else.
+pub fn reserve_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .fallback(ops::listener_full)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

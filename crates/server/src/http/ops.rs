@@ -40,6 +40,16 @@ pub async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint; see /openapi.json")
 }
 
+/// Every request but `/healthz` on a connection from the reserve.
+pub async fn listener_full() -> ApiError {
+    let mut e = ApiError::new(
+        ErrorCode::TooManyConnections,
+        "the node holds as many connections as it may; retry later",
+    );
+    e.retry_after = Some(1);
+    e
+}
+
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,

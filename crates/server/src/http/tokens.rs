@@ -1,8 +1,9 @@
 //! `/token`: client credentials for bearer tokens.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::header;
 use axum::Json;
 use base64::Engine;
@@ -20,26 +21,32 @@ pub struct TokenQuery {
     secret: Option<String>,
 }
 
-/// Checks a client's secret, with throttling of repeated failures, and signs a token.
-fn issue(state: &AppState, client_id: &str, secret: &str) -> ApiResult<(String, u64)> {
+/// Checks a client's secret, with throttling of repeated failures from `peer`'s address
+/// ([`trunkline_auth::throttle`]), and signs a token.
+fn issue(
+    state: &AppState,
+    peer: IpAddr,
+    client_id: &str,
+    secret: &str,
+) -> ApiResult<(String, u64)> {
     let now = now_ms() / 1000;
-    if let Err(wait) = state.throttle.check(client_id, now) {
+    if let Err(wait) = state.throttle.check(peer, client_id, now) {
         let mut e = ApiError::new(
             ErrorCode::Throttled,
-            format!("too many failed attempts for this client; retry in {wait} s"),
+            format!("too many failed attempts from your address; retry in {wait} s"),
         );
         e.retry_after = Some(wait);
         return Err(e);
     }
     let Some((principal, cid)) = state.broker.authenticate(client_id, secret) else {
-        state.throttle.failure(client_id, now);
-        tracing::info!(client_id, "token refused: wrong client id or secret");
+        state.throttle.failure(peer, client_id, now);
+        tracing::info!(client_id, peer = %peer, "token refused: wrong client id or secret");
         return Err(ApiError::new(
             ErrorCode::InvalidCredentials,
             "unknown client or wrong secret",
         ));
     };
-    state.throttle.success(client_id);
+    state.throttle.success(peer, client_id);
     let lifetime = state.token_lifetime().as_secs().max(1);
     let exp = now + lifetime;
     let token = state.keys.token_key.sign(&Claims {
@@ -53,6 +60,7 @@ fn issue(state: &AppState, client_id: &str, secret: &str) -> ApiResult<(String, 
 /// `GET /token?client_id=..&secret=..` (the NOC's grant).
 pub async fn get_token(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<TokenQuery>,
 ) -> ApiResult<Json<TokenResponse>> {
     let (Some(id), Some(secret)) = (q.client_id, q.secret) else {
@@ -61,7 +69,7 @@ pub async fn get_token(
             "client_id and secret are required query parameters",
         ));
     };
-    let (token, exp) = issue(&state, &id, &secret)?;
+    let (token, exp) = issue(&state, peer.ip(), &id, &secret)?;
     let expiry =
         humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
     Ok(Json(TokenResponse {
@@ -81,6 +89,7 @@ struct OAuthFields {
 /// credentials in the body or in HTTP Basic auth.
 pub async fn post_token(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> ApiResult<Json<OAuthTokenResponse>> {
     let (parts, body) = req.into_parts();
@@ -140,7 +149,7 @@ pub async fn post_token(
             ))
         }
     };
-    let (token, exp) = issue(&state, &id, &secret)?;
+    let (token, exp) = issue(&state, peer.ip(), &id, &secret)?;
     Ok(Json(OAuthTokenResponse {
         access_token: token,
         token_type: "Bearer".into(),
