@@ -41,6 +41,10 @@ def test_browser_style_authentication(node: Node, make_client):
     with connect(ws_url(node)) as ws:
         r = call(ws, "auth", "authenticate", 1, {"token": c.token})
         assert r["message"]["type"] == "welcome"
+        # The answer to authenticate comes after the welcome.
+        r = json.loads(ws.recv(timeout=10))
+        assert r == {"service": "auth", "message": {"type": "response", "callId": 1,
+                     "data": {"sessionId": r["message"]["data"]["sessionId"], "clientId": c.client_id}}}
         assert call(ws, "session", "ping", 2)["message"]["data"] == "pong"
 
 
@@ -62,7 +66,9 @@ def test_refusals(node: Node):
         connect(ws_url(node), additional_headers={"Authorization": "Bearer tl1.not.valid"})
     assert e.value.response.status_code == 401
     with connect(ws_url(node)) as ws:
-        ws.send(json.dumps({"service": "session", "message": {"command": "whoami"}}))
+        ws.send(json.dumps({"service": "session", "message": {"command": "whoami", "callId": 1}}))
+        r = json.loads(ws.recv(timeout=10))
+        assert (r["message"]["code"], r["message"]["callId"]) == ("missing_credentials", 1)
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
         assert closed.value.rcvd.code == 4401

@@ -5,6 +5,8 @@
 //! - [`token`]: HMAC-SHA256 signed, expiring bearer tokens bound to one credential.
 //! - [`throttle`]: counting failed logins per (address, client), per address and per client,
 //!   and refusing for a while after too many.
+//! - [`channel`]: channel tokens (JWT, HS256) binding a WebSocket session and its client to
+//!   one channel.
 //!
 //! No I/O, no async, no clock of its own: time is always an argument.
 //!

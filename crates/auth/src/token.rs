@@ -38,6 +38,8 @@ pub enum TokenError {
     BadSignature,
     #[error("the token expired at {exp} (now {now})")]
     Expired { exp: u64, now: u64 },
+    #[error("the token has no `{claim}` claim; mint a new one")]
+    MissingClaim { claim: &'static str },
     #[error("the token key must be at least {MIN_KEY_LEN} bytes, got {len}")]
     KeyTooShort { len: usize },
 }

@@ -46,8 +46,9 @@ async fn connect(server: &TestServer, token: Option<&str>) -> Result<Ws, WsError
     Ok(tokio_tungstenite::connect_async(req).await?.0)
 }
 
-/// The next text frame as JSON (pings are answered by the library meanwhile).
-async fn next_json(ws: &mut Ws) -> Value {
+/// The next text frame as the server wrote it (pings are answered by the library
+/// meanwhile).
+async fn next_text(ws: &mut Ws) -> String {
     loop {
         let frame = tokio::time::timeout(WAIT, ws.next())
             .await
@@ -55,11 +56,16 @@ async fn next_json(ws: &mut Ws) -> Value {
             .expect("the session is open")
             .expect("a frame");
         match frame {
-            Message::Text(t) => return serde_json::from_str(&t).expect("JSON from the server"),
+            Message::Text(t) => return t.to_string(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("unexpected frame {other:?}"),
         }
     }
+}
+
+/// The next text frame as JSON.
+async fn next_json(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).expect("JSON from the server")
 }
 
 /// Reads until the server closes; its close code.
@@ -179,6 +185,12 @@ async fn browsers_authenticate_with_a_first_message_or_a_query_token() {
         .expect("upgrade without a token");
     let r = call(&mut ws, "auth", "authenticate", json!({"token": token}), 1).await;
     assert_eq!(r["message"]["type"], "welcome", "{r}");
+    let r = next_json(&mut ws).await;
+    assert_eq!(
+        (&r["message"]["type"], &r["message"]["callId"]),
+        (&json!("response"), &json!(1)),
+        "{r}"
+    );
     let r = call(&mut ws, "session", "whoami", Value::Null, 2).await;
     assert_eq!(r["message"]["data"]["clientId"], "admin");
     // Query token.
@@ -511,6 +523,12 @@ async fn mint(server: &TestServer, claims: Value) -> String {
     v["token"].as_str().expect("token").to_owned()
 }
 
+/// `channel.subscribe` with a channel token; the answer.
+async fn subscribe_with(ws: &mut Ws, channel: &str, token: &str) -> Value {
+    let params = json!({"channel": channel, "token": token});
+    call(ws, "channel", "subscribe", params, 1).await
+}
+
 /// A session and its id.
 async fn session(server: &TestServer, token: &str) -> (Ws, String) {
     let mut ws = connect(server, Some(token)).await.expect("upgrade");
@@ -615,6 +633,7 @@ async fn presence_channels_need_a_token_for_this_session_and_show_joins_and_leav
         .expect("key"),
         &trunkline_auth::ChannelClaims {
             sid: sid_a.clone(),
+            client_id: "admin".into(),
             cname: room.into(),
             publish: false,
             conn_info: None,
@@ -735,18 +754,7 @@ async fn a_session_that_stops_reading_its_channels_is_closed_as_a_slow_consumer(
         }
         n
     });
-    let blob = "x".repeat(32 * 1024);
-    let http = reqwest::Client::new();
-    for _ in 0..2500 {
-        let r = http
-            .post(format!("{}/channels/firehose/publish", server.backend))
-            .header("X-Backend-Key", &server.backend_key)
-            .json(&json!({"message": blob}))
-            .send()
-            .await
-            .expect("publish");
-        assert_eq!(r.status().as_u16(), 200);
-    }
+    publish_blobs(&server, "firehose", 2500, 32 * 1024).await;
     assert_eq!(close_code(&mut slow).await, Some(CloseCode::from(4429)));
     assert_eq!(
         reader.await.expect("reader"),
@@ -936,4 +944,535 @@ async fn an_admin_session_follows_every_system_channel_at_once() {
         .backend_post("/channels/news/publish", json!({"message": 1}))
         .await;
     quiet_for(&mut watcher, 200).await;
+}
+
+/// The channel key of a node, to sign channel tokens as a backend would not.
+fn channel_key(server: &TestServer) -> trunkline_auth::TokenKey {
+    trunkline_auth::TokenKey::from_text(
+        &std::fs::read_to_string(server.data_dir().join("channel.key")).expect("channel.key"),
+    )
+    .expect("key")
+}
+
+/// `ws-` and 128 bits in hex.
+fn looks_random(sid: &str) -> bool {
+    sid.strip_prefix("ws-")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[tokio::test]
+async fn session_ids_are_random_and_a_channel_token_does_not_outlive_a_restart() {
+    let server = TestServer::start().await;
+    let x = server.new_client("client-x", &["x.#"]).await;
+    let token_x = x.fetch_token().await.expect("token").token;
+    let (ws_x, sid_x) = session(&server, &token_x).await;
+    let minted = mint(&server, json!({"sid": sid_x, "cname": "pvt:ops"})).await;
+    // Ids of one node: no counter, no shared prefix.
+    let mut ids = vec![sid_x.clone()];
+    for _ in 0..3 {
+        ids.push(session(&server, &token_x).await.1);
+    }
+    for (i, a) in ids.iter().enumerate() {
+        assert!(looks_random(a), "{a}");
+        for b in &ids[i + 1..] {
+            let differ = a.bytes().zip(b.bytes()).filter(|(p, q)| p != q).count();
+            assert!(differ >= 16, "{a} and {b} look related");
+        }
+    }
+    drop(ws_x);
+    let dir = server.stop_keep().await.expect("temp dir");
+    // The same data directory, another node: another client's first session.
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let y = server.new_client("client-y", &["y.#"]).await;
+    let token_y = y.fetch_token().await.expect("token").token;
+    let (mut ws_y, sid_y) = session(&server, &token_y).await;
+    assert!(looks_random(&sid_y), "{sid_y}");
+    assert!(
+        !ids.contains(&sid_y),
+        "a session id came again after a restart: {sid_y}"
+    );
+    // The token minted for client x's session before the restart is worth nothing now.
+    let r = subscribe_with(&mut ws_y, "pvt:ops", &minted).await;
+    assert_eq!(r["message"]["code"], "forbidden", "{r}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_token_binds_the_client_of_its_session() {
+    let server = TestServer::start().await;
+    let y = server.new_client("client-y", &["y.#"]).await;
+    let token_y = y.fetch_token().await.expect("token").token;
+    let (mut ws, sid) = session(&server, &token_y).await;
+    // A token naming this session's id but another client, as one minted for client x's
+    // session of the same id would: refused, saying why.
+    let key = channel_key(&server);
+    let for_x = trunkline_auth::channel::sign(
+        &key,
+        &trunkline_auth::ChannelClaims {
+            sid: sid.clone(),
+            client_id: "client-x".into(),
+            cname: "prs:room".into(),
+            publish: true,
+            conn_info: None,
+            exp: u64::MAX,
+        },
+    );
+    let r = subscribe_with(&mut ws, "prs:room", &for_x).await;
+    assert_eq!(r["message"]["code"], "forbidden", "{r}");
+    assert_eq!(
+        r["message"]["message"],
+        "the channel token is for client `client-x`, not `client-y`"
+    );
+    // The backend's token names the session's client, and is taken.
+    let minted = mint(&server, json!({"sid": sid, "cname": "prs:room"})).await;
+    let claims = trunkline_auth::channel::verify(&key, &minted, 1).expect("a valid token");
+    assert_eq!(
+        (claims.sid.as_str(), claims.client_id.as_str()),
+        (sid.as_str(), "client-y")
+    );
+    let r = subscribe_with(&mut ws, "prs:room", &minted).await;
+    assert_eq!(r["message"]["type"], "response", "{r}");
+    // No token for a session that is not open: the backend cannot know its client.
+    let (status, v) = server
+        .backend_post(
+            "/channel-token",
+            json!({"sid": "ws-00000000000000000000000000000001", "cname": "prs:room"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("unknown_session")),
+        "{v}"
+    );
+}
+
+/// A frame as [`RawWs::send`] takes it: its first byte, its payload, whether it is masked.
+type RawFrame = (u8, Vec<u8>, bool);
+
+/// A WebSocket client written by hand, to send the frames libraries refuse to send.
+struct RawWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Upgrades with a bearer token and reads the welcome.
+    async fn connect(server: &TestServer, token: &str) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = server.http.trim_start_matches("http://").to_owned();
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("upgrade");
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(n > 0, "closed during the upgrade");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        buf.drain(..end);
+        let mut ws = RawWs { stream, buf };
+        let (op, welcome) = ws.frame().await.expect("the welcome");
+        assert_eq!(op, 0x1, "{}", String::from_utf8_lossy(&welcome));
+        ws
+    }
+
+    /// Sends one frame: `first` is its first byte as is (FIN, RSV bits, opcode); the
+    /// payload is masked unless `masked` is false.
+    async fn send(&mut self, first: u8, payload: &[u8], masked: bool) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = vec![first];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let key = [0x37, 0xfa, 0x21, 0x3d];
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        self.stream.write_all(&out).await.expect("send a frame");
+    }
+
+    async fn fill(&mut self, n: usize) -> bool {
+        use tokio::io::AsyncReadExt;
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("a frame in time")
+            {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        true
+    }
+
+    /// The next frame from the server: its opcode and payload; `None` once the connection
+    /// is gone.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        if !self.fill(2).await {
+            return None;
+        }
+        let (op, len) = (self.buf[0] & 0x0f, self.buf[1] & 0x7f);
+        assert_eq!(self.buf[1] & 0x80, 0, "a server's frames are not masked");
+        let (head, len) = match len {
+            126 => {
+                self.fill(4).await.then_some(())?;
+                (4, u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize)
+            }
+            127 => {
+                self.fill(10).await.then_some(())?;
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&self.buf[2..10]);
+                (10, u64::from_be_bytes(n) as usize)
+            }
+            n => (2, n as usize),
+        };
+        self.fill(head + len).await.then_some(())?;
+        let payload = self.buf[head..head + len].to_vec();
+        self.buf.drain(..head + len);
+        Some((op, payload))
+    }
+
+    /// Reads until the close frame: its code and reason (`None` if the connection ended
+    /// without one, or the frame had no code).
+    async fn close(&mut self) -> Option<(u16, String)> {
+        loop {
+            let (op, payload) = self.frame().await?;
+            if op == 0x8 {
+                let code = u16::from_be_bytes([*payload.first()?, *payload.get(1)?]);
+                return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn frames_the_session_cannot_take_close_it_with_their_code_and_a_reason() {
+    let server = TestServer::start_with(|c| c.ws.max_message_bytes = 1024).await;
+    let token = admin_token(&server).await;
+    let ping = br#"{"service":"session","message":{"command":"ping","callId":1}}"#;
+    let big = format!(
+        r#"{{"service":"session","message":{{"command":"ping","pad":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
+    // (what, the frames, the close code)
+    let cases: Vec<(&str, Vec<RawFrame>, u16)> = vec![
+        (
+            "a message over the limit",
+            vec![(0x81, big.clone().into_bytes(), true)],
+            1009,
+        ),
+        (
+            "a frame announcing far more than the limit",
+            vec![(0x81, vec![b' '; 64 * 1024], true)],
+            1009,
+        ),
+        (
+            "fragments over the limit together",
+            vec![
+                (0x01, big.as_bytes()[..700].to_vec(), true),
+                (0x80, big.as_bytes()[700..1400].to_vec(), true),
+            ],
+            1009,
+        ),
+        (
+            "invalid UTF-8 in a text frame",
+            vec![(0x81, vec![b'"', 0xff, 0xfe, b'"'], true)],
+            1007,
+        ),
+        (
+            "a reserved bit set",
+            vec![(0xc1, ping.to_vec(), true)],
+            1002,
+        ),
+        (
+            "an unknown data opcode",
+            vec![(0x83, ping.to_vec(), true)],
+            1002,
+        ),
+        (
+            "an unknown control opcode",
+            vec![(0x8b, vec![], true)],
+            1002,
+        ),
+        (
+            "an unmasked frame",
+            vec![(0x81, ping.to_vec(), false)],
+            1002,
+        ),
+        (
+            "a control frame over 125 bytes",
+            vec![(0x89, vec![b'p'; 126], true)],
+            1002,
+        ),
+        (
+            "a fragmented control frame",
+            vec![(0x09, b"p".to_vec(), true)],
+            1002,
+        ),
+        (
+            "a continuation with nothing to continue",
+            vec![(0x80, ping.to_vec(), true)],
+            1002,
+        ),
+        (
+            "a close frame of one byte",
+            vec![(0x88, vec![3], true)],
+            1002,
+        ),
+        (
+            "a close code no one may send",
+            vec![(0x88, 999u16.to_be_bytes().to_vec(), true)],
+            1002,
+        ),
+        (
+            "a close reason that is not UTF-8",
+            vec![(0x88, vec![3, 232, 0xff], true)],
+            1007,
+        ),
+        (
+            "a normal close, answered with its code",
+            vec![(0x88, vec![3, 232, b'b', b'y', b'e'], true)],
+            1000,
+        ),
+    ];
+    for (what, frames, code) in cases {
+        let mut ws = RawWs::connect(&server, &token).await;
+        for (first, payload, masked) in frames {
+            ws.send(first, &payload, masked).await;
+        }
+        let (got, reason) = ws
+            .close()
+            .await
+            .unwrap_or_else(|| panic!("{what}: no close code"));
+        assert_eq!(got, code, "{what}: {reason}");
+        assert!(
+            !reason.is_empty() && reason.len() <= 123,
+            "{what}: {reason:?}"
+        );
+    }
+    // A message at the limit is taken.
+    let mut ws = RawWs::connect(&server, &token).await;
+    let mut at_limit = ping.to_vec();
+    at_limit.resize(1024, b' ');
+    ws.send(0x81, &at_limit, true).await;
+    let (op, answer) = ws.frame().await.expect("an answer");
+    assert_eq!(op, 0x1);
+    let answer: Value = serde_json::from_slice(&answer).expect("JSON");
+    assert_eq!(answer["message"]["data"], "pong", "{answer}");
+}
+
+#[tokio::test]
+async fn a_call_id_comes_back_exactly_as_it_was_sent() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    let (mut ws, _) = session(&server, &token).await;
+    let ids = [
+        "1180591620717411303424",
+        "-12.50",
+        "1e400",
+        r#""c-\u00e9""#,
+        r#"{"n": [1, 2.0], "k": null}"#,
+        "null",
+    ];
+    for id in ids {
+        for (command, kind) in [("ping", "response"), ("dance", "error")] {
+            let text = format!(
+                r#"{{"service":"session","message":{{"command":"{command}","callId":{id}}}}}"#
+            );
+            ws.send(Message::Text(text.into())).await.expect("send");
+            let got = next_text(&mut ws).await;
+            assert!(got.contains(&format!(r#""callId":{id}"#)), "{id}: {got}");
+            assert!(got.contains(&format!(r#""type":"{kind}""#)), "{got}");
+        }
+    }
+    // A malformed call still echoes its callId; so does a rate-limited one (not tried here).
+    let text = r#"{"service":"session","message":{"command":7,"callId":1180591620717411303424}}"#;
+    ws.send(Message::Text(text.into())).await.expect("send");
+    let got = next_text(&mut ws).await;
+    assert!(got.contains(r#""callId":1180591620717411303424"#), "{got}");
+    assert!(got.contains("malformed_message"), "{got}");
+
+    // Through an RPC call: the parts and the answer carry the caller's callId.
+    let (mut callee, _) = session(&server, &token).await;
+    let r = call(
+        &mut callee,
+        "rpc",
+        "register",
+        json!({"name": "calc", "functions": ["add"]}),
+        1,
+    )
+    .await;
+    assert_eq!(r["message"]["type"], "response", "{r}");
+    let big = "1180591620717411303424";
+    let text = format!(
+        r#"{{"service":"rpc","message":{{"command":"call","params":{{"server":"calc","function":"add"}},"callId":{big}}}}}"#
+    );
+    ws.send(Message::Text(text.into())).await.expect("send");
+    let pushed = next_json(&mut callee).await;
+    assert_eq!(pushed["message"]["type"], "call", "{pushed}");
+    let id = pushed["message"]["id"].clone();
+    for (n, command) in ["next", "end"].into_iter().enumerate() {
+        let r = call(&mut callee, "rpc", command, json!({"id": id, "data": n}), 2).await;
+        assert_eq!(r["message"]["data"], json!({"delivered": true}), "{r}");
+    }
+    for kind in ["next", "response"] {
+        let got = next_text(&mut ws).await;
+        assert!(got.contains(&format!(r#""callId":{big}"#)), "{got}");
+        assert!(got.contains(&format!(r#""type":"{kind}""#)), "{got}");
+    }
+}
+
+#[tokio::test]
+async fn the_authenticate_call_is_answered_with_its_call_id() {
+    let server = TestServer::start().await;
+    let token = admin_token(&server).await;
+    // Accepted: the welcome push, then the answer.
+    let mut ws = connect(&server, None).await.expect("upgrade");
+    let text = json!({"service": "auth", "message": {"command": "authenticate",
+                      "params": {"token": token}, "callId": "auth-1"}});
+    ws.send(Message::Text(text.to_string().into()))
+        .await
+        .expect("send");
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["message"]["type"], "welcome", "{welcome}");
+    let sid = welcome["message"]["sessionId"].clone();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"service": "auth", "message": {"type": "response", "callId": "auth-1",
+               "data": {"sessionId": sid, "clientId": "admin"}}})
+    );
+    // Refused: an error answer with the callId and code, then 4401.
+    let mut ws = connect(&server, None).await.expect("upgrade");
+    let text = r#"{"service":"auth","message":{"command":"authenticate","params":{"token":"tl1.bad.bad"},"callId":1180591620717411303424}}"#;
+    ws.send(Message::Text(text.into())).await.expect("send");
+    let got = next_text(&mut ws).await;
+    assert!(got.contains(r#""callId":1180591620717411303424"#), "{got}");
+    let got: Value = serde_json::from_str(&got).expect("JSON");
+    assert_eq!(got["service"], "auth");
+    assert_eq!(got["message"]["type"], "error");
+    assert_eq!(got["message"]["code"], "invalid_token");
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4401)));
+    // Another call first: an error answer too, then 4401.
+    let mut ws = connect(&server, None).await.expect("upgrade");
+    let r = call(&mut ws, "session", "whoami", Value::Null, 3).await;
+    assert_eq!(r["service"], "session");
+    assert_eq!(r["message"]["callId"], 3);
+    assert_eq!(r["message"]["code"], "missing_credentials", "{r}");
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4401)));
+}
+
+/// Joins `channel` with a token the backend minted; the answer.
+async fn join(server: &TestServer, ws: &mut Ws, sid: &str, channel: &str) -> Value {
+    let t = mint(server, json!({"sid": sid, "cname": channel})).await;
+    let r = subscribe_with(ws, channel, &t).await;
+    assert_eq!(r["message"]["type"], "response", "{r}");
+    r
+}
+
+/// A backend publishes `n` strings of `size` bytes to `channel`, one request each.
+async fn publish_blobs(server: &TestServer, channel: &str, n: usize, size: usize) {
+    let blob = "x".repeat(size);
+    let http = reqwest::Client::new();
+    for _ in 0..n {
+        let r = http
+            .post(format!("{}/channels/{channel}/publish", server.backend))
+            .header("X-Backend-Key", &server.backend_key)
+            .json(&json!({"message": blob}))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+}
+
+/// A node that pings every 2 s and closes sessions silent for 4 s, two admin sessions on it
+/// (their ids), both joined to `channel`: the first joins first.
+async fn two_members(channel: &str) -> (TestServer, [(Ws, String); 2]) {
+    let server = TestServer::start_with(|c| {
+        c.ws.ping_secs = 2;
+        c.ws.idle_timeout_secs = 4;
+    })
+    .await;
+    let token = admin_token(&server).await;
+    let mut first = session(&server, &token).await;
+    let mut second = session(&server, &token).await;
+    join(&server, &mut first.0, &first.1, channel).await;
+    join(&server, &mut second.0, &second.1, channel).await;
+    (server, [first, second])
+}
+
+/// Reads (answering pings) until a `left` event; it, and when it came.
+async fn left_event(ws: &mut Ws) -> (Value, tokio::time::Instant) {
+    loop {
+        let v = next_json(ws).await;
+        if v["message"]["type"] == "left" {
+            return (v, tokio::time::Instant::now());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_presence_member_is_closed_and_announced_as_left_on_time() {
+    let (_server, [(mut watcher, _), (mut silent, sid)]) = two_members("prs:room").await;
+    // Its last frame was the subscribe; from now on it reads nothing (so answers no ping).
+    let silent_since = tokio::time::Instant::now();
+    let joined = next_json(&mut watcher).await;
+    assert_eq!(joined["message"]["type"], "joined", "{joined}");
+    let (left, at) = left_event(&mut watcher).await;
+    assert_eq!(left["message"]["member"]["session_id"], json!(sid));
+    let after = at - silent_since;
+    assert!(
+        after >= Duration::from_millis(3500) && after < Duration::from_millis(5000),
+        "left {after:?} after the member fell silent; the idle timeout is 4 s"
+    );
+    assert_eq!(close_code(&mut silent).await, Some(CloseCode::from(4408)));
+}
+
+#[tokio::test]
+async fn a_member_that_reads_nothing_of_a_busy_channel_is_closed_and_announced_as_left() {
+    let (server, [(mut watcher, _), (stalled, sid)]) = two_members("prs:busy").await;
+    // The watcher reads everything; the other member nothing, so that its socket fills
+    // up and writes to it wait.
+    let joined = next_json(&mut watcher).await;
+    assert_eq!(joined["message"]["type"], "joined", "{joined}");
+    let reader = tokio::spawn(async move { left_event(&mut watcher).await });
+    publish_blobs(&server, "prs:busy", 400, 64 * 1024).await;
+    let published = tokio::time::Instant::now();
+    let (left, at) = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the stalled member left in time")
+        .expect("reader");
+    assert_eq!(left["message"]["member"]["session_id"], json!(sid));
+    assert!(
+        at.saturating_duration_since(published) < Duration::from_secs(5),
+        "left {:?} after the last publish",
+        at.saturating_duration_since(published)
+    );
+    drop(stalled);
 }

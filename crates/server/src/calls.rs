@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use trunkline_api::ErrorCode;
 
-use crate::channels::{envelope, Mailbox, MemberInfo};
+use crate::channels::{self, envelope, CallId, Mailbox, MemberInfo};
 
 /// Time a call may take when the caller does not say.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -92,7 +92,7 @@ pub enum Reply {
     Session {
         session_id: String,
         mailbox: Mailbox,
-        call_id: Value,
+        call_id: CallId,
     },
     /// Collected and handed over at the end.
     Collect(oneshot::Sender<Outcome>),
@@ -371,11 +371,13 @@ impl Calls {
                 match &p.reply {
                     Reply::Session {
                         mailbox, call_id, ..
-                    } => push(
-                        mailbox,
-                        kind.service(),
-                        json!({"type": "next", "callId": call_id, "data": data}),
-                    ),
+                    } => {
+                        mailbox.push(channels::answer(
+                            Some(kind.service()),
+                            call_id,
+                            json!({"type": "next", "data": data}),
+                        ));
+                    }
                     Reply::Collect(_) if p.parts.len() < MAX_PARTS => p.parts.push(data),
                     Reply::Collect(_) => {}
                 }
@@ -486,15 +488,14 @@ fn finish(p: Pending, result: Result<Value, CallError>) {
             mailbox, call_id, ..
         } => {
             let message = match result {
-                Ok(data) => json!({"type": "response", "callId": call_id, "data": data}),
+                Ok(data) => json!({"type": "response", "data": data}),
                 Err(e) => {
                     let mut m = e.to_json();
                     m["type"] = json!("error");
-                    m["callId"] = call_id;
                     m
                 }
             };
-            push(&mailbox, service, message);
+            mailbox.push(channels::answer(Some(service), &call_id, message));
         }
         Reply::Collect(done) => {
             let _ = done.send(Outcome {
@@ -608,7 +609,7 @@ mod tests {
             let reply = Reply::Session {
                 session_id: "b".into(),
                 mailbox: caller.clone(),
-                call_id: json!(1),
+                call_id: None,
             };
             calls.call_function("a", request(reply)).expect("call a");
         }

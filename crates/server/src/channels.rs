@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,42 @@ pub fn envelope(service: Option<&str>, message: Value) -> Frame {
     json!({"service": service, "message": message})
         .to_string()
         .into()
+}
+
+/// A call's `callId` as the caller wrote it (any JSON value), `None` when it had none or
+/// `null`. It is kept as raw JSON and written back byte for byte: read into a `Value`, a
+/// number such as `1180591620717411303424` would come back as `1.1805916207174113e21`.
+pub type CallId = Option<Box<RawValue>>;
+
+/// An answer to a call: `{"service": service, "message": {"callId": call_id, ..message}}`,
+/// with the callId as the caller wrote it (`null` for `None`). `message` is an object
+/// (`{type: "response", data}`, `{type: "error", code, message}`, ...).
+pub fn answer(service: Option<&str>, call_id: &CallId, message: Value) -> Frame {
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        service: Option<&'a str>,
+        message: Message<'a>,
+    }
+    #[derive(Serialize)]
+    struct Message<'a> {
+        #[serde(rename = "callId")]
+        call_id: &'a CallId,
+        #[serde(flatten)]
+        rest: &'a Value,
+    }
+    let text = serde_json::to_string(&Answer {
+        service,
+        message: Message {
+            call_id,
+            rest: &message,
+        },
+    });
+    match text {
+        Ok(text) => text.into(),
+        // Only a `message` that is not an object cannot be flattened; every caller passes
+        // an object, so this is not reached. The frame then goes without the callId.
+        Err(_) => envelope(service, message),
+    }
 }
 
 /// Which protocol a member subscribed with, and so the shape of what it is sent.
@@ -310,5 +347,35 @@ mod tests {
         }
         assert!(needs_token("pvt:a") && !needs_token("news"));
         assert!(has_presence("sys:a") && has_presence("prs:a") && !has_presence("pvt:a"));
+    }
+
+    #[test]
+    fn an_answer_writes_the_call_id_as_the_caller_did() {
+        for raw in [
+            "1180591620717411303424",
+            "-0.10",
+            "1e400",
+            r#""c-1""#,
+            r#"{"a": [1, 2.50]}"#,
+        ] {
+            let id: CallId = Some(RawValue::from_string(raw.into()).expect("JSON"));
+            let frame = answer(
+                Some("session"),
+                &id,
+                json!({"type": "response", "data": "pong"}),
+            );
+            // (`1e400` is valid JSON that no `Value` holds, so the frame is read as text.)
+            let text = frame.as_str();
+            let head = format!(r#"{{"service":"session","message":{{"callId":{raw},"#);
+            assert!(text.starts_with(&head), "{text}");
+            assert!(text.contains(r#""data":"pong""#), "{text}");
+            assert!(text.contains(r#""type":"response""#), "{text}");
+        }
+        let frame = answer(None, &None, json!({"type": "error", "code": "x"}));
+        let v: Value = serde_json::from_str(frame.as_str()).expect("JSON");
+        assert_eq!(
+            v,
+            json!({"service": null, "message": {"type": "error", "callId": null, "code": "x"}})
+        );
     }
 }

@@ -272,12 +272,12 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             ],
         );
         doc["paths"]["/channel-token"] = json!({"post": op(
-            "Mint a channel token (JWT, HS256) binding one WebSocket session to one channel (docs/ws-protocol.md).",
+            "Mint a channel token (JWT, HS256) binding one open WebSocket session, and its client, to one channel (docs/ws-protocol.md).",
             ("200", ok("The token", json!({"type": "object", "properties": {"token": {"type": "string"}, "exp": {"type": "integer"}}}))),
-            &body_errors,
+            &with(&body_errors, &[UnknownSession]),
             json!({"security": admin_sec, "requestBody": {"required": true, "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": false, "required": ["sid", "cname"], "properties": {
-                    "sid": {"type": "string", "description": "The session id (from the session's welcome)"},
+                    "sid": {"type": "string", "description": "The id of an open session (from its welcome); the token names that session's client too"},
                     "cname": channel, "pub": {"type": "boolean", "description": "May publish (default false)"},
                     "conn_info": {"description": "What presence shows of the member"},
                     "ttl": {"type": ["integer", "null"], "minimum": 1, "maximum": 604800, "description": "Seconds (default 3600)"}}}}}}}))});

@@ -8,13 +8,16 @@
 //! `{type: "response", callId, data}` or `{type: "error", callId, code, message}` in the
 //! same service. Nothing malformed goes unanswered.
 //!
+//! Session ids are `ws-` and 128 random bits, so that they are not guessed and do not
+//! repeat after a restart (a channel token names one).
+//!
 //! The server pings every `ping_secs` and closes a session it has heard nothing from
-//! (frame or pong) for `idle_timeout_secs`. A session may send `rate_per_sec` messages per
-//! second (bursts up to the same number); more get a `rate_limited` error each and are not
-//! handled. At most `max_sessions` are open at once; the next upgrade gets 503.
+//! (frame or pong) for `idle_timeout_secs`, at that deadline; a write the peer does not take
+//! by then ends it too. A session may send `rate_per_sec` messages per second (bursts up to
+//! the same number); more get a `rate_limited` error each and are not handled. At most `max_sessions` are open at once; the next upgrade gets 503.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +37,7 @@ use trunkline_api::ErrorCode;
 use trunkline_broker::{BrokerError, Principal, ReceiveOptions, Settle, WaitHandle};
 
 use crate::calls::{self, Answer, Kind, Reply, Request};
-use crate::channels::{self, envelope, Flavor, Frame, Mailbox, MemberInfo};
+use crate::channels::{self, answer, envelope, CallId, Flavor, Frame, Mailbox, MemberInfo};
 use crate::http::error::ApiError;
 use crate::http::extract::bearer_token;
 use crate::http::messages::{message_value, readable_queue, MAX_LEASE_SECS};
@@ -45,6 +49,15 @@ const CLOSE_IDLE: u16 = 4408;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_SLOW: u16 = 4429;
 const CLOSE_BY_BACKEND: u16 = 4000;
+/// Close codes of RFC 6455 for frames the session cannot take.
+const CLOSE_PROTOCOL: u16 = 1002;
+const CLOSE_BAD_DATA: u16 = 1007;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Longest the close handshake may take (the close frame written, the peer's read): the
+/// peer may read nothing (the session is closed for that), and its channels were left
+/// already.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// A session's socket read buffer (it grows for larger frames).
 const READ_BUFFER: usize = 4 * 1024;
@@ -58,11 +71,10 @@ const MAX_JOINED: usize = 1024;
 /// RPC server names one session may serve at once.
 const MAX_SERVED: usize = 64;
 
-/// Sessions of the node, for the cap, ids, `/metrics` and the backend's reach.
+/// Sessions of the node, for the cap, `/metrics` and the backend's reach.
 #[derive(Default)]
 pub struct Sessions {
     open: AtomicUsize,
-    next_id: AtomicU64,
     /// Authenticated sessions by id.
     live: std::sync::Mutex<HashMap<String, Reach>>,
 }
@@ -70,6 +82,8 @@ pub struct Sessions {
 /// How a backend reaches a session.
 #[derive(Clone)]
 struct Reach {
+    /// The session's client, which the channel tokens minted for it name.
+    client_id: Arc<str>,
     mailbox: Mailbox,
     /// Cancelled to close the session on a backend's request.
     close: CancellationToken,
@@ -90,6 +104,14 @@ impl Sessions {
 
     fn reach(&self, id: &str) -> Result<Reach, NoSession> {
         self.live().get(id).cloned().ok_or(NoSession)
+    }
+
+    /// The client of an open, authenticated session.
+    pub fn client_of(&self, id: &str) -> Result<Arc<str>, NoSession> {
+        self.live()
+            .get(id)
+            .map(|r| r.client_id.clone())
+            .ok_or(NoSession)
     }
 
     /// Queues a push for one session (a full queue closes it as a slow consumer).
@@ -124,12 +146,18 @@ impl Sessions {
                 Err(now) => n = now,
             }
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         Some(Place {
             sessions: self.clone(),
-            id: format!("ws-{id}"),
+            id: new_session_id(),
         })
     }
+}
+
+/// `ws-` and 128 bits from the OS-seeded CSPRNG in hex: not guessed from another
+/// session's id, and not met again after a restart, so a channel token minted for a
+/// session is of no use to whoever gets the next session.
+fn new_session_id() -> String {
+    format!("ws-{:032x}", rand::random::<u128>())
 }
 
 struct Place {
@@ -187,7 +215,10 @@ pub async fn upgrade(
     };
     // tungstenite zero-fills its whole read buffer before each read: 128 KiB by default,
     // which cost a third of the CPU of a busy session and most of an idle one's memory.
+    // The frame limit too, so that a frame's header announcing more is refused before its
+    // payload is buffered (tungstenite's default is 16 MiB per frame).
     ws.max_message_size(state.config.ws.max_message_bytes)
+        .max_frame_size(state.config.ws.max_message_bytes)
         .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             Session::new(state, place, principal).run(socket).await;
@@ -228,48 +259,97 @@ struct Call {
     service: String,
     command: String,
     params: Value,
-    call_id: Value,
+    call_id: CallId,
+}
+
+/// An envelope as it comes, its parts still raw: one that is wrong does not hide the
+/// others, so the error answer still names the service and echoes the callId.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    service: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+}
+
+/// The `message` of a call.
+#[derive(Deserialize)]
+struct CallMessage<'a> {
+    #[serde(borrow)]
+    command: Option<&'a RawValue>,
+    params: Option<Value>,
+    #[serde(rename = "callId")]
+    call_id: CallId,
+}
+
+/// Whether raw JSON is an object (serde would read a struct from an array too).
+fn is_object(raw: &str) -> bool {
+    raw.trim_start().starts_with('{')
+}
+
+/// A JSON string's value, or `None` for anything else.
+fn string_of(raw: &RawValue) -> Option<String> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// A call that could not be read: the service and callId if they could be, and why.
+struct Unreadable {
+    service: Option<String>,
+    call_id: CallId,
+    why: String,
 }
 
 /// Reads an envelope; the error names what is wrong (and the service and callId, if any).
-fn parse(text: &str) -> Result<Call, (Option<String>, Value, String)> {
-    let v: Value =
-        serde_json::from_str(text).map_err(|e| (None, Value::Null, format!("not JSON: {e}")))?;
-    let service = v.get("service").and_then(Value::as_str).map(str::to_owned);
-    let message = v.get("message");
-    let call_id = message
-        .and_then(|m| m.get("callId"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let Some(service_name) = service.clone() else {
-        return Err((
-            None,
+fn parse(text: &str) -> Result<Call, Unreadable> {
+    const EXPECTED: &str = "expected an object {\"service\": <name>, \"message\": {...}}";
+    let unreadable = |service, call_id, why: &str| Unreadable {
+        service,
+        call_id,
+        why: why.to_owned(),
+    };
+    let envelope: Envelope = match serde_json::from_str(text) {
+        Ok(envelope) if is_object(text) => envelope,
+        Ok(_) => return Err(unreadable(None, None, EXPECTED)),
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Err(unreadable(None, None, &format!("not JSON: {e}")))
+        }
+        Err(e) => return Err(unreadable(None, None, &format!("{EXPECTED}: {e}"))),
+    };
+    let message = envelope
+        .message
+        .filter(|m| is_object(m.get()))
+        .and_then(|m| serde_json::from_str::<CallMessage>(m.get()).ok());
+    let call_id = message.as_ref().and_then(|m| m.call_id.clone());
+    let Some(service) = envelope.service.and_then(string_of) else {
+        return Err(unreadable(None, call_id, EXPECTED));
+    };
+    let Some(message) = message else {
+        return Err(unreadable(
+            Some(service),
             call_id,
-            "expected an object {\"service\": <name>, \"message\": {...}}".into(),
+            "`message` must be an object",
         ));
     };
-    let Some(message) = message.and_then(Value::as_object) else {
-        return Err((service, call_id, "`message` must be an object".into()));
-    };
-    let Some(command) = message.get("command").and_then(Value::as_str) else {
-        return Err((
-            service,
+    let Some(command) = message.command.and_then(string_of) else {
+        return Err(unreadable(
+            Some(service),
             call_id,
-            "`message.command` must be a string".into(),
+            "`message.command` must be a string",
         ));
     };
     Ok(Call {
-        service: service_name,
-        command: command.to_owned(),
-        params: message.get("params").cloned().unwrap_or(Value::Null),
-        call_id,
+        service,
+        command,
+        params: message.params.unwrap_or(Value::Null),
+        call_id: message.call_id,
     })
 }
 
-fn error_frame(service: Option<&str>, call_id: &Value, code: ErrorCode, text: &str) -> Frame {
-    envelope(
+fn error_frame(service: Option<&str>, call_id: &CallId, code: ErrorCode, text: &str) -> Frame {
+    answer(
         service,
-        json!({"type": "error", "callId": call_id, "code": code, "message": text}),
+        call_id,
+        json!({"type": "error", "code": code, "message": text}),
     )
 }
 
@@ -318,8 +398,94 @@ struct Session {
 /// What one incoming frame calls for.
 enum Next {
     Reply(Frame),
-    Close(u16, String),
+    /// Frames written in this order (the welcome, then the answer to `authenticate`).
+    Replies(Vec<Frame>),
+    /// Close the session with this code and reason, after writing the answer if any.
+    Close(Option<Frame>, u16, String),
     Nothing,
+}
+
+/// How a session ends: with a close frame (code and reason), or `None` when the socket is
+/// gone.
+type Ending = Option<(u16, String)>;
+
+/// Writes, but gives up at `deadline`, the session's idle deadline: a peer that takes
+/// nothing for that long is as gone as one that sends nothing, and without a limit the
+/// write would wait until TCP gives up (minutes), the session staying in its channels.
+/// `Err` with how the session ends when the write failed or stalled.
+async fn write_by<E>(
+    deadline: tokio::time::Instant,
+    idle: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), Ending> {
+    match tokio::time::timeout_at(deadline, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(stalled(idle))),
+    }
+}
+
+/// Writes frames with one flush.
+async fn write_frames(
+    tx: &mut Sink,
+    frames: impl IntoIterator<Item = Frame>,
+) -> Result<(), axum::Error> {
+    for frame in frames {
+        tx.feed(Message::Text(frame)).await?;
+    }
+    tx.flush().await
+}
+
+fn stalled(idle: Duration) -> (u16, String) {
+    (
+        CLOSE_IDLE,
+        format!(
+            "nothing heard for {} s; the peer reads nothing",
+            idle.as_secs()
+        ),
+    )
+}
+
+/// The close code for what reading the socket failed with: RFC 6455's codes for frames
+/// the session cannot take (each ends it), `None` when the connection itself is gone.
+fn close_for(e: axum::Error) -> Ending {
+    use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+    // axum wraps tungstenite's error; `tungstenite` is the version axum is built on.
+    let e = match e.into_inner().downcast::<WsError>() {
+        Ok(e) => *e,
+        Err(e) => {
+            tracing::debug!(cause = %e, "WebSocket read failed");
+            return None;
+        }
+    };
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
+            CLOSE_TOO_BIG,
+            format!("a message of {size} bytes; at most {max_size}"),
+        )),
+        WsError::Capacity(c) => Some((CLOSE_TOO_BIG, c.to_string())),
+        WsError::Utf8(why) => Some((CLOSE_BAD_DATA, format!("invalid UTF-8: {why}"))),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(p) => Some((CLOSE_PROTOCOL, p.to_string())),
+        WsError::AttackAttempt => Some((CLOSE_PROTOCOL, "not a WebSocket frame".into())),
+        e => {
+            tracing::debug!(cause = %e, "WebSocket read failed");
+            None
+        }
+    }
+}
+
+/// A close frame's reason is at most 123 bytes (its payload 125, with the code).
+fn close_reason(mut reason: String) -> String {
+    const MAX: usize = 123;
+    if reason.len() > MAX {
+        let mut end = MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 impl Session {
@@ -350,7 +516,11 @@ impl Session {
         let ws = self.state.config.ws.clone();
         let idle = Duration::from_secs(ws.idle_timeout_secs.max(1));
         let shutdown = self.state.shutdown.clone();
-        let mut last_heard = Instant::now();
+        let mut last_heard = tokio::time::Instant::now();
+        // Fires at last_heard + idle; if something was heard meanwhile it is set again to
+        // the new deadline, so a silent session is closed on time, not at a later ping.
+        let idle_timer = tokio::time::sleep_until(last_heard + idle);
+        let mut idle_timer = std::pin::pin!(idle_timer);
         let auth_deadline =
             tokio::time::Instant::now() + Duration::from_secs(ws.auth_timeout_secs.max(1));
         if self.principal.is_some() {
@@ -368,42 +538,49 @@ impl Session {
             if let Some(n) = notified.as_mut().as_pin_mut() {
                 n.enable();
             }
-            let room = match self.fill(&mut tx).await {
+            let room = match self.fill(&mut tx, last_heard + idle, idle).await {
                 Ok(room) => room,
-                Err(()) => break None,
+                Err(ending) => break ending,
             };
             let wait_for_messages = room > 0 && notified.is_some();
             tokio::select! {
                 _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } }, if wait_for_messages => {}
                 frame = rx.next() => {
-                    let Some(Ok(frame)) = frame else { break None };
-                    last_heard = Instant::now();
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(e)) => break close_for(e),
+                        None => break None,
+                    };
+                    last_heard = tokio::time::Instant::now();
                     let next = match frame {
                         Message::Text(text) => self.on_text(text.as_str()).await,
-                        Message::Binary(_) => Next::Reply(error_frame(None, &Value::Null,
+                        Message::Binary(_) => Next::Reply(error_frame(None, &None,
                             ErrorCode::MalformedMessage, "binary frames are not used; send JSON text")),
                         Message::Close(_) => break None,
                         Message::Ping(_) | Message::Pong(_) => Next::Nothing,
                     };
-                    match next {
-                        Next::Reply(text) => {
-                            if tx.send(Message::Text(text)).await.is_err() {
-                                break None;
+                    let deadline = last_heard + idle;
+                    let written = match next {
+                        Next::Reply(text) => write_by(deadline, idle, tx.send(Message::Text(text))).await,
+                        Next::Replies(frames) => write_by(deadline, idle, write_frames(&mut tx, frames)).await,
+                        Next::Close(answer, code, why) => {
+                            if let Some(text) = answer {
+                                let _ = write_by(deadline, idle, tx.send(Message::Text(text))).await;
                             }
+                            break Some((code, why));
                         }
-                        Next::Close(code, why) => break Some((code, why)),
-                        Next::Nothing => {}
+                        Next::Nothing => Ok(()),
+                    };
+                    if let Err(ending) = written {
+                        break ending;
                     }
                 }
                 Some(frame) = self.pushes.recv() => {
                     // Write what is queued with one flush.
-                    let mut ok = tx.feed(Message::Text(frame)).await.is_ok();
-                    for _ in 1..PUSH_BATCH {
-                        let Ok(frame) = self.pushes.try_recv() else { break };
-                        ok = ok && tx.feed(Message::Text(frame)).await.is_ok();
-                    }
-                    if !ok || tx.flush().await.is_err() {
-                        break None;
+                    let queued = std::iter::from_fn(|| self.pushes.try_recv().ok());
+                    let frames = std::iter::once(frame).chain(queued).take(PUSH_BATCH);
+                    if let Err(ending) = write_by(last_heard + idle, idle, write_frames(&mut tx, frames)).await {
+                        break ending;
                     }
                 }
                 _ = self.close.cancelled() => {
@@ -415,12 +592,17 @@ impl Session {
                 _ = self.mailbox.kick.cancelled() => {
                     break Some((CLOSE_SLOW, "slow consumer: the session fell too far behind its channels".into()));
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= idle {
+                () = idle_timer.as_mut() => {
+                    let due = last_heard + idle;
+                    if due <= tokio::time::Instant::now() {
                         break Some((CLOSE_IDLE, format!("nothing heard for {} s", idle.as_secs())));
                     }
-                    if tx.send(Message::Ping(Default::default())).await.is_err() {
-                        break None;
+                    idle_timer.as_mut().reset(due);
+                }
+                _ = ping.tick() => {
+                    let ping = tx.send(Message::Ping(Default::default()));
+                    if let Err(ending) = write_by(last_heard + idle, idle, ping).await {
+                        break ending;
                     }
                 }
                 _ = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {
@@ -431,16 +613,9 @@ impl Session {
                 }
             }
         };
-        if let Some((code, reason)) = close {
-            tracing::debug!(session = %self.place.id, code, reason = %reason, "closing WebSocket session");
-            let _ = tx
-                .send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from(reason),
-                })))
-                .await;
-        }
-        let _ = tx.close().await;
+        // Leave first, and be out of the backend's reach: the close handshake may wait for a
+        // peer that reads nothing.
+        self.place.sessions.live().remove(&self.place.id);
         self.give_back_in_flight();
         if self.uses_calls {
             self.state.calls.session_gone(&self.place.id);
@@ -452,11 +627,38 @@ impl Session {
                 self.state.channels.leave(&channel, &self.place.id);
             }
         }
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+            if let Some((code, reason)) = close {
+                tracing::debug!(session = %self.place.id, code, reason = %reason, "closing WebSocket session");
+                let _ = tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from(close_reason(reason)),
+                    })))
+                    .await;
+                // Read on until the peer's close: a socket dropped with bytes unread (a
+                // pong, say) is reset, and the reset can reach the peer before it has read
+                // the close frame, which it would then never see.
+                while let Some(Ok(frame)) = rx.next().await {
+                    if matches!(frame, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+            let _ = tx.close().await;
+        })
+        .await;
     }
 
     /// Fetches and pushes deliveries while the window has room; the room left (0 when
-    /// full, or when not subscribed). `Err` when the socket is gone.
-    async fn fill(&mut self, tx: &mut Sink) -> Result<usize, ()> {
+    /// full, or when not subscribed). `Err` when the socket is gone, or the peer took
+    /// nothing by `deadline`.
+    async fn fill(
+        &mut self,
+        tx: &mut Sink,
+        deadline: tokio::time::Instant,
+        idle: Duration,
+    ) -> Result<usize, Ending> {
         let (Some(sub), Some(p)) = (self.inbox.as_mut(), self.principal.as_ref()) else {
             return Ok(0);
         };
@@ -481,7 +683,8 @@ impl Session {
                     json!({"type": "error", "code": e.code, "message": e.message, "queue": sub.queue}),
                 );
                 self.give_back_in_flight();
-                return tx.send(Message::Text(frame)).await.map(|_| 0).map_err(drop);
+                write_by(deadline, idle, tx.send(Message::Text(frame))).await?;
+                return Ok(0);
             }
             Err(e) => {
                 tracing::warn!(session = %self.place.id, cause = %e, "inbox fetch failed");
@@ -489,6 +692,9 @@ impl Session {
             }
         };
         let until = Instant::now() + Duration::from_millis(sub.lease_ms);
+        // Every receipt is held before the first write, so that a write that fails or
+        // stalls leaves none of them to wait for its lease's end.
+        let mut frames = Vec::with_capacity(got.len());
         for d in &got {
             let Some(mut m) = message_value(d) else {
                 continue;
@@ -500,16 +706,10 @@ impl Session {
                 o.insert("type".into(), json!("message"));
                 o.insert("queue".into(), json!(sub.queue));
             }
-            if tx
-                .feed(Message::Text(envelope(Some("inbox"), m)))
-                .await
-                .is_err()
-            {
-                return Err(());
-            }
+            frames.push(envelope(Some("inbox"), m));
         }
-        if !got.is_empty() && tx.flush().await.is_err() {
-            return Err(());
+        if !frames.is_empty() {
+            write_by(deadline, idle, write_frames(tx, frames)).await?;
         }
         Ok(if got.len() < room {
             room - got.len()
@@ -538,10 +738,12 @@ impl Session {
 
     /// Makes the (authenticated) session reachable by backends; `Place` undoes it.
     fn register(&mut self) {
-        if let Some(p) = &self.principal {
-            self.revoked = p.revocation();
-        }
+        let Some(principal) = &self.principal else {
+            return;
+        };
+        self.revoked = principal.revocation();
         let reach = Reach {
+            client_id: principal.client_id.clone(),
             mailbox: self.mailbox.clone(),
             close: self.close.clone(),
         };
@@ -561,10 +763,12 @@ impl Session {
 
     async fn on_text(&mut self, text: &str) -> Next {
         if !self.bucket.take(Instant::now()) {
-            let service = parse(text).ok().map(|c| (c.service, c.call_id));
-            let (service, call_id) = service.unwrap_or((String::new(), Value::Null));
+            let (service, call_id) = match parse(text) {
+                Ok(c) => (Some(c.service), c.call_id),
+                Err(u) => (u.service, u.call_id),
+            };
             return Next::Reply(error_frame(
-                Some(&service).filter(|s| !s.is_empty()).map(String::as_str),
+                service.as_deref(),
                 &call_id,
                 ErrorCode::RateLimited,
                 &format!(
@@ -575,12 +779,12 @@ impl Session {
         }
         let call = match parse(text) {
             Ok(c) => c,
-            Err((service, call_id, why)) => {
+            Err(u) => {
                 return Next::Reply(error_frame(
-                    service.as_deref(),
-                    &call_id,
+                    u.service.as_deref(),
+                    &u.call_id,
                     ErrorCode::MalformedMessage,
-                    &why,
+                    &u.why,
                 ))
             }
         };
@@ -607,21 +811,28 @@ impl Session {
         };
         Next::Reply(match result {
             Ok(None) => return Next::Nothing,
-            Ok(Some(data)) => envelope(
+            Ok(Some(data)) => answer(
                 Some(&call.service),
-                json!({"type": "response", "callId": call.call_id, "data": data}),
+                &call.call_id,
+                json!({"type": "response", "data": data}),
             ),
             Err((code, why)) => error_frame(Some(&call.service), &call.call_id, code, &why),
         })
     }
 
-    /// The first call of a session that did not authenticate while upgrading.
+    /// The first call of a session that did not authenticate while upgrading. Accepted: the
+    /// welcome push, then the answer (`{sessionId, clientId}`, as `whoami`). Refused, or
+    /// another call: an error answer, then close 4401.
     fn authenticate(&mut self, call: &Call) -> Next {
         if call.service != "auth" || call.command != "authenticate" {
-            return Next::Close(
-                CLOSE_AUTH,
-                "authenticate first: {\"service\": \"auth\", \"message\": {\"command\": \"authenticate\", \"params\": {\"token\": ...}}}".into(),
+            let why = "authenticate first: {\"service\": \"auth\", \"message\": {\"command\": \"authenticate\", \"params\": {\"token\": ...}}}";
+            let refused = error_frame(
+                Some(&call.service),
+                &call.call_id,
+                ErrorCode::MissingCredentials,
+                why,
             );
+            return Next::Close(Some(refused), CLOSE_AUTH, why.into());
         }
         let token = call
             .params
@@ -630,11 +841,24 @@ impl Session {
             .unwrap_or("");
         match self.state.principal_of(token) {
             Ok(p) => {
+                let data = json!({"sessionId": self.place.id, "clientId": &*p.client_id});
                 self.principal = Some(p);
                 self.register();
-                Next::Reply(self.welcome())
+                let answered = answer(
+                    Some("auth"),
+                    &call.call_id,
+                    json!({"type": "response", "data": data}),
+                );
+                Next::Replies(vec![self.welcome(), answered])
             }
-            Err(e) => Next::Close(CLOSE_AUTH, format!("{}: {}", e.code, e.message)),
+            Err(e) => {
+                let refused = error_frame(Some("auth"), &call.call_id, e.code, &e.message);
+                Next::Close(
+                    Some(refused),
+                    CLOSE_AUTH,
+                    format!("{}: {}", e.code, e.message),
+                )
+            }
         }
     }
 
@@ -728,7 +952,7 @@ impl Session {
         }
     }
 
-    /// Checks a channel token for this session and `channel`.
+    /// Checks a channel token for this session, its client and `channel`.
     fn channel_token(
         &self,
         channel: &str,
@@ -737,24 +961,10 @@ impl Session {
         let now = now_ms() / 1000;
         let claims = trunkline_auth::channel::verify(&self.state.keys.channel_key, token, now)
             .map_err(|e| (ErrorCode::InvalidToken, format!("channel token: {e}")))?;
-        if claims.sid != self.place.id {
-            return Err((
-                ErrorCode::Forbidden,
-                format!(
-                    "the channel token is for session `{}`, not this one",
-                    claims.sid
-                ),
-            ));
-        }
-        if claims.cname != channel {
-            return Err((
-                ErrorCode::Forbidden,
-                format!(
-                    "the channel token is for channel `{}`, not `{channel}`",
-                    claims.cname
-                ),
-            ));
-        }
+        let client = self.principal.as_ref().map_or("", |p| &*p.client_id);
+        claims
+            .check_use(&self.place.id, client, channel)
+            .map_err(|e| (ErrorCode::Forbidden, e.to_string()))?;
         Ok(claims)
     }
 
@@ -895,7 +1105,7 @@ impl Session {
             _ => Err((ErrorCode::UnknownCommand, "Unknown command".into())),
         };
         let message = match result {
-            Ok(_) => json!({"type": "response", "callId": call.call_id, "data": null}),
+            Ok(_) => json!({"type": "response", "data": null}),
             Err((code, why)) => {
                 let text = match code {
                     ErrorCode::ProtocolError if why.starts_with("already") => "Already subscribed",
@@ -904,10 +1114,10 @@ impl Session {
                     ErrorCode::UnknownCommand => "Unknown command",
                     _ => "Invalid params",
                 };
-                json!({"type": "error", "callId": call.call_id, "code": code, "message": text, "detail": why})
+                json!({"type": "error", "code": code, "message": text, "detail": why})
             }
         };
-        Next::Reply(envelope(Some("pubsub"), message))
+        Next::Reply(answer(Some("pubsub"), &call.call_id, message))
     }
 
     /// `sys:*`: an admin session (a trusted backend) follows every `sys:` channel at once.
@@ -1086,9 +1296,10 @@ impl Session {
                         let call_id = call.call_id.clone();
                         tokio::spawn(async move {
                             let results = calls::call_members(&calls, members, req).await;
-                            let frame = envelope(
+                            let frame = answer(
                                 Some(Kind::Function.service()),
-                                json!({"type": "response", "callId": call_id, "data": results}),
+                                &call_id,
+                                json!({"type": "response", "data": results}),
                             );
                             mailbox.push(frame);
                         });
@@ -1195,4 +1406,57 @@ fn functions_param(p: &Value) -> Result<Vec<String>, (ErrorCode, String)> {
                 "params.functions must be an array of 1 to 256 names of 1 to 128 characters".into(),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_is_an_object_and_its_errors_keep_the_service_and_call_id() {
+        let call = parse(
+            r#"{"service":"session","message":{"command":"ping","callId":1180591620717411303424}}"#,
+        )
+        .ok()
+        .expect("a call");
+        assert_eq!(
+            (call.service.as_str(), call.command.as_str()),
+            ("session", "ping")
+        );
+        assert_eq!(
+            call.call_id.as_deref().map(RawValue::get),
+            Some("1180591620717411303424")
+        );
+        // serde reads a struct from an array as well; an envelope is an object only.
+        for text in [
+            r#"["session",{"command":"ping"}]"#,
+            r#"{"service":"session","message":["ping",null,1]}"#,
+            "null",
+            "{nope",
+        ] {
+            assert!(parse(text).is_err(), "{text}");
+        }
+        let Err(u) = parse(r#"{"service":"session","message":{"command":7,"callId":"c"}}"#) else {
+            panic!("a number is no command");
+        };
+        assert_eq!(u.service.as_deref(), Some("session"));
+        assert_eq!(u.call_id.as_deref().map(RawValue::get), Some(r#""c""#));
+        let Err(u) = parse(r#"{"service":3,"message":{"command":"x","callId":[1]}}"#) else {
+            panic!("a number is no service");
+        };
+        assert_eq!(
+            (u.service, u.call_id.as_deref().map(RawValue::get)),
+            (None, Some("[1]"))
+        );
+    }
+
+    #[test]
+    fn a_close_reason_fits_a_control_frame() {
+        assert_eq!(close_reason("short".into()), "short");
+        let long = close_reason("é".repeat(100));
+        assert!(
+            long.len() <= 123 && long.chars().all(|c| c == 'é'),
+            "{long}"
+        );
+    }
 }

@@ -38,7 +38,8 @@ pub struct MintToken {
     ttl: Option<f64>,
 }
 
-/// `POST /channel-token {sid, cname, pub?, conn_info?, ttl?}` → `{token, exp}`.
+/// `POST /channel-token {sid, cname, pub?, conn_info?, ttl?}` → `{token, exp}`. The token
+/// names the client of session `sid` too, so `sid` must be an open session.
 pub async fn mint(
     State(state): State<AppState>,
     _admin: Admin,
@@ -52,9 +53,14 @@ pub async fn mint(
             format!("ttl must be 1 to {MAX_TOKEN_SECS} seconds"),
         ));
     }
+    let client_id = state
+        .sessions
+        .client_of(&b.sid)
+        .map_err(|_| no_session(&b.sid))?;
     let exp = now_ms() / 1000 + ttl as u64;
     let claims = ChannelClaims {
         sid: b.sid,
+        client_id: client_id.to_string(),
         cname: b.cname,
         publish: b.publish,
         conn_info: b.conn_info,
