@@ -42,7 +42,8 @@ def make_client(node: Node, admin_token: str):
     once, then GET /token) and deletes them after the test."""
     made: list[str] = []
 
-    def make(prefix: str, subscription, name: str | None = None) -> Client:
+    def make(prefix: str, subscription, name: str | None = None, **fields) -> Client:
+        """`fields` go into the request as they are (`publish`, `write_grants`, ...)."""
         client_id = f"{prefix}-{uid()}"
         r = call(
             node,
@@ -53,6 +54,7 @@ def make_client(node: Node, admin_token: str):
                 "client_id": client_id,
                 "client_name": name or f"Test {prefix}",
                 "subscription": subscription,
+                **fields,
             },
         )
         assert r.status_code == 201, r.text

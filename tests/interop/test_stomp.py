@@ -405,7 +405,8 @@ def test_send_to_topic_with_receipt_reaches_the_subscribed_inbox(node, make_clie
 
 def test_binary_body_sent_point_to_point_arrives_byte_exact(node, make_client, stomp_client):
     rx = make_client("stbin", f"stbin.{uid()}")
-    tx = make_client("stbintx", f"stbintx.{uid()}")
+    # Putting messages straight into another client's inbox needs a write grant.
+    tx = make_client("stbintx", f"stbintx.{uid()}", write_grants=[f"{rx.client_id}-inbox"])
     blob = bytes(range(256)) * 8  # NUL bytes included
 
     stomp_client(tx).send(inbox(rx), blob, content_type="application/octet-stream")
@@ -648,7 +649,8 @@ def test_an_ack_in_an_aborted_transaction_does_not_count(node, make_client, stom
 
 def test_live_topic_subscriptions_with_wildcards(node, make_client, stomp_client):
     pubc = make_client("stlivepub", f"stlivepub.{uid()}")
-    watcher = make_client("stlive", f"stlive.{uid()}")
+    # It may read fleet.# live (read_topics) without fleet.# routing into its inbox.
+    watcher = make_client("stlive", f"stlive.{uid()}", read_topics=["fleet.#"])
     pub = stomp_client(pubc)
 
     # Published before anyone subscribes: no live subscriber sees it.
@@ -693,7 +695,16 @@ def test_live_topic_subscriptions_with_wildcards(node, make_client, stomp_client
 def test_subscribing_to_another_clients_inbox_is_forbidden(node, make_client, stomp_client):
     me = make_client("stme", f"stme.{uid()}")
     victim = make_client("stvictim", f"stvictim.{uid()}")
-    stomp_client(me).send(inbox(victim), b'{"for": "victim"}')
+    stomp_client(victim).send(inbox(victim), b'{"for": "victim"}')
+
+    # Nor may it put messages into it (no write grant).
+    s = stomp_client(me)
+    rid = s.next_receipt()
+    s.conn.send(inbox(victim), b'{"from": "me"}', headers={"receipt": rid})
+    error = s.rec.wait(lambda: s.rec.errors and s.rec.errors[0], "ERROR")
+    assert error.headers["code"] == "forbidden", error.headers
+    assert error.headers.get("receipt-id") == rid, error.headers
+    s.wait_closed()
 
     for queue in (inbox(victim), f"/queue/{victim.client_id}-dead"):
         s = stomp_client(me)

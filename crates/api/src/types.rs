@@ -111,6 +111,10 @@ pub struct CreateClient {
     /// never a dead-letter queue.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub write_grants: Vec<String>,
+    /// Topic patterns this client may also read live (STOMP `/topic/…`) without them
+    /// routing into its inbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_topics: Vec<String>,
     /// Limits of the client's inbox.
     #[serde(default)]
     pub inbox: QueueSettings,
@@ -128,6 +132,7 @@ impl CreateClient {
             roles: Vec::new(),
             grants: Vec::new(),
             write_grants: Vec::new(),
+            read_topics: Vec::new(),
             inbox: QueueSettings::default(),
         }
     }
@@ -151,6 +156,8 @@ pub struct UpdateClient {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_grants: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_topics: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox: Option<QueueSettings>,
 }
 
@@ -168,6 +175,8 @@ pub struct ClientInfo {
     pub grants: Vec<String>,
     #[serde(default)]
     pub write_grants: Vec<String>,
+    #[serde(default)]
+    pub read_topics: Vec<String>,
     pub inbox: QueueSettings,
     /// Messages waiting in the inbox (ready and leased).
     #[serde(default)]

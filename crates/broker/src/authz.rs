@@ -2,8 +2,9 @@
 //! later federation) applies before it reads, writes or manages anything.
 //!
 //! A client's rights come from its record, compiled into an [`Access`]:
-//! - **read**: topics matching its subscription patterns (through its inbox, or live), its
-//!   own inbox and dead-letter queue, and the queues it was granted for reading;
+//! - **read**: topics matching its subscription patterns (through its inbox, or live) or
+//!   its `read_topics` (live only), its own inbox and dead-letter queue, and the queues it
+//!   was granted for reading;
 //! - **write**: topics matching its publish patterns (none given: every topic, as the NOC
 //!   behaves), its own inbox, and the queues it was granted for writing; never a
 //!   dead-letter queue, which only the broker fills; a broadcast (reaching every inbox
@@ -113,7 +114,7 @@ impl Access {
             client_id: Arc::from(rec.client_id.as_str()),
             admin: has("admin"),
             backend: has("backend"),
-            read: Patterns::new(&rec.patterns),
+            read: Patterns::new(&[rec.patterns.as_slice(), &rec.read_topics].concat()),
             publish: rec.publish.as_deref().map(Patterns::new),
             read_queues: rec.grants.clone(),
             write_queues: rec.write_grants.clone(),
@@ -353,6 +354,7 @@ mod tests {
             roles: vec![],
             grants: vec!["shared-inbox".into()],
             write_grants: vec!["ops-inbox".into()],
+            read_topics: vec!["live.#".into()],
             secret_hash: String::new(),
             credential_id: "c1".into(),
             inbox: Default::default(),
@@ -370,6 +372,7 @@ mod tests {
             (Target::Topic("b.c.d"), true, true),
             (Target::Topic("a.secret"), false, false),
             (Target::Topic("x.y"), false, true),
+            (Target::Topic("live.feed"), true, false),
             (Target::Topic("x.y.z"), false, false),
             (Target::Queue("cb-inbox"), true, true),
             (Target::Queue("cb-dead"), true, false),

@@ -212,6 +212,8 @@ pub struct NewClient {
     pub grants: Vec<String>,
     /// Other queues this client may put messages into.
     pub write_grants: Vec<String>,
+    /// Topic patterns it may also read live, without them routing into its inbox.
+    pub read_topics: Vec<String>,
     pub inbox: LimitSettings,
 }
 
@@ -225,6 +227,7 @@ impl NewClient {
             roles: Vec::new(),
             grants: Vec::new(),
             write_grants: Vec::new(),
+            read_topics: Vec::new(),
             inbox: LimitSettings::default(),
         }
     }
@@ -240,6 +243,7 @@ pub struct ClientUpdate {
     pub roles: Option<Vec<String>>,
     pub grants: Option<Vec<String>>,
     pub write_grants: Option<Vec<String>>,
+    pub read_topics: Option<Vec<String>>,
     pub inbox: Option<LimitSettings>,
 }
 
@@ -254,6 +258,7 @@ pub struct ClientView {
     pub roles: Vec<String>,
     pub grants: Vec<String>,
     pub write_grants: Vec<String>,
+    pub read_topics: Vec<String>,
     pub inbox: LimitSettings,
     pub inbox_depth: u64,
 }
@@ -1250,6 +1255,7 @@ impl Broker {
             name,
             patterns,
             publish,
+            read_topics,
             roles,
             limits,
             grants,
@@ -1285,14 +1291,15 @@ impl Broker {
                 "`{bad}` is a dead-letter queue: only the broker puts messages there"
             )));
         }
-        if let Some(publish) = publish {
-            if publish.len() > registry::MAX_PATTERNS {
+        for (field, list) in [("publish", publish), ("read_topics", read_topics)] {
+            let Some(list) = list else { continue };
+            if list.len() > registry::MAX_PATTERNS {
                 return Err(BrokerError::InvalidArgument(format!(
-                    "publish must have at most {} patterns",
+                    "{field} must have at most {} patterns",
                     registry::MAX_PATTERNS
                 )));
             }
-            for p in publish {
+            for p in list {
                 topic::validate_pattern(p).map_err(|cause| BrokerError::InvalidPattern {
                     pattern: p.clone(),
                     cause,
@@ -1357,6 +1364,7 @@ impl Broker {
             roles: rec.roles.clone(),
             grants: rec.grants.clone(),
             write_grants: rec.write_grants.clone(),
+            read_topics: rec.read_topics.clone(),
             inbox: rec.inbox,
             inbox_depth,
         }
@@ -1376,6 +1384,7 @@ impl Broker {
             name: Some(&c.client_name),
             patterns: Some(&c.patterns),
             publish: c.publish.as_deref(),
+            read_topics: Some(&c.read_topics),
             roles: Some(&c.roles),
             limits: Some(&c.inbox),
             grants: Some(&c.grants),
@@ -1399,6 +1408,7 @@ impl Broker {
             roles: c.roles,
             grants: c.grants,
             write_grants: c.write_grants,
+            read_topics: c.read_topics,
             secret_hash: SecretHash::of(&secret).as_str().to_owned(),
             credential_id: generate_credential_id(),
             inbox: c.inbox,
@@ -1442,6 +1452,7 @@ impl Broker {
             name: u.client_name.as_deref(),
             patterns: u.patterns.as_deref(),
             publish: u.publish.as_deref(),
+            read_topics: u.read_topics.as_deref(),
             roles: u.roles.as_deref(),
             limits: u.inbox.as_ref(),
             grants: u.grants.as_deref(),
@@ -1466,6 +1477,9 @@ impl Broker {
         }
         if let Some(g) = u.write_grants {
             rec.write_grants = g;
+        }
+        if let Some(t) = u.read_topics {
+            rec.read_topics = t;
         }
         if u.publish.is_some() {
             rec.publish = every_topic_is_none(u.publish);
@@ -1646,6 +1660,7 @@ struct Fields<'a> {
     name: Option<&'a str>,
     patterns: Option<&'a [String]>,
     publish: Option<&'a [String]>,
+    read_topics: Option<&'a [String]>,
     roles: Option<&'a [String]>,
     limits: Option<&'a LimitSettings>,
     grants: Option<&'a [String]>,

@@ -40,6 +40,10 @@ pub struct ClientRecord {
     /// Other queues this client may put messages into directly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub write_grants: Vec<String>,
+    /// Topic patterns this client may also read live (STOMP `/topic/…`), without them
+    /// routing into its inbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_topics: Vec<String>,
     /// Salted hash of the secret; the secret itself is never stored.
     pub secret_hash: String,
     /// Names the current secret; tokens carry it, so rotating invalidates them.

@@ -205,6 +205,9 @@ enum ClientCommand {
         /// Another queue it may put messages into; repeat for several.
         #[arg(long = "write-grant")]
         write_grants: Vec<String>,
+        /// A topic pattern it may also read live, without it routing into its inbox.
+        #[arg(long = "read-topic")]
+        read_topics: Vec<String>,
         /// Write the credentials file here (mode 0600) instead of printing it.
         #[arg(long)]
         save: Option<PathBuf>,
@@ -241,6 +244,9 @@ enum ClientCommand {
         /// Replaces its write grants.
         #[arg(long = "write-grant")]
         write_grants: Option<Vec<String>>,
+        /// Replaces the topic patterns it may also read live.
+        #[arg(long = "read-topic")]
+        read_topics: Option<Vec<String>>,
         #[arg(long)]
         max_length: Option<u64>,
     },
@@ -601,6 +607,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
             roles,
             grants,
             write_grants,
+            read_topics,
             save,
         } => {
             let c = connect(&creds)?;
@@ -613,6 +620,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
                     roles,
                     grants,
                     write_grants,
+                    read_topics,
                     inbox: QueueSettings::default(),
                 })
                 .await?;
@@ -631,6 +639,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
             roles,
             grants,
             write_grants,
+            read_topics,
             max_length,
         } => {
             let u = UpdateClient {
@@ -641,6 +650,7 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
                 roles,
                 grants,
                 write_grants,
+                read_topics,
                 inbox: max_length.map(|m| QueueSettings {
                     max_length: Some(m),
                     ..Default::default()

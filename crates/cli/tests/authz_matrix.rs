@@ -117,6 +117,7 @@ async fn create(
             roles: vec![],
             grants: vec![],
             write_grants: vec![],
+            read_topics: vec![],
             inbox: Default::default(),
         })
         .await

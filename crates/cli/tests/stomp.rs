@@ -302,6 +302,7 @@ async fn a_granted_queue_can_be_consumed_by_another_client() {
             publish: None,
             grants: vec!["fleet-inbox".into()],
             write_grants: vec![],
+            read_topics: vec![],
             inbox: Default::default(),
         })
         .await
@@ -357,6 +358,7 @@ async fn a_committed_transaction_publishes_all_or_nothing() {
             publish: None,
             grants: vec![],
             write_grants: vec![],
+            read_topics: vec![],
             inbox: trunkline_api::QueueSettings {
                 max_length: Some(1),
                 ..Default::default()

@@ -181,6 +181,8 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}});
     let write_grants = json!({"type": "array", "maxItems": 64, "description": "Other queues this client may put messages into directly; each must exist and not be a dead-letter queue",
         "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}});
+    let read_topics = json!({"type": "array", "items": pattern, "maxItems": 64,
+        "description": "Topic patterns this client may also read live (STOMP /topic subscriptions), without them routing into its inbox"});
     let publish = json!({"oneOf": [pattern, {"type": "array", "items": pattern, "maxItems": 64}],
         "description": "Topic patterns this client may publish to; left out: every topic (`#`). A client whose publishing is narrowed may not broadcast (/notify)"});
     let topic = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^.*#\u0000-\u0020\u007f-\u009f]+(\.[^.*#\u0000-\u0020\u007f-\u009f]+)*$",
@@ -209,14 +211,15 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
                 "CreateClient": {"type": "object", "additionalProperties": false, "required": ["client_id", "client_name", "subscription"], "properties": {
                     "client_id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}, "client_name": name,
                     "subscription": subscription, "publish": publish, "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}},
-                    "grants": grants, "write_grants": write_grants, "inbox": queue_settings}},
+                    "grants": grants, "write_grants": write_grants, "read_topics": read_topics, "inbox": queue_settings}},
                 "UpdateClient": {"type": "object", "additionalProperties": false, "properties": {
                     "client_name": name, "subscription": subscription, "publish": publish,
                     "roles": {"type": "array", "uniqueItems": true, "items": {"enum": trunkline_broker::ROLES}},
-                    "grants": grants, "write_grants": write_grants, "inbox": queue_settings}},
+                    "grants": grants, "write_grants": write_grants, "read_topics": read_topics, "inbox": queue_settings}},
                 "Client": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
                     "subscription": subscription, "publish": subscription, "roles": {"type": "array", "items": {"type": "string"}},
-                    "grants": {"type": "array", "items": {"type": "string"}}, "write_grants": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
+                    "grants": {"type": "array", "items": {"type": "string"}}, "write_grants": {"type": "array", "items": {"type": "string"}},
+                    "read_topics": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
                     "inbox_depth": {"type": "integer"}}},
                 "ClientCredentials": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
                     "subscription": subscription, "secret": {"type": "string"}}},

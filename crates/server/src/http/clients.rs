@@ -46,6 +46,7 @@ pub fn info(v: ClientView) -> ClientInfo {
         roles: v.roles,
         grants: v.grants,
         write_grants: v.write_grants,
+        read_topics: v.read_topics,
         inbox_depth: v.inbox_depth,
     }
 }
@@ -80,6 +81,7 @@ pub async fn create(
         roles: body.roles,
         grants: body.grants,
         write_grants: body.write_grants,
+        read_topics: body.read_topics,
         inbox: limits_in(&body.inbox),
     };
     let (view, secret) = state.broker.create_client(new, now_ms()).await?;
@@ -130,6 +132,7 @@ pub async fn update(
         roles: body.roles,
         grants: body.grants,
         write_grants: body.write_grants,
+        read_topics: body.read_topics,
         inbox: body.inbox.as_ref().map(limits_in),
     };
     let view = state.broker.update_client(&id, u).await?;
