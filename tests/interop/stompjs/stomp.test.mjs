@@ -352,8 +352,8 @@ function harness(t) {
       if (who) await c.connect(who.clientId, who.secret);
       return c;
     },
-    async client(prefix, subscription) {
-      const c = await makeClientOn(node, adminToken, prefix, subscription);
+    async client(prefix, subscription, fields = {}) {
+      const c = await makeClientOn(node, adminToken, prefix, subscription, fields);
       clients.push(c.clientId);
       return c;
     },
@@ -475,7 +475,8 @@ describe('sending', () => {
     const h = harness(t);
     const ns = uid();
     const rx = await h.client('jsmsg', `jsmsg.${ns}`);
-    const tx = await h.client('jsmsgtx', `jsmsgtx.${ns}`);
+    // Putting messages straight into another client's inbox needs a write grant.
+    const tx = await h.client('jsmsgtx', `jsmsgtx.${ns}`, { write_grants: [`${rx.clientId}-inbox`] });
     const pub = await h.stomp(tx);
     await pub.send(`/topic/jsmsg.${ns}`, '{"n": 1}', { headers: { type: 'status' } });
     const blob = new Uint8Array(2048).map((_, i) => i % 256); // NUL bytes included
@@ -654,7 +655,8 @@ test('live /topic subscriptions with * and # wildcards', opts, async t => {
   const h = harness(t);
   const ns = uid();
   const pubc = await h.client('jslivepub', `jslivepub.${ns}`);
-  const watcher = await h.client('jslive', `jslive.${ns}`);
+  // It may read its fleet.# live (read_topics) without it routing into its inbox.
+  const watcher = await h.client('jslive', `jslive.${ns}`, { read_topics: [`js${ns}.fleet.#`] });
   const pub = await h.stomp(pubc);
   const p = `js${ns}`; // a first word no other test uses
 

@@ -201,12 +201,15 @@ export async function getToken(node, clientId, secret) {
   return r.body.token;
 }
 
-/** Creates a client the NOC way (admin token, POST /client, then GET /token). */
-export async function makeClient(node, adminToken, prefix, subscription) {
+/**
+ * Creates a client the NOC way (admin token, POST /client, then GET /token). `fields` go
+ * into the request as they are (`write_grants`, `read_topics`, ...).
+ */
+export async function makeClient(node, adminToken, prefix, subscription, fields = {}) {
   const clientId = `${prefix}-${uid()}`;
   const r = await call(node, 'POST', '/client', {
     token: adminToken,
-    json: { client_id: clientId, client_name: `Test ${prefix}`, subscription },
+    json: { client_id: clientId, client_name: `Test ${prefix}`, subscription, ...fields },
   });
   if (r.status !== 201) throw new Error(`POST /client: ${r.status} ${JSON.stringify(r.body)}`);
   const secret = r.body.secret;
