@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock, Weak};
 use tokio::sync::mpsc;
 use trunkline_store::StoredMessage;
 
-use crate::authz::{Principal, Target};
+use crate::authz::Principal;
 use crate::topic::TopicTrie;
 
 /// A message delivered live.
@@ -86,14 +86,16 @@ impl Live {
     pub fn fan_out(&self, msg: &LiveMessage) -> (u64, u64) {
         let mut ids = Vec::new();
         self.trie.matches(&msg.data.topic, &mut ids);
+        // Split once for every subscriber whose rights are checked.
+        let mut words: Option<Vec<&str>> = None;
         let (mut sent, mut missed) = (0, 0);
         for id in ids {
             let Some(s) = self.subs.get(&id) else {
                 continue;
             };
             if let Some(reader) = &s.reader {
-                let topic = Target::Topic(&msg.data.topic);
-                if !reader.access().is_ok_and(|a| a.may_read(topic)) {
+                let words = words.get_or_insert_with(|| msg.data.topic.split('.').collect());
+                if reader.with_access(|a| a.may_read_words(words)) != Some(true) {
                     continue;
                 }
             }
