@@ -577,3 +577,35 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
     );
     server.stop().await;
 }
+
+/// The roles that remain do what they say: `backend` acts as a trusted backend in its
+/// WebSocket sessions and manages nobody; `admin` manages clients and has the backend
+/// rights too. The removed roles are refused with the reason.
+#[tokio::test]
+async fn roles_have_the_documented_effect() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut be = CreateClient::new("be", Subscription::One("be.#".into()));
+    be.roles = vec!["backend".into()];
+    let secret = admin.create_client(&be).await.expect("backend client").secret;
+    let client = trunkline_client::Client::new(&server.http, "be", &secret).expect("client");
+    let ws = client.websocket().await.expect("ws");
+    for channel in ["sys:*", "pvt:ops", "prs:ops"] {
+        let r = ws.subscribe(channel, None).await;
+        assert!(r.is_ok(), "backend joins {channel} without a token: {r:?}");
+    }
+    let r = ws
+        .request("rpc", "register", json!({"name": "pvt:svc", "functions": ["f"]}))
+        .await;
+    assert!(r.is_ok(), "backend serves pvt:svc: {r:?}");
+    let r = client.list_clients().await;
+    assert!(r.is_err(), "a backend client manages nobody: {r:?}");
+    ws.close().await;
+    for removed in ["publisher", "peer"] {
+        let mut c = CreateClient::new("old", Subscription::One("x".into()));
+        c.roles = vec![removed.into()];
+        let e = admin.create_client(&c).await.expect_err("a removed role");
+        assert!(format!("{e}").contains("removed"), "{removed}: {e}");
+    }
+    server.stop().await;
+}
