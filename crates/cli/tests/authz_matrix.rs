@@ -48,17 +48,7 @@ struct Http {
 
 impl Http {
     async fn token(&self, id: &str, secret: &str) -> String {
-        let v: Value = self
-            .http
-            .get(format!("{}/token", self.base))
-            .query(&[("client_id", id), ("secret", secret)])
-            .send()
-            .await
-            .expect("token")
-            .json()
-            .await
-            .expect("token json");
-        v["token"].as_str().expect("token").to_owned()
+        trunkline_testkit::token(&self.http, &self.base, id, secret).await
     }
 
     async fn call(
