@@ -577,7 +577,11 @@ async fn roles_have_the_documented_effect() {
     let admin = server.admin();
     let mut be = CreateClient::new("be", Subscription::One("be.#".into()));
     be.roles = vec!["backend".into()];
-    let secret = admin.create_client(&be).await.expect("backend client").secret;
+    let secret = admin
+        .create_client(&be)
+        .await
+        .expect("backend client")
+        .secret;
     let client = trunkline_client::Client::new(&server.http, "be", &secret).expect("client");
     let ws = client.websocket().await.expect("ws");
     for channel in ["sys:*", "pvt:ops", "prs:ops"] {
@@ -585,7 +589,11 @@ async fn roles_have_the_documented_effect() {
         assert!(r.is_ok(), "backend joins {channel} without a token: {r:?}");
     }
     let r = ws
-        .request("rpc", "register", json!({"name": "pvt:svc", "functions": ["f"]}))
+        .request(
+            "rpc",
+            "register",
+            json!({"name": "pvt:svc", "functions": ["f"]}),
+        )
         .await;
     assert!(r.is_ok(), "backend serves pvt:svc: {r:?}");
     let r = client.list_clients().await;

@@ -342,3 +342,35 @@ async fn slow_and_oversized_token_bodies_are_cut_short() {
     assert_answered(answer, 408, "request_timeout");
     server.stop().await;
 }
+
+/// STOMP counts connections per source address too: past the cap a connection is told
+/// `ERROR too_many_connections` at once (it used to wait for a place), while another
+/// address still connects.
+#[tokio::test]
+async fn stomp_connections_are_capped_per_address() {
+    let server = TestServer::start_with(|c| c.stomp.max_connections_per_address = 3).await;
+    let secret = server.admin_credentials().secret;
+    // Three idle connections from one address hold its places (no CONNECT sent).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            connect_from("127.0.0.1", &server.stomp)
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (cmd, code) = stomp_connect("127.0.0.1", &server.stomp, "admin", &secret).await;
+    assert_eq!(
+        (cmd, code.as_deref()),
+        (Command::Error, Some("too_many_connections"))
+    );
+    let (cmd, _) = stomp_connect("127.0.0.2", &server.stomp, "admin", &secret).await;
+    assert_eq!(cmd, Command::Connected, "another address is not affected");
+    // Places come back when connections close.
+    held.clear();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (cmd, _) = stomp_connect("127.0.0.1", &server.stomp, "admin", &secret).await;
+    assert_eq!(cmd, Command::Connected);
+    server.stop().await;
+}

@@ -46,7 +46,11 @@ heartbeat_recv_ms = 10000
 connect_timeout_secs = 10
 # Time allowed to finish a frame once its first byte has arrived.
 frame_timeout_secs = 30
+# Most open connections per STOMP listener; past it a connection gets
+# ERROR too_many_connections (plain TCP; a TLS one is closed) at once.
 max_connections = 10000
+# Most open connections from one source address (IPv6: one /64), refused the same way.
+max_connections_per_address = 256
 # Most unacknowledged messages per queue subscription (caps prefetch-count).
 max_prefetch = 100
 # How long a delivery stays leased to a connection before it is given to someone else.
@@ -185,6 +189,7 @@ pub struct StompConfig {
     pub connect_timeout_secs: u64,
     pub frame_timeout_secs: u64,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
     pub max_prefetch: usize,
     pub lease_secs: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -347,10 +352,14 @@ impl Config {
             );
         }
         let st = &self.stomp;
-        if st.buffer == 0 || st.max_prefetch == 0 || st.max_connections == 0 {
+        if st.buffer == 0
+            || st.max_prefetch == 0
+            || st.max_connections == 0
+            || st.max_connections_per_address == 0
+        {
             return bad(
                 "stomp",
-                "buffer, max_prefetch and max_connections must be at least 1",
+                "buffer, max_prefetch, max_connections and max_connections_per_address must be at least 1",
             );
         }
         if st.connect_timeout_secs == 0 || st.lease_secs == 0 || st.frame_timeout_secs == 0 {

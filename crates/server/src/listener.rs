@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -30,7 +30,7 @@ use trunkline_api::{ErrorBody, ErrorCode};
 
 /// The next connection; `None` at shutdown. Accept errors (out of file descriptors and
 /// the like) back off instead of spinning.
-async fn accept_next(
+pub(crate) async fn accept_next(
     listener: &TcpListener,
     shutdown: &CancellationToken,
     name: &'static str,
@@ -52,21 +52,6 @@ async fn accept_next(
     }
 }
 
-/// The next connection, once a connection permit is free; `None` at shutdown.
-pub async fn accept(
-    listener: &TcpListener,
-    permits: &Arc<Semaphore>,
-    shutdown: &CancellationToken,
-    name: &'static str,
-) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
-    let permit = tokio::select! {
-        p = permits.clone().acquire_owned() => p.ok()?,
-        _ = shutdown.cancelled() => return None,
-    };
-    let (stream, peer) = accept_next(listener, shutdown, name).await?;
-    Some((stream, peer, permit))
-}
-
 /// What one HTTP listener may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -83,12 +68,12 @@ pub const RESERVE: usize = 32;
 /// Open connections per source address. An address has an entry only while it has
 /// connections open, so the table holds at most as many entries as there are connections.
 #[derive(Debug, Default)]
-struct PerAddress {
+pub(crate) struct PerAddress {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One open connection from `ip`; counted down when dropped.
-struct AddressSlot {
+pub(crate) struct AddressSlot {
     table: Arc<PerAddress>,
     ip: IpAddr,
 }
@@ -100,7 +85,11 @@ impl PerAddress {
     }
 
     /// A slot for one more connection from `ip`, unless it already has `max` open.
-    fn enter(table: &Arc<PerAddress>, ip: IpAddr, max: Option<usize>) -> Option<AddressSlot> {
+    pub(crate) fn enter(
+        table: &Arc<PerAddress>,
+        ip: IpAddr,
+        max: Option<usize>,
+    ) -> Option<AddressSlot> {
         let ip = trunkline_auth::throttle::source(ip);
         let mut open = table.open();
         let n = open.entry(ip).or_insert(0);

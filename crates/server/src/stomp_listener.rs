@@ -35,6 +35,7 @@ use trunkline_stomp::{
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::now_ms;
+use crate::listener::PerAddress;
 
 /// Write buffer size past which deliveries wait.
 const WRITE_HIGH_WATER: usize = 1 << 20;
@@ -60,11 +61,34 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let permits = Arc::new(Semaphore::new(ctx.config.stomp.max_connections));
+    let per_address = Arc::new(PerAddress::default());
+    let per_address_max = Some(ctx.config.stomp.max_connections_per_address);
     let tasks = TaskTracker::new();
     let mut next_id = 0u64;
-    while let Some((stream, peer, permit)) =
-        crate::listener::accept(&listener, &permits, &shutdown, "stomp").await
+    // Accept first, then decide: a connection over a cap is told at once (plain TCP) or
+    // closed (TLS, before any handshake), rather than left waiting in the kernel's queue
+    // while slow clients hold every place.
+    while let Some((stream, peer)) =
+        crate::listener::accept_next(&listener, &shutdown, "stomp").await
     {
+        let Some(slot) = PerAddress::enter(&per_address, peer.ip(), per_address_max) else {
+            tracing::debug!(peer = %peer, "STOMP connection refused: per-address cap");
+            refuse(
+                stream,
+                tls.is_some(),
+                "too many connections from your address; retry later",
+            );
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(peer = %peer, "STOMP connection refused: listener full");
+            refuse(
+                stream,
+                tls.is_some(),
+                "the node holds as many STOMP connections as it may; retry later",
+            );
+            continue;
+        };
         next_id += 1;
         let (ctx, shutdown, tls) = (ctx.clone(), shutdown.clone(), tls.clone());
         let conn_id = next_id;
@@ -95,10 +119,28 @@ pub async fn serve(
             }
             ctx.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
+            drop(slot);
         });
     }
     tasks.close();
     tasks.wait().await;
+}
+
+/// Answers a connection over a cap with `ERROR too_many_connections` when it is plain TCP
+/// (the socket's empty send buffer takes it at once) and closes it.
+fn refuse(stream: tokio::net::TcpStream, tls: bool, message: &str) {
+    if tls {
+        return;
+    }
+    let frame = trunkline_proto::Frame::new(trunkline_proto::Command::Error)
+        .header("code", ErrorCode::TooManyConnections.as_str())
+        .header("message", message)
+        .header("content-type", "text/plain")
+        .body(message.as_bytes().to_vec());
+    let mut out = BytesMut::new();
+    if encode(&frame, &mut out).is_ok() {
+        let _ = stream.try_write(&out);
+    }
 }
 
 /// What feeds one subscription.
