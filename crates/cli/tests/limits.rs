@@ -374,3 +374,40 @@ async fn stomp_connections_are_capped_per_address() {
     assert_eq!(cmd, Command::Connected);
     server.stop().await;
 }
+
+/// A WebSocket session keeps counting against its address's connections after the
+/// upgrade (it used to leave the count, so one address could hold every session place
+/// with unauthenticated sessions).
+#[tokio::test]
+async fn websocket_sessions_count_against_their_address() {
+    let server = TestServer::start_with(|c| c.http_limits.max_connections_per_address = 3).await;
+    let host = server.http.trim_start_matches("http://").to_owned();
+    let url = format!("ws://{host}/ws");
+    let upgrade = |source: &'static str| {
+        let (host, url) = (host.clone(), url.clone());
+        async move {
+            let stream = connect_from(source, &host).await.ok()?;
+            tokio_tungstenite::client_async(url, stream)
+                .await
+                .ok()
+                .map(|(ws, _)| ws)
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        // Unauthenticated: each waits for its authenticate call.
+        held.push(upgrade("127.0.0.1").await.expect("a session"));
+    }
+    assert!(
+        upgrade("127.0.0.1").await.is_none(),
+        "a fourth session from the same address is refused"
+    );
+    assert!(
+        upgrade("127.0.0.2").await.is_some(),
+        "another address is not affected"
+    );
+    held.clear();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(upgrade("127.0.0.1").await.is_some(), "places come back");
+    server.stop().await;
+}

@@ -72,6 +72,14 @@ pub(crate) struct PerAddress {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
+/// The place a connection holds in its address's count, for as long as any holder keeps
+/// it: the connection task, and a WebSocket session the connection was upgraded to (which
+/// outlives the HTTP connection and must still count against its address).
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _held: Arc<AddressSlot>,
+}
+
 /// One open connection from `ip`; counted down when dropped.
 pub(crate) struct AddressSlot {
     table: Arc<PerAddress>,
@@ -171,12 +179,18 @@ pub async fn serve(
                 }
             },
         };
-        // Handlers that count failed logins by address read it as `ConnectInfo`.
+        // Handlers that count failed logins by address read it as `ConnectInfo`; an upgrade
+        // to a WebSocket session keeps the connection's place in its address's count.
+        let slot = ConnectionSlot {
+            _held: Arc::new(slot),
+        };
+        let held = slot.clone();
         let svc = app
             .clone()
             .map_request(move |req: hyper::Request<Incoming>| {
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(held.clone());
                 req
             });
         let mut builder = hyper::server::conn::http1::Builder::new();

@@ -182,6 +182,7 @@ pub async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
+    slot: Option<axum::Extension<crate::listener::ConnectionSlot>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
@@ -222,6 +223,8 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             Session::new(state, place, principal).run(socket).await;
+            // The session counted against its address's connections until now.
+            drop(slot);
         })
 }
 
