@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
@@ -35,7 +35,7 @@ use trunkline_broker::{BrokerError, Principal, ReceiveOptions, Settle, WaitHandl
 use crate::calls::{self, Answer, Kind, Reply, Request};
 use crate::channels::{self, envelope, Flavor, Frame, Mailbox, MemberInfo};
 use crate::http::error::ApiError;
-use crate::http::extract::bearer_token;
+use crate::http::extract::{bearer_token, Query};
 use crate::http::messages::{message_value, readable_queue, MAX_LEASE_SECS};
 use crate::http::{now_ms, AppState};
 
@@ -45,6 +45,26 @@ const CLOSE_IDLE: u16 = 4408;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_SLOW: u16 = 4429;
 const CLOSE_BY_BACKEND: u16 = 4000;
+/// RFC 6455 codes for frames the socket could not read.
+const CLOSE_PROTOCOL: u16 = 1002;
+const CLOSE_NOT_UTF8: u16 = 1007;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// The close code and reason for a frame that could not be read: a broken frame, text that
+/// is not UTF-8, a message over `max_message_bytes`. `None` when the connection itself is
+/// gone and nothing can be sent.
+fn read_error_close(e: axum::Error) -> Option<(u16, String)> {
+    use tungstenite::Error as E;
+    let e = e.into_inner().downcast::<E>().ok()?;
+    tracing::debug!(cause = %e, "WebSocket frame refused");
+    let (code, reason) = match *e {
+        E::Capacity(_) => (CLOSE_TOO_BIG, "message too large"),
+        E::Utf8(_) => (CLOSE_NOT_UTF8, "text frame is not UTF-8"),
+        E::Protocol(_) => (CLOSE_PROTOCOL, "WebSocket protocol error"),
+        _ => return None,
+    };
+    Some((code, reason.into()))
+}
 
 /// A session's socket read buffer (it grows for larger frames).
 const READ_BUFFER: usize = 4 * 1024;
@@ -224,15 +244,16 @@ impl Bucket {
 }
 
 /// One incoming call, once the envelope has been read.
-struct Call {
-    service: String,
-    command: String,
-    params: Value,
-    call_id: Value,
+#[derive(Debug)]
+pub struct Call {
+    pub service: String,
+    pub command: String,
+    pub params: Value,
+    pub call_id: Value,
 }
 
 /// Reads an envelope; the error names what is wrong (and the service and callId, if any).
-fn parse(text: &str) -> Result<Call, (Option<String>, Value, String)> {
+pub fn parse_envelope(text: &str) -> Result<Call, (Option<String>, Value, String)> {
     let v: Value =
         serde_json::from_str(text).map_err(|e| (None, Value::Null, format!("not JSON: {e}")))?;
     let service = v.get("service").and_then(Value::as_str).map(str::to_owned);
@@ -376,7 +397,12 @@ impl Session {
             tokio::select! {
                 _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } }, if wait_for_messages => {}
                 frame = rx.next() => {
-                    let Some(Ok(frame)) = frame else { break None };
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        // A frame the socket could not take is answered with its close code.
+                        Some(Err(e)) => break read_error_close(e),
+                        None => break None,
+                    };
                     last_heard = Instant::now();
                     let next = match frame {
                         Message::Text(text) => self.on_text(text.as_str()).await,
@@ -561,7 +587,7 @@ impl Session {
 
     async fn on_text(&mut self, text: &str) -> Next {
         if !self.bucket.take(Instant::now()) {
-            let service = parse(text).ok().map(|c| (c.service, c.call_id));
+            let service = parse_envelope(text).ok().map(|c| (c.service, c.call_id));
             let (service, call_id) = service.unwrap_or((String::new(), Value::Null));
             return Next::Reply(error_frame(
                 Some(&service).filter(|s| !s.is_empty()).map(String::as_str),
@@ -573,7 +599,7 @@ impl Session {
                 ),
             ));
         }
-        let call = match parse(text) {
+        let call = match parse_envelope(text) {
             Ok(c) => c,
             Err((service, call_id, why)) => {
                 return Next::Reply(error_frame(

@@ -91,16 +91,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
-        let value = parse_json(&bytes)?;
-        // Every body is an object; serde would take a struct from an array too.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::new(
-                ErrorCode::InvalidBody,
-                "the body must be a JSON object",
-            ));
-        }
-        Ok(Json(value))
+        parse_json_object(&bytes).map(Json)
     }
+}
+
+/// Parses a body that must be a JSON object, as [`parse_json`] does (the [`Json`]
+/// extractor's parsing, reachable without a request for tests and fuzzing).
+pub fn parse_json_object<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    let value = parse_json(bytes)?;
+    // Every body is an object; serde would take a struct from an array too.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(value)
 }
 
 /// Query parameters, with bad ones answered as `invalid_query`. Credentials in the query
@@ -116,6 +122,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         serde_urlencoded::from_str(q)
             .map(Query)
             .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, format!("bad query string: {e}")))
+    }
+}
+
+/// Path parameters, with one that cannot be read (percent-decoded, it is not UTF-8)
+/// answered as `not_found`: no client, channel or session has such a name.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| ApiError::new(ErrorCode::NotFound, format!("bad path: {}", e.body_text())))
     }
 }
 

@@ -88,7 +88,9 @@ fn depth(json: &[u8]) -> usize {
     max
 }
 
-fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publish> {
+/// Reads a `/send` (or, with `broadcast`, `/notify`) body from `sender`: both body forms,
+/// the nesting limit, `message_id` and `ttl`. The topic is checked by the broker.
+pub fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publish> {
     let b: SendBody = parse_json(bytes)?;
     // The envelope adds one level around the body.
     if depth(bytes) > MAX_DEPTH + 1 {
@@ -405,12 +407,8 @@ struct SettleBody {
 
 const MAX_RECEIPTS: usize = 10_000;
 
-async fn settle(
-    state: AppState,
-    caller: Caller,
-    bytes: &[u8],
-    nack: bool,
-) -> ApiResult<AxumJson<AckResponse>> {
+/// Reads a `/ack` (or, with `nack`, `/nack`) body: the receipts and how to settle them.
+pub fn parse_settle(bytes: &[u8], nack: bool) -> ApiResult<(Vec<String>, Settle)> {
     let b: SettleBody = parse_json(bytes)?;
     if b.receipts.len() > MAX_RECEIPTS {
         return Err(ApiError::new(
@@ -430,9 +428,19 @@ async fn settle(
             requeue: requeue.unwrap_or(true),
         },
     };
+    Ok((b.receipts, how))
+}
+
+async fn settle(
+    state: AppState,
+    caller: Caller,
+    bytes: &[u8],
+    nack: bool,
+) -> ApiResult<AxumJson<AckResponse>> {
+    let (receipts, how) = parse_settle(bytes, nack)?;
     let r = state
         .broker
-        .settle(&caller.0, &b.receipts, how, now_ms())
+        .settle(&caller.0, &receipts, how, now_ms())
         .await?;
     Ok(AxumJson(AckResponse {
         done: r.done,
