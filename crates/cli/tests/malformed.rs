@@ -15,7 +15,8 @@
 //!
 //! Each test prints its totals. Rerun with another seed or count:
 //! `TRUNKLINE_MALFORMED_SEED=7 TRUNKLINE_MALFORMED_INPUTS=10000 cargo nextest run -p trunkline-cli --test malformed --no-capture`.
-//! A failure names the input's index; the same seed and index make the same input.
+//! A failure names the input's index; the same seed and index make the same input, and
+//! `TRUNKLINE_MALFORMED_ONLY=<index>` runs it alone and shows all of it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,8 +61,18 @@ fn seed() -> u64 {
     env_or("TRUNKLINE_MALFORMED_SEED", DEFAULT_SEED)
 }
 
+/// `TRUNKLINE_MALFORMED_ONLY=<index>` runs that input alone and shows all of it.
+fn only() -> Option<usize> {
+    std::env::var("TRUNKLINE_MALFORMED_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 fn inputs() -> usize {
-    env_or("TRUNKLINE_MALFORMED_INPUTS", DEFAULT_INPUTS)
+    match only() {
+        Some(_) => 1,
+        None => env_or("TRUNKLINE_MALFORMED_INPUTS", DEFAULT_INPUTS),
+    }
 }
 
 /// xorshift64*: small, fast and the same everywhere.
@@ -390,7 +401,8 @@ fn split(rng: &mut Rng, bytes: &[u8]) -> Vec<Vec<u8>> {
 
 /// A short, printable view of an input for failure messages.
 fn show(bytes: &[u8]) -> String {
-    let cut = &bytes[..bytes.len().min(240)];
+    let limit = if only().is_some() { 1 << 20 } else { 240 };
+    let cut = &bytes[..bytes.len().min(limit)];
     let more = if bytes.len() > cut.len() {
         format!(" … ({} bytes)", bytes.len())
     } else {
@@ -489,7 +501,10 @@ fn take(next: &AtomicUsize, started: Instant) -> Option<usize> {
         return None;
     }
     let i = next.fetch_add(1, Ordering::Relaxed);
-    (i < inputs()).then_some(i)
+    match only() {
+        Some(index) => (i == 0).then_some(index),
+        None => (i < inputs()).then_some(i),
+    }
 }
 
 /// A node for these tests: short timeouts so that incomplete input is answered quickly,
@@ -508,20 +523,6 @@ async fn node() -> TestServer {
         c.ws.auth_timeout_secs = 2;
     })
     .await
-}
-
-async fn admin_token(server: &TestServer) -> String {
-    let c = server.admin_credentials();
-    let v: Value = reqwest::get(format!(
-        "{}/token?client_id={}&secret={}",
-        server.http, c.client_id, c.secret
-    ))
-    .await
-    .expect("token")
-    .json()
-    .await
-    .expect("token JSON");
-    v["token"].as_str().expect("a token").to_owned()
 }
 
 /// The node still serves: `/healthz` and a valid publish.
@@ -554,7 +555,8 @@ struct HttpTemplate {
     backend: bool,
 }
 
-const fn public(
+const fn template(
+    backend: bool,
     method: &'static str,
     path: &'static str,
     body: Option<&'static str>,
@@ -563,21 +565,18 @@ const fn public(
         method,
         path,
         body,
-        backend: false,
+        backend,
     }
 }
 
-const fn backend(
-    method: &'static str,
-    path: &'static str,
-    body: Option<&'static str>,
-) -> HttpTemplate {
-    HttpTemplate {
-        method,
-        path,
-        body,
-        backend: true,
-    }
+/// A request to the public listener, with the admin's token.
+const fn public(m: &'static str, p: &'static str, b: Option<&'static str>) -> HttpTemplate {
+    template(false, m, p, b)
+}
+
+/// A request to the backend listener, with the backend key.
+const fn backend(m: &'static str, p: &'static str, b: Option<&'static str>) -> HttpTemplate {
+    template(true, m, p, b)
 }
 
 // Client patterns start with `cl.` and published topics with `fuzz.`, and no template
@@ -1062,7 +1061,8 @@ async fn exchange(addr: &str, conn: &mut Option<TcpStream>, input: &HttpInput) -
                 }
                 None => {
                     *conn = None;
-                    if !(reused && !retry) {
+                    // Only a first try on a reused connection is tried again.
+                    if retry || !reused {
                         return HttpAnswer::Closed;
                     }
                 }
@@ -1133,7 +1133,7 @@ async fn http_malformed_requests_get_clear_errors() {
     count_panics();
     let panics_before = PANICS.load(Ordering::SeqCst);
     let server = node().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let public_addr = server.http.trim_start_matches("http://").to_owned();
     let backend_addr = server.backend.trim_start_matches("http://").to_owned();
     let key = server.backend_key.clone();
@@ -1300,8 +1300,8 @@ enum StompEnd {
 
 /// What ends every input: a `DISCONNECT` whose receipt the node sends before it closes.
 const TRAILER: &[u8] = b"\nDISCONNECT\nreceipt:end-of-input\n\n\0";
-/// Quiet time after which the trailer is sent again: a mutated frame may have swallowed it
-/// (as a header of a valid frame), leaving a healthy idle connection.
+/// How often the trailer is sent again while the connection is open: a mutated frame may
+/// have swallowed it (as a header of a valid frame), leaving a healthy connection.
 const NUDGE: Duration = Duration::from_secs(2);
 
 /// Writes `input` and the trailer in random pieces, and reads until the close.
@@ -1336,6 +1336,8 @@ async fn stomp_exchange(rng: &mut Rng, addr: &str, input: &[u8]) -> (StompEnd, u
     let mut receipt_last = false;
     let mut idle_writer = None;
     let deadline = tokio::time::Instant::now() + ANSWER_LIMIT;
+    // Not reset by what arrives: a live subscription may be fed without pause.
+    let mut next_nudge = tokio::time::Instant::now() + NUDGE;
     loop {
         loop {
             match decoder.decode(&mut buf) {
@@ -1358,7 +1360,6 @@ async fn stomp_exchange(rng: &mut Rng, addr: &str, input: &[u8]) -> (StompEnd, u
                 Err(e) => return (StompEnd::Garbage(e.to_string()), frames),
             }
         }
-        let quiet = tokio::time::Instant::now() + NUDGE;
         tokio::select! {
             r = rd.read_buf(&mut buf) => if matches!(r, Ok(0) | Err(_)) {
                 let end = match (error, receipt_last) {
@@ -1368,7 +1369,7 @@ async fn stomp_exchange(rng: &mut Rng, addr: &str, input: &[u8]) -> (StompEnd, u
                 };
                 return (end, frames);
             },
-            _ = tokio::time::sleep_until(quiet.min(deadline)) => {
+            _ = tokio::time::sleep_until(next_nudge.min(deadline)) => {
                 if tokio::time::Instant::now() >= deadline {
                     return match error {
                         Some((code, message)) => (StompEnd::Error { code, message, closed: false }, frames),
@@ -1378,7 +1379,8 @@ async fn stomp_exchange(rng: &mut Rng, addr: &str, input: &[u8]) -> (StompEnd, u
                 if let Some(w) = writer.take_if(|w| w.is_finished()) {
                     idle_writer = w.await.ok().flatten();
                 }
-                if let Some(wr) = idle_writer.as_mut().filter(|_| nudges < 3) {
+                next_nudge += NUDGE;
+                if let Some(wr) = idle_writer.as_mut().filter(|_| nudges < 5) {
                     nudges += 1;
                     let _ = wr.write_all(TRAILER).await;
                 }
@@ -1443,7 +1445,7 @@ async fn stomp_malformed_frames_get_error_then_close() {
     count_panics();
     let panics_before = PANICS.load(Ordering::SeqCst);
     let server = node().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let addr = server.stomp.clone();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
@@ -1800,7 +1802,7 @@ async fn websocket_malformed_messages_get_errors_or_documented_closes() {
     count_panics();
     let panics_before = PANICS.load(Ordering::SeqCst);
     let server = Arc::new(node().await);
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     // Messages in the admin inbox, for `inbox.subscribe` to push.
     let http = reqwest::Client::new();
     for n in 0..20 {

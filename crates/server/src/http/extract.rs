@@ -36,21 +36,24 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 
 /// Parses JSON with syntax errors as `malformed_json` and shape errors as `invalid_body`.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    use serde_json::error::Category;
-    let malformed = |e: serde_json::Error| {
+    let malformed = |e: &dyn std::fmt::Display| {
         ApiError::new(
             ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {e}"),
         )
     };
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => malformed(e),
-        // A shape error may have been met before a syntax error further on; the syntax
-        // error is the one to report. Checked only on failure, so valid requests pay nothing.
-        Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-            Err(syntax) if syntax.classify() != Category::Data => malformed(syntax),
-            _ => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
-        },
+    // JSON text is UTF-8, all of it: serde checks only the strings it keeps, and a NOC
+    // message is stored whole, so bad bytes in a field it ignores would reach receivers.
+    let text = std::str::from_utf8(bytes).map_err(|e| malformed(&e))?;
+    serde_json::from_str(text).map_err(|e| {
+        // Whether the text is JSON at all, by a parse without a depth limit. serde's typed
+        // parse cannot say: it may meet a shape error before a syntax error further on,
+        // and calls a lone surrogate or nesting past 128 levels a syntax error. Checked
+        // only on failure, so valid requests pay nothing.
+        match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+            Err(syntax) => malformed(&syntax),
+            Ok(_) => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
+        }
     })
 }
 

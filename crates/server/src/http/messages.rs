@@ -468,7 +468,39 @@ pub async fn nack(
 
 #[cfg(test)]
 mod tests {
-    use super::depth;
+    use super::{depth, parse_publish};
+    use trunkline_api::ErrorCode;
+
+    #[test]
+    fn a_noc_message_is_stored_whole_so_all_of_it_must_be_json() {
+        // Found by the http_body fuzz target: bytes that are not UTF-8 in a header field
+        // the node ignores were accepted, stored, and then could not be shown by /receive.
+        let bad = b"{\"header\":{\"destination\":\"a\",\"x\":\"\xff\"},\"payload\":1}";
+        let e = parse_publish(bad, "c", false).err().map(|e| e.code);
+        assert_eq!(e, Some(ErrorCode::MalformedJson));
+        let good = br#"{"header":{"destination":"a","x":"\u00ff"},"payload":1}"#;
+        let p = parse_publish(good, "c", false).expect("a NOC message");
+        assert_eq!((p.topic.as_str(), &p.body[..]), ("a", &good[..]));
+    }
+
+    #[test]
+    fn malformed_json_means_the_bytes_are_not_json() {
+        let code = |b: &[u8]| parse_publish(b, "c", false).err().map(|e| e.code);
+        // Valid JSON of the wrong shape, even when serde's typed parse calls it a syntax
+        // error (nesting past its limit, a lone surrogate).
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(code(deep.as_bytes()), Some(ErrorCode::InvalidBody));
+        assert_eq!(
+            code(br#"{"topic":"\ud800","body":1}"#),
+            Some(ErrorCode::InvalidBody)
+        );
+        // Not JSON, even past a shape error.
+        assert_eq!(code(br#"{"colour":1,"#), Some(ErrorCode::MalformedJson));
+        assert_eq!(
+            code(b"{\"colour\":\"\xff\"}"),
+            Some(ErrorCode::MalformedJson)
+        );
+    }
 
     #[test]
     fn depth_ignores_brackets_in_strings() {
