@@ -1,6 +1,7 @@
 //! Drives the STOMP server session with whatever frames the input decodes to, answering
 //! its events with outcomes chosen by the input, and advancing time. The session must
-//! never panic, must keep receipts in request order, and must stop after closing.
+//! never panic, must keep receipts in request order, and must stop after closing: nothing
+//! goes out after its `ERROR` or last receipt.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +18,10 @@ fuzz_target!(|data: &[u8]| {
     let mut now = 0u64;
     let mut open_ops: Vec<u64> = Vec::new();
     let mut step = 0u64;
+    // Fetches answered with messages; later ones stay pending, as the driver leaves a fetch
+    // on an empty queue. Without a bound an auto-ack subscription (its window never fills)
+    // fetches and is delivered to forever, within one step, until memory runs out.
+    let mut fetches = 0u32;
     loop {
         step += 1;
         if step > 10_000 {
@@ -49,7 +54,9 @@ fuzz_target!(|data: &[u8]| {
                 | Event::PublishBatch { op, .. }
                 | Event::Settle { op, .. }
                 | Event::Subscribe { op, .. } => open_ops.push(op),
+                Event::Fetch { .. } if fetches >= 100 => {}
                 Event::Fetch { id, max } => {
+                    fetches += 1;
                     let msgs = (0..max.min(2) as u64)
                         .map(|n| Delivered {
                             message_id: n,
@@ -90,5 +97,25 @@ fuzz_target!(|data: &[u8]| {
         if s.is_closing() || (!progressed && open_ops.is_empty() && buf.is_empty()) {
             break;
         }
+    }
+    if s.is_closing() {
+        // Nothing goes out after the ERROR or the last receipt, whatever the driver still
+        // reports (operations finishing, deliveries arriving).
+        while s.poll_transmit(now).is_some() {}
+        for op in open_ops {
+            s.complete(op, Ok(()));
+        }
+        for id in ["0", "1", "sub-0"] {
+            s.deliver(id, vec![Delivered {
+                message_id: 1,
+                destination: "/queue/c-inbox".into(),
+                body: Bytes::from_static(b"{}"),
+                content_type: None,
+                headers: vec![],
+                redelivered: false,
+                receipt: Some("c-inbox/late/1".into()),
+            }]);
+        }
+        assert!(s.poll_transmit(now).is_none(), "output after the session closed");
     }
 });

@@ -1295,7 +1295,6 @@ async fn a_call_id_comes_back_exactly_as_it_was_sent() {
     let ids = [
         "1180591620717411303424",
         "-12.50",
-        "1e400",
         r#""c-\u00e9""#,
         r#"{"n": [1, 2.0], "k": null}"#,
         "null",
@@ -1310,6 +1309,19 @@ async fn a_call_id_comes_back_exactly_as_it_was_sent() {
             assert!(got.contains(&format!(r#""callId":{id}"#)), "{id}: {got}");
             assert!(got.contains(&format!(r#""type":"{kind}""#)), "{got}");
         }
+    }
+    // A callId that strict parsers cannot read back is refused, not echoed.
+    for id in [
+        "1e400",
+        r#""\ud800""#,
+        &format!("{}1{}", "[".repeat(20), "]".repeat(20)),
+    ] {
+        let text =
+            format!(r#"{{"service":"session","message":{{"command":"ping","callId":{id}}}}}"#);
+        ws.send(Message::Text(text.into())).await.expect("send");
+        let got = next_text(&mut ws).await;
+        assert!(got.contains(r#""callId":null"#), "{id}: {got}");
+        assert!(got.contains("malformed_message"), "{id}: {got}");
     }
     // A malformed call still echoes its callId; so does a rate-limited one (not tried here).
     let text = r#"{"service":"session","message":{"command":7,"callId":1180591620717411303424}}"#;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitSink;
@@ -39,7 +39,7 @@ use trunkline_broker::{BrokerError, Principal, ReceiveOptions, Settle, WaitHandl
 use crate::calls::{self, Answer, Kind, Reply, Request};
 use crate::channels::{self, answer, envelope, CallId, Flavor, Frame, Mailbox, MemberInfo};
 use crate::http::error::ApiError;
-use crate::http::extract::bearer_token;
+use crate::http::extract::{bearer_token, Query};
 use crate::http::messages::{message_value, readable_queue, MAX_LEASE_SECS};
 use crate::http::{now_ms, AppState};
 
@@ -258,11 +258,13 @@ impl Bucket {
 }
 
 /// One incoming call, once the envelope has been read.
-struct Call {
-    service: String,
-    command: String,
-    params: Value,
-    call_id: CallId,
+#[derive(Debug)]
+pub struct Call {
+    pub service: String,
+    pub command: String,
+    pub params: Value,
+    /// Kept as the raw JSON it came as, to be echoed byte for byte.
+    pub call_id: CallId,
 }
 
 /// An envelope as it comes, its parts still raw: one that is wrong does not hide the
@@ -296,14 +298,15 @@ fn string_of(raw: &RawValue) -> Option<String> {
 }
 
 /// A call that could not be read: the service and callId if they could be, and why.
-struct Unreadable {
-    service: Option<String>,
-    call_id: CallId,
-    why: String,
+#[derive(Debug)]
+pub struct Unreadable {
+    pub service: Option<String>,
+    pub call_id: CallId,
+    pub why: String,
 }
 
 /// Reads an envelope; the error names what is wrong (and the service and callId, if any).
-fn parse(text: &str) -> Result<Call, Unreadable> {
+pub fn parse_envelope(text: &str) -> Result<Call, Unreadable> {
     const EXPECTED: &str = "expected an object {\"service\": <name>, \"message\": {...}}";
     let unreadable = |service, call_id, why: &str| Unreadable {
         service,
@@ -323,9 +326,20 @@ fn parse(text: &str) -> Result<Call, Unreadable> {
         .filter(|m| is_object(m.get()))
         .and_then(|m| serde_json::from_str::<CallMessage>(m.get()).ok());
     let call_id = message.as_ref().and_then(|m| m.call_id.clone());
+    // A callId is echoed as it came; one the caller could not read back is not echoed.
+    let bad_id = call_id.as_deref().is_some_and(|c| !readable_call_id(c));
+    let call_id = call_id.filter(|_| !bad_id);
     let Some(service) = envelope.service.and_then(string_of) else {
         return Err(unreadable(None, call_id, EXPECTED));
     };
+    if bad_id {
+        return Err(unreadable(
+            Some(service),
+            None,
+            "`message.callId` must be JSON of at most 256 bytes, nested at most 16 deep, that \
+             reads back as it is (no lone surrogates, no numbers out of range)",
+        ));
+    }
     let Some(message) = message else {
         return Err(unreadable(
             Some(service),
@@ -344,8 +358,22 @@ fn parse(text: &str) -> Result<Call, Unreadable> {
         service,
         command,
         params: message.params.unwrap_or(Value::Null),
-        call_id: message.call_id,
+        call_id,
     })
+}
+
+/// Longest callId, in bytes, and its deepest nesting of arrays and objects.
+const MAX_CALL_ID: usize = 256;
+const MAX_CALL_ID_DEPTH: usize = 16;
+
+/// Whether a callId, echoed byte for byte inside an answer, is JSON that a caller's
+/// parser reads back: not too long nor too deep, no lone surrogate escape, no number out
+/// of range.
+fn readable_call_id(raw: &RawValue) -> bool {
+    let text = raw.get();
+    text.len() <= MAX_CALL_ID
+        && crate::http::messages::depth(text.as_bytes()) <= MAX_CALL_ID_DEPTH
+        && serde_json::from_str::<Value>(text).is_ok()
 }
 
 fn error_frame(service: Option<&str>, call_id: &CallId, code: ErrorCode, text: &str) -> Frame {
@@ -766,7 +794,7 @@ impl Session {
 
     async fn on_text(&mut self, text: &str) -> Next {
         if !self.bucket.take(Instant::now()) {
-            let (service, call_id) = match parse(text) {
+            let (service, call_id) = match parse_envelope(text) {
                 Ok(c) => (Some(c.service), c.call_id),
                 Err(u) => (u.service, u.call_id),
             };
@@ -780,7 +808,7 @@ impl Session {
                 ),
             ));
         }
-        let call = match parse(text) {
+        let call = match parse_envelope(text) {
             Ok(c) => c,
             Err(u) => {
                 return Next::Reply(error_frame(
@@ -1417,10 +1445,9 @@ mod tests {
 
     #[test]
     fn an_envelope_is_an_object_and_its_errors_keep_the_service_and_call_id() {
-        let call = parse(
+        let call = parse_envelope(
             r#"{"service":"session","message":{"command":"ping","callId":1180591620717411303424}}"#,
         )
-        .ok()
         .expect("a call");
         assert_eq!(
             (call.service.as_str(), call.command.as_str()),
@@ -1437,14 +1464,17 @@ mod tests {
             "null",
             "{nope",
         ] {
-            assert!(parse(text).is_err(), "{text}");
+            assert!(parse_envelope(text).is_err(), "{text}");
         }
-        let Err(u) = parse(r#"{"service":"session","message":{"command":7,"callId":"c"}}"#) else {
+        let Err(u) =
+            parse_envelope(r#"{"service":"session","message":{"command":7,"callId":"c"}}"#)
+        else {
             panic!("a number is no command");
         };
         assert_eq!(u.service.as_deref(), Some("session"));
         assert_eq!(u.call_id.as_deref().map(RawValue::get), Some(r#""c""#));
-        let Err(u) = parse(r#"{"service":3,"message":{"command":"x","callId":[1]}}"#) else {
+        let Err(u) = parse_envelope(r#"{"service":3,"message":{"command":"x","callId":[1]}}"#)
+        else {
             panic!("a number is no service");
         };
         assert_eq!(

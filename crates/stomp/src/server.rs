@@ -828,6 +828,10 @@ impl ServerSession {
     }
 
     fn flush_receipts(&mut self) {
+        // After the `ERROR` or the last receipt nothing more goes out: the driver closes.
+        if self.closed {
+            return;
+        }
         while let Some(p) = self.pending.front() {
             if !p.done {
                 break;
@@ -870,8 +874,13 @@ impl ServerSession {
     /// Messages for subscription `id` (from a fetch, or live). Queues a `MESSAGE` frame for
     /// each; asks for the next fetch when the window has room.
     pub fn deliver(&mut self, id: &str, messages: Vec<Delivered>) {
-        let Some(sub) = self.subscriptions.get_mut(id) else {
-            // Unsubscribed meanwhile: give leased ones back.
+        let sub = match self.subscriptions.get_mut(id) {
+            Some(sub) if !self.closed => Some(sub),
+            _ => None,
+        };
+        let Some(sub) = sub else {
+            // Unsubscribed meanwhile, or the session is over (nothing more goes out after
+            // its `ERROR` or last receipt): give leased ones back.
             let unacked: Vec<String> = messages.into_iter().filter_map(|m| m.receipt).collect();
             if !unacked.is_empty() {
                 self.events.push_back(Event::Unsubscribe {

@@ -235,6 +235,40 @@ fn a_failed_publish_is_an_error_naming_its_receipt_then_close() {
     assert!(matches!(events(&mut s).as_slice(), [Event::Close { .. }]));
 }
 
+#[test]
+fn nothing_goes_out_after_error() {
+    // A SUBSCRIBE and a SEND still in the driver's hands when a bad frame ends the session
+    // (the malformed-input test met this): their receipts and any delivery must not
+    // follow the ERROR, and leased messages go back.
+    let mut s = connected(ServerConfig::default(), "0,0");
+    assert_eq!(subscribe(&mut s, "s1", "client-individual", "2"), 2);
+    s.handle_item(
+        1,
+        frame(
+            Command::Send,
+            &[("destination", "/topic/a"), ("receipt", "m1")],
+        ),
+    );
+    let ops = publish_ops(&events(&mut s));
+    s.decode_failed("malformed_frame", "bad header".into());
+    s.complete(ops[0], Ok(()));
+    s.deliver("s1", vec![message(1)]);
+    let f = sent(&mut s, 2);
+    assert_eq!(
+        f.iter().map(|f| f.command).collect::<Vec<_>>(),
+        vec![Command::Error],
+        "{f:?}"
+    );
+    let evs = events(&mut s);
+    assert!(matches!(evs.first(), Some(Event::Close { .. })), "{evs:?}");
+    assert!(
+        evs.iter().any(
+            |e| matches!(e, Event::Unsubscribe { unacked, .. } if unacked == &["c1-inbox/1/1"])
+        ),
+        "{evs:?}"
+    );
+}
+
 fn subscribe(s: &mut ServerSession, id: &str, ack: &str, prefetch: &str) -> usize {
     s.handle_item(
         1,

@@ -129,6 +129,22 @@ impl TestServer {
         serde_json::from_str(&text).expect("parse admin.json")
     }
 
+    /// A bearer token for `admin`, from `GET /token`.
+    pub async fn admin_token(&self) -> String {
+        let c = self.admin_credentials();
+        let url = format!(
+            "{}/token?client_id={}&secret={}",
+            self.http, c.client_id, c.secret
+        );
+        let v: serde_json::Value = reqwest::get(url)
+            .await
+            .expect("token request")
+            .json()
+            .await
+            .expect("token JSON");
+        v["token"].as_str().expect("a token").to_owned()
+    }
+
     /// An SDK client logged in as `admin`.
     pub fn admin(&self) -> Client {
         let c = self.admin_credentials();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json as AxumJson;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -12,7 +12,7 @@ use trunkline_api::ErrorCode;
 
 use super::channels::channel_name;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Admin, Json};
+use super::extract::{Admin, Json, Path};
 use super::AppState;
 use crate::calls::{self, CallError, Outcome, Reply, Request};
 

@@ -1,7 +1,7 @@
 //! The backend's channel endpoints (backend listener; `X-Backend-Key` or an admin token):
 //! mint channel tokens, publish to a channel, list its members.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json as AxumJson;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -9,7 +9,7 @@ use trunkline_api::ErrorCode;
 use trunkline_auth::ChannelClaims;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Admin, Json};
+use super::extract::{Admin, Json, Path};
 use super::{now_ms, AppState};
 use crate::channels::{invalid_name, MemberInfo};
 

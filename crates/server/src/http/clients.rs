@@ -1,7 +1,7 @@
 //! `/client`: managing clients. Admins (or the backend key) manage everyone; a client may
 //! read its own record and rotate its own secret.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json as AxumJson;
 use trunkline_api::{
@@ -11,7 +11,7 @@ use trunkline_api::{
 use trunkline_broker::{ClientUpdate, ClientView, LimitSettings, NewClient, Overflow};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Admin, AdminOrSelf, Json};
+use super::extract::{Admin, AdminOrSelf, Json, Path};
 use super::{now_ms, AppState};
 
 pub fn limits_in(s: &QueueSettings) -> LimitSettings {

@@ -86,21 +86,24 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 
 /// Parses JSON with syntax errors as `malformed_json` and shape errors as `invalid_body`.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    use serde_json::error::Category;
-    let malformed = |e: serde_json::Error| {
+    let malformed = |e: &dyn std::fmt::Display| {
         ApiError::new(
             ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {e}"),
         )
     };
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => malformed(e),
-        // A shape error may have been met before a syntax error further on; the syntax
-        // error is the one to report. Checked only on failure, so valid requests pay nothing.
-        Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-            Err(syntax) if syntax.classify() != Category::Data => malformed(syntax),
-            _ => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
-        },
+    // JSON text is UTF-8, all of it: serde checks only the strings it keeps, and a NOC
+    // message is stored whole, so bad bytes in a field it ignores would reach receivers.
+    let text = std::str::from_utf8(bytes).map_err(|e| malformed(&e))?;
+    serde_json::from_str(text).map_err(|e| {
+        // Whether the text is JSON at all, by a parse without a depth limit. serde's typed
+        // parse cannot say: it may meet a shape error before a syntax error further on,
+        // and calls a lone surrogate or nesting past 128 levels a syntax error. Checked
+        // only on failure, so valid requests pay nothing.
+        match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+            Err(syntax) => malformed(&syntax),
+            Ok(_) => ApiError::new(ErrorCode::InvalidBody, e.to_string()),
+        }
     })
 }
 
@@ -141,16 +144,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
-        let value = parse_json(&bytes)?;
-        // Every body is an object; serde would take a struct from an array too.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::new(
-                ErrorCode::InvalidBody,
-                "the body must be a JSON object",
-            ));
-        }
-        Ok(Json(value))
+        parse_json_object(&bytes).map(Json)
     }
+}
+
+/// Parses a body that must be a JSON object, as [`parse_json`] does (the [`Json`]
+/// extractor's parsing, reachable without a request for tests and fuzzing).
+pub fn parse_json_object<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    let value = parse_json(bytes)?;
+    // Every body is an object; serde would take a struct from an array too.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(value)
 }
 
 /// Query parameters, with bad ones answered as `invalid_query`. Credentials in the query
@@ -166,6 +175,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         serde_urlencoded::from_str(q)
             .map(Query)
             .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, format!("bad query string: {e}")))
+    }
+}
+
+/// Path parameters, with one that cannot be read (percent-decoded, it is not UTF-8)
+/// answered as `not_found`: no client, channel or session has such a name.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| ApiError::new(ErrorCode::NotFound, format!("bad path: {}", e.body_text())))
     }
 }
 

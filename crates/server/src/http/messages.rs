@@ -63,7 +63,7 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 const MAX_DEPTH: usize = 128;
 
 /// Nesting depth of valid JSON text, counting brackets outside strings.
-fn depth(json: &[u8]) -> usize {
+pub(crate) fn depth(json: &[u8]) -> usize {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for &b in json {
         if in_string {
@@ -88,7 +88,9 @@ fn depth(json: &[u8]) -> usize {
     max
 }
 
-fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publish> {
+/// Reads a `/send` (or, with `broadcast`, `/notify`) body from `sender`: both body forms,
+/// the nesting limit, `message_id` and `ttl`. The topic is checked by the broker.
+pub fn parse_publish(bytes: &[u8], sender: &str, broadcast: bool) -> ApiResult<Publish> {
     let b: SendBody = parse_json(bytes)?;
     // The envelope adds one level around the body.
     if depth(bytes) > MAX_DEPTH + 1 {
@@ -405,12 +407,8 @@ struct SettleBody {
 
 const MAX_RECEIPTS: usize = 10_000;
 
-async fn settle(
-    state: AppState,
-    caller: Caller,
-    bytes: &[u8],
-    nack: bool,
-) -> ApiResult<AxumJson<AckResponse>> {
+/// Reads a `/ack` (or, with `nack`, `/nack`) body: the receipts and how to settle them.
+pub fn parse_settle(bytes: &[u8], nack: bool) -> ApiResult<(Vec<String>, Settle)> {
     let b: SettleBody = parse_json(bytes)?;
     if b.receipts.len() > MAX_RECEIPTS {
         return Err(ApiError::new(
@@ -430,9 +428,19 @@ async fn settle(
             requeue: requeue.unwrap_or(true),
         },
     };
+    Ok((b.receipts, how))
+}
+
+async fn settle(
+    state: AppState,
+    caller: Caller,
+    bytes: &[u8],
+    nack: bool,
+) -> ApiResult<AxumJson<AckResponse>> {
+    let (receipts, how) = parse_settle(bytes, nack)?;
     let r = state
         .broker
-        .settle(&caller.0, &b.receipts, how, now_ms())
+        .settle(&caller.0, &receipts, how, now_ms())
         .await?;
     Ok(AxumJson(AckResponse {
         done: r.done,
@@ -460,7 +468,39 @@ pub async fn nack(
 
 #[cfg(test)]
 mod tests {
-    use super::depth;
+    use super::{depth, parse_publish};
+    use trunkline_api::ErrorCode;
+
+    #[test]
+    fn a_noc_message_is_stored_whole_so_all_of_it_must_be_json() {
+        // Found by the http_body fuzz target: bytes that are not UTF-8 in a header field
+        // the node ignores were accepted, stored, and then could not be shown by /receive.
+        let bad = b"{\"header\":{\"destination\":\"a\",\"x\":\"\xff\"},\"payload\":1}";
+        let e = parse_publish(bad, "c", false).err().map(|e| e.code);
+        assert_eq!(e, Some(ErrorCode::MalformedJson));
+        let good = br#"{"header":{"destination":"a","x":"\u00ff"},"payload":1}"#;
+        let p = parse_publish(good, "c", false).expect("a NOC message");
+        assert_eq!((p.topic.as_str(), &p.body[..]), ("a", &good[..]));
+    }
+
+    #[test]
+    fn malformed_json_means_the_bytes_are_not_json() {
+        let code = |b: &[u8]| parse_publish(b, "c", false).err().map(|e| e.code);
+        // Valid JSON of the wrong shape, even when serde's typed parse calls it a syntax
+        // error (nesting past its limit, a lone surrogate).
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(code(deep.as_bytes()), Some(ErrorCode::InvalidBody));
+        assert_eq!(
+            code(br#"{"topic":"\ud800","body":1}"#),
+            Some(ErrorCode::InvalidBody)
+        );
+        // Not JSON, even past a shape error.
+        assert_eq!(code(br#"{"colour":1,"#), Some(ErrorCode::MalformedJson));
+        assert_eq!(
+            code(b"{\"colour\":\"\xff\"}"),
+            Some(ErrorCode::MalformedJson)
+        );
+    }
 
     #[test]
     fn depth_ignores_brackets_in_strings() {

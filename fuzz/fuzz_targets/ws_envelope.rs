@@ -1,0 +1,44 @@
+//! The WebSocket envelope `{"service", "message": {"command", "params", "callId"}}` as a
+//! session reads each text frame.
+//!
+//! Checks that no input panics; that an accepted envelope has exactly the service,
+//! command, params and callId the JSON says (the callId kept as the raw JSON it came as);
+//! and that a refusal explains itself and echoes a callId it could read as it was sent.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use trunkline_server::ws::parse_envelope;
+
+fn value_of(raw: &Option<Box<serde_json::value::RawValue>>) -> Value {
+    raw.as_ref()
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or(Value::Null)
+}
+
+fuzz_target!(|data: &[u8]| {
+    // Text frames are UTF-8 (the socket closes the session on anything else).
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed: Option<Value> = serde_json::from_str(text).ok();
+    match parse_envelope(text) {
+        Ok(call) => {
+            let v = parsed.expect("an accepted envelope is JSON");
+            let m = &v["message"];
+            assert_eq!(v["service"].as_str(), Some(call.service.as_str()));
+            assert_eq!(m["command"].as_str(), Some(call.command.as_str()));
+            assert_eq!(m.get("params").cloned().unwrap_or(Value::Null), call.params);
+            assert_eq!(m.get("callId").cloned().unwrap_or(Value::Null), value_of(&call.call_id));
+            if let Some(raw) = &call.call_id {
+                assert!(text.contains(raw.get()), "the callId is the text that was sent");
+            }
+        }
+        Err(u) => {
+            assert!(!u.why.is_empty());
+            if let Some(raw) = &u.call_id {
+                assert!(text.contains(raw.get()), "an echoed callId is the text that was sent");
+            }
+        }
+    }
+});
