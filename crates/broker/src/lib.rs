@@ -28,7 +28,9 @@
 //! let sent = broker.publish(Publish::new("fleet.ah1.status", b"{\"ok\":true}".to_vec(), "a"), 0)
 //!     .await.unwrap();
 //! assert_eq!(sent.delivered_to, 1);
-//! let got = broker.receive("b", "b-inbox", ReceiveOptions::auto(10), 1).await.unwrap();
+//! // Reads are made as a client (a `Principal`), whose rights the broker checks.
+//! let b = broker.principal("b").unwrap();
+//! let got = broker.receive(&b, "b-inbox", ReceiveOptions::auto(10), 1).await.unwrap();
 //! assert_eq!(got[0].msg.data.topic, "fleet.ah1.status");
 //! # });
 //! ```
