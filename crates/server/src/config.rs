@@ -66,7 +66,8 @@ lease_secs = 1800
 [ws]
 # WebSocket sessions at GET /ws on the public listener (docs/ws-protocol.md).
 max_sessions = 10000
-# The server pings every ping_secs and closes a session silent for idle_timeout_secs.
+# The server pings every ping_secs and closes a session silent for idle_timeout_secs
+# (ping_secs must be less than idle_timeout_secs).
 ping_secs = 20
 idle_timeout_secs = 60
 # Time allowed for the first `authenticate` call when the upgrade carried no token.
@@ -336,6 +337,14 @@ impl Config {
         if h.header_timeout_secs == 0 || h.body_timeout_secs == 0 || h.request_timeout_secs == 0 {
             return bad("http_limits", "timeouts must be at least 1 second");
         }
+        // A session is closed when nothing was heard for idle_timeout_secs; pings are what
+        // a quiet but live peer answers, so they must come more often than that.
+        if self.ws.ping_secs == 0 || self.ws.ping_secs >= self.ws.idle_timeout_secs {
+            return bad(
+                "ws.ping_secs",
+                "must be at least 1 and less than ws.idle_timeout_secs (quiet sessions that answer pings would be closed as idle)",
+            );
+        }
         if self.http_limits.max_wait_secs >= self.http_limits.request_timeout_secs {
             return bad(
                 "http_limits.max_wait_secs",
@@ -479,6 +488,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.http_limits.body_timeout_secs = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.ws.ping_secs = c.ws.idle_timeout_secs;
         assert!(c.validate().is_err());
     }
 
