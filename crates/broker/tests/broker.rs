@@ -25,6 +25,12 @@ fn broker() -> Broker {
     broker_with(BrokerConfig::default())
 }
 
+/// The principal of client `id`, as a front-end holds it.
+fn who(b: &Broker, id: &str) -> Result<trunkline_broker::Principal, BrokerError> {
+    b.principal(id)
+        .ok_or_else(|| BrokerError::UnknownClient(id.into()))
+}
+
 /// Receive and settle as a client named by its id, as the front-ends do with the
 /// principal of a request or session.
 trait AsClient {
@@ -52,10 +58,7 @@ impl AsClient for Broker {
         opts: ReceiveOptions,
         now: u64,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let who = self
-            .principal(id)
-            .ok_or_else(|| BrokerError::UnknownClient(id.into()))?;
-        self.receive(&who, queue, opts, now).await
+        self.receive(&who(self, id)?, queue, opts, now).await
     }
     async fn settle_as(
         &self,
@@ -64,10 +67,7 @@ impl AsClient for Broker {
         how: Settle,
         now: u64,
     ) -> Result<trunkline_broker::Settled, BrokerError> {
-        let who = self
-            .principal(id)
-            .ok_or_else(|| BrokerError::UnknownClient(id.into()))?;
-        self.settle(&who, receipts, how, now).await
+        self.settle(&who(self, id)?, receipts, how, now).await
     }
 }
 

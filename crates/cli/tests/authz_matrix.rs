@@ -607,3 +607,44 @@ async fn roles_have_the_documented_effect() {
     }
     server.stop().await;
 }
+
+/// `read_topics` is a read path of its own: live only (nothing of it lands in the inbox),
+/// and a live subscription gets it and the subscription, nothing else.
+#[tokio::test]
+async fn read_topics_are_live_only() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut w = CreateClient::new("watch", Subscription::One("own.#".into()));
+    w.read_topics = vec!["fleet.#".into()];
+    let secret = admin.create_client(&w).await.expect("watcher").secret;
+    let (mut s, _) = StompWire::connect(&server.stomp, "watch", &secret).await;
+    s.send(subscribe("/topic/#", "all")).await;
+    assert_eq!(s.next().await.expect("receipt").command, Command::Receipt);
+    for topic in ["fleet.1", "own.1", "secret.canary"] {
+        admin
+            .send(topic, &json!({"t": topic}))
+            .await
+            .expect("publish");
+    }
+    let (mut topics, _) = stomp_topics(&mut s, Duration::from_millis(800)).await;
+    topics.sort();
+    assert_eq!(
+        topics,
+        ["fleet.1", "own.1"],
+        "live: read_topics and subscription only"
+    );
+    let client = trunkline_client::Client::new(&server.http, "watch", &secret).expect("client");
+    let inbox: Vec<String> = client
+        .receive(&Default::default())
+        .await
+        .expect("receive")
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    assert_eq!(
+        inbox,
+        ["own.1"],
+        "read_topics does not route into the inbox"
+    );
+    server.stop().await;
+}

@@ -16,21 +16,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn admin_token(server: &TestServer) -> String {
-    let c = server.admin_credentials();
-    let url = format!(
-        "{}/token?client_id={}&secret={}",
-        server.http, c.client_id, c.secret
-    );
-    let v: Value = reqwest::get(url)
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token json");
-    v["token"].as_str().expect("token").to_owned()
-}
-
 fn ws_url(server: &TestServer, query: &str) -> String {
     format!("{}/ws{query}", server.http.replacen("http://", "ws://", 1))
 }
@@ -93,7 +78,7 @@ async fn call(ws: &mut Ws, service: &str, command: &str, params: Value, id: u64)
 #[tokio::test]
 async fn a_session_authenticated_by_header_gets_a_welcome_and_answers_calls() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
     let welcome = next_json(&mut ws).await;
     assert_eq!(welcome["service"], "session");
@@ -120,7 +105,7 @@ async fn a_session_authenticated_by_header_gets_a_welcome_and_answers_calls() {
 #[tokio::test]
 async fn every_bad_frame_gets_an_error_answer_and_the_session_goes_on() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
     next_json(&mut ws).await;
     let cases: [(Message, Value, &str); 6] = [
@@ -178,7 +163,7 @@ async fn every_bad_frame_gets_an_error_answer_and_the_session_goes_on() {
 #[tokio::test]
 async fn browsers_authenticate_with_a_first_message_or_a_query_token() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     // First message.
     let mut ws = connect(&server, None)
         .await
@@ -248,7 +233,7 @@ async fn a_peer_that_stops_answering_pings_is_closed() {
         c.ws.idle_timeout_secs = 2;
     })
     .await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
     next_json(&mut ws).await;
     // Not reading means not answering pings: like a half-open connection.
@@ -271,7 +256,7 @@ async fn a_peer_that_stops_answering_pings_is_closed() {
 #[tokio::test]
 async fn a_session_over_its_rate_gets_rate_limited_errors_then_recovers() {
     let server = TestServer::start_with(|c| c.ws.rate_per_sec = 5).await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let mut ws = connect(&server, Some(&token)).await.expect("upgrade");
     next_json(&mut ws).await;
     for id in 0..20u64 {
@@ -305,7 +290,7 @@ async fn a_session_over_its_rate_gets_rate_limited_errors_then_recovers() {
 #[tokio::test]
 async fn sessions_past_the_cap_are_refused_with_503_until_one_closes() {
     let server = TestServer::start_with(|c| c.ws.max_sessions = 1).await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let mut first = connect(&server, Some(&token)).await.expect("upgrade");
     next_json(&mut first).await;
     match connect(&server, Some(&token)).await {
@@ -588,7 +573,7 @@ async fn public_channels_take_any_session_and_backends_publish_to_them() {
 
     // An admin client's session is a backend: it joins any channel and publishes
     // without a token.
-    let (mut admin, _) = session(&server, &admin_token(&server).await).await;
+    let (mut admin, _) = session(&server, &server.admin_token().await).await;
     let r = call(
         &mut admin,
         "channel",
@@ -619,7 +604,7 @@ async fn public_channels_take_any_session_and_backends_publish_to_them() {
 #[tokio::test]
 async fn presence_channels_need_a_token_for_this_session_and_show_joins_and_leaves() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let (mut a, sid_a) = session(&server, &token).await;
     let (mut b, sid_b) = session(&server, &token).await;
     let room = "prs:room.1";
@@ -722,7 +707,7 @@ async fn presence_channels_need_a_token_for_this_session_and_show_joins_and_leav
 #[tokio::test]
 async fn a_session_that_stops_reading_its_channels_is_closed_as_a_slow_consumer() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let (mut slow, _) = session(&server, &token).await;
     let r = call(
         &mut slow,
@@ -816,7 +801,7 @@ async fn the_snorky_backend_endpoint_answers_every_request() {
 #[tokio::test]
 async fn a_backend_pushes_to_one_session_and_disconnects_it() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let (mut ws, sid) = session(&server, &token).await;
     let r = call(&mut ws, "channel", "subscribe", json!({"channel": "prs:ops", "token": mint(&server, json!({"sid": sid, "cname": "prs:ops"})).await}), 1).await;
     assert_eq!(r["message"]["type"], "response");
@@ -873,7 +858,7 @@ async fn a_backend_pushes_to_one_session_and_disconnects_it() {
 #[tokio::test]
 async fn an_admin_session_follows_every_system_channel_at_once() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let (mut watcher, _) = session(&server, &token).await;
     let r = call(
         &mut watcher,
@@ -1174,7 +1159,7 @@ impl RawWs {
 #[tokio::test]
 async fn frames_the_session_cannot_take_close_it_with_their_code_and_a_reason() {
     let server = TestServer::start_with(|c| c.ws.max_message_bytes = 1024).await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let ping = br#"{"service":"session","message":{"command":"ping","callId":1}}"#;
     let big = format!(
         r#"{{"service":"session","message":{{"command":"ping","pad":"{}"}}}}"#,
@@ -1290,7 +1275,7 @@ async fn frames_the_session_cannot_take_close_it_with_their_code_and_a_reason() 
 #[tokio::test]
 async fn a_call_id_comes_back_exactly_as_it_was_sent() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let (mut ws, _) = session(&server, &token).await;
     let ids = [
         "1180591620717411303424",
@@ -1363,7 +1348,7 @@ async fn a_call_id_comes_back_exactly_as_it_was_sent() {
 #[tokio::test]
 async fn the_authenticate_call_is_answered_with_its_call_id() {
     let server = TestServer::start().await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     // Accepted: the welcome push, then the answer.
     let mut ws = connect(&server, None).await.expect("upgrade");
     let text = json!({"service": "auth", "message": {"command": "authenticate",
@@ -1431,7 +1416,7 @@ async fn two_members(channel: &str) -> (TestServer, [(Ws, String); 2]) {
         c.ws.idle_timeout_secs = 4;
     })
     .await;
-    let token = admin_token(&server).await;
+    let token = server.admin_token().await;
     let mut first = session(&server, &token).await;
     let mut second = session(&server, &token).await;
     join(&server, &mut first.0, &first.1, channel).await;

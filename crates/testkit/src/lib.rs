@@ -132,17 +132,7 @@ impl TestServer {
     /// A bearer token for `admin`, from `GET /token`.
     pub async fn admin_token(&self) -> String {
         let c = self.admin_credentials();
-        let url = format!(
-            "{}/token?client_id={}&secret={}",
-            self.http, c.client_id, c.secret
-        );
-        let v: serde_json::Value = reqwest::get(url)
-            .await
-            .expect("token request")
-            .json()
-            .await
-            .expect("token JSON");
-        v["token"].as_str().expect("a token").to_owned()
+        token(&reqwest::Client::new(), &self.http, &c.client_id, &c.secret).await
     }
 
     /// An SDK client logged in as `admin`.
