@@ -571,6 +571,11 @@ impl Vfs for SimFs {
         Ok(())
     }
 
+    fn lock(&self, _path: &Path) -> io::Result<Box<dyn Send + Sync>> {
+        // One process: nothing to lock against.
+        Ok(Box::new(()))
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.lock();
         s.step()?;

@@ -38,6 +38,8 @@ use crate::{Op, QueueStore, Snapshot, StoreError};
 
 /// Default size at which the newest segment is closed and another started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// The file locked while a store has the log open: one process at a time.
+const LOCK_FILE: &str = "LOCK";
 /// Suffix of a segment being made; renamed to `.seg` once its header is durable.
 const NEW_SUFFIX: &str = ".seg.new";
 /// Suffix of a segment being rewritten by compaction; renamed over the segment when done.
@@ -273,6 +275,8 @@ pub struct LogStore {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
     recovered: Option<Recovered>,
+    /// Held while open (dropped after the compaction thread has stopped).
+    _lock: Box<dyn Send + Sync>,
 }
 
 impl LogStore {
@@ -294,6 +298,14 @@ impl LogStore {
     pub fn open_on(fs: Arc<dyn Vfs>, dir: &Path, options: LogOptions) -> Result<Self, StoreError> {
         let segment_bytes = options.segment_bytes.max(4096);
         fs::create_dir_all(&*fs, dir).map_err(|e| io("creating", dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs.lock(&lock_path).map_err(|e| {
+            StoreError::Engine(format!(
+                "the log in {} is open in another process (a node already running on this \
+                 data directory?): {e}",
+                dir.display()
+            ))
+        })?;
         let (mut segs, leftovers) = list(&*fs, dir)?;
         for name in &leftovers {
             let path = dir.join(name);
@@ -409,6 +421,7 @@ impl LogStore {
             shared,
             thread,
             recovered,
+            _lock: lock,
         })
     }
 
