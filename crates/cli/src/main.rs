@@ -30,6 +30,9 @@ enum Command {
     /// Show configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Inspect or repair the data directory's log (with the node stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Manage clients (needs admin credentials).
     #[command(subcommand)]
     Client(ClientCommand),
@@ -115,6 +118,25 @@ struct ServeArgs {
     /// A tracing filter such as `info` or `debug`.
     #[arg(long, env = "TRUNKLINE_LOG_LEVEL")]
     log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Read the log without changing it: what it holds, and where it is damaged.
+    /// Exits with 1 if it is damaged.
+    Check(StoreArgs),
+    /// Cut the log at its first damage: keep everything before it, drop the rest, and say
+    /// what was dropped. Stop the node first (the log is locked while a node has it open).
+    Recover(StoreArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// TOML configuration file, for its `data_dir`.
+    #[arg(long, env = "TRUNKLINE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "TRUNKLINE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 // Parsed once at start-up; boxing the large variant would buy nothing.
@@ -314,6 +336,102 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log directory of the data directory that `a` names (or the configured one).
+fn log_dir(a: &StoreArgs) -> Result<PathBuf, Failure> {
+    let data_dir = match (&a.data_dir, &a.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(path)) => {
+            Config::from_file(path)
+                .map_err(|e| Failure::Usage(e.to_string()))?
+                .data_dir
+        }
+        (None, None) => Config::default().data_dir,
+    };
+    let dir = trunkline_server::node::log_dir(&data_dir);
+    if !dir.is_dir() {
+        return Err(Failure::Usage(format!(
+            "{} holds no log (is the data directory right, and the engine `log`?)",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+fn store_check(a: &StoreArgs) -> Result<(), Failure> {
+    use trunkline_store::log_store::{check, Tail};
+    let dir = log_dir(a)?;
+    let r =
+        check(&trunkline_store::fs::RealFs, &dir).map_err(|e| Failure::Refused(e.to_string()))?;
+    println!(
+        "log {}: {} segments read, {} messages, {} queue entries, {} records",
+        dir.display(),
+        r.segments.len(),
+        r.messages,
+        r.entries,
+        r.records
+    );
+    for s in &r.segments {
+        let state = match &s.tail {
+            Tail::Clean => "whole".to_owned(),
+            Tail::Torn => "ends in a torn frame (a crash while it was written; never \
+                           acknowledged; cut off when the node starts)"
+                .to_owned(),
+            Tail::Damaged(why) => format!("DAMAGED at offset {}: {why}", s.bytes),
+        };
+        println!(
+            "  segment {}: {} frames, {} bytes, {state}",
+            s.segment, s.frames, s.bytes
+        );
+    }
+    match r.damage() {
+        None => Ok(()),
+        Some((seg, offset, _)) => {
+            if !r.unread.is_empty() {
+                println!("  not read (after the damage): segments {:?}", r.unread);
+            }
+            Err(Failure::Refused(format!(
+                "the log is damaged; the node will not start on it. `trunkline store recover` \
+                 keeps everything before offset {offset} of segment {seg} and drops the rest"
+            )))
+        }
+    }
+}
+
+fn store_recover(a: &StoreArgs) -> Result<(), Failure> {
+    use trunkline_store::log_store::{LogOptions, Recover};
+    let dir = log_dir(a)?;
+    let options = LogOptions {
+        recover: Recover::Truncate,
+        background_compaction: false,
+        ..LogOptions::default()
+    };
+    let store = trunkline_store::LogStore::open_on(
+        std::sync::Arc::new(trunkline_store::fs::RealFs),
+        &dir,
+        options,
+    )
+    .map_err(|e| Failure::Refused(e.to_string()))?;
+    match store.recovered() {
+        None => println!(
+            "the log in {} is not damaged; nothing was changed",
+            dir.display()
+        ),
+        Some(r) => println!(
+            "cut segment {} at offset {} ({}); dropped {} bytes{}",
+            r.segment,
+            r.offset,
+            r.why,
+            r.dropped_bytes,
+            if r.dropped_segments.is_empty() {
+                String::new()
+            } else {
+                format!(", and segments {:?}", r.dropped_segments)
+            }
+        ),
+    }
+    Ok(())
+}
+
 fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     let mut c = match &a.config {
         Some(path) => Config::from_file(path).map_err(|e| Failure::Usage(e.to_string()))?,
@@ -509,6 +627,8 @@ async fn dispatch(cmd: Command) -> Result<(), Failure> {
                 .await
                 .map_err(|e| Failure::Usage(e.to_string()))
         }
+        Command::Store(StoreCommand::Check(a)) => store_check(&a),
+        Command::Store(StoreCommand::Recover(a)) => store_recover(&a),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");
             Ok(())

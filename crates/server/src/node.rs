@@ -1,7 +1,6 @@
 //! A running node: opening the data directory, keys, the first admin, listeners and the
 //! housekeeping task, and shutting it all down in order.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use trunkline_api::{CredentialsFile, Subscription};
 use trunkline_auth::{Throttle, ThrottleLimits, TokenKey};
 use trunkline_broker::{Broker, LimitSettings, NewClient, Overflow};
+use trunkline_store::fs::RealFs;
 use trunkline_store::{Committer, LogStore, QueueStore, RedbStore};
 
 use crate::config::{Config, Secrets, StoreConfig, StoreEngine};
@@ -57,6 +57,11 @@ pub struct Node {
 const REDB_FILE: &str = "trunkline.redb";
 const LOG_DIR: &str = "log";
 
+/// Where the log engine keeps its segments in data directory `data_dir`.
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(LOG_DIR)
+}
+
 /// Opens the configured engine; refuses a data directory that holds the other engine's
 /// data rather than starting empty beside it.
 fn open_store(dir: &Path, c: &StoreConfig) -> Result<Arc<dyn QueueStore>, StartError> {
@@ -91,19 +96,10 @@ fn data_err(path: &Path, e: impl std::fmt::Display) -> StartError {
     }
 }
 
-/// Writes `contents` to `path` readable by the owner only, atomically.
+/// Writes `contents` to `path` readable by the owner only, atomically and durably (the
+/// rename and the directory synced, so a power loss cannot take the file back).
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    trunkline_store::fs::write_file(&RealFs, path, contents)
 }
 
 /// A key from the environment, or the one saved in `file`, or a new one saved there.
@@ -163,7 +159,7 @@ impl Node {
     pub async fn start(config: Config, secrets: Secrets) -> Result<Node, StartError> {
         config.validate()?;
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| data_err(&dir, e))?;
+        trunkline_store::fs::create_dir_all(&RealFs, &dir).map_err(|e| data_err(&dir, e))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -8,6 +8,10 @@
 //! - [`redb_store`]: [`RedbStore`], the first engine (one redb file), still selectable.
 //! - [`commit`]: [`Committer`], group commit: one thread takes every batch of operations
 //!   waiting, writes them in one durable transaction, and only then answers each caller.
+//! - [`fs`]: the file operations the log makes ([`fs::Vfs`]), and durable `write_file` and
+//!   `create_dir_all` over them.
+//! - [`simfs`]: a file system in memory that loses unsynced changes at a simulated power
+//!   loss, to test the log's promises.
 //! - [`memory`]: [`MemoryStore`], a store that keeps nothing, for tests of the layers above.
 //!
 //! The API is synchronous; the only async piece is the answer channel of the committer
@@ -24,13 +28,15 @@
 //! ```
 
 pub mod commit;
+pub mod fs;
 pub mod log_store;
 pub mod memory;
 pub mod record;
 pub mod redb_store;
+pub mod simfs;
 
 pub use commit::{CommitError, CommitStats, Committer};
-pub use log_store::LogStore;
+pub use log_store::{LogOptions, LogStore, Recover};
 pub use memory::MemoryStore;
 pub use record::{Op, RecordTable, Snapshot, StoredEntry, StoredMessage};
 pub use redb_store::RedbStore;

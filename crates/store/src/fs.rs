@@ -1,0 +1,223 @@
+//! The file operations the store makes, behind a trait.
+//!
+//! [`Vfs`] is every call the log engine (and the node's key files) make on the file
+//! system: so few that a test can put [`crate::simfs::SimFs`] underneath, a file system
+//! that forgets, at a simulated power loss, whatever was not synced. [`RealFs`] is the
+//! real one, used everywhere else.
+//!
+//! What "synced" means here is what Linux promises, and no more:
+//! - a file's data and size are durable once `sync_data` (or `sync_all`) returns;
+//! - a directory entry (a created, renamed or removed name) is durable once the directory
+//!   itself is synced, not before, whatever happened to the file's contents.
+//!
+//! [`write_file`] and [`create_dir_all`] are the durable versions of the std calls of the
+//! same names, written once over the trait.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// An open file: positioned reads and writes, syncs, size changes.
+pub trait VFile: Send + Sync {
+    /// Current size in bytes.
+    fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Fills `buf` from offset `off`; an error if the file ends first.
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
+    /// Writes all of `buf` at offset `off`.
+    fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Makes the file's data (and size) durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Makes the file's data and metadata durable.
+    fn sync_all(&self) -> io::Result<()>;
+    /// Cuts or extends (with zeros) the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves space up to `len` bytes (zeros) so that writing there later changes no
+    /// metadata. Best effort: a file system without `fallocate` just grows on write.
+    fn allocate(&self, len: u64);
+
+    /// The whole file.
+    fn read_all(&self) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(self.len()?).map_err(io::Error::other)?;
+        let mut buf = vec![0; len];
+        self.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+}
+
+/// A file system: names in directories, and files to open.
+pub trait Vfs: Send + Sync + 'static {
+    /// Creates `dir` if it is missing; not durable by itself (see [`create_dir_all`]).
+    fn create_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Whether `path` names something.
+    fn exists(&self, path: &Path) -> bool;
+    /// The names in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn VFile>>;
+    /// Creates a file that must not exist yet, readable and writable by its owner only.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VFile>>;
+    /// Renames `from` to `to`, replacing `to` if it exists.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes the entries of `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` (created if missing), held until the returned
+    /// guard is dropped; fails at once if another process holds it.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Send + Sync>>;
+}
+
+/// The operating system's file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+struct RealFile(std::fs::File);
+
+impl VFile for RealFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.0, buf, off)
+    }
+    fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.0, buf, off)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn allocate(&self, len: u64) {
+        let _ = rustix::fs::fallocate(&self.0, rustix::fs::FallocateFlags::empty(), 0, len);
+    }
+}
+
+impl Vfs for RealFs {
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+            other => other,
+        }
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
+        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(RealFile(f)))
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Box::new(RealFile(f)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Send + Sync>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is locked by another process ({e})", path.display()),
+                )
+            },
+        )?;
+        Ok(Box::new(f))
+    }
+}
+
+/// The directory a path is in (`.` for a bare name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Creates `dir` and any missing parents, durably: each directory created is synced into
+/// its parent before this returns, so a power loss cannot take back a directory that a
+/// caller went on to fill.
+pub fn create_dir_all(fs: &dyn Vfs, dir: &Path) -> io::Result<()> {
+    let mut missing: Vec<PathBuf> = Vec::new();
+    let mut at = Some(dir);
+    while let Some(p) = at.filter(|p| !p.as_os_str().is_empty() && !fs.exists(p)) {
+        missing.push(p.to_owned());
+        at = p.parent();
+    }
+    for p in missing.iter().rev() {
+        fs.create_dir(p)?;
+        fs.sync_dir(parent(p))?;
+    }
+    Ok(())
+}
+
+/// Replaces the file at `path` with `contents`, atomically and durably, readable by its
+/// owner only: written to a temporary name, synced, renamed over `path`, and the directory
+/// synced. A power loss leaves the old file or the new one, never a mix or nothing.
+pub fn write_file(fs: &dyn Vfs, path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    if fs.exists(&tmp) {
+        fs.remove_file(&tmp)?;
+    }
+    let f = fs.create_new(&tmp)?;
+    f.write_all_at(contents, 0)?;
+    f.sync_all()?;
+    drop(f);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(parent(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_file_replaces_and_keeps_the_file_private() -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a/b/key");
+        create_dir_all(&RealFs, parent(&path))?;
+        write_file(&RealFs, &path, b"one")?;
+        write_file(&RealFs, &path, b"two")?;
+        assert_eq!(std::fs::read(&path)?, b"two");
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(RealFs.list(parent(&path))?, vec!["key".to_string()]);
+        Ok(())
+    }
+}

@@ -1,0 +1,315 @@
+//! Reclaiming space, on a thread of its own so that no commit waits for it.
+//!
+//! A segment holds puts that are live, puts that later ops made dead, and deletes. The
+//! compactor rewrites a run of sealed segments `a..=j` into one file in `a`'s place: the
+//! live puts in their order and, unless `a` is the oldest segment, the deletes (which may
+//! cancel puts in older segments). The new file is synced and renamed over `a`; then
+//! `a+1..=j` are deleted in ascending order, each deletion synced before the next. Every
+//! state a crash can leave replays to the same records: the new file holds the final
+//! value of everything last written in `a..=j`, and whatever of `a+1..=j` is still there
+//! replays after it, in order, rewriting the same values. A rewritten segment keeps its
+//! place, so every delete in a later segment still comes after the put it cancels, and a
+//! record deleted while the rewrite ran is still deleted on replay.
+//!
+//! Runs that start at the oldest segment (merges, which drop every delete) are preferred;
+//! their output is capped at [`MERGE_CAP`] live bytes so that no file grows without bound.
+//! When the oldest segments hold more live data than that (a consumer lagging far
+//! behind), single segments behind them are rewritten in place, keeping their deletes.
+//!
+//! The compactor reads the sealed segment's file, not the live state, and takes the
+//! writer's lock only briefly: to check liveness in batches, and to move the records it
+//! copied to their new offsets (those still where it found them).
+
+use super::{corrupt, io, seg_path, LogStore, Shared, Writer, COMPACT_SUFFIX, IDLE};
+use crate::log_store::frame::{self, Tail, MAGIC};
+use crate::log_store::state::{Loc, SegInfo};
+use crate::{Op, StoreError};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Liveness checks per hold of the writer's lock.
+const BATCH: usize = 4096;
+/// Ops per frame of a rewritten segment, by encoded size.
+const FRAME_BYTES: u64 = 1 << 20;
+/// Most live bytes a merge writes into one file.
+pub(super) const MERGE_CAP: u64 = 256 << 20;
+
+#[derive(Debug)]
+enum Target {
+    /// The oldest segment, with nothing live.
+    Delete(u32),
+    /// Segments `first..=last` into one file in `first`'s place; `oldest` if `first` is
+    /// the oldest segment (its deletes can go).
+    Rewrite { first: u32, last: u32, oldest: bool },
+}
+
+/// What of a sealed segment a rewrite would give back.
+fn reclaimable(info: &SegInfo, oldest: bool) -> u64 {
+    let pinned = if oldest { 0 } else { info.pinned };
+    info.len.saturating_sub(info.live + pinned)
+}
+
+/// The next thing worth doing, if any: delete the oldest segment once it holds nothing
+/// live; once the log holds more than twice its live bytes plus two segments, merge the
+/// oldest segments (the longest run whose live bytes fit [`MERGE_CAP`]) or, if that
+/// gives back too little, rewrite the segment with the most to give back.
+fn target(w: &Writer) -> Option<Target> {
+    let st = &w.state;
+    let sealed: Vec<(u32, SegInfo)> = st
+        .segs
+        .iter()
+        .filter(|(s, _)| **s != w.seg)
+        .map(|(s, i)| (*s, *i))
+        .collect();
+    let &(oldest, first) = sealed.first()?;
+    if first.live == 0 {
+        return Some(Target::Delete(oldest));
+    }
+    let gain = |(s, i): &(u32, SegInfo)| reclaimable(i, *s == oldest);
+    let total: u64 = sealed.iter().map(gain).sum();
+    if total <= st.live_bytes() + 2 * w.segment_bytes {
+        return None;
+    }
+    let worth = w.segment_bytes / 4;
+    let (mut live, mut freed, mut best) = (0u64, 0u64, None);
+    for (s, i) in &sealed {
+        live += i.live;
+        if live > MERGE_CAP.max(w.segment_bytes) {
+            break;
+        }
+        freed += i.len.saturating_sub(i.live);
+        if freed >= worth {
+            best = Some(*s);
+        }
+    }
+    if let Some(last) = best {
+        return Some(Target::Rewrite {
+            first: oldest,
+            last,
+            oldest: true,
+        });
+    }
+    let (seg, info) = sealed.iter().max_by_key(|x| gain(x))?;
+    (reclaimable(info, *seg == oldest) >= worth).then_some(Target::Rewrite {
+        first: *seg,
+        last: *seg,
+        oldest: *seg == oldest,
+    })
+}
+
+/// Whether the compactor has work.
+pub(super) fn worth_it(w: &Writer) -> bool {
+    target(w).is_some()
+}
+
+/// The compaction thread: works whenever woken (or every [`IDLE`]) until told to stop.
+pub(super) fn run(shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let pause = match until_done(shared) {
+            Ok(_) => IDLE,
+            Err(e) => {
+                tracing::warn!(cause = %e, "log compaction failed; trying again later");
+                Duration::from_secs(10)
+            }
+        };
+        let Ok(w) = shared.writer() else { return };
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = shared.wake.wait_timeout(w, pause);
+    }
+}
+
+/// Compacts until nothing is worth doing; returns the segments rewritten or deleted.
+pub(super) fn until_done(shared: &Shared) -> Result<usize, StoreError> {
+    let _one = shared
+        .compacting
+        .lock()
+        .map_err(|_| StoreError::Failed("compaction lock poisoned".into()))?;
+    let mut done = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let next = {
+            let w = shared.writer()?;
+            if w.failed.is_some() {
+                break;
+            }
+            target(&w)
+        };
+        let progressed = match next {
+            None => break,
+            Some(Target::Delete(seg)) => delete(shared, seg)?,
+            Some(Target::Rewrite {
+                first,
+                last,
+                oldest,
+            }) => rewrite(shared, first, last, oldest)?,
+        };
+        if !progressed {
+            break;
+        }
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// Deletes the oldest segment, which holds nothing live.
+fn delete(shared: &Shared, seg: u32) -> Result<bool, StoreError> {
+    let (fs, dir) = {
+        let w = shared.writer()?;
+        let oldest = w.state.segs.iter().next();
+        if oldest.is_none_or(|(s, i)| *s != seg || i.live > 0) || seg == w.seg {
+            return Ok(false);
+        }
+        (w.fs.clone(), w.dir.clone())
+    };
+    // The file goes before the segment leaves the state: until the deletion is durable,
+    // the next segment's deletes must stay (they may cancel puts in this one).
+    let path = seg_path(&dir, seg);
+    fs.remove_file(&path)
+        .and_then(|()| fs.sync_dir(&dir))
+        .map_err(|e| io("deleting", &path, e))?;
+    let mut w = shared.writer()?;
+    w.state.segs.remove(&seg);
+    Ok(true)
+}
+
+/// Rewrites sealed segments `first..=last` into one file in `first`'s place, with only
+/// what must stay.
+fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool, StoreError> {
+    let (fs, dir, segs) = {
+        let w = shared.writer()?;
+        let segs: Vec<u32> = w.state.segs.range(first..=last).map(|(s, _)| *s).collect();
+        if segs.contains(&w.seg) {
+            return Ok(false);
+        }
+        (w.fs.clone(), w.dir.clone(), segs)
+    };
+    // What stays: live puts (with where they are now), and deletes unless the run starts
+    // at the oldest segment.
+    let mut ops: Vec<Op> = Vec::new();
+    let mut olds: Vec<Option<Loc>> = Vec::new();
+    let mut sizes: Vec<u32> = Vec::new();
+    for &seg in &segs {
+        let path = seg_path(&dir, seg);
+        let bytes = fs
+            .open(&path)
+            .and_then(|f| f.read_all())
+            .map_err(|e| io("reading", &path, e))?;
+        let mut placed = Vec::new();
+        let scanned = frame::scan(&bytes, false, |p| placed.push(p));
+        if let Tail::Damaged(why) = scanned.tail {
+            return Err(corrupt(format!(
+                "segment {} is damaged at offset {}: {why}",
+                path.display(),
+                scanned.valid
+            )));
+        }
+        drop(bytes);
+        let mut rest = placed.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut w = shared.writer()?;
+            for p in rest.by_ref().take(BATCH) {
+                let at = Loc {
+                    seg,
+                    off: p.off,
+                    bytes: p.bytes,
+                };
+                let keep = match &p.op {
+                    Op::DeleteMessage { .. } | Op::DeleteEntry { .. } | Op::DeleteRecord { .. } => {
+                        (!oldest).then_some(None)
+                    }
+                    put => w.state.is_live(put, at).then_some(Some(at)),
+                };
+                if let Some(old) = keep {
+                    ops.push(p.op);
+                    olds.push(old);
+                    sizes.push(p.bytes);
+                }
+            }
+        }
+    }
+
+    // The new file, in frames of about FRAME_BYTES.
+    let mut out =
+        Vec::with_capacity(MAGIC.len() + sizes.iter().map(|s| *s as usize + 1).sum::<usize>());
+    out.extend_from_slice(MAGIC);
+    let mut news: Vec<Loc> = Vec::with_capacity(ops.len());
+    let mut start = 0;
+    while start < ops.len() {
+        let mut end = start;
+        let mut size = 0u64;
+        while end < ops.len() && (end == start || size < FRAME_BYTES) {
+            size += u64::from(sizes[end]);
+            end += 1;
+        }
+        let frame_at = out.len() as u32;
+        for (off, bytes) in frame::encode(&ops[start..end], &mut out)? {
+            news.push(Loc {
+                seg: first,
+                off: frame_at + off,
+                bytes,
+            });
+        }
+        start = end;
+    }
+    let path = seg_path(&dir, first);
+    let tmp = dir.join(format!("{first:020}{COMPACT_SUFFIX}"));
+    if fs.exists(&tmp) {
+        fs.remove_file(&tmp).map_err(|e| io("removing", &tmp, e))?;
+    }
+    let f = fs.create_new(&tmp).map_err(|e| io("creating", &tmp, e))?;
+    f.write_all_at(&out, 0)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("writing", &tmp, e))?;
+    drop(f);
+    fs.rename(&tmp, &path)
+        .and_then(|()| fs.sync_dir(&dir))
+        .map_err(|e| io("replacing", &path, e))?;
+
+    // Records copied and still where they were found move to their new place; the rest
+    // were deleted or replaced meanwhile, and their copies are dead.
+    {
+        let mut w = shared.writer()?;
+        let (mut live, mut pinned) = (0u64, MAGIC.len() as u64);
+        for ((op, old), new) in ops.iter().zip(&olds).zip(&news) {
+            match old {
+                Some(old) => {
+                    if w.state.relocate(op, *old, *new) {
+                        live += u64::from(new.bytes);
+                    }
+                }
+                None => pinned += u64::from(new.bytes),
+            }
+        }
+        w.state.segs.insert(
+            first,
+            SegInfo {
+                len: out.len() as u64,
+                live,
+                pinned,
+            },
+        );
+        for seg in segs.iter().filter(|s| **s != first) {
+            if let Some(info) = w.state.segs.get_mut(seg) {
+                info.live = 0;
+            }
+        }
+    }
+    // The rest of the run goes, oldest first, each deletion durable before the next.
+    for &seg in segs.iter().filter(|s| **s != first) {
+        let path = seg_path(&dir, seg);
+        fs.remove_file(&path)
+            .and_then(|()| fs.sync_dir(&dir))
+            .map_err(|e| io("deleting", &path, e))?;
+        shared.writer()?.state.segs.remove(&seg);
+    }
+    Ok(true)
+}
+
+impl LogStore {
+    /// Wakes the compaction thread (for tests that change what it sees).
+    #[cfg(test)]
+    pub(crate) fn wake_compactor(&self) {
+        self.shared.wake.notify_all();
+    }
+}

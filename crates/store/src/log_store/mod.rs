@@ -1,0 +1,605 @@
+//! The default engine: an append-only log of commits, cut into segment files.
+//!
+//! Each commit is one frame appended to the newest segment and synced (`fdatasync`) before
+//! `commit` returns. The store keeps the live state in memory (message bodies are shared
+//! with the broker through their `Arc`, not copied), so reading everything back is a
+//! replay at start and a copy of maps afterwards.
+//!
+//! On disk (see `docs/storage-format.md` and [`frame`]), in `<dir>/`: segment files
+//! `<number, 20 digits>.seg`, numbered from 1 upwards, each a magic and then frames. The
+//! newest segment is preallocated (`fallocate`) to the segment size and written in place,
+//! so a commit's `fdatasync` has no file size to update; zeros follow the last frame. A
+//! new segment is made under a temporary name, its header synced, and only then renamed
+//! into place (and the directory synced), so a segment's name never exists without its
+//! header.
+//!
+//! Opening replays the segments in order. A torn last frame of the newest segment (a crash
+//! mid-write, never acknowledged) is cut off. Anything else that is not a whole frame is
+//! damage: the store refuses to open, and says how to see it ([`check`]) and how to cut
+//! the log at the damage ([`Recover::Truncate`], which reports what it dropped).
+//!
+//! Space comes back in the background ([`compact`]), never on the commit path.
+
+mod compact;
+mod frame;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use frame::Tail;
+use frame::{Version, MAGIC};
+use state::{Loc, SegInfo, State};
+
+use crate::fs::{self, RealFs, VFile, Vfs};
+use crate::{Op, QueueStore, Snapshot, StoreError};
+
+/// Default size at which the newest segment is closed and another started.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// The file locked while a store has the log open: one process at a time.
+const LOCK_FILE: &str = "LOCK";
+/// Suffix of a segment being made; renamed to `.seg` once its header is durable.
+const NEW_SUFFIX: &str = ".seg.new";
+/// Suffix of a segment being rewritten by compaction; renamed over the segment when done.
+const COMPACT_SUFFIX: &str = ".seg.compact";
+
+fn io(context: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Engine(format!("{context} {}: {e}", path.display()))
+}
+
+fn corrupt(cause: String) -> StoreError {
+    StoreError::Corrupt {
+        table: "log",
+        cause,
+    }
+}
+
+fn seg_path(dir: &Path, seg: u32) -> PathBuf {
+    dir.join(format!("{seg:020}.seg"))
+}
+
+/// What to do when the log is damaged (not merely torn at its end).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Recover {
+    /// Refuse to open, saying where the damage is.
+    #[default]
+    Refuse,
+    /// Keep everything before the first damage and drop the rest: the rest of that
+    /// segment and every later segment. [`LogStore::recovered`] says what went.
+    Truncate,
+}
+
+/// How to open a log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// Size at which the newest segment is closed and another started.
+    pub segment_bytes: u64,
+    pub recover: Recover,
+    /// Whether a background thread reclaims space (tests may run [`LogStore::compact`]
+    /// themselves instead).
+    pub background_compaction: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            recover: Recover::Refuse,
+            background_compaction: true,
+        }
+    }
+}
+
+/// One segment, as a check of the log found it.
+#[derive(Debug, Clone)]
+pub struct SegmentReport {
+    pub segment: u32,
+    /// Bytes of whole frames (with the header).
+    pub bytes: u64,
+    pub frames: u64,
+    pub tail: Tail,
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// Segments read, oldest first, up to and including the first damaged one.
+    pub segments: Vec<SegmentReport>,
+    /// Segments after the first damage, not read (a truncating recovery drops them).
+    pub unread: Vec<u32>,
+    /// Live records in what was read.
+    pub messages: usize,
+    pub entries: usize,
+    pub records: usize,
+}
+
+impl CheckReport {
+    /// The first damage, if any: segment, offset, what is wrong.
+    pub fn damage(&self) -> Option<(u32, u64, &str)> {
+        self.segments.iter().find_map(|s| match &s.tail {
+            Tail::Damaged(why) => Some((s.segment, s.bytes, why.as_str())),
+            _ => None,
+        })
+    }
+}
+
+/// What a truncating recovery dropped.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub segment: u32,
+    pub offset: u64,
+    pub why: String,
+    /// Bytes cut from the damaged segment, plus every byte of the segments after it.
+    pub dropped_bytes: u64,
+    pub dropped_segments: Vec<u32>,
+}
+
+/// The log's segments, and leftovers of interrupted work, in a directory.
+fn list(fs: &dyn Vfs, dir: &Path) -> Result<(Vec<u32>, Vec<String>), StoreError> {
+    let mut segs = Vec::new();
+    let mut leftovers = Vec::new();
+    for name in fs.list(dir).map_err(|e| io("listing", dir, e))? {
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            segs.push(n);
+        } else if name.ends_with(NEW_SUFFIX) || name.ends_with(COMPACT_SUFFIX) {
+            leftovers.push(name);
+        }
+    }
+    segs.sort_unstable();
+    Ok((segs, leftovers))
+}
+
+/// A replay of the log: the state it holds, segment by segment, up to the first damage.
+struct Survey {
+    state: State,
+    report: CheckReport,
+    /// Versions of the segments read.
+    versions: Vec<Option<Version>>,
+}
+
+fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32]) -> Result<Survey, StoreError> {
+    let mut state = State::default();
+    let mut report = CheckReport::default();
+    let mut versions = Vec::new();
+    for (i, &seg) in segs.iter().enumerate() {
+        let path = seg_path(dir, seg);
+        let bytes = fs
+            .open(&path)
+            .and_then(|f| f.read_all())
+            .map_err(|e| io("reading", &path, e))?;
+        let newest = i + 1 == segs.len();
+        state.segs.entry(seg).or_default();
+        let mut scanned = frame::scan(&bytes, newest, |p| {
+            let loc = Loc {
+                seg,
+                off: p.off,
+                bytes: p.bytes,
+            };
+            state.apply(p.op, loc);
+        });
+        if scanned.version.is_none() && !newest && scanned.tail == Tail::Clean {
+            scanned.tail = Tail::Damaged("a sealed segment without a header".into());
+        }
+        state.segs.entry(seg).or_default().len = scanned.valid.max(MAGIC.len() as u64);
+        versions.push(scanned.version);
+        let damaged = matches!(scanned.tail, Tail::Damaged(_));
+        report.segments.push(SegmentReport {
+            segment: seg,
+            bytes: scanned.valid,
+            frames: scanned.frames,
+            tail: scanned.tail,
+        });
+        if damaged {
+            report.unread = segs[i + 1..].to_vec();
+            break;
+        }
+    }
+    report.messages = state.messages.len();
+    report.entries = state.entries.values().map(|q| q.len()).sum();
+    report.records = state.records.len();
+    Ok(Survey {
+        state,
+        report,
+        versions,
+    })
+}
+
+/// Reads the log in `dir` without changing anything, and says what it holds and where it
+/// is damaged (`trunkline store check`).
+pub fn check(fs: &dyn Vfs, dir: &Path) -> Result<CheckReport, StoreError> {
+    let (segs, _) = list(fs, dir)?;
+    Ok(survey(fs, dir, &segs)?.report)
+}
+
+/// Makes segment `seg` durably: under a temporary name, header written and synced, then
+/// renamed into place and the directory synced. Its name never exists without its header.
+fn create_segment(
+    fs: &dyn Vfs,
+    dir: &Path,
+    seg: u32,
+    size: u64,
+) -> Result<Box<dyn VFile>, StoreError> {
+    let path = seg_path(dir, seg);
+    let tmp = dir.join(format!("{seg:020}{NEW_SUFFIX}"));
+    if fs.exists(&tmp) {
+        fs.remove_file(&tmp).map_err(|e| io("removing", &tmp, e))?;
+    }
+    let f = fs.create_new(&tmp).map_err(|e| io("creating", &tmp, e))?;
+    f.allocate(size);
+    f.write_all_at(MAGIC, 0)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("writing", &tmp, e))?;
+    fs.rename(&tmp, &path)
+        .and_then(|()| fs.sync_dir(dir))
+        .map_err(|e| io("naming", &path, e))?;
+    Ok(f)
+}
+
+struct Writer {
+    fs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    file: Box<dyn VFile>,
+    seg: u32,
+    buf: Vec<u8>,
+    state: State,
+    failed: Option<String>,
+    segment_bytes: u64,
+    /// Whether the last attempt to start a new segment failed (logged once).
+    rotate_failing: bool,
+}
+
+struct Shared {
+    writer: Mutex<Writer>,
+    /// Wakes the compaction thread.
+    wake: Condvar,
+    stop: AtomicBool,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
+}
+
+impl Shared {
+    fn writer(&self) -> Result<MutexGuard<'_, Writer>, StoreError> {
+        self.writer
+            .lock()
+            .map_err(|_| StoreError::Failed("log store lock poisoned".into()))
+    }
+}
+
+/// A [`QueueStore`] on an append-only, segmented log.
+pub struct LogStore {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    recovered: Option<Recovered>,
+    /// Held while open (dropped after the compaction thread has stopped).
+    _lock: Box<dyn Send + Sync>,
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in directory `dir`, cutting off a torn last frame.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::open`] with segments closed at about `segment_bytes`.
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
+        let options = LogOptions {
+            segment_bytes,
+            ..LogOptions::default()
+        };
+        Self::open_on(Arc::new(RealFs), dir, options)
+    }
+
+    /// Opens the log in `dir` on file system `fs`.
+    pub fn open_on(fs: Arc<dyn Vfs>, dir: &Path, options: LogOptions) -> Result<Self, StoreError> {
+        let segment_bytes = options.segment_bytes.max(4096);
+        fs::create_dir_all(&*fs, dir).map_err(|e| io("creating", dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs.lock(&lock_path).map_err(|e| {
+            StoreError::Engine(format!(
+                "the log in {} is open in another process (a node already running on this \
+                 data directory?): {e}",
+                dir.display()
+            ))
+        })?;
+        let (mut segs, leftovers) = list(&*fs, dir)?;
+        for name in &leftovers {
+            let path = dir.join(name);
+            fs.remove_file(&path)
+                .map_err(|e| io("removing", &path, e))?;
+        }
+        let Survey {
+            mut state,
+            report,
+            versions,
+        } = survey(&*fs, dir, &segs)?;
+        let mut recovered = None;
+        if let Some((seg, offset, why)) = report.damage() {
+            if options.recover == Recover::Refuse {
+                return Err(corrupt(format!(
+                    "segment {} is damaged at offset {offset}: {why}. Nothing was changed; \
+                     `trunkline store check` shows the damage, and `trunkline store recover` \
+                     keeps what comes before it and drops the rest",
+                    seg_path(dir, seg).display()
+                )));
+            }
+            recovered = Some(truncate(&*fs, dir, seg, offset, why, &report)?);
+            // What is left is a prefix of what was read.
+            segs = list(&*fs, dir)?.0;
+            state.segs.retain(|s, _| segs.contains(s));
+        }
+        // The newest segment: cut a torn frame off, drop it if it never got a header,
+        // seal it if an earlier version wrote it; otherwise writing goes on in it.
+        let mut writable = None;
+        if let Some(&newest) = segs.last() {
+            let scanned = report.segments.last().filter(|s| s.segment == newest);
+            let version = versions.get(segs.len() - 1).copied().flatten();
+            let valid = scanned.map_or(0, |s| s.bytes);
+            let path = seg_path(dir, newest);
+            let f = fs.open(&path).map_err(|e| io("opening", &path, e))?;
+            match version {
+                None => {
+                    // All zeros: made by a version that named a segment before its header
+                    // was durable. It holds nothing.
+                    drop(f);
+                    fs.remove_file(&path)
+                        .and_then(|()| fs.sync_dir(dir))
+                        .map_err(|e| io("removing", &path, e))?;
+                    state.segs.remove(&newest);
+                    segs.pop();
+                }
+                Some(v) => {
+                    let torn = scanned.is_some_and(|s| s.tail == Tail::Torn);
+                    if torn {
+                        tracing::warn!(segment = %path.display(), offset = valid,
+                            "cutting off a torn last frame (a crash while it was written; it was never acknowledged)");
+                    }
+                    if v == Version::V2 {
+                        if torn || recovered.is_some() {
+                            // Zero what follows, so no stale byte follows the next frame.
+                            f.set_len(valid)
+                                .and_then(|()| {
+                                    f.allocate(segment_bytes);
+                                    f.sync_all()
+                                })
+                                .map_err(|e| io("cutting", &path, e))?;
+                        }
+                        writable = Some((newest, f));
+                    } else {
+                        f.set_len(valid)
+                            .and_then(|()| f.sync_all())
+                            .map_err(|e| io("sealing", &path, e))?;
+                    }
+                }
+            }
+        }
+        let (seg, file) = match writable {
+            Some(w) => w,
+            None => {
+                let next = segs.last().map_or(1, |s| s + 1);
+                let f = create_segment(&*fs, dir, next, segment_bytes)?;
+                state.segs.insert(
+                    next,
+                    SegInfo {
+                        len: MAGIC.len() as u64,
+                        ..SegInfo::default()
+                    },
+                );
+                (next, f)
+            }
+        };
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(Writer {
+                fs,
+                dir: dir.to_owned(),
+                file,
+                seg,
+                buf: Vec::with_capacity(64 << 10),
+                state,
+                failed: None,
+                segment_bytes,
+                rotate_failing: false,
+            }),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            compacting: Mutex::new(()),
+        });
+        let thread = if options.background_compaction {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("trunkline-compact".into())
+                .spawn(move || compact::run(&shared))
+                .ok()
+        } else {
+            None
+        };
+        Ok(LogStore {
+            shared,
+            thread,
+            recovered,
+            _lock: lock,
+        })
+    }
+
+    /// What a truncating recovery dropped when the store opened, if it did.
+    pub fn recovered(&self) -> Option<&Recovered> {
+        self.recovered.as_ref()
+    }
+
+    /// Segment numbers on disk, oldest first (for tests and diagnostics).
+    pub fn segments(&self) -> Result<Vec<u32>, StoreError> {
+        Ok(self.shared.writer()?.state.segs.keys().copied().collect())
+    }
+
+    /// Bytes in the log, and bytes of it still live.
+    pub fn usage(&self) -> Result<(u64, u64), StoreError> {
+        let w = self.shared.writer()?;
+        Ok((w.state.total_bytes(), w.state.live_bytes()))
+    }
+
+    /// Reclaims space now, on this thread, until there is nothing worth reclaiming;
+    /// returns the segments rewritten or deleted.
+    pub fn compact(&self) -> Result<usize, StoreError> {
+        compact::until_done(&self.shared)
+    }
+}
+
+/// Cuts the log at the first damage: the damaged segment keeps what precedes it, later
+/// segments go.
+fn truncate(
+    fs: &dyn Vfs,
+    dir: &Path,
+    seg: u32,
+    offset: u64,
+    why: &str,
+    report: &CheckReport,
+) -> Result<Recovered, StoreError> {
+    let path = seg_path(dir, seg);
+    let f = fs.open(&path).map_err(|e| io("opening", &path, e))?;
+    let before = f.len().map_err(|e| io("reading", &path, e))?;
+    let mut dropped_bytes = before.saturating_sub(offset);
+    if offset < MAGIC.len() as u64 {
+        // Nothing of it is readable: it goes too.
+        drop(f);
+        fs.remove_file(&path)
+            .map_err(|e| io("removing", &path, e))?;
+    } else {
+        f.set_len(offset)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("cutting", &path, e))?;
+    }
+    for &later in &report.unread {
+        let p = seg_path(dir, later);
+        dropped_bytes += fs.open(&p).and_then(|f| f.len()).unwrap_or(0);
+        fs.remove_file(&p).map_err(|e| io("removing", &p, e))?;
+    }
+    fs.sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
+    let recovered = Recovered {
+        segment: seg,
+        offset,
+        why: why.to_owned(),
+        dropped_bytes,
+        dropped_segments: report.unread.clone(),
+    };
+    tracing::warn!(segment = %path.display(), offset, dropped_bytes,
+        dropped_segments = ?recovered.dropped_segments, cause = why,
+        "recovery: the log was cut at its first damage");
+    Ok(recovered)
+}
+
+impl Writer {
+    /// Appends `ops` as one synced frame and applies them to the live state.
+    fn append(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        if let Some(cause) = &self.failed {
+            return Err(StoreError::Failed(cause.clone()));
+        }
+        self.buf.clear();
+        let placed = frame::encode(ops, &mut self.buf)?;
+        let at = self.state.segs.get(&self.seg).map_or(0, |s| s.len);
+        if at + self.buf.len() as u64 > u64::from(u32::MAX) {
+            return Err(StoreError::Engine(
+                "the newest segment would pass 4 GiB; lower [store] segment_mib".into(),
+            ));
+        }
+        let written = self
+            .file
+            .write_all_at(&self.buf, at)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // The tail of the file is unknown now: refuse every later write. A restart
+            // cuts the torn frame off.
+            let cause = format!("writing segment {}: {e}", self.seg);
+            self.failed = Some(cause.clone());
+            return Err(StoreError::Failed(cause));
+        }
+        let seg = self.seg;
+        self.state.segs.entry(seg).or_default().len += self.buf.len() as u64;
+        for (op, (off, bytes)) in ops.iter().zip(placed) {
+            let loc = Loc {
+                seg,
+                off: at as u32 + off,
+                bytes,
+            };
+            self.state.apply(op.clone(), loc);
+        }
+        if self.buf.capacity() > 4 << 20 {
+            self.buf = Vec::with_capacity(64 << 10);
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment once the newest is full. A failure to make the new one is not
+    /// a failed commit (the commit is durable already): writing goes on in the full
+    /// segment and the next commit tries again. A failure to sync the full one is fatal.
+    fn rotate_if_full(&mut self) {
+        let len = self.state.segs.get(&self.seg).map_or(0, |s| s.len);
+        if len < self.segment_bytes || self.failed.is_some() {
+            return;
+        }
+        let path = seg_path(&self.dir, self.seg);
+        // Give back what was preallocated past the last frame.
+        if let Err(e) = self.file.set_len(len).and_then(|()| self.file.sync_all()) {
+            self.failed = Some(format!("sealing {}: {e}", path.display()));
+            return;
+        }
+        let next = self.seg + 1;
+        match create_segment(&*self.fs, &self.dir, next, self.segment_bytes) {
+            Ok(file) => {
+                self.file = file;
+                self.seg = next;
+                self.rotate_failing = false;
+                self.state.segs.insert(
+                    next,
+                    SegInfo {
+                        len: MAGIC.len() as u64,
+                        ..SegInfo::default()
+                    },
+                );
+            }
+            Err(e) => {
+                if !self.rotate_failing {
+                    tracing::warn!(cause = %e, "cannot start a new log segment; writing on in the full one");
+                }
+                self.rotate_failing = true;
+            }
+        }
+    }
+}
+
+impl QueueStore for LogStore {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.shared.writer()?;
+        w.append(ops)?;
+        w.rotate_if_full();
+        if compact::worth_it(&w) {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.shared.writer()?.state.snapshot())
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How long the compaction thread sleeps when nothing wakes it.
+const IDLE: Duration = Duration::from_secs(1);
+#[cfg(test)]
+mod tests;

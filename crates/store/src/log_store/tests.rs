@@ -1,0 +1,500 @@
+//! Tests of the log engine on real files and on the simulated file system.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::simfs::SimFs;
+use crate::{MemoryStore, RecordTable, StoredEntry, StoredMessage};
+
+fn msg(body: &[u8]) -> Arc<StoredMessage> {
+    Arc::new(StoredMessage {
+        topic: "a.b".into(),
+        body: bytes::Bytes::copy_from_slice(body),
+        sender: "s".into(),
+        timestamp_ms: 5,
+        expires_at_ms: Some(9),
+        content_type: None,
+        headers: vec![("type".into(), "t".into())],
+    })
+}
+
+fn put(id: u64, body: &[u8]) -> Op {
+    Op::PutMessage { id, msg: msg(body) }
+}
+
+fn entry(queue: &str, seq: u64, msg_id: u64) -> Op {
+    Op::PutEntry {
+        queue: Arc::from(queue),
+        seq,
+        entry: StoredEntry {
+            msg_id,
+            delivery_count: 0,
+        },
+    }
+}
+
+type Flat = (
+    Vec<(u64, StoredMessage)>,
+    Vec<(Arc<str>, u64, StoredEntry)>,
+    Vec<(RecordTable, String, Vec<u8>)>,
+);
+
+/// The snapshot as comparable, ordered values.
+fn flat(s: Snapshot) -> Flat {
+    let m: Vec<_> = s
+        .messages
+        .into_iter()
+        .map(|(k, v)| (k, (*v).clone()))
+        .collect();
+    let mut r: Vec<_> = s
+        .records
+        .into_iter()
+        .flat_map(|(t, rows)| rows.into_iter().map(move |(k, v)| (t, k, v)))
+        .collect();
+    r.sort();
+    (m, s.entries, r)
+}
+
+fn ids(s: &LogStore) -> Result<Vec<u64>, StoreError> {
+    Ok(s.load()?.messages.iter().map(|(id, _)| *id).collect())
+}
+
+fn tmp() -> Result<tempfile::TempDir, StoreError> {
+    tempfile::tempdir().map_err(|e| io("tempdir", Path::new("."), e))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|e| io("read", path, e))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    std::fs::write(path, bytes).map_err(|e| io("write", path, e))
+}
+
+fn quiet(segment_bytes: u64) -> LogOptions {
+    LogOptions {
+        segment_bytes,
+        background_compaction: false,
+        ..LogOptions::default()
+    }
+}
+
+#[test]
+fn a_torn_last_frame_is_cut_off_and_the_log_goes_on() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    let open = || LogStore::open_with(dir.path(), 1 << 16);
+    {
+        let s = open()?;
+        s.commit(&[put(1, b"1")])?;
+        s.commit(&[put(2, &[b'2'; 100])])?;
+    }
+    let (len, _) = open()?.usage()?;
+    let path = seg_path(dir.path(), 1);
+    let full = read(&path)?;
+    assert!(full[len as usize..].iter().all(|b| *b == 0));
+    // Every cut inside the second frame, and any damage to it, loses exactly the second
+    // commit (a crash mid-append): truncated files, and stray bytes in the zeros.
+    let mut damaged = Vec::new();
+    for cut in [len - 1, len - 5, len - 20, len - 110] {
+        damaged.push(full[..cut as usize].to_vec());
+        let mut stray = full.clone();
+        stray[cut as usize..len as usize].fill(0);
+        stray[len as usize - 10] = 1;
+        damaged.push(stray);
+        let mut garbled = full.clone();
+        garbled[cut as usize] ^= 0x55;
+        damaged.push(garbled);
+    }
+    for (i, bytes) in damaged.iter().enumerate() {
+        write(&path, bytes)?;
+        let s = open()?;
+        assert_eq!(ids(&s)?, vec![1], "case {i}");
+        drop(s);
+        let after = read(&path)?;
+        assert!(
+            after[len as usize - 110..].iter().all(|b| *b == 0),
+            "case {i}: the torn bytes were not zeroed"
+        );
+    }
+    let s = open()?;
+    s.commit(&[put(3, b"3")])?;
+    drop(s);
+    assert_eq!(ids(&open()?)?, vec![1, 3]);
+    Ok(())
+}
+
+#[test]
+fn a_bad_frame_with_good_frames_after_it_is_damage_and_recovery_says_what_it_drops(
+) -> Result<(), StoreError> {
+    let dir = tmp()?;
+    // Where each commit's frame ends.
+    let mut ends = vec![MAGIC.len() as u64];
+    {
+        let s = LogStore::open(dir.path())?;
+        for id in 1..=4 {
+            s.commit(&[put(id, &[b'x'; 300])])?;
+            ends.push(s.usage()?.0);
+        }
+    }
+    let path = seg_path(dir.path(), 1);
+    let mut bytes = read(&path)?;
+    // One bit of the second frame's payload: frames 3 and 4 after it are whole.
+    bytes[ends[1] as usize + 100] ^= 1;
+    write(&path, &bytes)?;
+    match LogStore::open(dir.path()) {
+        Err(StoreError::Corrupt { cause, .. }) => {
+            assert!(cause.contains("followed by more data"), "{cause}");
+            assert!(cause.contains("trunkline store recover"), "{cause}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(s) => panic!("opened over damage, holding {:?}", ids(&s)),
+    }
+    assert_eq!(read(&path)?, bytes, "a refused open changed the file");
+    let report = check(&RealFs, dir.path())?;
+    let (seg, offset, _) = report.damage().expect("check finds the damage");
+    assert_eq!((seg, report.messages), (1, 1));
+    let s = LogStore::open_on(
+        Arc::new(RealFs),
+        dir.path(),
+        LogOptions {
+            recover: Recover::Truncate,
+            ..LogOptions::default()
+        },
+    )?;
+    let r = s.recovered().expect("a recovery report").clone();
+    assert_eq!((r.segment, r.offset), (seg, offset));
+    assert_eq!(r.offset, ends[1]);
+    assert_eq!(r.dropped_bytes, bytes.len() as u64 - ends[1], "{r:?}");
+    assert_eq!(ids(&s)?, vec![1]);
+    s.commit(&[put(9, b"9")])?;
+    drop(s);
+    assert_eq!(ids(&LogStore::open(dir.path())?)?, vec![1, 9]);
+    Ok(())
+}
+
+#[test]
+fn damage_before_the_newest_segment_is_refused() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    {
+        let s = LogStore::open_with(dir.path(), 4096)?;
+        for id in 0..20 {
+            s.commit(&[put(id, &[b'x'; 1000])])?;
+        }
+        assert!(s.segments()?.len() > 1);
+    }
+    let first = seg_path(dir.path(), 1);
+    let mut bytes = read(&first)?;
+    bytes[20] ^= 0xff;
+    write(&first, &bytes)?;
+    match LogStore::open_with(dir.path(), 4096) {
+        Err(StoreError::Corrupt { cause, .. }) => {
+            assert!(cause.contains("sealed segment"), "{cause}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a damaged older segment was accepted"),
+    }
+    Ok(())
+}
+
+/// Defect 1 of issue 12: a segment named before its header was durable (left by earlier
+/// versions after a crash) held the commits acknowledged after it, and the next open cut
+/// them all off.
+#[test]
+fn a_newest_segment_without_a_header_is_made_again_and_keeps_what_follows() -> Result<(), StoreError>
+{
+    for zeros in [0usize, 8, 1 << 16] {
+        let dir = tmp()?;
+        write(&seg_path(dir.path(), 1), &vec![0; zeros])?;
+        {
+            let s = LogStore::open(dir.path())?;
+            for id in 1..=3 {
+                s.commit(&[put(id, b"m")])?;
+            }
+        }
+        let s = LogStore::open(dir.path())?;
+        assert_eq!(ids(&s)?, vec![1, 2, 3], "a newest segment of {zeros} zeros");
+        assert_eq!(&read(&seg_path(dir.path(), s.segments()?[0]))?[..8], MAGIC);
+    }
+    Ok(())
+}
+
+#[test]
+fn segments_of_the_first_format_still_open() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    // A TLLOG001 segment: 8-byte frame headers (length, payload CRC).
+    let mut seg = MAGIC_V1_FOR_TESTS.to_vec();
+    for op in [put(1, b"one"), entry("q", 1, 1)] {
+        let payload = postcard::to_allocvec(&op).map_err(|e| StoreError::Engine(e.to_string()))?;
+        seg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        seg.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        seg.extend_from_slice(&payload);
+    }
+    seg.resize(seg.len() + 4096, 0);
+    write(&seg_path(dir.path(), 1), &seg)?;
+    let s = LogStore::open(dir.path())?;
+    assert_eq!(ids(&s)?, vec![1]);
+    assert_eq!(s.load()?.entries.len(), 1);
+    // The old segment is sealed; writing goes on in a new one, in the current format.
+    s.commit(&[put(2, b"two")])?;
+    assert_eq!(s.segments()?, vec![1, 2]);
+    drop(s);
+    assert_eq!(ids(&LogStore::open(dir.path())?)?, vec![1, 2]);
+    Ok(())
+}
+
+const MAGIC_V1_FOR_TESTS: &[u8; 8] = b"TLLOG001";
+
+/// A queue consumed as fast as it is filled, `n` × 1 KiB through it, with one record
+/// that lives for ever.
+fn churn(s: &LogStore, n: u64) -> Result<(), StoreError> {
+    s.commit(&[Op::PutRecord {
+        table: RecordTable::Clients,
+        key: "forever".into(),
+        value: vec![7; 100],
+    }])?;
+    for id in 1..=n {
+        s.commit(&[put(id, &[b'x'; 1024]), entry("q", id, id)])?;
+        if id > 10 {
+            s.commit(&[
+                Op::DeleteEntry {
+                    queue: Arc::from("q"),
+                    seq: id - 10,
+                },
+                Op::DeleteMessage { id: id - 10 },
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn space_comes_back_and_long_lived_records_are_rewritten_in_place() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    let seg = 8 << 10;
+    let s = LogStore::open_on(Arc::new(RealFs), dir.path(), quiet(seg))?;
+    churn(&s, 600)?;
+    let (before, _) = s.usage()?;
+    assert!(s.compact()? > 0, "nothing was compacted");
+    let (total, live) = s.usage()?;
+    assert!(total < before);
+    assert!(live < 12 * 1100 + 200, "live {live}");
+    assert!(
+        total <= 2 * live + 3 * seg + 4096,
+        "the log kept {total} bytes for {live} live"
+    );
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .map_err(|e| io("list", dir.path(), e))?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    // Sealed segments are cut to their frames; only the newest keeps its reserve.
+    assert!(
+        on_disk <= total + seg,
+        "{on_disk} bytes on disk for {total} in the log"
+    );
+    // The first segment holds the record that lives for ever: rewritten, not deleted.
+    assert_eq!(s.segments()?.first(), Some(&1));
+    drop(s);
+    let snap = LogStore::open_with(dir.path(), seg)?.load()?;
+    assert_eq!(snap.messages.len(), 10);
+    assert_eq!(snap.entries.len(), 10);
+    assert_eq!(snap.records(RecordTable::Clients).len(), 1);
+    Ok(())
+}
+
+#[test]
+fn the_background_thread_compacts() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    let seg = 8 << 10;
+    let s = LogStore::open_with(dir.path(), seg)?;
+    churn(&s, 600)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (total, live) = s.usage()?;
+        if total <= 2 * live + 3 * seg {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{total} bytes kept for {live} live"
+        );
+        s.wake_compactor();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Defect 4 of issue 12: space was reclaimed on the commit path, so every commit waited
+/// behind it.
+#[test]
+fn commits_do_not_wait_for_compaction() -> Result<(), StoreError> {
+    let root = Path::new("/sim");
+    let dir = root.join("log");
+    let fs = SimFs::new(root);
+    let s = Arc::new(LogStore::open_on(
+        Arc::new(fs.clone()),
+        &dir,
+        LogOptions {
+            segment_bytes: 8 << 10,
+            ..LogOptions::default()
+        },
+    )?);
+    // A record that lives for ever, and enough to start segment 2: nothing is dead yet.
+    s.commit(&[Op::PutRecord {
+        table: RecordTable::Clients,
+        key: "forever".into(),
+        value: vec![7; 100],
+    }])?;
+    for id in 1000..1008 {
+        s.commit(&[put(id, &[b'x'; 1024])])?;
+    }
+    assert!(s.segments()?.len() > 1);
+    // Everything done to the first segment (deleting or rewriting it) now hangs.
+    let held = fs.hold("00000000000000000001.seg");
+    let (done, finished) = std::sync::mpsc::channel();
+    {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(churn(&s, 300));
+        });
+    }
+    let r = finished.recv_timeout(Duration::from_secs(30));
+    drop(held);
+    match r {
+        Ok(r) => r?,
+        Err(_) => panic!("commits waited for compaction"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.segments()?.len() > 6 {
+        assert!(Instant::now() < deadline, "compaction did not catch up");
+        s.wake_compactor();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Defect 4 of issue 12: when starting a new segment failed after a commit was durable,
+/// the caller was told the commit failed.
+#[test]
+fn a_segment_that_cannot_be_started_fails_no_commit() -> Result<(), StoreError> {
+    let root = Path::new("/sim");
+    let dir = root.join("log");
+    let fs = SimFs::new(root);
+    let s = LogStore::open_on(Arc::new(fs.clone()), &dir, quiet(4096))?;
+    fs.fail(NEW_SUFFIX);
+    for id in 1..=20 {
+        s.commit(&[put(id, &[b'x'; 1000])])?;
+    }
+    assert_eq!(
+        s.segments()?,
+        vec![1],
+        "a segment was started on a full disk"
+    );
+    fs.clear_faults();
+    s.commit(&[put(21, b"x")])?;
+    assert_eq!(s.segments()?, vec![1, 2]);
+    drop(s);
+    fs.power_loss(7);
+    let s = LogStore::open_on(Arc::new(fs), &dir, quiet(4096))?;
+    assert_eq!(ids(&s)?, (1..=21).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// A delete in a segment other than the oldest may cancel a put in an older one: a
+/// rewrite keeps it.
+#[test]
+fn a_rewrite_keeps_the_deletes_older_segments_need() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    let seg = 4096;
+    let s = LogStore::open_on(Arc::new(RealFs), dir.path(), quiet(seg))?;
+    s.commit(&[put(1, b"lives"), put(2, b"deleted later")])?;
+    s.commit(&[put(3, &[b'x'; 3900])])?;
+    // Segment 2: mostly dead bytes, and the delete of 2 (whose put is in segment 1).
+    s.commit(&[put(4, &[b'y'; 3000]), Op::DeleteMessage { id: 2 }])?;
+    s.commit(&[Op::DeleteMessage { id: 4 }, put(5, &[b'z'; 3900])])?;
+    for id in 6..12 {
+        s.commit(&[put(id, &[b'w'; 3000]), Op::DeleteMessage { id }])?;
+    }
+    s.compact()?;
+    drop(s);
+    let s = LogStore::open_with(dir.path(), seg)?;
+    assert_eq!(ids(&s)?, vec![1, 3, 5]);
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Commit(Vec<Op>),
+    Compact,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..20u64, 0..3000usize).prop_map(|(id, n)| put(id, &vec![b'b'; n])),
+        (0..20u64).prop_map(|id| Op::DeleteMessage { id }),
+        (0..3usize, 0..20u64, 0..20u64).prop_map(|(q, s, m)| entry(["a", "b", "c"][q], s, m)),
+        (0..3usize, 0..20u64).prop_map(|(q, seq)| Op::DeleteEntry {
+            queue: Arc::from(["a", "b", "c"][q]),
+            seq
+        }),
+        (0..5u8, prop::collection::vec(any::<u8>(), 0..50)).prop_map(|(k, value)| {
+            Op::PutRecord {
+                table: RecordTable::Dedup,
+                key: format!("k{k}"),
+                value,
+            }
+        }),
+        (0..5u8).prop_map(|k| Op::DeleteRecord {
+            table: RecordTable::Dedup,
+            key: format!("k{k}")
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    /// Whatever the commits, reopens and compactions (in the background and asked for),
+    /// the log holds what an in-memory model holds.
+    #[test]
+    fn matches_the_model(steps in prop::collection::vec(
+        prop_oneof![
+            8 => prop::collection::vec(op(), 1..6).prop_map(Step::Commit),
+            1 => Just(Step::Compact),
+            1 => Just(Step::Reopen),
+        ],
+        1..80,
+    )) {
+        let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let model = MemoryStore::default();
+        let fail = |e: StoreError| TestCaseError::fail(e.to_string());
+        let open = || LogStore::open_with(dir.path(), 4096).map_err(fail);
+        let mut log = open()?;
+        for step in steps {
+            match step {
+                Step::Commit(ops) => {
+                    model.commit(&ops).map_err(fail)?;
+                    log.commit(&ops).map_err(fail)?;
+                }
+                Step::Compact => {
+                    log.compact().map_err(fail)?;
+                }
+                Step::Reopen => {
+                    drop(log);
+                    log = open()?;
+                }
+            }
+            let a = flat(log.load().map_err(fail)?);
+            let b = flat(model.load().map_err(fail)?);
+            prop_assert_eq!(a, b);
+        }
+        drop(log);
+        let a = flat(open()?.load().map_err(fail)?);
+        let b = flat(model.load().map_err(fail)?);
+        prop_assert_eq!(a, b);
+    }
+}
