@@ -13,10 +13,16 @@
 //! A [`Broker`] is a cheap `Clone` handle. It speaks no protocol: HTTP, STOMP and
 //! WebSocket front-ends call it. It does no I/O but through the store's [`Committer`]:
 //! every operation builds the store ops that make it durable, commits them (sharing a
-//! sync with whatever else is waiting), and only then returns. State is split so that no
-//! lock covers the whole broker: the registry (clients and trie) behind one `RwLock`, the
-//! map of queues behind another, and each queue behind its own `Mutex`. No lock is held
-//! across an `.await`; admin changes are serialised by an async mutex of their own.
+//! sync with whatever else is waiting), and only then returns. A message put where
+//! consumers can take it (published, requeued by a nack or an ended lease, moved to a
+//! dead-letter queue) holds a reserved place meanwhile and lands there only once that
+//! commit is durable, on the commit thread in commit order; taking one out (a delivery,
+//! an ack) is immediate, so nobody can take it twice.
+//!
+//! State is split so that no lock covers the whole broker: the registry (clients and
+//! trie) behind one `RwLock`, the map of queues behind another, and each queue behind its
+//! own `Mutex`. No lock is held across an `.await`; admin changes are serialised by an
+//! async mutex of their own.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -61,7 +67,7 @@ pub use queue::{Limits, Msg, Overflow};
 pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings};
 
 use dedup::Dedup;
-use queue::{Effects, Queue, Slot};
+use queue::{Effects, Moved, Queue, Slot};
 use registry::Registry;
 
 /// Node-wide settings of the broker.
@@ -293,6 +299,14 @@ struct QueueCell {
     notify: Notify,
 }
 
+/// A place reserved in a queue by a change still committing, and the message that lands
+/// there once the change is durable ([`Broker::land`]).
+struct Place {
+    cell: Arc<QueueCell>,
+    seq: u64,
+    slot: Slot,
+}
+
 struct Inner {
     config: BrokerConfig,
     committer: Committer,
@@ -457,18 +471,19 @@ impl Broker {
         // (the dead-letter queue), not out for one delivery more than `max_deliveries`.
         let mut exhausted: Vec<(Option<Arc<str>>, Vec<Slot>)> = Vec::new();
         for q in queues.values_mut() {
-            let mut dead = Vec::new();
-            q.reclaim_restored(&mut cleanup, &mut dead);
-            if !dead.is_empty() {
-                exhausted.push((q.dead_letter.clone(), dead));
+            let mut moved = Moved::default();
+            q.reclaim_restored(&mut cleanup, &mut moved);
+            if !moved.dead.is_empty() {
+                exhausted.push((q.dead_letter.clone(), moved.dead));
             }
         }
+        // As every move does, they land once the commit below is durable.
+        let mut landing: Vec<(Arc<str>, u64, Slot)> = Vec::new();
         for (target, dead) in exhausted {
             match target.as_deref().and_then(|t| queues.get_mut(t)) {
                 Some(q) => {
-                    for slot in dead {
-                        q.push_moved(slot, now, &mut cleanup, &mut Effects::default());
-                    }
+                    let placed = q.reserve_moved(dead, now, &mut cleanup, &mut Effects::default());
+                    landing.extend(placed.into_iter().map(|(seq, s)| (q.name.clone(), seq, s)));
                 }
                 None => {
                     for slot in dead {
@@ -515,6 +530,11 @@ impl Broker {
             );
         }
         store.commit(&cleanup)?;
+        for (name, seq, slot) in landing {
+            if let Some(q) = queues.get_mut(&name) {
+                q.land(seq, slot, &mut Vec::new());
+            }
+        }
         if memory.used() > memory.max() {
             // Nothing stored is dropped for it: publishes are refused until consumers
             // bring the node back under its cap.
@@ -912,31 +932,27 @@ impl Broker {
         now: u64,
     ) -> Result<Published, BrokerError> {
         let delivered_to = prep.reserved.len() as u64;
-        // Its entries and the message were counted when the places were reserved.
+        // Its entries and the message were counted when the places were reserved (a failed
+        // commit gives them back as it releases each place).
         let msg = Msg::counted(
             prep.id,
             prep.data.clone(),
             delivered_to as u32,
             Some(self.inner.memory.clone()),
         );
-        if committed.is_err() && delivered_to > 0 {
-            self.inner.memory.sub(
-                delivered_to * footprint::ENTRY_BYTES + footprint::stored_message_bytes(&prep.data),
-            );
-        }
-        for (cell, seq) in prep.reserved {
-            {
-                let mut q = lock(&cell.state);
-                if committed.is_ok() {
-                    q.commit_reserved(seq, msg.clone());
-                } else {
-                    q.unreserve();
-                }
-            }
-            if committed.is_ok() {
-                cell.notify.notify_waiters();
-            }
-        }
+        let places = prep
+            .reserved
+            .into_iter()
+            .map(|(cell, seq)| Place {
+                cell,
+                seq,
+                slot: Slot {
+                    msg: msg.clone(),
+                    delivery_count: 0,
+                },
+            })
+            .collect();
+        self.land(places, committed.is_ok());
         if let Some(key) = dedup_key {
             let mut d = lock(&self.inner.dedup);
             match &committed {
@@ -1026,6 +1042,10 @@ impl Broker {
     /// Takes up to `opts.max` messages from `queue`, which `who` must be allowed to read
     /// ([`BrokerError::Forbidden`] otherwise, [`BrokerError::Revoked`] once its client is
     /// gone). Returns once the removal (auto-ack) or the lease's delivery count is durable.
+    ///
+    /// Leases of `queue` that ran out are ended first: those messages are back at their
+    /// place (or in the dead-letter queue) once that is durable, and this receive may take
+    /// them then.
     pub async fn receive(
         &self,
         who: &Principal,
@@ -1038,16 +1058,22 @@ impl Broker {
             .queue(queue)
             .ok_or_else(|| BrokerError::UnknownQueue(queue.to_owned()))?;
         let max = opts.max.min(self.inner.config.max_receive);
-        let mut ops = Vec::new();
         let mut fx = Effects::default();
-        let mut dead = Vec::new();
-        let (taken, dead_letter) = {
+        // Leases that ran out go back to their place (or on to the dead-letter queue) first,
+        // deliverable once that is durable like every move; then this receive takes what is
+        // ready, them included. What only goes away shares the take's commit.
+        let (mut ops, mut moved) = (Vec::new(), Moved::default());
+        let target = {
             let mut q = lock(&cell.state);
-            q.reclaim(now, &mut ops, &mut dead);
-            let taken = q.take(now, max, opts.lease_ms, &mut ops, &mut fx);
-            (taken, q.dead_letter.clone())
+            q.reclaim(now, &mut ops, &mut moved);
+            q.dead_letter.clone()
         };
-        self.dead_letter(dead_letter, dead, now, &mut ops, &mut fx);
+        let places = self.place_moved(&cell, moved, target, now, &mut ops, &mut fx);
+        if !places.is_empty() {
+            self.commit_then_land(std::mem::take(&mut ops), places)
+                .await?;
+        }
+        let taken = lock(&cell.state).take(now, max, opts.lease_ms, &mut ops, &mut fx);
         self.inner.committer.commit(ops).await?;
         let c = &self.inner.counters;
         c.delivered.fetch_add(taken.len() as u64, Ordering::Relaxed);
@@ -1071,29 +1097,42 @@ impl Broker {
         self.queue(queue)
     }
 
-    fn dead_letter(
+    /// Where what a change took out of `cell` lands once the change is durable: back at
+    /// its place in `cell`, or at a new place in the dead-letter queue `target` (gone for
+    /// good if that queue is gone).
+    fn place_moved(
         &self,
+        cell: &Arc<QueueCell>,
+        moved: Moved,
         target: Option<Arc<str>>,
-        dead: Vec<Slot>,
         now: u64,
         ops: &mut Vec<Op>,
         fx: &mut Effects,
-    ) {
-        if dead.is_empty() {
-            return;
+    ) -> Vec<Place> {
+        let mut places: Vec<Place> = moved
+            .back
+            .into_iter()
+            .map(|(seq, slot)| Place {
+                cell: cell.clone(),
+                seq,
+                slot,
+            })
+            .collect();
+        if moved.dead.is_empty() {
+            return places;
         }
-        let n = dead.len() as u64;
+        let n = moved.dead.len() as u64;
         match target.and_then(|t| self.queue(&t)) {
-            Some(cell) => {
-                let mut q = lock(&cell.state);
-                for slot in dead {
-                    q.push_moved(slot, now, ops, fx);
-                }
-                drop(q);
-                cell.notify.notify_waiters();
+            Some(dead) => {
+                let placed = lock(&dead.state).reserve_moved(moved.dead, now, ops, fx);
+                places.extend(placed.into_iter().map(|(seq, slot)| Place {
+                    cell: dead.clone(),
+                    seq,
+                    slot,
+                }));
             }
             None => {
-                for slot in dead {
+                for slot in moved.dead {
                     slot.msg.release(ops);
                 }
             }
@@ -1102,6 +1141,68 @@ impl Broker {
             .counters
             .dead_lettered
             .fetch_add(n, Ordering::Relaxed);
+        places
+    }
+
+    /// Commits `ops` and then, on the commit thread in commit order, lands `places`
+    /// ([`Broker::land`]). Every change that puts a message where consumers can take it
+    /// (a publish, a requeue, a dead-lettering) goes this way, so that nobody takes a
+    /// message from a place before the change that put it there is durable. Submits before
+    /// returning: the outcome does not depend on the future being awaited, which resolves
+    /// once the places have landed.
+    fn commit_then_land(
+        &self,
+        ops: Vec<Op>,
+        places: Vec<Place>,
+    ) -> impl std::future::Future<Output = Result<(), BrokerError>> {
+        let answer = (!ops.is_empty() || !places.is_empty()).then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let broker = self.clone();
+            self.inner.committer.submit(
+                ops,
+                Box::new(move |r| {
+                    broker.land(places, r.is_ok());
+                    // As in a publish: whoever is answered may be about to shut it down.
+                    drop(broker);
+                    let _ = tx.send(r.clone());
+                }),
+            );
+            rx
+        });
+        async move {
+            if let Some(rx) = answer {
+                rx.await
+                    .unwrap_or(Err(trunkline_store::CommitError::Stopped))?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs on the commit thread, in commit order, once the change that reserved `places`
+    /// is committed: makes each message deliverable at its place and then wakes the
+    /// queue's waiters (long polls, STOMP and WebSocket subscriptions). If the commit
+    /// failed, nothing lands and the places are given back: the store still holds what it
+    /// held before the change, which a restart restores, and no later commit is made.
+    fn land(&self, places: Vec<Place>, committed: bool) {
+        let mut removed = Vec::new();
+        for Place { cell, seq, slot } in places {
+            if !committed {
+                lock(&cell.state).unreserve();
+                // Not held in memory any more; the ops this would write are not needed,
+                // nothing is written after a failed commit.
+                slot.msg.release(&mut Vec::new());
+                continue;
+            }
+            let visible = lock(&cell.state).land(seq, slot, &mut removed);
+            if visible {
+                cell.notify.notify_waiters();
+            }
+        }
+        if !removed.is_empty() {
+            // Landed in a queue deleted meanwhile: its entry goes too (were it left, the
+            // next start would remove it with the queue).
+            self.inner.committer.submit(removed, Box::new(|_| {}));
+        }
     }
 
     /// Acks or nacks leased deliveries, by their receipts, of queues `who` may read.
@@ -1109,6 +1210,9 @@ impl Broker {
     /// Giving deliveries back (`Nack { requeue: true }`) also works for a principal revoked
     /// since (a session closing because its client's secret was rotated returns what it
     /// held at once); anything else needs a principal that is still valid.
+    ///
+    /// A nacked message is deliverable again (at its place, or in the dead-letter queue)
+    /// only once the settle is durable, just before it returns.
     pub async fn settle(
         &self,
         who: &Principal,
@@ -1132,13 +1236,14 @@ impl Broker {
                 _ => out.unknown.push(r.clone()),
             }
         }
+        let mut places = Vec::new();
         for (qname, items) in by_queue {
             let Some(cell) = self.queue(qname) else {
                 out.unknown
                     .extend(items.into_iter().map(|(_, _, r)| r.clone()));
                 continue;
             };
-            let mut dead = Vec::new();
+            let mut moved = Moved::default();
             let target = {
                 let mut q = lock(&cell.state);
                 for (seq, count, r) in items {
@@ -1146,7 +1251,7 @@ impl Broker {
                         Settle::Ack => (true, false),
                         Settle::Nack { requeue } => (false, requeue),
                     };
-                    if q.settle(seq, count, ack, requeue, &mut ops, &mut dead) {
+                    if q.settle(seq, count, ack, requeue, &mut ops, &mut moved) {
                         out.done += 1;
                     } else {
                         out.unknown.push(r.clone());
@@ -1154,12 +1259,9 @@ impl Broker {
                 }
                 q.dead_letter.clone()
             };
-            if matches!(how, Settle::Nack { .. }) {
-                cell.notify.notify_waiters();
-            }
-            self.dead_letter(target, dead, now, &mut ops, &mut fx);
+            places.extend(self.place_moved(&cell, moved, target, now, &mut ops, &mut fx));
         }
-        self.inner.committer.commit(ops).await?;
+        self.commit_then_land(ops, places).await?;
         let counter = match how {
             Settle::Ack => &self.inner.counters.acked,
             Settle::Nack { .. } => &self.inner.counters.nacked,
@@ -1173,24 +1275,23 @@ impl Broker {
     }
 
     /// Housekeeping, run about once a second: ends expired leases, drops expired messages,
-    /// forgets old dedup records. Returns once its changes are durable.
+    /// forgets old dedup records. Returns once its changes are durable; the messages whose
+    /// leases it ended are deliverable again (at their place, or in the dead-letter queue)
+    /// from then, not before.
     pub async fn sweep(&self, now: u64) -> Result<(), BrokerError> {
         let cells: Vec<Arc<QueueCell>> = read(&self.inner.queues).values().cloned().collect();
         let mut ops = Vec::new();
         let mut fx = Effects::default();
+        let mut places = Vec::new();
         for cell in cells {
-            let mut dead = Vec::new();
-            let (target, requeued) = {
+            let mut moved = Moved::default();
+            let target = {
                 let mut q = lock(&cell.state);
-                let before = q.ready_len();
-                q.reclaim(now, &mut ops, &mut dead);
+                q.reclaim(now, &mut ops, &mut moved);
                 q.expire(now, &mut ops, &mut fx);
-                (q.dead_letter.clone(), q.ready_len() > before)
+                q.dead_letter.clone()
             };
-            if requeued {
-                cell.notify.notify_waiters();
-            }
-            self.dead_letter(target, dead, now, &mut ops, &mut fx);
+            places.extend(self.place_moved(&cell, moved, target, now, &mut ops, &mut fx));
         }
         let last = self.inner.last_msg_id.load(Ordering::Relaxed);
         if last
@@ -1220,8 +1321,7 @@ impl Broker {
             .counters
             .dropped_overflow
             .fetch_add(fx.dropped, Ordering::Relaxed);
-        self.inner.committer.commit(ops).await?;
-        Ok(())
+        self.commit_then_land(ops, places).await
     }
 
     /// Depth of every queue.

@@ -5,8 +5,14 @@
 //! by sequence number with an index of lease deadlines. Every change appends the store
 //! [`Op`]s that make it durable to a caller's list; the caller commits them before it
 //! answers anyone. Time is an argument (milliseconds since the epoch).
+//!
+//! Taking a message out (a delivery, an ack, a drop) is immediate: nobody can take it
+//! again. Putting one in is not: a message published here, requeued (a nack, a lease that
+//! ran out) or moved here (dead-lettering) first holds a reserved place, counted against
+//! the queue's length, and lands there (`Queue::land`), where consumers can take it, only
+//! once the commit holding the change is durable (on the commit thread, in commit order).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -111,6 +117,17 @@ struct Lease {
     deadline: u64,
 }
 
+/// What a change took out of a queue to put somewhere else once it is durable.
+#[derive(Debug, Default)]
+pub(crate) struct Moved {
+    /// Back to their place here (a nack with requeue, a lease that ran out), each holding
+    /// a reserved place until it lands.
+    pub back: Vec<(u64, Slot)>,
+    /// For the dead-letter queue (exhausted, or nacked without requeue); their entries here
+    /// are already deleted.
+    pub dead: Vec<Slot>,
+}
+
 /// A message handed out by [`Queue::take`].
 #[derive(Debug, Clone)]
 pub struct Taken {
@@ -142,9 +159,11 @@ pub struct Queue {
     ready: BTreeMap<u64, Slot>,
     leased: HashMap<u64, Lease>,
     deadlines: BTreeSet<(u64, u64)>,
-    /// Places reserved by publishes still committing.
+    /// Places reserved by changes still committing: publishes, requeues and moves here.
     pending: u64,
     last_seq: u64,
+    /// Deleted with its client: a message landing now is removed instead.
+    purged: bool,
 }
 
 impl Queue {
@@ -158,6 +177,7 @@ impl Queue {
             deadlines: BTreeSet::new(),
             pending: 0,
             last_seq: 0,
+            purged: false,
         }
     }
 
@@ -220,46 +240,68 @@ impl Queue {
         }
     }
 
-    /// Gives back a reservation whose publish failed.
+    /// Gives back a reserved place whose change was refused or failed.
     pub(crate) fn unreserve(&mut self) {
         self.pending = self.pending.saturating_sub(1);
     }
 
-    /// Makes a committed message deliverable.
-    pub(crate) fn commit_reserved(&mut self, seq: u64, msg: Arc<Msg>) {
+    /// Makes a message whose place was reserved deliverable there, once the change that
+    /// put it there is durable. A queue purged meanwhile takes nothing: the entry is
+    /// removed durably instead (`false`).
+    pub(crate) fn land(&mut self, seq: u64, slot: Slot, ops: &mut Vec<Op>) -> bool {
         self.pending = self.pending.saturating_sub(1);
-        self.ready.insert(
-            seq,
-            Slot {
-                msg,
-                delivery_count: 0,
-            },
-        );
+        if self.purged {
+            self.remove_durably(seq, &slot, ops);
+            return false;
+        }
+        self.ready.insert(seq, slot);
+        true
     }
 
-    /// Adds a message moved here (dead-lettering) at a new place; never refused: a full
-    /// dead-letter queue drops its oldest.
-    pub(crate) fn push_moved(&mut self, slot: Slot, now: u64, ops: &mut Vec<Op>, fx: &mut Effects) {
-        if self.depth() >= self.limits.max_length {
-            if let Some((seq, old)) = self.ready.pop_first() {
-                self.remove_durably(seq, &old, ops);
-                fx.dropped += 1;
+    /// Reserves new places for messages moved here (dead-lettering), to [`Queue::land`]
+    /// once the move is durable, and writes their entries. Never refused: a full queue
+    /// drops its oldest ready message for each, or else the oldest of `slots` before it (a
+    /// place reserved by another change still committing cannot be taken back).
+    pub(crate) fn reserve_moved(
+        &mut self,
+        slots: Vec<Slot>,
+        now: u64,
+        ops: &mut Vec<Op>,
+        fx: &mut Effects,
+    ) -> Vec<(u64, Slot)> {
+        let mut placed: VecDeque<(u64, Slot)> = VecDeque::with_capacity(slots.len());
+        for slot in slots {
+            if self.depth() + self.pending >= self.limits.max_length {
+                if let Some((seq, old)) = self.ready.pop_first() {
+                    self.remove_durably(seq, &old, ops);
+                    fx.dropped += 1;
+                } else if let Some((_, old)) = placed.pop_front() {
+                    self.pending -= 1;
+                    old.msg.release(ops);
+                    fx.dropped += 1;
+                }
             }
+            self.pending += 1;
+            let seq = self.alloc_seq(now);
+            placed.push_back((
+                seq,
+                Slot {
+                    msg: slot.msg,
+                    delivery_count: 0,
+                },
+            ));
         }
-        let seq = self.alloc_seq(now);
-        let slot = Slot {
-            msg: slot.msg,
-            delivery_count: 0,
-        };
-        ops.push(Op::PutEntry {
-            queue: self.name.clone(),
-            seq,
-            entry: StoredEntry {
-                msg_id: slot.msg.id,
-                delivery_count: 0,
-            },
-        });
-        self.ready.insert(seq, slot);
+        for (seq, slot) in &placed {
+            ops.push(Op::PutEntry {
+                queue: self.name.clone(),
+                seq: *seq,
+                entry: StoredEntry {
+                    msg_id: slot.msg.id,
+                    delivery_count: 0,
+                },
+            });
+        }
+        placed.into()
     }
 
     fn remove_durably(&self, seq: u64, slot: &Slot, ops: &mut Vec<Op>) {
@@ -270,24 +312,25 @@ impl Queue {
         slot.msg.release(ops);
     }
 
-    /// Ends leases that ran out by `now`: each message goes back to its place, or, once it
-    /// has been delivered `max_deliveries` times, into `dead` (already removed from here).
-    pub(crate) fn reclaim(&mut self, now: u64, ops: &mut Vec<Op>, dead: &mut Vec<Slot>) {
+    /// Ends leases that ran out by `now`: each message goes back to its place (into
+    /// `moved.back`), or, once it has been delivered `max_deliveries` times, to the
+    /// dead-letter queue (into `moved.dead`).
+    pub(crate) fn reclaim(&mut self, now: u64, ops: &mut Vec<Op>, moved: &mut Moved) {
         while let Some(&(deadline, seq)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_first();
             if let Some(lease) = self.leased.remove(&seq) {
-                self.requeue_or_dead(seq, lease.slot, true, ops, dead);
+                self.requeue_or_dead(seq, lease.slot, true, ops, moved);
             }
         }
     }
 
     /// At start, after every entry is restored: those already delivered `max_deliveries`
     /// times were leased when the node stopped, and that lease is over. As in
-    /// [`Queue::reclaim`], they go into `dead` (already removed from here).
-    pub(crate) fn reclaim_restored(&mut self, ops: &mut Vec<Op>, dead: &mut Vec<Slot>) {
+    /// [`Queue::reclaim`], they go into `moved.dead`.
+    pub(crate) fn reclaim_restored(&mut self, ops: &mut Vec<Op>, moved: &mut Moved) {
         let max = self.limits.max_deliveries;
         let exhausted: Vec<u64> = self
             .ready
@@ -297,7 +340,7 @@ impl Queue {
             .collect();
         for seq in exhausted {
             if let Some(slot) = self.ready.remove(&seq) {
-                self.requeue_or_dead(seq, slot, true, ops, dead);
+                self.requeue_or_dead(seq, slot, true, ops, moved);
             }
         }
     }
@@ -308,17 +351,19 @@ impl Queue {
         slot: Slot,
         requeue: bool,
         ops: &mut Vec<Op>,
-        dead: &mut Vec<Slot>,
+        moved: &mut Moved,
     ) {
         let exhausted = slot.delivery_count >= self.limits.max_deliveries;
         if requeue && !exhausted {
-            self.ready.insert(seq, slot);
+            // Its entry is already stored as it will be; it keeps its place meanwhile.
+            self.pending += 1;
+            moved.back.push((seq, slot));
         } else if self.dead_letter.is_some() {
             ops.push(Op::DeleteEntry {
                 queue: self.name.clone(),
                 seq,
             });
-            dead.push(slot);
+            moved.dead.push(slot);
         } else {
             self.remove_durably(seq, &slot, ops);
         }
@@ -374,8 +419,8 @@ impl Queue {
     }
 
     /// Settles the lease of delivery `count` of entry `seq`. Acked: removed. Nacked:
-    /// requeued (or dead-lettered when exhausted or `requeue` is false). `false` if no
-    /// such lease is open (already settled, or expired and handed out again).
+    /// requeued (or dead-lettered when exhausted or `requeue` is false), into `moved`.
+    /// `false` if no such lease is open (already settled, or expired and handed out again).
     pub(crate) fn settle(
         &mut self,
         seq: u64,
@@ -383,7 +428,7 @@ impl Queue {
         ack: bool,
         requeue: bool,
         ops: &mut Vec<Op>,
-        dead: &mut Vec<Slot>,
+        moved: &mut Moved,
     ) -> bool {
         match self.leased.get(&seq) {
             Some(l) if l.slot.delivery_count == count => {}
@@ -396,7 +441,7 @@ impl Queue {
         if ack {
             self.remove_durably(seq, &lease.slot, ops);
         } else {
-            self.requeue_or_dead(seq, lease.slot, requeue, ops, dead);
+            self.requeue_or_dead(seq, lease.slot, requeue, ops, moved);
         }
         true
     }
@@ -417,8 +462,9 @@ impl Queue {
         }
     }
 
-    /// Removes everything (the queue is being deleted).
+    /// Removes everything (the queue is being deleted), and whatever lands here later.
     pub(crate) fn purge(&mut self, ops: &mut Vec<Op>) {
+        self.purged = true;
         let ready = std::mem::take(&mut self.ready);
         for (seq, slot) in ready {
             self.remove_durably(seq, &slot, ops);
@@ -463,39 +509,121 @@ mod tests {
         )
     }
 
+    fn slot(msg: Arc<Msg>) -> Slot {
+        Slot {
+            msg,
+            delivery_count: 0,
+        }
+    }
+
     fn put(q: &mut Queue, id: u64, now: u64) -> Result<u64, ()> {
         let mut ops = Vec::new();
         let seq = q.reserve(now)?;
         q.make_room(&mut ops, &mut Effects::default());
-        q.commit_reserved(seq, msg(id, None));
+        q.land(seq, slot(msg(id, None)), &mut ops);
         Ok(seq)
+    }
+
+    /// Ids of every message ready at `now`, taken without a lease.
+    fn take_ids(q: &mut Queue, now: u64) -> Vec<u64> {
+        let (mut ops, mut fx) = (Vec::new(), Effects::default());
+        q.take(now, usize::MAX, None, &mut ops, &mut fx)
+            .iter()
+            .map(|t| t.slot.msg.id)
+            .collect()
+    }
+
+    /// Lands what `moved` put back, as the commit thread does once the change is durable.
+    fn land_back(q: &mut Queue, moved: &mut Moved) {
+        for (seq, slot) in std::mem::take(&mut moved.back) {
+            q.land(seq, slot, &mut Vec::new());
+        }
     }
 
     #[test]
     fn lease_expires_then_dead_letters_after_max_deliveries() {
         let mut q = queue(10, Overflow::RejectPublish);
         let seq = put(&mut q, 1, 0).map_err(|_| "full").unwrap_or(0);
-        let (mut ops, mut dead, mut fx) = (Vec::new(), Vec::new(), Effects::default());
+        let (mut ops, mut moved, mut fx) = (Vec::new(), Moved::default(), Effects::default());
         let t = q.take(0, 10, Some(100), &mut ops, &mut fx);
         assert_eq!((t.len(), t[0].slot.delivery_count), (1, 1));
         assert!(q.take(50, 10, Some(100), &mut ops, &mut fx).is_empty());
-        q.reclaim(100, &mut ops, &mut dead);
+        q.reclaim(100, &mut ops, &mut moved);
+        // Back at its place only once the change is durable; until then it holds it.
+        assert_eq!((moved.back.len(), q.depth(), q.pending), (1, 0, 1));
+        assert!(q.take(100, 10, Some(100), &mut ops, &mut fx).is_empty());
+        land_back(&mut q, &mut moved);
         let t = q.take(100, 10, Some(100), &mut ops, &mut fx);
         assert_eq!((t[0].seq, t[0].slot.delivery_count), (seq, 2));
         // A receipt of the first delivery no longer settles anything.
-        assert!(!q.settle(seq, 1, true, true, &mut ops, &mut dead));
-        q.reclaim(200, &mut ops, &mut dead);
-        assert_eq!((dead.len(), q.depth()), (1, 0));
+        assert!(!q.settle(seq, 1, true, true, &mut ops, &mut moved));
+        q.reclaim(200, &mut ops, &mut moved);
+        assert_eq!((moved.dead.len(), q.depth(), q.pending), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_requeue_in_flight_keeps_its_place_in_the_length() {
+        let mut q = queue(1, Overflow::RejectPublish);
+        let seq = put(&mut q, 1, 0).unwrap_or(0);
+        let (mut ops, mut moved, mut fx) = (Vec::new(), Moved::default(), Effects::default());
+        q.take(0, 1, Some(100), &mut ops, &mut fx);
+        assert!(q.settle(seq, 1, false, true, &mut ops, &mut moved));
+        assert!(
+            put(&mut q, 2, 1).is_err(),
+            "the requeued message's place is taken"
+        );
+        land_back(&mut q, &mut moved);
+        let t = q.take(1, 10, None, &mut ops, &mut fx);
+        assert_eq!((t.len(), t[0].seq, t[0].slot.delivery_count), (1, seq, 2));
+    }
+
+    #[test]
+    fn moves_into_a_full_queue_drop_the_oldest() {
+        let mut q = queue(2, Overflow::DropOldest);
+        put(&mut q, 1, 0).unwrap_or(0);
+        let (mut ops, mut fx) = (Vec::new(), Effects::default());
+        let placed = q.reserve_moved(vec![slot(msg(2, None))], 1, &mut ops, &mut fx);
+        assert_eq!((placed.len(), fx.dropped, q.depth() + q.pending), (1, 0, 2));
+        // Three more at once: the ready one goes first, then, since the move still
+        // committing elsewhere (2) cannot be taken back, the oldest of these.
+        let more = vec![slot(msg(3, None)), slot(msg(4, None)), slot(msg(5, None))];
+        let placed2 = q.reserve_moved(more, 2, &mut ops, &mut fx);
+        let ids: Vec<u64> = placed2.iter().map(|(_, s)| s.msg.id).collect();
+        assert_eq!((ids, fx.dropped), (vec![5], 3));
+        for id in [1, 3, 4] {
+            assert!(ops
+                .iter()
+                .any(|o| matches!(o, Op::DeleteMessage { id: i } if *i == id)));
+        }
+        for (seq, s) in placed.into_iter().chain(placed2) {
+            q.land(seq, s, &mut ops);
+        }
+        assert_eq!(take_ids(&mut q, 3), vec![2, 5]);
+    }
+
+    #[test]
+    fn a_purged_queue_removes_what_lands_later() {
+        let mut q = queue(10, Overflow::RejectPublish);
+        let (mut ops, mut fx) = (Vec::new(), Effects::default());
+        let placed = q.reserve_moved(vec![slot(msg(7, None))], 0, &mut ops, &mut fx);
+        q.purge(&mut ops);
+        ops.clear();
+        for (seq, s) in placed {
+            assert!(!q.land(seq, s, &mut ops));
+        }
+        assert!(ops.iter().any(|o| matches!(o, Op::DeleteEntry { .. })));
+        assert!(ops.iter().any(|o| matches!(o, Op::DeleteMessage { id: 7 })));
+        assert_eq!((q.depth(), q.pending), (0, 0));
     }
 
     #[test]
     fn ack_removes_and_releases_body() {
         let mut q = queue(10, Overflow::RejectPublish);
         let seq = put(&mut q, 9, 0).unwrap_or(0);
-        let (mut ops, mut dead, mut fx) = (Vec::new(), Vec::new(), Effects::default());
+        let (mut ops, mut moved, mut fx) = (Vec::new(), Moved::default(), Effects::default());
         q.take(0, 1, Some(100), &mut ops, &mut fx);
         ops.clear();
-        assert!(q.settle(seq, 1, true, true, &mut ops, &mut dead));
+        assert!(q.settle(seq, 1, true, true, &mut ops, &mut moved));
         assert!(ops.iter().any(|o| matches!(o, Op::DeleteMessage { id: 9 })));
         assert_eq!(q.depth(), 0);
     }
@@ -509,13 +637,7 @@ mod tests {
         for id in 1..=3 {
             assert!(put(&mut q, id, 0).is_ok());
         }
-        let (mut ops, mut fx) = (Vec::new(), Effects::default());
-        let ids: Vec<u64> = q
-            .take(0, 10, None, &mut ops, &mut fx)
-            .iter()
-            .map(|t| t.slot.msg.id)
-            .collect();
-        assert_eq!(ids, vec![2, 3]);
+        assert_eq!(take_ids(&mut q, 0), vec![2, 3]);
     }
 
     #[test]
@@ -523,7 +645,7 @@ mod tests {
         let mut q = queue(10, Overflow::RejectPublish);
         let (mut ops, mut fx) = (Vec::new(), Effects::default());
         let seq = q.reserve(0).unwrap_or(0);
-        q.commit_reserved(seq, msg(1, Some(50)));
+        q.land(seq, slot(msg(1, Some(50))), &mut ops);
         assert!(q.take(60, 10, None, &mut ops, &mut fx).is_empty());
         assert_eq!(fx.expired, 1);
     }

@@ -101,6 +101,11 @@ fn bodies(ds: &[Delivery]) -> Vec<String> {
     ds.iter().map(body_of).collect()
 }
 
+/// Bodies with their delivery counts.
+fn with_counts(ds: &[Delivery]) -> Vec<(String, u32)> {
+    ds.iter().map(|d| (body_of(d), d.delivery_count)).collect()
+}
+
 fn b(n: u64) -> String {
     String::from_utf8(body(n)).expect("utf-8 body")
 }
@@ -1531,13 +1536,14 @@ async fn concurrent_duplicate_publishes_enqueue_once() {
     assert!(publish_id(&br, "s", "same", 3, T0).await.duplicate);
 }
 
-/// A memory store whose commits wait while its gate is closed.
+/// A memory store whose commits wait while its gate is closed, and fail once it is told to.
 #[derive(Default)]
 struct GatedStore {
     inner: MemoryStore,
     closed: std::sync::Mutex<bool>,
     opened: std::sync::Condvar,
     commits_started: std::sync::atomic::AtomicUsize,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl GatedStore {
@@ -1555,6 +1561,9 @@ impl trunkline_store::QueueStore for GatedStore {
             closed = self.opened.wait(closed).expect("gate");
         }
         drop(closed);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(trunkline_store::StoreError::Failed("disk full".into()));
+        }
         self.inner.commit(ops)
     }
     fn load(&self) -> Result<trunkline_store::Snapshot, trunkline_store::StoreError> {
@@ -1613,6 +1622,220 @@ async fn a_publish_cancelled_while_committing_leaks_nothing() {
     assert_eq!((retry.delivered_to, retry.duplicate), (1, true));
     assert_eq!(bodies(&drain(&br, "c", T0 + 1).await), vec![b(1)]);
     assert_eq!(publish(&br, "dedup.t", 3, T0 + 2).await.delivered_to, 1);
+}
+
+// A message put somewhere a consumer can take it from (requeued, or moved to the
+// dead-letter queue) is visible there only once the commit holding that change is durable,
+// in commit order, as a published message is.
+
+/// A broker over a [`GatedStore`], with client `c` (at most `max_deliveries`) and client
+/// `h`, whose publishes hold the commit thread while the gate is closed.
+async fn gated_broker(max_deliveries: u32) -> (Broker, Arc<GatedStore>) {
+    let store = Arc::new(GatedStore::default());
+    let br = Broker::open(store.clone(), BrokerConfig::default(), T0).expect("open");
+    client_with(&br, "c", &["t"], limits(None, None, Some(max_deliveries))).await;
+    client(&br, "h", &["hold"]).await;
+    (br, store)
+}
+
+/// Closes the gate and waits until a commit (a publish to `h`) is held in it: everything
+/// submitted from now on waits behind it. A requeue writes nothing of its own (its entry
+/// is stored as it will be), so this is what holds its turn.
+async fn hold_commits(
+    br: &Broker,
+    store: &GatedStore,
+) -> tokio::task::JoinHandle<Result<Published, BrokerError>> {
+    store.set_closed(true);
+    let started = store.commits_started.load(Ordering::SeqCst);
+    let held = tokio::spawn({
+        let br = br.clone();
+        async move { br.publish(Publish::new("hold", body(0), "h"), T0).await }
+    });
+    while store.commits_started.load(Ordering::SeqCst) == started {
+        tokio::task::yield_now().await;
+    }
+    held
+}
+
+/// Publishes messages 1 and 2 to `c` (at most `max_deliveries` each) and leases both for
+/// 100 ms; then runs `change` (given the receipts), which moves them, while commits
+/// are held, and checks what another consumer of `queue` sees: nothing while the change
+/// is not durable (no message to receive, no wake-up), then `want` (bodies and delivery
+/// counts) once it is. Returns what `change` returned.
+async fn moved_once_durable<T, Fut>(
+    max_deliveries: u32,
+    change: impl FnOnce(Broker, Vec<String>) -> Fut,
+    queue: &str,
+    now: u64,
+    want: &[(u64, u32)],
+) -> T
+where
+    Fut: std::future::Future<Output = Result<T, BrokerError>> + Send + 'static,
+    T: Send + 'static,
+{
+    use std::time::Duration;
+    let (br, store) = gated_broker(max_deliveries).await;
+    for n in 1..=2 {
+        publish(&br, "t", n, T0).await;
+    }
+    let rs = receipts(&lease(&br, "c", 2, 100, T0).await);
+    let held = hold_commits(&br, &store).await;
+    let w = br.waiter(queue).expect("waiter");
+    let mut woken = std::pin::pin!(w.notified());
+    let before = depth(&br, "c-inbox");
+    let change = tokio::spawn(change(br.clone(), rs));
+    for _ in 0..100_000 {
+        if depth(&br, "c-inbox") != before {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_ne!(depth(&br, "c-inbox"), before, "the change took nothing out");
+    let early_wake = tokio::time::timeout(Duration::from_millis(50), woken.as_mut())
+        .await
+        .is_ok();
+    let mut early = tokio::spawn({
+        let br = br.clone();
+        let queue = queue.to_owned();
+        async move {
+            br.receive_as("c", &queue, ReceiveOptions::auto(10), now)
+                .await
+        }
+    });
+    // Nothing to take costs no commit: the receive answers at once.
+    let answer = tokio::time::timeout(Duration::from_secs(2), &mut early).await;
+    store.set_closed(false);
+    let answered = answer.is_ok();
+    let early = match answer {
+        Ok(r) => r,
+        Err(_) => early.await,
+    };
+    let early = early.expect("join").expect("receive");
+    assert!(
+        early.is_empty(),
+        "another consumer got {:?} from {queue} before the change that put it there was durable",
+        bodies(&early)
+    );
+    assert!(
+        answered,
+        "a receive with nothing to take waited for a commit"
+    );
+    assert!(
+        !early_wake,
+        "{queue}'s waiters were woken before the change was durable"
+    );
+    held.await.expect("join").expect("held publish");
+    let out = change.await.expect("join").expect("change");
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("waiters woken once the change is durable");
+    let late = br
+        .receive_as("c", queue, ReceiveOptions::auto(10), now)
+        .await
+        .expect("receive");
+    let got = with_counts(&late);
+    let want: Vec<(String, u32)> = want.iter().map(|&(n, count)| (b(n), count)).collect();
+    assert_eq!(got, want, "what {queue} holds once the change is durable");
+    out
+}
+
+/// Nacks `rs` with requeue: each goes back to its place, or, on its last allowed
+/// delivery, to the dead-letter queue.
+async fn nack_all(br: Broker, rs: Vec<String>) -> Result<trunkline_broker::Settled, BrokerError> {
+    br.settle_as("c", &rs, Settle::Nack { requeue: true }, T0 + 1)
+        .await
+}
+
+/// Housekeeping once the leases `moved_once_durable` takes (100 ms) have run out.
+async fn sweep_after_leases(br: Broker, _: Vec<String>) -> Result<(), BrokerError> {
+    br.sweep(T0 + 100).await
+}
+
+#[tokio::test]
+async fn nacked_messages_are_requeued_once_durable_and_keep_their_place() {
+    // Their second deliveries, in the order they were published.
+    let want = [(1, 2), (2, 2)];
+    let settled = moved_once_durable(5, nack_all, "c-inbox", T0 + 2, &want).await;
+    assert_eq!(settled.done, 2);
+}
+
+#[tokio::test]
+async fn nacks_on_the_last_delivery_dead_letter_once_durable() {
+    let want = [(1, 1), (2, 1)];
+    let settled = moved_once_durable(1, nack_all, "c-dead", T0 + 2, &want).await;
+    assert_eq!(settled.done, 2);
+}
+
+#[tokio::test]
+async fn leases_ended_by_the_sweep_are_requeued_once_durable() {
+    let want = [(1, 2), (2, 2)];
+    moved_once_durable(5, sweep_after_leases, "c-inbox", T0 + 100, &want).await;
+}
+
+#[tokio::test]
+async fn leases_exhausted_by_the_sweep_are_dead_lettered_once_durable() {
+    let want = [(1, 1), (2, 1)];
+    moved_once_durable(1, sweep_after_leases, "c-dead", T0 + 100, &want).await;
+}
+
+#[tokio::test]
+async fn leases_ended_by_a_receive_are_requeued_once_durable() {
+    // This receive ends both leases and takes one: it waits for them to be back first.
+    let receive = |br: Broker, _| async move {
+        br.receive_as("c", "c-inbox", ReceiveOptions::leased(1, 100), T0 + 100)
+            .await
+    };
+    let took = moved_once_durable(5, receive, "c-inbox", T0 + 100, &[(2, 2)]).await;
+    assert_eq!(with_counts(&took), vec![(b(1), 2)]);
+}
+
+#[tokio::test]
+async fn moves_whose_commit_fails_are_visible_nowhere() {
+    let (br, store) = gated_broker(5).await;
+    for n in 1..=3 {
+        publish(&br, "t", n, T0).await;
+    }
+    let rs = receipts(&lease(&br, "c", 3, 100, T0).await);
+    store.failing.store(true, Ordering::SeqCst);
+    // The store fails this commit, and the node every one after it (fail-stop): a requeue,
+    // which writes nothing of its own, fails with the commit it comes after.
+    let to_dead = br
+        .settle_as("c", &rs[..1], Settle::Nack { requeue: false }, T0 + 1)
+        .await;
+    assert!(
+        to_dead.is_err(),
+        "a failed dead-lettering was acknowledged: {to_dead:?}"
+    );
+    let requeued = br
+        .settle_as("c", &rs[1..2], Settle::Nack { requeue: true }, T0 + 1)
+        .await;
+    assert!(
+        requeued.is_err(),
+        "a requeue after a failed commit was acknowledged: {requeued:?}"
+    );
+    assert!(br.sweep(T0 + 100).await.is_err());
+    for queue in ["c-inbox", "c-dead"] {
+        assert_eq!(
+            depth(&br, queue),
+            (0, 0),
+            "{queue} holds a move that failed"
+        );
+        let got = br
+            .receive_as("c", queue, ReceiveOptions::auto(10), T0 + 100)
+            .await;
+        assert!(matches!(&got, Ok(d) if d.is_empty()), "{queue}: {got:?}");
+    }
+    assert_eq!(
+        br.memory_used(),
+        0,
+        "memory of moves that failed is still counted"
+    );
+    // The store holds them where they durably were: a restart delivers them from the inbox.
+    store.failing.store(false, Ordering::SeqCst);
+    let again = Broker::open(store.clone(), BrokerConfig::default(), T0 + 200).expect("reopen");
+    let want: Vec<(String, u32)> = (1..=3).map(|n| (b(n), 2)).collect();
+    assert_eq!(with_counts(&drain(&again, "c", T0 + 200).await), want);
+    assert!(drain_dead(&again, "c", T0 + 200).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

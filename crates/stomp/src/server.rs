@@ -215,6 +215,9 @@ pub struct ServerSession {
     session_id: String,
     /// Subscribe operations awaiting confirmation, by operation.
     subscribe_ops: HashMap<u64, String>,
+    /// `NACK`s not settled yet, by operation, with their subscription: it fetches again
+    /// once they are.
+    nack_ops: HashMap<u64, String>,
     /// `Event::Close` was emitted.
     closed: bool,
 }
@@ -263,6 +266,7 @@ impl ServerSession {
             client_heartbeat: (0, 0),
             session_id: String::new(),
             subscribe_ops: HashMap::new(),
+            nack_ops: HashMap::new(),
             closed: false,
         }
     }
@@ -701,7 +705,13 @@ impl ServerSession {
         }
         let op = self.new_op(receipt, false);
         self.events.push_back(Event::Settle { op, receipts, ack });
-        self.want_fetch(&sub_id);
+        if ack {
+            self.want_fetch(&sub_id);
+        } else {
+            // What a NACK gives back keeps its place, ahead of later messages, but is
+            // deliverable only once the settle is durable: a fetch now would overtake it.
+            self.nack_ops.insert(op, sub_id);
+        }
     }
 
     fn on_transaction(&mut self, frame: Frame, receipt: Option<String>) {
@@ -811,6 +821,7 @@ impl ServerSession {
         }
         let receipt = p.receipt.clone();
         let subscription = self.subscribe_ops.remove(&op);
+        let nacked = self.nack_ops.remove(&op);
         if let Err(e) = result {
             if let Some(id) = &subscription {
                 self.subscriptions.remove(id);
@@ -822,6 +833,9 @@ impl ServerSession {
             if let Some(sub) = self.subscriptions.get_mut(&id) {
                 sub.started = true;
             }
+            self.want_fetch(&id);
+        }
+        if let Some(id) = nacked {
             self.want_fetch(&id);
         }
         self.flush_receipts();

@@ -403,6 +403,27 @@ fn client_ack_is_cumulative_and_nack_gives_back() {
 }
 
 #[test]
+fn a_nack_refills_the_window_once_settled() {
+    let mut s = connected(ServerConfig::default(), "0,0");
+    subscribe(&mut s, "s1", "client-individual", "2");
+    s.deliver("s1", vec![message(1), message(2)]);
+    sent(&mut s, 2);
+    assert!(events(&mut s).is_empty(), "the window is full: no fetch");
+    s.handle_item(3, frame(Command::Nack, &[("id", "c1-inbox/1/1")]));
+    // The message given back keeps its place, but is deliverable only once the settle is
+    // done: a fetch before that would hand out later messages ahead of it.
+    let op = match events(&mut s).as_slice() {
+        [Event::Settle { op, ack: false, .. }] => *op,
+        other => panic!("{other:?}"),
+    };
+    s.complete(op, Ok(()));
+    match events(&mut s).as_slice() {
+        [Event::Fetch { id, max: 1 }] => assert_eq!(id, "s1"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn transactions_hold_frames_until_commit() {
     let mut s = connected(ServerConfig::default(), "0,0");
     s.handle_item(1, frame(Command::Begin, &[("transaction", "t1")]));
