@@ -96,6 +96,9 @@ error_codes! {
     /// Queued messages (entries, records, bodies) take all the memory the node allows them
     /// (`inbox.max_memory_bytes`); consumers must catch up.
     NodeFull = ("node_full", 507),
+    /// The store takes all the disk the node allows it (`store.max_disk_bytes`); consumers
+    /// must catch up (acks still work, and compaction gives the space back).
+    DiskFull = ("disk_full", 507),
     /// The node is shutting down or its store has failed; retry elsewhere or later.
     Unavailable = ("unavailable", 503),
     /// The listener holds as many connections as it may, from the caller's source address

@@ -28,6 +28,12 @@ pub enum BrokerError {
          consumers must catch up"
     )]
     NodeFull { used: u64, needed: u64, max: u64 },
+    #[error(
+        "the node's store takes all the disk it may ({used} of its {max} bytes, \
+         store.max_disk_bytes); publishes are refused until consumers catch up and \
+         compaction gives space back"
+    )]
+    DiskFull { used: u64, max: u64 },
     #[error("`{0}` is the last admin client: deleting it or taking its admin role would lock everyone out")]
     LastAdmin(String),
     #[error("a message with this message_id is being published right now")]

@@ -85,6 +85,10 @@ pub struct BrokerConfig {
     /// entries, message records and bodies); past it publishes are refused with
     /// [`BrokerError::NodeFull`].
     pub max_memory_bytes: u64,
+    /// Most disk the store may take; past it publishes are refused with
+    /// [`BrokerError::DiskFull`] (only with a store that keeps count, see
+    /// [`QueueStore::disk_gauge`]).
+    pub max_disk_bytes: Option<u64>,
 }
 
 impl Default for BrokerConfig {
@@ -99,6 +103,7 @@ impl Default for BrokerConfig {
             dedup_capacity: 1_000_000,
             max_receive: 1000,
             max_memory_bytes: 1 << 30,
+            max_disk_bytes: None,
         }
     }
 }
@@ -323,6 +328,8 @@ struct Inner {
     saved_floor: AtomicU64,
     /// Memory held by queued messages (entries, records, bodies), against the cap.
     memory: Arc<footprint::Account>,
+    /// Bytes the store takes on disk, if it keeps count.
+    disk: Option<Arc<AtomicU64>>,
 }
 
 /// Meta record holding a floor under every id handed out so far.
@@ -369,6 +376,7 @@ impl Broker {
     ) -> Result<Self, StoreError> {
         let mut snap = store.load()?;
         let memory = Arc::new(footprint::Account::new(config.max_memory_bytes));
+        let disk = store.disk_gauge();
         let stored_floor = snap
             .records(RecordTable::Meta)
             .iter()
@@ -571,6 +579,7 @@ impl Broker {
                 live_counters: LiveCounters::default(),
                 saved_floor: AtomicU64::new(last_msg_id),
                 memory,
+                disk,
             }),
         })
     }
@@ -746,6 +755,13 @@ impl Broker {
         } else {
             publish_memory(p, targets.len())
         };
+        if let Some(err) = self.disk_full() {
+            self.inner
+                .counters
+                .rejected_full
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(err);
+        }
         if let Err(full) = self.inner.memory.try_add(needed) {
             self.inner
                 .counters
@@ -1322,6 +1338,19 @@ impl Broker {
             .dropped_overflow
             .fetch_add(fx.dropped, Ordering::Relaxed);
         self.commit_then_land(ops, places).await
+    }
+
+    /// The refusal of a publish when the store takes all the disk it may.
+    fn disk_full(&self) -> Option<BrokerError> {
+        let max = self.inner.config.max_disk_bytes?;
+        let used = self.inner.disk.as_ref()?.load(Ordering::Relaxed);
+        (used >= max).then_some(BrokerError::DiskFull { used, max })
+    }
+
+    /// Bytes the store takes on disk, and the most it may take (if it keeps count).
+    pub fn disk_usage(&self) -> Option<(u64, u64)> {
+        let used = self.inner.disk.as_ref()?.load(Ordering::Relaxed);
+        Some((used, self.inner.config.max_disk_bytes?))
     }
 
     /// Depth of every queue.

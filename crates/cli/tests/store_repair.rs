@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use trunkline_testkit::{token, ProcessServer};
+use trunkline_testkit::{create_client, token, ProcessServer};
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_trunkline"))
@@ -57,16 +57,7 @@ async fn fill(node: &ProcessServer, n: usize) -> String {
     let http = reqwest::Client::new();
     let admin = node.admin_credentials();
     let admin_token = token(&http, &node.http, "admin", &admin.secret).await;
-    let created: Value = http
-        .post(format!("{}/client", node.http))
-        .bearer_auth(&admin_token)
-        .json(&json!({"client_id": "c", "client_name": "c", "subscription": "x.#"}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
+    let secret = create_client(&http, &node.http, &admin_token, "c", "x.#").await;
     for i in 0..n {
         let r = http
             .post(format!("{}/send", node.http))
@@ -77,7 +68,7 @@ async fn fill(node: &ProcessServer, n: usize) -> String {
             .expect("send");
         assert_eq!(r.status(), 202);
     }
-    created["secret"].as_str().expect("secret").to_owned()
+    secret
 }
 
 /// What client `c` finds in its inbox (the `i` of each message).

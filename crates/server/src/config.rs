@@ -30,6 +30,11 @@ backend = "127.0.0.1:8088"
 engine = "log"
 # Size at which the log starts a new segment file.
 segment_mib = 64
+# Most disk the log may take. Past it, publishes are refused with 507 disk_full (acks and
+# deletes still go through, and compaction gives the space back); nothing accepted is
+# dropped. 0: what the log takes at start plus 80% of the free space of its file system
+# then. Not enforced with the redb engine.
+max_disk_bytes = 0
 
 [stomp]
 # STOMP 1.2 over TCP (TRUNKLINE_STOMP, --stomp). Port 0 picks a free port.
@@ -169,6 +174,9 @@ pub struct WsConfig {
 pub struct StoreConfig {
     pub engine: StoreEngine,
     pub segment_mib: u64,
+    /// 0: chosen at start from the free space (see the default configuration).
+    #[serde(default)]
+    pub max_disk_bytes: u64,
 }
 
 /// Which storage engine keeps the data directory.

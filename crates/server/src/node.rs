@@ -13,7 +13,7 @@ use trunkline_api::{CredentialsFile, Subscription};
 use trunkline_auth::{Throttle, ThrottleLimits, TokenKey};
 use trunkline_broker::{Broker, LimitSettings, NewClient, Overflow};
 use trunkline_store::fs::RealFs;
-use trunkline_store::{Committer, LogStore, QueueStore, RedbStore};
+use trunkline_store::{Committer, LogOptions, LogStore, QueueStore, RedbStore};
 
 use crate::config::{Config, Secrets, StoreConfig, StoreEngine};
 use crate::http::{self, now_ms, AppState, HttpCounters, Keys};
@@ -63,8 +63,12 @@ pub fn log_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// Opens the configured engine; refuses a data directory that holds the other engine's
-/// data rather than starting empty beside it.
-fn open_store(dir: &Path, c: &StoreConfig) -> Result<Arc<dyn QueueStore>, StartError> {
+/// data rather than starting empty beside it. Returns the store and the disk budget the
+/// node enforces (log engine only).
+fn open_store(
+    dir: &Path,
+    c: &StoreConfig,
+) -> Result<(Arc<dyn QueueStore>, Option<u64>), StartError> {
     let redb = dir.join(REDB_FILE);
     let log = dir.join(LOG_DIR);
     let fail = |e: trunkline_store::StoreError| StartError::Store(e.to_string());
@@ -81,11 +85,38 @@ fn open_store(dir: &Path, c: &StoreConfig) -> Result<Arc<dyn QueueStore>, StartE
     }
     Ok(match c.engine {
         StoreEngine::Log => {
-            Arc::new(LogStore::open_with(&log, c.segment_mib.max(1) << 20).map_err(fail)?)
+            let budget = match c.max_disk_bytes {
+                0 => auto_disk_budget(dir, &log),
+                max => max,
+            };
+            let options = LogOptions {
+                segment_bytes: c.segment_mib.max(1) << 20,
+                disk_budget: Some(budget),
+                ..LogOptions::default()
+            };
+            let store = LogStore::open_on(Arc::new(RealFs), &log, options).map_err(fail)?;
+            tracing::info!(max_disk_bytes = budget, "log disk budget");
+            (Arc::new(store), Some(budget))
         }
-        StoreEngine::Redb => Arc::new(RedbStore::open(&redb).map_err(fail)?),
+        StoreEngine::Redb => (Arc::new(RedbStore::open(&redb).map_err(fail)?), None),
     })
 }
+
+/// What the log takes now plus 80% of the free space of its file system.
+fn auto_disk_budget(data_dir: &Path, log: &Path) -> u64 {
+    let used: u64 = std::fs::read_dir(log)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let free = trunkline_store::fs::free_bytes(data_dir).unwrap_or(0);
+    used.saturating_add(free / 5 * 4)
+}
+
 /// Length of the bootstrap admin's inbox, which drops its oldest message when full.
 const ADMIN_INBOX_LENGTH: u64 = 10_000;
 
@@ -194,9 +225,10 @@ impl Node {
         let broker = {
             let store_config = config.store.clone();
             let dir = dir.clone();
-            let bc = config.broker_config();
+            let mut bc = config.broker_config();
             tokio::task::spawn_blocking(move || -> Result<Broker, StartError> {
-                let store = open_store(&dir, &store_config)?;
+                let (store, budget) = open_store(&dir, &store_config)?;
+                bc.max_disk_bytes = budget;
                 Broker::open(store, bc, now_ms()).map_err(|e| StartError::Store(e.to_string()))
             })
             .await
@@ -451,6 +483,7 @@ mod tests {
         StoreConfig {
             engine,
             segment_mib: 1,
+            max_disk_bytes: 0,
         }
     }
 

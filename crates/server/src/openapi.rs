@@ -131,6 +131,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             BodyTooLarge,
             QueueFull,
             NodeFull,
+            DiskFull,
             DuplicateInFlight,
             Forbidden,
         ],

@@ -165,6 +165,12 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
+/// Bytes free for an unprivileged process on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let s = rustix::fs::statvfs(path)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 /// Creates `dir` and any missing parents, durably: each directory created is synced into
 /// its parent before this returns, so a power loss cannot take back a directory that a
 /// caller went on to fill.

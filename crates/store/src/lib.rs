@@ -62,6 +62,11 @@ pub trait QueueStore: Send + Sync + 'static {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// Reads everything back, as after a restart.
     fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Bytes the store takes on disk, kept current by the store and read without a lock
+    /// (so that every publish can look); `None` if the engine does not keep count.
+    fn disk_gauge(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        None
+    }
 }
 
 #[cfg(test)]

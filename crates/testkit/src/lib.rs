@@ -305,6 +305,50 @@ pub async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -
     r["token"].as_str().expect("token field").to_owned()
 }
 
+/// Creates client `id` subscribed to `subscription` with the admin's token (`POST
+/// /client`); returns its secret. Panics if the node refuses.
+pub async fn create_client(
+    http: &reqwest::Client,
+    base: &str,
+    admin_token: &str,
+    id: &str,
+    subscription: &str,
+) -> String {
+    let r: serde_json::Value = http
+        .post(format!("{base}/client"))
+        .bearer_auth(admin_token)
+        .json(
+            &serde_json::json!({"client_id": id, "client_name": id, "subscription": subscription}),
+        )
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|e| panic!("create client {id}: {e}"))
+        .json()
+        .await
+        .expect("client json");
+    r["secret"].as_str().expect("secret field").to_owned()
+}
+
+/// The `/metrics` text of the node whose backend listener is at `backend`.
+pub async fn metrics_text(http: &reqwest::Client, backend: &str, backend_key: &str) -> String {
+    http.get(format!("{backend}/metrics"))
+        .header("x-backend-key", backend_key)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of an unlabelled sample `name` in a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A loopback port that was free a moment ago (for servers that must keep their port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

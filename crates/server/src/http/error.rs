@@ -63,6 +63,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
             BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
             BrokerError::NodeFull { .. } => ErrorCode::NodeFull,
+            BrokerError::DiskFull { .. } => ErrorCode::DiskFull,
             BrokerError::DuplicateInFlight => ErrorCode::DuplicateInFlight,
             BrokerError::LastAdmin(_) => ErrorCode::LastAdmin,
             BrokerError::Forbidden(_) => ErrorCode::Forbidden,

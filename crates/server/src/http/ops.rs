@@ -207,6 +207,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "The node-wide cap on memory held by queued messages (inbox.max_memory_bytes).",
         b.config().max_memory_bytes,
     );
+    if let Some((used, max)) = b.disk_usage() {
+        gauge(
+            &mut out,
+            "trunkline_store_disk_bytes",
+            "Bytes the store's log takes on disk (the newest segment at its preallocated size).",
+            used,
+        );
+        gauge(
+            &mut out,
+            "trunkline_store_disk_max_bytes",
+            "The most disk the log may take (store.max_disk_bytes); past it publishes get 507 disk_full.",
+            max,
+        );
+    }
     gauge(
         &mut out,
         "trunkline_stomp_connections",

@@ -67,10 +67,14 @@ fn target(w: &Writer) -> Option<Target> {
     }
     let gain = |(s, i): &(u32, SegInfo)| reclaimable(i, *s == oldest);
     let total: u64 = sealed.iter().map(gain).sum();
-    if total <= st.live_bytes() + 2 * w.segment_bytes {
+    // Near the disk budget, anything that gives back space is worth it.
+    let pressed = w
+        .disk_budget
+        .is_some_and(|b| w.disk.load(Ordering::Relaxed) >= b / 4 * 3);
+    if !pressed && total <= st.live_bytes() + 2 * w.segment_bytes {
         return None;
     }
-    let worth = w.segment_bytes / 4;
+    let worth = if pressed { 4096 } else { w.segment_bytes / 4 };
     let (mut live, mut freed, mut best) = (0u64, 0u64, None);
     for (s, i) in &sealed {
         live += i.live;
@@ -170,6 +174,7 @@ fn delete(shared: &Shared, seg: u32) -> Result<bool, StoreError> {
         .map_err(|e| io("deleting", &path, e))?;
     let mut w = shared.writer()?;
     w.state.segs.remove(&seg);
+    w.count_disk();
     Ok(true)
 }
 
@@ -301,8 +306,11 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         fs.remove_file(&path)
             .and_then(|()| fs.sync_dir(&dir))
             .map_err(|e| io("deleting", &path, e))?;
-        shared.writer()?.state.segs.remove(&seg);
+        let mut w = shared.writer()?;
+        w.state.segs.remove(&seg);
+        w.count_disk();
     }
+    shared.writer()?.count_disk();
     Ok(true)
 }
 

@@ -25,7 +25,7 @@ mod frame;
 mod state;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -80,6 +80,10 @@ pub struct LogOptions {
     /// Whether a background thread reclaims space (tests may run [`LogStore::compact`]
     /// themselves instead).
     pub background_compaction: bool,
+    /// The disk the log may take (the node refuses publishes past it): past three
+    /// quarters of it, compaction takes whatever it can get back rather than waiting for
+    /// the log to hold twice its live data.
+    pub disk_budget: Option<u64>,
 }
 
 impl Default for LogOptions {
@@ -88,6 +92,7 @@ impl Default for LogOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             recover: Recover::Refuse,
             background_compaction: true,
+            disk_budget: None,
         }
     }
 }
@@ -251,6 +256,9 @@ struct Writer {
     segment_bytes: u64,
     /// Whether the last attempt to start a new segment failed (logged once).
     rotate_failing: bool,
+    /// Bytes the segments take on disk (the newest counted at its preallocated size).
+    disk: Arc<AtomicU64>,
+    disk_budget: Option<u64>,
 }
 
 struct Shared {
@@ -403,11 +411,14 @@ impl LogStore {
                 failed: None,
                 segment_bytes,
                 rotate_failing: false,
+                disk: Arc::new(AtomicU64::new(0)),
+                disk_budget: options.disk_budget,
             }),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             compacting: Mutex::new(()),
         });
+        shared.writer()?.count_disk();
         let thread = if options.background_compaction {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -492,6 +503,23 @@ fn truncate(
 }
 
 impl Writer {
+    /// Recounts the bytes the segments take on disk.
+    fn count_disk(&self) {
+        let bytes: u64 = self
+            .state
+            .segs
+            .iter()
+            .map(|(s, i)| {
+                if *s == self.seg {
+                    i.len.max(self.segment_bytes)
+                } else {
+                    i.len
+                }
+            })
+            .sum();
+        self.disk.store(bytes, Ordering::Relaxed);
+    }
+
     /// Appends `ops` as one synced frame and applies them to the live state.
     fn append(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         if let Some(cause) = &self.failed {
@@ -578,6 +606,7 @@ impl QueueStore for LogStore {
         let mut w = self.shared.writer()?;
         w.append(ops)?;
         w.rotate_if_full();
+        w.count_disk();
         if compact::worth_it(&w) {
             self.shared.wake.notify_one();
         }
@@ -586,6 +615,10 @@ impl QueueStore for LogStore {
 
     fn load(&self) -> Result<Snapshot, StoreError> {
         Ok(self.shared.writer()?.state.snapshot())
+    }
+
+    fn disk_gauge(&self) -> Option<Arc<AtomicU64>> {
+        self.shared.writer().ok().map(|w| w.disk.clone())
     }
 }
 
