@@ -35,8 +35,8 @@ use tokio::sync::{watch, Notify};
 use trunkline_client::stomp::StompClient;
 
 use crate::{
-    admin_aside, alive, cpu_ticks, fmt, http_client, latency_json, load, load_average,
-    nats::find_nats, peak_rss_kib, stomp::options, sys, Server,
+    admin_aside, alive, cpu_ticks, fmt, grant_live_reads, http_client, latency_json, load,
+    load_average, nats::find_nats, peak_rss_kib, stomp::options, sys, Server,
 };
 
 /// Trunkline's STOMP destination, and NATS's subject.
@@ -242,8 +242,11 @@ async fn prepare(a: &FanoutArgs) -> Result<(Target, Option<Server>)> {
         "trunkline" => {
             let server = Server::for_target(a.server_bin.as_deref(), None, None).await?;
             eprintln!("server pid {} on {}", server.pid, server.stomp);
-            // Live messages only: no inbox may match the topic.
-            admin_aside(&http_client()?, &server).await?;
+            // Live messages only: no inbox may match the topic, and the admin's subscribers
+            // read it by a live-only grant.
+            let http = http_client()?;
+            let admin = admin_aside(&http, &server).await?;
+            grant_live_reads(&http, &server.api, &admin, &[SUBJECT]).await?;
             let connect = || async {
                 StompClient::connect(options(&server.stomp, "admin", &server.admin_secret, 1))
                     .await

@@ -628,6 +628,18 @@ async fn grant_writes(
     patch_admin(http, api, admin, json!({ "write_grants": queues })).await
 }
 
+/// Lets `admin` subscribe live to `topics` (`read_topics`: live only, nothing routed into
+/// its inbox), which a client may do only for topics its subscription or `read_topics`
+/// match.
+async fn grant_live_reads(
+    http: &reqwest::Client,
+    api: &str,
+    admin: &str,
+    topics: &[&str],
+) -> Result<()> {
+    patch_admin(http, api, admin, json!({ "read_topics": topics })).await
+}
+
 /// `PATCH /client/admin` with `change`, as the admin.
 async fn patch_admin(http: &reqwest::Client, api: &str, admin: &str, change: Value) -> Result<()> {
     let what = format!("PATCH /client/admin {change}");
