@@ -1,24 +1,81 @@
-"""docs/performance.md from the results of bench/compare.sh (moved out of compare.sh as it was).
+"""docs/performance.md from the results of bench/compare.sh.
 
-python3 bench/report.py RESULTS REPEATS OUT "SECTIONS" "SYSTEMS"
+    python3 bench/report.py RESULTS REPEATS OUT "SECTIONS" "SYSTEMS"
+
+Every sentence that states a result or a verdict is computed here from the runs' JSON;
+the fixed text only says how the runs were made. The report says where each system kept
+its data (the path, file system and device each durable run reported) and whether every
+message id checked out. Exits 3 when the comparison is invalid: the systems' data on
+different file systems, or a durable run that did not say where its data was; the report
+is still written, saying so at the top, with no verdict drawn.
 """
 import datetime, glob, json, os, platform, statistics, subprocess, sys
 
 results, repeats, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 sections, systems = sys.argv[4].split(), sys.argv[5].split()
-NAMES = {"trunkline": "Trunkline (STOMP)", "rabbitmq": "RabbitMQ STOMP",
-         "amqp": "RabbitMQ AMQP", "nats": "NATS JetStream"}
+# The durable scenarios (section, name), in report order.
+DURABLE = [("throughput", "1KiB"), ("throughput", "16B"), ("throughput", "64KiB"),
+           ("latency", "1000"), ("latency", "10000"), ("sync", "1KiB")]
+NATS = ("nats", "nats-pypi", "nats-pypi-sync")
+BASE = {"trunkline": "Trunkline (STOMP)", "rabbitmq": "RabbitMQ STOMP",
+        "amqp": "RabbitMQ AMQP"}
 
 
 def runs(section, name, system):
-    """The JSON reports of one scenario and system, one per repeat that did not fail."""
+    """The JSON reports of one scenario and system, one per repeat that did not fail;
+    each gets `_run`, its repeat number."""
     rs = []
     for i in range(1, repeats + 1):
         p = os.path.join(results, f"{section}-{name}-{system}-{i}.json")
         if os.path.exists(p):
             with open(p) as f:
-                rs.append(json.load(f))
+                r = json.load(f)
+            r["_run"] = i
+            rs.append(r)
     return rs
+
+
+def durable_runs(system):
+    """Every durable run of `system`, as (section, name, report)."""
+    return [(section, name, r) for section, name in DURABLE if section in sections
+            for r in runs(section, name, system)]
+
+
+def durable_systems():
+    return [s for s in systems if s != "node" and durable_runs(s)]
+
+
+def server_of(system):
+    """(version, settings) as the server of `system` reported them in its durable runs
+    (NATS: the version in its INFO, the sync setting from its /varz); None where no run
+    recorded them."""
+    for _, _, r in durable_runs(system):
+        if r.get("server"):
+            return r["server"].split()[-1], r.get("settings")
+    return None, None
+
+
+def syncs_first(system):
+    """True if `system` syncs each message before confirming it, as its runs say."""
+    if system in NATS:
+        settings = server_of(system)[1]
+        return bool(settings) and "always" in settings
+    return system in BASE
+
+
+def label(system):
+    if system in BASE:
+        return BASE[system]
+    version, settings = server_of(system)
+    if syncs_first(system):
+        sync = "sync always"
+    elif settings and settings.startswith("sync_interval ") and "not reported" not in settings:
+        sync = settings.split(" (")[0]
+    elif settings:
+        sync = "default sync"
+    else:
+        sync = "sync setting not recorded"
+    return f"NATS JetStream {version or '(version not recorded)'}, {sync}"
 
 
 def stat(rs, get):
@@ -44,8 +101,12 @@ def spread(s, d=0):
     return f"{num(s['med'], d)} ({num(s['lo'], d)}–{num(s['hi'], d)})"
 
 
+def complete(r):
+    return r.get("complete", r["consumed"] >= r["messages"])
+
+
 def incomplete(rs):
-    return "†" if any(r["consumed"] < r["messages"] for r in rs) else ""
+    return "†" if any(not complete(r) for r in rs) else ""
 
 
 def med(rs, get):
@@ -82,18 +143,131 @@ def machine():
                 mem = int(line.split()[1]) / 1024 / 1024
     except OSError:
         pass
-    fs = version(["df", "--output=fstype", "/tmp"]).splitlines()[-1:] or [""]
     rmq = version(["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"])
-    nats = version(["nats-server", "--version"])
     # The commit measured, as the run wrote it down (a report rewritten later, or from
     # results put together from several runs, says what was measured); else HEAD.
     try:
         commit = open(os.path.join(results, "commit")).read().strip()
     except OSError:
         commit = version(["git", "rev-parse", "--short", "HEAD"])
+    rabbit = ""
+    if "rabbitmq" in systems or "amqp" in systems:
+        rabbit = f"; RabbitMQ {rmq or '?'} (Debian, default settings)"
+    # NATS servers are named with their versions in their rows, as they reported them.
     return (f"{cpu or platform.machine()}, {os.cpu_count() or 0} cores, {mem:.0f} GiB, Linux "
-            f"{platform.release()}, data on {fs[0] or '?'}; RabbitMQ {rmq or '?'} (Debian, "
-            f"default settings), {nats or 'nats-server ?'}, Trunkline {commit or '?'}")
+            f"{platform.release()}{rabbit}; Trunkline {commit or '?'}")
+
+
+def placements():
+    """Per durable system, the data placement each of its runs reported; and whether the
+    comparison is valid: every run reported one, all on one device."""
+    by_system = {}
+    for system in durable_systems():
+        by_system[system] = [(section, name, r["_run"], r.get("data") or {
+            "error": "not recorded (a run from before the bench reported it)"})
+            for section, name, r in durable_runs(system)]
+    devices = {d.get("device") for ps in by_system.values() for *_, d in ps}
+    # Without durable runs there is no data to compare.
+    valid = not by_system or (None not in devices and len(devices) == 1)
+    return by_system, valid
+
+
+def write_placements(f, by_system, valid):
+    f.write("## Where each system kept its data\n\n")
+    f.write("Each durable run reports where its system kept its data, as learnt from the system "
+            "itself where it can be (Trunkline: the data directory the bench gave the server it "
+            "started; RabbitMQ: the directory of the message store file its server holds open; "
+            "NATS: the `store_dir` its `/varz` reports), with the file system type and source "
+            "(`/proc/self/mountinfo`) and the device (`st_dev`) of that directory. The file "
+            "system decides what an fsync costs, so the comparison holds only if every system's "
+            "data is on the same device.\n\n")
+    f.write("| system | data directory | file system | device | runs |\n|---|---|---|---|---|\n")
+    for system, ps in by_system.items():
+        seen = {}
+        for *_, d in ps:
+            key = (d.get("fs_type", "?"), d.get("source", "?"), d.get("device"), d.get("error"))
+            seen.setdefault(key, []).append(d.get("path"))
+        for (fs, source, device, error), paths in seen.items():
+            known = [p for p in paths if p]
+            if not known:
+                where = "unknown: %s" % error
+            elif len(set(known)) == 1:
+                where = "`%s`" % known[0]
+            else:
+                where = "`%s/…` (one per run)" % os.path.commonpath(known)
+            f.write("| %s | %s | %s | %s | %d |\n" % (
+                label(system), where, "%s on %s" % (fs, source) if device else "-",
+                device or "-", len(paths)))
+    devices = sorted({d.get("device") for ps in by_system.values() for *_, d in ps} - {None})
+    if valid:
+        f.write("\nEvery system's data was on device %s: the same file system for all %d "
+                "durable runs.\n\n" % (devices[0], sum(len(ps) for ps in by_system.values())))
+    else:
+        f.write("\n**Invalid comparison**: the durable runs' data was on %s. No verdict is "
+                "drawn from these figures.\n\n" % (
+                    "devices " + ", ".join(devices) if len(devices) > 1 else
+                    "an unknown file system for some runs"))
+
+
+def id_summary():
+    """A computed sentence on the message ids of every durable run."""
+    checked, clean, unchecked, bad = 0, 0, 0, []
+    messages = 0
+    for system in durable_systems():
+        for section, name, r in durable_runs(system):
+            ids = r.get("ids")
+            if ids is None:
+                unchecked += 1
+                continue
+            checked += 1
+            messages += ids["expected"]
+            if ids["clean"]:
+                clean += 1
+            else:
+                bad.append("%s %s, %s, run %d: %d of %d received, %d duplicates, %d missing "
+                           "(%d of them confirmed), %d out of range, %d from another run, "
+                           "%d unreadable, %d on the wrong queue" % (
+                               section, name, label(system), r["_run"], ids["received"],
+                               ids["expected"], ids["duplicates"], ids["missing"],
+                               ids["missing_confirmed"], ids["out_of_range"], ids["foreign"],
+                               ids["unreadable"], ids["misrouted"]))
+    s = ("Message ids: each body carries its message's id and the run's tag, and each consumer "
+         "checks them against a bitmap. ")
+    if checked and clean == checked:
+        s += ("In all %d durable runs (%d messages) every message arrived exactly once, on its "
+              "own queue, and nothing else did." % (checked, messages))
+    elif checked:
+        s += "%d of %d durable runs checked out; the others:" % (clean, checked)
+    if unchecked:
+        s += " %d run(s) did not record their ids (results from before the check)." % unchecked
+    return s, bad
+
+
+def run_problems():
+    """(where, problems) of every durable run that is not complete."""
+    out = []
+    for system in durable_systems():
+        for section, name, r in durable_runs(system):
+            if not complete(r):
+                why = r.get("problems") or ["%d of %d consumed" % (r["consumed"], r["messages"])]
+                out.append(("%s %s, %s, run %d" % (section, name, label(system), r["_run"]),
+                            "; ".join(why)))
+    return out
+
+
+def counts(section, name):
+    """The message counts of a scenario's runs, as they ran."""
+    ns = sorted({r["messages"] for s in systems for r in runs(section, name, s)})
+    return " or ".join(str(n) for n in ns) or "?"
+
+
+def body_sizes(name):
+    """(size asked, smallest body, largest body) of a throughput scenario's runs."""
+    rs = [r for s in systems for r in runs("throughput", name, s) if r.get("body_bytes")]
+    if not rs:
+        return None
+    return (rs[0]["size"], min(r["body_bytes"]["min"] for r in rs),
+            max(r["body_bytes"]["max"] for r in rs))
 
 
 def write_throughput(f):
@@ -113,14 +287,19 @@ def write_throughput(f):
                 continue
             rate = stat(rs, lambda r: r["msgs_per_s"])
             f.write("| %s | %s%s | %s | %s | %s | %s / %s | %s |\n" % (
-                name, NAMES[system], incomplete(rs), spread(rate),
+                name, label(system), incomplete(rs), spread(rate),
                 spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
                 num(max(r["server_peak_rss_mib"] for r in rs)),
                 num(med(rs, lat("end_to_end_latency", "p50_ms")), 1),
                 num(med(rs, lat("end_to_end_latency", "p99_ms")), 1),
                 "" if system == "trunkline" else ratio(t, rate)))
-    f.write("\nThe 16 B bodies are in fact 26–27 B, the smallest JSON object that carries the send "
-            "time. End-to-end latency here includes queueing: publishers run ahead of consumers.\n\n")
+    f.write("\n")
+    for name in ["1KiB", "16B", "64KiB"]:
+        b = body_sizes(name)
+        if b and b[2] > b[0]:
+            f.write("The %s bodies were in fact %d–%d B, the smallest JSON object that carries "
+                    "the send time, the message id and the run's tag. " % (name, b[1], b[2]))
+    f.write("End-to-end latency here includes queueing: publishers run ahead of consumers.\n\n")
 
 
 def write_latency(f):
@@ -133,12 +312,13 @@ def write_latency(f):
             "after the commit; RabbitMQ: publisher confirm; JetStream: publish ack), end-to-end "
             "to the delivery. Send lag is how late the load generator sent (its own timer and "
             "scheduling on a shared 2-core machine, plus any wait for the window): latencies "
-            "below it say nothing about the server. 8000 messages at 1000 msg/s, 50 000 at "
-            "10 000 msg/s. Trunkline ÷ this: ratio of end-to-end p99 latencies, below 1 means "
-            "Trunkline's is lower.\n\n")
+            "below it say nothing about the server. %s. Trunkline ÷ this: ratio of end-to-end "
+            "p99 latencies, below 1 means Trunkline's is lower.\n\n" % ", ".join(
+                "%s messages at %s msg/s" % (counts("latency", n), n) for n in ["1000", "10000"]))
     f.write("| rate msg/s | system | achieved msg/s | publish p50 / p99 / max ms | e2e p50 / p99 / max ms "
             "| send lag p99 ms | server CPU µs/msg | peak RSS MiB | Trunkline ÷ this |\n")
     f.write("|---|---|---|---|---|---|---|---|---|\n")
+    behind = []
     for name in ["1000", "10000"]:
         t = stat(runs("latency", name, "trunkline"), lat("end_to_end_latency", "p99_ms"))
         for system in systems:
@@ -146,9 +326,13 @@ def write_latency(f):
             if not rs:
                 continue
             e2e99 = stat(rs, lat("end_to_end_latency", "p99_ms"))
+            achieved = stat(rs, lambda r: r["msgs_per_s"])
+            if achieved and achieved["med"] < 0.98 * float(name):
+                behind.append("%s at %s msg/s (%.0f achieved)" % (label(system), name,
+                                                                 achieved["med"]))
             m = lambda k, p: num(med(rs, lat(k, p)), 2)
             f.write("| %s | %s%s | %s | %s / %s / %s | %s / %s / %s | %s | %s | %s | %s |\n" % (
-                name, NAMES[system], incomplete(rs), spread(stat(rs, lambda r: r["msgs_per_s"])),
+                name, label(system), incomplete(rs), spread(achieved),
                 m("publish_latency", "p50_ms"), m("publish_latency", "p99_ms"),
                 m("publish_latency", "max_ms"),
                 m("end_to_end_latency", "p50_ms"), spread(e2e99, 2),
@@ -157,15 +341,24 @@ def write_latency(f):
                 num(max(r["server_peak_rss_mib"] for r in rs)),
                 "" if system == "trunkline" else ratio(t, e2e99)))
     f.write("\nA system that cannot sustain the rate falls behind the schedule and its latencies "
-            "grow with the backlog (achieved msg/s below the rate).\n\n")
+            "grow with the backlog (achieved msg/s below the rate). ")
+    if behind:
+        f.write("In this run, more than 2%% behind the schedule (median): %s.\n\n"
+                % "; ".join(behind))
+    else:
+        f.write("In this run every system kept within 2% of the schedule (median).\n\n")
+
+
+def sync_rate(system):
+    return (stat(runs("sync", "1KiB", system), lambda r: r["publish_msgs_per_s"]) or {}).get("med")
 
 
 def write_sync(f):
     f.write("## One synchronous durable publisher\n\n")
     f.write("One publisher with a window of 1 (each message waits for its confirmation before the "
-            "next is sent), one consumer, 1 KiB, 2000 messages or 15 s. The rate is confirmed "
+            "next is sent), one consumer, 1 KiB, %s messages or 15 s. The rate is confirmed "
             "messages per second. Trunkline ÷ this: rate ratio, above 1 means Trunkline is "
-            "faster.\n\n")
+            "faster.\n\n" % counts("sync", "1KiB"))
     f.write("| system | confirmed msg/s | publish p50 / p99 ms | e2e p50 / p99 ms | server CPU µs/msg | peak RSS MiB | Trunkline ÷ this |\n")
     f.write("|---|---|---|---|---|---|---|\n")
     t = stat(runs("sync", "1KiB", "trunkline"), lambda r: r["publish_msgs_per_s"])
@@ -176,7 +369,7 @@ def write_sync(f):
         rate = stat(rs, lambda r: r["publish_msgs_per_s"])
         m = lambda k, p: num(med(rs, lat(k, p)), 2)
         f.write("| %s%s | %s | %s / %s | %s / %s | %s | %s | %s |\n" % (
-            NAMES[system], incomplete(rs), spread(rate),
+            label(system), incomplete(rs), spread(rate),
             m("publish_latency", "p50_ms"), m("publish_latency", "p99_ms"),
             m("end_to_end_latency", "p50_ms"), m("end_to_end_latency", "p99_ms"),
             spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
@@ -185,42 +378,33 @@ def write_sync(f):
     f.write("\n")
 
 
-def write_bar(f):
-    """The first performance bar of issue 4, from this run's medians."""
-    def m(section, name, system, key):
-        return (stat(runs(section, name, system), lambda r: r[key]) or {}).get("med")
-    t = m("throughput", "1KiB", "trunkline", "msgs_per_s")
-    cpu = m("throughput", "1KiB", "trunkline", "server_cpu_us_per_msg")
-    rmq = [x for x in (m("throughput", "1KiB", s, "msgs_per_s") for s in ("rabbitmq", "amqp")) if x]
-    fan = {s: (stat([r for r in runs("fanout", "1to4", s) if r["complete"] and not r["lost"]],
-                    lambda r: r["deliveries_per_s"]) or {}).get("med") for s in ("trunkline", "nats")}
-    sync_t = m("sync", "1KiB", "trunkline", "publish_msgs_per_s")
-    sync_n = m("sync", "1KiB", "nats", "publish_msgs_per_s")
-    rows = []
-    if t and rmq:
-        best = max(rmq)
-        rows.append(("durable 1 KiB throughput ≥ 2x RabbitMQ's (the faster of STOMP and AMQP)",
-                     "%.0f vs %.0f msg/s: %.2fx" % (t, best, t / best), t >= 2 * best))
-    if cpu:
-        rows.append(("durable 1 KiB: ≤ 30 µs server CPU per message", "%.1f µs" % cpu, cpu <= 30))
-    if fan["trunkline"] and fan["nats"]:
-        r = fan["trunkline"] / fan["nats"]
-        rows.append(("live fan-out 1 → 4 ≥ 50% of NATS core", "%.0f%%" % (100 * r), r >= 0.5))
-    if sync_t and sync_n:
-        rows.append(("one synchronous durable publisher ≥ JetStream's rate",
-                     "%.0f vs %.0f msg/s" % (sync_t, sync_n), sync_t >= sync_n))
-    if not rows:
-        return
-    f.write("## The first bar\n\n| bar | this run | holds |\n|---|---|---|\n")
-    for bar, seen, ok in rows:
-        f.write("| %s | %s | %s |\n" % (bar, seen, "yes" if ok else "**no**"))
-    f.write("\nThe synchronous publisher pays one `fdatasync` per message here (about 150 µs on "
-            "this disk with the log's preallocated segments, 200 µs when appending) plus a round "
-            "trip of thread wake-ups; JetStream 2.9 answers before it syncs (every two minutes by "
-            "default); Debian's 2.9 has no setting to sync each write (later releases have "
-            "`sync_interval`). Against the systems that sync first, RabbitMQ's rows, Trunkline is "
-            "ahead. Matching JetStream on its terms would take an opt-in mode that answers "
-            "before the sync, which Trunkline does not offer.\n\n")
+def sync_verdict():
+    """Sentences comparing the synchronous publishers, from this run's medians."""
+    t = sync_rate("trunkline")
+    if not t:
+        return ""
+    first, after = [], []
+    for system in systems:
+        x = sync_rate(system) if system != "trunkline" else None
+        if not x:
+            continue
+        (first if syncs_first(system) else after).append((label(system), t / x))
+    def cmp(items):
+        return "; ".join("%s: %.2fx (%s)" % (n, r, "Trunkline faster" if r > 1 else
+                                             "Trunkline slower" if r < 1 else "even")
+                         for n, r in items)
+    p50 = med(runs("sync", "1KiB", "trunkline"), lat("publish_latency", "p50_ms"))
+    out = ("Trunkline's synchronous publisher confirmed %.0f msg/s here, each message waiting "
+           "for its commit (a `fdatasync`): publish p50 %s ms." % (t, num(p50, 2)))
+    if first:
+        out += " Against the systems that also sync each message before confirming it: %s." % cmp(first)
+    if after:
+        out += (" Against the systems that confirm before syncing (so not like for like): %s."
+                % cmp(after))
+        if any(r < 1 for _, r in after):
+            out += (" Matching those on their terms would take an opt-in mode that answers "
+                    "before the sync, which Trunkline does not offer.")
+    return out
 
 
 def live_runs(section, name, names):
@@ -235,8 +419,9 @@ def live_runs(section, name, names):
         for r in runs(section, name, system):
             if (not r["complete"] or r["lost"] or r["out_of_order"]
                     or r.get("publish_errors") or r.get("short_publishes")):
-                notes.append(f"{names[system]}: a run with {r['lost']} lost and {r['out_of_order']} "
-                             "out-of-order deliveries, or incomplete, is left out")
+                notes.append(f"{names[system]}, run {r['_run']}: {r['lost']} lost and "
+                             f"{r['out_of_order']} out-of-order deliveries"
+                             f"{'' if r['complete'] else ', incomplete'}: left out")
             else:
                 rs.append(r)
         if rs:
@@ -272,8 +457,18 @@ def live_table(f, cells, names, extra):
         f.write("| %s |\n" % " | ".join(row))
 
 
+def fanout_names():
+    names = {"trunkline": "Trunkline (STOMP /topic)"}
+    for system in ("nats", "nats-pypi"):
+        rs = runs("fanout", "1to4", system)
+        server = next((r["server"] for r in rs if r.get("server")), None)
+        names[system] = "NATS core %s" % (server.split()[-1] if server else
+                                          "(version not recorded)")
+    return names
+
+
 def write_fanout(f):
-    names = {"trunkline": "Trunkline (STOMP /topic)", "nats": "NATS core"}
+    names = fanout_names()
     cells, notes, args = live_runs("fanout", "1to4", names)
     if not cells:
         return
@@ -339,33 +534,122 @@ def write_wsfanout(f):
     write_notes(f, notes)
 
 
+def write_bar(f, valid):
+    """The first performance bar of issue 4, from this run's medians."""
+    def m(section, name, system, key):
+        return (stat(runs(section, name, system), lambda r: r[key]) or {}).get("med")
+    t = m("throughput", "1KiB", "trunkline", "msgs_per_s")
+    cpu = m("throughput", "1KiB", "trunkline", "server_cpu_us_per_msg")
+    rmq = [x for x in (m("throughput", "1KiB", s, "msgs_per_s") for s in ("rabbitmq", "amqp")) if x]
+    names = fanout_names()
+    fan = {s: (stat([r for r in runs("fanout", "1to4", s) if r["complete"] and not r["lost"]],
+                    lambda r: r["deliveries_per_s"]) or {}).get("med")
+           for s in ("trunkline", "nats", "nats-pypi")}
+    sync_t = sync_rate("trunkline")
+    rows = []
+    if t and rmq:
+        best = max(rmq)
+        rows.append(("durable 1 KiB throughput ≥ 2x RabbitMQ's (the faster of STOMP and AMQP)",
+                     "%.0f vs %.0f msg/s: %.2fx" % (t, best, t / best), t >= 2 * best))
+    if cpu:
+        rows.append(("durable 1 KiB: ≤ 30 µs server CPU per message", "%.1f µs" % cpu, cpu <= 30))
+    for s in ("nats", "nats-pypi"):
+        if fan["trunkline"] and fan[s]:
+            r = fan["trunkline"] / fan[s]
+            rows.append(("live fan-out 1 → 4 ≥ 50%% of %s" % names[s], "%.0f%%" % (100 * r),
+                         r >= 0.5))
+    for s in NATS:
+        x = sync_rate(s)
+        if sync_t and x:
+            rows.append(("one synchronous durable publisher ≥ %s" % label(s),
+                         "%.0f vs %.0f msg/s" % (sync_t, x), sync_t >= x))
+    if not rows:
+        return
+    f.write("## The first bar\n\n")
+    if not valid:
+        f.write("Not judged: the systems' data was not shown to be on one file system (see "
+                "below).\n\n")
+        return
+    f.write("| bar | this run | holds |\n|---|---|---|\n")
+    for bar, seen, ok in rows:
+        f.write("| %s | %s | %s |\n" % (bar, seen, "yes" if ok else "**no**"))
+    f.write("\n")
+    s = sync_verdict()
+    if s:
+        f.write(s + " nats-server before 2.10 has no setting to sync each write; from 2.10 on, "
+                "`sync_interval: always` does.\n\n")
+
+
+def jetstream_method():
+    """What the JetStream rows of this run are, from the settings their servers reported."""
+    present = [s for s in NATS if s in durable_systems()]
+    if not present:
+        return ""
+    first = [label(s) for s in present if syncs_first(s)]
+    after = [label(s) for s in present if not syncs_first(s)]
+    out = ""
+    if first:
+        out += ("JetStream with `sync_interval: always` (%s) syncs each write before its ack, "
+                "like the others. " % "; ".join(first))
+    if after:
+        out += ("**JetStream without it (%s) acknowledges before syncing to disk** (it syncs "
+                "on its own schedule, every two minutes by default), so those rows are not like "
+                "for like. "
+                % "; ".join(after))
+    return out
+
+
+by_system, valid = placements()
 with open(out, "w") as f:
     f.write("# Performance\n\n")
+    if not valid:
+        f.write("**This comparison is invalid: the systems' data was not shown to be on one file "
+                "system** (see \"Where each system kept its data\"). The figures are below for "
+                "the record; no verdict is drawn from them.\n\n")
     f.write("Generated by `bash bench/compare.sh` on %s: %s.\n\n" % (datetime.date.today(), machine()))
     f.write("Method: every system runs on this machine on loopback, with the load generator "
             "beside it (it competes for the 2 cores). Trunkline (a fresh server and data directory "
             "per run) and RabbitMQ's STOMP plugin are driven by the same Rust STOMP client; "
-            "RabbitMQ's native AMQP 0-9-1 by lapin; NATS JetStream (file storage) by async-nats. "
-            "Durable everywhere: Trunkline answers a SEND's receipt after its commit; RabbitMQ "
-            "gets persistent messages (`persistent:true`, `delivery_mode` 2) into durable queues "
-            "and confirms after writing them to disk; **JetStream acknowledges before syncing to "
-            "disk** (it syncs every two minutes by default), so its rows are not like for like. "
+            "RabbitMQ's native AMQP 0-9-1 by lapin; NATS JetStream (file storage) by async-nats, "
+            "each NATS row naming the server's version and sync setting as the server reported "
+            "them. Trunkline answers a SEND's receipt after its commit; RabbitMQ gets persistent "
+            "messages (`persistent:true`, `delivery_mode` 2) into durable queues and confirms "
+            "after writing them to disk. " + jetstream_method() +
             "Queues are deleted before and after each RabbitMQ run, the stream before and after "
             "each JetStream run. Systems alternate within each of %d repeat(s); each figure is the "
             "median, with the range (min–max) where there are several runs. Server CPU is "
             "user + system time of the server process over the run, per message consumed; peak "
             "RSS is the process's high-water mark (RabbitMQ's and NATS's span the whole "
-            "session). † marks a system with a run that stopped at its duration limit before "
-            "every message was consumed. The machine is shared and noisy: compare ratios within "
+            "session). † marks a system with an incomplete run: stopped at its duration limit, a "
+            "publish failed or went unconfirmed, or its message ids did not check out (listed "
+            "under \"Incomplete runs\"). The machine is shared and noisy: compare ratios within "
             "one run of the script, not across runs.\n\n" % repeats)
-    write_bar(f)
+    if by_system:
+        ids, bad = id_summary()
+        f.write(ids + "\n")
+        for b in bad:
+            f.write("\n- %s" % b)
+        f.write("\n\n")
+    write_bar(f, valid)
+    if by_system:
+        write_placements(f, by_system, valid)
     writers = {"throughput": write_throughput, "latency": write_latency,
                "sync": write_sync, "fanout": write_fanout, "wsfanout": write_wsfanout}
     for s in ["throughput", "latency", "sync", "fanout", "wsfanout"]:
         if s in sections:
             writers[s](f)
+    problems = run_problems()
+    if problems:
+        f.write("## Incomplete runs\n\n")
+        for where, why in problems:
+            f.write("- %s: %s\n" % (where, why))
+        f.write("\n")
     f.write("## Elsewhere\n\nThe CI regression guard (`trunkline-bench guard`, server CPU per message against "
             "`bench/guard.json`) and other figures (HTTP durable path, routing, recovery) are in "
             "`bench/README.md`. Raw results of this run: `%s` (not kept in git).\n"
             % os.path.relpath(results))
 print(open(out).read())
+if not valid:
+    print("the comparison is invalid: the systems' data was not shown to be on one file system",
+          file=sys.stderr)
+    sys.exit(3)
