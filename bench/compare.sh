@@ -199,7 +199,8 @@ listen: 127.0.0.1:$port
 http: 127.0.0.1:$((port + 1))
 jetstream { store_dir: "$DATA/$system"$sync }
 CONF
-    "$bin" -c "$RESULTS/$system.conf" > "$RESULTS/$system.log" 2>&1 &
+    : > "$RESULTS/$system.log"
+    "$bin" -c "$RESULTS/$system.conf" >> "$RESULTS/$system.log" 2>&1 &
     NATS_PIDS[$system]=$!
     for _ in $(seq 50); do
         if grep -q "Server is ready" "$RESULTS/$system.log"; then break; fi
