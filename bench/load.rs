@@ -13,6 +13,13 @@
 //!
 //! Publish latency runs from the send time to the confirmation, end-to-end latency from
 //! the send time to the delivery.
+//!
+//! Every body also carries the message's id `n` and the run's tag `r`. Each consumer
+//! keeps a [`Ledger`] of the ids it got; at the end [`Ids`] puts them together: every
+//! message of the run received exactly once on its own queue, or the duplicates, the
+//! missing ids (and which of them had been confirmed), the ids out of range, the
+//! messages of another run and the unreadable bodies, each counted. A run is complete
+//! only if the ids check out, every publish was confirmed and none failed.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -21,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use futures::stream::{FuturesUnordered, StreamExt};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::disk::Placement;
 use crate::{cpu_ticks, latency_json, peak_rss_kib, sys};
 
 /// The shape of a durable publish → consume → ack run.
@@ -83,7 +91,22 @@ impl LoadArgs {
 /// A JSON body carrying its send time (ns since the start of the run), padded to
 /// `padding.len()` bytes; never shorter than the 20-odd bytes that carry the time.
 pub fn body(sent_ns: u64, padding: &str) -> String {
-    let head = format!("{{\"t\":{sent_ns},\"pad\":\"");
+    padded(format!("{{\"t\":{sent_ns},\"pad\":\""), padding)
+}
+
+/// A [`body`] that also carries the message's id `n` and the run's tag `r`, for the
+/// [`Ledger`]; never shorter than the 40-odd bytes that carry them.
+pub fn tagged_body(sent_ns: u64, tag: Tag, padding: &str) -> String {
+    padded(
+        format!(
+            "{{\"t\":{sent_ns},\"n\":{},\"r\":{},\"pad\":\"",
+            tag.n, tag.run
+        ),
+        padding,
+    )
+}
+
+fn padded(head: String, padding: &str) -> String {
     let fill = padding.len().saturating_sub(head.len() + 2);
     format!("{head}{}\"}}", &padding[..fill])
 }
@@ -98,10 +121,34 @@ pub fn padding(size: usize) -> String {
 /// the body re-serialized with its keys sorted, so `"t"` comes after the padding, which
 /// is all `x`).
 pub fn sent_ns(payload: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(payload, b"\"t\":")? + 4;
+    number(payload, b"\"t\":")
+}
+
+/// The unsigned number after the first `key` in `payload`.
+fn number(payload: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(payload, key)? + key.len();
     let digits = payload.get(at..)?;
     let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
+}
+
+/// Which message of which run a [`tagged_body`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tag {
+    /// The run's tag ([`Clock::run`]).
+    pub run: u32,
+    /// The message's id, `0..messages`.
+    pub n: u64,
+}
+
+impl Tag {
+    /// The tag of a [`tagged_body`], if `payload` is one.
+    pub fn of(payload: &[u8]) -> Option<Tag> {
+        Some(Tag {
+            run: u32::try_from(number(payload, b"\"r\":")?).ok()?,
+            n: number(payload, b"\"n\":")?,
+        })
+    }
 }
 
 /// The clock of a run: body times count from `base`; nothing starts after `deadline`.
@@ -109,14 +156,22 @@ pub fn sent_ns(payload: &[u8]) -> Option<u64> {
 pub struct Clock {
     pub base: Instant,
     pub deadline: Instant,
+    /// This run's tag, in every body: a message left over from another run (a queue not
+    /// emptied) is told apart from this run's message of the same id.
+    pub run: u32,
 }
 
 impl Clock {
     pub fn new(a: &LoadArgs) -> Clock {
         let base = Instant::now();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+            .unwrap_or(0);
         Clock {
             base,
             deadline: base + Duration::from_secs(a.duration_limit),
+            run: nanos ^ std::process::id().rotate_left(16),
         }
     }
 
@@ -177,21 +232,37 @@ impl Meter {
         };
         let elapsed_s = since_begin(consumed.iter().map(|c| c.done).max());
         let publish_elapsed_s = since_begin(published.iter().map(|p| p.done).max());
+        let ledgers: Vec<Ledger> = consumed.into_iter().map(|c| c.ledger).collect();
+        let ids = Ids::check(
+            total,
+            &ledgers,
+            published.iter().flat_map(|p| p.confirmed.iter().copied()),
+        );
         let mut o = Outcome {
             total,
             rate,
             publish_ns: Vec::new(),
             send_lag_ns: Vec::new(),
-            end_to_end_ns: consumed.into_iter().flat_map(|c| c.end_to_end_ns).collect(),
+            end_to_end_ns: ledgers.into_iter().flat_map(|l| l.end_to_end_ns).collect(),
+            ids,
+            body_bytes: None,
             elapsed_s,
             publish_elapsed_s,
             server_cpu_s,
             server_pid: self.pid,
+            publish_failures: 0,
             publish_failure: None,
         };
         for p in published {
             o.publish_ns.extend(p.latency_ns);
             o.send_lag_ns.extend(p.send_lag_ns);
+            o.body_bytes = match (o.body_bytes, p.body_bytes) {
+                (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+                (x, y) => x.or(y),
+            };
+            if p.failure.is_some() {
+                o.publish_failures += 1;
+            }
             o.publish_failure = o.publish_failure.or(p.failure);
         }
         Ok(o)
@@ -285,13 +356,18 @@ pub struct Published {
     pub latency_ns: Vec<u64>,
     /// Open loop: how late each message left, after its place in the schedule.
     pub send_lag_ns: Vec<u64>,
+    /// The ids of the messages confirmed.
+    pub confirmed: Vec<u64>,
+    /// The shortest and the longest body sent, in bytes.
+    pub body_bytes: Option<(usize, usize)>,
     /// The first send or confirmation that failed (the publisher stopped there).
     pub failure: Option<String>,
     /// When its last message was confirmed (before closing its connection).
     pub done: Instant,
 }
 
-/// Runs one publisher: `send(n, body)` sends message `n` and returns its confirmation,
+/// Runs one publisher: `send(n, body)` sends message `n` (its [`tagged_body`]) and
+/// returns its confirmation,
 /// a future that resolves once the server has made the message durable. At most
 /// `--window` messages are unconfirmed at a time; the loop stops at the deadline, at the
 /// first failure, or when every message is confirmed.
@@ -310,9 +386,11 @@ where
         mut slots,
     } = part;
     let room = Arc::new(Semaphore::new(window));
-    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<(Instant, C, OwnedSemaphorePermit)>();
+    let (sent_tx, mut sent_rx) =
+        mpsc::unbounded_channel::<(u64, Instant, C, OwnedSemaphorePermit)>();
     let mut send_lag_ns = Vec::new();
     let mut failure = None;
+    let mut body_bytes: Option<(usize, usize)> = None;
 
     let sender = async {
         for i in 0..count {
@@ -334,9 +412,12 @@ where
                 send_lag_ns.push(now.saturating_duration_since(due).as_nanos() as u64);
             }
             let sent = due.unwrap_or(now);
-            match tokio::time::timeout(clock.left(), send(n, body(clock.ns(sent), pad))).await {
+            let body = tagged_body(clock.ns(sent), Tag { run: clock.run, n }, pad);
+            let len = body.len();
+            body_bytes = Some(body_bytes.map_or((len, len), |(a, b)| (a.min(len), b.max(len))));
+            match tokio::time::timeout(clock.left(), send(n, body)).await {
                 Ok(Ok(confirmation)) => {
-                    if sent_tx.send((sent, confirmation, permit)).is_err() {
+                    if sent_tx.send((n, sent, confirmation, permit)).is_err() {
                         break;
                     }
                 }
@@ -354,6 +435,7 @@ where
     // sequence): each is awaited on its own, and frees its place in the window.
     let confirmer = async {
         let mut latency_ns = Vec::with_capacity(count as usize);
+        let mut confirmed = Vec::with_capacity(count as usize);
         let mut waiting = FuturesUnordered::new();
         let mut open = true;
         let mut failed = None;
@@ -362,15 +444,18 @@ where
         while open || !waiting.is_empty() {
             tokio::select! {
                 m = sent_rx.recv(), if open => match m {
-                    Some((sent, confirmation, permit)) => waiting.push(async move {
+                    Some((n, sent, confirmation, permit)) => waiting.push(async move {
                         let r = confirmation.await;
                         drop(permit);
-                        (sent, r)
+                        (n, sent, r)
                     }),
                     None => open = false,
                 },
-                Some((sent, r)) = waiting.next(), if !waiting.is_empty() => match r {
-                    Ok(()) => latency_ns.push(sent.elapsed().as_nanos() as u64),
+                Some((n, sent, r)) = waiting.next(), if !waiting.is_empty() => match r {
+                    Ok(()) => {
+                        latency_ns.push(sent.elapsed().as_nanos() as u64);
+                        confirmed.push(n);
+                    }
                     Err(e) => {
                         failed = Some(format!("confirmation: {e:#}"));
                         // Closing the window stops the sender.
@@ -382,13 +467,15 @@ where
             }
         }
         room.close();
-        (latency_ns, failed)
+        (latency_ns, confirmed, failed)
     };
 
-    let ((), (latency_ns, failed)) = tokio::join!(sender, confirmer);
+    let ((), (latency_ns, confirmed, failed)) = tokio::join!(sender, confirmer);
     Published {
         latency_ns,
         send_lag_ns,
+        confirmed,
+        body_bytes,
         failure: failure.or(failed),
         done: Instant::now(),
     }
@@ -396,10 +483,225 @@ where
 
 /// What one consumer measured.
 pub struct Consumed {
-    /// Send time → delivery, per message consumed.
-    pub end_to_end_ns: Vec<u64>,
+    /// The messages it got, and their latencies.
+    pub ledger: Ledger,
     /// When it stopped consuming (before closing its connection).
     pub done: Instant,
+}
+
+/// The deliveries one consumer got, by message id: a bitmap over the run's ids, and
+/// counts of what does not belong.
+pub struct Ledger {
+    clock: Clock,
+    total: u64,
+    queue: u64,
+    queues: u64,
+    seen: Vec<u64>,
+    /// Messages of this run for this queue, each counted once.
+    distinct: u64,
+    /// Send time → first delivery, per message.
+    pub end_to_end_ns: Vec<u64>,
+    duplicates: u64,
+    out_of_range: u64,
+    foreign: u64,
+    unreadable: u64,
+    misrouted: u64,
+}
+
+impl Ledger {
+    /// The ledger of consumer `queue` of `queues`, in a run of `total` messages (message
+    /// `n` is for queue `n % queues`).
+    pub fn new(clock: Clock, total: u64, queue: usize, queues: usize) -> Ledger {
+        Ledger {
+            clock,
+            total,
+            queue: queue as u64,
+            queues: queues.max(1) as u64,
+            seen: vec![0; total.div_ceil(64) as usize],
+            distinct: 0,
+            end_to_end_ns: Vec::new(),
+            duplicates: 0,
+            out_of_range: 0,
+            foreign: 0,
+            unreadable: 0,
+            misrouted: 0,
+        }
+    }
+
+    /// Records a delivery of `payload`, with its end-to-end latency if it is the first
+    /// delivery of a message of this run.
+    pub fn delivered(&mut self, payload: &[u8]) {
+        let Some(tag) = Tag::of(payload) else {
+            self.unreadable += 1;
+            return;
+        };
+        if tag.run != self.clock.run {
+            self.foreign += 1;
+            return;
+        }
+        if tag.n >= self.total {
+            self.out_of_range += 1;
+            return;
+        }
+        let (word, bit) = ((tag.n / 64) as usize, 1u64 << (tag.n % 64));
+        if self.seen[word] & bit != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[word] |= bit;
+        if tag.n % self.queues == self.queue {
+            self.distinct += 1;
+        } else {
+            // Counted in the bitmap all the same: [`Ids::check`] then sees it once.
+            self.misrouted += 1;
+        }
+        if let Some(l) = self.clock.end_to_end(payload) {
+            self.end_to_end_ns.push(l);
+        }
+    }
+
+    /// Messages of this run meant for this consumer that it got, each counted once: it
+    /// has them all at `messages / queues`.
+    pub fn distinct(&self) -> u64 {
+        self.distinct
+    }
+}
+
+/// What the ids of every delivery of a run show.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    /// Messages in the run (ids `0..expected`).
+    pub expected: u64,
+    /// Distinct ids received.
+    pub received: u64,
+    /// Deliveries of an id already received (by the same consumer or another).
+    pub duplicates: u64,
+    /// Ids never received.
+    pub missing: u64,
+    /// Of the missing ids, those whose publish had been confirmed: messages lost.
+    pub missing_confirmed: u64,
+    /// The first few missing ids.
+    pub first_missing: Vec<u64>,
+    /// Ids at or above `expected`.
+    pub out_of_range: u64,
+    /// Messages tagged with another run.
+    pub foreign: u64,
+    /// Bodies without an id.
+    pub unreadable: u64,
+    /// Messages received by a consumer they were not meant for.
+    pub misrouted: u64,
+}
+
+impl Ids {
+    /// Puts the consumers' ledgers together, with the ids whose publish was confirmed.
+    pub fn check(total: u64, ledgers: &[Ledger], confirmed: impl Iterator<Item = u64>) -> Ids {
+        let mut all = vec![0u64; total.div_ceil(64) as usize];
+        let mut ids = Ids {
+            expected: total,
+            ..Ids::default()
+        };
+        for l in ledgers {
+            for (a, w) in all.iter_mut().zip(&l.seen) {
+                ids.duplicates += u64::from((*a & w).count_ones());
+                *a |= w;
+            }
+            ids.duplicates += l.duplicates;
+            ids.out_of_range += l.out_of_range;
+            ids.foreign += l.foreign;
+            ids.unreadable += l.unreadable;
+            ids.misrouted += l.misrouted;
+        }
+        let has = |n: u64| all[(n / 64) as usize] & (1u64 << (n % 64)) != 0;
+        ids.received = all.iter().map(|w| u64::from(w.count_ones())).sum();
+        ids.missing = total - ids.received;
+        let mut confirmed_seen = vec![0u64; all.len()];
+        for n in confirmed.filter(|&n| n < total) {
+            confirmed_seen[(n / 64) as usize] |= 1u64 << (n % 64);
+        }
+        ids.missing_confirmed = all
+            .iter()
+            .zip(&confirmed_seen)
+            .map(|(a, c)| u64::from((c & !a).count_ones()))
+            .sum();
+        ids.first_missing = (0..total).filter(|&n| !has(n)).take(10).collect();
+        ids
+    }
+
+    /// True if every message of the run arrived exactly once, on its own queue, and
+    /// nothing else did.
+    pub fn clean(&self) -> bool {
+        self.received == self.expected
+            && self.duplicates == 0
+            && self.out_of_range == 0
+            && self.foreign == 0
+            && self.unreadable == 0
+            && self.misrouted == 0
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "expected": self.expected,
+            "received": self.received,
+            "duplicates": self.duplicates,
+            "missing": self.missing,
+            "missing_confirmed": self.missing_confirmed,
+            "first_missing": self.first_missing,
+            "out_of_range": self.out_of_range,
+            "foreign": self.foreign,
+            "unreadable": self.unreadable,
+            "misrouted": self.misrouted,
+            "clean": self.clean(),
+        })
+    }
+
+    /// One line for the report.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{} of {} received ({} duplicates, {} missing of which {} confirmed, {} out of range, \
+             {} from another run, {} unreadable, {} on the wrong queue)",
+            self.received,
+            self.expected,
+            self.duplicates,
+            self.missing,
+            self.missing_confirmed,
+            self.out_of_range,
+            self.foreign,
+            self.unreadable,
+            self.misrouted
+        );
+        if !self.first_missing.is_empty() {
+            let first: Vec<String> = self.first_missing.iter().map(u64::to_string).collect();
+            s.push_str(&format!("; first missing: {}", first.join(", ")));
+        }
+        s
+    }
+}
+
+/// The system a run drove, for the report: what it is, and where it keeps its data.
+pub struct System {
+    /// Name and version, as the server gave it where it can (`nats-server 2.15.1`).
+    pub server: String,
+    /// Settings that matter for the comparison (`sync_interval always`), if any.
+    pub settings: Option<String>,
+    /// Where it keeps its data, or why that is not known.
+    pub data: std::result::Result<Placement, String>,
+    /// The server process.
+    pub pid: u32,
+}
+
+impl System {
+    fn to_json(&self) -> Value {
+        let data = match &self.data {
+            Ok(p) => {
+                let mut v = p.to_json();
+                v["server_files_open_there"] =
+                    json!(crate::disk::open_files_under(self.pid, &p.path));
+                v
+            }
+            Err(e) => json!({ "error": e }),
+        };
+        json!({ "server": self.server, "settings": self.settings, "data": data })
+    }
 }
 
 /// What one run measured.
@@ -409,22 +711,54 @@ pub struct Outcome {
     pub publish_ns: Vec<u64>,
     pub send_lag_ns: Vec<u64>,
     pub end_to_end_ns: Vec<u64>,
+    pub ids: Ids,
+    /// The shortest and the longest body sent.
+    pub body_bytes: Option<(usize, usize)>,
     pub elapsed_s: f64,
     pub publish_elapsed_s: f64,
     pub server_cpu_s: f64,
     pub server_pid: u32,
+    /// Publishers that stopped on a failed send or confirmation.
+    pub publish_failures: u64,
     pub publish_failure: Option<String>,
 }
 
-/// Prints the summary line and latencies, writes `--json`; true if every message was
-/// consumed.
-pub fn report(target: &str, a: &LoadArgs, o: Outcome) -> Result<bool> {
-    let consumed = o.end_to_end_ns.len() as u64;
+impl Outcome {
+    /// Why the run is not complete: empty if every message was confirmed, received once
+    /// and acked, and no publish failed.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let confirmed = self.publish_ns.len() as u64;
+        if self.publish_failures > 0 {
+            p.push(format!(
+                "{} publisher(s) stopped on a failure",
+                self.publish_failures
+            ));
+        }
+        if confirmed < self.total {
+            p.push(format!(
+                "{} of {} publishes confirmed",
+                confirmed, self.total
+            ));
+        }
+        if !self.ids.clean() {
+            p.push(format!("message ids: {}", self.ids.describe()));
+        }
+        p
+    }
+}
+
+/// Prints the summary line and latencies, writes `--json`; true if the run was complete
+/// (see [`Outcome::problems`]).
+pub fn report(target: &str, a: &LoadArgs, system: &System, o: Outcome) -> Result<bool> {
+    let consumed = o.ids.received;
     let confirmed = o.publish_ns.len() as u64;
-    let r = json!({
+    let problems = o.problems();
+    let mut r = json!({
         "target": target, "messages": o.total, "size": a.size, "publishers": a.publishers,
         "consumers": a.consumers, "window": a.window, "prefetch": a.prefetch,
         "rate": o.rate,
+        "body_bytes": o.body_bytes.map(|(lo, hi)| json!({"min": lo, "max": hi})),
         "confirmed": confirmed, "consumed": consumed, "elapsed_s": o.elapsed_s,
         "msgs_per_s": consumed as f64 / o.elapsed_s,
         "publish_elapsed_s": o.publish_elapsed_s,
@@ -434,8 +768,15 @@ pub fn report(target: &str, a: &LoadArgs, o: Outcome) -> Result<bool> {
         "publish_latency": latency_json(o.publish_ns),
         "end_to_end_latency": latency_json(o.end_to_end_ns),
         "send_lag": o.rate.map(|_| latency_json(o.send_lag_ns)),
+        "ids": o.ids.to_json(),
+        "publish_failures": o.publish_failures,
         "publish_failure": o.publish_failure,
+        "complete": problems.is_empty(),
+        "problems": problems,
     });
+    if let (Some(r), Value::Object(x)) = (r.as_object_mut(), system.to_json()) {
+        r.extend(x);
+    }
     let pace = match o.rate {
         Some(rate) => format!(" at {rate:.0} msgs/s"),
         None => String::new(),
@@ -465,13 +806,31 @@ pub fn report(target: &str, a: &LoadArgs, o: Outcome) -> Result<bool> {
     if o.rate.is_some() {
         println!("  send lag           {}", ms(&r["send_lag"]));
     }
+    println!("  message ids        {}", o.ids.describe());
+    let settings = system
+        .settings
+        .as_ref()
+        .map(|s| format!(", {s}"))
+        .unwrap_or_default();
+    println!("  server             {}{settings}", system.server);
+    match &system.data {
+        Ok(p) => println!(
+            "  data               {} ({} of its files open there)",
+            p.describe(),
+            r["data"]["server_files_open_there"]
+        ),
+        Err(e) => println!("  data               unknown: {e}"),
+    }
     if let Some(e) = r["publish_failure"].as_str() {
         println!("  first failure      {e}");
+    }
+    for p in r["problems"].as_array().into_iter().flatten() {
+        println!("  INCOMPLETE         {}", p.as_str().unwrap_or_default());
     }
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
     }
-    Ok(consumed == o.total)
+    Ok(r["complete"].as_bool() == Some(true))
 }
 
 #[cfg(test)]
@@ -590,5 +949,135 @@ mod tests {
         // Too small for the time: as short as it can be.
         let b = body(12_345_678_901, &padding(16));
         assert_eq!(b, r#"{"t":12345678901,"pad":""}"#);
+    }
+
+    #[test]
+    fn a_tagged_body_carries_its_id_run_and_send_time_in_size_bytes() {
+        let tag = Tag {
+            run: u32::MAX,
+            n: 39_999,
+        };
+        for size in [1024, 100, 65536] {
+            let b = tagged_body(123_456_789, tag, &padding(size));
+            assert_eq!(b.len(), size);
+            assert_eq!(Tag::of(b.as_bytes()), Some(tag));
+            assert_eq!(sent_ns(b.as_bytes()), Some(123_456_789));
+            assert!(serde_json::from_str::<serde_json::Value>(&b).is_ok(), "{b}");
+        }
+        assert_eq!(Tag::of(body(5, &padding(64)).as_bytes()), None);
+    }
+
+    fn ledgers(clock: Clock, total: u64, queues: usize) -> Vec<Ledger> {
+        (0..queues)
+            .map(|q| Ledger::new(clock, total, q, queues))
+            .collect()
+    }
+
+    fn deliver(l: &mut Ledger, run: u32, n: u64) {
+        l.delivered(tagged_body(0, Tag { run, n }, "").as_bytes());
+    }
+
+    /// Received, duplicates, missing, missing though confirmed.
+    fn once(ids: &Ids) -> (u64, u64, u64, u64) {
+        (
+            ids.received,
+            ids.duplicates,
+            ids.missing,
+            ids.missing_confirmed,
+        )
+    }
+
+    #[test]
+    fn every_message_once_checks_out() {
+        let clock = Clock::new(&args(10, 1, 1, None));
+        let mut ls = ledgers(clock, 10, 2);
+        for n in 0..10 {
+            deliver(&mut ls[(n % 2) as usize], clock.run, n);
+        }
+        assert_eq!(ls[0].distinct(), 5);
+        let ids = Ids::check(10, &ls, 0..10);
+        assert!(ids.clean(), "{ids:?}");
+        assert_eq!((ids.received, ids.missing), (10, 0));
+        assert_eq!(ls.iter().map(|l| l.end_to_end_ns.len()).sum::<usize>(), 10);
+    }
+
+    #[test]
+    fn a_lost_or_duplicated_message_is_caught() {
+        let clock = Clock::new(&args(10, 1, 1, None));
+        let mut ls = ledgers(clock, 10, 2);
+        // 7 is lost (confirmed all the same), 4 comes twice.
+        for n in (0..10).filter(|&n| n != 7).chain([4]) {
+            deliver(&mut ls[(n % 2) as usize], clock.run, n);
+        }
+        // The consumer of 7 never has all of its messages: it waits.
+        assert_eq!((ls[0].distinct(), ls[1].distinct()), (5, 4));
+        let ids = Ids::check(10, &ls, 0..10);
+        assert!(!ids.clean());
+        assert_eq!(once(&ids), (9, 1, 1, 1));
+        assert_eq!(ids.first_missing, vec![7]);
+        // A message lost before its confirmation is missing, not lost after confirming.
+        let ids = Ids::check(10, &ls, (0..10).filter(|&n| n != 7));
+        assert_eq!((ids.missing, ids.missing_confirmed), (1, 0));
+    }
+
+    #[test]
+    fn strangers_are_counted_and_never_fill_a_ledger() {
+        let clock = Clock::new(&args(4, 1, 1, None));
+        let mut ls = ledgers(clock, 4, 2);
+        deliver(&mut ls[0], clock.run, 4); // out of range
+        deliver(&mut ls[0], clock.run.wrapping_add(1), 2); // another run's message 2
+        ls[0].delivered(br#"{"t":1,"pad":""}"#); // no id
+        deliver(&mut ls[0], clock.run, 1); // queue 1's message, on queue 0
+        deliver(&mut ls[1], clock.run, 1); // ... and on its own
+        assert_eq!((ls[0].distinct(), ls[1].distinct()), (0, 1));
+        let ids = Ids::check(4, &ls, 0..4);
+        assert_eq!(
+            (
+                ids.out_of_range,
+                ids.foreign,
+                ids.unreadable,
+                ids.misrouted,
+                ids.duplicates
+            ),
+            (1, 1, 1, 1, 1)
+        );
+        assert_eq!((ids.received, ids.missing), (1, 3));
+        assert!(!ids.clean());
+    }
+
+    #[tokio::test]
+    async fn the_ids_of_a_run_through_a_faulty_queue_show_its_faults() {
+        // Publishers send through a fake server that drops message 3 and delivers 5 twice.
+        let a = args(20, 2, 4, None);
+        let clock = Clock::new(&a);
+        let mut schedule = Schedule::start(&a, clock, a.messages);
+        let queue = Mutex::new(Vec::new());
+        let mut published = Vec::new();
+        for p in 0..a.publishers {
+            let queue = &queue;
+            published.push(
+                publish(schedule.publisher(p), "", |n, body| async move {
+                    let mut q = queue.lock().expect("lock");
+                    match n {
+                        3 => {}
+                        5 => q.extend([body.clone(), body]),
+                        _ => q.push(body),
+                    }
+                    Ok(async { Ok(()) })
+                })
+                .await,
+            );
+        }
+        let mut ledger = Ledger::new(clock, a.messages, 0, 1);
+        for body in queue.into_inner().expect("lock") {
+            ledger.delivered(body.as_bytes());
+        }
+        let ids = Ids::check(
+            a.messages,
+            &[ledger],
+            published.iter().flat_map(|p| p.confirmed.iter().copied()),
+        );
+        assert_eq!(once(&ids), (19, 1, 1, 1));
+        assert_eq!(ids.first_missing, vec![3]);
     }
 }

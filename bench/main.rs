@@ -25,6 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod amqp;
+mod disk;
 mod fanout;
 mod guard;
 mod load;
@@ -161,7 +162,7 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("warning: the run ended (--duration-limit, or a stall) before every message was through; its numbers are not comparable");
+            eprintln!("warning: the run is incomplete (the duration limit or a stall came first, a publish failed, or messages were missing, duplicated or foreign: see its report); its numbers are not comparable");
             ExitCode::from(2)
         }
         Err(e) => {
@@ -323,6 +324,8 @@ struct Server {
     /// `host:port` of the STOMP listener.
     stomp: String,
     admin_secret: String,
+    /// What `--version` printed.
+    version: String,
 }
 
 impl Server {
@@ -330,10 +333,28 @@ impl Server {
         Server::start_with(bin, parent, None).await
     }
 
-    /// The server of `--target trunkline`, from `--server-bin`, in the system temp dir.
-    async fn for_target(bin: Option<&Path>, config: Option<&str>) -> Result<Server> {
+    /// The server of `--target trunkline`, from `--server-bin`, in `parent` (default: the
+    /// system temp dir).
+    async fn for_target(
+        bin: Option<&Path>,
+        config: Option<&str>,
+        parent: Option<&Path>,
+    ) -> Result<Server> {
         let bin = bin.ok_or_else(|| anyhow!("--server-bin is required for --target trunkline"))?;
-        Server::start_with(bin, &std::env::temp_dir(), config).await
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        Server::start_with(bin, &parent, config).await
+    }
+
+    /// The server as a run's system: its version and where its data directory is.
+    fn system(&self) -> Result<load::System> {
+        let data = self.dir.join("data");
+        Ok(load::System {
+            server: self.version.clone(),
+            settings: None,
+            data: disk::Placement::of(&data, "the data directory the bench gave the server")
+                .map_err(|e| format!("{e:#}")),
+            pid: self.pid,
+        })
     }
 
     /// Starts the server with `config` (TOML, over the defaults) as its `--config` file.
@@ -353,7 +374,15 @@ impl Server {
             backend: String::new(),
             stomp: String::new(),
             admin_secret: String::new(),
+            version: String::new(),
         };
+        server.version = Command::new(bin)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "trunkline".into());
         let data = server.dir.join("data");
         let log_path = server.dir.join("server.log");
         let log = File::create(&log_path)
@@ -578,14 +607,13 @@ async fn create_client(
 async fn admin_aside(http: &reqwest::Client, server: &Server) -> Result<String> {
     let api = server.api.as_str();
     let admin = get_token(http, api, "admin", &server.admin_secret).await?;
-    let resp = http
-        .patch(format!("{api}/client/admin"))
-        .bearer_auth(&admin)
-        .json(&json!({"subscription": "bench-admin.unused"}))
-        .send()
-        .await
-        .context("PATCH /client/admin")?;
-    expect_json("PATCH /client/admin", resp, StatusCode::OK).await?;
+    patch_admin(
+        http,
+        api,
+        &admin,
+        json!({ "subscription": "bench-admin.unused" }),
+    )
+    .await?;
     Ok(admin)
 }
 
@@ -597,14 +625,32 @@ async fn grant_writes(
     admin: &str,
     queues: &[String],
 ) -> Result<()> {
+    patch_admin(http, api, admin, json!({ "write_grants": queues })).await
+}
+
+/// Lets `admin` subscribe live to `topics` (`read_topics`: live only, nothing routed into
+/// its inbox), which a client may do only for topics its subscription or `read_topics`
+/// match.
+async fn grant_live_reads(
+    http: &reqwest::Client,
+    api: &str,
+    admin: &str,
+    topics: &[&str],
+) -> Result<()> {
+    patch_admin(http, api, admin, json!({ "read_topics": topics })).await
+}
+
+/// `PATCH /client/admin` with `change`, as the admin.
+async fn patch_admin(http: &reqwest::Client, api: &str, admin: &str, change: Value) -> Result<()> {
+    let what = format!("PATCH /client/admin {change}");
     let resp = http
         .patch(format!("{api}/client/admin"))
         .bearer_auth(admin)
-        .json(&json!({"write_grants": queues}))
+        .json(&change)
         .send()
         .await
-        .context("PATCH /client/admin write_grants")?;
-    expect_json("PATCH /client/admin write_grants", resp, StatusCode::OK).await?;
+        .with_context(|| what.clone())?;
+    expect_json(&what, resp, StatusCode::OK).await?;
     Ok(())
 }
 
@@ -1265,6 +1311,10 @@ async fn run(server: &Server, a: &DurableArgs) -> Result<Value> {
     let ops = delta("trunkline_commit_ops_total");
 
     let first = |it: &mut dyn Iterator<Item = &Option<String>>| it.flatten().next().cloned();
+    let data = match server.system()?.data {
+        Ok(p) => p.to_json(),
+        Err(e) => json!({ "error": e }),
+    };
     let report = json!({
         "mode": if a.sync_publisher { "sync-publisher" } else { "durable" },
         "started_unix_s": started_unix_s,
@@ -1282,6 +1332,7 @@ async fn run(server: &Server, a: &DurableArgs) -> Result<Value> {
             "lease_s": LEASE_SECS,
             "wait_s": WAIT_SECS,
         },
+        "data": data,
         "published": published,
         "consumed_acked": consumed,
         "complete": complete,

@@ -4,9 +4,12 @@
 //! consumer is a durable pull consumer on its own subject with `max_ack_pending =
 //! --prefetch`, acking every message.
 //!
-//! Caveat for comparisons: JetStream acknowledges a publish once the message is written
-//! to its file store, and syncs to disk on its own schedule (every two minutes by
-//! default), not before each acknowledgement as Trunkline and RabbitMQ do.
+//! Caveat for comparisons: by default JetStream acknowledges a publish once the message
+//! is written to its file store, and syncs to disk on its own schedule (every two minutes),
+//! not before each acknowledgement as Trunkline and RabbitMQ do. Servers from 2.10 on
+//! sync every write first with `jetstream { sync_interval: always }`. With `--monitor`,
+//! the run asks the server (`/varz`) for its version, its sync setting and its store
+//! directory, and reports them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +18,7 @@ use anyhow::{anyhow, Context, Result};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, stream::StorageType};
 use futures::StreamExt;
 
+use crate::disk::Placement;
 use crate::find_process;
 use crate::load::{self, LoadArgs};
 
@@ -26,12 +30,71 @@ pub struct NatsArgs {
     /// The server process, for CPU per message (default: found by name).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The server's HTTP monitoring address (`nats-server -m`, or `http:` in its config),
+    /// to read its store directory and sync setting from `/varz`.
+    #[arg(long)]
+    pub monitor: Option<String>,
     #[command(flatten)]
     pub load: LoadArgs,
 }
 
 pub(crate) fn find_nats() -> Option<u32> {
     find_process(|cmd| cmd.starts_with("nats-server"))
+}
+
+/// The server as a run's system: its version (from its INFO), and with `monitor` its sync
+/// setting and store directory (from `/varz`).
+async fn system(client: &async_nats::Client, monitor: Option<&str>, pid: u32) -> load::System {
+    let version = client.server_info().version;
+    let mut system = load::System {
+        server: format!("nats-server {version}"),
+        settings: None,
+        data: Err("unknown: pass --monitor to ask the server for its store_dir".into()),
+        pid,
+    };
+    let Some(monitor) = monitor else {
+        return system;
+    };
+    let varz = async {
+        let resp = crate::http_client()?
+            .get(format!("http://{monitor}/varz"))
+            .send()
+            .await?;
+        anyhow::Ok(resp.error_for_status()?.json::<serde_json::Value>().await?)
+    };
+    let varz = match varz.await {
+        Ok(v) => v,
+        Err(e) => {
+            system.data = Err(format!("GET http://{monitor}/varz: {e:#}"));
+            return system;
+        }
+    };
+    if varz["version"].as_str().is_some_and(|v| v != version) {
+        system.data = Err(format!(
+            "{monitor} is the monitor of nats-server {} , not of the {version} the bench talks to",
+            varz["version"]
+        ));
+        return system;
+    }
+    let js = &varz["jetstream"]["config"];
+    system.settings = Some(sync_setting(js));
+    system.data = match js["store_dir"].as_str() {
+        Some(dir) => Placement::of(dir.as_ref(), "store_dir from the server's /varz")
+            .map_err(|e| format!("{e:#}")),
+        None => Err("the server's /varz has no jetstream.config.store_dir".into()),
+    };
+    system
+}
+
+/// How a server syncs JetStream writes, from its `/varz` `jetstream.config`.
+fn sync_setting(js: &serde_json::Value) -> String {
+    if js["sync_always"].as_bool() == Some(true) {
+        "sync_interval always (each write synced before its ack)".into()
+    } else if let Some(ns) = js["sync_interval"].as_u64() {
+        format!("sync_interval {} s (acks before syncing)", ns as f64 / 1e9)
+    } else {
+        "sync_interval not reported (before 2.10: syncs every 2 min, acks before syncing)".into()
+    }
 }
 
 pub async fn run(a: &NatsArgs) -> Result<bool> {
@@ -43,6 +106,7 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
     let client = async_nats::connect(&a.nats)
         .await
         .context("connect to NATS")?;
+    let system = system(&client, a.monitor.as_deref(), pid).await;
     let js = jetstream::new(client);
     let _ = js.delete_stream("BENCH").await;
     let stream = js
@@ -73,22 +137,21 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
             .messages()
             .await
             .map_err(|e| anyhow!("consume: {e}"))?;
+        let queues = a.load.consumers;
         consumers.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_consumer as usize);
-            while (lat.len() as u64) < per_consumer {
+            let mut ledger = load::Ledger::new(clock, total, c, queues);
+            while ledger.distinct() < per_consumer {
                 let Ok(Some(Ok(m))) = tokio::time::timeout(clock.left(), messages.next()).await
                 else {
                     break;
                 };
-                if let Some(l) = clock.end_to_end(&m.payload) {
-                    lat.push(l);
-                }
+                ledger.delivered(&m.payload);
                 if m.ack().await.is_err() {
                     break;
                 }
             }
             load::Consumed {
-                end_to_end_ns: lat,
+                ledger,
                 done: Instant::now(),
             }
         }));
@@ -124,6 +187,7 @@ pub async fn run(a: &NatsArgs) -> Result<bool> {
     let outcome = meter
         .finish(total, a.load.rate, publishers, consumers)
         .await?;
+    let report = load::report("nats-durable", &a.load, &system, outcome);
     let _ = js.delete_stream("BENCH").await;
-    load::report("nats-durable", &a.load, outcome)
+    report
 }

@@ -38,6 +38,10 @@ pub struct StompArgs {
     /// RabbitMQ's server process, for CPU per message (default: found by name).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Trunkline: the directory in which to make the server's data directory (default:
+    /// the system temp dir). Its file system decides what an fsync costs.
+    #[arg(long)]
+    pub tmp_dir: Option<PathBuf>,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -53,13 +57,18 @@ struct Target {
     extra_headers: Vec<(&'static str, &'static str)>,
     /// RabbitMQ: the queues' AMQP names, deleted before and after the run.
     rabbitmq_queues: Vec<String>,
+    /// What the server is and where it keeps its data (for RabbitMQ, learnt once the
+    /// queues exist, after the run).
+    system: load::System,
     _server: Option<Server>,
 }
 
 async fn prepare(a: &StompArgs) -> Result<Target> {
     match a.target.as_str() {
         "trunkline" => {
-            let server = Server::for_target(a.server_bin.as_deref(), None).await?;
+            let server =
+                Server::for_target(a.server_bin.as_deref(), None, a.tmp_dir.as_deref()).await?;
+            let system = server.system()?;
             let http = http_client()?;
             // Each message has exactly one home: move the admin's `#` aside.
             let admin = admin_aside(&http, &server).await?;
@@ -84,6 +93,7 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 consumer_logins: logins,
                 extra_headers: vec![("content-type", "application/json")],
                 rabbitmq_queues: Vec::new(),
+                system,
                 _server: Some(server),
             })
         }
@@ -108,6 +118,7 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                     .collect(),
                 extra_headers: vec![("content-type", "application/json"), ("persistent", "true")],
                 rabbitmq_queues: names,
+                system: amqp::system(pid),
                 _server: None,
             })
         }
@@ -124,21 +135,22 @@ pub(crate) fn options(addr: &str, login: &str, passcode: &str, window: usize) ->
 
 pub async fn run(a: &StompArgs) -> Result<bool> {
     a.load.check()?;
-    let t = prepare(a).await?;
-    let result = load(a, &t).await;
+    let mut t = prepare(a).await?;
+    let result = load(a, &mut t).await;
     let cleanup = amqp::delete_queues(&a.amqp, &t.rabbitmq_queues).await;
     let ok = result?;
     cleanup?;
     Ok(ok)
 }
 
-async fn load(a: &StompArgs, t: &Target) -> Result<bool> {
+async fn load(a: &StompArgs, t: &mut Target) -> Result<bool> {
     let clock = load::Clock::new(&a.load);
     let (per_consumer, total) = a.load.split();
 
     // Consumers first, so that the queues exist (RabbitMQ declares them on SUBSCRIBE).
     let mut consumers = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(a.load.consumers);
+    let queues_n = t.queues.len();
     for (c, queue) in t.queues.iter().enumerate() {
         let (login, pass) = t.consumer_logins[c].clone();
         let client = StompClient::connect(options(&t.addr, &login, &pass, 1))
@@ -150,20 +162,18 @@ async fn load(a: &StompArgs, t: &Target) -> Result<bool> {
         let ready = ready_tx.clone();
         consumers.push(tokio::spawn(async move {
             let _ = ready.send(()).await;
-            let mut lat = Vec::with_capacity(per_consumer as usize);
-            while (lat.len() as u64) < per_consumer {
+            let mut ledger = load::Ledger::new(clock, total, c, queues_n);
+            while ledger.distinct() < per_consumer {
                 let Ok(Some(m)) = tokio::time::timeout(clock.left(), rx.recv()).await else {
                     break;
                 };
-                if let Some(l) = clock.end_to_end(&m.body) {
-                    lat.push(l);
-                }
+                ledger.delivered(&m.body);
                 if client.ack(&m).await.is_err() {
                     break;
                 }
             }
             let consumed = load::Consumed {
-                end_to_end_ns: lat,
+                ledger,
                 done: Instant::now(),
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
@@ -209,5 +219,13 @@ async fn load(a: &StompArgs, t: &Target) -> Result<bool> {
     let outcome = meter
         .finish(total, a.load.rate, publishers, consumers)
         .await?;
-    load::report(&format!("stomp-durable {}", a.target), &a.load, outcome)
+    if !t.rabbitmq_queues.is_empty() {
+        t.system = amqp::system(t.pid);
+    }
+    load::report(
+        &format!("stomp-durable {}", a.target),
+        &a.load,
+        &t.system,
+        outcome,
+    )
 }

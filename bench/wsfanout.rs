@@ -519,7 +519,7 @@ async fn start(a: &WsFanoutArgs) -> Result<Process> {
     match a.target.as_str() {
         "trunkline" => {
             let server =
-                Server::for_target(a.server_bin.as_deref(), Some(TRUNKLINE_CONFIG)).await?;
+                Server::for_target(a.server_bin.as_deref(), Some(TRUNKLINE_CONFIG), None).await?;
             eprintln!("server pid {} on {}", server.pid, server.api);
             Ok(Process::Trunkline(server))
         }
