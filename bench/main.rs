@@ -1305,7 +1305,8 @@ async fn run(server: &Server, a: &DurableArgs) -> Result<Value> {
     let commits = delta("trunkline_commits_total");
     let batch_sum = delta("trunkline_commit_batch_size_sum");
     let batch_count = delta("trunkline_commit_batch_size_count");
-    let single = delta("trunkline_commit_batch_size_bucket{le=\"1\"}");
+    // OpenMetrics writes bucket bounds as floats: `le="1.0"`.
+    let single = delta("trunkline_commit_batch_size_bucket{le=\"1.0\"}");
     let commit_secs = delta("trunkline_commit_seconds_sum");
     let commit_count = delta("trunkline_commit_seconds_count");
     let ops = delta("trunkline_commit_ops_total");

@@ -612,12 +612,15 @@ async fn operations_endpoints() {
         .await;
     let (s, v) = api.get("/healthz", None).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
-    let metrics = reqwest::get(format!("{}/metrics", server.backend))
+    let resp = reqwest::get(format!("{}/metrics", server.backend))
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+        .expect("metrics");
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let metrics = resp.text().await.expect("text");
+    assert!(metrics.ends_with("\n# EOF\n"), "{metrics}");
     assert!(
         metrics.contains("trunkline_messages_published_total 1"),
         "{metrics}"

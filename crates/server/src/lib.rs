@@ -7,6 +7,7 @@
 //! - [`http`]: the axum routers of the public and backend listeners, their extractors,
 //!   and the one error-to-response mapping.
 //! - [`listener`]: the accept loop with a connection cap and header timeout.
+//! - [`metrics`]: what `/metrics` shows, read from the node's counters at scrape time.
 //! - [`openapi`]: the document served at `/openapi.json`.
 //!
 //! It does not install a log subscriber (the binary does) and holds no message state of
@@ -29,6 +30,7 @@ pub mod channels;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod openapi;
 pub mod stomp_listener;

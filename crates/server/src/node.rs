@@ -330,6 +330,16 @@ impl Node {
         let sessions = Arc::new(crate::ws::Sessions::default());
         let channels = Arc::new(crate::channels::Channels::default());
         let calls = Arc::new(crate::calls::Calls::new(config.ws.max_pending_calls));
+        let metrics = Arc::new(
+            crate::metrics::NodeMetrics {
+                broker: broker.clone(),
+                http: counters.clone(),
+                stomp_connections: stomp_connections.clone(),
+                sessions: sessions.clone(),
+                calls: calls.clone(),
+            }
+            .into_registry(),
+        );
         let state = |backend| AppState {
             broker: broker.clone(),
             keys: keys.clone(),
@@ -342,6 +352,7 @@ impl Node {
             sessions: sessions.clone(),
             channels: channels.clone(),
             calls: calls.clone(),
+            metrics: metrics.clone(),
         };
         let limits = &config.http_limits;
         let public_limits = listener::ConnectionLimits {

@@ -168,7 +168,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "200": ok("Healthy", r("Health")), "503": ok("The store has failed", r("Health"))}}});
     let openapi = json!({"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1"}}}});
     let metrics = json!({"get": {"summary": "Prometheus metrics (backend listener only).",
-        "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}});
+        "responses": {"200": {"description": "OpenMetrics text format", "content": {"application/openmetrics-text": {}}}}}});
 
     let pattern = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^(\*|#|[^.*#\u0000-\u0020\u007f-\u009f]+)(\.(\*|#|[^.*#\u0000-\u0020\u007f-\u009f]+))*$",
         "description": "Dot-separated words, at most 255 bytes; `*` = one word, `#` = zero or more words, each only as a whole word"});

@@ -63,6 +63,8 @@ pub struct AppState {
     pub channels: Arc<crate::channels::Channels>,
     /// RPC and client-function calls, shared by both listeners (backends call too).
     pub calls: Arc<crate::calls::Calls>,
+    /// What `/metrics` encodes ([`crate::metrics`]).
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Milliseconds since the Unix epoch.
