@@ -179,7 +179,18 @@ fn verify(fs: &SimFs, out: &Outcome, power: u64, what: &str) -> Result<(), Strin
     fs.power_loss(power);
     let store = LogStore::open_on(Arc::new(fs.clone()), &dir, options(false))
         .map_err(|e| format!("{what}: the log does not open after a power loss: {e}"))?;
-    let got = flat(store.load().map_err(|e| e.to_string())?);
+    let snap = store.load().map_err(|e| e.to_string())?;
+    for (id, msg) in &snap.messages {
+        match store.read_message(*id) {
+            Ok(Some(read)) if *read == **msg => {}
+            other => {
+                return Err(format!(
+                    "{what}: message {id} does not read back from the log: {other:?}"
+                ))
+            }
+        }
+    }
+    let got = flat(snap);
     let acked: Vec<&[Op]> = out.acked.iter().map(Vec::as_slice).collect();
     let without = model(&acked).map_err(|e| e.to_string())?;
     if got != without {

@@ -20,11 +20,14 @@
 //! writer's lock only briefly: to check liveness in batches, and to move the records it
 //! copied to their new offsets (those still where it found them).
 
-use super::{corrupt, io, seg_path, LogStore, Shared, Writer, COMPACT_SUFFIX, IDLE};
+use super::state::State;
+use super::{corrupt, io, seg_path, LogStore, Shared, COMPACT_SUFFIX, IDLE};
+use crate::fs::VFile;
 use crate::log_store::frame::{self, Tail, MAGIC};
 use crate::log_store::state::{Loc, SegInfo};
 use crate::{Op, StoreError};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Liveness checks per hold of the writer's lock.
@@ -53,12 +56,11 @@ fn reclaimable(info: &SegInfo, oldest: bool) -> u64 {
 /// live; once the log holds more than twice its live bytes plus two segments, merge the
 /// oldest segments (the longest run whose live bytes fit [`MERGE_CAP`]) or, if that
 /// gives back too little, rewrite the segment with the most to give back.
-fn target(w: &Writer) -> Option<Target> {
-    let st = &w.state;
+fn target(shared: &Shared, st: &State) -> Option<Target> {
     let sealed: Vec<(u32, SegInfo)> = st
         .segs
         .iter()
-        .filter(|(s, _)| **s != w.seg)
+        .filter(|(s, _)| **s != st.newest)
         .map(|(s, i)| (*s, *i))
         .collect();
     let &(oldest, first) = sealed.first()?;
@@ -68,17 +70,21 @@ fn target(w: &Writer) -> Option<Target> {
     let gain = |(s, i): &(u32, SegInfo)| reclaimable(i, *s == oldest);
     let total: u64 = sealed.iter().map(gain).sum();
     // Near the disk budget, anything that gives back space is worth it.
-    let pressed = w
+    let pressed = shared
         .disk_budget
-        .is_some_and(|b| w.disk.load(Ordering::Relaxed) >= b / 4 * 3);
-    if !pressed && total <= st.live_bytes() + 2 * w.segment_bytes {
+        .is_some_and(|b| shared.disk.load(Ordering::Relaxed) >= b / 4 * 3);
+    if !pressed && total <= st.live_bytes() + 2 * shared.segment_bytes {
         return None;
     }
-    let worth = if pressed { 4096 } else { w.segment_bytes / 4 };
+    let worth = if pressed {
+        4096
+    } else {
+        shared.segment_bytes / 4
+    };
     let (mut live, mut freed, mut best) = (0u64, 0u64, None);
     for (s, i) in &sealed {
         live += i.live;
-        if live > MERGE_CAP.max(w.segment_bytes) {
+        if live > MERGE_CAP.max(shared.segment_bytes) {
             break;
         }
         freed += i.len.saturating_sub(i.live);
@@ -102,8 +108,8 @@ fn target(w: &Writer) -> Option<Target> {
 }
 
 /// Whether the compactor has work.
-pub(super) fn worth_it(w: &Writer) -> bool {
-    target(w).is_some()
+pub(super) fn worth_it(shared: &Shared, st: &State) -> bool {
+    target(shared, st).is_some()
 }
 
 /// The compaction thread: works whenever woken (or every [`IDLE`]) until told to stop.
@@ -132,13 +138,10 @@ pub(super) fn until_done(shared: &Shared) -> Result<usize, StoreError> {
         .map_err(|_| StoreError::Failed("compaction lock poisoned".into()))?;
     let mut done = 0;
     while !shared.stop.load(Ordering::Relaxed) {
-        let next = {
-            let w = shared.writer()?;
-            if w.failed.is_some() {
-                break;
-            }
-            target(&w)
-        };
+        if shared.writer()?.failed.is_some() {
+            break;
+        }
+        let next = target(shared, &*shared.state()?);
         let progressed = match next {
             None => break,
             Some(Target::Delete(seg)) => delete(shared, seg)?,
@@ -158,48 +161,50 @@ pub(super) fn until_done(shared: &Shared) -> Result<usize, StoreError> {
 
 /// Deletes the oldest segment, which holds nothing live.
 fn delete(shared: &Shared, seg: u32) -> Result<bool, StoreError> {
-    let (fs, dir) = {
-        let w = shared.writer()?;
-        let oldest = w.state.segs.iter().next();
-        if oldest.is_none_or(|(s, i)| *s != seg || i.live > 0) || seg == w.seg {
+    {
+        let st = shared.state()?;
+        let oldest = st.segs.iter().next();
+        if oldest.is_none_or(|(s, i)| *s != seg || i.live > 0) || seg == st.newest {
             return Ok(false);
         }
-        (w.fs.clone(), w.dir.clone())
-    };
+    }
+    let (fs, dir) = (&shared.fs, &shared.dir);
     // The file goes before the segment leaves the state: until the deletion is durable,
     // the next segment's deletes must stay (they may cancel puts in this one).
-    let path = seg_path(&dir, seg);
+    let path = seg_path(dir, seg);
     fs.remove_file(&path)
-        .and_then(|()| fs.sync_dir(&dir))
+        .and_then(|()| fs.sync_dir(dir))
         .map_err(|e| io("deleting", &path, e))?;
-    let mut w = shared.writer()?;
-    w.state.segs.remove(&seg);
-    w.count_disk();
+    let mut st = shared.state_mut()?;
+    st.segs.remove(&seg);
+    st.files.remove(&seg);
+    shared.count_disk(&st);
     Ok(true)
 }
 
 /// Rewrites sealed segments `first..=last` into one file in `first`'s place, with only
 /// what must stay.
 fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool, StoreError> {
-    let (fs, dir, segs) = {
-        let w = shared.writer()?;
-        let segs: Vec<u32> = w.state.segs.range(first..=last).map(|(s, _)| *s).collect();
-        if segs.contains(&w.seg) {
+    let (fs, dir) = (&shared.fs, &shared.dir);
+    let segs: Vec<(u32, Arc<dyn VFile>)> = {
+        let st = shared.state()?;
+        if (first..=last).contains(&st.newest) {
             return Ok(false);
         }
-        (w.fs.clone(), w.dir.clone(), segs)
+        st.segs
+            .range(first..=last)
+            .filter_map(|(s, _)| Some((*s, st.files.get(s)?.clone())))
+            .collect()
     };
     // What stays: live puts (with where they are now), and deletes unless the run starts
     // at the oldest segment.
     let mut ops: Vec<Op> = Vec::new();
     let mut olds: Vec<Option<Loc>> = Vec::new();
     let mut sizes: Vec<u32> = Vec::new();
-    for &seg in &segs {
-        let path = seg_path(&dir, seg);
-        let bytes = fs
-            .open(&path)
-            .and_then(|f| f.read_all())
-            .map_err(|e| io("reading", &path, e))?;
+    for (seg, file) in &segs {
+        let seg = *seg;
+        let path = seg_path(dir, seg);
+        let bytes = file.read_all().map_err(|e| io("reading", &path, e))?;
         let mut placed = Vec::new();
         let scanned = frame::scan(&bytes, false, |p| placed.push(p));
         if let Tail::Damaged(why) = scanned.tail {
@@ -212,7 +217,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         drop(bytes);
         let mut rest = placed.into_iter().peekable();
         while rest.peek().is_some() {
-            let mut w = shared.writer()?;
+            let st = shared.state()?;
             for p in rest.by_ref().take(BATCH) {
                 let at = Loc {
                     seg,
@@ -223,7 +228,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
                     Op::DeleteMessage { .. } | Op::DeleteEntry { .. } | Op::DeleteRecord { .. } => {
                         (!oldest).then_some(None)
                     }
-                    put => w.state.is_live(put, at).then_some(Some(at)),
+                    put => st.is_live(put, at).then_some(Some(at)),
                 };
                 if let Some(old) = keep {
                     ops.push(p.op);
@@ -257,36 +262,37 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         }
         start = end;
     }
-    let path = seg_path(&dir, first);
+    let path = seg_path(dir, first);
     let tmp = dir.join(format!("{first:020}{COMPACT_SUFFIX}"));
     if fs.exists(&tmp) {
         fs.remove_file(&tmp).map_err(|e| io("removing", &tmp, e))?;
     }
-    let f = fs.create_new(&tmp).map_err(|e| io("creating", &tmp, e))?;
+    let f: Arc<dyn VFile> = Arc::from(fs.create_new(&tmp).map_err(|e| io("creating", &tmp, e))?);
     f.write_all_at(&out, 0)
         .and_then(|()| f.sync_all())
         .map_err(|e| io("writing", &tmp, e))?;
-    drop(f);
     fs.rename(&tmp, &path)
-        .and_then(|()| fs.sync_dir(&dir))
+        .and_then(|()| fs.sync_dir(dir))
         .map_err(|e| io("replacing", &path, e))?;
 
     // Records copied and still where they were found move to their new place; the rest
     // were deleted or replaced meanwhile, and their copies are dead.
     {
-        let mut w = shared.writer()?;
+        // The new file and the locations into it change together.
+        let mut st = shared.state_mut()?;
+        st.files.insert(first, f);
         let (mut live, mut pinned) = (0u64, MAGIC.len() as u64);
         for ((op, old), new) in ops.iter().zip(&olds).zip(&news) {
             match old {
                 Some(old) => {
-                    if w.state.relocate(op, *old, *new) {
+                    if st.relocate(op, *old, *new) {
                         live += u64::from(new.bytes);
                     }
                 }
                 None => pinned += u64::from(new.bytes),
             }
         }
-        w.state.segs.insert(
+        st.segs.insert(
             first,
             SegInfo {
                 len: out.len() as u64,
@@ -294,23 +300,24 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
                 pinned,
             },
         );
-        for seg in segs.iter().filter(|s| **s != first) {
-            if let Some(info) = w.state.segs.get_mut(seg) {
+        for (seg, _) in segs.iter().filter(|(s, _)| *s != first) {
+            if let Some(info) = st.segs.get_mut(seg) {
                 info.live = 0;
             }
         }
     }
     // The rest of the run goes, oldest first, each deletion durable before the next.
-    for &seg in segs.iter().filter(|s| **s != first) {
-        let path = seg_path(&dir, seg);
+    for (seg, _) in segs.iter().filter(|(s, _)| *s != first) {
+        let path = seg_path(dir, *seg);
         fs.remove_file(&path)
-            .and_then(|()| fs.sync_dir(&dir))
+            .and_then(|()| fs.sync_dir(dir))
             .map_err(|e| io("deleting", &path, e))?;
-        let mut w = shared.writer()?;
-        w.state.segs.remove(&seg);
-        w.count_disk();
+        let mut st = shared.state_mut()?;
+        st.segs.remove(seg);
+        st.files.remove(seg);
+        shared.count_disk(&st);
     }
-    shared.writer()?.count_disk();
+    shared.count_disk(&*shared.state()?);
     Ok(true)
 }
 

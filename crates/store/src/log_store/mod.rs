@@ -26,7 +26,7 @@ mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 pub use frame::Tail;
@@ -34,7 +34,7 @@ use frame::{Version, MAGIC};
 use state::{Loc, SegInfo, State};
 
 use crate::fs::{self, RealFs, VFile, Vfs};
-use crate::{Op, QueueStore, Snapshot, StoreError};
+use crate::{Op, QueueStore, Snapshot, StoreError, StoredMessage};
 
 /// Default size at which the newest segment is closed and another started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -173,10 +173,9 @@ fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32]) -> Result<Survey, StoreError> 
     let mut versions = Vec::new();
     for (i, &seg) in segs.iter().enumerate() {
         let path = seg_path(dir, seg);
-        let bytes = fs
-            .open(&path)
-            .and_then(|f| f.read_all())
-            .map_err(|e| io("reading", &path, e))?;
+        let file: Arc<dyn VFile> = Arc::from(fs.open(&path).map_err(|e| io("opening", &path, e))?);
+        let bytes = file.read_all().map_err(|e| io("reading", &path, e))?;
+        state.files.insert(seg, file);
         let newest = i + 1 == segs.len();
         state.segs.entry(seg).or_default();
         let mut scanned = frame::scan(&bytes, newest, |p| {
@@ -245,24 +244,30 @@ fn create_segment(
     Ok(f)
 }
 
+/// What only the appending side touches.
 struct Writer {
-    fs: Arc<dyn Vfs>,
-    dir: PathBuf,
-    file: Box<dyn VFile>,
+    file: Arc<dyn VFile>,
     seg: u32,
+    /// Where the next frame goes in `seg`.
+    len: u64,
     buf: Vec<u8>,
-    state: State,
     failed: Option<String>,
-    segment_bytes: u64,
     /// Whether the last attempt to start a new segment failed (logged once).
     rotate_failing: bool,
-    /// Bytes the segments take on disk (the newest counted at its preallocated size).
-    disk: Arc<AtomicU64>,
-    disk_budget: Option<u64>,
 }
 
+/// The log: the appending side under a mutex (held through the write and its sync), the
+/// live state under a read-write lock (written only to apply a synced frame, so readers
+/// never wait for a sync). Lock order: writer, then state.
 struct Shared {
+    fs: Arc<dyn Vfs>,
+    dir: PathBuf,
+    segment_bytes: u64,
+    disk_budget: Option<u64>,
+    /// Bytes the segments take on disk (the newest counted at its preallocated size).
+    disk: Arc<AtomicU64>,
     writer: Mutex<Writer>,
+    state: RwLock<State>,
     /// Wakes the compaction thread.
     wake: Condvar,
     stop: AtomicBool,
@@ -270,11 +275,37 @@ struct Shared {
     compacting: Mutex<()>,
 }
 
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError::Failed("log store lock poisoned".into())
+}
+
 impl Shared {
     fn writer(&self) -> Result<MutexGuard<'_, Writer>, StoreError> {
-        self.writer
-            .lock()
-            .map_err(|_| StoreError::Failed("log store lock poisoned".into()))
+        self.writer.lock().map_err(poisoned)
+    }
+
+    fn state(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
+        self.state.read().map_err(poisoned)
+    }
+
+    fn state_mut(&self) -> Result<RwLockWriteGuard<'_, State>, StoreError> {
+        self.state.write().map_err(poisoned)
+    }
+
+    /// Recounts the bytes the segments take on disk.
+    fn count_disk(&self, st: &State) {
+        let bytes: u64 = st
+            .segs
+            .iter()
+            .map(|(s, i)| {
+                if *s == st.newest {
+                    i.len.max(self.segment_bytes)
+                } else {
+                    i.len
+                }
+            })
+            .sum();
+        self.disk.store(bytes, Ordering::Relaxed);
     }
 }
 
@@ -376,7 +407,11 @@ impl LogStore {
                                 })
                                 .map_err(|e| io("cutting", &path, e))?;
                         }
-                        writable = Some((newest, f));
+                        writable = Some((
+                            newest,
+                            Arc::<dyn VFile>::from(f),
+                            valid.max(MAGIC.len() as u64),
+                        ));
                     } else {
                         f.set_len(valid)
                             .and_then(|()| f.sync_all())
@@ -385,11 +420,11 @@ impl LogStore {
                 }
             }
         }
-        let (seg, file) = match writable {
+        let (seg, file, len) = match writable {
             Some(w) => w,
             None => {
                 let next = segs.last().map_or(1, |s| s + 1);
-                let f = create_segment(&*fs, dir, next, segment_bytes)?;
+                let f: Arc<dyn VFile> = Arc::from(create_segment(&*fs, dir, next, segment_bytes)?);
                 state.segs.insert(
                     next,
                     SegInfo {
@@ -397,28 +432,32 @@ impl LogStore {
                         ..SegInfo::default()
                     },
                 );
-                (next, f)
+                (next, f, MAGIC.len() as u64)
             }
         };
+        state.files.retain(|s, _| segs.contains(s));
+        state.files.insert(seg, file.clone());
+        state.newest = seg;
         let shared = Arc::new(Shared {
+            fs,
+            dir: dir.to_owned(),
+            segment_bytes,
+            disk_budget: options.disk_budget,
+            disk: Arc::new(AtomicU64::new(0)),
             writer: Mutex::new(Writer {
-                fs,
-                dir: dir.to_owned(),
                 file,
                 seg,
+                len,
                 buf: Vec::with_capacity(64 << 10),
-                state,
                 failed: None,
-                segment_bytes,
                 rotate_failing: false,
-                disk: Arc::new(AtomicU64::new(0)),
-                disk_budget: options.disk_budget,
             }),
+            state: RwLock::new(state),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             compacting: Mutex::new(()),
         });
-        shared.writer()?.count_disk();
+        shared.count_disk(&*shared.state()?);
         let thread = if options.background_compaction {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -443,13 +482,43 @@ impl LogStore {
 
     /// Segment numbers on disk, oldest first (for tests and diagnostics).
     pub fn segments(&self) -> Result<Vec<u32>, StoreError> {
-        Ok(self.shared.writer()?.state.segs.keys().copied().collect())
+        Ok(self.shared.state()?.segs.keys().copied().collect())
     }
 
     /// Bytes in the log, and bytes of it still live.
     pub fn usage(&self) -> Result<(u64, u64), StoreError> {
-        let w = self.shared.writer()?;
-        Ok((w.state.total_bytes(), w.state.live_bytes()))
+        let st = self.shared.state()?;
+        Ok((st.total_bytes(), st.live_bytes()))
+    }
+
+    /// Message `id` read back from its place in the log (a positioned read; the live state
+    /// is not consulted for the body), or `None` if there is no such message.
+    pub fn read_message(&self, id: u64) -> Result<Option<Arc<StoredMessage>>, StoreError> {
+        let mut buf = Vec::new();
+        {
+            // The read happens under the state's read lock: compaction swaps a file and
+            // the locations into it under the write lock, so they always agree here.
+            let st = self.shared.state()?;
+            let Some((_, loc)) = st.messages.get(&id) else {
+                return Ok(None);
+            };
+            let file = st.files.get(&loc.seg).ok_or_else(|| {
+                corrupt(format!(
+                    "message {id} is in segment {}, which is not open",
+                    loc.seg
+                ))
+            })?;
+            buf.resize(loc.bytes as usize, 0);
+            file.read_exact_at(&mut buf, u64::from(loc.off))
+                .map_err(|e| io("reading", &seg_path(&self.shared.dir, loc.seg), e))?;
+        }
+        match postcard::from_bytes::<Op>(&buf) {
+            Ok(Op::PutMessage { id: got, msg }) if got == id => Ok(Some(msg)),
+            Ok(_) => Err(corrupt(format!(
+                "the log does not hold message {id} where it should"
+            ))),
+            Err(e) => Err(corrupt(format!("message {id}: {e}"))),
+        }
     }
 
     /// Reclaims space now, on this thread, until there is nothing worth reclaiming;
@@ -502,100 +571,89 @@ fn truncate(
     Ok(recovered)
 }
 
-impl Writer {
-    /// Recounts the bytes the segments take on disk.
-    fn count_disk(&self) {
-        let bytes: u64 = self
-            .state
-            .segs
-            .iter()
-            .map(|(s, i)| {
-                if *s == self.seg {
-                    i.len.max(self.segment_bytes)
-                } else {
-                    i.len
-                }
-            })
-            .sum();
-        self.disk.store(bytes, Ordering::Relaxed);
+/// Appends `ops` as one synced frame and applies them to the live state.
+fn append(shared: &Shared, w: &mut Writer, ops: &[Op]) -> Result<(), StoreError> {
+    if let Some(cause) = &w.failed {
+        return Err(StoreError::Failed(cause.clone()));
     }
+    w.buf.clear();
+    let placed = frame::encode(ops, &mut w.buf)?;
+    let at = w.len;
+    if at + w.buf.len() as u64 > u64::from(u32::MAX) {
+        return Err(StoreError::Engine(
+            "the newest segment would pass 4 GiB; lower [store] segment_mib".into(),
+        ));
+    }
+    let written = w
+        .file
+        .write_all_at(&w.buf, at)
+        .and_then(|()| w.file.sync_data());
+    if let Err(e) = written {
+        // The tail of the file is unknown now: refuse every later write. A restart cuts
+        // the torn frame off.
+        let cause = format!("writing segment {}: {e}", w.seg);
+        w.failed = Some(cause.clone());
+        return Err(StoreError::Failed(cause));
+    }
+    w.len += w.buf.len() as u64;
+    let seg = w.seg;
+    let mut st = shared.state_mut()?;
+    st.segs.entry(seg).or_default().len = w.len;
+    for (op, (off, bytes)) in ops.iter().zip(placed) {
+        let loc = Loc {
+            seg,
+            off: at as u32 + off,
+            bytes,
+        };
+        st.apply(op.clone(), loc);
+    }
+    drop(st);
+    if w.buf.capacity() > 4 << 20 {
+        w.buf = Vec::with_capacity(64 << 10);
+    }
+    Ok(())
+}
 
-    /// Appends `ops` as one synced frame and applies them to the live state.
-    fn append(&mut self, ops: &[Op]) -> Result<(), StoreError> {
-        if let Some(cause) = &self.failed {
-            return Err(StoreError::Failed(cause.clone()));
-        }
-        self.buf.clear();
-        let placed = frame::encode(ops, &mut self.buf)?;
-        let at = self.state.segs.get(&self.seg).map_or(0, |s| s.len);
-        if at + self.buf.len() as u64 > u64::from(u32::MAX) {
-            return Err(StoreError::Engine(
-                "the newest segment would pass 4 GiB; lower [store] segment_mib".into(),
-            ));
-        }
-        let written = self
-            .file
-            .write_all_at(&self.buf, at)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            // The tail of the file is unknown now: refuse every later write. A restart
-            // cuts the torn frame off.
-            let cause = format!("writing segment {}: {e}", self.seg);
-            self.failed = Some(cause.clone());
-            return Err(StoreError::Failed(cause));
-        }
-        let seg = self.seg;
-        self.state.segs.entry(seg).or_default().len += self.buf.len() as u64;
-        for (op, (off, bytes)) in ops.iter().zip(placed) {
-            let loc = Loc {
-                seg,
-                off: at as u32 + off,
-                bytes,
-            };
-            self.state.apply(op.clone(), loc);
-        }
-        if self.buf.capacity() > 4 << 20 {
-            self.buf = Vec::with_capacity(64 << 10);
-        }
-        Ok(())
+/// Starts a new segment once the newest is full. A failure to make the new one is not a
+/// failed commit (the commit is durable already): writing goes on in the full segment
+/// and the next commit tries again. A failure to sync the full one is fatal.
+fn rotate_if_full(shared: &Shared, w: &mut Writer) -> Result<(), StoreError> {
+    if w.len < shared.segment_bytes || w.failed.is_some() {
+        return Ok(());
     }
-
-    /// Starts a new segment once the newest is full. A failure to make the new one is not
-    /// a failed commit (the commit is durable already): writing goes on in the full
-    /// segment and the next commit tries again. A failure to sync the full one is fatal.
-    fn rotate_if_full(&mut self) {
-        let len = self.state.segs.get(&self.seg).map_or(0, |s| s.len);
-        if len < self.segment_bytes || self.failed.is_some() {
-            return;
+    let path = seg_path(&shared.dir, w.seg);
+    // Give back what was preallocated past the last frame.
+    if let Err(e) = w.file.set_len(w.len).and_then(|()| w.file.sync_all()) {
+        w.failed = Some(format!("sealing {}: {e}", path.display()));
+        return Ok(());
+    }
+    let next = w.seg + 1;
+    match create_segment(&*shared.fs, &shared.dir, next, shared.segment_bytes) {
+        Ok(file) => {
+            let file: Arc<dyn VFile> = Arc::from(file);
+            w.file = file.clone();
+            w.seg = next;
+            w.len = MAGIC.len() as u64;
+            w.rotate_failing = false;
+            let mut st = shared.state_mut()?;
+            st.segs.insert(
+                next,
+                SegInfo {
+                    len: MAGIC.len() as u64,
+                    ..SegInfo::default()
+                },
+            );
+            st.files.insert(next, file);
+            st.newest = next;
         }
-        let path = seg_path(&self.dir, self.seg);
-        // Give back what was preallocated past the last frame.
-        if let Err(e) = self.file.set_len(len).and_then(|()| self.file.sync_all()) {
-            self.failed = Some(format!("sealing {}: {e}", path.display()));
-            return;
-        }
-        let next = self.seg + 1;
-        match create_segment(&*self.fs, &self.dir, next, self.segment_bytes) {
-            Ok(file) => {
-                self.file = file;
-                self.seg = next;
-                self.rotate_failing = false;
-                self.state.segs.insert(
-                    next,
-                    SegInfo {
-                        len: MAGIC.len() as u64,
-                        ..SegInfo::default()
-                    },
-                );
+        Err(e) => {
+            if !w.rotate_failing {
+                tracing::warn!(cause = %e, "cannot start a new log segment; writing on in the full one");
             }
-            Err(e) => {
-                if !self.rotate_failing {
-                    tracing::warn!(cause = %e, "cannot start a new log segment; writing on in the full one");
-                }
-                self.rotate_failing = true;
-            }
+            w.rotate_failing = true;
         }
     }
+    Ok(())
 }
 
 impl QueueStore for LogStore {
@@ -603,22 +661,25 @@ impl QueueStore for LogStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let mut w = self.shared.writer()?;
-        w.append(ops)?;
-        w.rotate_if_full();
-        w.count_disk();
-        if compact::worth_it(&w) {
-            self.shared.wake.notify_one();
+        let shared = &*self.shared;
+        let mut w = shared.writer()?;
+        append(shared, &mut w, ops)?;
+        rotate_if_full(shared, &mut w)?;
+        drop(w);
+        let st = shared.state()?;
+        shared.count_disk(&st);
+        if compact::worth_it(shared, &st) {
+            shared.wake.notify_one();
         }
         Ok(())
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
-        Ok(self.shared.writer()?.state.snapshot())
+        Ok(self.shared.state()?.snapshot())
     }
 
     fn disk_gauge(&self) -> Option<Arc<AtomicU64>> {
-        self.shared.writer().ok().map(|w| w.disk.clone())
+        Some(self.shared.disk.clone())
     }
 }
 

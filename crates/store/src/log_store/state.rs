@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::fs::VFile;
 use crate::{Op, RecordTable, Snapshot, StoredEntry, StoredMessage};
 
 /// Where a live record sits: its segment, its offset there, and the bytes it takes.
@@ -33,6 +34,11 @@ pub(crate) struct State {
     pub entries: HashMap<Arc<str>, BTreeMap<u64, (StoredEntry, Loc)>>,
     pub records: HashMap<(RecordTable, String), (Vec<u8>, Loc)>,
     pub segs: BTreeMap<u32, SegInfo>,
+    /// An open handle on every segment, swapped with the locations when compaction
+    /// replaces a file, so that a location and the file it points into go together.
+    pub files: HashMap<u32, Arc<dyn VFile>>,
+    /// The segment being written.
+    pub newest: u32,
 }
 
 impl State {
@@ -99,9 +105,25 @@ impl State {
         }
     }
 
+    /// Where the record a put op writes lives now, if it is live.
+    fn loc(&self, op: &Op) -> Option<Loc> {
+        match op {
+            Op::PutMessage { id, .. } => self.messages.get(id).map(|(_, l)| *l),
+            Op::PutEntry { queue, seq, .. } => self
+                .entries
+                .get(&**queue)
+                .and_then(|q| q.get(seq))
+                .map(|(_, l)| *l),
+            Op::PutRecord { table, key, .. } => {
+                self.records.get(&(*table, key.clone())).map(|(_, l)| *l)
+            }
+            Op::DeleteMessage { .. } | Op::DeleteEntry { .. } | Op::DeleteRecord { .. } => None,
+        }
+    }
+
     /// Whether the put at `at` is the live version of its record.
-    pub fn is_live(&mut self, op: &Op, at: Loc) -> bool {
-        self.loc_mut(op).is_some_and(|l| *l == at)
+    pub fn is_live(&self, op: &Op, at: Loc) -> bool {
+        self.loc(op) == Some(at)
     }
 
     /// Moves a record from `from` to `to` if `from` is still where it lives; true if so.
