@@ -240,9 +240,17 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
     }
 
     // The new file, in frames of about FRAME_BYTES.
-    let mut out =
-        Vec::with_capacity(MAGIC.len() + sizes.iter().map(|s| *s as usize + 1).sum::<usize>());
-    out.extend_from_slice(MAGIC);
+    // The new file, written a frame (about FRAME_BYTES) at a time, then synced.
+    let path = seg_path(dir, first);
+    let tmp = dir.join(format!("{first:020}{COMPACT_SUFFIX}"));
+    if fs.exists(&tmp) {
+        fs.remove_file(&tmp).map_err(|e| io("removing", &tmp, e))?;
+    }
+    let f: Arc<dyn VFile> = Arc::from(fs.create_new(&tmp).map_err(|e| io("creating", &tmp, e))?);
+    let write = |buf: &[u8], at: u64| f.write_all_at(buf, at).map_err(|e| io("writing", &tmp, e));
+    write(MAGIC, 0)?;
+    let mut len = MAGIC.len() as u64;
+    let mut buf = Vec::new();
     let mut news: Vec<Loc> = Vec::with_capacity(ops.len());
     let mut start = 0;
     while start < ops.len() {
@@ -252,25 +260,19 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
             size += u64::from(sizes[end]);
             end += 1;
         }
-        let frame_at = out.len() as u32;
-        for (off, bytes) in frame::encode(&ops[start..end], &mut out)? {
+        buf.clear();
+        for (off, bytes) in frame::encode(&ops[start..end], &mut buf)? {
             news.push(Loc {
                 seg: first,
-                off: frame_at + off,
+                off: len as u32 + off,
                 bytes,
             });
         }
+        write(&buf, len)?;
+        len += buf.len() as u64;
         start = end;
     }
-    let path = seg_path(dir, first);
-    let tmp = dir.join(format!("{first:020}{COMPACT_SUFFIX}"));
-    if fs.exists(&tmp) {
-        fs.remove_file(&tmp).map_err(|e| io("removing", &tmp, e))?;
-    }
-    let f: Arc<dyn VFile> = Arc::from(fs.create_new(&tmp).map_err(|e| io("creating", &tmp, e))?);
-    f.write_all_at(&out, 0)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io("writing", &tmp, e))?;
+    f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
     fs.rename(&tmp, &path)
         .and_then(|()| fs.sync_dir(dir))
         .map_err(|e| io("replacing", &path, e))?;
@@ -295,7 +297,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         st.segs.insert(
             first,
             SegInfo {
-                len: out.len() as u64,
+                len,
                 live,
                 pinned,
             },
