@@ -294,14 +294,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
                 None => pinned += u64::from(new.bytes),
             }
         }
-        st.segs.insert(
-            first,
-            SegInfo {
-                len,
-                live,
-                pinned,
-            },
-        );
+        st.segs.insert(first, SegInfo { len, live, pinned });
         for (seg, _) in segs.iter().filter(|(s, _)| *s != first) {
             if let Some(info) = st.segs.get_mut(seg) {
                 info.live = 0;
