@@ -31,6 +31,12 @@ impl QueueStore for NoStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         Ok(Snapshot::default())
     }
+    fn read_message(
+        &self,
+        _: u64,
+    ) -> Result<Option<std::sync::Arc<trunkline_store::StoredMessage>>, StoreError> {
+        Ok(None)
+    }
 }
 
 fn rss_bytes() -> u64 {

@@ -1569,6 +1569,12 @@ impl trunkline_store::QueueStore for GatedStore {
     fn load(&self) -> Result<trunkline_store::Snapshot, trunkline_store::StoreError> {
         self.inner.load()
     }
+    fn read_message(
+        &self,
+        id: u64,
+    ) -> Result<Option<Arc<trunkline_store::StoredMessage>>, trunkline_store::StoreError> {
+        self.inner.read_message(id)
+    }
 }
 
 #[tokio::test]

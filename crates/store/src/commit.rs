@@ -278,6 +278,9 @@ mod tests {
         fn load(&self) -> Result<crate::Snapshot, StoreError> {
             Ok(Default::default())
         }
+        fn read_message(&self, _: u64) -> Result<Option<Arc<crate::StoredMessage>>, StoreError> {
+            Ok(None)
+        }
     }
 
     fn entry(seq: u64) -> Op {
@@ -310,6 +313,12 @@ mod tests {
             }
             fn load(&self) -> Result<crate::Snapshot, StoreError> {
                 self.inner.load()
+            }
+            fn read_message(
+                &self,
+                id: u64,
+            ) -> Result<Option<Arc<crate::StoredMessage>>, StoreError> {
+                self.inner.read_message(id)
             }
         }
         let (open, gate) = std::sync::mpsc::channel();

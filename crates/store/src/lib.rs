@@ -62,12 +62,17 @@ pub trait QueueStore: Send + Sync + 'static {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
     /// Reads everything back, as after a restart.
     fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Message `id` as stored (body and metadata), or `None` if there is none. A node keeps
+    /// bodies in memory only while they are hot; the rest are read back with this.
+    fn read_message(&self, id: u64) -> Result<Option<Arc<StoredMessage>>, StoreError>;
     /// Bytes the store takes on disk, kept current by the store and read without a lock
     /// (so that every publish can look); `None` if the engine does not keep count.
     fn disk_gauge(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
         None
     }
 }
+
+use std::sync::Arc;
 
 #[cfg(test)]
 mod engine_tests {
@@ -124,7 +129,10 @@ mod engine_tests {
             ])
             .expect("commit");
         }
-        let snap = open(dir.path()).expect("reopen").load().expect("load");
+        let store = open(dir.path()).expect("reopen");
+        let snap = store.load().expect("load");
+        assert_eq!(store.read_message(1).expect("read").as_deref(), Some(&msg));
+        assert!(store.read_message(2).expect("read").is_none());
         assert_eq!(snap.messages.len(), 1);
         assert_eq!((snap.messages[0].0, &*snap.messages[0].1), (1, &msg));
         assert_eq!(snap.entries, vec![(Arc::from("q"), 3, entry)]);

@@ -54,6 +54,14 @@ impl QueueStore for MemoryStore {
         Ok(())
     }
 
+    fn read_message(&self, id: u64) -> Result<Option<Arc<StoredMessage>>, StoreError> {
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Failed("memory store lock poisoned".into()))?;
+        Ok(st.messages.get(&id).cloned())
+    }
+
     fn load(&self) -> Result<Snapshot, StoreError> {
         let st = self
             .state

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::{Op, QueueStore, RecordTable, Snapshot, StoreError};
+use crate::{Op, QueueStore, RecordTable, Snapshot, StoreError, StoredMessage};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
@@ -99,6 +99,19 @@ impl QueueStore for RedbStore {
             }
         }
         txn.commit().map_err(engine)
+    }
+
+    fn read_message(&self, id: u64) -> Result<Option<Arc<StoredMessage>>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let messages = txn.open_table(MESSAGES).map_err(engine)?;
+        let Some(v) = messages.get(id).map_err(engine)? else {
+            return Ok(None);
+        };
+        let msg = postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
+            table: "messages",
+            cause: e.to_string(),
+        })?;
+        Ok(Some(Arc::new(msg)))
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {

@@ -168,7 +168,10 @@ struct Survey {
 }
 
 fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32]) -> Result<Survey, StoreError> {
-    let mut state = State::default();
+    let mut state = State {
+        replayed: Some(Default::default()),
+        ..State::default()
+    };
     let mut report = CheckReport::default();
     let mut versions = Vec::new();
     for (i, &seg) in segs.iter().enumerate() {
@@ -268,6 +271,8 @@ struct Shared {
     disk: Arc<AtomicU64>,
     writer: Mutex<Writer>,
     state: RwLock<State>,
+    /// The bodies replay read, for the first load.
+    replayed: Mutex<Option<std::collections::BTreeMap<u64, Arc<StoredMessage>>>>,
     /// Wakes the compaction thread.
     wake: Condvar,
     stop: AtomicBool,
@@ -438,6 +443,7 @@ impl LogStore {
         state.files.retain(|s, _| segs.contains(s));
         state.files.insert(seg, file.clone());
         state.newest = seg;
+        let replayed = state.replayed.take();
         let shared = Arc::new(Shared {
             fs,
             dir: dir.to_owned(),
@@ -453,6 +459,7 @@ impl LogStore {
                 rotate_failing: false,
             }),
             state: RwLock::new(state),
+            replayed: Mutex::new(replayed),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             compacting: Mutex::new(()),
@@ -491,33 +498,15 @@ impl LogStore {
         Ok((st.total_bytes(), st.live_bytes()))
     }
 
-    /// Message `id` read back from its place in the log (a positioned read; the live state
-    /// is not consulted for the body), or `None` if there is no such message.
+    /// Message `id` read back from its place in the log (a positioned read), or `None` if
+    /// there is no such message.
     pub fn read_message(&self, id: u64) -> Result<Option<Arc<StoredMessage>>, StoreError> {
-        let mut buf = Vec::new();
-        {
-            // The read happens under the state's read lock: compaction swaps a file and
-            // the locations into it under the write lock, so they always agree here.
-            let st = self.shared.state()?;
-            let Some((_, loc)) = st.messages.get(&id) else {
-                return Ok(None);
-            };
-            let file = st.files.get(&loc.seg).ok_or_else(|| {
-                corrupt(format!(
-                    "message {id} is in segment {}, which is not open",
-                    loc.seg
-                ))
-            })?;
-            buf.resize(loc.bytes as usize, 0);
-            file.read_exact_at(&mut buf, u64::from(loc.off))
-                .map_err(|e| io("reading", &seg_path(&self.shared.dir, loc.seg), e))?;
-        }
-        match postcard::from_bytes::<Op>(&buf) {
-            Ok(Op::PutMessage { id: got, msg }) if got == id => Ok(Some(msg)),
-            Ok(_) => Err(corrupt(format!(
-                "the log does not hold message {id} where it should"
-            ))),
-            Err(e) => Err(corrupt(format!("message {id}: {e}"))),
+        // The read happens under the state's read lock: compaction swaps a file and the
+        // locations into it under the write lock, so they always agree here.
+        let st = self.shared.state()?;
+        match st.messages.get(&id) {
+            Some(loc) => read_at(&self.shared.dir, &st, id, *loc).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -525,6 +514,26 @@ impl LogStore {
     /// returns the segments rewritten or deleted.
     pub fn compact(&self) -> Result<usize, StoreError> {
         compact::until_done(&self.shared)
+    }
+}
+
+/// Reads and decodes the message `id` at `loc`.
+fn read_at(dir: &Path, st: &State, id: u64, loc: Loc) -> Result<Arc<StoredMessage>, StoreError> {
+    let file = st.files.get(&loc.seg).ok_or_else(|| {
+        corrupt(format!(
+            "message {id} is in segment {}, which is not open",
+            loc.seg
+        ))
+    })?;
+    let mut buf = vec![0; loc.bytes as usize];
+    file.read_exact_at(&mut buf, u64::from(loc.off))
+        .map_err(|e| io("reading", &seg_path(dir, loc.seg), e))?;
+    match postcard::from_bytes::<Op>(&buf) {
+        Ok(Op::PutMessage { id: got, msg }) if got == id => Ok(msg),
+        Ok(_) => Err(corrupt(format!(
+            "the log does not hold message {id} where it should"
+        ))),
+        Err(e) => Err(corrupt(format!("message {id}: {e}"))),
     }
 }
 
@@ -675,7 +684,22 @@ impl QueueStore for LogStore {
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
-        Ok(self.shared.state()?.snapshot())
+        let replayed = self.shared.replayed.lock().map_err(poisoned)?.take();
+        let st = self.shared.state()?;
+        let mut snap = st.snapshot_without_messages();
+        snap.messages.reserve(st.messages.len());
+        for (id, loc) in &st.messages {
+            let msg = match replayed.as_ref().and_then(|r| r.get(id)) {
+                Some(m) => m.clone(),
+                None => read_at(&self.shared.dir, &st, *id, *loc)?,
+            };
+            snap.messages.push((*id, msg));
+        }
+        Ok(snap)
+    }
+
+    fn read_message(&self, id: u64) -> Result<Option<Arc<StoredMessage>>, StoreError> {
+        LogStore::read_message(self, id)
     }
 
     fn disk_gauge(&self) -> Option<Arc<AtomicU64>> {

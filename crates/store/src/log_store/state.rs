@@ -29,7 +29,11 @@ pub(crate) struct SegInfo {
 #[derive(Default)]
 pub(crate) struct State {
     /// Ordered maps: ids and sequence numbers grow, so replaying appends at their ends.
-    pub messages: BTreeMap<u64, (Arc<StoredMessage>, Loc)>,
+    /// Messages by where they are: their bodies stay in the log.
+    pub messages: BTreeMap<u64, Loc>,
+    /// While replaying: the bodies read, handed to the first load (so that recovery does
+    /// not read them twice). `None` once the log is open.
+    pub replayed: Option<BTreeMap<u64, Arc<StoredMessage>>>,
     /// Entries by queue, then sequence number.
     pub entries: HashMap<Arc<str>, BTreeMap<u64, (StoredEntry, Loc)>>,
     pub records: HashMap<(RecordTable, String), (Vec<u8>, Loc)>,
@@ -59,9 +63,17 @@ impl State {
         let old = match op {
             Op::PutMessage { id, msg } => {
                 self.add_live(loc);
-                self.messages.insert(id, (msg, loc)).map(|(_, l)| l)
+                if let Some(bodies) = &mut self.replayed {
+                    bodies.insert(id, msg);
+                }
+                self.messages.insert(id, loc)
             }
-            Op::DeleteMessage { id } => self.messages.remove(&id).map(|(_, l)| l),
+            Op::DeleteMessage { id } => {
+                if let Some(bodies) = &mut self.replayed {
+                    bodies.remove(&id);
+                }
+                self.messages.remove(&id)
+            }
             Op::PutEntry { queue, seq, entry } => {
                 self.add_live(loc);
                 let q = match self.entries.get_mut(&*queue) {
@@ -92,7 +104,7 @@ impl State {
     /// Where the record a put op writes lives now, if it is live.
     fn loc_mut(&mut self, op: &Op) -> Option<&mut Loc> {
         match op {
-            Op::PutMessage { id, .. } => self.messages.get_mut(id).map(|(_, l)| l),
+            Op::PutMessage { id, .. } => self.messages.get_mut(id),
             Op::PutEntry { queue, seq, .. } => self
                 .entries
                 .get_mut(&**queue)
@@ -108,7 +120,7 @@ impl State {
     /// Where the record a put op writes lives now, if it is live.
     fn loc(&self, op: &Op) -> Option<Loc> {
         match op {
-            Op::PutMessage { id, .. } => self.messages.get(id).map(|(_, l)| *l),
+            Op::PutMessage { id, .. } => self.messages.get(id).copied(),
             Op::PutEntry { queue, seq, .. } => self
                 .entries
                 .get(&**queue)
@@ -145,8 +157,8 @@ impl State {
         self.segs.values().map(|s| s.len).sum()
     }
 
-    /// Everything, as [`crate::QueueStore::load`] returns it.
-    pub fn snapshot(&self) -> Snapshot {
+    /// Everything but the messages, as [`crate::QueueStore::load`] returns it.
+    pub fn snapshot_without_messages(&self) -> Snapshot {
         let mut queues: Vec<_> = self.entries.iter().collect();
         queues.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut entries = Vec::with_capacity(queues.iter().map(|(_, q)| q.len()).sum());
@@ -164,11 +176,7 @@ impl State {
             rows.sort_unstable();
         }
         Snapshot {
-            messages: self
-                .messages
-                .iter()
-                .map(|(id, (m, _))| (*id, m.clone()))
-                .collect(),
+            messages: Vec::new(),
             entries,
             records,
         }
