@@ -41,6 +41,8 @@ FAMILIES = {
     # The log engine's (the default) disk budget.
     "trunkline_store_disk_bytes": "gauge",
     "trunkline_store_disk_max_bytes": "gauge",
+    "trunkline_body_cache_bytes": "gauge",
+    "trunkline_body_cache_max_bytes": "gauge",
     "trunkline_stomp_connections": "gauge",
     "trunkline_ws_sessions": "gauge",
     "trunkline_ws_calls_pending": "gauge",
@@ -132,6 +134,10 @@ def test_the_whole_exposition_parses_with_the_expected_types_and_values(tmp_path
     assert sample(families, "trunkline_http_responses_total", **{"class": "2xx"}) >= 8
     assert sample(families, "trunkline_queued_memory_bytes") > 0
     assert sample(families, "trunkline_queued_memory_max_bytes") > 0
+    # One message is queued (ready) and one leased: their bodies are held.
+    assert 0 < sample(families, "trunkline_body_cache_bytes") <= sample(
+        families, "trunkline_body_cache_max_bytes"
+    )
     assert 0 < sample(families, "trunkline_store_disk_bytes") < sample(
         families, "trunkline_store_disk_max_bytes"
     )

@@ -37,7 +37,7 @@
 //! // Reads are made as a client (a `Principal`), whose rights the broker checks.
 //! let b = broker.principal("b").unwrap();
 //! let got = broker.receive(&b, "b-inbox", ReceiveOptions::auto(10), 1).await.unwrap();
-//! assert_eq!(got[0].msg.data.topic, "fleet.ah1.status");
+//! assert_eq!(got[0].data.topic, "fleet.ah1.status");
 //! # });
 //! ```
 
@@ -67,7 +67,7 @@ pub use queue::{Limits, Msg, Overflow};
 pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings};
 
 use dedup::Dedup;
-use queue::{Effects, Moved, Queue, Slot};
+use queue::{BodyCache, Effects, Moved, Queue, Slot};
 use registry::Registry;
 
 /// Node-wide settings of the broker.
@@ -89,6 +89,10 @@ pub struct BrokerConfig {
     /// [`BrokerError::DiskFull`] (only with a store that keeps count, see
     /// [`QueueStore::disk_gauge`]).
     pub max_disk_bytes: Option<u64>,
+    /// Most memory the bodies of queued messages are held in (as
+    /// [`footprint::stored_message_bytes`] counts them); past it the oldest are let go
+    /// and read back from the store when delivered.
+    pub body_cache_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -104,6 +108,7 @@ impl Default for BrokerConfig {
             max_receive: 1000,
             max_memory_bytes: 1 << 30,
             max_disk_bytes: None,
+            body_cache_bytes: 256 << 20,
         }
     }
 }
@@ -184,6 +189,8 @@ impl ReceiveOptions {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub msg: Arc<Msg>,
+    /// The message as stored (body and metadata).
+    pub data: Arc<StoredMessage>,
     pub delivery_count: u32,
     /// For leased deliveries: what `settle` takes.
     pub receipt: Option<String>,
@@ -330,6 +337,10 @@ struct Inner {
     memory: Arc<footprint::Account>,
     /// Bytes the store takes on disk, if it keeps count.
     disk: Option<Arc<AtomicU64>>,
+    /// Bodies held in memory; the rest are read back from `store`.
+    bodies: Arc<BodyCache>,
+    /// Weak: the committer owns the store, and closes it when it stops.
+    store: std::sync::Weak<dyn QueueStore>,
 }
 
 /// Meta record holding a floor under every id handed out so far.
@@ -470,10 +481,15 @@ impl Broker {
                 cleanup.push(Op::DeleteMessage { id: *id });
                 false
             } else {
-                memory.add(footprint::stored_message_bytes(&m.data));
+                memory.add(m.record_bytes());
                 true
             }
         });
+        // Held in memory up to the cache's budget, newest last; the rest are read back.
+        let bodies = BodyCache::new(config.body_cache_bytes);
+        for (_, m) in &msgs {
+            bodies.admit(m);
+        }
         // Entries restored with their last allowed delivery made were leased when the node
         // stopped, and their lease ended with it: they go where an expired lease would
         // (the dead-letter queue), not out for one delivery more than `max_deliveries`.
@@ -564,7 +580,8 @@ impl Broker {
                 )
             })
             .collect();
-        let committer = Committer::start(store);
+        let committer = Committer::start(store.clone());
+        let store: Arc<dyn QueueStore> = store;
         Ok(Broker {
             inner: Arc::new(Inner {
                 config,
@@ -580,6 +597,8 @@ impl Broker {
                 saved_floor: AtomicU64::new(last_msg_id),
                 memory,
                 disk,
+                bodies,
+                store: Arc::downgrade(&store),
             }),
         })
     }
@@ -1090,21 +1109,76 @@ impl Broker {
                 .await?;
         }
         let taken = lock(&cell.state).take(now, max, opts.lease_ms, &mut ops, &mut fx);
+        // What is held is taken now (the cache may let it go any time); bodies let go are
+        // read back before the take's commit (which may delete them), with no await in
+        // between, so that the commit is submitted even if this caller goes away. The
+        // reads are positioned reads, mostly from the page cache; they block this worker
+        // while they last.
+        let mut held: Vec<Option<Arc<StoredMessage>>> =
+            taken.iter().map(|t| t.slot.msg.held()).collect();
+        let read = self.read_back(&taken, &mut held);
         self.inner.committer.commit(ops).await?;
         let c = &self.inner.counters;
         c.delivered.fetch_add(taken.len() as u64, Ordering::Relaxed);
         c.expired.fetch_add(fx.expired, Ordering::Relaxed);
         c.dropped_overflow.fetch_add(fx.dropped, Ordering::Relaxed);
-        Ok(taken
+        read?;
+        taken
             .into_iter()
-            .map(|t| Delivery {
-                receipt: opts
-                    .lease_ms
-                    .map(|_| format!("{queue}/{}/{}", t.seq, t.slot.delivery_count)),
-                delivery_count: t.slot.delivery_count,
-                msg: t.slot.msg,
+            .zip(held)
+            .map(|(t, data)| {
+                let data = data.ok_or_else(|| {
+                    BrokerError::Unavailable(format!(
+                        "message {} is missing from the store",
+                        t.slot.msg.id
+                    ))
+                })?;
+                Ok(Delivery {
+                    receipt: opts
+                        .lease_ms
+                        .map(|_| format!("{queue}/{}/{}", t.seq, t.slot.delivery_count)),
+                    delivery_count: t.slot.delivery_count,
+                    data,
+                    msg: t.slot.msg,
+                })
             })
-            .collect())
+            .collect()
+    }
+
+    /// Reads back from the store the bodies of `taken` that `held` lacks, and holds them
+    /// again.
+    fn read_back(
+        &self,
+        taken: &[queue::Taken],
+        held: &mut [Option<Arc<StoredMessage>>],
+    ) -> Result<(), BrokerError> {
+        for (t, h) in taken.iter().zip(held.iter_mut()) {
+            if h.is_some() {
+                continue;
+            }
+            let m = &t.slot.msg;
+            let store = self
+                .inner
+                .store
+                .upgrade()
+                .ok_or_else(|| BrokerError::Unavailable("the store is closed".into()))?;
+            let data = store
+                .read_message(m.id)
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            let Some(data) = data else {
+                tracing::error!(id = m.id, "a queued message is missing from the store");
+                continue;
+            };
+            m.hold(data.clone());
+            self.inner.bodies.admit(m);
+            *h = Some(data);
+        }
+        Ok(())
+    }
+
+    /// Bytes of message bodies held in memory, and the most that may be.
+    pub fn body_cache(&self) -> (u64, u64) {
+        (self.inner.bodies.used(), self.inner.config.body_cache_bytes)
     }
 
     /// A handle to wait on for new messages in `queue` (for long polling). Create the
@@ -1209,6 +1283,7 @@ impl Broker {
                 slot.msg.release(&mut Vec::new());
                 continue;
             }
+            self.inner.bodies.admit(&slot.msg);
             let visible = lock(&cell.state).land(seq, slot, &mut removed);
             if visible {
                 cell.notify.notify_waiters();

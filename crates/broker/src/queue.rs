@@ -13,8 +13,8 @@
 //! once the commit holding the change is durable (on the commit thread, in commit order).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use trunkline_store::{Op, StoredEntry, StoredMessage};
 
@@ -40,16 +40,24 @@ pub struct Limits {
     pub max_deliveries: u32,
 }
 
-/// A message held in memory, shared by every queue entry that refers to it.
+/// A message held in memory, shared by every queue entry that refers to it. Its body is
+/// held only while it is hot ([`BodyCache`]); the store keeps it, and a delivery reads it
+/// back when it has been let go.
 #[derive(Debug)]
 pub struct Msg {
     pub id: u64,
-    pub data: Arc<StoredMessage>,
+    /// The body and metadata, while held.
+    body: Mutex<Option<Arc<StoredMessage>>>,
+    expires_at_ms: Option<u64>,
+    /// [`footprint::stored_message_bytes`] of the message, fixed at creation.
+    record_bytes: u64,
     /// Queue entries referring to it; the body is deleted when the last goes.
     refs: AtomicU32,
     /// The node's count of queued memory: each entry gives back its share as it goes, and
     /// the last one the message's.
     account: Option<Arc<Account>>,
+    /// The cache counting its body while it is held there.
+    cache: Mutex<Option<Arc<BodyCache>>>,
 }
 
 impl Msg {
@@ -68,10 +76,31 @@ impl Msg {
     ) -> Arc<Self> {
         Arc::new(Msg {
             id,
-            data,
+            expires_at_ms: data.expires_at_ms,
+            record_bytes: footprint::stored_message_bytes(&data),
+            body: Mutex::new(Some(data)),
             account,
             refs: AtomicU32::new(refs),
+            cache: Mutex::new(None),
         })
+    }
+
+    /// The body and metadata, if held in memory.
+    pub fn held(&self) -> Option<Arc<StoredMessage>> {
+        lock(&self.body).clone()
+    }
+
+    /// Holds `data` (read back from the store) again.
+    pub(crate) fn hold(&self, data: Arc<StoredMessage>) {
+        let mut b = lock(&self.body);
+        if b.is_none() {
+            *b = Some(data);
+        }
+    }
+
+    /// [`footprint::stored_message_bytes`] of the message.
+    pub fn record_bytes(&self) -> u64 {
+        self.record_bytes
     }
 
     /// One more entry refers to it (restored at start); counts that entry's memory.
@@ -90,17 +119,78 @@ impl Msg {
             ops.push(Op::DeleteMessage { id: self.id });
         }
         if let Some(a) = &self.account {
-            let message = if last {
-                footprint::stored_message_bytes(&self.data)
-            } else {
-                0
-            };
+            let message = if last { self.record_bytes } else { 0 };
             a.sub(footprint::ENTRY_BYTES + message);
         }
     }
 
     fn expired(&self, now: u64) -> bool {
-        self.data.expires_at_ms.is_some_and(|t| t <= now)
+        self.expires_at_ms.is_some_and(|t| t <= now)
+    }
+}
+
+impl Drop for Msg {
+    fn drop(&mut self) {
+        let cache = self.cache.get_mut().ok().and_then(Option::take);
+        let held = self.body.get_mut().ok().is_some_and(|b| b.is_some());
+        if let (Some(cache), true) = (cache, held) {
+            cache.used.fetch_sub(self.record_bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The bodies held in memory for messages whose bodies are durable in the store: at most
+/// `budget` bytes (as [`footprint::stored_message_bytes`] counts them); past it, the
+/// oldest held are let go (a delivery reads them back from the store).
+#[derive(Debug)]
+pub struct BodyCache {
+    budget: u64,
+    used: AtomicU64,
+    order: Mutex<VecDeque<Weak<Msg>>>,
+}
+
+impl BodyCache {
+    pub fn new(budget: u64) -> Arc<Self> {
+        Arc::new(BodyCache {
+            budget,
+            used: AtomicU64::new(0),
+            order: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Bytes of bodies held.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Counts `msg`'s body, whose store copy is durable, and lets the oldest held go while
+    /// over budget.
+    pub(crate) fn admit(self: &Arc<Self>, msg: &Arc<Msg>) {
+        {
+            let mut c = lock(&msg.cache);
+            if c.is_some() || lock(&msg.body).is_none() {
+                return;
+            }
+            *c = Some(self.clone());
+        }
+        self.used.fetch_add(msg.record_bytes, Ordering::AcqRel);
+        let mut order = lock(&self.order);
+        order.push_back(Arc::downgrade(msg));
+        while self.used.load(Ordering::Acquire) > self.budget {
+            let Some(oldest) = order.pop_front() else {
+                break;
+            };
+            if let Some(m) = oldest.upgrade() {
+                let mut c = lock(&m.cache);
+                if c.take().is_some() && lock(&m.body).take().is_some() {
+                    self.used.fetch_sub(m.record_bytes, Ordering::AcqRel);
+                }
+            }
+        }
     }
 }
 

@@ -333,7 +333,7 @@ mod property {
                         let may = i == j || s.grants.contains(&j);
                         prop_assert_eq!(r.is_ok(), may, "c{} reading {}", i, q);
                         for d in r.unwrap_or_default() {
-                            let t = &d.msg.data.topic;
+                            let t = &d.data.topic;
                             // In an inbox: what its owner subscribed to, or a broadcast.
                             let broadcast = sends.iter().any(|(_, st, bc)| *bc && st == t);
                             prop_assert!(matches_any(&owner.read, t) || broadcast,

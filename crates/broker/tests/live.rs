@@ -197,9 +197,7 @@ async fn a_batch_is_published_all_or_nothing() {
         .await
         .expect("receive");
     assert_eq!(
-        got.iter()
-            .map(|d| d.msg.data.body.clone())
-            .collect::<Vec<_>>(),
+        got.iter().map(|d| d.data.body.clone()).collect::<Vec<_>>(),
         vec![b"1".to_vec(), b"2".to_vec()]
     );
 }

@@ -35,6 +35,9 @@ segment_mib = 64
 # dropped. 0: what the log takes at start plus 80% of the free space of its file system
 # then. Not enforced with the redb engine.
 max_disk_bytes = 0
+# Most memory the bodies of queued messages are held in. Past it the oldest are let go
+# and read back from the store when delivered.
+body_cache_bytes = 268435456
 
 [stomp]
 # STOMP 1.2 over TCP (TRUNKLINE_STOMP, --stomp). Port 0 picks a free port.
@@ -177,6 +180,12 @@ pub struct StoreConfig {
     /// 0: chosen at start from the free space (see the default configuration).
     #[serde(default)]
     pub max_disk_bytes: u64,
+    #[serde(default = "default_body_cache_bytes")]
+    pub body_cache_bytes: u64,
+}
+
+fn default_body_cache_bytes() -> u64 {
+    256 << 20
 }
 
 /// Which storage engine keeps the data directory.
@@ -403,6 +412,7 @@ impl Config {
             },
             dedup_window_ms: self.inbox.dedup_window_secs.saturating_mul(1000),
             max_memory_bytes: self.inbox.max_memory_bytes,
+            body_cache_bytes: self.store.body_cache_bytes,
             ..BrokerConfig::default()
         }
     }

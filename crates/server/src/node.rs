@@ -495,6 +495,7 @@ mod tests {
             engine,
             segment_mib: 1,
             max_disk_bytes: 0,
+            body_cache_bytes: 1 << 20,
         }
     }
 

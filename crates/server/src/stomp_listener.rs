@@ -865,7 +865,7 @@ fn from_delivery(d: Delivery, destination: &str) -> Delivered {
     let redelivered = d.redelivered();
     delivered(
         d.msg.id,
-        &d.msg.data,
+        &d.data,
         destination.to_owned(),
         redelivered,
         d.receipt,

@@ -238,7 +238,7 @@ struct OutMessage<'a> {
 /// A body that is not JSON (it has a content type; sent over STOMP) as a JSON string of
 /// its text; `None` for JSON bodies, which are shown as they are.
 fn body_text(d: &Delivery) -> Option<Box<RawValue>> {
-    let data = &d.msg.data;
+    let data = &d.data;
     data.content_type.as_ref().map(|_| {
         serde_json::value::to_raw_value(&String::from_utf8_lossy(&data.body))
             .unwrap_or_else(|_| RawValue::NULL.to_owned())
@@ -248,7 +248,7 @@ fn body_text(d: &Delivery) -> Option<Box<RawValue>> {
 /// One delivery as the API shows it (`text` from [`body_text`]); `None` if its stored body
 /// is broken (logged).
 fn out_message<'a>(d: &'a Delivery, text: &'a Option<Box<RawValue>>) -> Option<OutMessage<'a>> {
-    let data = &d.msg.data;
+    let data = &d.data;
     let body: &RawValue = match text {
         Some(t) => t,
         None => match serde_json::from_slice(&data.body) {
