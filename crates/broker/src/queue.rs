@@ -135,6 +135,7 @@ impl Drop for Msg {
         let held = self.body.get_mut().ok().is_some_and(|b| b.is_some());
         if let (Some(cache), true) = (cache, held) {
             cache.used.fetch_sub(self.record_bytes, Ordering::AcqRel);
+            cache.held.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -150,6 +151,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct BodyCache {
     budget: u64,
     used: AtomicU64,
+    /// Messages whose bodies it counts.
+    held: AtomicU64,
+    /// Oldest first; holds stale entries (messages gone or let go) until pruned.
     order: Mutex<VecDeque<Weak<Msg>>>,
 }
 
@@ -158,6 +162,7 @@ impl BodyCache {
         Arc::new(BodyCache {
             budget,
             used: AtomicU64::new(0),
+            held: AtomicU64::new(0),
             order: Mutex::new(VecDeque::new()),
         })
     }
@@ -165,6 +170,11 @@ impl BodyCache {
     /// Bytes of bodies held.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Entries in its order of age (for tests: stays within twice the bodies held).
+    pub fn tracked(&self) -> usize {
+        lock(&self.order).len()
     }
 
     /// Counts `msg`'s body, whose store copy is durable, and lets the oldest held go while
@@ -178,6 +188,7 @@ impl BodyCache {
             *c = Some(self.clone());
         }
         self.used.fetch_add(msg.record_bytes, Ordering::AcqRel);
+        self.held.fetch_add(1, Ordering::AcqRel);
         let mut order = lock(&self.order);
         order.push_back(Arc::downgrade(msg));
         while self.used.load(Ordering::Acquire) > self.budget {
@@ -188,8 +199,15 @@ impl BodyCache {
                 let mut c = lock(&m.cache);
                 if c.take().is_some() && lock(&m.body).take().is_some() {
                     self.used.fetch_sub(m.record_bytes, Ordering::AcqRel);
+                    self.held.fetch_sub(1, Ordering::AcqRel);
                 }
             }
+        }
+        // Messages consumed while under budget leave stale entries behind: dropped once
+        // they are half the queue, so it stays within twice the messages held.
+        let held = self.held.load(Ordering::Acquire) as usize;
+        if order.len() > 2 * held + 1024 {
+            order.retain(|w| w.upgrade().is_some_and(|m| lock(&m.cache).is_some()));
         }
     }
 }
@@ -570,6 +588,35 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_cache_lets_the_oldest_go_and_forgets_messages_gone() {
+        let one = msg(0, None).record_bytes();
+        let cache = BodyCache::new(10 * one);
+        let kept: Vec<Arc<Msg>> = (0..20).map(|i| msg(i, None)).collect();
+        for m in &kept {
+            cache.admit(m);
+        }
+        assert_eq!(cache.used(), 10 * one);
+        assert!(
+            kept[..10].iter().all(|m| m.held().is_none()),
+            "the oldest go first"
+        );
+        assert!(kept[10..].iter().all(|m| m.held().is_some()));
+        drop(kept);
+        assert_eq!(
+            cache.used(),
+            0,
+            "bodies of dropped messages are not counted"
+        );
+        // Messages that come and go under budget leave nothing behind for long.
+        let cache = BodyCache::new(u64::MAX);
+        for i in 0..10_000 {
+            cache.admit(&msg(i, None));
+        }
+        assert!(cache.tracked() <= 1025, "{} entries kept", cache.tracked());
+        assert_eq!(cache.used(), 0);
+    }
 
     fn msg(id: u64, expires: Option<u64>) -> Arc<Msg> {
         Msg::new(
