@@ -93,8 +93,8 @@ error_codes! {
     Throttled = ("throttled", 429),
     /// A matching queue is full and its overflow policy rejects new messages.
     QueueFull = ("queue_full", 507),
-    /// Queued messages (entries, records, bodies) take all the memory the node allows them
-    /// (`inbox.max_memory_bytes`); consumers must catch up.
+    /// The index of queued messages (queue entries, message records) takes all the memory
+    /// the node allows it (`inbox.max_memory_bytes`); consumers must catch up.
     NodeFull = ("node_full", 507),
     /// The store takes all the disk the node allows it (`store.max_disk_bytes`); consumers
     /// must catch up (acks still work, and compaction gives the space back).

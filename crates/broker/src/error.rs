@@ -23,9 +23,9 @@ pub enum BrokerError {
     #[error("queue full, message rejected: {}", queues.join(", "))]
     QueueFull { queues: Vec<String> },
     #[error(
-        "node memory for queued messages is full: {used} of its {max} bytes are taken by queue \
-         entries, message records and bodies, and this message needs {needed} more; \
-         consumers must catch up"
+        "node memory for queued messages is full: their index (queue entries and message \
+         records) takes {used} of its {max} bytes (inbox.max_memory_bytes), and this message \
+         needs {needed} more; consumers must catch up"
     )]
     NodeFull { used: u64, needed: u64, max: u64 },
     #[error(

@@ -1,22 +1,21 @@
 //! What queued messages cost in memory, as the node-wide cap (`max_memory_bytes`) counts
 //! it.
 //!
-//! Everything a queued message keeps in memory is counted, not only its body:
-//! - per queue entry ([`ENTRY_BYTES`]): the queue's index slot (ready, or leased with its
-//!   deadline), and the log store's index of the same entry;
-//! - per message ([`message_bytes`]): the message record and its `Arc`s
-//!   ([`MESSAGE_BYTES`], the log store's index of it included), plus each string and the
-//!   body as the allocator hands them out.
+//! Bodies live in the store; memory holds an index of what is queued, and a cache of hot
+//! bodies. The cap bounds both:
+//! - the index ([`Account`]): per queue entry [`ENTRY_BYTES`] (the queue's slot, ready or
+//!   leased with its deadline, and the log store's index of the same entry), per message
+//!   [`MESSAGE_BYTES`] (the message record and the log store's location of it). A publish
+//!   into N queues costs [`index_bytes`]`(N)`, whatever its body; past the cap, publishes
+//!   are refused;
+//! - the body cache (`queue::BodyCache`): bodies counted by [`body_bytes`] (the stored
+//!   message, its strings and body), at most `body_cache_bytes` and never more than the
+//!   index leaves under the cap. Bodies it lets go are read back from the store.
 //!
-//! A publish into N queues costs `N * ENTRY_BYTES + message_bytes(..)`. The figures are
-//! estimates, checked against the resident set of a broker on the log store with
-//! `examples/memory_cost.rs` (2 M entries: 500 inboxes x 4000 messages; and 1 M messages
-//! in one inbox). Measured there: a ready entry 132 bytes (52 in the broker, 80 in the
-//! log store's index), a leased one 52 bytes more than that in steady state (its lease
-//! table and deadline index; 104 more than a ready one while the freed ready slots wait
-//! for reuse), and a message record 305 bytes besides its strings and body. They lean
-//! high rather than low, so the cap is a bound on memory, not a hope; with the redb
-//! engine, which keeps no index in memory, they count high by about 80 bytes an entry.
+//! The figures are estimates, checked against the resident set of a broker on the log
+//! store with `examples/memory_cost.rs` (see `docs/storage-format.md` for what it
+//! measured). They lean high rather than low, so the cap is a bound on memory, not a
+//! hope; with the redb engine, which keeps no index in memory, they count high.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,10 +27,17 @@ use trunkline_store::StoredMessage;
 /// bytes, more just after the table grew). Counted at the dearer, leased, state.
 pub const ENTRY_BYTES: u64 = 200;
 
-/// One message record, without its strings and body: the broker's `Msg` and the shared
-/// `StoredMessage` behind their `Arc`s (64 + 176 bytes as allocated), and the log store's
-/// index of the message (about 65 bytes).
-pub const MESSAGE_BYTES: u64 = 320;
+/// One message record, without its body: the broker's `Msg` behind its `Arc`, and the log
+/// store's location of the message.
+pub const MESSAGE_BYTES: u64 = 200;
+
+/// What a message queued in `places` queues adds to the index.
+pub const fn index_bytes(places: usize) -> u64 {
+    places as u64 * ENTRY_BYTES + MESSAGE_BYTES
+}
+
+/// A `StoredMessage` behind its `Arc`, as allocated.
+const STORED_MESSAGE_BYTES: u64 = allocation(16 + std::mem::size_of::<StoredMessage>());
 
 /// What the allocator takes for `n` bytes (glibc: 8 bytes of header, rounded up to 16,
 /// at least 32); nothing for nothing.
@@ -44,9 +50,9 @@ pub const fn allocation(n: usize) -> u64 {
     }
 }
 
-/// What one message costs in memory, however many queues hold it: its record, its
-/// strings, headers and body (and the body's shared handle).
-pub fn message_bytes(
+/// What a message's body costs while the cache holds it: the stored message (with its
+/// `Arc`), its strings, headers and body (and the body's shared handle).
+pub fn body_bytes(
     topic: &str,
     sender: &str,
     body_len: usize,
@@ -58,7 +64,7 @@ pub fn message_bytes(
             .iter()
             .map(|(k, v)| allocation(k.len()) + allocation(v.len()))
             .sum::<u64>();
-    MESSAGE_BYTES
+    STORED_MESSAGE_BYTES
         + allocation(topic.len())
         + allocation(sender.len())
         // The body, and the shared handle (3 words) `Bytes` allocates once it is cloned.
@@ -68,9 +74,9 @@ pub fn message_bytes(
         + headers_bytes
 }
 
-/// [`message_bytes`] of a stored message.
-pub fn stored_message_bytes(m: &StoredMessage) -> u64 {
-    message_bytes(
+/// [`body_bytes`] of a stored message.
+pub fn stored_body_bytes(m: &StoredMessage) -> u64 {
+    body_bytes(
         &m.topic,
         &m.sender,
         m.body.len(),
@@ -178,9 +184,9 @@ mod tests {
     #[test]
     fn estimates_cover_at_least_the_structs_themselves() {
         use std::mem::size_of;
-        // Two `Arc` headers (16 bytes each) around `Msg` and `StoredMessage`.
-        let records = 32 + size_of::<crate::Msg>() + size_of::<StoredMessage>();
-        assert!(MESSAGE_BYTES >= records as u64, "{records}");
+        // `Msg` behind its `Arc` header, and the log store's key and location.
+        let record = 16 + size_of::<crate::Msg>() + 8 + 12;
+        assert!(MESSAGE_BYTES >= record as u64, "{record}");
         // A ready entry's key and slot, and the log store's key, entry and location.
         let entry = 8 + size_of::<crate::queue::Slot>() + 8 + 16 + 16;
         assert!(ENTRY_BYTES >= entry as u64, "{entry}");

@@ -81,17 +81,19 @@ pub struct BrokerConfig {
     pub dedup_capacity: usize,
     /// Most messages one receive may return.
     pub max_receive: usize,
-    /// Most memory queued messages may take on the node, as [`footprint`] counts it (queue
-    /// entries, message records and bodies); past it publishes are refused with
-    /// [`BrokerError::NodeFull`].
+    /// Most memory queued messages may take on the node, as [`footprint`] counts it: their
+    /// index (queue entries and message records) and the bodies cached. Past it the index
+    /// refuses publishes with [`BrokerError::NodeFull`]; the cache takes only what the
+    /// index leaves.
     pub max_memory_bytes: u64,
     /// Most disk the store may take; past it publishes are refused with
     /// [`BrokerError::DiskFull`] (only with a store that keeps count, see
     /// [`QueueStore::disk_gauge`]).
     pub max_disk_bytes: Option<u64>,
     /// Most memory the bodies of queued messages are held in (as
-    /// [`footprint::stored_message_bytes`] counts them); past it the oldest are let go
-    /// and read back from the store when delivered.
+    /// [`footprint::stored_body_bytes`] counts them; less when the index leaves less under
+    /// `max_memory_bytes`); past it the oldest are let go and read back from the store
+    /// when delivered.
     pub body_cache_bytes: u64,
 }
 
@@ -333,7 +335,7 @@ struct Inner {
     live_counters: LiveCounters,
     /// The id floor last saved in the store.
     saved_floor: AtomicU64,
-    /// Memory held by queued messages (entries, records, bodies), against the cap.
+    /// Memory the index of queued messages takes (entries, records), against the cap.
     memory: Arc<footprint::Account>,
     /// Bytes the store takes on disk, if it keeps count.
     disk: Option<Arc<AtomicU64>>,
@@ -481,12 +483,12 @@ impl Broker {
                 cleanup.push(Op::DeleteMessage { id: *id });
                 false
             } else {
-                memory.add(m.record_bytes());
+                memory.add(footprint::MESSAGE_BYTES);
                 true
             }
         });
         // Held in memory up to the cache's budget, newest last; the rest are read back.
-        let bodies = BodyCache::new(config.body_cache_bytes);
+        let bodies = BodyCache::new(config.body_cache_bytes, Some(memory.clone()));
         for (_, m) in &msgs {
             bodies.admit(m);
         }
@@ -766,13 +768,13 @@ impl Broker {
                 out
             }
         };
-        // Queued messages are held in memory (each entry, each record, each body): a
-        // node-wide cap keeps that bounded. Checked first, so that a flood the node refuses
+        // Queued messages are indexed in memory (each entry, each record): a node-wide cap
+        // keeps that bounded (bodies are in the store, and cached within the same cap). Checked first, so that a flood the node refuses
         // costs no queue lock; given back as entries and messages go.
         let needed = if targets.is_empty() {
             0
         } else {
-            publish_memory(p, targets.len())
+            footprint::index_bytes(targets.len())
         };
         if let Some(err) = self.disk_full() {
             self.inner
@@ -822,7 +824,7 @@ impl Broker {
             let taken = if reserved.is_empty() {
                 0
             } else {
-                publish_memory(p, reserved.len())
+                footprint::index_bytes(reserved.len())
             };
             self.inner.memory.sub(needed - taken);
         }
@@ -922,9 +924,11 @@ impl Broker {
             match self.reserve_places(p, now) {
                 Ok(x) => places.push(x),
                 Err(e) => {
-                    for ((_, reserved), p) in places.into_iter().zip(&ps) {
+                    for (_, reserved) in places {
                         if !reserved.is_empty() {
-                            self.inner.memory.sub(publish_memory(p, reserved.len()));
+                            self.inner
+                                .memory
+                                .sub(footprint::index_bytes(reserved.len()));
                         }
                         for (cell, _) in reserved {
                             lock(&cell.state).unreserve();
@@ -1176,9 +1180,9 @@ impl Broker {
         Ok(())
     }
 
-    /// Bytes of message bodies held in memory, and the most that may be.
+    /// Bytes of message bodies held in memory, and the most that may be now.
     pub fn body_cache(&self) -> (u64, u64) {
-        (self.inner.bodies.used(), self.inner.config.body_cache_bytes)
+        (self.inner.bodies.used(), self.inner.bodies.limit())
     }
 
     /// A handle to wait on for new messages in `queue` (for long polling). Create the
@@ -1983,19 +1987,6 @@ fn client_queues(rec: &ClientRecord, config: &BrokerConfig) -> [Queue; 2] {
             None,
         ),
     ]
-}
-
-/// What a publish into `places` queues adds to the memory the cap counts: the same as
-/// [`footprint::stored_message_bytes`] of the message it stores, plus its entries.
-fn publish_memory(p: &Publish, places: usize) -> u64 {
-    places as u64 * footprint::ENTRY_BYTES
-        + footprint::message_bytes(
-            &p.topic,
-            &p.sender,
-            p.body.len(),
-            p.content_type.as_deref(),
-            &p.headers,
-        )
 }
 
 fn parse_receipt(r: &str) -> Option<(&str, u64, u32)> {

@@ -49,7 +49,8 @@ pub struct Msg {
     /// The body and metadata, while held.
     body: Mutex<Option<Arc<StoredMessage>>>,
     expires_at_ms: Option<u64>,
-    /// [`footprint::stored_message_bytes`] of the message, fixed at creation.
+    /// [`footprint::stored_body_bytes`] of the message: what the cache counts while it
+    /// holds the body.
     record_bytes: u64,
     /// Queue entries referring to it; the body is deleted when the last goes.
     refs: AtomicU32,
@@ -77,7 +78,7 @@ impl Msg {
         Arc::new(Msg {
             id,
             expires_at_ms: data.expires_at_ms,
-            record_bytes: footprint::stored_message_bytes(&data),
+            record_bytes: footprint::stored_body_bytes(&data),
             body: Mutex::new(Some(data)),
             account,
             refs: AtomicU32::new(refs),
@@ -98,7 +99,7 @@ impl Msg {
         }
     }
 
-    /// [`footprint::stored_message_bytes`] of the message.
+    /// [`footprint::stored_body_bytes`] of the message.
     pub fn record_bytes(&self) -> u64 {
         self.record_bytes
     }
@@ -119,7 +120,7 @@ impl Msg {
             ops.push(Op::DeleteMessage { id: self.id });
         }
         if let Some(a) = &self.account {
-            let message = if last { self.record_bytes } else { 0 };
+            let message = if last { footprint::MESSAGE_BYTES } else { 0 };
             a.sub(footprint::ENTRY_BYTES + message);
         }
     }
@@ -145,11 +146,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The bodies held in memory for messages whose bodies are durable in the store: at most
-/// `budget` bytes (as [`footprint::stored_message_bytes`] counts them); past it, the
-/// oldest held are let go (a delivery reads them back from the store).
+/// `budget` bytes (as [`footprint::stored_body_bytes`] counts them), and no more than the
+/// index (`index`) leaves under its cap; past that, the oldest held are let go (a delivery
+/// reads them back from the store).
 #[derive(Debug)]
 pub struct BodyCache {
     budget: u64,
+    index: Option<Arc<Account>>,
     used: AtomicU64,
     /// Messages whose bodies it counts.
     held: AtomicU64,
@@ -158,13 +161,22 @@ pub struct BodyCache {
 }
 
 impl BodyCache {
-    pub fn new(budget: u64) -> Arc<Self> {
+    pub(crate) fn new(budget: u64, index: Option<Arc<Account>>) -> Arc<Self> {
         Arc::new(BodyCache {
             budget,
+            index,
             used: AtomicU64::new(0),
             held: AtomicU64::new(0),
             order: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// The most it may hold now: its budget, or what the index leaves under the cap.
+    pub fn limit(&self) -> u64 {
+        match &self.index {
+            Some(a) => self.budget.min(a.max().saturating_sub(a.used())),
+            None => self.budget,
+        }
     }
 
     /// Bytes of bodies held.
@@ -191,7 +203,8 @@ impl BodyCache {
         self.held.fetch_add(1, Ordering::AcqRel);
         let mut order = lock(&self.order);
         order.push_back(Arc::downgrade(msg));
-        while self.used.load(Ordering::Acquire) > self.budget {
+        let limit = self.limit();
+        while self.used.load(Ordering::Acquire) > limit {
             let Some(oldest) = order.pop_front() else {
                 break;
             };
@@ -592,7 +605,7 @@ mod tests {
     #[test]
     fn the_body_cache_lets_the_oldest_go_and_forgets_messages_gone() {
         let one = msg(0, None).record_bytes();
-        let cache = BodyCache::new(10 * one);
+        let cache = BodyCache::new(10 * one, None);
         let kept: Vec<Arc<Msg>> = (0..20).map(|i| msg(i, None)).collect();
         for m in &kept {
             cache.admit(m);
@@ -610,7 +623,7 @@ mod tests {
             "bodies of dropped messages are not counted"
         );
         // Messages that come and go under budget leave nothing behind for long.
-        let cache = BodyCache::new(u64::MAX);
+        let cache = BodyCache::new(u64::MAX, None);
         for i in 0..10_000 {
             cache.admit(&msg(i, None));
         }

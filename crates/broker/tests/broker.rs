@@ -1945,17 +1945,12 @@ async fn queued_memory_is_counted_the_same_after_a_restart() {
     let before = br.memory_used();
     // a holds 1-4; b holds 2-4 and the note, and 1 in its dead-letter queue: 9 entries of
     // 5 messages (0 is gone from both).
-    let message =
-        |n: u64| trunkline_broker::footprint::message_bytes("t.x", "pub", body(n).len(), None, &[]);
-    let note = trunkline_broker::footprint::message_bytes(
-        "u",
-        "pub",
-        body(9).len(),
-        Some("text/plain"),
-        &[("type".into(), "note".into())],
-    );
+    // The index counts, whatever the bodies.
     let entries = 9 * trunkline_broker::footprint::ENTRY_BYTES;
-    assert_eq!(before, entries + (1..5).map(message).sum::<u64>() + note);
+    assert_eq!(
+        before,
+        entries + 5 * trunkline_broker::footprint::MESSAGE_BYTES
+    );
     br.shutdown().unwrap_or_else(|_| panic!("the only handle"));
 
     let br = Broker::open(store, BrokerConfig::default(), T0 + 2).expect("reopen");
@@ -1974,8 +1969,7 @@ async fn queued_memory_is_counted_the_same_after_a_restart() {
 
 #[tokio::test]
 async fn a_refused_batch_gives_back_the_memory_it_reserved() {
-    let one = trunkline_broker::footprint::ENTRY_BYTES
-        + trunkline_broker::footprint::message_bytes("t.x", "pub", body(0).len(), None, &[]);
+    let one = trunkline_broker::footprint::index_bytes(1);
     let br = broker_with(BrokerConfig {
         max_memory_bytes: one + one / 2,
         ..BrokerConfig::default()
@@ -2369,16 +2363,7 @@ mod model {
                 .keys()
                 .chain(m.leased.keys())
                 .chain(m.dead.iter())
-                .map(|n| {
-                    trunkline_broker::footprint::ENTRY_BYTES
-                        + trunkline_broker::footprint::message_bytes(
-                            "q.x",
-                            "pub",
-                            body(*n).len(),
-                            None,
-                            &[],
-                        )
-                })
+                .map(|_| trunkline_broker::footprint::index_bytes(1))
                 .sum();
             prop_assert_eq!(br.memory_used(), held);
         }
@@ -2477,4 +2462,51 @@ async fn bodies_past_the_cache_are_read_back_from_the_log() {
         bodies(&drain(&br, "a", T0 + 400).await),
         (100..200).map(big).collect::<Vec<_>>()
     );
+}
+
+/// The node-wide cap counts the index of what is queued, not the bodies (they are in the
+/// store): a backlog of bodies far larger than the cap is accepted, and the body cache
+/// takes only what the index leaves under the cap.
+#[tokio::test]
+async fn the_memory_cap_counts_the_index_and_the_cache_takes_what_it_leaves() {
+    use trunkline_broker::footprint::index_bytes;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        Arc::new(trunkline_store::LogStore::open_with(dir.path(), 1 << 20).expect("open log"));
+    let cap = 100 * index_bytes(1);
+    let config = BrokerConfig {
+        max_memory_bytes: cap,
+        body_cache_bytes: u64::MAX,
+        ..BrokerConfig::default()
+    };
+    let br = Broker::open(store, config, T0).expect("open broker");
+    client(&br, "a", &["t.#"]).await;
+    let big = |n: u64| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(16 << 10));
+    // 100 bodies of 16 KiB: 1.6 MB, 80 times the cap.
+    for n in 0..100 {
+        br.publish(Publish::new("t.x", big(n).into_bytes(), "pub"), T0 + n)
+            .await
+            .expect("publish: bodies do not count against the cap");
+        let (cached, limit) = br.body_cache();
+        assert_eq!(
+            limit,
+            cap - br.memory_used(),
+            "the cache takes what is left"
+        );
+        assert!(cached <= limit, "{cached} bytes cached over {limit}");
+    }
+    assert_eq!(br.memory_used(), cap);
+    let refused = br
+        .publish(Publish::new("t.x", big(100).into_bytes(), "pub"), T0 + 100)
+        .await;
+    assert!(
+        matches!(refused, Err(BrokerError::NodeFull { .. })),
+        "the index is full: {refused:?}"
+    );
+    assert_eq!(br.body_cache().0, 0, "nothing left for the cache");
+    assert_eq!(
+        bodies(&drain(&br, "a", T0 + 200).await),
+        (0..100).map(big).collect::<Vec<_>>()
+    );
+    assert_eq!(br.memory_used(), 0);
 }

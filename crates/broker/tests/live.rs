@@ -265,16 +265,15 @@ async fn ids_and_receipts_never_repeat_even_if_the_clock_goes_back() {
     assert_eq!(r.done, 0, "an old receipt does not settle a new message");
 }
 
-/// What a publish of `body_len` bytes to topic `t` by `p` into `places` queues counts.
-fn publish_cost(body_len: usize, places: u64) -> u64 {
-    use trunkline_broker::footprint;
-    places * footprint::ENTRY_BYTES + footprint::message_bytes("t", "p", body_len, None, &[])
+/// What a publish into `places` queues counts (its index; the body is not counted).
+fn publish_cost(places: usize) -> u64 {
+    trunkline_broker::footprint::index_bytes(places)
 }
 
 #[tokio::test]
 async fn the_node_caps_queued_memory_and_frees_it_as_entries_and_messages_go() {
     use trunkline_broker::footprint::ENTRY_BYTES;
-    let cost = publish_cost(40, 2);
+    let cost = publish_cost(2);
     let max = 2 * cost + cost / 2;
     let config = BrokerConfig {
         max_memory_bytes: max,
@@ -376,8 +375,7 @@ async fn fan_out_of_tiny_messages_is_refused_once_its_entries_fill_the_cap() {
         matches!(err, trunkline_broker::BrokerError::NodeFull { .. }),
         "{err:?}"
     );
-    let cost = trunkline_broker::footprint::ENTRY_BYTES * 100
-        + trunkline_broker::footprint::message_bytes("flood.x", "p", 3, None, &[]);
+    let cost = trunkline_broker::footprint::index_bytes(100);
     assert_eq!(accepted, (1 << 20) / cost);
     assert_eq!(b.memory_used(), accepted * cost);
 }

@@ -218,10 +218,10 @@ impl Collector for NodeMetrics {
         let gauges = [
             ("trunkline_clients", "Registered clients.", b.client_count() as u64),
             ("trunkline_dedup_entries", "Remembered publisher message ids.", b.dedup_len() as u64),
-            ("trunkline_queued_memory_bytes", "Memory held by queued messages as the node-wide cap counts it: queue entries, message records and bodies.", b.memory_used()),
+            ("trunkline_queued_memory_bytes", "Memory the index of queued messages takes, as the node-wide cap counts it: queue entries and message records (bodies are in the store).", b.memory_used()),
             ("trunkline_queued_memory_max_bytes", "The node-wide cap on memory held by queued messages (inbox.max_memory_bytes).", b.config().max_memory_bytes),
             ("trunkline_body_cache_bytes", "Bytes of queued message bodies held in memory; the rest are read back from the log when delivered.", b.body_cache().0),
-            ("trunkline_body_cache_max_bytes", "The most queued message bodies may hold in memory (store.body_cache_bytes).", b.body_cache().1),
+            ("trunkline_body_cache_max_bytes", "The most queued message bodies may hold in memory now: store.body_cache_bytes, or what the index leaves under inbox.max_memory_bytes.", b.body_cache().1),
             ("trunkline_stomp_connections", "Open STOMP connections.", load(&self.stomp_connections)),
             ("trunkline_ws_sessions", "Open WebSocket sessions.", self.sessions.open() as u64),
             ("trunkline_ws_calls_pending", "RPC and client-function calls waiting for their callee's answer.", self.calls.pending() as u64),
