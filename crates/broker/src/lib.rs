@@ -421,7 +421,7 @@ impl Broker {
         let mut msgs: Vec<(u64, Arc<Msg>)> = snap
             .messages
             .into_iter()
-            .map(|(id, m)| (id, Msg::counted(id, m, 0, Some(memory.clone()))))
+            .map(|(id, meta)| (id, Msg::restored(id, meta, Some(memory.clone()))))
             .collect();
         if !msgs.is_sorted_by_key(|(id, _)| *id) {
             msgs.sort_unstable_by_key(|(id, _)| *id);
@@ -451,17 +451,18 @@ impl Broker {
             });
             registry.insert(rec);
         }
-        // Entries come grouped by queue: look each queue up once.
+        // Entries come grouped by queue: look each queue up once. Within a queue, message
+        // ids grow: search on from the last one found.
         let mut current: Option<(Arc<str>, Option<&mut Queue>)> = None;
+        let mut next = 0;
         for (qname, seq, entry) in snap.entries {
             if current.as_ref().is_none_or(|(name, _)| *name != qname) {
                 current = Some((qname.clone(), queues.get_mut(&*qname)));
             }
             let q = current.as_mut().and_then(|(_, q)| q.as_deref_mut());
-            let msg = msgs
-                .binary_search_by_key(&entry.msg_id, |(id, _)| *id)
-                .ok()
-                .map(|i| &msgs[i].1);
+            let found = find_msg(&msgs, next, entry.msg_id);
+            next = found.map_or(next, |i| i + 1);
+            let msg = found.map(|i| &msgs[i].1);
             match (q, msg) {
                 (Some(q), Some(msg)) => {
                     // Counts the entry's memory, past the cap if need be: it is stored.
@@ -487,11 +488,8 @@ impl Broker {
                 true
             }
         });
-        // Held in memory up to the cache's budget, newest last; the rest are read back.
+        // Bodies stay in the store until delivered (then cached while hot).
         let bodies = BodyCache::new(config.body_cache_bytes, Some(memory.clone()));
-        for (_, m) in &msgs {
-            bodies.admit(m);
-        }
         // Entries restored with their last allowed delivery made were leased when the node
         // stopped, and their lease ended with it: they go where an expired lease would
         // (the dead-letter queue), not out for one delivery more than `max_deliveries`.
@@ -1987,6 +1985,24 @@ fn client_queues(rec: &ClientRecord, config: &BrokerConfig) -> [Queue; 2] {
             None,
         ),
     ]
+}
+
+/// Where message `id` is in `msgs` (ordered by id): searched forward from `from` first,
+/// widening the range twofold each step (ids a queue holds grow, and the next is usually
+/// near), then in the whole.
+fn find_msg(msgs: &[(u64, Arc<Msg>)], from: usize, id: u64) -> Option<usize> {
+    let rest = msgs.get(from..).unwrap_or_default();
+    if rest.first().is_some_and(|(first, _)| *first <= id) {
+        let mut end = 1;
+        while end < rest.len() && rest[end - 1].0 < id {
+            end = (end * 2).min(rest.len());
+        }
+        return rest[..end]
+            .binary_search_by_key(&id, |(i, _)| *i)
+            .ok()
+            .map(|i| from + i);
+    }
+    msgs.binary_search_by_key(&id, |(i, _)| *i).ok()
 }
 
 fn parse_receipt(r: &str) -> Option<(&str, u64, u32)> {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use trunkline_store::{Op, StoredEntry, StoredMessage};
+use trunkline_store::{MessageMeta, Op, StoredEntry, StoredMessage};
 
 use crate::footprint::{self, Account};
 
@@ -49,9 +49,6 @@ pub struct Msg {
     /// The body and metadata, while held.
     body: Mutex<Option<Arc<StoredMessage>>>,
     expires_at_ms: Option<u64>,
-    /// [`footprint::stored_body_bytes`] of the message: what the cache counts while it
-    /// holds the body.
-    record_bytes: u64,
     /// Queue entries referring to it; the body is deleted when the last goes.
     refs: AtomicU32,
     /// The node's count of queued memory: each entry gives back its share as it goes, and
@@ -78,10 +75,22 @@ impl Msg {
         Arc::new(Msg {
             id,
             expires_at_ms: data.expires_at_ms,
-            record_bytes: footprint::stored_body_bytes(&data),
             body: Mutex::new(Some(data)),
             account,
             refs: AtomicU32::new(refs),
+            cache: Mutex::new(None),
+        })
+    }
+
+    /// A stored message, its body left in the store, with no entries yet (each adds its
+    /// reference as it is restored).
+    pub(crate) fn restored(id: u64, meta: MessageMeta, account: Option<Arc<Account>>) -> Arc<Self> {
+        Arc::new(Msg {
+            id,
+            expires_at_ms: meta.expires_at_ms,
+            body: Mutex::new(None),
+            account,
+            refs: AtomicU32::new(0),
             cache: Mutex::new(None),
         })
     }
@@ -99,9 +108,11 @@ impl Msg {
         }
     }
 
-    /// [`footprint::stored_body_bytes`] of the message.
-    pub fn record_bytes(&self) -> u64 {
-        self.record_bytes
+    /// [`footprint::stored_body_bytes`] of the body, if held.
+    pub fn held_bytes(&self) -> Option<u64> {
+        lock(&self.body)
+            .as_deref()
+            .map(footprint::stored_body_bytes)
     }
 
     /// One more entry refers to it (restored at start); counts that entry's memory.
@@ -133,9 +144,10 @@ impl Msg {
 impl Drop for Msg {
     fn drop(&mut self) {
         let cache = self.cache.get_mut().ok().and_then(Option::take);
-        let held = self.body.get_mut().ok().is_some_and(|b| b.is_some());
-        if let (Some(cache), true) = (cache, held) {
-            cache.used.fetch_sub(self.record_bytes, Ordering::AcqRel);
+        let held = self.body.get_mut().ok().and_then(|b| b.as_deref());
+        if let (Some(cache), Some(data)) = (cache, held) {
+            let bytes = footprint::stored_body_bytes(data);
+            cache.used.fetch_sub(bytes, Ordering::AcqRel);
             cache.held.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -192,14 +204,15 @@ impl BodyCache {
     /// Counts `msg`'s body, whose store copy is durable, and lets the oldest held go while
     /// over budget.
     pub(crate) fn admit(self: &Arc<Self>, msg: &Arc<Msg>) {
-        {
+        let bytes = {
             let mut c = lock(&msg.cache);
-            if c.is_some() || lock(&msg.body).is_none() {
+            let Some(bytes) = msg.held_bytes().filter(|_| c.is_none()) else {
                 return;
-            }
+            };
             *c = Some(self.clone());
-        }
-        self.used.fetch_add(msg.record_bytes, Ordering::AcqRel);
+            bytes
+        };
+        self.used.fetch_add(bytes, Ordering::AcqRel);
         self.held.fetch_add(1, Ordering::AcqRel);
         let mut order = lock(&self.order);
         order.push_back(Arc::downgrade(msg));
@@ -210,9 +223,12 @@ impl BodyCache {
             };
             if let Some(m) = oldest.upgrade() {
                 let mut c = lock(&m.cache);
-                if c.take().is_some() && lock(&m.body).take().is_some() {
-                    self.used.fetch_sub(m.record_bytes, Ordering::AcqRel);
-                    self.held.fetch_sub(1, Ordering::AcqRel);
+                if c.take().is_some() {
+                    if let Some(data) = lock(&m.body).take() {
+                        let bytes = footprint::stored_body_bytes(&data);
+                        self.used.fetch_sub(bytes, Ordering::AcqRel);
+                        self.held.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
             }
         }
@@ -604,7 +620,7 @@ mod tests {
 
     #[test]
     fn the_body_cache_lets_the_oldest_go_and_forgets_messages_gone() {
-        let one = msg(0, None).record_bytes();
+        let one = msg(0, None).held_bytes().expect("held");
         let cache = BodyCache::new(10 * one, None);
         let kept: Vec<Arc<Msg>> = (0..20).map(|i| msg(i, None)).collect();
         for m in &kept {

@@ -38,7 +38,7 @@ pub mod simfs;
 pub use commit::{CommitError, CommitStats, Committer};
 pub use log_store::{LogOptions, LogStore, Recover};
 pub use memory::MemoryStore;
-pub use record::{Op, RecordTable, Snapshot, StoredEntry, StoredMessage};
+pub use record::{MessageMeta, Op, RecordTable, Snapshot, StoredEntry, StoredMessage};
 pub use redb_store::RedbStore;
 
 /// Errors of a store.
@@ -60,7 +60,7 @@ pub enum StoreError {
 pub trait QueueStore: Send + Sync + 'static {
     /// Applies `ops` atomically and durably.
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
-    /// Reads everything back, as after a restart.
+    /// Reads everything back, as after a restart, but the bodies.
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// Message `id` as stored (body and metadata), or `None` if there is none. A node keeps
     /// bodies in memory only while they are hot; the rest are read back with this.
@@ -74,6 +74,48 @@ pub trait QueueStore: Send + Sync + 'static {
 
 use std::sync::Arc;
 
+/// Everything a store holds, bodies included, as ordered values that compare (for tests
+/// and tools): messages by id, entries by queue and sequence number, records by table and
+/// key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contents {
+    pub messages: Vec<(u64, StoredMessage)>,
+    pub entries: Vec<(Arc<str>, u64, StoredEntry)>,
+    pub records: Vec<(RecordTable, String, Vec<u8>)>,
+}
+
+impl Contents {
+    /// Reads `store` whole: its snapshot, and every body back from it.
+    pub fn of(store: &dyn QueueStore) -> Result<Self, StoreError> {
+        let snap = store.load()?;
+        let mut messages = Vec::with_capacity(snap.messages.len());
+        for (id, meta) in snap.messages {
+            let msg = store.read_message(id)?.ok_or_else(|| StoreError::Corrupt {
+                table: "messages",
+                cause: format!("message {id} is listed but does not read back"),
+            })?;
+            if MessageMeta::from(&*msg) != meta {
+                return Err(StoreError::Corrupt {
+                    table: "messages",
+                    cause: format!("message {id} reads back other than it is listed"),
+                });
+            }
+            messages.push((id, (*msg).clone()));
+        }
+        let mut records: Vec<_> = snap
+            .records
+            .into_iter()
+            .flat_map(|(t, rows)| rows.into_iter().map(move |(k, v)| (t, k, v)))
+            .collect();
+        records.sort();
+        Ok(Contents {
+            messages,
+            entries: snap.entries,
+            records,
+        })
+    }
+}
+
 #[cfg(test)]
 mod engine_tests {
     use std::path::Path;
@@ -81,13 +123,9 @@ mod engine_tests {
 
     use super::*;
 
-    /// What any engine must do: apply a commit's ops in order and give them back after
-    /// a reopen.
-    type Open = dyn Fn(&Path) -> Result<Box<dyn QueueStore>, StoreError>;
-
-    fn survives_reopen(open: &Open) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let msg = StoredMessage {
+    /// A message with every field set.
+    pub(crate) fn sample_message() -> StoredMessage {
+        StoredMessage {
             topic: "a.b".into(),
             body: bytes::Bytes::from_static(b"{\"x\":1}"),
             sender: "s".into(),
@@ -95,7 +133,16 @@ mod engine_tests {
             expires_at_ms: Some(9),
             content_type: Some("text/plain".into()),
             headers: vec![("type".into(), "t".into())],
-        };
+        }
+    }
+
+    /// What any engine must do: apply a commit's ops in order and give them back after
+    /// a reopen.
+    type Open = dyn Fn(&Path) -> Result<Box<dyn QueueStore>, StoreError>;
+
+    fn survives_reopen(open: &Open) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let msg = sample_message();
         let entry = StoredEntry {
             msg_id: 1,
             delivery_count: 2,
@@ -133,8 +180,7 @@ mod engine_tests {
         let snap = store.load().expect("load");
         assert_eq!(store.read_message(1).expect("read").as_deref(), Some(&msg));
         assert!(store.read_message(2).expect("read").is_none());
-        assert_eq!(snap.messages.len(), 1);
-        assert_eq!((snap.messages[0].0, &*snap.messages[0].1), (1, &msg));
+        assert_eq!(snap.messages, vec![(1, MessageMeta::from(&msg))]);
         assert_eq!(snap.entries, vec![(Arc::from("q"), 3, entry)]);
         assert_eq!(
             snap.records(RecordTable::Clients),

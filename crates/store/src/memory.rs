@@ -68,7 +68,11 @@ impl QueueStore for MemoryStore {
             .lock()
             .map_err(|_| StoreError::Failed("memory store lock poisoned".into()))?;
         Ok(Snapshot {
-            messages: st.messages.iter().map(|(id, m)| (*id, m.clone())).collect(),
+            messages: st
+                .messages
+                .iter()
+                .map(|(id, m)| (*id, (&**m).into()))
+                .collect(),
             entries: st
                 .entries
                 .iter()

@@ -93,11 +93,26 @@ pub enum Op {
     },
 }
 
-/// Everything a store holds, as read back at start.
+/// What a node needs of a stored message at start: its body stays in the store, read
+/// back with [`crate::QueueStore::read_message`] when it is delivered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    pub expires_at_ms: Option<u64>,
+}
+
+impl From<&StoredMessage> for MessageMeta {
+    fn from(m: &StoredMessage) -> Self {
+        MessageMeta {
+            expires_at_ms: m.expires_at_ms,
+        }
+    }
+}
+
+/// Everything a store holds, as read back at start (bodies excepted).
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     /// Messages ordered by id.
-    pub messages: Vec<(u64, Arc<StoredMessage>)>,
+    pub messages: Vec<(u64, MessageMeta)>,
     /// Entries ordered by queue name, then sequence number.
     pub entries: Vec<(Arc<str>, u64, StoredEntry)>,
     pub records: HashMap<RecordTable, Vec<(String, Vec<u8>)>>,

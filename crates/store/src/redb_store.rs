@@ -120,11 +120,12 @@ impl QueueStore for RedbStore {
         let messages = txn.open_table(MESSAGES).map_err(engine)?;
         for row in messages.iter().map_err(engine)? {
             let (k, v) = row.map_err(engine)?;
-            let msg = postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
-                table: "messages",
-                cause: e.to_string(),
-            })?;
-            snap.messages.push((k.value(), Arc::new(msg)));
+            let msg: StoredMessage =
+                postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
+                    table: "messages",
+                    cause: e.to_string(),
+                })?;
+            snap.messages.push((k.value(), (&msg).into()));
         }
         let entries = txn.open_table(ENTRIES).map_err(engine)?;
         for row in entries.iter().map_err(engine)? {

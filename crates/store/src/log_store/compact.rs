@@ -21,11 +21,12 @@
 //! copied to their new offsets (those still where it found them).
 
 use super::state::State;
+use super::{change, index};
 use super::{corrupt, io, seg_path, LogStore, Shared, COMPACT_SUFFIX, IDLE};
 use crate::fs::VFile;
 use crate::log_store::frame::{self, Tail, MAGIC};
 use crate::log_store::state::{Loc, SegInfo};
-use crate::{Op, StoreError};
+use crate::StoreError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +116,7 @@ pub(super) fn worth_it(shared: &Shared, st: &State) -> bool {
 /// The compaction thread: works whenever woken (or every [`IDLE`]) until told to stop.
 pub(super) fn run(shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
-        let pause = match until_done(shared) {
+        let pause = match until_done(shared).and_then(|_| index_sealed(shared)) {
             Ok(_) => IDLE,
             Err(e) => {
                 tracing::warn!(cause = %e, "log compaction failed; trying again later");
@@ -159,6 +160,36 @@ pub(super) fn until_done(shared: &Shared) -> Result<usize, StoreError> {
     Ok(done)
 }
 
+/// Writes an index file for every sealed segment without a valid one; returns how many.
+pub(super) fn index_sealed(shared: &Shared) -> Result<usize, StoreError> {
+    let _one = shared
+        .compacting
+        .lock()
+        .map_err(|_| StoreError::Failed("compaction lock poisoned".into()))?;
+    let todo: Vec<(u32, Arc<dyn VFile>)> = {
+        let st = shared.state()?;
+        st.segs
+            .iter()
+            .filter(|(s, i)| **s != st.newest && !i.indexed)
+            .filter_map(|(s, _)| Some((*s, st.files.get(s)?.clone())))
+            .collect()
+    };
+    let mut done = 0;
+    for (seg, file) in todo {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // A segment that does not end cleanly is left to be read whole.
+        let built = index::build(&*shared.fs, &shared.dir, seg, &*file)?;
+        let mut st = shared.state_mut()?;
+        if let Some(info) = st.segs.get_mut(&seg) {
+            info.indexed = true;
+        }
+        done += usize::from(built);
+    }
+    Ok(done)
+}
+
 /// Deletes the oldest segment, which holds nothing live.
 fn delete(shared: &Shared, seg: u32) -> Result<bool, StoreError> {
     {
@@ -175,6 +206,7 @@ fn delete(shared: &Shared, seg: u32) -> Result<bool, StoreError> {
     fs.remove_file(&path)
         .and_then(|()| fs.sync_dir(dir))
         .map_err(|e| io("deleting", &path, e))?;
+    index::remove(&**fs, dir, seg)?;
     let mut st = shared.state_mut()?;
     st.segs.remove(&seg);
     st.files.remove(&seg);
@@ -197,10 +229,9 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
             .collect()
     };
     // What stays: live puts (with where they are now), and deletes unless the run starts
-    // at the oldest segment.
-    let mut ops: Vec<Op> = Vec::new();
-    let mut olds: Vec<Option<Loc>> = Vec::new();
-    let mut sizes: Vec<u32> = Vec::new();
+    // at the oldest segment. Their bytes are copied as they are, back to back in `kept`.
+    let mut kept: Vec<u8> = Vec::new();
+    let mut spans: Vec<(usize, Option<Loc>)> = Vec::new();
     for (seg, file) in &segs {
         let seg = *seg;
         let path = seg_path(dir, seg);
@@ -214,32 +245,28 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
                 scanned.valid
             )));
         }
-        drop(bytes);
-        let mut rest = placed.into_iter().peekable();
-        while rest.peek().is_some() {
+        for batch in placed.chunks(BATCH) {
             let st = shared.state()?;
-            for p in rest.by_ref().take(BATCH) {
+            for p in batch {
                 let at = Loc {
                     seg,
                     off: p.off,
                     bytes: p.bytes,
+                    frame: p.frame,
                 };
-                let keep = match &p.op {
-                    Op::DeleteMessage { .. } | Op::DeleteEntry { .. } | Op::DeleteRecord { .. } => {
-                        (!oldest).then_some(None)
-                    }
-                    put => st.is_live(put, at).then_some(Some(at)),
+                let keep = if p.change.is_delete() {
+                    (!oldest).then_some(None)
+                } else {
+                    st.is_live(&p.change, at).then_some(Some(at))
                 };
                 if let Some(old) = keep {
-                    ops.push(p.op);
-                    olds.push(old);
-                    sizes.push(p.bytes);
+                    kept.extend_from_slice(p.raw);
+                    spans.push((p.raw.len(), old));
                 }
             }
         }
     }
 
-    // The new file, in frames of about FRAME_BYTES.
     // The new file, written a frame (about FRAME_BYTES) at a time, then synced.
     let path = seg_path(dir, first);
     let tmp = dir.join(format!("{first:020}{COMPACT_SUFFIX}"));
@@ -251,28 +278,37 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
     write(MAGIC, 0)?;
     let mut len = MAGIC.len() as u64;
     let mut buf = Vec::new();
-    let mut news: Vec<Loc> = Vec::with_capacity(ops.len());
-    let mut start = 0;
-    while start < ops.len() {
-        let mut end = start;
-        let mut size = 0u64;
-        while end < ops.len() && (end == start || size < FRAME_BYTES) {
-            size += u64::from(sizes[end]);
+    let mut news: Vec<Loc> = Vec::with_capacity(spans.len());
+    let (mut start, mut from) = (0, 0);
+    while start < spans.len() {
+        let (mut end, mut to) = (start, from);
+        while end < spans.len() && (end == start || ((to - from) as u64) < FRAME_BYTES) {
+            to += spans[end].0;
             end += 1;
         }
+        let mut at = from;
+        let raws = spans[start..end].iter().map(|(n, _)| {
+            let raw = &kept[at..at + n];
+            at += n;
+            raw
+        });
         buf.clear();
-        for (off, bytes) in frame::encode(&ops[start..end], &mut buf)? {
+        let offs = frame::encode_raw(raws, &mut buf)?;
+        for (off, (n, _)) in offs.into_iter().zip(&spans[start..end]) {
             news.push(Loc {
                 seg: first,
                 off: len as u32 + off,
-                bytes,
+                bytes: *n as u32,
+                frame: len as u32,
             });
         }
         write(&buf, len)?;
         len += buf.len() as u64;
-        start = end;
+        (start, from) = (end, to);
     }
     f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
+    // The old index describes the file being replaced (and would be ignored if left).
+    index::remove(&**fs, dir, first)?;
     fs.rename(&tmp, &path)
         .and_then(|()| fs.sync_dir(dir))
         .map_err(|e| io("replacing", &path, e))?;
@@ -284,17 +320,30 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         let mut st = shared.state_mut()?;
         st.files.insert(first, f);
         let (mut live, mut pinned) = (0u64, MAGIC.len() as u64);
-        for ((op, old), new) in ops.iter().zip(&olds).zip(&news) {
+        let mut at = 0;
+        for ((n, old), new) in spans.iter().zip(&news) {
+            let raw = &kept[at..at + n];
+            at += n;
             match old {
                 Some(old) => {
-                    if st.relocate(op, *old, *new) {
+                    let (change, _) = change::take_op(raw)
+                        .map_err(|e| corrupt(format!("a record copied by compaction: {e}")))?;
+                    if st.relocate(&change, *old, *new) {
                         live += u64::from(new.bytes);
                     }
                 }
                 None => pinned += u64::from(new.bytes),
             }
         }
-        st.segs.insert(first, SegInfo { len, live, pinned });
+        st.segs.insert(
+            first,
+            SegInfo {
+                len,
+                live,
+                pinned,
+                indexed: false,
+            },
+        );
         for (seg, _) in segs.iter().filter(|(s, _)| *s != first) {
             if let Some(info) = st.segs.get_mut(seg) {
                 info.live = 0;
@@ -307,6 +356,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         fs.remove_file(&path)
             .and_then(|()| fs.sync_dir(dir))
             .map_err(|e| io("deleting", &path, e))?;
+        index::remove(&**fs, dir, *seg)?;
         let mut st = shared.state_mut()?;
         st.segs.remove(seg);
         st.files.remove(seg);

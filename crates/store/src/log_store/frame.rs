@@ -21,6 +21,7 @@
 //! header is whole but is followed by more than zeros, a bad frame in a sealed segment)
 //! is damage, which the store refuses to open over unless told to recover.
 
+use super::change::{self, Change};
 use crate::{Op, StoreError};
 
 pub(crate) const MAGIC: &[u8; 8] = b"TLLOG002";
@@ -55,11 +56,40 @@ pub(crate) fn encode(ops: &[Op], buf: &mut Vec<u8>) -> Result<Vec<(u32, u32)>, S
     let mut out = std::mem::take(buf);
     for op in ops {
         let before = out.len();
-        out = postcard::to_extend(op, out)
-            .map_err(|e| StoreError::Engine(format!("encoding a log record: {e}")))?;
+        out = match postcard::to_extend(op, out) {
+            Ok(out) => out,
+            Err(e) => {
+                return Err(StoreError::Engine(format!("encoding a log record: {e}")));
+            }
+        };
         placed.push(((before - start) as u32, (out.len() - before) as u32));
     }
     *buf = out;
+    seal(buf, start)?;
+    Ok(placed)
+}
+
+/// Appends one frame of ops already encoded to `buf`; returns each op's offset from the
+/// start of the frame.
+pub(crate) fn encode_raw<'a>(
+    ops: impl Iterator<Item = &'a [u8]>,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u32>, StoreError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER]);
+    let placed = ops
+        .map(|raw| {
+            let off = (buf.len() - start) as u32;
+            buf.extend_from_slice(raw);
+            off
+        })
+        .collect();
+    seal(buf, start)?;
+    Ok(placed)
+}
+
+/// Writes the header of the frame that starts at `start` and runs to the end of `buf`.
+fn seal(buf: &mut Vec<u8>, start: usize) -> Result<(), StoreError> {
     let len = buf.len() - start - HEADER;
     if len > MAX_FRAME || len == 0 {
         buf.truncate(start);
@@ -72,7 +102,7 @@ pub(crate) fn encode(ops: &[Op], buf: &mut Vec<u8>) -> Result<Vec<(u32, u32)>, S
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     let hcrc = crc32fast::hash(&buf[start..start + 8]);
     buf[start + 8..start + 12].copy_from_slice(&hcrc.to_le_bytes());
-    Ok(placed)
+    Ok(())
 }
 
 /// How a segment ends.
@@ -86,11 +116,16 @@ pub enum Tail {
     Damaged(String),
 }
 
-/// One op of a segment, where it starts in the file and its size.
-pub(crate) struct Placed {
-    pub op: Op,
+/// One op of a segment: what it changes, its bytes (empty when read from an index file),
+/// where it starts in the file, and
+/// where the frame holding it starts (`state::NO_FRAME` in a segment of the first
+/// format).
+pub(crate) struct Placed<'a> {
+    pub change: Change<'a>,
+    pub raw: &'a [u8],
     pub off: u32,
     pub bytes: u32,
+    pub frame: u32,
 }
 
 /// What a scan of a segment found.
@@ -158,7 +193,11 @@ fn frame_after(bytes: &[u8], at: usize, version: Version) -> bool {
 /// Reads every frame of a segment, in order, handing each op to `apply`; stops at the
 /// first frame that is not whole and says why. `newest` says whether the segment was
 /// the one being written (only it can end in a torn frame).
-pub(crate) fn scan(bytes: &[u8], newest: bool, mut apply: impl FnMut(Placed)) -> Scanned {
+pub(crate) fn scan<'a>(
+    bytes: &'a [u8],
+    newest: bool,
+    mut apply: impl FnMut(Placed<'a>),
+) -> Scanned {
     let version = match bytes.get(..8) {
         Some(m) if m == MAGIC => Version::V2,
         Some(m) if m == MAGIC_V1 => Version::V1,
@@ -228,14 +267,19 @@ pub(crate) fn scan(bytes: &[u8], newest: bool, mut apply: impl FnMut(Placed)) ->
         let mut rest = payload;
         let mut decoded = Vec::new();
         while !rest.is_empty() {
-            match postcard::take_from_bytes::<Op>(rest) {
-                Ok((op, tail)) => {
+            match change::take_op(rest) {
+                Ok((change, tail)) => {
                     let off = (start + payload.len() - rest.len()) as u32;
-                    let size = (rest.len() - tail.len()) as u32;
+                    let size = rest.len() - tail.len();
                     decoded.push(Placed {
-                        op,
+                        change,
+                        raw: &rest[..size],
                         off,
-                        bytes: size,
+                        bytes: size as u32,
+                        frame: match version {
+                            Version::V2 => pos as u32,
+                            Version::V1 => super::state::NO_FRAME,
+                        },
                     });
                     rest = tail;
                 }

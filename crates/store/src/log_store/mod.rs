@@ -20,8 +20,11 @@
 //!
 //! Space comes back in the background ([`compact`]), never on the commit path.
 
+mod change;
 mod compact;
 mod frame;
+mod index;
+mod read;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -145,17 +148,33 @@ pub struct Recovered {
 fn list(fs: &dyn Vfs, dir: &Path) -> Result<(Vec<u32>, Vec<String>), StoreError> {
     let mut segs = Vec::new();
     let mut leftovers = Vec::new();
+    let mut indexes = Vec::new();
     for name in fs.list(dir).map_err(|e| io("listing", dir, e))? {
         if let Some(n) = name
             .strip_suffix(".seg")
             .and_then(|n| n.parse::<u32>().ok())
         {
             segs.push(n);
-        } else if name.ends_with(NEW_SUFFIX) || name.ends_with(COMPACT_SUFFIX) {
+        } else if name.ends_with(NEW_SUFFIX)
+            || name.ends_with(COMPACT_SUFFIX)
+            || name.ends_with(index::IDX_NEW_SUFFIX)
+        {
             leftovers.push(name);
+        } else if let Some(n) = name
+            .strip_suffix(".idx")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            indexes.push((n, name));
         }
     }
     segs.sort_unstable();
+    // Indexes of segments gone (a crash between a segment's deletion and its index's).
+    leftovers.extend(
+        indexes
+            .into_iter()
+            .filter(|(n, _)| segs.binary_search(n).is_err())
+            .map(|(_, name)| name),
+    );
     Ok((segs, leftovers))
 }
 
@@ -167,28 +186,47 @@ struct Survey {
     versions: Vec<Option<Version>>,
 }
 
-fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32]) -> Result<Survey, StoreError> {
-    let mut state = State {
-        replayed: Some(Default::default()),
-        ..State::default()
-    };
+/// Replays the segments `segs` of the log in `dir`: sealed ones from their index files
+/// where `indexed` and they have a valid one, the rest (and the newest) whole.
+fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32], indexed: bool) -> Result<Survey, StoreError> {
+    let mut state = State::default();
     let mut report = CheckReport::default();
     let mut versions = Vec::new();
     for (i, &seg) in segs.iter().enumerate() {
         let path = seg_path(dir, seg);
         let file: Arc<dyn VFile> = Arc::from(fs.open(&path).map_err(|e| io("opening", &path, e))?);
-        let bytes = file.read_all().map_err(|e| io("reading", &path, e))?;
-        state.files.insert(seg, file);
+        state.files.insert(seg, file.clone());
         let newest = i + 1 == segs.len();
         state.segs.entry(seg).or_default();
-        let mut scanned = frame::scan(&bytes, newest, |p| {
+        let mut apply = |p: frame::Placed<'_>| {
             let loc = Loc {
                 seg,
                 off: p.off,
                 bytes: p.bytes,
+                frame: p.frame,
             };
-            state.apply(p.op, loc);
-        });
+            state.apply(&p.change, loc);
+        };
+        let from_index = if indexed && !newest {
+            index::read(fs, dir, seg, &*file, &mut apply)
+        } else {
+            None
+        };
+        if let Some(summary) = from_index {
+            let info = state.segs.entry(seg).or_default();
+            info.len = summary.len;
+            info.indexed = true;
+            versions.push(Some(Version::V2));
+            report.segments.push(SegmentReport {
+                segment: seg,
+                bytes: summary.len,
+                frames: summary.frames,
+                tail: Tail::Clean,
+            });
+            continue;
+        }
+        let bytes = file.read_all().map_err(|e| io("reading", &path, e))?;
+        let mut scanned = frame::scan(&bytes, newest, apply);
         if scanned.version.is_none() && !newest && scanned.tail == Tail::Clean {
             scanned.tail = Tail::Damaged("a sealed segment without a header".into());
         }
@@ -208,7 +246,7 @@ fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32]) -> Result<Survey, StoreError> 
     }
     report.messages = state.messages.len();
     report.entries = state.entries.values().map(|q| q.len()).sum();
-    report.records = state.records.len();
+    report.records = state.records.values().map(|t| t.len()).sum();
     Ok(Survey {
         state,
         report,
@@ -220,7 +258,7 @@ fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32]) -> Result<Survey, StoreError> 
 /// is damaged (`trunkline store check`).
 pub fn check(fs: &dyn Vfs, dir: &Path) -> Result<CheckReport, StoreError> {
     let (segs, _) = list(fs, dir)?;
-    Ok(survey(fs, dir, &segs)?.report)
+    Ok(survey(fs, dir, &segs, false)?.report)
 }
 
 /// Makes segment `seg` durably: under a temporary name, header written and synced, then
@@ -271,8 +309,8 @@ struct Shared {
     disk: Arc<AtomicU64>,
     writer: Mutex<Writer>,
     state: RwLock<State>,
-    /// The bodies replay read, for the first load.
-    replayed: Mutex<Option<std::collections::BTreeMap<u64, Arc<StoredMessage>>>>,
+    /// The frames read last (see [`read`]).
+    frames: read::Frames,
     /// Wakes the compaction thread.
     wake: Condvar,
     stop: AtomicBool,
@@ -360,7 +398,7 @@ impl LogStore {
             mut state,
             report,
             versions,
-        } = survey(&*fs, dir, &segs)?;
+        } = survey(&*fs, dir, &segs, true)?;
         let mut recovered = None;
         if let Some((seg, offset, why)) = report.damage() {
             if options.recover == Recover::Refuse {
@@ -443,7 +481,6 @@ impl LogStore {
         state.files.retain(|s, _| segs.contains(s));
         state.files.insert(seg, file.clone());
         state.newest = seg;
-        let replayed = state.replayed.take();
         let shared = Arc::new(Shared {
             fs,
             dir: dir.to_owned(),
@@ -459,7 +496,7 @@ impl LogStore {
                 rotate_failing: false,
             }),
             state: RwLock::new(state),
-            replayed: Mutex::new(replayed),
+            frames: read::Frames::default(),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             compacting: Mutex::new(()),
@@ -505,7 +542,9 @@ impl LogStore {
         // locations into it under the write lock, so they always agree here.
         let st = self.shared.state()?;
         match st.messages.get(&id) {
-            Some(loc) => read_at(&self.shared.dir, &st, id, *loc).map(Some),
+            Some(loc) => {
+                read::message(&self.shared.dir, &st, &self.shared.frames, id, *loc).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -515,25 +554,11 @@ impl LogStore {
     pub fn compact(&self) -> Result<usize, StoreError> {
         compact::until_done(&self.shared)
     }
-}
 
-/// Reads and decodes the message `id` at `loc`.
-fn read_at(dir: &Path, st: &State, id: u64, loc: Loc) -> Result<Arc<StoredMessage>, StoreError> {
-    let file = st.files.get(&loc.seg).ok_or_else(|| {
-        corrupt(format!(
-            "message {id} is in segment {}, which is not open",
-            loc.seg
-        ))
-    })?;
-    let mut buf = vec![0; loc.bytes as usize];
-    file.read_exact_at(&mut buf, u64::from(loc.off))
-        .map_err(|e| io("reading", &seg_path(dir, loc.seg), e))?;
-    match postcard::from_bytes::<Op>(&buf) {
-        Ok(Op::PutMessage { id: got, msg }) if got == id => Ok(msg),
-        Ok(_) => Err(corrupt(format!(
-            "the log does not hold message {id} where it should"
-        ))),
-        Err(e) => Err(corrupt(format!("message {id}: {e}"))),
+    /// Writes the index file of every sealed segment that lacks one, now, on this thread
+    /// (the background thread does it too); returns how many it wrote.
+    pub fn write_indexes(&self) -> Result<usize, StoreError> {
+        compact::index_sealed(&self.shared)
     }
 }
 
@@ -613,8 +638,9 @@ fn append(shared: &Shared, w: &mut Writer, ops: &[Op]) -> Result<(), StoreError>
             seg,
             off: at as u32 + off,
             bytes,
+            frame: at as u32,
         };
-        st.apply(op.clone(), loc);
+        st.apply(&op.into(), loc);
     }
     drop(st);
     if w.buf.capacity() > 4 << 20 {
@@ -684,18 +710,7 @@ impl QueueStore for LogStore {
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let replayed = self.shared.replayed.lock().map_err(poisoned)?.take();
-        let st = self.shared.state()?;
-        let mut snap = st.snapshot_without_messages();
-        snap.messages.reserve(st.messages.len());
-        for (id, loc) in &st.messages {
-            let msg = match replayed.as_ref().and_then(|r| r.get(id)) {
-                Some(m) => m.clone(),
-                None => read_at(&self.shared.dir, &st, *id, *loc)?,
-            };
-            snap.messages.push((*id, msg));
-        }
-        Ok(snap)
+        Ok(self.shared.state()?.snapshot())
     }
 
     fn read_message(&self, id: u64) -> Result<Option<Arc<StoredMessage>>, StoreError> {

@@ -3,16 +3,22 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::change::Change;
 use crate::fs::VFile;
-use crate::{Op, RecordTable, Snapshot, StoredEntry, StoredMessage};
+use crate::{MessageMeta, RecordTable, Snapshot, StoredEntry};
 
-/// Where a live record sits: its segment, its offset there, and the bytes it takes.
+/// Where a live record sits: its segment, its offset there, the bytes it takes, and
+/// where the frame holding it starts (so that a read can check the frame's CRC);
+/// [`NO_FRAME`] in a segment of the first format, whose frames are not checked alone.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Loc {
     pub seg: u32,
     pub off: u32,
     pub bytes: u32,
+    pub frame: u32,
 }
+
+pub(crate) const NO_FRAME: u32 = u32::MAX;
 
 #[derive(Default, Clone, Copy, Debug)]
 pub(crate) struct SegInfo {
@@ -23,6 +29,8 @@ pub(crate) struct SegInfo {
     /// Bytes that a rewrite must keep although they are not live: deletes, which cancel
     /// puts in older segments (known once the segment has been rewritten).
     pub pinned: u64,
+    /// Whether it has a valid index file (sealed segments get one in the background).
+    pub indexed: bool,
 }
 
 /// The live state, and where each record lives in the log.
@@ -31,12 +39,11 @@ pub(crate) struct State {
     /// Ordered maps: ids and sequence numbers grow, so replaying appends at their ends.
     /// Messages by where they are: their bodies stay in the log.
     pub messages: BTreeMap<u64, Loc>,
-    /// While replaying: the bodies read, handed to the first load (so that recovery does
-    /// not read them twice). `None` once the log is open.
-    pub replayed: Option<BTreeMap<u64, Arc<StoredMessage>>>,
+    /// The expiry of the messages that have one.
+    pub expiry: HashMap<u64, u64>,
     /// Entries by queue, then sequence number.
     pub entries: HashMap<Arc<str>, BTreeMap<u64, (StoredEntry, Loc)>>,
-    pub records: HashMap<(RecordTable, String), (Vec<u8>, Loc)>,
+    pub records: HashMap<RecordTable, HashMap<String, (Vec<u8>, Loc)>>,
     pub segs: BTreeMap<u32, SegInfo>,
     /// An open handle on every segment, swapped with the locations when compaction
     /// replaces a file, so that a location and the file it points into go together.
@@ -58,89 +65,104 @@ impl State {
         self.segs.entry(loc.seg).or_default().live += u64::from(loc.bytes);
     }
 
-    /// Applies one op written at `loc` (its segment already has the bytes counted in `len`).
-    pub fn apply(&mut self, op: Op, loc: Loc) {
-        let old = match op {
-            Op::PutMessage { id, msg } => {
+    /// Applies one change written at `loc` (its segment already has the bytes counted in
+    /// `len`).
+    pub fn apply(&mut self, change: &Change<'_>, loc: Loc) {
+        let old = match *change {
+            Change::PutMessage { id, msg } => {
                 self.add_live(loc);
-                if let Some(bodies) = &mut self.replayed {
-                    bodies.insert(id, msg);
+                if let Some(t) = msg.expires_at_ms {
+                    self.expiry.insert(id, t);
                 }
                 self.messages.insert(id, loc)
             }
-            Op::DeleteMessage { id } => {
-                if let Some(bodies) = &mut self.replayed {
-                    bodies.remove(&id);
-                }
+            Change::DeleteMessage { id } => {
+                self.expiry.remove(&id);
                 self.messages.remove(&id)
             }
-            Op::PutEntry { queue, seq, entry } => {
+            Change::PutEntry { queue, seq, entry } => {
                 self.add_live(loc);
-                let q = match self.entries.get_mut(&*queue) {
+                let q = match self.entries.get_mut(queue) {
                     Some(q) => q,
-                    None => self.entries.entry(queue).or_default(),
+                    None => self.entries.entry(Arc::from(queue)).or_default(),
                 };
                 q.insert(seq, (entry, loc)).map(|(_, l)| l)
             }
-            Op::DeleteEntry { queue, seq } => {
-                let q = self.entries.get_mut(&*queue);
+            Change::DeleteEntry { queue, seq } => {
+                let q = self.entries.get_mut(queue);
                 let old = q.and_then(|q| q.remove(&seq).map(|(_, l)| l));
-                if self.entries.get(&*queue).is_some_and(|q| q.is_empty()) {
-                    self.entries.remove(&*queue);
+                if self.entries.get(queue).is_some_and(|q| q.is_empty()) {
+                    self.entries.remove(queue);
                 }
                 old
             }
-            Op::PutRecord { table, key, value } => {
+            Change::PutRecord { table, key, value } => {
                 self.add_live(loc);
-                self.records
-                    .insert((table, key), (value, loc))
-                    .map(|(_, l)| l)
+                let t = self.records.entry(table).or_default();
+                match t.get_mut(key) {
+                    Some(v) => Some(std::mem::replace(v, (value.to_vec(), loc)).1),
+                    None => t
+                        .insert(key.to_owned(), (value.to_vec(), loc))
+                        .map(|(_, l)| l),
+                }
             }
-            Op::DeleteRecord { table, key } => self.records.remove(&(table, key)).map(|(_, l)| l),
+            Change::DeleteRecord { table, key } => self
+                .records
+                .get_mut(&table)
+                .and_then(|t| t.remove(key))
+                .map(|(_, l)| l),
         };
         self.release(old);
     }
 
-    /// Where the record a put op writes lives now, if it is live.
-    fn loc_mut(&mut self, op: &Op) -> Option<&mut Loc> {
-        match op {
-            Op::PutMessage { id, .. } => self.messages.get_mut(id),
-            Op::PutEntry { queue, seq, .. } => self
+    /// Where the record a put writes lives now, if it is live.
+    fn loc_mut(&mut self, change: &Change<'_>) -> Option<&mut Loc> {
+        match *change {
+            Change::PutMessage { id, .. } => self.messages.get_mut(&id),
+            Change::PutEntry { queue, seq, .. } => self
                 .entries
-                .get_mut(&**queue)
-                .and_then(|q| q.get_mut(seq))
+                .get_mut(queue)
+                .and_then(|q| q.get_mut(&seq))
                 .map(|(_, l)| l),
-            Op::PutRecord { table, key, .. } => {
-                self.records.get_mut(&(*table, key.clone())).map(|(_, l)| l)
-            }
-            Op::DeleteMessage { .. } | Op::DeleteEntry { .. } | Op::DeleteRecord { .. } => None,
+            Change::PutRecord { table, key, .. } => self
+                .records
+                .get_mut(&table)
+                .and_then(|t| t.get_mut(key))
+                .map(|(_, l)| l),
+            Change::DeleteMessage { .. }
+            | Change::DeleteEntry { .. }
+            | Change::DeleteRecord { .. } => None,
         }
     }
 
-    /// Where the record a put op writes lives now, if it is live.
-    fn loc(&self, op: &Op) -> Option<Loc> {
-        match op {
-            Op::PutMessage { id, .. } => self.messages.get(id).copied(),
-            Op::PutEntry { queue, seq, .. } => self
+    /// Where the record a put writes lives now, if it is live.
+    fn loc(&self, change: &Change<'_>) -> Option<Loc> {
+        match *change {
+            Change::PutMessage { id, .. } => self.messages.get(&id).copied(),
+            Change::PutEntry { queue, seq, .. } => self
                 .entries
-                .get(&**queue)
-                .and_then(|q| q.get(seq))
+                .get(queue)
+                .and_then(|q| q.get(&seq))
                 .map(|(_, l)| *l),
-            Op::PutRecord { table, key, .. } => {
-                self.records.get(&(*table, key.clone())).map(|(_, l)| *l)
-            }
-            Op::DeleteMessage { .. } | Op::DeleteEntry { .. } | Op::DeleteRecord { .. } => None,
+            Change::PutRecord { table, key, .. } => self
+                .records
+                .get(&table)
+                .and_then(|t| t.get(key))
+                .map(|(_, l)| *l),
+            Change::DeleteMessage { .. }
+            | Change::DeleteEntry { .. }
+            | Change::DeleteRecord { .. } => None,
         }
     }
 
     /// Whether the put at `at` is the live version of its record.
-    pub fn is_live(&self, op: &Op, at: Loc) -> bool {
-        self.loc(op) == Some(at)
+    pub fn is_live(&self, change: &Change<'_>, at: Loc) -> bool {
+        self.loc(change) == Some(at)
     }
 
     /// Moves a record from `from` to `to` if `from` is still where it lives; true if so.
-    pub fn relocate(&mut self, op: &Op, from: Loc, to: Loc) -> bool {
-        match self.loc_mut(op) {
+    pub fn relocate(&mut self, change: &Change<'_>, from: Loc, to: Loc) -> bool {
+        match self.loc_mut(change) {
             Some(l) if *l == from => {
                 *l = to;
                 true
@@ -157,8 +179,8 @@ impl State {
         self.segs.values().map(|s| s.len).sum()
     }
 
-    /// Everything but the messages, as [`crate::QueueStore::load`] returns it.
-    pub fn snapshot_without_messages(&self) -> Snapshot {
+    /// Everything, as [`crate::QueueStore::load`] returns it (messages without bodies).
+    pub fn snapshot(&self) -> Snapshot {
         let mut queues: Vec<_> = self.entries.iter().collect();
         queues.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut entries = Vec::with_capacity(queues.iter().map(|(_, q)| q.len()).sum());
@@ -166,17 +188,28 @@ impl State {
             entries.extend(q.iter().map(|(seq, (e, _))| (queue.clone(), *seq, *e)));
         }
         let mut records: HashMap<RecordTable, Vec<(String, Vec<u8>)>> = HashMap::new();
-        for ((table, key), (value, _)) in &self.records {
-            records
-                .entry(*table)
-                .or_default()
-                .push((key.clone(), value.clone()));
+        for (table, rows) in &self.records {
+            let mut rows: Vec<_> = rows
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect();
+            if !rows.is_empty() {
+                rows.sort_unstable();
+                records.insert(*table, rows);
+            }
         }
-        for rows in records.values_mut() {
-            rows.sort_unstable();
-        }
+        let messages = self
+            .messages
+            .keys()
+            .map(|id| {
+                let meta = MessageMeta {
+                    expires_at_ms: self.expiry.get(id).copied(),
+                };
+                (*id, meta)
+            })
+            .collect();
         Snapshot {
-            messages: Vec::new(),
+            messages,
             entries,
             records,
         }

@@ -1,0 +1,179 @@
+//! Index files: what a sealed segment changes, without its bodies, so that reopening the
+//! log reads a few bytes per record instead of every body.
+//!
+//! `<number, 20 digits>.idx` beside its segment, written by the background thread once
+//! the segment is sealed (and again after compaction rewrites it):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 8 | magic `TLIDX001` |
+//! | 8 | the segment's length, u64 little endian |
+//! | 12 | the header of its first frame (zeros if none) |
+//! | 8 | the offset of its last frame, u64 little endian (0 if none) |
+//! | 12 | the header of its last frame (zeros if none) |
+//! | 8 | frames in the segment, u64 little endian |
+//! | 8 | records that follow, u64 little endian |
+//! | n | records: offset in the segment, size, the offset of its frame, and the [`Change`] of each op, postcard |
+//! | 4 | CRC-32 of everything before it |
+//!
+//! An index is a cache, never the only copy of anything: it is not synced, and one that
+//! is missing, torn (its CRC), or not of the segment beside it (its length and the
+//! headers of its first and last frames, each with the CRC of its payload, must match
+//! the segment's) is ignored, and the segment is read whole instead.
+
+use std::path::{Path, PathBuf};
+
+use super::change;
+use super::frame::{self, Placed, Tail, HEADER, MAGIC};
+use super::{io, seg_path};
+use crate::fs::{VFile, Vfs};
+use crate::StoreError;
+
+const IDX_MAGIC: &[u8; 8] = b"TLIDX001";
+const FIXED: usize = 8 + 8 + HEADER + 8 + HEADER + 8 + 8;
+
+pub(crate) fn idx_path(dir: &Path, seg: u32) -> PathBuf {
+    dir.join(format!("{seg:020}.idx"))
+}
+
+/// Suffix of an index being written; renamed to `.idx` when whole.
+pub(crate) const IDX_NEW_SUFFIX: &str = ".idx.new";
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// What a valid index says of its segment.
+pub(crate) struct Summary {
+    pub len: u64,
+    pub frames: u64,
+}
+
+/// Reads the index of segment `seg` (open as `file`), handing each record to `apply` (as
+/// a scan of the segment would, without its bytes), if there is a valid one for the
+/// segment as it is; `None` (nothing handed) otherwise.
+pub(crate) fn read(
+    fs: &dyn Vfs,
+    dir: &Path,
+    seg: u32,
+    file: &dyn VFile,
+    mut apply: impl FnMut(Placed<'_>),
+) -> Option<Summary> {
+    let path = idx_path(dir, seg);
+    if !fs.exists(&path) {
+        return None;
+    }
+    let bytes = fs.open(&path).and_then(|f| f.read_all()).ok()?;
+    if bytes.len() < FIXED + 4 || &bytes[..8] != IDX_MAGIC {
+        return None;
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+        return None;
+    }
+    let len = u64_at(body, 8);
+    let first = &body[16..16 + HEADER];
+    let last_off = u64_at(body, 16 + HEADER);
+    let last = &body[24 + HEADER..24 + 2 * HEADER];
+    let frames = u64_at(body, 24 + 2 * HEADER);
+    let count = u64_at(body, 32 + 2 * HEADER);
+    // Of this segment as it is now (compaction rewrites a segment in place).
+    if file.len().ok()? != len || (frames > 0 && !headers_match(file, first, last_off, last)) {
+        return None;
+    }
+    // Decoded whole before anything is handed on: a bad index hands nothing.
+    let mut rest = &body[FIXED..];
+    let mut records = Vec::with_capacity(count.min(1 << 24) as usize);
+    for _ in 0..count {
+        let ((off, bytes, frame), tail) =
+            postcard::take_from_bytes::<(u32, u32, u32)>(rest).ok()?;
+        let (change, tail) = change::take_change(tail).ok()?;
+        records.push(Placed {
+            change,
+            raw: &[],
+            off,
+            bytes,
+            frame,
+        });
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        return None;
+    }
+    records.into_iter().for_each(&mut apply);
+    Some(Summary { len, frames })
+}
+
+fn headers_match(file: &dyn VFile, first: &[u8], last_off: u64, last: &[u8]) -> bool {
+    let mut buf = [0; HEADER];
+    let mut at =
+        |off: u64, want: &[u8]| file.read_exact_at(&mut buf, off).is_ok() && buf.as_slice() == want;
+    at(MAGIC.len() as u64, first) && at(last_off, last)
+}
+
+/// Writes the index of sealed segment `seg` (open as `file`) from its bytes. Not synced:
+/// see the module's opening. Does nothing if the segment does not end cleanly.
+pub(crate) fn build(
+    fs: &dyn Vfs,
+    dir: &Path,
+    seg: u32,
+    file: &dyn VFile,
+) -> Result<bool, StoreError> {
+    let seg_file = seg_path(dir, seg);
+    let bytes = file.read_all().map_err(|e| io("reading", &seg_file, e))?;
+    let mut records = Vec::new();
+    let (mut first, mut last) = (None, 0u32);
+    let scanned = frame::scan(&bytes, false, |p| {
+        first.get_or_insert(p.frame);
+        last = p.frame;
+        records.push(p);
+    });
+    if scanned.tail != Tail::Clean || scanned.version != Some(frame::Version::V2) {
+        return Ok(false);
+    }
+    let mut out = Vec::with_capacity(records.len() * 32 + FIXED + 4);
+    out.extend_from_slice(IDX_MAGIC);
+    out.resize(FIXED, 0);
+    for p in &records {
+        out = postcard::to_extend(&((p.off, p.bytes, p.frame), &p.change), out)
+            .map_err(|e| StoreError::Engine(format!("encoding an index: {e}")))?;
+    }
+    let header_at = |off: u32| {
+        let off = off as usize;
+        let mut h = [0; HEADER];
+        if first.is_some() {
+            h.copy_from_slice(&bytes[off..off + HEADER]);
+        }
+        h
+    };
+    out[8..16].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out[16..16 + HEADER].copy_from_slice(&header_at(first.unwrap_or(0)));
+    out[16 + HEADER..24 + HEADER].copy_from_slice(&u64::from(last).to_le_bytes());
+    out[24 + HEADER..24 + 2 * HEADER].copy_from_slice(&header_at(last));
+    out[24 + 2 * HEADER..32 + 2 * HEADER].copy_from_slice(&scanned.frames.to_le_bytes());
+    out[32 + 2 * HEADER..FIXED].copy_from_slice(&(records.len() as u64).to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let path = idx_path(dir, seg);
+    let tmp = dir.join(format!("{seg:020}{IDX_NEW_SUFFIX}"));
+    if fs.exists(&tmp) {
+        fs.remove_file(&tmp).map_err(|e| io("removing", &tmp, e))?;
+    }
+    let f = fs.create_new(&tmp).map_err(|e| io("creating", &tmp, e))?;
+    f.write_all_at(&out, 0)
+        .and_then(|()| fs.rename(&tmp, &path))
+        .map_err(|e| io("writing", &path, e))?;
+    Ok(true)
+}
+
+/// Removes the index of `seg`, if there is one.
+pub(crate) fn remove(fs: &dyn Vfs, dir: &Path, seg: u32) -> Result<(), StoreError> {
+    let path = idx_path(dir, seg);
+    if fs.exists(&path) {
+        fs.remove_file(&path)
+            .map_err(|e| io("removing", &path, e))?;
+    }
+    Ok(())
+}
