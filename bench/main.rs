@@ -25,6 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod amqp;
+mod backlog;
 mod disk;
 mod fanout;
 mod guard;
@@ -70,6 +71,9 @@ enum Cmd {
     Routing(routing::RoutingArgs),
     /// Time to recover a store full of queued messages, in process.
     Recovery(recovery::RecoveryArgs),
+    /// A backlog larger than memory: an offline client's inbox filled, then drained in
+    /// order, by a node in a memory-limited process.
+    Backlog(backlog::BacklogArgs),
     /// Durable publish → consume → ack over STOMP, against Trunkline or RabbitMQ's STOMP
     /// plugin, with the same client code.
     StompDurable(stomp::StompArgs),
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Durable(args) => rt.block_on(durable(args)),
         Cmd::Recovery(args) => rt.block_on(recovery::run(&args)).map(|_| true),
+        Cmd::Backlog(args) => rt.block_on(backlog::run(&args)),
         Cmd::StompDurable(args) => rt.block_on(stomp::run(&args)),
         Cmd::NatsDurable(args) => rt.block_on(nats::run(&args)),
         Cmd::Guard(args) => guard::run(&args).and_then(|ok| {
@@ -359,6 +364,28 @@ impl Server {
 
     /// Starts the server with `config` (TOML, over the defaults) as its `--config` file.
     async fn start_with(bin: &Path, parent: &Path, config: Option<&str>) -> Result<Server> {
+        Server::start_opts(bin, parent, config, None).await
+    }
+
+    /// [`Server::start_with`] in a process whose address space is limited to
+    /// `limit_bytes` (`ulimit -v` in a `sh` that then `exec`s the node, so the pid is the
+    /// node's; `MALLOC_ARENA_MAX=2`, as glibc otherwise reserves 64 MiB of address space
+    /// per arena).
+    async fn start_limited(
+        bin: &Path,
+        parent: &Path,
+        config: Option<&str>,
+        limit_bytes: u64,
+    ) -> Result<Server> {
+        Server::start_opts(bin, parent, config, Some(limit_bytes)).await
+    }
+
+    async fn start_opts(
+        bin: &Path,
+        parent: &Path,
+        config: Option<&str>,
+        limit_bytes: Option<u64>,
+    ) -> Result<Server> {
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -387,7 +414,18 @@ impl Server {
         let log_path = server.dir.join("server.log");
         let log = File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match limit_bytes {
+            None => Command::new(bin),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -v {} && exec \"$@\"", limit / 1024))
+                    .arg("sh")
+                    .arg(bin)
+                    .env("MALLOC_ARENA_MAX", "2");
+                sh
+            }
+        };
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&data)

@@ -20,8 +20,8 @@
 //! writer's lock only briefly: to check liveness in batches, and to move the records it
 //! copied to their new offsets (those still where it found them).
 
-use super::state::State;
-use super::{change, index};
+use super::index;
+use super::state::{Key, State};
 use super::{corrupt, io, seg_path, LogStore, Shared, COMPACT_SUFFIX, IDLE};
 use crate::fs::VFile;
 use crate::log_store::frame::{self, Tail, MAGIC};
@@ -35,8 +35,9 @@ use std::time::Duration;
 const BATCH: usize = 4096;
 /// Ops per frame of a rewritten segment, by encoded size.
 const FRAME_BYTES: u64 = 1 << 20;
-/// Most live bytes a merge writes into one file.
-pub(super) const MERGE_CAP: u64 = 256 << 20;
+/// Most live bytes a merge writes into one file (so that no segment is much larger than
+/// the default segment size: opening reads a segment without an index whole).
+pub(super) const MERGE_CAP: u64 = 64 << 20;
 
 #[derive(Debug)]
 enum Target {
@@ -106,6 +107,56 @@ fn target(shared: &Shared, st: &State) -> Option<Target> {
         last: *seg,
         oldest: *seg == oldest,
     })
+}
+
+/// The file a rewrite writes, a frame at a time.
+struct Output<'a> {
+    file: &'a dyn VFile,
+    tmp: &'a std::path::Path,
+    seg: u32,
+    /// Where the next frame goes.
+    len: u64,
+    /// The records of the next frame, back to back, their sizes, and which record each
+    /// is and where it was (`None` for a delete kept).
+    raws: Vec<u8>,
+    sizes: Vec<usize>,
+    olds: Vec<Option<(Key, Loc)>>,
+    buf: Vec<u8>,
+    /// Per record written: which and where it was, and where it is.
+    moves: Vec<(Option<(Key, Loc)>, Loc)>,
+}
+
+impl Output<'_> {
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.sizes.is_empty() {
+            return Ok(());
+        }
+        let mut at = 0;
+        let raws = self.sizes.iter().map(|n| {
+            let raw = &self.raws[at..at + n];
+            at += n;
+            raw
+        });
+        self.buf.clear();
+        let offs = frame::encode_raw(raws, &mut self.buf)?;
+        let frame = self.len as u32;
+        for ((off, n), old) in offs.into_iter().zip(&self.sizes).zip(self.olds.drain(..)) {
+            let new = Loc {
+                seg: self.seg,
+                off: frame + off,
+                bytes: *n as u32,
+                frame,
+            };
+            self.moves.push((old, new));
+        }
+        self.file
+            .write_all_at(&self.buf, self.len)
+            .map_err(|e| io("writing", self.tmp, e))?;
+        self.len += self.buf.len() as u64;
+        self.raws.clear();
+        self.sizes.clear();
+        Ok(())
+    }
 }
 
 /// Whether the compactor has work.
@@ -228,84 +279,81 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
             .filter_map(|(s, _)| Some((*s, st.files.get(s)?.clone())))
             .collect()
     };
-    // What stays: live puts (with where they are now), and deletes unless the run starts
-    // at the oldest segment. Their bytes are copied as they are, back to back in `kept`.
-    let mut kept: Vec<u8> = Vec::new();
-    let mut spans: Vec<(usize, Option<Loc>)> = Vec::new();
-    for (seg, file) in &segs {
-        let seg = *seg;
-        let path = seg_path(dir, seg);
-        let bytes = file.read_all().map_err(|e| io("reading", &path, e))?;
-        let mut placed = Vec::new();
-        let scanned = frame::scan(&bytes, false, |p| placed.push(p));
-        if let Tail::Damaged(why) = scanned.tail {
-            return Err(corrupt(format!(
-                "segment {} is damaged at offset {}: {why}",
-                path.display(),
-                scanned.valid
-            )));
-        }
-        for batch in placed.chunks(BATCH) {
-            let st = shared.state()?;
-            for p in batch {
-                let at = Loc {
-                    seg,
-                    off: p.off,
-                    bytes: p.bytes,
-                    frame: p.frame,
-                };
-                let keep = if p.change.is_delete() {
-                    (!oldest).then_some(None)
-                } else {
-                    st.is_live(&p.change, at).then_some(Some(at))
-                };
-                if let Some(old) = keep {
-                    kept.extend_from_slice(p.raw);
-                    spans.push((p.raw.len(), old));
-                }
-            }
-        }
-    }
-
-    // The new file, written a frame (about FRAME_BYTES) at a time, then synced.
+    // The new file, written a frame (about FRAME_BYTES) at a time as the run is read:
+    // what stays is live puts (with where they are now) and, unless the run starts at the
+    // oldest segment, deletes. Their bytes are copied as they are. Memory holds one
+    // segment being read, one frame being written, and per record kept which it is and
+    // where it was and is.
     let path = seg_path(dir, first);
     let tmp = dir.join(format!("{first:020}{COMPACT_SUFFIX}"));
     if fs.exists(&tmp) {
         fs.remove_file(&tmp).map_err(|e| io("removing", &tmp, e))?;
     }
     let f: Arc<dyn VFile> = Arc::from(fs.create_new(&tmp).map_err(|e| io("creating", &tmp, e))?);
-    let write = |buf: &[u8], at: u64| f.write_all_at(buf, at).map_err(|e| io("writing", &tmp, e));
-    write(MAGIC, 0)?;
-    let mut len = MAGIC.len() as u64;
-    let mut buf = Vec::new();
-    let mut news: Vec<Loc> = Vec::with_capacity(spans.len());
-    let (mut start, mut from) = (0, 0);
-    while start < spans.len() {
-        let (mut end, mut to) = (start, from);
-        while end < spans.len() && (end == start || ((to - from) as u64) < FRAME_BYTES) {
-            to += spans[end].0;
-            end += 1;
+    let mut out = Output {
+        file: &*f,
+        tmp: &tmp,
+        seg: first,
+        len: MAGIC.len() as u64,
+        raws: Vec::new(),
+        sizes: Vec::new(),
+        olds: Vec::new(),
+        buf: Vec::new(),
+        moves: Vec::new(),
+    };
+    out.file
+        .write_all_at(MAGIC, 0)
+        .map_err(|e| io("writing", &tmp, e))?;
+    for (seg, file) in &segs {
+        let seg = *seg;
+        let seg_file = seg_path(dir, seg);
+        let bytes = file.read_all().map_err(|e| io("reading", &seg_file, e))?;
+        let mut placed = Vec::new();
+        let scanned = frame::scan(&bytes, false, |p| placed.push(p));
+        if let Tail::Damaged(why) = scanned.tail {
+            return Err(corrupt(format!(
+                "segment {} is damaged at offset {}: {why}",
+                seg_file.display(),
+                scanned.valid
+            )));
         }
-        let mut at = from;
-        let raws = spans[start..end].iter().map(|(n, _)| {
-            let raw = &kept[at..at + n];
-            at += n;
-            raw
-        });
-        buf.clear();
-        let offs = frame::encode_raw(raws, &mut buf)?;
-        for (off, (n, _)) in offs.into_iter().zip(&spans[start..end]) {
-            news.push(Loc {
-                seg: first,
-                off: len as u32 + off,
-                bytes: *n as u32,
-                frame: len as u32,
-            });
+        let mut rest = placed.iter().peekable();
+        while rest.peek().is_some() {
+            {
+                // Up to BATCH records a hold of the lock, and a frame's worth of bytes.
+                let st = shared.state()?;
+                let mut n = 0;
+                while let Some(p) = rest.next_if(|_| {
+                    n += 1;
+                    n <= BATCH && (out.raws.len() as u64) < FRAME_BYTES
+                }) {
+                    let at = Loc {
+                        seg,
+                        off: p.off,
+                        bytes: p.bytes,
+                        frame: p.frame,
+                    };
+                    let keep = if p.change.is_delete() {
+                        (!oldest).then_some(None)
+                    } else if st.is_live(&p.change, at) {
+                        st.key(&p.change).map(|k| Some((k, at)))
+                    } else {
+                        None
+                    };
+                    if let Some(old) = keep {
+                        out.raws.extend_from_slice(p.raw);
+                        out.sizes.push(p.raw.len());
+                        out.olds.push(old);
+                    }
+                }
+            }
+            if out.raws.len() as u64 >= FRAME_BYTES {
+                out.flush()?;
+            }
         }
-        write(&buf, len)?;
-        len += buf.len() as u64;
-        (start, from) = (end, to);
     }
+    out.flush()?;
+    let Output { len, moves, .. } = out;
     f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
     // The old index describes the file being replaced (and would be ignored if left).
     index::remove(&**fs, dir, first)?;
@@ -320,15 +368,10 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         let mut st = shared.state_mut()?;
         st.files.insert(first, f);
         let (mut live, mut pinned) = (0u64, MAGIC.len() as u64);
-        let mut at = 0;
-        for ((n, old), new) in spans.iter().zip(&news) {
-            let raw = &kept[at..at + n];
-            at += n;
+        for (old, new) in &moves {
             match old {
-                Some(old) => {
-                    let (change, _) = change::take_op(raw)
-                        .map_err(|e| corrupt(format!("a record copied by compaction: {e}")))?;
-                    if st.relocate(&change, *old, *new) {
+                Some((key, old)) => {
+                    if st.relocate(key, *old, *new) {
                         live += u64::from(new.bytes);
                     }
                 }

@@ -23,9 +23,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::change;
-use super::frame::{self, Placed, Tail, HEADER, MAGIC};
-use super::{io, seg_path};
+use super::frame::{Placed, HEADER, MAGIC};
+use super::{change, io, read, seg_path};
 use crate::fs::{VFile, Vfs};
 use crate::StoreError;
 
@@ -113,8 +112,9 @@ fn headers_match(file: &dyn VFile, first: &[u8], last_off: u64, last: &[u8]) -> 
     at(MAGIC.len() as u64, first) && at(last_off, last)
 }
 
-/// Writes the index of sealed segment `seg` (open as `file`) from its bytes. Not synced:
-/// see the module's opening. Does nothing if the segment does not end cleanly.
+/// Writes the index of sealed segment `seg` (open as `file`), read a frame at a time
+/// (segments that compaction merged can be large). Not synced: see the module's opening.
+/// Does nothing if the segment is not whole frames of this version end to end.
 pub(crate) fn build(
     fs: &dyn Vfs,
     dir: &Path,
@@ -122,38 +122,50 @@ pub(crate) fn build(
     file: &dyn VFile,
 ) -> Result<bool, StoreError> {
     let seg_file = seg_path(dir, seg);
-    let bytes = file.read_all().map_err(|e| io("reading", &seg_file, e))?;
-    let mut records = Vec::new();
-    let (mut first, mut last) = (None, 0u32);
-    let scanned = frame::scan(&bytes, false, |p| {
-        first.get_or_insert(p.frame);
-        last = p.frame;
-        records.push(p);
-    });
-    if scanned.tail != Tail::Clean || scanned.version != Some(frame::Version::V2) {
+    let len = file.len().map_err(|e| io("reading", &seg_file, e))?;
+    let mut magic = [0; MAGIC.len()];
+    if file.read_exact_at(&mut magic, 0).is_err() || &magic != MAGIC {
         return Ok(false);
     }
-    let mut out = Vec::with_capacity(records.len() * 32 + FIXED + 4);
+    let mut out = Vec::with_capacity(FIXED + 4 + (len / 32) as usize);
     out.extend_from_slice(IDX_MAGIC);
     out.resize(FIXED, 0);
-    for p in &records {
-        out = postcard::to_extend(&((p.off, p.bytes, p.frame), &p.change), out)
-            .map_err(|e| StoreError::Engine(format!("encoding an index: {e}")))?;
-    }
-    let header_at = |off: u32| {
-        let off = off as usize;
-        let mut h = [0; HEADER];
-        if first.is_some() {
-            h.copy_from_slice(&bytes[off..off + HEADER]);
+    let (mut count, mut frames) = (0u64, 0u64);
+    let (mut first, mut last) = ([0; HEADER], [0; HEADER]);
+    let (mut at, mut last_at) = (MAGIC.len() as u64, 0u64);
+    while at < len {
+        let Ok((header, payload)) = read::frame(file, at as u32, &seg_file) else {
+            return Ok(false);
+        };
+        if frames == 0 {
+            first = header;
         }
-        h
-    };
-    out[8..16].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-    out[16..16 + HEADER].copy_from_slice(&header_at(first.unwrap_or(0)));
-    out[16 + HEADER..24 + HEADER].copy_from_slice(&u64::from(last).to_le_bytes());
-    out[24 + HEADER..24 + 2 * HEADER].copy_from_slice(&header_at(last));
-    out[24 + 2 * HEADER..32 + 2 * HEADER].copy_from_slice(&scanned.frames.to_le_bytes());
-    out[32 + 2 * HEADER..FIXED].copy_from_slice(&(records.len() as u64).to_le_bytes());
+        (last, last_at) = (header, at);
+        let start = at + HEADER as u64;
+        let mut rest = payload.as_slice();
+        while !rest.is_empty() {
+            let Ok((change, tail)) = change::take_op(rest) else {
+                return Ok(false);
+            };
+            let off = start + (payload.len() - rest.len()) as u64;
+            let bytes = (rest.len() - tail.len()) as u32;
+            out = postcard::to_extend(&((off as u32, bytes, at as u32), &change), out)
+                .map_err(|e| StoreError::Engine(format!("encoding an index: {e}")))?;
+            count += 1;
+            rest = tail;
+        }
+        frames += 1;
+        at = start + payload.len() as u64;
+    }
+    if at != len {
+        return Ok(false);
+    }
+    out[8..16].copy_from_slice(&len.to_le_bytes());
+    out[16..16 + HEADER].copy_from_slice(&first);
+    out[16 + HEADER..24 + HEADER].copy_from_slice(&last_at.to_le_bytes());
+    out[24 + HEADER..24 + 2 * HEADER].copy_from_slice(&last);
+    out[24 + 2 * HEADER..32 + 2 * HEADER].copy_from_slice(&frames.to_le_bytes());
+    out[32 + 2 * HEADER..FIXED].copy_from_slice(&count.to_le_bytes());
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     let path = idx_path(dir, seg);

@@ -62,8 +62,12 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The payload of the frame at `frame` in `file`, checked.
-fn read_frame(file: &dyn VFile, frame: u32, path: &Path) -> Result<Vec<u8>, StoreError> {
+/// The header and payload of the frame at `frame` in `file`, checked.
+pub(crate) fn frame(
+    file: &dyn VFile,
+    frame: u32,
+    path: &Path,
+) -> Result<([u8; HEADER], Vec<u8>), StoreError> {
     let mut header = [0; HEADER];
     file.read_exact_at(&mut header, u64::from(frame))
         .map_err(|e| io("reading", path, e))?;
@@ -83,7 +87,7 @@ fn read_frame(file: &dyn VFile, frame: u32, path: &Path) -> Result<Vec<u8>, Stor
     if crc32fast::hash(&payload) != u32_at(&header, 4) {
         return Err(bad("a frame does not match its CRC"));
     }
-    Ok(payload)
+    Ok((header, payload))
 }
 
 /// Reads and decodes the message `id` at `loc`.
@@ -116,7 +120,7 @@ pub(crate) fn message(
         let payload = match frames.find(file, loc.frame) {
             Some(p) => p,
             None => {
-                let p: Arc<[u8]> = read_frame(&**file, loc.frame, &path)?.into();
+                let p: Arc<[u8]> = frame(&**file, loc.frame, &path)?.1.into();
                 frames.keep(file.clone(), loc.frame, p.clone());
                 p
             }

@@ -33,6 +33,40 @@ pub(crate) struct SegInfo {
     pub indexed: bool,
 }
 
+/// Which record a put writes, owned: what compaction keeps of each record it copies, to
+/// move it once the copy is in place.
+#[derive(Debug)]
+pub(crate) enum Key {
+    Message(u64),
+    Entry(Arc<str>, u64),
+    Record(RecordTable, Box<str>),
+}
+
+impl Key {
+    /// A put of the same record (only the fields that name it matter).
+    fn as_change(&self) -> Change<'_> {
+        match self {
+            Key::Message(id) => Change::PutMessage {
+                id: *id,
+                msg: MessageMeta::default(),
+            },
+            Key::Entry(queue, seq) => Change::PutEntry {
+                queue,
+                seq: *seq,
+                entry: StoredEntry {
+                    msg_id: 0,
+                    delivery_count: 0,
+                },
+            },
+            Key::Record(table, key) => Change::PutRecord {
+                table: *table,
+                key,
+                value: &[],
+            },
+        }
+    }
+}
+
 /// The live state, and where each record lives in the log.
 #[derive(Default)]
 pub(crate) struct State {
@@ -160,9 +194,29 @@ impl State {
         self.loc(change) == Some(at)
     }
 
-    /// Moves a record from `from` to `to` if `from` is still where it lives; true if so.
-    pub fn relocate(&mut self, change: &Change<'_>, from: Loc, to: Loc) -> bool {
-        match self.loc_mut(change) {
+    /// The key of the record a put writes (`None` for a delete), sharing the queue name
+    /// the state holds.
+    pub fn key(&self, change: &Change<'_>) -> Option<Key> {
+        Some(match *change {
+            Change::PutMessage { id, .. } => Key::Message(id),
+            Change::PutEntry { queue, seq, .. } => {
+                let name = self
+                    .entries
+                    .get_key_value(queue)
+                    .map_or_else(|| Arc::from(queue), |(k, _)| k.clone());
+                Key::Entry(name, seq)
+            }
+            Change::PutRecord { table, key, .. } => Key::Record(table, key.into()),
+            Change::DeleteMessage { .. }
+            | Change::DeleteEntry { .. }
+            | Change::DeleteRecord { .. } => return None,
+        })
+    }
+
+    /// Moves record `key` from `from` to `to` if `from` is still where it lives; true if
+    /// so.
+    pub fn relocate(&mut self, key: &Key, from: Loc, to: Loc) -> bool {
+        match self.loc_mut(&key.as_change()) {
             Some(l) if *l == from => {
                 *l = to;
                 true
