@@ -117,7 +117,7 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
             Some(Err(e)) => refusal = Some(e.to_string()),
             None => break,
         }
-        if accepted % 100_000 == 0 {
+        if accepted.is_multiple_of(100_000) {
             peak_rss = peak_rss.max(rss_kib(server.pid).unwrap_or(0));
         }
     }
@@ -167,7 +167,7 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
         }
         next += 1;
         consumer.ack(&m).await?;
-        if next % 100_000 == 0 {
+        if next.is_multiple_of(100_000) {
             peak_rss = peak_rss.max(rss_kib(server.pid).unwrap_or(0));
         }
     }
