@@ -1,9 +1,12 @@
-//! Reading a message back from the log: the whole frame holding it, checked against its
-//! CRCs (the open read the index files, not the bodies, so this is where damage to a
-//! body shows), and kept for the next reads: a consumer draining a backlog reads on
-//! through the same frames, so most of its reads cost no I/O.
+//! Reading a message back from the log: the first read in a frame reads the whole frame
+//! and checks its CRCs (the open read the index files, not the bodies, so this is where
+//! damage to a body shows). A frame checked is remembered, and later reads in it read the
+//! record alone: a group commit of large messages is one large frame, and reading it
+//! whole for each of its messages would multiply the I/O by their number. Frames of up
+//! to [`KEEP_ONE`] are also kept for the next reads: a consumer draining a backlog reads
+//! on through the same frames, so most of its reads cost no I/O.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -15,8 +18,12 @@ use crate::{Op, StoreError, StoredMessage};
 
 /// Frames kept, at most this many...
 const KEEP_FRAMES: usize = 16;
-/// ...and this many bytes of them (at least the newest, whatever its size).
+/// ...and this many bytes of them...
 const KEEP_BYTES: usize = 16 << 20;
+/// ...each at most this large.
+const KEEP_ONE: usize = 1 << 20;
+/// Frames remembered as checked, at most (then forgotten, to be checked again).
+const CHECKED_MAX: usize = 1 << 20;
 
 struct Kept {
     /// The file it was read from: compaction replaces a segment's file in place.
@@ -25,13 +32,51 @@ struct Kept {
     payload: Arc<[u8]>,
 }
 
-/// The frames read last.
+/// The frames read last, and those checked.
 #[derive(Default)]
 pub(crate) struct Frames {
     kept: Mutex<VecDeque<Kept>>,
+    /// Per segment, the file they are in and the frames of it checked.
+    checked: Mutex<Checked>,
+}
+
+#[derive(Default)]
+struct Checked {
+    segs: HashMap<u32, (Arc<dyn VFile>, HashSet<u32>)>,
+    count: usize,
 }
 
 impl Frames {
+    fn is_checked(&self, seg: u32, file: &Arc<dyn VFile>, frame: u32) -> bool {
+        let Ok(c) = self.checked.lock() else {
+            return false;
+        };
+        c.segs
+            .get(&seg)
+            .is_some_and(|(f, set)| Arc::ptr_eq(f, file) && set.contains(&frame))
+    }
+
+    fn checked(&self, seg: u32, file: &Arc<dyn VFile>, frame: u32) {
+        let Ok(mut c) = self.checked.lock() else {
+            return;
+        };
+        if c.count >= CHECKED_MAX {
+            *c = Checked::default();
+        }
+        let (f, set) = c
+            .segs
+            .entry(seg)
+            .or_insert_with(|| (file.clone(), HashSet::new()));
+        if !Arc::ptr_eq(f, file) {
+            // Compaction replaced the segment: what was checked was another file.
+            *f = file.clone();
+            set.clear();
+        }
+        if set.insert(frame) {
+            c.count += 1;
+        }
+    }
+
     fn find(&self, file: &Arc<dyn VFile>, frame: u32) -> Option<Arc<[u8]>> {
         let kept = self.kept.lock().ok()?;
         kept.iter()
@@ -41,6 +86,9 @@ impl Frames {
     }
 
     fn keep(&self, file: Arc<dyn VFile>, frame: u32, payload: Arc<[u8]>) {
+        if payload.len() > KEEP_ONE {
+            return;
+        }
         let Ok(mut kept) = self.kept.lock() else {
             return;
         };
@@ -110,17 +158,25 @@ pub(crate) fn message(
             "the log does not hold message {id} where it should"
         ))
     };
-    let decoded = if loc.frame == NO_FRAME {
-        // A segment of the first format: the record alone.
+    let kept = match loc.frame {
+        NO_FRAME => None,
+        at => frames.find(file, at),
+    };
+    let decoded = if kept.is_none()
+        && (loc.frame == NO_FRAME || frames.is_checked(loc.seg, file, loc.frame))
+    {
+        // The record alone: in a frame checked before (or in a segment of the first
+        // format, whose frames are not checked alone).
         let mut buf = vec![0; loc.bytes as usize];
         file.read_exact_at(&mut buf, u64::from(loc.off))
             .map_err(|e| io("reading", &path, e))?;
         postcard::from_bytes::<Op>(&buf)
     } else {
-        let payload = match frames.find(file, loc.frame) {
+        let payload = match kept {
             Some(p) => p,
             None => {
                 let p: Arc<[u8]> = frame(&**file, loc.frame, &path)?.1.into();
+                frames.checked(loc.seg, file, loc.frame);
                 frames.keep(file.clone(), loc.frame, p.clone());
                 p
             }
