@@ -142,9 +142,9 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// The frame whose header is at `at`, if one is whole there: its payload.
-fn frame_at(bytes: &[u8], at: usize, version: Version) -> Option<&[u8]> {
-    let header = bytes.get(at..at + version.header())?;
+/// The payload length `header` names, if it is a sound header of `version` (a length in
+/// bounds and, from version 2, its own CRC).
+pub(crate) fn payload_len(header: &[u8], version: Version) -> Option<usize> {
     let len = u32_at(header, 0) as usize;
     if len == 0 || len > MAX_FRAME {
         return None;
@@ -152,9 +152,21 @@ fn frame_at(bytes: &[u8], at: usize, version: Version) -> Option<&[u8]> {
     if version == Version::V2 && crc32fast::hash(&header[..8]) != u32_at(header, 8) {
         return None;
     }
+    Some(len)
+}
+
+/// Whether `payload` is the one `header` was written with (its CRC).
+pub(crate) fn payload_matches(header: &[u8], payload: &[u8]) -> bool {
+    crc32fast::hash(payload) == u32_at(header, 4)
+}
+
+/// The frame whose header is at `at`, if one is whole there: its payload.
+fn frame_at(bytes: &[u8], at: usize, version: Version) -> Option<&[u8]> {
+    let header = bytes.get(at..at + version.header())?;
+    let len = payload_len(header, version)?;
     let start = at + version.header();
     let payload = bytes.get(start..start + len)?;
-    (crc32fast::hash(payload) == u32_at(header, 4)).then_some(payload)
+    payload_matches(header, payload).then_some(payload)
 }
 
 /// Whether a whole frame starts anywhere after `at`. Version 2 headers carry their own

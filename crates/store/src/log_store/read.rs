@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use super::frame::HEADER;
+use super::frame::{self, Version, HEADER};
 use super::state::{Loc, State, NO_FRAME};
 use super::{corrupt, io, seg_path};
 use crate::fs::VFile;
@@ -106,10 +106,6 @@ impl Frames {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 /// The header and payload of the frame at `frame` in `file`, checked.
 pub(crate) fn frame(
     file: &dyn VFile,
@@ -126,13 +122,13 @@ pub(crate) fn frame(
             path.display()
         ))
     };
-    if crc32fast::hash(&header[..8]) != u32_at(&header, 8) {
+    let Some(len) = frame::payload_len(&header, Version::V2) else {
         return Err(bad("a frame header does not match its CRC"));
-    }
-    let mut payload = vec![0; u32_at(&header, 0) as usize];
+    };
+    let mut payload = vec![0; len];
     file.read_exact_at(&mut payload, u64::from(frame) + HEADER as u64)
         .map_err(|e| io("reading", path, e))?;
-    if crc32fast::hash(&payload) != u32_at(&header, 4) {
+    if !frame::payload_matches(&header, &payload) {
         return Err(bad("a frame does not match its CRC"));
     }
     Ok((header, payload))
