@@ -67,7 +67,7 @@ pub use queue::{Limits, Msg, Overflow};
 pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings};
 
 use dedup::Dedup;
-use queue::{BodyCache, Effects, Moved, Queue, Slot};
+use queue::{BodyCache, Effects, Landed, Moved, Queue, Slot, Spill};
 use registry::Registry;
 
 /// Node-wide settings of the broker.
@@ -95,6 +95,10 @@ pub struct BrokerConfig {
     /// `max_memory_bytes`); past it the oldest are let go and read back from the store
     /// when delivered.
     pub body_cache_bytes: u64,
+    /// Most ready messages of one queue whose index is held in memory; past it, new ones
+    /// are kept in the store only (with a store that can: the log), and brought back in
+    /// order as consumers reach them, so that a backlog is bounded by disk, not memory.
+    pub queue_memory_entries: usize,
 }
 
 impl Default for BrokerConfig {
@@ -111,6 +115,7 @@ impl Default for BrokerConfig {
             max_memory_bytes: 1 << 30,
             max_disk_bytes: None,
             body_cache_bytes: 256 << 20,
+            queue_memory_entries: 10_000,
         }
     }
 }
@@ -319,6 +324,8 @@ struct Place {
     cell: Arc<QueueCell>,
     seq: u64,
     slot: Slot,
+    /// Put back at its own place (a requeue), not a fresh one.
+    back: bool,
 }
 
 struct Inner {
@@ -343,7 +350,15 @@ struct Inner {
     bodies: Arc<BodyCache>,
     /// Weak: the committer owns the store, and closes it when it stops.
     store: std::sync::Weak<dyn QueueStore>,
+    /// Messages queued in several queues with an entry kept in the store only, and how
+    /// many such entries: held so that the entries brought back share them (and their
+    /// count of references). A message queued once is let go instead, and made again when
+    /// its entry is brought back.
+    pinned: Mutex<HashMap<u64, (Arc<Msg>, u32)>>,
 }
+
+/// Entries a page-in asks the store for at least (it may bring more: a segment's worth).
+const PAGE_IN: usize = 1024;
 
 /// Meta record holding a floor under every id handed out so far.
 const ID_FLOOR_KEY: &str = "id_floor";
@@ -556,8 +571,12 @@ impl Broker {
         store.commit(&cleanup)?;
         for (name, seq, slot) in landing {
             if let Some(q) = queues.get_mut(&name) {
-                q.land(seq, slot, &mut Vec::new());
+                q.land(seq, slot, false, &mut Vec::new());
             }
+        }
+        let spill = spill_of(&store, &config);
+        for q in queues.values_mut() {
+            q.set_spill(spill.clone());
         }
         if memory.used() > memory.max() {
             // Nothing stored is dropped for it: publishes are refused until consumers
@@ -599,6 +618,7 @@ impl Broker {
                 disk,
                 bodies,
                 store: Arc::downgrade(&store),
+                pinned: Mutex::default(),
             }),
         })
     }
@@ -632,6 +652,13 @@ impl Broker {
 
     pub fn committer(&self) -> &Committer {
         &self.inner.committer
+    }
+
+    fn store(&self) -> Result<Arc<dyn QueueStore>, BrokerError> {
+        self.inner
+            .store
+            .upgrade()
+            .ok_or_else(|| BrokerError::Unavailable("the store is closed".into()))
     }
 
     fn queue(&self, name: &str) -> Option<Arc<QueueCell>> {
@@ -807,8 +834,8 @@ impl Broker {
         }
         if !full.is_empty() {
             // Nothing was dropped or enqueued anywhere: a refused publish changes nothing.
-            for (cell, _) in &reserved {
-                lock(&cell.state).unreserve();
+            for (cell, seq) in &reserved {
+                lock(&cell.state).unreserve(*seq, false);
             }
             self.inner.memory.sub(needed);
             self.inner
@@ -844,7 +871,13 @@ impl Broker {
         // Every queue accepted: drop-oldest queues now drop what they must, durably in the
         // same commit as the message.
         for (cell, _) in &reserved {
-            lock(&cell.state).make_room(&mut ops, &mut fx);
+            let mut q = lock(&cell.state);
+            if q.over_length() {
+                // What is dropped must be in memory; failing that, the queue stays over
+                // its length until consumers bring it back.
+                let _ = self.page_in(&mut q, PAGE_IN);
+            }
+            q.make_room(&mut ops, &mut fx);
         }
         let data = Arc::new(StoredMessage {
             topic: p.topic.clone(),
@@ -928,8 +961,8 @@ impl Broker {
                                 .memory
                                 .sub(footprint::index_bytes(reserved.len()));
                         }
-                        for (cell, _) in reserved {
-                            lock(&cell.state).unreserve();
+                        for (cell, seq) in reserved {
+                            lock(&cell.state).unreserve(seq, false);
                         }
                     }
                     return Err(e);
@@ -987,6 +1020,7 @@ impl Broker {
                     msg: msg.clone(),
                     delivery_count: 0,
                 },
+                back: false,
             })
             .collect();
         self.land(places, committed.is_ok());
@@ -1110,7 +1144,11 @@ impl Broker {
             self.commit_then_land(std::mem::take(&mut ops), places)
                 .await?;
         }
-        let taken = lock(&cell.state).take(now, max, opts.lease_ms, &mut ops, &mut fx);
+        let taken = {
+            let mut q = lock(&cell.state);
+            self.page_in(&mut q, max)?;
+            q.take(now, max, opts.lease_ms, &mut ops, &mut fx)
+        };
         // What is held is taken now (the cache may let it go any time); bodies let go are
         // read back before the take's commit (which may delete them), with no await in
         // between, so that the commit is submitted even if this caller goes away. The
@@ -1159,12 +1197,8 @@ impl Broker {
                 continue;
             }
             let m = &t.slot.msg;
-            let store = self
-                .inner
-                .store
-                .upgrade()
-                .ok_or_else(|| BrokerError::Unavailable("the store is closed".into()))?;
-            let data = store
+            let data = self
+                .store()?
                 .read_message(m.id)
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
             let Some(data) = data else {
@@ -1208,6 +1242,7 @@ impl Broker {
                 cell: cell.clone(),
                 seq,
                 slot,
+                back: true,
             })
             .collect();
         if moved.dead.is_empty() {
@@ -1221,6 +1256,7 @@ impl Broker {
                     cell: dead.clone(),
                     seq,
                     slot,
+                    back: false,
                 }));
             }
             None => {
@@ -1277,25 +1313,92 @@ impl Broker {
     /// held before the change, which a restart restores, and no later commit is made.
     fn land(&self, places: Vec<Place>, committed: bool) {
         let mut removed = Vec::new();
-        for Place { cell, seq, slot } in places {
+        for Place {
+            cell,
+            seq,
+            slot,
+            back,
+        } in places
+        {
             if !committed {
-                lock(&cell.state).unreserve();
+                lock(&cell.state).unreserve(seq, back);
                 // Not held in memory any more; the ops this would write are not needed,
                 // nothing is written after a failed commit.
                 slot.msg.release(&mut Vec::new());
                 continue;
             }
-            self.inner.bodies.admit(&slot.msg);
-            let visible = lock(&cell.state).land(seq, slot, &mut removed);
-            if visible {
-                cell.notify.notify_waiters();
+            let landed = lock(&cell.state).land(seq, slot.clone(), back, &mut removed);
+            match landed {
+                Landed::Ready => self.inner.bodies.admit(&slot.msg),
+                Landed::Stored(slot) => self.stash(slot.msg),
+                Landed::Removed => continue,
             }
+            cell.notify.notify_waiters();
         }
         if !removed.is_empty() {
             // Landed in a queue deleted meanwhile: its entry goes too (were it left, the
             // next start would remove it with the queue).
             self.inner.committer.submit(removed, Box::new(|_| {}));
         }
+    }
+
+    /// Lets go of a message whose entry landed in the store only: its memory (the entry's,
+    /// and the message's unless another entry holds it) is no longer counted.
+    fn stash(&self, msg: Arc<Msg>) {
+        let memory = &self.inner.memory;
+        memory.sub(footprint::ENTRY_BYTES);
+        if msg.refs() > 1 {
+            lock(&self.inner.pinned).entry(msg.id).or_insert((msg, 0)).1 += 1;
+        } else if msg.account().is_some() {
+            memory.sub(footprint::MESSAGE_BYTES);
+        }
+    }
+
+    /// The message of an entry brought back from the store, counted again.
+    fn unstash(&self, p: &trunkline_store::Paged) -> Arc<Msg> {
+        let id = p.entry.msg_id;
+        let memory = &self.inner.memory;
+        {
+            let mut pinned = lock(&self.inner.pinned);
+            if let Some((msg, n)) = pinned.get_mut(&id) {
+                let msg = msg.clone();
+                *n -= 1;
+                if *n == 0 {
+                    pinned.remove(&id);
+                }
+                memory.add(footprint::ENTRY_BYTES);
+                return msg;
+            }
+        }
+        let msg = Msg::restored(id, p.meta, Some(memory.clone()));
+        memory.add(footprint::MESSAGE_BYTES);
+        msg.add_ref();
+        msg
+    }
+
+    /// Brings entries of a spilled queue back from the store until `want` are ready in
+    /// memory (or none is left there), and stops spilling it once none is. A positioned
+    /// read of the log's index files (or frames), under the queue's lock: it blocks this
+    /// worker while it lasts, once per segment's worth of entries.
+    fn page_in(&self, q: &mut Queue, want: usize) -> Result<(), BrokerError> {
+        while q.wants_page(want) {
+            let paged = self
+                .store()?
+                .page_in(&q.name, want.max(PAGE_IN))
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            if paged.is_empty() {
+                break;
+            }
+            for p in paged {
+                let slot = Slot {
+                    msg: self.unstash(&p),
+                    delivery_count: p.entry.delivery_count,
+                };
+                q.bring_back(p.seq, slot);
+            }
+        }
+        q.settle_cold();
+        Ok(())
     }
 
     /// Acks or nacks leased deliveries, by their receipts, of queues `who` may read.
@@ -1635,6 +1738,9 @@ impl Broker {
             for mut q in client_queues(&rec, &self.inner.config) {
                 // A client made again under an old id must not meet its old receipts.
                 q.lift_seq(self.inner.last_msg_id.load(Ordering::Relaxed));
+                if let Some(store) = self.inner.store.upgrade() {
+                    q.set_spill(spill_of(&store, &self.inner.config));
+                }
                 queues.insert(
                     q.name.clone(),
                     Arc::new(QueueCell {
@@ -1779,14 +1885,32 @@ impl Broker {
                 reg.insert(rec);
             }
         }
+        let mut cells = Vec::new();
         for name in gone {
             let cell = write(&self.inner.queues).remove(name.as_str());
             if let Some(cell) = cell {
                 lock(&cell.state).purge(&mut ops);
                 cell.notify.notify_waiters();
+                cells.push(cell);
             }
         }
         self.inner.committer.commit(ops).await?;
+        // What they kept in the store only goes a page at a time, each page's removal
+        // committed before the next is read, so that memory holds one page.
+        for cell in cells {
+            loop {
+                let mut ops = Vec::new();
+                {
+                    let mut q = lock(&cell.state);
+                    self.page_in(&mut q, PAGE_IN)?;
+                    q.purge(&mut ops);
+                }
+                if ops.is_empty() {
+                    break;
+                }
+                self.inner.committer.commit(ops).await?;
+            }
+        }
         Ok(())
     }
 
@@ -1965,6 +2089,14 @@ fn resolve(s: &LimitSettings, config: &BrokerConfig) -> Limits {
         overflow: s.overflow.unwrap_or(d.overflow),
         max_deliveries: s.max_deliveries.unwrap_or(d.max_deliveries),
     }
+}
+
+/// How a queue of this broker spills what passes its memory.
+fn spill_of(store: &Arc<dyn QueueStore>, config: &BrokerConfig) -> Option<Spill> {
+    Some(Spill {
+        store: Arc::downgrade(store),
+        hot_max: config.queue_memory_entries,
+    })
 }
 
 fn client_queues(rec: &ClientRecord, config: &BrokerConfig) -> [Queue; 2] {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use trunkline_store::{MessageMeta, Op, StoredEntry, StoredMessage};
+use trunkline_store::{MessageMeta, Op, QueueStore, StoredEntry, StoredMessage};
 
 use crate::footprint::{self, Account};
 
@@ -138,6 +138,15 @@ impl Msg {
 
     fn expired(&self, now: u64) -> bool {
         self.expires_at_ms.is_some_and(|t| t <= now)
+    }
+
+    /// Queue entries referring to it.
+    pub(crate) fn refs(&self) -> u32 {
+        self.refs.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn account(&self) -> Option<&Arc<Account>> {
+        self.account.as_ref()
     }
 }
 
@@ -287,6 +296,46 @@ pub fn next_id(prev: u64, now_ms: u64) -> u64 {
     (prev + 1).max(now_ms.saturating_mul(1024))
 }
 
+/// Where a queue keeps what does not fit in memory: past `hot_max` ready entries, new
+/// ones stay in `store` only ([`QueueStore::spill`]) until consumers need them.
+#[derive(Clone)]
+pub(crate) struct Spill {
+    pub store: Weak<dyn QueueStore>,
+    pub hot_max: usize,
+}
+
+impl std::fmt::Debug for Spill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spill")
+            .field("hot_max", &self.hot_max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The part of a spilled queue kept in the store only.
+#[derive(Debug)]
+struct Cold {
+    /// Places reserved fresh (publishes, moves) from this sequence number on land in the
+    /// store only.
+    from: u64,
+    /// Entries in the store only: those landed there, less those brought back (below
+    /// zero while some brought back have not landed yet).
+    stored: i64,
+    /// Fresh places reserved since, not landed yet.
+    pending: u64,
+}
+
+/// Where [`Queue::land`] put a message.
+#[derive(Debug)]
+pub(crate) enum Landed {
+    /// Ready in memory.
+    Ready,
+    /// In the store only: the slot is the caller's to let go.
+    Stored(Slot),
+    /// Nowhere: the queue was purged, its entry is removed.
+    Removed,
+}
+
 #[derive(Debug)]
 pub struct Queue {
     pub name: Arc<str>,
@@ -301,6 +350,8 @@ pub struct Queue {
     last_seq: u64,
     /// Deleted with its client: a message landing now is removed instead.
     purged: bool,
+    spill: Option<Spill>,
+    cold: Option<Cold>,
 }
 
 impl Queue {
@@ -315,16 +366,30 @@ impl Queue {
             pending: 0,
             last_seq: 0,
             purged: false,
+            spill: None,
+            cold: None,
         }
     }
 
-    /// Ready plus leased messages.
-    pub fn depth(&self) -> u64 {
-        (self.ready.len() + self.leased.len()) as u64
+    /// Keeps what passes `spill.hot_max` ready entries in `spill.store` only.
+    pub(crate) fn set_spill(&mut self, spill: Option<Spill>) {
+        self.spill = spill;
     }
 
+    /// Ready (in memory or in the store only) plus leased messages.
+    pub fn depth(&self) -> u64 {
+        let held = (self.ready.len() + self.leased.len()) as i64;
+        (held + self.cold.as_ref().map_or(0, |c| c.stored)).max(0) as u64
+    }
+
+    /// Entries kept in the store only.
+    pub fn stored_len(&self) -> u64 {
+        self.cold.as_ref().map_or(0, |c| c.stored.max(0) as u64)
+    }
+
+    /// Ready messages, in memory or in the store only.
     pub fn ready_len(&self) -> u64 {
-        self.ready.len() as u64
+        self.ready.len() as u64 + self.stored_len()
     }
 
     pub fn leased_len(&self) -> u64 {
@@ -347,6 +412,71 @@ impl Queue {
         self.last_seq
     }
 
+    /// A fresh place: in the store only if the queue is spilled, or is spilled now that
+    /// its ready entries in memory reach the most it may hold.
+    fn alloc_fresh(&mut self, now: u64) -> u64 {
+        if self.cold.is_none() {
+            if let Some(spill) = &self.spill {
+                if self.ready.len() >= spill.hot_max {
+                    let from = self.last_seq + 1;
+                    if spill
+                        .store
+                        .upgrade()
+                        .is_some_and(|s| s.spill(&self.name, from))
+                    {
+                        self.cold = Some(Cold {
+                            from,
+                            stored: 0,
+                            pending: 0,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(c) = &mut self.cold {
+            c.pending += 1;
+        }
+        self.alloc_seq(now)
+    }
+
+    /// Whether fresh place `seq` is in the store only.
+    fn is_cold(&self, seq: u64) -> bool {
+        self.cold.as_ref().is_some_and(|c| seq >= c.from)
+    }
+
+    /// Whether entries kept in the store only should be brought back for a take of
+    /// `want` (or to make room).
+    pub(crate) fn wants_page(&self, want: usize) -> bool {
+        self.cold.as_ref().is_some_and(|c| c.stored > 0) && self.ready.len() < want
+    }
+
+    /// Puts back an entry brought back from the store.
+    pub(crate) fn bring_back(&mut self, seq: u64, slot: Slot) {
+        if let Some(c) = &mut self.cold {
+            c.stored -= 1;
+        }
+        self.ready.insert(seq, slot);
+    }
+
+    /// Stops spilling once nothing is left in the store only, nor on its way there.
+    pub(crate) fn settle_cold(&mut self) {
+        let done = self
+            .cold
+            .as_ref()
+            .is_some_and(|c| c.stored == 0 && c.pending == 0);
+        if done {
+            let store = self.spill.as_ref().and_then(|s| s.store.upgrade());
+            if store.is_some_and(|s| s.unspill(&self.name)) {
+                self.cold = None;
+            }
+        }
+    }
+
+    /// Whether the queue, reservations included, is past its length.
+    pub(crate) fn over_length(&self) -> bool {
+        self.depth() + self.pending > self.limits.max_length
+    }
+
     /// Reserves a place for a message being published. `Err(())` if the queue is full and
     /// its policy rejects, or, with drop-oldest, if too few ready messages are left to
     /// drop (leased ones are never dropped). Drops nothing itself: once every queue of the
@@ -362,7 +492,7 @@ impl Queue {
             return Err(());
         }
         self.pending += 1;
-        Ok(self.alloc_seq(now))
+        Ok(self.alloc_fresh(now))
     }
 
     /// Drops the oldest ready messages while the queue, reservations included, is over its
@@ -377,22 +507,44 @@ impl Queue {
         }
     }
 
-    /// Gives back a reserved place whose change was refused or failed.
-    pub(crate) fn unreserve(&mut self) {
+    /// Gives back place `seq`, reserved fresh (a publish, a move) or to put a message
+    /// `back`, whose change was refused or failed.
+    pub(crate) fn unreserve(&mut self, seq: u64, back: bool) {
         self.pending = self.pending.saturating_sub(1);
+        if !back && self.is_cold(seq) {
+            if let Some(c) = &mut self.cold {
+                c.pending = c.pending.saturating_sub(1);
+            }
+        }
     }
 
-    /// Makes a message whose place was reserved deliverable there, once the change that
-    /// put it there is durable. A queue purged meanwhile takes nothing: the entry is
-    /// removed durably instead (`false`).
-    pub(crate) fn land(&mut self, seq: u64, slot: Slot, ops: &mut Vec<Op>) -> bool {
+    /// Makes a message whose place was reserved (fresh, or to put it `back`) deliverable
+    /// there, once the change that put it there is durable: ready in memory, or, for a
+    /// fresh place of a spilled queue, in the store only. A queue purged meanwhile takes
+    /// nothing: the entry is removed durably instead.
+    pub(crate) fn land(&mut self, seq: u64, slot: Slot, back: bool, ops: &mut Vec<Op>) -> Landed {
         self.pending = self.pending.saturating_sub(1);
+        let cold = !back && self.is_cold(seq);
+        if cold {
+            if let Some(c) = &mut self.cold {
+                c.pending = c.pending.saturating_sub(1);
+                c.stored += 1;
+            }
+        }
         if self.purged {
+            if cold {
+                if let Some(c) = &mut self.cold {
+                    c.stored -= 1;
+                }
+            }
             self.remove_durably(seq, &slot, ops);
-            return false;
+            return Landed::Removed;
+        }
+        if cold {
+            return Landed::Stored(slot);
         }
         self.ready.insert(seq, slot);
-        true
+        Landed::Ready
     }
 
     /// Reserves new places for messages moved here (dead-lettering), to [`Queue::land`]
@@ -412,14 +564,14 @@ impl Queue {
                 if let Some((seq, old)) = self.ready.pop_first() {
                     self.remove_durably(seq, &old, ops);
                     fx.dropped += 1;
-                } else if let Some((_, old)) = placed.pop_front() {
-                    self.pending -= 1;
+                } else if let Some((seq, old)) = placed.pop_front() {
+                    self.unreserve(seq, false);
                     old.msg.release(ops);
                     fx.dropped += 1;
                 }
             }
             self.pending += 1;
-            let seq = self.alloc_seq(now);
+            let seq = self.alloc_fresh(now);
             placed.push_back((
                 seq,
                 Slot {
@@ -686,7 +838,7 @@ mod tests {
         let mut ops = Vec::new();
         let seq = q.reserve(now)?;
         q.make_room(&mut ops, &mut Effects::default());
-        q.land(seq, slot(msg(id, None)), &mut ops);
+        q.land(seq, slot(msg(id, None)), false, &mut ops);
         Ok(seq)
     }
 
@@ -702,7 +854,7 @@ mod tests {
     /// Lands what `moved` put back, as the commit thread does once the change is durable.
     fn land_back(q: &mut Queue, moved: &mut Moved) {
         for (seq, slot) in std::mem::take(&mut moved.back) {
-            q.land(seq, slot, &mut Vec::new());
+            q.land(seq, slot, true, &mut Vec::new());
         }
     }
 
@@ -762,7 +914,7 @@ mod tests {
                 .any(|o| matches!(o, Op::DeleteMessage { id: i } if *i == id)));
         }
         for (seq, s) in placed.into_iter().chain(placed2) {
-            q.land(seq, s, &mut ops);
+            q.land(seq, s, false, &mut ops);
         }
         assert_eq!(take_ids(&mut q, 3), vec![2, 5]);
     }
@@ -775,7 +927,7 @@ mod tests {
         q.purge(&mut ops);
         ops.clear();
         for (seq, s) in placed {
-            assert!(!q.land(seq, s, &mut ops));
+            assert!(matches!(q.land(seq, s, false, &mut ops), Landed::Removed));
         }
         assert!(ops.iter().any(|o| matches!(o, Op::DeleteEntry { .. })));
         assert!(ops.iter().any(|o| matches!(o, Op::DeleteMessage { id: 7 })));
@@ -811,7 +963,7 @@ mod tests {
         let mut q = queue(10, Overflow::RejectPublish);
         let (mut ops, mut fx) = (Vec::new(), Effects::default());
         let seq = q.reserve(0).unwrap_or(0);
-        q.land(seq, slot(msg(1, Some(50))), &mut ops);
+        q.land(seq, slot(msg(1, Some(50))), false, &mut ops);
         assert!(q.take(60, 10, None, &mut ops, &mut fx).is_empty());
         assert_eq!(fx.expired, 1);
     }

@@ -38,6 +38,10 @@ max_disk_bytes = 0
 # Most memory the bodies of queued messages are held in. Past it the oldest are let go
 # and read back from the store when delivered.
 body_cache_bytes = 268435456
+# Most ready messages of one queue whose index is held in memory. Past it, new ones stay
+# in the log only and are brought back in order as consumers reach them, so a backlog is
+# bounded by disk, not memory (log engine only; redb holds every queue in memory).
+queue_memory_entries = 10000
 
 [stomp]
 # STOMP 1.2 over TCP (TRUNKLINE_STOMP, --stomp). Port 0 picks a free port.
@@ -182,6 +186,12 @@ pub struct StoreConfig {
     pub max_disk_bytes: u64,
     #[serde(default = "default_body_cache_bytes")]
     pub body_cache_bytes: u64,
+    #[serde(default = "default_queue_memory_entries")]
+    pub queue_memory_entries: usize,
+}
+
+fn default_queue_memory_entries() -> usize {
+    BrokerConfig::default().queue_memory_entries
 }
 
 fn default_body_cache_bytes() -> u64 {
@@ -413,6 +423,7 @@ impl Config {
             dedup_window_ms: self.inbox.dedup_window_secs.saturating_mul(1000),
             max_memory_bytes: self.inbox.max_memory_bytes,
             body_cache_bytes: self.store.body_cache_bytes,
+            queue_memory_entries: self.store.queue_memory_entries,
             ..BrokerConfig::default()
         }
     }

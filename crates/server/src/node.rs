@@ -496,6 +496,7 @@ mod tests {
             segment_mib: 1,
             max_disk_bytes: 0,
             body_cache_bytes: 1 << 20,
+            queue_memory_entries: 10_000,
         }
     }
 

@@ -70,6 +70,34 @@ pub trait QueueStore: Send + Sync + 'static {
     fn disk_gauge(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
         None
     }
+    /// From now on, keeps the entries newly put in `queue` with a sequence number of
+    /// `from_seq` or more on disk only, and with them each message put in the same commit
+    /// that no entry in memory refers to; [`QueueStore::page_in`] brings them back. Entries
+    /// already in memory stay there, and so do rewrites of them. `false` if the engine
+    /// keeps everything in memory (nothing changes then).
+    fn spill(&self, _queue: &str, _from_seq: u64) -> bool {
+        false
+    }
+    /// Brings entries of `queue` kept on disk only back into memory, oldest first: at least
+    /// `want` if there are that many (more if they share what is read), none if there are
+    /// none.
+    fn page_in(&self, _queue: &str, _want: usize) -> Result<Vec<Paged>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Stops spilling `queue` if none of its entries is left on disk only; whether it
+    /// did (or was not spilling).
+    fn unspill(&self, _queue: &str) -> bool {
+        true
+    }
+}
+
+/// An entry [`QueueStore::page_in`] brought back into memory, with what a node needs of
+/// its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paged {
+    pub seq: u64,
+    pub entry: StoredEntry,
+    pub meta: MessageMeta,
 }
 
 use std::sync::Arc;

@@ -20,9 +20,10 @@
 //! writer's lock only briefly: to check liveness in batches, and to move the records it
 //! copied to their new offsets (those still where it found them).
 
+use super::frame::Placed;
 use super::index;
 use super::state::{Key, State};
-use super::{corrupt, io, seg_path, LogStore, Shared, COMPACT_SUFFIX, IDLE};
+use super::{corrupt, io, read, seg_path, LogStore, Shared, COMPACT_SUFFIX, IDLE};
 use crate::fs::VFile;
 use crate::log_store::frame::{self, Tail, MAGIC};
 use crate::log_store::state::{Loc, SegInfo};
@@ -122,11 +123,46 @@ struct Output<'a> {
     sizes: Vec<usize>,
     olds: Vec<Option<(Key, Loc)>>,
     buf: Vec<u8>,
-    /// Per record written: which and where it was, and where it is.
-    moves: Vec<(Option<(Key, Loc)>, Loc)>,
+    /// Per put written: which and where it was, and where it is.
+    moves: Vec<((Key, Loc), Loc)>,
+    /// Bytes of deletes written.
+    deletes: u64,
 }
 
 impl Output<'_> {
+    /// Takes what of `placed` (records of segment `seg`) must stay: live puts, and
+    /// deletes unless the run starts at the `oldest` segment.
+    fn copy(&mut self, st: &State, seg: u32, placed: &[Placed<'_>], oldest: bool) {
+        for p in placed {
+            let at = Loc {
+                seg,
+                off: p.off,
+                bytes: p.bytes,
+                frame: p.frame,
+            };
+            let keep = if p.change.is_delete() {
+                (!oldest).then_some(None)
+            } else if st.is_live(&p.change, at) {
+                st.key(&p.change).map(|k| Some((k, at)))
+            } else {
+                None
+            };
+            if let Some(old) = keep {
+                self.raws.extend_from_slice(p.raw);
+                self.sizes.push(p.raw.len());
+                self.olds.push(old);
+            }
+        }
+    }
+
+    /// Writes a frame once enough is waiting.
+    fn flush_full(&mut self) -> Result<(), StoreError> {
+        if self.raws.len() as u64 >= FRAME_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.sizes.is_empty() {
             return Ok(());
@@ -147,7 +183,10 @@ impl Output<'_> {
                 bytes: *n as u32,
                 frame,
             };
-            self.moves.push((old, new));
+            match old {
+                Some(old) => self.moves.push((old, new)),
+                None => self.deletes += new.bytes as u64,
+            }
         }
         self.file
             .write_all_at(&self.buf, self.len)
@@ -261,6 +300,7 @@ fn delete(shared: &Shared, seg: u32) -> Result<bool, StoreError> {
     let mut st = shared.state_mut()?;
     st.segs.remove(&seg);
     st.files.remove(&seg);
+    st.replaced(seg, seg);
     shared.count_disk(&st);
     Ok(true)
 }
@@ -300,6 +340,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         olds: Vec::new(),
         buf: Vec::new(),
         moves: Vec::new(),
+        deletes: 0,
     };
     out.file
         .write_all_at(MAGIC, 0)
@@ -307,6 +348,19 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
     for (seg, file) in &segs {
         let seg = *seg;
         let seg_file = seg_path(dir, seg);
+        let len = file.len().map_err(|e| io("reading", &seg_file, e))?;
+        let mut magic = [0; MAGIC.len()];
+        file.read_exact_at(&mut magic, 0)
+            .map_err(|e| io("reading", &seg_file, e))?;
+        if &magic == MAGIC {
+            // A frame at a time: memory holds one frame read and one being written.
+            read::records(&**file, MAGIC.len() as u64, len, &seg_file, |frame| {
+                out.copy(&*shared.state()?, seg, frame, oldest);
+                out.flush_full()
+            })?;
+            continue;
+        }
+        // A segment of the first format, read whole (its frames are not checked alone).
         let bytes = file.read_all().map_err(|e| io("reading", &seg_file, e))?;
         let mut placed = Vec::new();
         let scanned = frame::scan(&bytes, false, |p| placed.push(p));
@@ -317,43 +371,18 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
                 scanned.valid
             )));
         }
-        let mut rest = placed.iter().peekable();
-        while rest.peek().is_some() {
-            {
-                // Up to BATCH records a hold of the lock, and a frame's worth of bytes.
-                let st = shared.state()?;
-                let mut n = 0;
-                while let Some(p) = rest.next_if(|_| {
-                    n += 1;
-                    n <= BATCH && (out.raws.len() as u64) < FRAME_BYTES
-                }) {
-                    let at = Loc {
-                        seg,
-                        off: p.off,
-                        bytes: p.bytes,
-                        frame: p.frame,
-                    };
-                    let keep = if p.change.is_delete() {
-                        (!oldest).then_some(None)
-                    } else if st.is_live(&p.change, at) {
-                        st.key(&p.change).map(|k| Some((k, at)))
-                    } else {
-                        None
-                    };
-                    if let Some(old) = keep {
-                        out.raws.extend_from_slice(p.raw);
-                        out.sizes.push(p.raw.len());
-                        out.olds.push(old);
-                    }
-                }
-            }
-            if out.raws.len() as u64 >= FRAME_BYTES {
-                out.flush()?;
-            }
+        for batch in placed.chunks(BATCH) {
+            out.copy(&*shared.state()?, seg, batch, oldest);
+            out.flush_full()?;
         }
     }
     out.flush()?;
-    let Output { len, moves, .. } = out;
+    let Output {
+        len,
+        moves,
+        deletes,
+        ..
+    } = out;
     f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
     // The old index describes the file being replaced (and would be ignored if left).
     index::remove(&**fs, dir, first)?;
@@ -367,15 +396,11 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         // The new file and the locations into it change together.
         let mut st = shared.state_mut()?;
         st.files.insert(first, f);
-        let (mut live, mut pinned) = (0u64, MAGIC.len() as u64);
-        for (old, new) in &moves {
-            match old {
-                Some((key, old)) => {
-                    if st.relocate(key, *old, *new) {
-                        live += u64::from(new.bytes);
-                    }
-                }
-                None => pinned += u64::from(new.bytes),
+        st.replaced(first, last);
+        let (mut live, pinned) = (0u64, MAGIC.len() as u64 + deletes);
+        for ((key, old), new) in &moves {
+            if st.relocate(key, *old, *new) {
+                live += u64::from(new.bytes);
             }
         }
         st.segs.insert(
@@ -403,6 +428,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         let mut st = shared.state_mut()?;
         st.segs.remove(seg);
         st.files.remove(seg);
+        st.replaced(*seg, *seg);
         shared.count_disk(&st);
     }
     shared.count_disk(&*shared.state()?);

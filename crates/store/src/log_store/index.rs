@@ -82,26 +82,29 @@ pub(crate) fn read(
     if file.len().ok()? != len || (frames > 0 && !headers_match(file, first, last_off, last)) {
         return None;
     }
-    // Decoded whole before anything is handed on: a bad index hands nothing.
-    let mut rest = &body[FIXED..];
-    let mut records = Vec::with_capacity(count.min(1 << 24) as usize);
-    for _ in 0..count {
-        let ((off, bytes, frame), tail) =
-            postcard::take_from_bytes::<(u32, u32, u32)>(rest).ok()?;
-        let (change, tail) = change::take_change(tail).ok()?;
-        records.push(Placed {
-            change,
-            raw: &[],
-            off,
-            bytes,
-            frame,
-        });
-        rest = tail;
-    }
-    if !rest.is_empty() {
-        return None;
-    }
-    records.into_iter().for_each(&mut apply);
+    // Decoded whole before anything is handed on, so that a bad index hands nothing; and
+    // decoded again to hand each on, so that memory holds the file, not its records too.
+    let records = |mut each: Option<&mut dyn FnMut(Placed<'_>)>| -> Option<()> {
+        let mut rest = &body[FIXED..];
+        for _ in 0..count {
+            let ((off, bytes, frame), tail) =
+                postcard::take_from_bytes::<(u32, u32, u32)>(rest).ok()?;
+            let (change, tail) = change::take_change(tail).ok()?;
+            if let Some(each) = each.as_mut() {
+                each(Placed {
+                    change,
+                    raw: &[],
+                    off,
+                    bytes,
+                    frame,
+                });
+            }
+            rest = tail;
+        }
+        rest.is_empty().then_some(())
+    };
+    records(None)?;
+    records(Some(&mut apply));
     Some(Summary { len, frames })
 }
 

@@ -25,6 +25,7 @@ mod compact;
 mod frame;
 mod index;
 mod read;
+mod spill;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ use frame::{Version, MAGIC};
 use state::{Loc, SegInfo, State};
 
 use crate::fs::{self, RealFs, VFile, Vfs};
-use crate::{Op, QueueStore, Snapshot, StoreError, StoredMessage};
+use crate::{Op, Paged, QueueStore, Snapshot, StoreError, StoredMessage};
 
 /// Default size at which the newest segment is closed and another started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -642,6 +643,7 @@ fn append(shared: &Shared, w: &mut Writer, ops: &[Op]) -> Result<(), StoreError>
         };
         st.apply(&op.into(), loc);
     }
+    st.spill_messages(ops);
     drop(st);
     if w.buf.capacity() > 4 << 20 {
         w.buf = Vec::with_capacity(64 << 10);
@@ -719,6 +721,18 @@ impl QueueStore for LogStore {
 
     fn disk_gauge(&self) -> Option<Arc<AtomicU64>> {
         Some(self.shared.disk.clone())
+    }
+
+    fn spill(&self, queue: &str, from_seq: u64) -> bool {
+        spill::spill(&self.shared, queue, from_seq).is_ok()
+    }
+
+    fn page_in(&self, queue: &str, want: usize) -> Result<Vec<Paged>, StoreError> {
+        spill::page_in(&self.shared, queue, want)
+    }
+
+    fn unspill(&self, queue: &str) -> bool {
+        spill::unspill(&self.shared, queue).unwrap_or(false)
     }
 }
 

@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use super::frame::{self, Version, HEADER};
+use super::change;
+use super::frame::{self, Placed, Version, HEADER};
 use super::state::{Loc, State, NO_FRAME};
 use super::{corrupt, io, seg_path};
 use crate::fs::VFile;
@@ -132,6 +133,46 @@ pub(crate) fn frame(
         return Err(bad("a frame does not match its CRC"));
     }
     Ok((header, payload))
+}
+
+/// Reads the frames of `file` from offset `from` to `to` (both frame boundaries), one at
+/// a time, each checked, and hands each frame's records to `each` together (so that a
+/// caller can take a lock once per frame). Memory holds one frame.
+pub(crate) fn records(
+    file: &dyn VFile,
+    from: u64,
+    to: u64,
+    path: &Path,
+    mut each: impl FnMut(&[Placed<'_>]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut at = from;
+    while at < to {
+        let (_, payload) = frame(file, at as u32, path)?;
+        let start = at + HEADER as u64;
+        let mut rest = payload.as_slice();
+        let mut placed = Vec::new();
+        while !rest.is_empty() {
+            let (change, tail) = change::take_op(rest).map_err(|e| {
+                corrupt(format!(
+                    "segment {} holds a record it cannot decode in the frame at {at}: {e}",
+                    path.display()
+                ))
+            })?;
+            let off = start + (payload.len() - rest.len()) as u64;
+            let raw = &rest[..rest.len() - tail.len()];
+            placed.push(Placed {
+                change,
+                raw,
+                off: off as u32,
+                bytes: raw.len() as u32,
+                frame: at as u32,
+            });
+            rest = tail;
+        }
+        each(&placed)?;
+        at = start + payload.len() as u64;
+    }
+    Ok(())
 }
 
 /// Reads and decodes the message `id` at `loc`.

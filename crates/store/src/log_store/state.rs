@@ -3,9 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use roaring::RoaringTreemap;
+
 use super::change::Change;
+use super::spill::Spilled;
 use crate::fs::VFile;
-use crate::{MessageMeta, RecordTable, Snapshot, StoredEntry};
+use crate::{MessageMeta, Op, RecordTable, Snapshot, StoredEntry};
 
 /// Where a live record sits: its segment, its offset there, the bytes it takes, and
 /// where the frame holding it starts (so that a read can check the frame's CRC);
@@ -84,6 +87,13 @@ pub(crate) struct State {
     pub files: HashMap<u32, Arc<dyn VFile>>,
     /// The segment being written.
     pub newest: u32,
+    /// Queues whose new entries stay on disk only (see [`super::spill`]).
+    pub spilled: HashMap<Arc<str>, Spilled>,
+    /// Live messages kept on disk only, with entries of spilled queues.
+    pub spilled_msgs: RoaringTreemap,
+    /// Counts the files compaction replaced or deleted: a page-in that read the log
+    /// without the lock applies what it read only if this has not changed meanwhile.
+    pub generation: u64,
 }
 
 impl State {
@@ -112,17 +122,31 @@ impl State {
             }
             Change::DeleteMessage { id } => {
                 self.expiry.remove(&id);
+                self.spilled_msgs.remove(id);
                 self.messages.remove(&id)
             }
             Change::PutEntry { queue, seq, entry } => {
                 self.add_live(loc);
-                let q = match self.entries.get_mut(queue) {
-                    Some(q) => q,
-                    None => self.entries.entry(Arc::from(queue)).or_default(),
-                };
-                q.insert(seq, (entry, loc)).map(|(_, l)| l)
+                let held = self.entries.get_mut(queue).and_then(|q| q.get_mut(&seq));
+                if let Some(held) = held {
+                    Some(std::mem::replace(held, (entry, loc)).1)
+                } else if let Some(s) = self.spilled.get_mut(queue).filter(|s| seq >= s.from) {
+                    s.seqs.insert(seq);
+                    None
+                } else {
+                    let q = match self.entries.get_mut(queue) {
+                        Some(q) => q,
+                        None => self.entries.entry(Arc::from(queue)).or_default(),
+                    };
+                    q.insert(seq, (entry, loc)).map(|(_, l)| l)
+                }
             }
             Change::DeleteEntry { queue, seq } => {
+                if let Some(s) = self.spilled.get_mut(queue) {
+                    // Only entries brought back are deleted; were one not, it goes (its
+                    // bytes are counted live until compaction finds it dead).
+                    s.seqs.remove(seq);
+                }
                 let q = self.entries.get_mut(queue);
                 let old = q.and_then(|q| q.remove(&seq).map(|(_, l)| l));
                 if self.entries.get(queue).is_some_and(|q| q.is_empty()) {
@@ -189,9 +213,53 @@ impl State {
         }
     }
 
-    /// Whether the put at `at` is the live version of its record.
+    /// After a commit's changes are applied: each message the commit put whose every
+    /// entry in it went to disk only ([`super::spill`]) leaves memory too.
+    pub fn spill_messages(&mut self, ops: &[Op]) {
+        if self.spilled.is_empty() {
+            return;
+        }
+        // Per message put here: whether every entry of it so far is on disk only.
+        let mut put: HashMap<u64, Option<bool>> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutMessage { id, .. } => Some((*id, None)),
+                _ => None,
+            })
+            .collect();
+        for op in ops {
+            if let Op::PutEntry { queue, seq, entry } = op {
+                if let Some(all) = put.get_mut(&entry.msg_id) {
+                    let spilled = self.spilled_entry(queue, *seq);
+                    *all = Some(all.unwrap_or(true) && spilled);
+                }
+            }
+        }
+        for (id, all) in put {
+            if all == Some(true) && self.messages.remove(&id).is_some() {
+                self.expiry.remove(&id);
+                self.spilled_msgs.insert(id);
+            }
+        }
+    }
+
+    /// Whether entry `seq` of `queue` is live on disk only.
+    fn spilled_entry(&self, queue: &str, seq: u64) -> bool {
+        self.spilled
+            .get(queue)
+            .is_some_and(|s| s.seqs.contains(seq))
+    }
+
+    /// Whether the put at `at` is the live version of its record. A record kept on disk
+    /// only was put once (sequence numbers and message ids are never reused), so any put
+    /// of it is.
     pub fn is_live(&self, change: &Change<'_>, at: Loc) -> bool {
         self.loc(change) == Some(at)
+            || match *change {
+                Change::PutMessage { id, .. } => self.spilled_msgs.contains(id),
+                Change::PutEntry { queue, seq, .. } => self.spilled_entry(queue, seq),
+                _ => false,
+            }
     }
 
     /// The key of the record a put writes (`None` for a delete), sharing the queue name
@@ -203,7 +271,9 @@ impl State {
                 let name = self
                     .entries
                     .get_key_value(queue)
-                    .map_or_else(|| Arc::from(queue), |(k, _)| k.clone());
+                    .map(|(k, _)| k.clone())
+                    .or_else(|| self.spilled.get_key_value(queue).map(|(k, _)| k.clone()))
+                    .unwrap_or_else(|| Arc::from(queue));
                 Key::Entry(name, seq)
             }
             Change::PutRecord { table, key, .. } => Key::Record(table, key.into()),
@@ -214,14 +284,37 @@ impl State {
     }
 
     /// Moves record `key` from `from` to `to` if `from` is still where it lives; true if
-    /// so.
+    /// so, or if it is live on disk only (then a page-in of its queue reads from `to`'s
+    /// segment on).
     pub fn relocate(&mut self, key: &Key, from: Loc, to: Loc) -> bool {
         match self.loc_mut(&key.as_change()) {
             Some(l) if *l == from => {
                 *l = to;
                 true
             }
-            _ => false,
+            Some(_) => false,
+            None => match key {
+                Key::Message(id) => self.spilled_msgs.contains(*id),
+                Key::Entry(queue, seq) => match self.spilled.get_mut(queue) {
+                    Some(s) if s.seqs.contains(*seq) => {
+                        s.resume = s.resume.min((to.seg, 0));
+                        true
+                    }
+                    _ => false,
+                },
+                Key::Record(..) => false,
+            },
+        }
+    }
+
+    /// Compaction replaced segments `first..=last` with one file numbered `first` (or
+    /// deleted them): offsets into them mean nothing now.
+    pub fn replaced(&mut self, first: u32, last: u32) {
+        self.generation += 1;
+        for s in self.spilled.values_mut() {
+            if (first..=last).contains(&s.resume.0) {
+                s.resume = (first, 0);
+            }
         }
     }
 

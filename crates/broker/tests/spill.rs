@@ -1,0 +1,164 @@
+//! Queues longer than memory: past `queue_memory_entries` ready entries, new ones stay in
+//! the log only and come back in order as consumers reach them. On a real log, with its
+//! background compaction running.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use trunkline_broker::footprint::{index_bytes, ENTRY_BYTES, MESSAGE_BYTES};
+use trunkline_broker::{
+    Broker, BrokerConfig, Delivery, NewClient, Publish, ReceiveOptions, Settle,
+};
+use trunkline_store::{LogStore, QueueStore};
+
+const T0: u64 = 1_700_000_000_000;
+/// Ready entries of one queue held in memory.
+const HOT: usize = 50;
+
+fn open(dir: &Path) -> Broker {
+    let store = Arc::new(LogStore::open_with(dir, 64 << 10).expect("open log"));
+    let config = BrokerConfig {
+        queue_memory_entries: HOT,
+        ..BrokerConfig::default()
+    };
+    Broker::open(store, config, T0).expect("open broker")
+}
+
+async fn client(b: &Broker, id: &str, pattern: &str) {
+    let c = NewClient::new(id, id, vec![pattern.to_owned()]);
+    b.create_client(c, T0).await.expect("create client");
+}
+
+async fn publish(b: &Broker, topic: &str, n: u64) {
+    let body = format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(200));
+    b.publish(Publish::new(topic, body.into_bytes(), "pub"), T0 + n)
+        .await
+        .expect("publish");
+}
+
+fn n_of(d: &Delivery) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&d.data.body).expect("json body");
+    v["n"].as_u64().expect("n")
+}
+
+fn ready(b: &Broker, queue: &str) -> u64 {
+    b.queue_depths()
+        .iter()
+        .find(|d| &*d.name == queue)
+        .map_or(0, |d| d.ready)
+}
+
+/// Receives everything from `id`'s inbox, `max` at a time, leased; acks all but every
+/// seventh of the first delivery, which is nacked back once. Returns `n` in the order
+/// first delivered.
+async fn drain(b: &Broker, id: &str, max: usize, now: u64) -> Vec<u64> {
+    let who = b.principal(id).expect("principal");
+    let queue = format!("{id}-inbox");
+    let mut out = Vec::new();
+    loop {
+        let got = b
+            .receive(&who, &queue, ReceiveOptions::leased(max, 60_000), now)
+            .await
+            .expect("receive");
+        if got.is_empty() {
+            return out;
+        }
+        let (mut ack, mut nack) = (Vec::new(), Vec::new());
+        for d in got {
+            let receipt = d.receipt.clone().expect("receipt");
+            if d.delivery_count == 1 {
+                out.push(n_of(&d));
+                if n_of(&d).is_multiple_of(7) {
+                    nack.push(receipt);
+                    continue;
+                }
+            }
+            ack.push(receipt);
+        }
+        b.settle(&who, &ack, Settle::Ack, now).await.expect("ack");
+        b.settle(&who, &nack, Settle::Nack { requeue: true }, now)
+            .await
+            .expect("nack");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_memory_stays_in_the_log_and_drains_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = open(dir.path());
+    client(&b, "a", "t.#").await;
+    client(&b, "b", "t.b.#").await;
+    let n: u64 = 3000;
+    for i in 0..n {
+        // One in five goes to both.
+        let topic = if i.is_multiple_of(5) {
+            "t.b.x"
+        } else {
+            "t.a.x"
+        };
+        publish(&b, topic, i).await;
+    }
+    assert_eq!(ready(&b, "a-inbox"), n);
+    assert_eq!(ready(&b, "b-inbox"), n / 5);
+    // In memory: the entries held with their messages, and the messages shared by two
+    // queues.
+    let bound = 2 * HOT as u64 * (ENTRY_BYTES + MESSAGE_BYTES) + (n / 5) * MESSAGE_BYTES;
+    assert!(
+        b.memory_used() <= bound,
+        "{} bytes of index in memory for {n} queued (bound {bound})",
+        b.memory_used()
+    );
+    assert_eq!(drain(&b, "a", 64, T0 + n).await, (0..n).collect::<Vec<_>>());
+    let to_b: Vec<u64> = (0..n).filter(|i| i % 5 == 0).collect();
+    assert_eq!(drain(&b, "b", 1000, T0 + n).await, to_b);
+    assert_eq!((ready(&b, "a-inbox"), ready(&b, "b-inbox")), (0, 0));
+    assert_eq!(b.memory_used(), 0, "everything consumed, nothing counted");
+    // Drained, the queue holds new messages in memory again.
+    publish(&b, "t.a.x", n).await;
+    assert_eq!(drain(&b, "a", 10, T0 + n + 1).await, vec![n]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_backlog_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = open(dir.path());
+    client(&b, "a", "t.#").await;
+    for i in 0..600 {
+        publish(&b, "t.x", i).await;
+    }
+    let who = b.principal("a").expect("principal");
+    let first = b
+        .receive(&who, "a-inbox", ReceiveOptions::auto(100), T0 + 600)
+        .await
+        .expect("receive");
+    assert_eq!(
+        first.iter().map(n_of).collect::<Vec<_>>(),
+        (0..100).collect::<Vec<_>>()
+    );
+    drop(who);
+    b.shutdown().map_err(|_| "still shared").expect("shutdown");
+    let b = open(dir.path());
+    assert_eq!(ready(&b, "a-inbox"), 500);
+    assert_eq!(
+        drain(&b, "a", 1000, T0 + 700).await,
+        (100..600).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_client_removes_what_it_kept_in_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = open(dir.path());
+    client(&b, "a", "t.#").await;
+    client(&b, "keep", "t.keep").await;
+    for i in 0..2000 {
+        publish(&b, "t.x", i).await;
+    }
+    publish(&b, "t.keep", 1).await;
+    b.delete_client("a").await.expect("delete");
+    assert_eq!(b.memory_used(), index_bytes(1));
+    b.shutdown().map_err(|_| "still shared").expect("shutdown");
+    let store = LogStore::open_with(dir.path(), 64 << 10).expect("reopen");
+    let snap = store.load().expect("load");
+    assert_eq!((snap.messages.len(), snap.entries.len()), (1, 1));
+}

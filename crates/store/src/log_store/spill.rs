@@ -1,0 +1,266 @@
+//! Queues longer than memory: entries kept on disk only, and brought back in order.
+//!
+//! A queue is spilled ([`crate::QueueStore::spill`]) from a sequence number on: every
+//! entry put in it from then on with that number or more, unless the same entry is held
+//! in memory already (a rewrite of one brought back), is only marked live, in a bitmap of
+//! sequence numbers, with no location; a message put in the same commit goes the same way
+//! when none of its entries stays in memory. Sequence numbers and message ids are never
+//! reused, so a put of a record marked live is its only put: compaction keeps it without
+//! knowing where it was.
+//!
+//! A page-in reads the log from where the last one stopped (the segment and offset in
+//! [`Spilled::resume`]), through each sealed segment's index file, or its frames when it
+//! has none, and up to the committed end of the newest. It reads without the state's
+//! lock, then applies what it found under the write lock unless compaction replaced a
+//! file meanwhile (then it reads again). Entries come back in log order, which is the
+//! order their commits were made; a sealed segment is read whole, so a message and its
+//! entries (one commit, one frame, never split across segments) are read together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use roaring::RoaringTreemap;
+
+use super::change::Change;
+use super::frame::{Placed, MAGIC};
+use super::state::{Loc, State};
+use super::{index, read, seg_path, Shared};
+use crate::fs::VFile;
+use crate::{MessageMeta, Paged, StoreError, StoredEntry};
+
+/// A spilled queue.
+#[derive(Debug)]
+pub(crate) struct Spilled {
+    /// Entries put fresh from this sequence number on stay on disk.
+    pub from: u64,
+    /// Those live and not brought back.
+    pub seqs: RoaringTreemap,
+    /// Segment and offset before which none of them is (offset 0: the segment's start).
+    pub resume: (u32, u32),
+}
+
+/// How many times a page-in reads again because compaction replaced what it read.
+const ATTEMPTS: usize = 16;
+
+pub(crate) fn spill(shared: &Shared, queue: &str, from: u64) -> Result<(), StoreError> {
+    let mut st = shared.state_mut()?;
+    if st.spilled.contains_key(queue) {
+        return Ok(());
+    }
+    // Whatever is committed from now on lies past the end of the newest segment now.
+    let newest = st.newest;
+    let end = st.segs.get(&newest).map_or(0, |s| s.len as u32);
+    st.spilled.insert(
+        Arc::from(queue),
+        Spilled {
+            from,
+            seqs: RoaringTreemap::new(),
+            resume: (newest, end),
+        },
+    );
+    Ok(())
+}
+
+pub(crate) fn unspill(shared: &Shared, queue: &str) -> Result<bool, StoreError> {
+    let mut st = shared.state_mut()?;
+    match st.spilled.get(queue) {
+        Some(s) if !s.seqs.is_empty() => Ok(false),
+        Some(_) => {
+            st.spilled.remove(queue);
+            Ok(true)
+        }
+        None => Ok(true),
+    }
+}
+
+/// A segment to read: its number, file, the end of what counts in it, whether it has a
+/// valid index, whether it is the newest.
+struct Part {
+    seg: u32,
+    file: Arc<dyn VFile>,
+    len: u64,
+    indexed: bool,
+    newest: bool,
+}
+
+/// What a read found: the queue's entries put fresh (in log order), and every message
+/// put, with their places.
+#[derive(Default)]
+struct Found {
+    entries: Vec<(u64, StoredEntry, Loc)>,
+    messages: HashMap<u64, (MessageMeta, Loc)>,
+}
+
+pub(crate) fn page_in(shared: &Shared, queue: &str, want: usize) -> Result<Vec<Paged>, StoreError> {
+    for _ in 0..ATTEMPTS {
+        let (generation, from, resume, parts) = {
+            let st = shared.state()?;
+            let Some(s) = st.spilled.get(queue) else {
+                return Ok(Vec::new());
+            };
+            if s.seqs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let parts: Vec<Part> = st
+                .segs
+                .range(s.resume.0..)
+                .filter_map(|(seg, info)| {
+                    Some(Part {
+                        seg: *seg,
+                        file: st.files.get(seg)?.clone(),
+                        len: info.len,
+                        indexed: info.indexed,
+                        newest: *seg == st.newest,
+                    })
+                })
+                .collect();
+            (st.generation, s.from, s.resume, parts)
+        };
+        let mut found = Found::default();
+        let mut end = resume;
+        for part in parts {
+            let start = match part.seg == resume.0 {
+                true => u64::from(resume.1).max(MAGIC.len() as u64),
+                false => MAGIC.len() as u64,
+            };
+            read_part(shared, &part, start, queue, from, &mut found)?;
+            end = match part.newest {
+                true => (part.seg, part.len as u32),
+                false => (part.seg + 1, 0),
+            };
+            if found.entries.len() >= want {
+                break;
+            }
+        }
+        if let Some(paged) = apply(shared, queue, generation, end, found)? {
+            return Ok(paged);
+        }
+    }
+    Err(StoreError::Engine(format!(
+        "bringing back entries of {queue}: the log kept changing under the read"
+    )))
+}
+
+/// Reads `part` from offset `start` on.
+fn read_part(
+    shared: &Shared,
+    part: &Part,
+    start: u64,
+    queue: &str,
+    from: u64,
+    found: &mut Found,
+) -> Result<(), StoreError> {
+    let mut take = |p: &Placed<'_>| {
+        if u64::from(p.off) < start {
+            return;
+        }
+        let loc = Loc {
+            seg: part.seg,
+            off: p.off,
+            bytes: p.bytes,
+            frame: p.frame,
+        };
+        match p.change {
+            Change::PutEntry {
+                queue: q,
+                seq,
+                entry,
+            } if q == queue && seq >= from => found.entries.push((seq, entry, loc)),
+            Change::PutMessage { id, msg } => {
+                // The first found is where it lives: a segment compaction has just
+                // copied from (to an earlier one) is read after its copy, until deleted.
+                found.messages.entry(id).or_insert((msg, loc));
+            }
+            _ => {}
+        }
+    };
+    let path = seg_path(&shared.dir, part.seg);
+    let indexed = part.indexed
+        && index::read(&*shared.fs, &shared.dir, part.seg, &*part.file, |p| {
+            take(&p)
+        })
+        .is_some();
+    if indexed {
+        return Ok(());
+    }
+    read::records(&*part.file, start, part.len, &path, |frame| {
+        frame.iter().for_each(&mut take);
+        Ok(())
+    })
+}
+
+/// Brings back what `found` holds of the queue's spilled entries, unless the log changed
+/// since it was read (`None`: read again).
+fn apply(
+    shared: &Shared,
+    queue: &str,
+    generation: u64,
+    end: (u32, u32),
+    found: Found,
+) -> Result<Option<Vec<Paged>>, StoreError> {
+    let mut st = shared.state_mut()?;
+    if st.generation != generation {
+        return Ok(None);
+    }
+    let State {
+        spilled,
+        spilled_msgs,
+        messages,
+        expiry,
+        entries,
+        ..
+    } = &mut *st;
+    let Some(name) = spilled.get_key_value(queue).map(|(k, _)| k.clone()) else {
+        return Ok(Some(Vec::new()));
+    };
+    let mut back = Vec::new();
+    if let Some(s) = spilled.get_mut(queue) {
+        for (seq, entry, loc) in found.entries {
+            if s.seqs.remove(seq) {
+                back.push((seq, entry, loc));
+            }
+        }
+        s.resume = end;
+    }
+    let (mut paged, mut missing) = (Vec::with_capacity(back.len()), 0u64);
+    for (seq, entry, loc) in back {
+        let id = entry.msg_id;
+        let meta = if spilled_msgs.contains(id) {
+            match found.messages.get(&id) {
+                Some((meta, mloc)) => {
+                    spilled_msgs.remove(id);
+                    messages.insert(id, *mloc);
+                    if let Some(t) = meta.expires_at_ms {
+                        expiry.insert(id, t);
+                    }
+                    *meta
+                }
+                None => {
+                    missing += 1;
+                    continue;
+                }
+            }
+        } else if messages.contains_key(&id) {
+            MessageMeta {
+                expires_at_ms: expiry.get(&id).copied(),
+            }
+        } else {
+            missing += 1;
+            continue;
+        };
+        entries
+            .entry(name.clone())
+            .or_default()
+            .insert(seq, (entry, loc));
+        paged.push(Paged { seq, entry, meta });
+    }
+    if missing > 0 {
+        // Left out: a restart finds them without their messages and removes them.
+        tracing::error!(
+            queue,
+            missing,
+            "entries brought back from the log lack their messages"
+        );
+    }
+    Ok(Some(paged))
+}
