@@ -223,12 +223,11 @@ pub(super) fn run(shared: &Shared) {
 
 /// Compacts until nothing is worth doing; returns the segments rewritten or deleted.
 pub(super) fn until_done(shared: &Shared) -> Result<usize, StoreError> {
-    let _one = shared
-        .compacting
-        .lock()
-        .map_err(|_| StoreError::Failed("compaction lock poisoned".into()))?;
     let mut done = 0;
     while !shared.stop.load(Ordering::Relaxed) {
+        // Held for one step at a time: a page-in that keeps meeting compaction waits for
+        // one step, not for all of them.
+        let _one = shared.compacting()?;
         if shared.writer()?.failed.is_some() {
             break;
         }
@@ -252,23 +251,24 @@ pub(super) fn until_done(shared: &Shared) -> Result<usize, StoreError> {
 
 /// Writes an index file for every sealed segment without a valid one; returns how many.
 pub(super) fn index_sealed(shared: &Shared) -> Result<usize, StoreError> {
-    let _one = shared
-        .compacting
-        .lock()
-        .map_err(|_| StoreError::Failed("compaction lock poisoned".into()))?;
-    let todo: Vec<(u32, Arc<dyn VFile>)> = {
+    let todo: Vec<u32> = {
         let st = shared.state()?;
         st.segs
             .iter()
             .filter(|(s, i)| **s != st.newest && !i.indexed)
-            .filter_map(|(s, _)| Some((*s, st.files.get(s)?.clone())))
+            .map(|(s, _)| *s)
             .collect()
     };
     let mut done = 0;
-    for (seg, file) in todo {
+    for seg in todo {
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
+        // One segment a hold, its file as it is now (compaction may have replaced it).
+        let _one = shared.compacting()?;
+        let Some(file) = shared.state()?.files.get(&seg).cloned() else {
+            continue;
+        };
         // A segment that does not end cleanly is left to be read whole.
         let built = index::build(&*shared.fs, &shared.dir, seg, &*file)?;
         let mut st = shared.state_mut()?;

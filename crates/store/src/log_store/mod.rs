@@ -332,6 +332,11 @@ impl Shared {
         self.state.read().map_err(poisoned)
     }
 
+    /// Held by each step of compaction (and by a page-in that must not meet one).
+    fn compacting(&self) -> Result<MutexGuard<'_, ()>, StoreError> {
+        self.compacting.lock().map_err(poisoned)
+    }
+
     fn state_mut(&self) -> Result<RwLockWriteGuard<'_, State>, StoreError> {
         self.state.write().map_err(poisoned)
     }

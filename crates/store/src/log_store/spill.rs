@@ -39,8 +39,9 @@ pub(crate) struct Spilled {
     pub resume: (u32, u32),
 }
 
-/// How many times a page-in reads again because compaction replaced what it read.
-const ATTEMPTS: usize = 16;
+/// How many times a page-in reads; compaction replacing what it read makes it read
+/// again, and the last time it holds compaction off.
+const ATTEMPTS: usize = 4;
 
 pub(crate) fn spill(shared: &Shared, queue: &str, from: u64) -> Result<(), StoreError> {
     let mut st = shared.state_mut()?;
@@ -92,7 +93,11 @@ struct Found {
 }
 
 pub(crate) fn page_in(shared: &Shared, queue: &str, want: usize) -> Result<Vec<Paged>, StoreError> {
-    for _ in 0..ATTEMPTS {
+    for attempt in 1..=ATTEMPTS {
+        let _hold = match attempt {
+            ATTEMPTS => Some(shared.compacting()?),
+            _ => None,
+        };
         let (generation, from, resume, parts) = {
             let st = shared.state()?;
             let Some(s) = st.spilled.get(queue) else {
