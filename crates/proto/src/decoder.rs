@@ -161,6 +161,20 @@ impl Decoder {
         &self.limits
     }
 
+    /// Bytes the frame being decoded takes in the buffer, from its start to its NUL, once
+    /// its headers say (a `content-length`); 0 otherwise. A reader can make room for it
+    /// all at once instead of growing the buffer as the body arrives.
+    pub fn frame_len(&self) -> usize {
+        match &self.state {
+            State::Body(Body {
+                start,
+                length: BodyLength::Known(len),
+                ..
+            }) => start + len + 1,
+            _ => 0,
+        }
+    }
+
     /// Forgets any partly decoded frame.
     pub fn reset(&mut self) {
         self.state = State::Idle;

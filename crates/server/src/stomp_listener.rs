@@ -39,6 +39,10 @@ use crate::listener::PerAddress;
 
 /// Write buffer size past which deliveries wait.
 const WRITE_HIGH_WATER: usize = 1 << 20;
+/// Room a read gets at least (more for the rest of a large frame).
+const READ_CHUNK: usize = 16 << 10;
+/// Bodies at least this large are published without a copy.
+const ZERO_COPY_BODY: usize = 4 * READ_CHUNK;
 /// Messages a live subscription may have waiting before it counts as a slow consumer.
 const LIVE_CAPACITY: usize = 1000;
 
@@ -253,7 +257,7 @@ impl Connection {
         shutdown: CancellationToken,
     ) {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut wbuf = BytesMut::with_capacity(16 * 1024);
         let mut partial_since: Option<tokio::time::Instant> = None;
         loop {
@@ -289,6 +293,14 @@ impl Connection {
                 (a, b) => a.or(b),
             };
             let can_read = self.session.wants_read();
+            if can_read {
+                // Room for the rest of a large frame at once: grown as it arrives, the
+                // buffer would copy what it holds each time.
+                let want = self.decoder.frame_len();
+                if rbuf.capacity() < want || rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                    rbuf.reserve(want.saturating_sub(rbuf.len()).max(READ_CHUNK));
+                }
+            }
             let can_deliver = wbuf.len() < WRITE_HIGH_WATER;
             tokio::select! {
                 r = rd.read_buf(&mut rbuf), if can_read => match r {
@@ -529,9 +541,15 @@ impl Connection {
                     .unwrap_or_else(|| "application/octet-stream".into()),
             )
         };
-        // A copy: the decoded body shares the connection's read buffer, which a queued
-        // message must not keep alive.
-        p.body = Bytes::copy_from_slice(&item.body);
+        // The decoded body shares the connection's read buffer. A small one is copied, so
+        // that a queued message does not keep a buffer of other frames alive; a large one
+        // is kept as it is: the buffer was made for its frame (see `run`), and copying it
+        // would cost more than the little it shares.
+        p.body = if item.body.len() >= ZERO_COPY_BODY {
+            item.body
+        } else {
+            Bytes::copy_from_slice(&item.body)
+        };
         p.headers = item.headers;
         p
     }

@@ -309,14 +309,17 @@ fn delete(shared: &Shared, seg: u32) -> Result<bool, StoreError> {
 /// what must stay.
 fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool, StoreError> {
     let (fs, dir) = (&shared.fs, &shared.dir);
-    let segs: Vec<(u32, Arc<dyn VFile>)> = {
+    // With whether each holds anything live: a sealed segment gets nothing new, so one
+    // that holds nothing live now never will, and a merge (which drops deletes) need not
+    // read it at all.
+    let segs: Vec<(u32, Arc<dyn VFile>, bool)> = {
         let st = shared.state()?;
         if (first..=last).contains(&st.newest) {
             return Ok(false);
         }
         st.segs
             .range(first..=last)
-            .filter_map(|(s, _)| Some((*s, st.files.get(s)?.clone())))
+            .filter_map(|(s, i)| Some((*s, st.files.get(s)?.clone(), i.live > 0)))
             .collect()
     };
     // The new file, written a frame (about FRAME_BYTES) at a time as the run is read:
@@ -345,7 +348,10 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
     out.file
         .write_all_at(MAGIC, 0)
         .map_err(|e| io("writing", &tmp, e))?;
-    for (seg, file) in &segs {
+    for (seg, file, live) in &segs {
+        if oldest && !live {
+            continue;
+        }
         let seg = *seg;
         let seg_file = seg_path(dir, seg);
         let len = file.len().map_err(|e| io("reading", &seg_file, e))?;
@@ -412,14 +418,14 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
                 indexed: false,
             },
         );
-        for (seg, _) in segs.iter().filter(|(s, _)| *s != first) {
+        for (seg, ..) in segs.iter().filter(|(s, ..)| *s != first) {
             if let Some(info) = st.segs.get_mut(seg) {
                 info.live = 0;
             }
         }
     }
     // The rest of the run goes, oldest first, each deletion durable before the next.
-    for (seg, _) in segs.iter().filter(|(s, _)| *s != first) {
+    for (seg, ..) in segs.iter().filter(|(s, ..)| *s != first) {
         let path = seg_path(dir, *seg);
         fs.remove_file(&path)
             .and_then(|()| fs.sync_dir(dir))

@@ -51,6 +51,15 @@ impl Version {
 /// the frame and its encoded size.
 pub(crate) fn encode(ops: &[Op], buf: &mut Vec<u8>) -> Result<Vec<(u32, u32)>, StoreError> {
     let start = buf.len();
+    // Room for it all at once: a frame of large bodies grown by doubling copies itself.
+    let hint: usize = ops
+        .iter()
+        .map(|op| match op {
+            Op::PutMessage { msg, .. } => 64 + msg.body.len() + msg.topic.len() + msg.sender.len(),
+            _ => 64,
+        })
+        .sum();
+    buf.reserve(HEADER + hint);
     buf.extend_from_slice(&[0; HEADER]);
     let mut placed = Vec::with_capacity(ops.len());
     let mut out = std::mem::take(buf);

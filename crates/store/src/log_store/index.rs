@@ -135,32 +135,28 @@ pub(crate) fn build(
     out.resize(FIXED, 0);
     let (mut count, mut frames) = (0u64, 0u64);
     let (mut first, mut last) = ([0; HEADER], [0; HEADER]);
-    let (mut at, mut last_at) = (MAGIC.len() as u64, 0u64);
-    while at < len {
-        let Ok((header, payload)) = read::frame(file, at as u32, &seg_file) else {
-            return Ok(false);
-        };
-        if frames == 0 {
-            first = header;
-        }
-        (last, last_at) = (header, at);
-        let start = at + HEADER as u64;
-        let mut rest = payload.as_slice();
-        while !rest.is_empty() {
-            let Ok((change, tail)) = change::take_op(rest) else {
-                return Ok(false);
-            };
-            let off = start + (payload.len() - rest.len()) as u64;
-            let bytes = (rest.len() - tail.len()) as u32;
-            out = postcard::to_extend(&((off as u32, bytes, at as u32), &change), out)
-                .map_err(|e| StoreError::Engine(format!("encoding an index: {e}")))?;
-            count += 1;
-            rest = tail;
-        }
-        frames += 1;
-        at = start + payload.len() as u64;
-    }
-    if at != len {
+    let mut last_at = 0u64;
+    let read = read::frames(
+        file,
+        MAGIC.len() as u64,
+        len,
+        &seg_file,
+        |at, header, payload| {
+            if frames == 0 {
+                first = *header;
+            }
+            (last, last_at) = (*header, at);
+            for p in read::placed(at, payload, &seg_file)? {
+                let record = ((p.off, p.bytes, p.frame), &p.change);
+                out = postcard::to_extend(&record, std::mem::take(&mut out))
+                    .map_err(|e| StoreError::Engine(format!("encoding an index: {e}")))?;
+                count += 1;
+            }
+            frames += 1;
+            Ok(())
+        },
+    );
+    if read.is_err() {
         return Ok(false);
     }
     out[8..16].copy_from_slice(&len.to_le_bytes());

@@ -135,9 +135,103 @@ pub(crate) fn frame(
     Ok((header, payload))
 }
 
-/// Reads the frames of `file` from offset `from` to `to` (both frame boundaries), one at
-/// a time, each checked, and hands each frame's records to `each` together (so that a
-/// caller can take a lock once per frame). Memory holds one frame.
+/// Bytes a sequential read of frames fetches at a time.
+const READ_AHEAD: usize = 1 << 20;
+
+/// Reads the frames of `file` from offset `from` to `to` (both frame boundaries) in order,
+/// [`READ_AHEAD`] bytes at a time (more for a larger frame), each checked, and hands each
+/// frame's offset, header and payload to `each`. Memory holds one read-ahead buffer.
+pub(crate) fn frames(
+    file: &dyn VFile,
+    from: u64,
+    to: u64,
+    path: &Path,
+    mut each: impl FnMut(u64, &[u8; HEADER], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut buf: Vec<u8> = Vec::new();
+    // `buf` holds the file from `base` on; `at` is the next frame.
+    let (mut base, mut at) = (from, from);
+    // Makes `buf` hold `[at, at + n)`, reading ahead as far as `to`.
+    let fill = |buf: &mut Vec<u8>, base: &mut u64, at: u64, n: usize| -> Result<(), StoreError> {
+        let have = (*base + buf.len() as u64).saturating_sub(at) as usize;
+        if at >= *base && have >= n {
+            return Ok(());
+        }
+        let keep = if at >= *base { have } else { 0 };
+        let start = buf.len() - keep;
+        buf.drain(..start);
+        *base = at;
+        let want = n.max(READ_AHEAD).min((to - at) as usize).max(n);
+        let old = buf.len();
+        buf.resize(want, 0);
+        file.read_exact_at(&mut buf[old..], at + old as u64)
+            .map_err(|e| io("reading", path, e))
+    };
+    while at < to {
+        let bad = |what: &str| {
+            corrupt(format!(
+                "segment {} is damaged at offset {at}: {what}. `trunkline store check` shows \
+                 the damage",
+                path.display()
+            ))
+        };
+        if to - at < HEADER as u64 {
+            return Err(bad("a frame header runs past the end"));
+        }
+        fill(&mut buf, &mut base, at, HEADER)?;
+        let off = (at - base) as usize;
+        let mut header = [0; HEADER];
+        header.copy_from_slice(&buf[off..off + HEADER]);
+        let Some(len) = frame::payload_len(&header, Version::V2) else {
+            return Err(bad("a frame header does not match its CRC"));
+        };
+        if (to - at - HEADER as u64) < len as u64 {
+            return Err(bad("a frame runs past the end"));
+        }
+        fill(&mut buf, &mut base, at, HEADER + len)?;
+        let off = (at - base) as usize;
+        let payload = &buf[off + HEADER..off + HEADER + len];
+        if !frame::payload_matches(&header, payload) {
+            return Err(bad("a frame does not match its CRC"));
+        }
+        each(at, &header, payload)?;
+        at += (HEADER + len) as u64;
+    }
+    Ok(())
+}
+
+/// The records of one frame's `payload` (the frame at `at`), decoded.
+pub(crate) fn placed<'a>(
+    at: u64,
+    payload: &'a [u8],
+    path: &Path,
+) -> Result<Vec<Placed<'a>>, StoreError> {
+    let start = at + HEADER as u64;
+    let mut rest = payload;
+    let mut placed = Vec::new();
+    while !rest.is_empty() {
+        let (change, tail) = change::take_op(rest).map_err(|e| {
+            corrupt(format!(
+                "segment {} holds a record it cannot decode in the frame at {at}: {e}",
+                path.display()
+            ))
+        })?;
+        let off = start + (payload.len() - rest.len()) as u64;
+        let raw = &rest[..rest.len() - tail.len()];
+        placed.push(Placed {
+            change,
+            raw,
+            off: off as u32,
+            bytes: raw.len() as u32,
+            frame: at as u32,
+        });
+        rest = tail;
+    }
+    Ok(placed)
+}
+
+/// Reads the frames of `file` from `from` to `to` as [`frames`] does and hands each
+/// frame's records to `each` together (so that a caller can take a lock once a frame).
 pub(crate) fn records(
     file: &dyn VFile,
     from: u64,
@@ -145,34 +239,9 @@ pub(crate) fn records(
     path: &Path,
     mut each: impl FnMut(&[Placed<'_>]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let mut at = from;
-    while at < to {
-        let (_, payload) = frame(file, at as u32, path)?;
-        let start = at + HEADER as u64;
-        let mut rest = payload.as_slice();
-        let mut placed = Vec::new();
-        while !rest.is_empty() {
-            let (change, tail) = change::take_op(rest).map_err(|e| {
-                corrupt(format!(
-                    "segment {} holds a record it cannot decode in the frame at {at}: {e}",
-                    path.display()
-                ))
-            })?;
-            let off = start + (payload.len() - rest.len()) as u64;
-            let raw = &rest[..rest.len() - tail.len()];
-            placed.push(Placed {
-                change,
-                raw,
-                off: off as u32,
-                bytes: raw.len() as u32,
-                frame: at as u32,
-            });
-            rest = tail;
-        }
-        each(&placed)?;
-        at = start + payload.len() as u64;
-    }
-    Ok(())
+    frames(file, from, to, path, |at, _, payload| {
+        each(&placed(at, payload, path)?)
+    })
 }
 
 /// Reads and decodes the message `id` at `loc`.
