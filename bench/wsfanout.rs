@@ -48,8 +48,10 @@ use crate::{
 /// Trunkline's channel (public: no token needed to subscribe).
 const CHANNEL: &str = "bench";
 /// Trunkline's settings for the run: one session publishes every message, far past the
-/// default 100 per second.
-const TRUNKLINE_CONFIG: &str = "[ws]\nrate_per_sec = 1000000000\n";
+/// default 100 per second; every session comes from the one loopback address, past the
+/// default 256 connections per address.
+const TRUNKLINE_CONFIG: &str =
+    "[ws]\nrate_per_sec = 1000000000\n\n[http_limits]\nmax_connections_per_address = 100000\n";
 /// Time allowed for one connection (upgrade, and for Trunkline the welcome and subscribe).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sessions connecting at once.
