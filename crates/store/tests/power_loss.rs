@@ -1,7 +1,8 @@
 //! Power-loss testing of the log engine.
 //!
 //! A scripted workload (random commits of every kind of op, compactions, small segments
-//! so that segments start and are merged often) runs on [`SimFs`], a file system that
+//! so that segments start and are merged often, a queue kept on disk only and brought
+//! back a little at a time) runs on [`SimFs`], a file system that
 //! forgets at a power loss whatever was not synced: data, sizes (including `fallocate`d
 //! space) and directory entries, tearing writes sector by sector. The script is run once
 //! to count its file system changes, then again with a crash before each one in turn,
@@ -42,7 +43,15 @@ impl Rng {
 enum Step {
     Commit(Vec<Op>),
     Compact,
+    /// Brings back up to two entries of the spilled queue, and consumes those with an
+    /// even sequence number (one commit).
+    PageIn,
 }
+
+/// A queue spilled from the start of each run: its entries (and their messages, put in
+/// the same commit) stay on disk only until brought back. Its sequence numbers and
+/// message ids are fresh, as the broker's always are.
+const SPILLED: &str = "s-inbox";
 
 fn message(id: u64, len: usize) -> Op {
     Op::PutMessage {
@@ -63,9 +72,23 @@ fn script(seed: u64) -> Vec<Step> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let queues = ["a-inbox", "b-inbox"];
     let mut steps = Vec::new();
+    let mut fresh = 0;
     for i in 0..90 {
         let n = 1 + rng.below(4);
         let mut ops = Vec::new();
+        if rng.below(3) == 0 {
+            fresh += 1;
+            let id = 2_000_000 + fresh;
+            ops.push(message(id, rng.below(1200) as usize));
+            ops.push(Op::PutEntry {
+                queue: Arc::from(SPILLED),
+                seq: fresh,
+                entry: StoredEntry {
+                    msg_id: id,
+                    delivery_count: 0,
+                },
+            });
+        }
         for _ in 0..n {
             let id = rng.below(40);
             let q: Arc<str> = Arc::from(queues[rng.below(2) as usize]);
@@ -95,6 +118,9 @@ fn script(seed: u64) -> Vec<Step> {
         steps.push(Step::Commit(ops));
         if i % 10 == 9 {
             steps.push(Step::Compact);
+        }
+        if i % 5 == 4 {
+            steps.push(Step::PageIn);
         }
     }
     steps
@@ -133,15 +159,45 @@ fn run(fs: &SimFs, steps: &[Step], background: bool) -> Outcome {
     let Ok(store) = LogStore::open_on(Arc::new(fs.clone()), &dir, options(background)) else {
         return out;
     };
+    assert!(store.spill(SPILLED, 0), "the log spills");
+    let commit = |ops: &Vec<Op>, out: &mut Outcome| match store.commit(ops) {
+        Ok(()) => {
+            out.acked.push(ops.clone());
+            true
+        }
+        Err(_) => {
+            out.in_doubt = Some(ops.clone());
+            false
+        }
+    };
     for step in steps {
         match step {
-            Step::Commit(ops) => match store.commit(ops) {
-                Ok(()) => out.acked.push(ops.clone()),
-                Err(_) => {
-                    out.in_doubt = Some(ops.clone());
+            Step::Commit(ops) => {
+                if !commit(ops, &mut out) {
                     break;
                 }
-            },
+            }
+            Step::PageIn => {
+                let Ok(paged) = store.page_in(SPILLED, 2) else {
+                    break;
+                };
+                let consumed: Vec<Op> = paged
+                    .iter()
+                    .filter(|p| p.seq % 2 == 0)
+                    .flat_map(|p| {
+                        [
+                            Op::DeleteEntry {
+                                queue: Arc::from(SPILLED),
+                                seq: p.seq,
+                            },
+                            Op::DeleteMessage { id: p.entry.msg_id },
+                        ]
+                    })
+                    .collect();
+                if !consumed.is_empty() && !commit(&consumed, &mut out) {
+                    break;
+                }
+            }
             Step::Compact => {
                 // Compaction, then the index files of the sealed segments (which the
                 // next open reads instead of the segments).
