@@ -574,7 +574,7 @@ impl Broker {
                 q.land(seq, slot, false, &mut Vec::new());
             }
         }
-        let spill = spill_of(&store, &config);
+        let spill = spill_of(Arc::downgrade(&store), &config);
         for q in queues.values_mut() {
             q.set_spill(spill.clone());
         }
@@ -1738,9 +1738,7 @@ impl Broker {
             for mut q in client_queues(&rec, &self.inner.config) {
                 // A client made again under an old id must not meet its old receipts.
                 q.lift_seq(self.inner.last_msg_id.load(Ordering::Relaxed));
-                if let Some(store) = self.inner.store.upgrade() {
-                    q.set_spill(spill_of(&store, &self.inner.config));
-                }
+                q.set_spill(spill_of(self.inner.store.clone(), &self.inner.config));
                 queues.insert(
                     q.name.clone(),
                     Arc::new(QueueCell {
@@ -2092,11 +2090,11 @@ fn resolve(s: &LimitSettings, config: &BrokerConfig) -> Limits {
 }
 
 /// How a queue of this broker spills what passes its memory.
-fn spill_of(store: &Arc<dyn QueueStore>, config: &BrokerConfig) -> Option<Spill> {
-    Some(Spill {
-        store: Arc::downgrade(store),
+fn spill_of(store: std::sync::Weak<dyn QueueStore>, config: &BrokerConfig) -> Spill {
+    Spill {
+        store,
         hot_max: config.queue_memory_entries,
-    })
+    }
 }
 
 fn client_queues(rec: &ClientRecord, config: &BrokerConfig) -> [Queue; 2] {

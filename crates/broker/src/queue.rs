@@ -372,8 +372,8 @@ impl Queue {
     }
 
     /// Keeps what passes `spill.hot_max` ready entries in `spill.store` only.
-    pub(crate) fn set_spill(&mut self, spill: Option<Spill>) {
-        self.spill = spill;
+    pub(crate) fn set_spill(&mut self, spill: Spill) {
+        self.spill = Some(spill);
     }
 
     /// Ready (in memory or in the store only) plus leased messages.
@@ -498,7 +498,7 @@ impl Queue {
     /// Drops the oldest ready messages while the queue, reservations included, is over its
     /// length (only drop-oldest queues can be).
     pub(crate) fn make_room(&mut self, ops: &mut Vec<Op>, fx: &mut Effects) {
-        while self.depth() + self.pending > self.limits.max_length {
+        while self.over_length() {
             let Some((seq, slot)) = self.ready.pop_first() else {
                 break;
             };
@@ -524,27 +524,23 @@ impl Queue {
     /// nothing: the entry is removed durably instead.
     pub(crate) fn land(&mut self, seq: u64, slot: Slot, back: bool, ops: &mut Vec<Op>) -> Landed {
         self.pending = self.pending.saturating_sub(1);
-        let cold = !back && self.is_cold(seq);
-        if cold {
-            if let Some(c) = &mut self.cold {
+        let cold = match &mut self.cold {
+            Some(c) if !back && seq >= c.from => {
                 c.pending = c.pending.saturating_sub(1);
-                c.stored += 1;
+                c.stored += i64::from(!self.purged);
+                true
             }
-        }
+            _ => false,
+        };
         if self.purged {
-            if cold {
-                if let Some(c) = &mut self.cold {
-                    c.stored -= 1;
-                }
-            }
             self.remove_durably(seq, &slot, ops);
-            return Landed::Removed;
+            Landed::Removed
+        } else if cold {
+            Landed::Stored(slot)
+        } else {
+            self.ready.insert(seq, slot);
+            Landed::Ready
         }
-        if cold {
-            return Landed::Stored(slot);
-        }
-        self.ready.insert(seq, slot);
-        Landed::Ready
     }
 
     /// Reserves new places for messages moved here (dead-lettering), to [`Queue::land`]

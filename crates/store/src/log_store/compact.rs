@@ -17,8 +17,9 @@
 //! behind), single segments behind them are rewritten in place, keeping their deletes.
 //!
 //! The compactor reads the sealed segment's file, not the live state, and takes the
-//! writer's lock only briefly: to check liveness in batches, and to move the records it
-//! copied to their new offsets (those still where it found them).
+//! state's lock only briefly: to check liveness a frame at a time (a batch at a time in a
+//! segment of the first format), and to move the records it copied to their new offsets
+//! (those still where it found them). A merge does not read a segment with nothing live.
 
 use super::frame::Placed;
 use super::index;
@@ -32,7 +33,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Liveness checks per hold of the writer's lock.
+/// Liveness checks per hold of the state's lock, in a segment of the first format (read
+/// whole: its frames are not checked alone).
 const BATCH: usize = 4096;
 /// Ops per frame of a rewritten segment, by encoded size.
 const FRAME_BYTES: u64 = 1 << 20;
@@ -324,9 +326,9 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
     };
     // The new file, written a frame (about FRAME_BYTES) at a time as the run is read:
     // what stays is live puts (with where they are now) and, unless the run starts at the
-    // oldest segment, deletes. Their bytes are copied as they are. Memory holds one
-    // segment being read, one frame being written, and per record kept which it is and
-    // where it was and is.
+    // oldest segment, deletes. Their bytes are copied as they are. Memory holds the
+    // read-ahead of the segment being read (a segment of the first format whole), one
+    // frame being written, and per put kept which it is and where it was and is.
     let path = seg_path(dir, first);
     let tmp = dir.join(format!("{first:020}{COMPACT_SUFFIX}"));
     if fs.exists(&tmp) {
