@@ -21,10 +21,11 @@ import time
 from typing import Callable
 
 import pytest
+import requests
 import stomp
 from stomp.utils import Frame
 
-from trunkline_node import Client, Node, receive, start_node, stop_node, uid
+from trunkline_node import HTTP_TIMEOUT, Client, Node, receive, start_node, stop_node, uid
 
 # Seconds to wait for anything the server must do (a frame, a close).
 WAIT = 10.0
@@ -301,6 +302,13 @@ def bodies(frames: list[Frame]) -> list:
     return [json.loads(f.body) for f in frames]
 
 
+def queue_gauges(node: Node, client: Client) -> list[str]:
+    """The `/metrics` lines about `client`'s inbox (ready and leased counts), for a
+    failure message."""
+    r = requests.get(f"{node.backend_url}/metrics", timeout=HTTP_TIMEOUT)
+    return [line for line in r.text.splitlines() if f"{client.client_id}-inbox" in line]
+
+
 # ----- 1. connecting --------------------------------------------------------------------
 
 
@@ -497,15 +505,19 @@ def test_a_message_arriving_as_the_consumer_disconnects_is_not_held_back(
         pub.send(inbox(c), json.dumps({"i": i}).encode(), receipt=False)
         time.sleep(delay)
         s.disconnect()
+        # A message held back would stay leased for the STOMP lease (1800 s); 10 s leaves
+        # room for a slow sync on a busy machine without hiding that.
         got = []
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 10
         while not got and time.monotonic() < deadline:
             got = receive(node, c.token)
             if not got:
                 time.sleep(0.02)
         assert [m["body"] for m in got] == [{"i": i}], (
             f"message {i} (DISCONNECT {delay * 1000} ms after its SEND) not back in the "
-            f"inbox within 2 s; the consumer saw {bodies(s.messages())}"
+            f"inbox within 10 s; the consumer saw {bodies(s.messages())}; "
+            f"the queue: {queue_gauges(node, c)}; the publisher: {pub.rec.describe()}; "
+            f"the node's log:\n{node.log_tail(20)}"
         )
     pub.disconnect()
 
