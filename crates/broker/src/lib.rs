@@ -493,6 +493,15 @@ impl Broker {
                 _ => cleanup.push(Op::DeleteEntry { queue: qname, seq }),
             }
         }
+        // Queues the store found longer than memory: the rest of them stays there. Those
+        // of queues gone (a crash in the middle of a client deletion) are removed below.
+        let mut vanished = Vec::new();
+        for s in snap.spilled {
+            match queues.get_mut(&*s.queue) {
+                Some(q) => q.restore_cold(s.from, s.count, s.last),
+                None => vanished.push(s.queue),
+            }
+        }
         let mut last_msg_id = msgs.last().map_or(0, |(id, _)| *id);
         msgs.retain(|(id, m)| {
             if Arc::strong_count(m) == 1 {
@@ -569,6 +578,9 @@ impl Broker {
             );
         }
         store.commit(&cleanup)?;
+        for queue in vanished {
+            remove_stored(&*store, &queue)?;
+        }
         for (name, seq, slot) in landing {
             if let Some(q) = queues.get_mut(&name) {
                 q.land(seq, slot, false, &mut Vec::new());
@@ -1144,11 +1156,17 @@ impl Broker {
             self.commit_then_land(std::mem::take(&mut ops), places)
                 .await?;
         }
-        let taken = {
+        let mut worn = Moved::default();
+        let (taken, target) = {
             let mut q = lock(&cell.state);
-            self.page_in(&mut q, max)?;
-            q.take(now, max, opts.lease_ms, &mut ops, &mut fx)
+            let seqs = self.page_in(&mut q, max)?;
+            q.reclaim_exhausted(&seqs, &mut ops, &mut worn);
+            let taken = q.take(now, max, opts.lease_ms, &mut ops, &mut fx);
+            (taken, q.dead_letter.clone())
         };
+        // Entries brought back already delivered `max_deliveries` times move on to the
+        // dead-letter queue in the take's commit.
+        let places = self.place_moved(&cell, worn, target, now, &mut ops, &mut fx);
         // What is held is taken now (the cache may let it go any time); bodies let go are
         // read back before the take's commit (which may delete them), with no await in
         // between, so that the commit is submitted even if this caller goes away. The
@@ -1157,7 +1175,7 @@ impl Broker {
         let mut held: Vec<Option<Arc<StoredMessage>>> =
             taken.iter().map(|t| t.slot.msg.held()).collect();
         let read = self.read_back(&taken, &mut held);
-        self.inner.committer.commit(ops).await?;
+        self.commit_then_land(ops, places).await?;
         let c = &self.inner.counters;
         c.delivered.fetch_add(taken.len() as u64, Ordering::Relaxed);
         c.expired.fetch_add(fx.expired, Ordering::Relaxed);
@@ -1380,7 +1398,10 @@ impl Broker {
     /// memory (or none is left there), and stops spilling it once none is. A positioned
     /// read of the log's index files (or frames), under the queue's lock: it blocks this
     /// worker while it lasts, once per segment's worth of entries.
-    fn page_in(&self, q: &mut Queue, want: usize) -> Result<(), BrokerError> {
+    fn page_in(&self, q: &mut Queue, want: usize) -> Result<Vec<u64>, BrokerError> {
+        // Entries spilled as the store replayed the log at start may have been leased
+        // before: those delivered `max_deliveries` times are the caller's to move on.
+        let mut worn = Vec::new();
         while q.wants_page(want) {
             let paged = self
                 .store()?
@@ -1394,11 +1415,14 @@ impl Broker {
                     msg: self.unstash(&p),
                     delivery_count: p.entry.delivery_count,
                 };
+                if p.entry.delivery_count >= q.limits.max_deliveries {
+                    worn.push(p.seq);
+                }
                 q.bring_back(p.seq, slot);
             }
         }
         q.settle_cold();
-        Ok(())
+        Ok(worn)
     }
 
     /// Acks or nacks leased deliveries, by their receipts, of queues `who` may read.
@@ -2090,6 +2114,37 @@ fn resolve(s: &LimitSettings, config: &BrokerConfig) -> Limits {
 }
 
 /// How a queue of this broker spills what passes its memory.
+/// Removes the entries `store` keeps on disk only of `queue`, a queue gone, a page at a
+/// time. Their messages stay: a message kept on disk only may be another queue's too
+/// (the store keeps an orphan among them on disk until compaction finds no entry of it,
+/// which it does not look for; see docs/storage-format.md).
+fn remove_stored(store: &dyn QueueStore, queue: &str) -> Result<(), StoreError> {
+    let name: Arc<str> = Arc::from(queue);
+    let mut removed = 0usize;
+    loop {
+        let paged = store.page_in(queue, PAGE_IN)?;
+        if paged.is_empty() {
+            break;
+        }
+        removed += paged.len();
+        let ops: Vec<Op> = paged
+            .iter()
+            .map(|p| Op::DeleteEntry {
+                queue: name.clone(),
+                seq: p.seq,
+            })
+            .collect();
+        store.commit(&ops)?;
+    }
+    store.unspill(queue);
+    tracing::info!(
+        queue,
+        removed,
+        "removed the entries of a queue that is gone"
+    );
+    Ok(())
+}
+
 fn spill_of(store: std::sync::Weak<dyn QueueStore>, config: &BrokerConfig) -> Spill {
     Spill {
         store,

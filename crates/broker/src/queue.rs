@@ -396,15 +396,26 @@ impl Queue {
         self.leased.len() as u64
     }
 
-    /// Puts back an entry read from the store at start.
     /// Makes every sequence number handed out from now on greater than `floor`.
     pub(crate) fn lift_seq(&mut self, floor: u64) {
         self.last_seq = self.last_seq.max(floor);
     }
 
+    /// Puts back an entry read from the store at start.
     pub(crate) fn restore(&mut self, seq: u64, slot: Slot) {
         self.last_seq = self.last_seq.max(seq);
         self.ready.insert(seq, slot);
+    }
+
+    /// At start: the store kept `count` entries of this queue on disk only, put fresh
+    /// from sequence number `from` on, the greatest `last`.
+    pub(crate) fn restore_cold(&mut self, from: u64, count: u64, last: u64) {
+        self.last_seq = self.last_seq.max(last);
+        self.cold = Some(Cold {
+            from,
+            stored: i64::try_from(count).unwrap_or(i64::MAX),
+            pending: 0,
+        });
     }
 
     fn alloc_seq(&mut self, now: u64) -> u64 {
@@ -616,16 +627,20 @@ impl Queue {
     /// times were leased when the node stopped, and that lease is over. As in
     /// [`Queue::reclaim`], they go into `moved.dead`.
     pub(crate) fn reclaim_restored(&mut self, ops: &mut Vec<Op>, moved: &mut Moved) {
+        let all: Vec<u64> = self.ready.keys().copied().collect();
+        self.reclaim_exhausted(&all, ops, moved);
+    }
+
+    /// Of ready entries `seqs` (restored at start, or brought back from the store), those
+    /// delivered `max_deliveries` times go into `moved.dead`, as in
+    /// [`Queue::reclaim_restored`].
+    pub(crate) fn reclaim_exhausted(&mut self, seqs: &[u64], ops: &mut Vec<Op>, moved: &mut Moved) {
         let max = self.limits.max_deliveries;
-        let exhausted: Vec<u64> = self
-            .ready
-            .iter()
-            .filter(|(_, s)| s.delivery_count >= max)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in exhausted {
-            if let Some(slot) = self.ready.remove(&seq) {
-                self.requeue_or_dead(seq, slot, true, ops, moved);
+        for seq in seqs {
+            if self.ready.get(seq).is_some_and(|s| s.delivery_count >= max) {
+                if let Some(slot) = self.ready.remove(seq) {
+                    self.requeue_or_dead(*seq, slot, true, ops, moved);
+                }
             }
         }
     }

@@ -9,7 +9,8 @@ use trunkline_broker::footprint::{index_bytes, ENTRY_BYTES, MESSAGE_BYTES};
 use trunkline_broker::{
     Broker, BrokerConfig, Delivery, NewClient, Publish, ReceiveOptions, Settle,
 };
-use trunkline_store::{LogStore, QueueStore};
+use trunkline_store::fs::RealFs;
+use trunkline_store::{LogOptions, LogStore, QueueStore};
 
 const T0: u64 = 1_700_000_000_000;
 /// Ready entries of one queue held in memory.
@@ -21,6 +22,23 @@ fn open(dir: &Path) -> Broker {
         queue_memory_entries: HOT,
         ..BrokerConfig::default()
     };
+    Broker::open(store, config, T0).expect("open broker")
+}
+
+/// As a node opens it: the log spills long queues as it is replayed, messages delivered
+/// `max_deliveries` times go to the dead-letter queue.
+fn open_spilling(dir: &Path, max_deliveries: u32) -> Broker {
+    let options = LogOptions {
+        segment_bytes: 64 << 10,
+        spill_entries: Some(HOT),
+        ..LogOptions::default()
+    };
+    let store = Arc::new(LogStore::open_on(Arc::new(RealFs), dir, options).expect("open log"));
+    let mut config = BrokerConfig {
+        queue_memory_entries: HOT,
+        ..BrokerConfig::default()
+    };
+    config.default_limits.max_deliveries = max_deliveries;
     Broker::open(store, config, T0).expect("open broker")
 }
 
@@ -161,4 +179,61 @@ async fn deleting_a_client_removes_what_it_kept_in_the_log() {
     let store = LogStore::open_with(dir.path(), 64 << 10).expect("reopen");
     let snap = store.load().expect("load");
     assert_eq!((snap.messages.len(), snap.entries.len()), (1, 1));
+}
+
+/// A node restarted over a backlog longer than memory keeps it on disk from the start:
+/// memory holds the head of the queue, depth counts the rest, everything drains in order,
+/// and what was leased `max_deliveries` times when the node stopped goes to the dead-letter
+/// queue (from memory and from disk alike), not out once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_over_a_long_backlog_keeps_it_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n: u64 = 1500;
+    {
+        let b = open_spilling(dir.path(), 2);
+        client(&b, "a", "t.#").await;
+        for i in 0..n {
+            publish(&b, "t.x", i).await;
+        }
+        // The first 100 are delivered twice (all they may be) and still leased at the
+        // stop.
+        let who = b.principal("a").expect("principal");
+        for round in 0..2 {
+            let got = b
+                .receive(&who, "a-inbox", ReceiveOptions::leased(100, 60_000), T0 + n)
+                .await
+                .expect("receive");
+            assert_eq!(got.len(), 100);
+            if round == 0 {
+                let r: Vec<String> = got.iter().filter_map(|d| d.receipt.clone()).collect();
+                b.settle(&who, &r, Settle::Nack { requeue: true }, T0 + n)
+                    .await
+                    .expect("nack");
+            }
+        }
+        drop(who);
+        b.shutdown().map_err(|_| "still shared").expect("shutdown");
+    }
+    let b = open_spilling(dir.path(), 2);
+    // The head in memory (the first HOT, out of which the dead-letter queue took those
+    // worn out); the rest counted, on disk.
+    assert!(
+        b.memory_used() <= 2 * HOT as u64 * (ENTRY_BYTES + MESSAGE_BYTES),
+        "{} bytes in memory after a restart over {n} queued",
+        b.memory_used()
+    );
+    assert_eq!(ready(&b, "a-inbox") + ready(&b, "a-dead"), n);
+    let rest = drain(&b, "a", 64, T0 + n + 1).await;
+    assert_eq!(rest, (100..n).collect::<Vec<_>>());
+    assert_eq!(ready(&b, "a-dead"), 100);
+    let who = b.principal("a").expect("principal");
+    let dead = b
+        .receive(&who, "a-dead", ReceiveOptions::auto(1000), T0 + n + 2)
+        .await
+        .expect("receive dead");
+    assert_eq!(
+        dead.iter().map(n_of).collect::<Vec<_>>(),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert_eq!(b.memory_used(), 0, "everything consumed, nothing counted");
 }

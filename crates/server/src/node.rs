@@ -92,6 +92,8 @@ fn open_store(
             let options = LogOptions {
                 segment_bytes: c.segment_mib.max(1) << 20,
                 disk_budget: Some(budget),
+                // A queue longer than the broker keeps in memory stays on disk at start too.
+                spill_entries: Some(c.queue_memory_entries.max(1)),
                 ..LogOptions::default()
             };
             let store = LogStore::open_on(Arc::new(RealFs), &log, options).map_err(fail)?;

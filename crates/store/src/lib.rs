@@ -38,7 +38,9 @@ pub mod simfs;
 pub use commit::{CommitError, CommitStats, Committer};
 pub use log_store::{LogOptions, LogStore, Recover};
 pub use memory::MemoryStore;
-pub use record::{MessageMeta, Op, RecordTable, Snapshot, StoredEntry, StoredMessage};
+pub use record::{
+    MessageMeta, Op, RecordTable, Snapshot, SpilledQueue, StoredEntry, StoredMessage,
+};
 pub use redb_store::RedbStore;
 
 /// Errors of a store.

@@ -83,6 +83,7 @@ impl QueueStore for MemoryStore {
                 .iter()
                 .map(|(t, m)| (*t, m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
                 .collect(),
+            spilled: Vec::new(),
         })
     }
 }

@@ -116,6 +116,21 @@ pub struct Snapshot {
     /// Entries ordered by queue name, then sequence number.
     pub entries: Vec<(Arc<str>, u64, StoredEntry)>,
     pub records: HashMap<RecordTable, Vec<(String, Vec<u8>)>>,
+    /// Queues found longer than memory at start: their entries past `entries` stay on disk
+    /// only ([`crate::QueueStore::page_in`] brings them back). Ordered by queue name.
+    pub spilled: Vec<SpilledQueue>,
+}
+
+/// A queue whose newer entries a store kept on disk only when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpilledQueue {
+    pub queue: Arc<str>,
+    /// Entries put fresh from this sequence number on are on disk only.
+    pub from: u64,
+    /// How many are.
+    pub count: u64,
+    /// The greatest sequence number among them.
+    pub last: u64,
 }
 
 impl Snapshot {

@@ -88,6 +88,10 @@ pub struct LogOptions {
     /// quarters of it, compaction takes whatever it can get back rather than waiting for
     /// the log to hold twice its live data.
     pub disk_budget: Option<u64>,
+    /// Queues found with more entries than this as the log is replayed at start keep the
+    /// rest on disk only, as a running node spills them ([`QueueStore::spill`]); `None`:
+    /// everything is held in memory.
+    pub spill_entries: Option<usize>,
 }
 
 impl Default for LogOptions {
@@ -97,6 +101,7 @@ impl Default for LogOptions {
             recover: Recover::Refuse,
             background_compaction: true,
             disk_budget: None,
+            spill_entries: None,
         }
     }
 }
@@ -189,8 +194,17 @@ struct Survey {
 
 /// Replays the segments `segs` of the log in `dir`: sealed ones from their index files
 /// where `indexed` and they have a valid one, the rest (and the newest) whole.
-fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32], indexed: bool) -> Result<Survey, StoreError> {
+/// With `spill` set, queues past that many entries are spilled as they are replayed
+/// ([`spill::Replay`]).
+fn survey(
+    fs: &dyn Vfs,
+    dir: &Path,
+    segs: &[u32],
+    indexed: bool,
+    spill: Option<usize>,
+) -> Result<Survey, StoreError> {
     let mut state = State::default();
+    let mut replay = spill::Replay::new(spill);
     let mut report = CheckReport::default();
     let mut versions = Vec::new();
     for (i, &seg) in segs.iter().enumerate() {
@@ -206,7 +220,7 @@ fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32], indexed: bool) -> Result<Surve
                 bytes: p.bytes,
                 frame: p.frame,
             };
-            state.apply(&p.change, loc);
+            replay.apply(&mut state, &p.change, loc);
         };
         let from_index = if indexed && !newest {
             index::read(fs, dir, seg, &*file, &mut apply)
@@ -214,6 +228,7 @@ fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32], indexed: bool) -> Result<Surve
             None
         };
         if let Some(summary) = from_index {
+            replay.end_frame(&mut state);
             let info = state.segs.entry(seg).or_default();
             info.len = summary.len;
             info.indexed = true;
@@ -228,6 +243,7 @@ fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32], indexed: bool) -> Result<Surve
         }
         let bytes = file.read_all().map_err(|e| io("reading", &path, e))?;
         let mut scanned = frame::scan(&bytes, newest, apply);
+        replay.end_frame(&mut state);
         if scanned.version.is_none() && !newest && scanned.tail == Tail::Clean {
             scanned.tail = Tail::Damaged("a sealed segment without a header".into());
         }
@@ -245,6 +261,7 @@ fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32], indexed: bool) -> Result<Surve
             break;
         }
     }
+    state.spill_unreferenced();
     report.messages = state.messages.len();
     report.entries = state.entries.values().map(|q| q.len()).sum();
     report.records = state.records.values().map(|t| t.len()).sum();
@@ -259,7 +276,7 @@ fn survey(fs: &dyn Vfs, dir: &Path, segs: &[u32], indexed: bool) -> Result<Surve
 /// is damaged (`trunkline store check`).
 pub fn check(fs: &dyn Vfs, dir: &Path) -> Result<CheckReport, StoreError> {
     let (segs, _) = list(fs, dir)?;
-    Ok(survey(fs, dir, &segs, false)?.report)
+    Ok(survey(fs, dir, &segs, false, None)?.report)
 }
 
 /// Makes segment `seg` durably: under a temporary name, header written and synced, then
@@ -404,7 +421,7 @@ impl LogStore {
             mut state,
             report,
             versions,
-        } = survey(&*fs, dir, &segs, true)?;
+        } = survey(&*fs, dir, &segs, true, options.spill_entries)?;
         let mut recovered = None;
         if let Some((seg, offset, why)) = report.damage() {
             if options.recover == Recover::Refuse {

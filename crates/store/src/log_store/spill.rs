@@ -23,7 +23,7 @@ use roaring::RoaringTreemap;
 
 use super::change::Change;
 use super::frame::{Placed, MAGIC};
-use super::state::{Loc, State};
+use super::state::{Loc, State, NO_FRAME};
 use super::{index, read, seg_path, Shared};
 use crate::fs::VFile;
 use crate::{MessageMeta, Paged, StoreError, StoredEntry};
@@ -37,6 +37,9 @@ pub(crate) struct Spilled {
     pub seqs: RoaringTreemap,
     /// Segment and offset before which none of them is (offset 0: the segment's start).
     pub resume: (u32, u32),
+    /// Delivery counts of those rewritten after their first put (met by a replay of the
+    /// log: a node only rewrites entries it holds): a page-in may read the first put only.
+    pub counts: HashMap<u64, u32>,
 }
 
 /// How many times a page-in reads; compaction replacing what it read makes it read
@@ -57,6 +60,7 @@ pub(crate) fn spill(shared: &Shared, queue: &str, from: u64) -> Result<(), Store
             from,
             seqs: RoaringTreemap::new(),
             resume: (newest, end),
+            counts: HashMap::new(),
         },
     );
     Ok(())
@@ -220,11 +224,16 @@ fn apply(
     };
     let mut back = Vec::new();
     if let Some(s) = spilled.get_mut(queue) {
-        for (seq, entry, loc) in found.entries {
+        // The last put read of an entry is its latest.
+        for (seq, mut entry, loc) in found.entries.into_iter().rev() {
             if s.seqs.remove(seq) {
+                if let Some(count) = s.counts.remove(&seq) {
+                    entry.delivery_count = count;
+                }
                 back.push((seq, entry, loc));
             }
         }
+        back.reverse();
         s.resume = end;
     }
     let (mut paged, mut missing) = (Vec::with_capacity(back.len()), 0u64);
@@ -268,4 +277,59 @@ fn apply(
         );
     }
     Ok(Some(paged))
+}
+
+/// Spilling while the log is replayed at start ([`super::LogOptions::spill_entries`]): a
+/// queue past `limit` entries in memory is spilled from its next entry on, as a running
+/// node would have, and each frame's messages whose entries all went to disk only go too.
+/// Segments of the first format (frames not checked alone, so not read back one by one)
+/// spill nothing.
+pub(crate) struct Replay {
+    limit: Option<usize>,
+    /// The frame being replayed: its segment and offset.
+    frame: (u32, u32),
+    messages: Vec<u64>,
+    entries: Vec<(u64, bool)>,
+}
+
+impl Replay {
+    pub fn new(limit: Option<usize>) -> Self {
+        Replay {
+            limit,
+            frame: (0, NO_FRAME),
+            messages: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Applies one replayed change, written at `loc`.
+    pub fn apply(&mut self, st: &mut State, change: &Change<'_>, loc: Loc) {
+        st.apply(change, loc);
+        let Some(limit) = self.limit else { return };
+        if loc.frame == NO_FRAME {
+            return;
+        }
+        if (loc.seg, loc.frame) != self.frame {
+            self.end_frame(st);
+            self.frame = (loc.seg, loc.frame);
+        }
+        match *change {
+            Change::PutMessage { id, .. } if !st.spilled.is_empty() => self.messages.push(id),
+            Change::PutEntry { queue, seq, entry } => {
+                if !self.messages.is_empty() {
+                    self.entries
+                        .push((entry.msg_id, st.spilled_entry(queue, seq)));
+                }
+                st.spill_if_long(queue, seq, limit);
+            }
+            _ => {}
+        }
+    }
+
+    /// The frame being replayed is over (or its segment).
+    pub fn end_frame(&mut self, st: &mut State) {
+        st.spill_put(&self.messages, &self.entries);
+        self.messages.clear();
+        self.entries.clear();
+    }
 }

@@ -8,7 +8,7 @@ use roaring::RoaringTreemap;
 use super::change::Change;
 use super::spill::Spilled;
 use crate::fs::VFile;
-use crate::{MessageMeta, Op, RecordTable, Snapshot, StoredEntry};
+use crate::{MessageMeta, Op, RecordTable, Snapshot, SpilledQueue, StoredEntry};
 
 /// Where a live record sits: its segment, its offset there, the bytes it takes, and
 /// where the frame holding it starts (so that a read can check the frame's CRC);
@@ -131,7 +131,11 @@ impl State {
                 if let Some(held) = held {
                     Some(std::mem::replace(held, (entry, loc)).1)
                 } else if let Some(s) = self.spilled.get_mut(queue).filter(|s| seq >= s.from) {
-                    s.seqs.insert(seq);
+                    if !s.seqs.insert(seq) {
+                        // A rewrite, met when the log is replayed (a node only rewrites
+                        // entries it holds): its delivery count is the one that counts.
+                        s.counts.insert(seq, entry.delivery_count);
+                    }
                     None
                 } else {
                     let q = match self.entries.get_mut(queue) {
@@ -146,6 +150,7 @@ impl State {
                     // Only entries brought back are deleted; were one not, it goes (its
                     // bytes are counted live until compaction finds it dead).
                     s.seqs.remove(seq);
+                    s.counts.remove(&seq);
                 }
                 let q = self.entries.get_mut(queue);
                 let old = q.and_then(|q| q.remove(&seq).map(|(_, l)| l));
@@ -219,20 +224,37 @@ impl State {
         if self.spilled.is_empty() {
             return;
         }
-        // Per message put here: whether every entry of it so far is on disk only.
-        let mut put: HashMap<u64, Option<bool>> = ops
+        let messages: Vec<u64> = ops
             .iter()
             .filter_map(|op| match op {
-                Op::PutMessage { id, .. } => Some((*id, None)),
+                Op::PutMessage { id, .. } => Some(*id),
                 _ => None,
             })
             .collect();
-        for op in ops {
-            if let Op::PutEntry { queue, seq, entry } = op {
-                if let Some(all) = put.get_mut(&entry.msg_id) {
-                    let spilled = self.spilled_entry(queue, *seq);
-                    *all = Some(all.unwrap_or(true) && spilled);
+        let entries: Vec<(u64, bool)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutEntry { queue, seq, entry } => {
+                    Some((entry.msg_id, self.spilled_entry(queue, *seq)))
                 }
+                _ => None,
+            })
+            .collect();
+        self.spill_put(&messages, &entries);
+    }
+
+    /// Of `messages` put in one commit, with the entries put in it (the message each
+    /// refers to, and whether it is on disk only): those whose every entry there is on
+    /// disk only leave memory too.
+    pub fn spill_put(&mut self, messages: &[u64], entries: &[(u64, bool)]) {
+        if self.spilled.is_empty() || messages.is_empty() {
+            return;
+        }
+        // Per message put here: whether every entry of it so far is on disk only.
+        let mut put: HashMap<u64, Option<bool>> = messages.iter().map(|id| (*id, None)).collect();
+        for &(msg_id, spilled) in entries {
+            if let Some(all) = put.get_mut(&msg_id) {
+                *all = Some(all.unwrap_or(true) && spilled);
             }
         }
         for (id, all) in put {
@@ -243,8 +265,56 @@ impl State {
         }
     }
 
+    /// While the log is replayed: spills `queue` from the entry after `seq` (just put) if
+    /// it holds more than `limit` entries in memory now. Its page-ins read the log from
+    /// the start, where the messages of its entries may be.
+    pub fn spill_if_long(&mut self, queue: &str, seq: u64, limit: usize) {
+        let Some((name, q)) = self.entries.get_key_value(queue) else {
+            return;
+        };
+        if q.len() <= limit || self.spilled.contains_key(queue) {
+            return;
+        }
+        let name = name.clone();
+        self.spilled.insert(
+            name,
+            Spilled {
+                from: seq + 1,
+                seqs: RoaringTreemap::new(),
+                resume: (0, 0),
+                counts: HashMap::new(),
+            },
+        );
+    }
+
+    /// Once the log is replayed with queues spilled: a message that no entry in memory
+    /// refers to may be one of a spilled entry's (put in another commit, or split from it
+    /// by compaction), so it is kept on disk only rather than taken for an orphan. (One
+    /// that is an orphan stays there.)
+    pub fn spill_unreferenced(&mut self) {
+        if self.spilled.is_empty() {
+            return;
+        }
+        let referenced: std::collections::HashSet<u64> = self
+            .entries
+            .values()
+            .flat_map(|q| q.values().map(|(e, _)| e.msg_id))
+            .collect();
+        let loose: Vec<u64> = self
+            .messages
+            .keys()
+            .filter(|id| !referenced.contains(id))
+            .copied()
+            .collect();
+        for id in loose {
+            self.messages.remove(&id);
+            self.expiry.remove(&id);
+            self.spilled_msgs.insert(id);
+        }
+    }
+
     /// Whether entry `seq` of `queue` is live on disk only.
-    fn spilled_entry(&self, queue: &str, seq: u64) -> bool {
+    pub fn spilled_entry(&self, queue: &str, seq: u64) -> bool {
         self.spilled
             .get(queue)
             .is_some_and(|s| s.seqs.contains(seq))
@@ -355,10 +425,23 @@ impl State {
                 (*id, meta)
             })
             .collect();
+        let mut spilled: Vec<SpilledQueue> = self
+            .spilled
+            .iter()
+            .filter(|(_, s)| !s.seqs.is_empty())
+            .map(|(queue, s)| SpilledQueue {
+                queue: queue.clone(),
+                from: s.from,
+                count: s.seqs.len(),
+                last: s.seqs.max().unwrap_or(s.from),
+            })
+            .collect();
+        spilled.sort_unstable_by(|a, b| a.queue.cmp(&b.queue));
         Snapshot {
             messages,
             entries,
             records,
+            spilled,
         }
     }
 }
