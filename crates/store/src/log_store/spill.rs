@@ -97,6 +97,20 @@ struct Found {
 }
 
 pub(crate) fn page_in(shared: &Shared, queue: &str, want: usize) -> Result<Vec<Paged>, StoreError> {
+    // A read that stops at `want` entries may have met older puts of entries brought
+    // back already (compaction keeps every put of an entry on disk only, and a replay
+    // meets rewrites of them): then it reads on.
+    loop {
+        let (paged, more) = page_once(shared, queue, want)?;
+        if !paged.is_empty() || !more {
+            return Ok(paged);
+        }
+    }
+}
+
+/// One read from where the last page-in stopped; and whether it stopped before the end
+/// of the log.
+fn page_once(shared: &Shared, queue: &str, want: usize) -> Result<(Vec<Paged>, bool), StoreError> {
     for attempt in 1..=ATTEMPTS {
         let _hold = match attempt {
             ATTEMPTS => Some(shared.compacting()?),
@@ -105,10 +119,10 @@ pub(crate) fn page_in(shared: &Shared, queue: &str, want: usize) -> Result<Vec<P
         let (generation, from, resume, parts) = {
             let st = shared.state()?;
             let Some(s) = st.spilled.get(queue) else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), false));
             };
             if s.seqs.is_empty() {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), false));
             }
             let parts: Vec<Part> = st
                 .segs
@@ -127,7 +141,9 @@ pub(crate) fn page_in(shared: &Shared, queue: &str, want: usize) -> Result<Vec<P
         };
         let mut found = Found::default();
         let mut end = resume;
-        for part in parts {
+        let mut more = false;
+        let count = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
             let start = match part.seg == resume.0 {
                 true => u64::from(resume.1).max(MAGIC.len() as u64),
                 false => MAGIC.len() as u64,
@@ -138,11 +154,12 @@ pub(crate) fn page_in(shared: &Shared, queue: &str, want: usize) -> Result<Vec<P
                 false => (part.seg + 1, 0),
             };
             if found.entries.len() >= want {
+                more = i + 1 < count;
                 break;
             }
         }
         if let Some(paged) = apply(shared, queue, generation, end, found)? {
-            return Ok(paged);
+            return Ok((paged, more));
         }
     }
     Err(StoreError::Engine(format!(
