@@ -6,7 +6,9 @@
 //! until `--gib` were accepted, the node refuses one, or `--fill-limit` seconds pass.
 //! Then the client drains it (`ack:client-individual`, prefetch 1000), checking that every
 //! accepted message arrives once and in order. Reports time to fill and drain, the node's
-//! peak resident set, and the disk its data directory took.
+//! peak resident set, and the disk its data directory took. With `--restart` the node is
+//! stopped once filled and started again under the same limit before the drain (the
+//! drain's peak is then the restarted process's).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -47,6 +49,10 @@ pub struct BacklogArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Stop the node once filled (SIGTERM) and start it again, under the same limit,
+    /// before the drain.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// Bytes in the files under `dir`.
@@ -68,9 +74,10 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
     let cap = a.cap_mib.unwrap_or(a.limit_mib / 2) << 20;
     let config = format!("[inbox]\nmax_memory_bytes = {cap}\nmax_length = 1000000000\n");
     let parent = a.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let server = Server::start_limited(&a.server_bin, &parent, Some(&config), a.limit_mib << 20)
-        .await
-        .context("starting the node under its memory limit")?;
+    let mut server =
+        Server::start_limited(&a.server_bin, &parent, Some(&config), a.limit_mib << 20)
+            .await
+            .context("starting the node under its memory limit")?;
     let http = http_client()?;
     let admin = admin_aside(&http, &server).await?;
     let secret = create_client(&http, &server.api, &admin, "backlog", "backlog.none").await?;
@@ -146,6 +153,24 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
         peak_rss >> 10,
     );
 
+    let mut restarted = None;
+    if a.restart {
+        let took = server
+            .restart(limit)
+            .await
+            .context("restarting the node over the backlog")?;
+        let rss = rss_kib(server.pid).unwrap_or(0);
+        let peak = peak_rss_kib(server.pid).unwrap_or(0);
+        println!(
+            "backlog: restarted over {accepted} queued in {:.1} s; node RSS {} MiB (peak {} MiB)",
+            took.as_secs_f64(),
+            rss >> 10,
+            peak >> 10
+        );
+        peak_rss = peak;
+        restarted = Some((took, rss, peak));
+    }
+
     // Drain, in order, each once.
     let consumer =
         StompClient::connect(options(&server.stomp, "backlog", &secret, a.window)).await?;
@@ -192,6 +217,9 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
             "disk_bytes": disk, "rss_start_kib": base_rss, "rss_filled_kib": filled_rss,
             "rss_peak_kib": peak_rss,
             "limit_mib": a.limit_mib, "cap_bytes": cap, "complete": complete,
+            "restart_seconds": restarted.map(|r| r.0.as_secs_f64()),
+            "rss_restarted_kib": restarted.map(|r| r.1),
+            "rss_restart_peak_kib": restarted.map(|r| r.2),
         });
         std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
     }

@@ -331,6 +331,10 @@ struct Server {
     admin_secret: String,
     /// What `--version` printed.
     version: String,
+    /// How it was started (for [`Server::restart`]).
+    bin: PathBuf,
+    config: Option<PathBuf>,
+    limit_bytes: Option<u64>,
 }
 
 impl Server {
@@ -402,6 +406,9 @@ impl Server {
             stomp: String::new(),
             admin_secret: String::new(),
             version: String::new(),
+            bin: bin.to_path_buf(),
+            config: None,
+            limit_bytes,
         };
         server.version = Command::new(bin)
             .arg("--version")
@@ -410,18 +417,44 @@ impl Server {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| "trunkline".into());
-        let data = server.dir.join("data");
-        let log_path = server.dir.join("server.log");
-        let log = File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut cmd = match limit_bytes {
-            None => Command::new(bin),
+        if let Some(text) = config {
+            let path = server.dir.join("config.toml");
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            server.config = Some(path);
+        }
+        server.launch(START_TIMEOUT).await?;
+        Ok(server)
+    }
+
+    /// Stops the server and starts it again on the same data directory, as it was
+    /// started; waits up to `wait` for it to listen. Returns how long the start took.
+    async fn restart(&mut self, wait: Duration) -> Result<Duration> {
+        self.stop();
+        let _ = std::fs::remove_file(self.dir.join("data").join("listen.json"));
+        let started = Instant::now();
+        self.launch(wait).await?;
+        Ok(started.elapsed())
+    }
+
+    /// Spawns the server and waits (up to `wait`) until it listens.
+    async fn launch(&mut self, wait: Duration) -> Result<()> {
+        let bin = self.bin.clone();
+        let data = self.dir.join("data");
+        let log_path = self.dir.join("server.log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let mut cmd = match self.limit_bytes {
+            None => Command::new(&bin),
             Some(limit) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
                     .arg(format!("ulimit -v {} && exec \"$@\"", limit / 1024))
                     .arg("sh")
-                    .arg(bin)
+                    .arg(&bin)
                     .env("MALLOC_ARENA_MAX", "2");
                 sh
             }
@@ -441,10 +474,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(text) = config {
-            let path = server.dir.join("config.toml");
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+        if let Some(path) = &self.config {
             cmd.arg("--config").arg(path);
         }
         // The server reads its settings from TRUNKLINE_* variables too: start it from its
@@ -458,6 +488,7 @@ impl Server {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
+        let server = self;
         server.pid = child.id();
         server.child = Some(child);
 
@@ -476,9 +507,9 @@ impl Server {
                     break v;
                 }
             }
-            if started.elapsed() > START_TIMEOUT {
+            if started.elapsed() > wait {
                 bail!(
-                    "the server did not write {} within {START_TIMEOUT:?}; its log:\n{}",
+                    "the server did not write {} within {wait:?}; its log:\n{}",
                     listen_path.display(),
                     server.log_tail(30)
                 );
@@ -512,7 +543,7 @@ impl Server {
             .as_str()
             .ok_or_else(|| anyhow!("{} has no secret", admin_path.display()))?
             .to_owned();
-        Ok(server)
+        Ok(())
     }
 
     fn log_tail(&self, lines: usize) -> String {
