@@ -208,7 +208,7 @@ pub(super) fn worth_it(shared: &Shared, st: &State) -> bool {
 /// The compaction thread: works whenever woken (or every [`IDLE`]) until told to stop.
 pub(super) fn run(shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
-        let pause = match until_done(shared).and_then(|_| index_sealed(shared)) {
+        let pause = match until_done(shared).and_then(|_| index_sealed(shared, true)) {
             Ok(_) => IDLE,
             Err(e) => {
                 tracing::warn!(cause = %e, "log compaction failed; trying again later");
@@ -252,12 +252,17 @@ pub(super) fn until_done(shared: &Shared) -> Result<usize, StoreError> {
 }
 
 /// Writes an index file for every sealed segment without a valid one; returns how many.
-pub(super) fn index_sealed(shared: &Shared) -> Result<usize, StoreError> {
+/// With `not_latest`, the segment sealed last waits for the next to be sealed: when
+/// consumers keep up, it holds nothing live by then and goes without ever being read back
+/// for an index (which would read every body in it again).
+pub(super) fn index_sealed(shared: &Shared, not_latest: bool) -> Result<usize, StoreError> {
     let todo: Vec<u32> = {
         let st = shared.state()?;
+        let latest = st.segs.range(..st.newest).next_back().map(|(s, _)| *s);
         st.segs
             .iter()
             .filter(|(s, i)| **s != st.newest && !i.indexed)
+            .filter(|(s, _)| !(not_latest && Some(**s) == latest))
             .map(|(s, _)| *s)
             .collect()
     };

@@ -2,7 +2,7 @@
 //! log reads a few bytes per record instead of every body.
 //!
 //! `<number, 20 digits>.idx` beside its segment, written by the background thread once
-//! the segment is sealed (and again after compaction rewrites it):
+//! the segment after it is sealed too (and again after compaction rewrites it):
 //!
 //! | bytes | field |
 //! |---|---|

@@ -581,7 +581,7 @@ impl LogStore {
     /// Writes the index file of every sealed segment that lacks one, now, on this thread
     /// (the background thread does it too); returns how many it wrote.
     pub fn write_indexes(&self) -> Result<usize, StoreError> {
-        compact::index_sealed(&self.shared)
+        compact::index_sealed(&self.shared, false)
     }
 }
 

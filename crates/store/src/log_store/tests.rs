@@ -868,3 +868,33 @@ fn a_replay_spills_long_queues_and_brings_their_entries_back() -> Result<(), Sto
     assert_eq!(Contents::of(&s)?, before);
     Ok(())
 }
+
+/// The background indexer leaves the segment sealed last for later (consumers that keep
+/// up empty it first, and it is deleted without being read back); an explicit
+/// `write_indexes` does them all.
+#[test]
+fn the_segment_sealed_last_is_indexed_once_the_next_is_sealed() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    let s = LogStore::open_on(Arc::new(RealFs), dir.path(), quiet(8 << 10))?;
+    let mut id = 0;
+    while s.segments()?.len() < 3 {
+        id += 1;
+        s.commit(&[put(id, &[b'b'; 500])])?;
+    }
+    let sealed: Vec<u32> = s.segments()?[..2].to_vec();
+    let indexed = |seg: u32| index::idx_path(dir.path(), seg).exists();
+    assert_eq!(compact::index_sealed(&s.shared, true)?, 1);
+    assert_eq!((indexed(sealed[0]), indexed(sealed[1])), (true, false));
+    while s.segments()?.len() < 4 {
+        id += 1;
+        s.commit(&[put(id, &[b'b'; 500])])?;
+    }
+    assert_eq!(compact::index_sealed(&s.shared, true)?, 1);
+    assert!(indexed(sealed[1]));
+    assert_eq!(
+        s.write_indexes()?,
+        1,
+        "the last sealed, asked for explicitly"
+    );
+    Ok(())
+}
