@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::disk::Placement;
-use crate::{cpu_ticks, latency_json, peak_rss_kib, sys};
+use crate::{cpu_ticks, disk_written, latency_json, peak_rss_kib, sys};
 
 /// The shape of a durable publish → consume → ack run.
 #[derive(clap::Args, Clone, Debug)]
@@ -190,10 +190,12 @@ impl Clock {
     }
 }
 
-/// The server's CPU time and the wall clock from the start of the load.
+/// The server's CPU time, what it wrote to disk, and the wall clock from the start of the
+/// load.
 pub struct Meter {
     pid: u32,
     cpu0: u64,
+    written0: Option<u64>,
     pub begin: Instant,
 }
 
@@ -202,6 +204,7 @@ impl Meter {
         Ok(Meter {
             pid,
             cpu0: cpu_ticks(pid)?,
+            written0: disk_written(pid),
             begin: Instant::now(),
         })
     }
@@ -225,6 +228,9 @@ impl Meter {
         }
         let server_cpu_s =
             cpu_ticks(self.pid)?.saturating_sub(self.cpu0) as f64 / sys::clock_ticks_per_sec()?;
+        let server_written = disk_written(self.pid)
+            .zip(self.written0)
+            .map(|(now, then)| now.saturating_sub(then));
         let since_begin = |t: Option<Instant>| {
             t.unwrap_or_else(Instant::now)
                 .saturating_duration_since(self.begin)
@@ -249,6 +255,7 @@ impl Meter {
             elapsed_s,
             publish_elapsed_s,
             server_cpu_s,
+            server_written,
             server_pid: self.pid,
             publish_failures: 0,
             publish_failure: None,
@@ -717,6 +724,8 @@ pub struct Outcome {
     pub elapsed_s: f64,
     pub publish_elapsed_s: f64,
     pub server_cpu_s: f64,
+    /// Bytes the server wrote to storage during the run, if the kernel says.
+    pub server_written: Option<u64>,
     pub server_pid: u32,
     /// Publishers that stopped on a failed send or confirmation.
     pub publish_failures: u64,
@@ -765,6 +774,7 @@ pub fn report(target: &str, a: &LoadArgs, system: &System, o: Outcome) -> Result
         "publish_msgs_per_s": confirmed as f64 / o.publish_elapsed_s,
         "server_cpu_us_per_msg": o.server_cpu_s * 1e6 / consumed.max(1) as f64,
         "server_peak_rss_mib": peak_rss_kib(o.server_pid).unwrap_or(0) as f64 / 1024.0,
+        "server_disk_bytes_per_msg": o.server_written.map(|w| w as f64 / consumed.max(1) as f64),
         "publish_latency": latency_json(o.publish_ns),
         "end_to_end_latency": latency_json(o.end_to_end_ns),
         "send_lag": o.rate.map(|_| latency_json(o.send_lag_ns)),

@@ -233,6 +233,16 @@ mod sys {
 // /proc readings.
 
 /// utime + stime of `pid`, in clock ticks (fields 14 and 15 of `/proc/PID/stat`).
+/// Bytes process `pid` has caused to be written to storage (`write_bytes` of
+/// `/proc/PID/io`: counted as it dirties the page cache, so a file written and deleted
+/// before writeback counts too). `None` where the kernel does not keep it.
+fn disk_written(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let s = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;

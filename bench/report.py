@@ -276,9 +276,13 @@ def write_throughput(f):
             "queue each, 100 unacknowledged at most, acking every message "
             "(`trunkline-bench stomp-durable|amqp-durable|nats-durable`, default shape). "
             "Throughput is messages consumed and acked per second, from the first publish to the "
-            "last ack. Trunkline ÷ this: throughput ratio, above 1 means Trunkline is faster.\n\n")
-    f.write("| size | system | msg/s | server CPU µs/msg | peak RSS MiB | e2e p50 / p99 ms | Trunkline ÷ this |\n")
-    f.write("|---|---|---|---|---|---|---|\n")
+            "last ack. Trunkline ÷ this: throughput ratio, above 1 means Trunkline is faster. "
+            "Disk written: what the server process wrote to storage per message consumed "
+            "(`write_bytes` of `/proc/PID/io`, median); a server that skips writing messages "
+            "consumed and acked before it would have written them shows less than the body "
+            "size.\n\n")
+    f.write("| size | system | msg/s | server CPU µs/msg | disk written B/msg | peak RSS MiB | e2e p50 / p99 ms | Trunkline ÷ this |\n")
+    f.write("|---|---|---|---|---|---|---|---|\n")
     for name in ["1KiB", "16B", "64KiB"]:
         t = stat(runs("throughput", name, "trunkline"), lambda r: r["msgs_per_s"])
         for system in systems:
@@ -286,9 +290,12 @@ def write_throughput(f):
             if not rs:
                 continue
             rate = stat(rs, lambda r: r["msgs_per_s"])
-            f.write("| %s | %s%s | %s | %s | %s | %s / %s | %s |\n" % (
+            written = [r["server_disk_bytes_per_msg"] for r in rs
+                       if r.get("server_disk_bytes_per_msg") is not None]
+            f.write("| %s | %s%s | %s | %s | %s | %s | %s / %s | %s |\n" % (
                 name, label(system), incomplete(rs), spread(rate),
                 spread(stat(rs, lambda r: r["server_cpu_us_per_msg"]), 1),
+                num(statistics.median(written)) if written else "-",
                 num(max(r["server_peak_rss_mib"] for r in rs)),
                 num(med(rs, lat("end_to_end_latency", "p50_ms")), 1),
                 num(med(rs, lat("end_to_end_latency", "p99_ms")), 1),
