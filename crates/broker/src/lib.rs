@@ -2113,11 +2113,10 @@ fn resolve(s: &LimitSettings, config: &BrokerConfig) -> Limits {
     }
 }
 
-/// How a queue of this broker spills what passes its memory.
 /// Removes the entries `store` keeps on disk only of `queue`, a queue gone, a page at a
 /// time. Their messages stay: a message kept on disk only may be another queue's too
-/// (the store keeps an orphan among them on disk until compaction finds no entry of it,
-/// which it does not look for; see docs/storage-format.md).
+/// (one that is no queue's stays on disk until a start with no queue spilled removes it;
+/// see docs/storage-format.md).
 fn remove_stored(store: &dyn QueueStore, queue: &str) -> Result<(), StoreError> {
     let name: Arc<str> = Arc::from(queue);
     let mut removed = 0usize;
@@ -2145,6 +2144,7 @@ fn remove_stored(store: &dyn QueueStore, queue: &str) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// How a queue of this broker spills what passes its memory.
 fn spill_of(store: std::sync::Weak<dyn QueueStore>, config: &BrokerConfig) -> Spill {
     Spill {
         store,

@@ -231,6 +231,9 @@ impl State {
                 _ => None,
             })
             .collect();
+        if messages.is_empty() {
+            return;
+        }
         let entries: Vec<(u64, bool)> = ops
             .iter()
             .filter_map(|op| match op {
