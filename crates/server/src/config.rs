@@ -42,6 +42,10 @@ body_cache_bytes = 268435456
 # in the log only and are brought back in order as consumers reach them, so a backlog is
 # bounded by disk, not memory (log engine only; redb holds every queue in memory).
 queue_memory_entries = 10000
+# Commits of at least this many bytes are written to the log past the page cache
+# (O_DIRECT, where the file system allows), sparing the kernel a copy of each large body;
+# smaller ones, and bodies read back later, go through it. 0: never.
+direct_write_bytes = 65536
 
 [stomp]
 # STOMP 1.2 over TCP (TRUNKLINE_STOMP, --stomp). Port 0 picks a free port.
@@ -188,6 +192,13 @@ pub struct StoreConfig {
     pub body_cache_bytes: u64,
     #[serde(default = "default_queue_memory_entries")]
     pub queue_memory_entries: usize,
+    /// 0: never.
+    #[serde(default = "default_direct_write_bytes")]
+    pub direct_write_bytes: usize,
+}
+
+fn default_direct_write_bytes() -> usize {
+    trunkline_store::log_store::DIRECT_WRITE_MIN
 }
 
 fn default_queue_memory_entries() -> usize {

@@ -94,6 +94,7 @@ fn open_store(
                 disk_budget: Some(budget),
                 // A queue longer than the broker keeps in memory stays on disk at start too.
                 spill_entries: Some(c.queue_memory_entries.max(1)),
+                direct_write_min: Some(c.direct_write_bytes).filter(|&b| b > 0),
                 ..LogOptions::default()
             };
             let store = LogStore::open_on(Arc::new(RealFs), &log, options).map_err(fail)?;
@@ -499,6 +500,7 @@ mod tests {
             max_disk_bytes: 0,
             body_cache_bytes: 1 << 20,
             queue_memory_entries: 10_000,
+            direct_write_bytes: 65_536,
         }
     }
 

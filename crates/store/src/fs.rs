@@ -15,8 +15,11 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// An open file: positioned reads and writes, syncs, size changes.
 pub trait VFile: Send + Sync {
@@ -29,6 +32,14 @@ pub trait VFile: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
     /// Writes all of `buf` at offset `off`.
     fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `off`, past the page cache where the file system allows it
+    /// (`O_DIRECT`: the device reads the bytes from `buf`, and the kernel copies nothing).
+    /// Only worth it for whole [`BLOCK`]s from a buffer aligned to [`BLOCK`] at an offset
+    /// that is a multiple of it; anything else is written as [`VFile::write_all_at`] does.
+    /// Durable only once synced, like any write.
+    fn write_blocks_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.write_all_at(buf, off)
+    }
     /// Makes the file's data (and size) durable.
     fn sync_data(&self) -> io::Result<()>;
     /// Makes the file's data and metadata durable.
@@ -70,33 +81,93 @@ pub trait Vfs: Send + Sync + 'static {
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Send + Sync>>;
 }
 
+/// The unit of [`VFile::write_blocks_at`]: a page, which covers the logical block size
+/// of every device Linux writes to directly.
+pub const BLOCK: usize = 4096;
+
+/// Whether `buf` and `off` are as [`VFile::write_blocks_at`] needs them.
+pub fn is_block_aligned(buf: &[u8], off: u64) -> bool {
+    (buf.as_ptr() as usize).is_multiple_of(BLOCK)
+        && buf.len().is_multiple_of(BLOCK)
+        && off.is_multiple_of(BLOCK as u64)
+}
+
 /// The operating system's file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealFs;
 
-struct RealFile(std::fs::File);
+struct RealFile {
+    file: std::fs::File,
+    /// The same file opened again with `O_DIRECT`, once a block write asks for it; `None`
+    /// if the file system refused (tmpfs before Linux 6.6, some FUSE file systems), and
+    /// then block writes go through the page cache.
+    direct: OnceLock<Option<std::fs::File>>,
+    /// Set when a direct write was refused as invalid: the rest go through the page cache.
+    direct_refused: AtomicBool,
+}
+
+impl RealFile {
+    fn new(file: std::fs::File) -> Self {
+        RealFile {
+            file,
+            direct: OnceLock::new(),
+            direct_refused: AtomicBool::new(false),
+        }
+    }
+
+    fn direct(&self) -> Option<&std::fs::File> {
+        if self.direct_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.direct
+            .get_or_init(|| {
+                // A new open file description (not a dup, which would share the flag).
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                    .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+                    .ok()
+            })
+            .as_ref()
+    }
+}
 
 impl VFile for RealFile {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        FileExt::read_exact_at(&self.0, buf, off)
+        FileExt::read_exact_at(&self.file, buf, off)
     }
     fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        FileExt::write_all_at(&self.0, buf, off)
+        FileExt::write_all_at(&self.file, buf, off)
+    }
+    fn write_blocks_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        let direct = self.direct().filter(|_| is_block_aligned(buf, off));
+        let Some(direct) = direct else {
+            return self.write_all_at(buf, off);
+        };
+        match FileExt::write_all_at(direct, buf, off) {
+            // Alignment the device does not take: nothing was written.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                self.direct_refused.store(true, Ordering::Relaxed);
+                tracing::info!(error = %e, "direct writes refused; writing through the page cache");
+                self.write_all_at(buf, off)
+            }
+            other => other,
+        }
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
     fn sync_all(&self) -> io::Result<()> {
-        self.0.sync_all()
+        self.file.sync_all()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.file.set_len(len)
     }
     fn allocate(&self, len: u64) {
-        let _ = rustix::fs::fallocate(&self.0, rustix::fs::FallocateFlags::empty(), 0, len);
+        let _ = rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len);
     }
 }
 
@@ -117,7 +188,7 @@ impl Vfs for RealFs {
     }
     fn open(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
         let f = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Box::new(RealFile(f)))
+        Ok(Box::new(RealFile::new(f)))
     }
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn VFile>> {
         let f = OpenOptions::new()
@@ -126,7 +197,7 @@ impl Vfs for RealFs {
             .create_new(true)
             .mode(0o600)
             .open(path)?;
-        Ok(Box::new(RealFile(f)))
+        Ok(Box::new(RealFile::new(f)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)

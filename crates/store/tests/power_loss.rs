@@ -142,6 +142,9 @@ fn options(background: bool) -> LogOptions {
     LogOptions {
         segment_bytes: 4096,
         background_compaction: background,
+        // Frames past this go through the block writes that large bodies take (which
+        // write the start of the block again): the scripts' frames fall on both sides.
+        direct_write_min: Some(1500),
         ..LogOptions::default()
     }
 }

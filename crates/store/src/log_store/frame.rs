@@ -49,17 +49,33 @@ impl Version {
 
 /// Appends one frame holding `ops` to `buf`; returns each op's offset from the start of
 /// the frame and its encoded size.
+/// Room for the frame [`encode`] makes of `ops` (at least its size, unless its messages
+/// carry many headers).
+pub(crate) fn size_hint(ops: &[Op]) -> usize {
+    HEADER
+        + ops
+            .iter()
+            .map(|op| match op {
+                Op::PutMessage { msg, .. } => {
+                    64 + msg.body.len()
+                        + msg.topic.len()
+                        + msg.sender.len()
+                        + msg
+                            .headers
+                            .iter()
+                            .map(|(k, v)| 4 + k.len() + v.len())
+                            .sum::<usize>()
+                }
+                Op::PutRecord { key, value, .. } => 64 + key.len() + value.len(),
+                _ => 64,
+            })
+            .sum::<usize>()
+}
+
 pub(crate) fn encode(ops: &[Op], buf: &mut Vec<u8>) -> Result<Vec<(u32, u32)>, StoreError> {
     let start = buf.len();
     // Room for it all at once: a frame of large bodies grown by doubling copies itself.
-    let hint: usize = ops
-        .iter()
-        .map(|op| match op {
-            Op::PutMessage { msg, .. } => 64 + msg.body.len() + msg.topic.len() + msg.sender.len(),
-            _ => 64,
-        })
-        .sum();
-    buf.reserve(HEADER + hint);
+    buf.reserve(size_hint(ops));
     buf.extend_from_slice(&[0; HEADER]);
     let mut placed = Vec::with_capacity(ops.len());
     let mut out = std::mem::take(buf);

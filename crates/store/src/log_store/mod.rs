@@ -37,7 +37,7 @@ pub use frame::Tail;
 use frame::{Version, MAGIC};
 use state::{Loc, SegInfo, State};
 
-use crate::fs::{self, RealFs, VFile, Vfs};
+use crate::fs::{self, RealFs, VFile, Vfs, BLOCK};
 use crate::{Op, Paged, QueueStore, Snapshot, StoreError, StoredMessage};
 
 /// Default size at which the newest segment is closed and another started.
@@ -92,7 +92,14 @@ pub struct LogOptions {
     /// rest on disk only, as a running node spills them ([`QueueStore::spill`]); `None`:
     /// everything is held in memory.
     pub spill_entries: Option<usize>,
+    /// Frames of at least this many bytes are written past the page cache where the file
+    /// system allows (`O_DIRECT`), which spares the kernel a copy of every large body;
+    /// `None`: never.
+    pub direct_write_min: Option<usize>,
 }
+
+/// The default [`LogOptions::direct_write_min`]: a frame of one 64 KiB message and up.
+pub const DIRECT_WRITE_MIN: usize = 64 << 10;
 
 impl Default for LogOptions {
     fn default() -> Self {
@@ -102,6 +109,7 @@ impl Default for LogOptions {
             background_compaction: true,
             disk_budget: None,
             spill_entries: None,
+            direct_write_min: Some(DIRECT_WRITE_MIN),
         }
     }
 }
@@ -309,10 +317,46 @@ struct Writer {
     seg: u32,
     /// Where the next frame goes in `seg`.
     len: u64,
+    /// The bytes of `seg` from the start of the block holding `len` up to `len`, which a
+    /// direct write of the next frame writes again.
+    tail: Vec<u8>,
     buf: Vec<u8>,
+    direct_min: Option<usize>,
     failed: Option<String>,
     /// Whether the last attempt to start a new segment failed (logged once).
     rotate_failing: bool,
+}
+
+impl Writer {
+    /// Writes go on at `len` of `seg`, in `file`, whose bytes up to there are `tail`'s.
+    fn start(&mut self, seg: u32, file: Arc<dyn VFile>, len: u64, tail: Vec<u8>) {
+        self.seg = seg;
+        self.file = file;
+        self.len = len;
+        self.tail = tail;
+    }
+
+    /// Keeps [`Writer::tail`] up to date once the frame at `buf[at..at + len]` is written.
+    fn keep_tail(&mut self, at: usize, len: usize) {
+        let keep = (self.len % BLOCK as u64) as usize;
+        let frame = &self.buf[at..at + len];
+        if keep <= len {
+            self.tail.clear();
+            self.tail.extend_from_slice(&frame[len - keep..]);
+        } else {
+            // The frame ends in the block it started in.
+            self.tail.extend_from_slice(frame);
+        }
+    }
+}
+
+/// The bytes of `file` from the start of the block holding `len` up to `len`.
+fn tail_of(file: &dyn VFile, len: u64, path: &Path) -> Result<Vec<u8>, StoreError> {
+    let keep = len % BLOCK as u64;
+    let mut tail = vec![0; keep as usize];
+    file.read_exact_at(&mut tail, len - keep)
+        .map_err(|e| io("reading", path, e))?;
+    Ok(tail)
 }
 
 /// The log: the appending side under a mutex (held through the write and its sync), the
@@ -501,6 +545,7 @@ impl LogStore {
                 (next, f, MAGIC.len() as u64)
             }
         };
+        let tail = tail_of(&*file, len, &seg_path(dir, seg))?;
         state.files.retain(|s, _| segs.contains(s));
         state.files.insert(seg, file.clone());
         state.newest = seg;
@@ -514,7 +559,9 @@ impl LogStore {
                 file,
                 seg,
                 len,
+                tail,
                 buf: Vec::with_capacity(64 << 10),
+                direct_min: options.direct_write_min,
                 failed: None,
                 rotate_failing: false,
             }),
@@ -629,30 +676,53 @@ fn truncate(
 }
 
 /// Appends `ops` as one synced frame and applies them to the live state.
+///
+/// A frame of at least [`LogOptions::direct_write_min`] bytes is written past the page
+/// cache ([`VFile::write_blocks_at`]): as whole blocks from the one holding its start,
+/// whose bytes already written ([`Writer::tail`]) are written again as they are, and
+/// zeros after its end (where the file holds zeros already).
 fn append(shared: &Shared, w: &mut Writer, ops: &[Op]) -> Result<(), StoreError> {
     if let Some(cause) = &w.failed {
         return Err(StoreError::Failed(cause.clone()));
     }
-    w.buf.clear();
-    let placed = frame::encode(ops, &mut w.buf)?;
     let at = w.len;
-    if at + w.buf.len() as u64 > u64::from(u32::MAX) {
+    let hint = frame::size_hint(ops);
+    let direct = w.direct_min.is_some_and(|min| hint >= min);
+    w.buf.clear();
+    let start = if direct {
+        w.buf.reserve(2 * BLOCK + w.tail.len() + hint);
+        let pad = w.buf.as_ptr().align_offset(BLOCK);
+        w.buf.resize(pad, 0);
+        w.buf.extend_from_slice(&w.tail);
+        pad
+    } else {
+        0
+    };
+    let frame_at = w.buf.len();
+    let placed = frame::encode(ops, &mut w.buf)?;
+    let frame_len = w.buf.len() - frame_at;
+    if at + frame_len as u64 > u64::from(u32::MAX) {
         return Err(StoreError::Engine(
             "the newest segment would pass 4 GiB; lower [store] segment_mib".into(),
         ));
     }
-    let written = w
-        .file
-        .write_all_at(&w.buf, at)
-        .and_then(|()| w.file.sync_data());
-    if let Err(e) = written {
+    let written = if direct {
+        let blocks = (w.buf.len() - start).next_multiple_of(BLOCK);
+        w.buf.resize(start + blocks, 0);
+        w.file
+            .write_blocks_at(&w.buf[start..], at - w.tail.len() as u64)
+    } else {
+        w.file.write_all_at(&w.buf[frame_at..], at)
+    };
+    if let Err(e) = written.and_then(|()| w.file.sync_data()) {
         // The tail of the file is unknown now: refuse every later write. A restart cuts
         // the torn frame off.
         let cause = format!("writing segment {}: {e}", w.seg);
         w.failed = Some(cause.clone());
         return Err(StoreError::Failed(cause));
     }
-    w.len += w.buf.len() as u64;
+    w.len += frame_len as u64;
+    w.keep_tail(frame_at, frame_len);
     let seg = w.seg;
     let mut st = shared.state_mut()?;
     st.segs.entry(seg).or_default().len = w.len;
@@ -667,7 +737,7 @@ fn append(shared: &Shared, w: &mut Writer, ops: &[Op]) -> Result<(), StoreError>
     }
     st.spill_messages(ops);
     drop(st);
-    if w.buf.capacity() > 4 << 20 {
+    if w.buf.capacity() > 16 << 20 {
         w.buf = Vec::with_capacity(64 << 10);
     }
     Ok(())
@@ -690,9 +760,7 @@ fn rotate_if_full(shared: &Shared, w: &mut Writer) -> Result<(), StoreError> {
     match create_segment(&*shared.fs, &shared.dir, next, shared.segment_bytes) {
         Ok(file) => {
             let file: Arc<dyn VFile> = Arc::from(file);
-            w.file = file.clone();
-            w.seg = next;
-            w.len = MAGIC.len() as u64;
+            w.start(next, file.clone(), MAGIC.len() as u64, MAGIC.to_vec());
             w.rotate_failing = false;
             let mut st = shared.state_mut()?;
             st.segs.insert(
