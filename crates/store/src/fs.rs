@@ -18,8 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 /// An open file: positioned reads and writes, syncs, size changes.
 pub trait VFile: Send + Sync {
@@ -40,6 +39,9 @@ pub trait VFile: Send + Sync {
     fn write_blocks_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         self.write_all_at(buf, off)
     }
+    /// No more block writes are coming (the segment is sealed): lets go of what was kept
+    /// for them (a real file's second descriptor), so that a sealed segment holds one.
+    fn end_block_writes(&self) {}
     /// Makes the file's data (and size) durable.
     fn sync_data(&self) -> io::Result<()>;
     /// Makes the file's data and metadata durable.
@@ -98,37 +100,25 @@ pub struct RealFs;
 
 struct RealFile {
     file: std::fs::File,
-    /// The same file opened again with `O_DIRECT`, once a block write asks for it; `None`
-    /// if the file system refused (tmpfs before Linux 6.6, some FUSE file systems), and
-    /// then block writes go through the page cache.
-    direct: OnceLock<Option<std::fs::File>>,
-    /// Set when a direct write was refused as invalid: the rest go through the page cache.
-    direct_refused: AtomicBool,
+    /// The same file opened again with `O_DIRECT` for block writes.
+    direct: Mutex<Direct>,
+}
+
+enum Direct {
+    /// Not asked for yet, or let go ([`VFile::end_block_writes`]).
+    Closed,
+    Open(std::fs::File),
+    /// The file system refused it (tmpfs before Linux 6.6, some FUSE file systems), or a
+    /// direct write as invalid: block writes go through the page cache.
+    Refused,
 }
 
 impl RealFile {
     fn new(file: std::fs::File) -> Self {
         RealFile {
             file,
-            direct: OnceLock::new(),
-            direct_refused: AtomicBool::new(false),
+            direct: Mutex::new(Direct::Closed),
         }
-    }
-
-    fn direct(&self) -> Option<&std::fs::File> {
-        if self.direct_refused.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.direct
-            .get_or_init(|| {
-                // A new open file description (not a dup, which would share the flag).
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-                    .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-                    .ok()
-            })
-            .as_ref()
     }
 }
 
@@ -143,18 +133,38 @@ impl VFile for RealFile {
         FileExt::write_all_at(&self.file, buf, off)
     }
     fn write_blocks_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        let direct = self.direct().filter(|_| is_block_aligned(buf, off));
-        let Some(direct) = direct else {
+        if !is_block_aligned(buf, off) {
+            return self.write_all_at(buf, off);
+        }
+        let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        if let Direct::Closed = *direct {
+            // A new open file description (not a dup, which would share the flag).
+            *direct = match OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            {
+                Ok(f) => Direct::Open(f),
+                Err(_) => Direct::Refused,
+            };
+        }
+        let Direct::Open(f) = &*direct else {
             return self.write_all_at(buf, off);
         };
-        match FileExt::write_all_at(direct, buf, off) {
+        match FileExt::write_all_at(f, buf, off) {
             // Alignment the device does not take: nothing was written.
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                self.direct_refused.store(true, Ordering::Relaxed);
                 tracing::info!(error = %e, "direct writes refused; writing through the page cache");
+                *direct = Direct::Refused;
                 self.write_all_at(buf, off)
             }
             other => other,
+        }
+    }
+    fn end_block_writes(&self) {
+        let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+        if let Direct::Open(_) = *direct {
+            *direct = Direct::Closed;
         }
     }
     fn sync_data(&self) -> io::Result<()> {
@@ -280,6 +290,33 @@ pub fn write_file(fs: &dyn Vfs, path: &Path, contents: &[u8]) -> io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_writes_read_back_aligned_or_not() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = RealFs.create_new(&dir.path().join("f"))?;
+        let mut buf = vec![0u8; 3 * BLOCK];
+        let pad = buf.as_ptr().align_offset(BLOCK);
+        let blocks = &mut buf[pad..pad + 2 * BLOCK];
+        blocks
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        f.write_blocks_at(blocks, BLOCK as u64)?;
+        f.sync_data()?;
+        // Not aligned: through the page cache, over part of what went direct.
+        f.write_blocks_at(b"abc", BLOCK as u64 + 1)?;
+        f.end_block_writes();
+        f.write_blocks_at(&blocks[..BLOCK], 3 * BLOCK as u64)?;
+        let mut back = vec![0; 4 * BLOCK];
+        f.read_exact_at(&mut back, 0)?;
+        assert!(back[..BLOCK].iter().all(|&b| b == 0));
+        assert_eq!(back[BLOCK], 0);
+        assert_eq!(&back[BLOCK + 1..BLOCK + 4], b"abc");
+        assert_eq!(&back[BLOCK + 4..3 * BLOCK], &blocks[4..]);
+        assert_eq!(&back[3 * BLOCK..], &blocks[..BLOCK]);
+        Ok(())
+    }
 
     #[test]
     fn write_file_replaces_and_keeps_the_file_private() -> io::Result<()> {

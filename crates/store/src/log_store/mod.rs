@@ -751,6 +751,7 @@ fn rotate_if_full(shared: &Shared, w: &mut Writer) -> Result<(), StoreError> {
         return Ok(());
     }
     let path = seg_path(&shared.dir, w.seg);
+    w.file.end_block_writes();
     // Give back what was preallocated past the last frame.
     if let Err(e) = w.file.set_len(w.len).and_then(|()| w.file.sync_all()) {
         w.failed = Some(format!("sealing {}: {e}", path.display()));

@@ -216,6 +216,18 @@ fn frames_written_past_the_page_cache_leave_what_was_before_them_intact() -> Res
         }
         s.commit(&ops)?;
     }
+    // A sealed segment holds one descriptor; the newest may hold a second for its direct
+    // writes; and the lock file one.
+    let open_here = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| io("listing", Path::new("/proc/self/fd"), e))?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir.path()))
+        .count();
+    let segments = s.segments()?.len();
+    assert!(
+        open_here <= segments + 2,
+        "{open_here} descriptors for {segments} segments"
+    );
     drop(s);
     let report = check(&RealFs, dir.path())?;
     assert!(
