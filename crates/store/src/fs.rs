@@ -88,7 +88,7 @@ pub trait Vfs: Send + Sync + 'static {
 pub const BLOCK: usize = 4096;
 
 /// Whether `buf` and `off` are as [`VFile::write_blocks_at`] needs them.
-pub fn is_block_aligned(buf: &[u8], off: u64) -> bool {
+fn is_block_aligned(buf: &[u8], off: u64) -> bool {
     (buf.as_ptr() as usize).is_multiple_of(BLOCK)
         && buf.len().is_multiple_of(BLOCK)
         && off.is_multiple_of(BLOCK as u64)

@@ -47,10 +47,9 @@ impl Version {
     }
 }
 
-/// Appends one frame holding `ops` to `buf`; returns each op's offset from the start of
-/// the frame and its encoded size.
-/// Room for the frame [`encode`] makes of `ops` (at least its size, unless its messages
-/// carry many headers).
+/// Room for the frame [`encode`] makes of `ops`: at least its size, unless its ops carry
+/// long queue names or many short headers. A caller reserves it before encoding: a frame
+/// of large bodies grown by doubling copies itself.
 pub(crate) fn size_hint(ops: &[Op]) -> usize {
     HEADER
         + ops
@@ -72,10 +71,10 @@ pub(crate) fn size_hint(ops: &[Op]) -> usize {
             .sum::<usize>()
 }
 
+/// Appends one frame holding `ops` to `buf`; returns each op's offset from the start of
+/// the frame and its encoded size.
 pub(crate) fn encode(ops: &[Op], buf: &mut Vec<u8>) -> Result<Vec<(u32, u32)>, StoreError> {
     let start = buf.len();
-    // Room for it all at once: a frame of large bodies grown by doubling copies itself.
-    buf.reserve(size_hint(ops));
     buf.extend_from_slice(&[0; HEADER]);
     let mut placed = Vec::with_capacity(ops.len());
     let mut out = std::mem::take(buf);

@@ -690,12 +690,14 @@ fn append(shared: &Shared, w: &mut Writer, ops: &[Op]) -> Result<(), StoreError>
     let direct = w.direct_min.is_some_and(|min| hint >= min);
     w.buf.clear();
     let start = if direct {
+        // Room for the alignment, the tail, the frame and the zeros after it.
         w.buf.reserve(2 * BLOCK + w.tail.len() + hint);
         let pad = w.buf.as_ptr().align_offset(BLOCK);
         w.buf.resize(pad, 0);
         w.buf.extend_from_slice(&w.tail);
         pad
     } else {
+        w.buf.reserve(hint);
         0
     };
     let frame_at = w.buf.len();
