@@ -53,6 +53,10 @@ pub struct BacklogArgs {
     /// before the drain.
     #[arg(long)]
     pub restart: bool,
+    /// The node's `[store] direct_write_bytes` (0: every write through the page cache);
+    /// its default if not given.
+    #[arg(long)]
+    pub direct_write_bytes: Option<usize>,
 }
 
 /// Bytes in the files under `dir`.
@@ -72,7 +76,10 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 
 pub async fn run(a: &BacklogArgs) -> Result<bool> {
     let cap = a.cap_mib.unwrap_or(a.limit_mib / 2) << 20;
-    let config = format!("[inbox]\nmax_memory_bytes = {cap}\nmax_length = 1000000000\n");
+    let mut config = format!("[inbox]\nmax_memory_bytes = {cap}\nmax_length = 1000000000\n");
+    if let Some(b) = a.direct_write_bytes {
+        config += &format!("[store]\ndirect_write_bytes = {b}\n");
+    }
     let parent = a.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut server =
         Server::start_limited(&a.server_bin, &parent, Some(&config), a.limit_mib << 20)
