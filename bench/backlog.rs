@@ -1,11 +1,12 @@
 //! `trunkline-bench backlog`: a backlog larger than memory. The node runs in a process
 //! whose address space is limited (`--limit-mib`, `RLIMIT_AS` through `ulimit -v`, with
 //! `MALLOC_ARENA_MAX=2` so that glibc does not reserve an arena per thread), its memory
-//! cap (`inbox.max_memory_bytes`) set to `--cap-mib`. One STOMP publisher fills one
-//! offline client's inbox with `--size`-byte messages (receipts, `--window` unconfirmed)
-//! until `--gib` were accepted, the node refuses one, or `--fill-limit` seconds pass.
-//! Then the client drains it (`ack:client-individual`, prefetch 1000), checking that every
-//! accepted message arrives once and in order. Reports time to fill and drain, the node's
+//! cap (`inbox.max_memory_bytes`) set to `--cap-mib`. One STOMP publisher fills the inboxes
+//! of `--clients` offline clients (one by default; message k goes to client k mod N) with
+//! `--size`-byte messages (receipts, `--window` unconfirmed) until `--gib` were accepted,
+//! the node refuses one, or `--fill-limit` seconds pass. Then each client in turn drains
+//! its inbox (`ack:client-individual`, prefetch 1000), checking that every accepted
+//! message arrives once and in order. Reports time to fill and drain, the node's
 //! peak resident set, and the disk its data directory took. With `--restart` the node is
 //! stopped once filled and started again under the same limit before the drain (the
 //! drain's peak is then the restarted process's).
@@ -31,6 +32,9 @@ pub struct BacklogArgs {
     pub gib: f64,
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
+    /// Offline clients the backlog is spread over.
+    #[arg(long, default_value_t = 1)]
+    pub clients: u64,
     /// The node's address-space limit, MiB.
     #[arg(long, default_value_t = 512)]
     pub limit_mib: u64,
@@ -87,12 +91,39 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
             .context("starting the node under its memory limit")?;
     let http = http_client()?;
     let admin = admin_aside(&http, &server).await?;
-    let secret = create_client(&http, &server.api, &admin, "backlog", "backlog.none").await?;
-    let queue = "/queue/backlog-inbox".to_string();
-    grant_writes(&http, &server.api, &admin, &["backlog-inbox".to_string()]).await?;
+    let clients = a.clients.max(1);
+    // Client i is `backlog` (the first) or `backlog<i>`.
+    let id = |i: u64| match i {
+        0 => "backlog".to_string(),
+        i => format!("backlog{i}"),
+    };
+    // One client: published to its queue (a write grant); more: each subscribed to its own
+    // topic, published by topic (a client's write grants name at most 64 queues).
+    let topic = |i: u64| format!("backlog.c{i}");
+    let mut secrets = Vec::new();
+    for i in 0..clients {
+        let subscription = if clients == 1 {
+            "backlog.none".to_string()
+        } else {
+            topic(i)
+        };
+        secrets.push(create_client(&http, &server.api, &admin, &id(i), &subscription).await?);
+    }
+    let queues: Vec<String> = (0..clients)
+        .map(|i| format!("/queue/{}-inbox", id(i)))
+        .collect();
+    let targets: Vec<String> = if clients == 1 {
+        grant_writes(&http, &server.api, &admin, &["backlog-inbox".to_string()]).await?;
+        queues.clone()
+    } else {
+        (0..clients)
+            .map(|i| format!("/topic/{}", topic(i)))
+            .collect()
+    };
     let base_rss = rss_kib(server.pid)?;
 
-    // Fill: bodies `{"n":N,"pad":"xxx…"}` of `size` bytes, N counting from 0.
+    // Fill: bodies `{"n":N,"pad":"xxx…"}` of `size` bytes, N counting from 0 in each
+    // inbox.
     let want = ((a.gib * (1u64 << 30) as f64) / a.size as f64) as u64;
     let publisher = StompClient::connect(options(
         &server.stomp,
@@ -117,8 +148,13 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
         while !closed && sent < want && inflight.len() < a.window {
             // A refusal closes the connection: what was sent before it still confirms
             // or fails below, with the server's reason.
+            let (to, n) = ((sent % clients) as usize, sent / clients);
             match publisher
-                .send(&queue, &[("content-type", "application/json")], pad(sent))
+                .send(
+                    &targets[to],
+                    &[("content-type", "application/json")],
+                    pad(n),
+                )
                 .await
             {
                 Ok(c) => inflight.push_back(c),
@@ -147,7 +183,7 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
     peak_rss = peak_rss.max(peak_rss_kib(server.pid).unwrap_or(0));
     drop(publisher);
     println!(
-        "backlog: {accepted} messages of {} B accepted in {:.1} s ({:.0}/s){}; data directory {:.2} GiB; node RSS {} MiB (peak {} MiB)",
+        "backlog: {accepted} messages of {} B for {clients} client(s) accepted in {:.1} s ({:.0}/s){}; data directory {:.2} GiB; node RSS {} MiB (peak {} MiB)",
         a.size,
         fill.as_secs_f64(),
         accepted as f64 / fill.as_secs_f64().max(1e-9),
@@ -178,29 +214,37 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
         restarted = Some((took, rss, peak));
     }
 
-    // Drain, in order, each once.
-    let consumer =
-        StompClient::connect(options(&server.stomp, "backlog", &secret, a.window)).await?;
-    let mut rx = consumer
-        .subscribe(&queue, "client-individual", Some(1000))
-        .await?;
+    // Drain, in order, each once: one client after the other.
     let started = Instant::now();
-    let mut next = 0u64;
-    let mut out_of_order = 0u64;
-    while next < accepted && started.elapsed() < limit {
-        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else {
-            break;
-        };
-        let n = serde_json::from_slice::<Value>(&m.body)
-            .ok()
-            .and_then(|v| v["n"].as_u64());
-        if n != Some(next) {
-            out_of_order += 1;
+    let (mut next, mut out_of_order) = (0u64, 0u64);
+    for (i, (queue, secret)) in queues.iter().zip(&secrets).enumerate() {
+        // Of the accepted messages (the first `accepted` sent), those for this client.
+        let mine = accepted / clients + u64::from((i as u64) < accepted % clients);
+        let consumer =
+            StompClient::connect(options(&server.stomp, &id(i as u64), secret, a.window)).await?;
+        let mut rx = consumer
+            .subscribe(queue, "client-individual", Some(1000))
+            .await?;
+        let mut n_next = 0u64;
+        while n_next < mine && started.elapsed() < limit {
+            let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else {
+                break;
+            };
+            let n = serde_json::from_slice::<Value>(&m.body)
+                .ok()
+                .and_then(|v| v["n"].as_u64());
+            if n != Some(n_next) {
+                out_of_order += 1;
+            }
+            n_next += 1;
+            next += 1;
+            consumer.ack(&m).await?;
+            if next.is_multiple_of(100_000) {
+                peak_rss = peak_rss.max(rss_kib(server.pid).unwrap_or(0));
+            }
         }
-        next += 1;
-        consumer.ack(&m).await?;
-        if next.is_multiple_of(100_000) {
-            peak_rss = peak_rss.max(rss_kib(server.pid).unwrap_or(0));
+        if n_next < mine {
+            break;
         }
     }
     let drain = started.elapsed();
@@ -218,7 +262,8 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
     );
     if let Some(path) = &a.json {
         let v = json!({
-            "scenario": "backlog", "size": a.size, "wanted": want, "accepted": accepted,
+            "scenario": "backlog", "size": a.size, "clients": clients, "wanted": want,
+            "accepted": accepted,
             "refusal": refusal, "fill_seconds": fill.as_secs_f64(), "drained": next,
             "out_of_order": out_of_order, "drain_seconds": drain.as_secs_f64(),
             "disk_bytes": disk, "rss_start_kib": base_rss, "rss_filled_kib": filled_rss,
@@ -236,7 +281,7 @@ pub async fn run(a: &BacklogArgs) -> Result<bool> {
             .unwrap_or_default();
         let mut left: Vec<_> = m
             .iter()
-            .filter(|(k, _)| k.contains("backlog-inbox"))
+            .filter(|(k, _)| k.contains("backlog") && k.contains("-inbox"))
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         left.sort();

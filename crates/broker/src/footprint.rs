@@ -6,8 +6,10 @@
 //! - the index ([`Account`]): per queue entry [`ENTRY_BYTES`] (the queue's slot, ready or
 //!   leased with its deadline, and the log store's index of the same entry), per message
 //!   [`MESSAGE_BYTES`] (the message record and the log store's location of it). A publish
-//!   into N queues costs [`index_bytes`]`(N)`, whatever its body; past the cap, publishes
-//!   are refused;
+//!   into N queues costs [`index_bytes`]`(N)`, whatever its body. Past [`pressed_at`] (half
+//!   the cap) queues keep what passes their first [`PRESSED_HEAD`] ready entries in the
+//!   store only, where an entry costs a few bytes and is not counted; past the cap (the
+//!   heads of more queues than it holds), publishes are refused;
 //! - the body cache (`queue::BodyCache`): bodies counted by [`body_bytes`] (the stored
 //!   message, its strings and body), at most `body_cache_bytes` and never more than the
 //!   index leaves under the cap. Bodies it lets go are read back from the store.
@@ -30,6 +32,24 @@ pub const ENTRY_BYTES: u64 = 200;
 /// One message record, without its body: the broker's `Msg` behind its `Arc`, and the log
 /// store's location of the message.
 pub const MESSAGE_BYTES: u64 = 200;
+
+/// Ready entries a queue keeps in memory however pressed the node is (its head, so that
+/// a consumer keeping up is served from memory); past them, new ones stay in the store.
+pub const PRESSED_HEAD: usize = 32;
+
+/// Queued memory past which the node is pressed: queues holding [`PRESSED_HEAD`] ready
+/// entries keep new ones in the store only, so that a backlog spread over many queues is
+/// bounded by disk, not by `max` (half of it, so that the heads, the entries brought back
+/// for consumers and the body cache have the rest).
+pub const fn pressed_at(max: u64) -> u64 {
+    max / 2
+}
+
+/// Entries of one-queue messages that fill memory to [`pressed_at`]: the node-wide bound
+/// a store applies as it replays its log at start.
+pub const fn pressed_entries(max: u64) -> usize {
+    (pressed_at(max) / index_bytes(1)) as usize
+}
 
 /// What a message queued in `places` queues adds to the index.
 pub const fn index_bytes(places: usize) -> u64 {

@@ -586,7 +586,7 @@ impl Broker {
                 q.land(seq, slot, false, &mut Vec::new());
             }
         }
-        let spill = spill_of(Arc::downgrade(&store), &config);
+        let spill = spill_of(Arc::downgrade(&store), &config, &memory);
         for q in queues.values_mut() {
             q.set_spill(spill.clone());
         }
@@ -1762,7 +1762,11 @@ impl Broker {
             for mut q in client_queues(&rec, &self.inner.config) {
                 // A client made again under an old id must not meet its old receipts.
                 q.lift_seq(self.inner.last_msg_id.load(Ordering::Relaxed));
-                q.set_spill(spill_of(self.inner.store.clone(), &self.inner.config));
+                q.set_spill(spill_of(
+                    self.inner.store.clone(),
+                    &self.inner.config,
+                    &self.inner.memory,
+                ));
                 queues.insert(
                     q.name.clone(),
                     Arc::new(QueueCell {
@@ -2145,10 +2149,16 @@ fn remove_stored(store: &dyn QueueStore, queue: &str) -> Result<(), StoreError> 
 }
 
 /// How a queue of this broker spills what passes its memory.
-fn spill_of(store: std::sync::Weak<dyn QueueStore>, config: &BrokerConfig) -> Spill {
+fn spill_of(
+    store: std::sync::Weak<dyn QueueStore>,
+    config: &BrokerConfig,
+    memory: &Arc<footprint::Account>,
+) -> Spill {
     Spill {
         store,
         hot_max: config.queue_memory_entries,
+        memory: memory.clone(),
+        pressed_at: footprint::pressed_at(memory.max()),
     }
 }
 

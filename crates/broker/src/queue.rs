@@ -296,18 +296,32 @@ pub fn next_id(prev: u64, now_ms: u64) -> u64 {
     (prev + 1).max(now_ms.saturating_mul(1024))
 }
 
-/// Where a queue keeps what does not fit in memory: past `hot_max` ready entries, new
-/// ones stay in `store` only ([`QueueStore::spill`]) until consumers need them.
+/// Where a queue keeps what does not fit in memory: past `hot_max` ready entries, or past
+/// a head of [`footprint::PRESSED_HEAD`] once the node's queued memory (`memory`) reaches
+/// `pressed_at` bytes, new ones stay in `store` only ([`QueueStore::spill`]) until
+/// consumers need them.
 #[derive(Clone)]
 pub(crate) struct Spill {
     pub store: Weak<dyn QueueStore>,
     pub hot_max: usize,
+    pub memory: Arc<Account>,
+    pub pressed_at: u64,
+}
+
+impl Spill {
+    /// Whether a queue holding `ready` entries in memory keeps its next ones in the store.
+    fn due(&self, ready: usize) -> bool {
+        ready >= self.hot_max
+            || (ready >= footprint::PRESSED_HEAD.min(self.hot_max)
+                && self.memory.used() >= self.pressed_at)
+    }
 }
 
 impl std::fmt::Debug for Spill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spill")
             .field("hot_max", &self.hot_max)
+            .field("pressed_at", &self.pressed_at)
             .finish_non_exhaustive()
     }
 }
@@ -371,7 +385,7 @@ impl Queue {
         }
     }
 
-    /// Keeps what passes `spill.hot_max` ready entries in `spill.store` only.
+    /// Keeps what passes its memory (see [`Spill`]) in `spill.store` only.
     pub(crate) fn set_spill(&mut self, spill: Spill) {
         self.spill = Some(spill);
     }
@@ -424,11 +438,12 @@ impl Queue {
     }
 
     /// A fresh place: in the store only if the queue is spilled, or is spilled now that
-    /// its ready entries in memory reach the most it may hold.
+    /// its ready entries in memory reach the most it may hold (fewer while the node is
+    /// pressed for memory).
     fn alloc_fresh(&mut self, now: u64) -> u64 {
         if self.cold.is_none() {
             if let Some(spill) = &self.spill {
-                if self.ready.len() >= spill.hot_max {
+                if spill.due(self.ready.len()) {
                     let from = self.last_seq + 1;
                     if spill
                         .store

@@ -2466,10 +2466,12 @@ async fn bodies_past_the_cache_are_read_back_from_the_log() {
 
 /// The node-wide cap counts the index of what is queued, not the bodies (they are in the
 /// store): a backlog of bodies far larger than the cap is accepted, and the body cache
-/// takes only what the index leaves under the cap.
+/// takes only what the index leaves under the cap. A queue past its head keeps the rest
+/// in the store once the node is pressed; heads of many queues that fill the cap are
+/// refused with `node_full`.
 #[tokio::test]
 async fn the_memory_cap_counts_the_index_and_the_cache_takes_what_it_leaves() {
-    use trunkline_broker::footprint::index_bytes;
+    use trunkline_broker::footprint::{index_bytes, PRESSED_HEAD};
     let dir = tempfile::tempdir().expect("tempdir");
     let store =
         Arc::new(trunkline_store::LogStore::open_with(dir.path(), 1 << 20).expect("open log"));
@@ -2482,8 +2484,8 @@ async fn the_memory_cap_counts_the_index_and_the_cache_takes_what_it_leaves() {
     let br = Broker::open(store, config, T0).expect("open broker");
     client(&br, "a", &["t.#"]).await;
     let big = |n: u64| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(16 << 10));
-    // 100 bodies of 16 KiB: 1.6 MB, 80 times the cap.
-    for n in 0..100 {
+    // 150 bodies of 16 KiB: 2.4 MB, 120 times the cap.
+    for n in 0..150 {
         br.publish(Publish::new("t.x", big(n).into_bytes(), "pub"), T0 + n)
             .await
             .expect("publish: bodies do not count against the cap");
@@ -2495,18 +2497,42 @@ async fn the_memory_cap_counts_the_index_and_the_cache_takes_what_it_leaves() {
         );
         assert!(cached <= limit, "{cached} bytes cached over {limit}");
     }
-    assert_eq!(br.memory_used(), cap);
-    let refused = br
-        .publish(Publish::new("t.x", big(100).into_bytes(), "pub"), T0 + 100)
-        .await;
+    // In memory until the node is pressed (half the cap, the publish that presses it
+    // included), in the store after.
+    let held = br.memory_used();
+    assert_eq!(held, cap / 2 - index_bytes(1));
+    // Heads of other queues, each short of where it would spill, fill the rest.
+    for c in 0..4 {
+        client(&br, &format!("h{c}"), &[&format!("u.h{c}")]).await;
+    }
+    let mut taken = 0u64;
+    let refused = loop {
+        let topic = format!("u.h{}", taken % 4);
+        match br
+            .publish(
+                Publish::new(&topic, big(taken).into_bytes(), "pub"),
+                T0 + 200,
+            )
+            .await
+        {
+            Ok(_) => taken += 1,
+            Err(e) => break e,
+        }
+        assert!(taken < 4 * PRESSED_HEAD as u64, "never refused");
+    };
     assert!(
-        matches!(refused, Err(BrokerError::NodeFull { .. })),
+        matches!(refused, BrokerError::NodeFull { .. }),
         "the index is full: {refused:?}"
     );
+    assert_eq!(br.memory_used(), cap);
+    assert_eq!(taken * index_bytes(1), cap - held);
     assert_eq!(br.body_cache().0, 0, "nothing left for the cache");
     assert_eq!(
-        bodies(&drain(&br, "a", T0 + 200).await),
-        (0..100).map(big).collect::<Vec<_>>()
+        bodies(&drain(&br, "a", T0 + 300).await),
+        (0..150).map(big).collect::<Vec<_>>()
     );
+    for c in 0..4 {
+        drain(&br, &format!("h{c}"), T0 + 300).await;
+    }
     assert_eq!(br.memory_used(), 0);
 }

@@ -5,12 +5,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use trunkline_broker::footprint::{index_bytes, ENTRY_BYTES, MESSAGE_BYTES};
+use trunkline_broker::footprint::{
+    index_bytes, pressed_entries, ENTRY_BYTES, MESSAGE_BYTES, PRESSED_HEAD,
+};
 use trunkline_broker::{
     Broker, BrokerConfig, Delivery, NewClient, Publish, ReceiveOptions, Settle,
 };
 use trunkline_store::fs::RealFs;
-use trunkline_store::{LogOptions, LogStore, QueueStore};
+use trunkline_store::{LogOptions, LogStore, NodeSpill, QueueStore};
 
 const T0: u64 = 1_700_000_000_000;
 /// Ready entries of one queue held in memory.
@@ -235,5 +237,68 @@ async fn a_restart_over_a_long_backlog_keeps_it_on_disk() {
         dead.iter().map(n_of).collect::<Vec<_>>(),
         (0..100).collect::<Vec<_>>()
     );
+    assert_eq!(b.memory_used(), 0, "everything consumed, nothing counted");
+}
+
+/// A node whose memory cap holds the heads of a few queues only, as a node opens it (the
+/// log replayed with the same node-wide bound).
+fn open_pressed(dir: &Path, max_memory_bytes: u64) -> Broker {
+    let options = LogOptions {
+        segment_bytes: 64 << 10,
+        spill_entries: Some(10_000),
+        spill_node: Some(NodeSpill {
+            entries: pressed_entries(max_memory_bytes),
+            head: PRESSED_HEAD,
+        }),
+        ..LogOptions::default()
+    };
+    let store = Arc::new(LogStore::open_on(Arc::new(RealFs), dir, options).expect("open log"));
+    let config = BrokerConfig {
+        queue_memory_entries: 10_000,
+        max_memory_bytes,
+        ..BrokerConfig::default()
+    };
+    Broker::open(store, config, T0).expect("open broker")
+}
+
+/// A backlog spread over more queues than memory holds the heads of: no queue is long,
+/// yet once the node is pressed each keeps a head in memory and the rest in the log, so
+/// every publish is taken (none refused with `node_full`), memory stays under its cap,
+/// and after a restart every queue drains in order, every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_over_many_queues_is_bounded_by_disk_not_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clients = 40u64;
+    let per = 300u64;
+    // Room for about 3 000 entries in all: a tenth of the backlog.
+    let cap = 3_000 * index_bytes(1);
+    {
+        let b = open_pressed(dir.path(), cap);
+        for c in 0..clients {
+            client(&b, &format!("c{c}"), &format!("t.c{c}")).await;
+        }
+        for i in 0..per {
+            for c in 0..clients {
+                publish(&b, &format!("t.c{c}"), i).await;
+                assert!(b.memory_used() <= cap, "{} of {cap}", b.memory_used());
+            }
+        }
+        for c in 0..clients {
+            assert_eq!(ready(&b, &format!("c{c}-inbox")), per);
+        }
+        b.shutdown().map_err(|_| "still shared").expect("shutdown");
+    }
+    let b = open_pressed(dir.path(), cap);
+    assert!(
+        b.memory_used() <= cap,
+        "{} bytes in memory after a restart, of {cap}",
+        b.memory_used()
+    );
+    for c in 0..clients {
+        let id = format!("c{c}");
+        assert_eq!(ready(&b, &format!("{id}-inbox")), per);
+        let got = drain(&b, &id, 50, T0 + per + 1).await;
+        assert_eq!(got, (0..per).collect::<Vec<_>>(), "client {id}");
+    }
     assert_eq!(b.memory_used(), 0, "everything consumed, nothing counted");
 }

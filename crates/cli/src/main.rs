@@ -636,11 +636,34 @@ fn body_value(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()))
 }
 
+/// Raises the soft limit on open files to the hard one, as a server should: the log holds
+/// a descriptor per segment (a backlog of tiny fan-out entries makes hundreds), and every
+/// connection takes one; the usual soft limit is 1 024.
+fn raise_open_files() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let l = getrlimit(Resource::Nofile);
+    let (Some(current), Some(maximum)) = (l.current, l.maximum) else {
+        return;
+    };
+    if current >= maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(maximum),
+        maximum: Some(maximum),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open files limit"),
+        Err(e) => tracing::warn!(limit = current, cause = %e, "cannot raise the open files limit"),
+    }
+}
+
 async fn dispatch(cmd: Command) -> Result<(), Failure> {
     match cmd {
         Command::Serve(a) => {
             let c = effective_config(&a)?;
             init_logs(&c)?;
+            raise_open_files();
             trunkline_server::run(c, secrets(), signal())
                 .await
                 .map_err(|e| Failure::Usage(e.to_string()))

@@ -40,7 +40,9 @@ max_disk_bytes = 0
 body_cache_bytes = 268435456
 # Most ready messages of one queue whose index is held in memory. Past it, new ones stay
 # in the log only and are brought back in order as consumers reach them, so a backlog is
-# bounded by disk, not memory (log engine only; redb holds every queue in memory).
+# bounded by disk, not memory (log engine only; redb holds every queue in memory). Once
+# queued messages take half of inbox.max_memory_bytes, every queue past its first 32 ready
+# messages does the same, however many queues share the backlog.
 queue_memory_entries = 10000
 # Commits of at least this many bytes are written to the log past the page cache
 # (O_DIRECT, where the file system allows), sparing the kernel a copy of each large body;
@@ -146,8 +148,10 @@ max_deliveries = 10
 dedup_window_secs = 600
 # Most memory queued messages may take on the whole node, counting what each holds:
 # every queue entry (about 200 bytes: a message sent to 500 inboxes takes 500), every
-# message record (about 320 bytes) and its topic, headers and body. Past it publishes are
-# refused with 507 node_full until consumers catch up; nothing accepted is dropped.
+# message record (about 200 bytes); bodies stay in the log (hot ones cached within this
+# cap). Past half of it, queues keep what passes their first 32 ready messages in the log
+# only (log engine); past all of it publishes are refused with 507 node_full until
+# consumers catch up; nothing accepted is dropped.
 # The process needs this much plus its base (tens of MiB) and what is in flight.
 # (`max_queued_bytes`, its old name, which counted bodies only, is still read.)
 max_memory_bytes = 1073741824

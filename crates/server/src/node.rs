@@ -11,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trunkline_api::{CredentialsFile, Subscription};
 use trunkline_auth::{Throttle, ThrottleLimits, TokenKey};
-use trunkline_broker::{Broker, LimitSettings, NewClient, Overflow};
+use trunkline_broker::{footprint, Broker, LimitSettings, NewClient, Overflow};
 use trunkline_store::fs::RealFs;
-use trunkline_store::{Committer, LogOptions, LogStore, QueueStore, RedbStore};
+use trunkline_store::{Committer, LogOptions, LogStore, NodeSpill, QueueStore, RedbStore};
 
 use crate::config::{Config, Secrets, StoreConfig, StoreEngine};
 use crate::http::{self, now_ms, AppState, HttpCounters, Keys};
@@ -68,6 +68,7 @@ pub fn log_dir(data_dir: &Path) -> PathBuf {
 fn open_store(
     dir: &Path,
     c: &StoreConfig,
+    max_memory_bytes: u64,
 ) -> Result<(Arc<dyn QueueStore>, Option<u64>), StartError> {
     let redb = dir.join(REDB_FILE);
     let log = dir.join(LOG_DIR);
@@ -94,6 +95,12 @@ fn open_store(
                 disk_budget: Some(budget),
                 // A queue longer than the broker keeps in memory stays on disk at start too.
                 spill_entries: Some(c.queue_memory_entries.max(1)),
+                // So do the queues past their heads once the node holds as many entries
+                // as a running node holds before it spills them.
+                spill_node: Some(NodeSpill {
+                    entries: footprint::pressed_entries(max_memory_bytes),
+                    head: footprint::PRESSED_HEAD,
+                }),
                 direct_write_min: Some(c.direct_write_bytes).filter(|&b| b > 0),
                 ..LogOptions::default()
             };
@@ -230,7 +237,7 @@ impl Node {
             let dir = dir.clone();
             let mut bc = config.broker_config();
             tokio::task::spawn_blocking(move || -> Result<Broker, StartError> {
-                let (store, budget) = open_store(&dir, &store_config)?;
+                let (store, budget) = open_store(&dir, &store_config, bc.max_memory_bytes)?;
                 bc.max_disk_bytes = budget;
                 Broker::open(store, bc, now_ms()).map_err(|e| StartError::Store(e.to_string()))
             })
@@ -507,8 +514,8 @@ mod tests {
     #[test]
     fn a_data_directory_of_the_other_engine_is_refused_not_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
-        drop(open_store(dir.path(), &config(StoreEngine::Redb)).expect("redb opens"));
-        let err = open_store(dir.path(), &config(StoreEngine::Log))
+        drop(open_store(dir.path(), &config(StoreEngine::Redb), 1 << 30).expect("redb opens"));
+        let err = open_store(dir.path(), &config(StoreEngine::Log), 1 << 30)
             .err()
             .expect("log engine must refuse a redb data directory")
             .to_string();
@@ -517,8 +524,8 @@ mod tests {
             "{err}"
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        drop(open_store(dir.path(), &config(StoreEngine::Log)).expect("log opens"));
-        let err = open_store(dir.path(), &config(StoreEngine::Redb))
+        drop(open_store(dir.path(), &config(StoreEngine::Log), 1 << 30).expect("log opens"));
+        let err = open_store(dir.path(), &config(StoreEngine::Redb), 1 << 30)
             .err()
             .expect("redb engine must refuse a log data directory")
             .to_string();

@@ -36,7 +36,7 @@ pub mod redb_store;
 pub mod simfs;
 
 pub use commit::{CommitError, CommitStats, Committer};
-pub use log_store::{LogOptions, LogStore, Recover};
+pub use log_store::{LogOptions, LogStore, NodeSpill, Recover};
 pub use memory::MemoryStore;
 pub use record::{
     MessageMeta, Op, RecordTable, Snapshot, SpilledQueue, StoredEntry, StoredMessage,

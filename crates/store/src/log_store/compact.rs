@@ -12,7 +12,9 @@
 //! record deleted while the rewrite ran is still deleted on replay.
 //!
 //! Runs that start at the oldest segment (merges, which drop every delete) are preferred;
-//! their output is capped at [`MERGE_CAP`] live bytes so that no file grows without bound.
+//! their output is capped at [`MERGE_CAP`] live bytes so that no file grows without bound
+//! (and at [`super::LogOptions::segment_records`] records, so that what the rewrite holds per
+//! record it moves is bounded too).
 //! When the oldest segments hold more live data than that (a consumer lagging far
 //! behind), single segments behind them are rewritten in place, keeping their deletes.
 //!
@@ -59,7 +61,8 @@ fn reclaimable(info: &SegInfo, oldest: bool) -> u64 {
 
 /// The next thing worth doing, if any: delete the oldest segment once it holds nothing
 /// live; once the log holds more than twice its live bytes plus two segments, merge the
-/// oldest segments (the longest run whose live bytes fit [`MERGE_CAP`]) or, if that
+/// oldest segments (the longest run whose live bytes fit [`MERGE_CAP`], and whose records
+/// fit the segment's cap) or, if that
 /// gives back too little, rewrite the segment with the most to give back.
 fn target(shared: &Shared, st: &State) -> Option<Target> {
     let sealed: Vec<(u32, SegInfo)> = st
@@ -86,10 +89,11 @@ fn target(shared: &Shared, st: &State) -> Option<Target> {
     } else {
         shared.segment_bytes / 4
     };
-    let (mut live, mut freed, mut best) = (0u64, 0u64, None);
+    let (mut live, mut records, mut freed, mut best) = (0u64, 0u64, 0u64, None);
     for (s, i) in &sealed {
         live += i.live;
-        if live > MERGE_CAP.max(shared.segment_bytes) {
+        records += i.records;
+        if live > MERGE_CAP.max(shared.segment_bytes) || records > shared.segment_records {
             break;
         }
         freed += i.len.saturating_sub(i.live);
@@ -129,6 +133,8 @@ struct Output<'a> {
     moves: Vec<((Key, Loc), Loc)>,
     /// Bytes of deletes written.
     deletes: u64,
+    /// Records written.
+    records: u64,
 }
 
 impl Output<'_> {
@@ -194,6 +200,7 @@ impl Output<'_> {
             .write_all_at(&self.buf, self.len)
             .map_err(|e| io("writing", self.tmp, e))?;
         self.len += self.buf.len() as u64;
+        self.records += self.sizes.len() as u64;
         self.raws.clear();
         self.sizes.clear();
         Ok(())
@@ -351,6 +358,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         buf: Vec::new(),
         moves: Vec::new(),
         deletes: 0,
+        records: 0,
     };
     out.file
         .write_all_at(MAGIC, 0)
@@ -394,6 +402,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
         len,
         moves,
         deletes,
+        records,
         ..
     } = out;
     f.sync_all().map_err(|e| io("syncing", &tmp, e))?;
@@ -421,6 +430,7 @@ fn rewrite(shared: &Shared, first: u32, last: u32, oldest: bool) -> Result<bool,
             SegInfo {
                 len,
                 live,
+                records,
                 pinned,
                 indexed: false,
             },

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 pub use frame::Tail;
 use frame::{Version, MAGIC};
+pub use spill::NodeSpill;
 use state::{Loc, SegInfo, State};
 
 use crate::fs::{self, RealFs, VFile, Vfs, BLOCK};
@@ -80,6 +81,10 @@ pub enum Recover {
 pub struct LogOptions {
     /// Size at which the newest segment is closed and another started.
     pub segment_bytes: u64,
+    /// Records (ops) at which the newest segment is closed however few its bytes, and
+    /// the most a merge takes: what compaction holds per record it moves is then bounded
+    /// whatever the records' size (tiny entries of a fan-out).
+    pub segment_records: u64,
     pub recover: Recover,
     /// Whether a background thread reclaims space (tests may run [`LogStore::compact`]
     /// themselves instead).
@@ -92,11 +97,19 @@ pub struct LogOptions {
     /// rest on disk only, as a running node spills them ([`QueueStore::spill`]); `None`:
     /// everything is held in memory.
     pub spill_entries: Option<usize>,
+    /// Past this many entries in memory across all queues as the log is replayed, a queue
+    /// holding at least a head's worth spills from its next entry on, as a running node
+    /// does under memory pressure; `None`: no node-wide bound.
+    pub spill_node: Option<NodeSpill>,
     /// Frames of at least this many bytes are written past the page cache where the file
     /// system allows (`O_DIRECT`), which spares the kernel a copy of every large body;
     /// `None`: never.
     pub direct_write_min: Option<usize>,
 }
+
+/// The default [`LogOptions::segment_records`]: about 16 MiB of what compaction holds to
+/// move records (64 bytes each).
+pub const DEFAULT_SEGMENT_RECORDS: u64 = 1 << 18;
 
 /// The default [`LogOptions::direct_write_min`]: a frame of one 64 KiB message and up.
 pub const DIRECT_WRITE_MIN: usize = 64 << 10;
@@ -105,10 +118,12 @@ impl Default for LogOptions {
     fn default() -> Self {
         LogOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            segment_records: DEFAULT_SEGMENT_RECORDS,
             recover: Recover::Refuse,
             background_compaction: true,
             disk_budget: None,
             spill_entries: None,
+            spill_node: None,
             direct_write_min: Some(DIRECT_WRITE_MIN),
         }
     }
@@ -202,14 +217,14 @@ struct Survey {
 
 /// Replays the segments `segs` of the log in `dir`: sealed ones from their index files
 /// where `indexed` and they have a valid one, the rest (and the newest) whole.
-/// With `spill` set, queues past that many entries are spilled as they are replayed
+/// With `spill` set, queues past its bounds are spilled as they are replayed
 /// ([`spill::Replay`]).
 fn survey(
     fs: &dyn Vfs,
     dir: &Path,
     segs: &[u32],
     indexed: bool,
-    spill: Option<usize>,
+    spill: spill::Bounds,
 ) -> Result<Survey, StoreError> {
     let mut state = State::default();
     let mut replay = spill::Replay::new(spill);
@@ -284,7 +299,7 @@ fn survey(
 /// is damaged (`trunkline store check`).
 pub fn check(fs: &dyn Vfs, dir: &Path) -> Result<CheckReport, StoreError> {
     let (segs, _) = list(fs, dir)?;
-    Ok(survey(fs, dir, &segs, false, None)?.report)
+    Ok(survey(fs, dir, &segs, false, spill::Bounds::default())?.report)
 }
 
 /// Makes segment `seg` durably: under a temporary name, header written and synced, then
@@ -317,6 +332,8 @@ struct Writer {
     seg: u32,
     /// Where the next frame goes in `seg`.
     len: u64,
+    /// Records in `seg`.
+    records: u64,
     /// The bytes of `seg` from the start of the block holding `len` up to `len`, which a
     /// direct write of the next frame writes again.
     tail: Vec<u8>,
@@ -333,6 +350,7 @@ impl Writer {
         self.seg = seg;
         self.file = file;
         self.len = len;
+        self.records = 0;
         self.tail = tail;
     }
 
@@ -366,6 +384,7 @@ struct Shared {
     fs: Arc<dyn Vfs>,
     dir: PathBuf,
     segment_bytes: u64,
+    segment_records: u64,
     disk_budget: Option<u64>,
     /// Bytes the segments take on disk (the newest counted at its preallocated size).
     disk: Arc<AtomicU64>,
@@ -465,7 +484,16 @@ impl LogStore {
             mut state,
             report,
             versions,
-        } = survey(&*fs, dir, &segs, true, options.spill_entries)?;
+        } = survey(
+            &*fs,
+            dir,
+            &segs,
+            true,
+            spill::Bounds {
+                queue: options.spill_entries,
+                node: options.spill_node,
+            },
+        )?;
         let mut recovered = None;
         if let Some((seg, offset, why)) = report.damage() {
             if options.recover == Recover::Refuse {
@@ -546,6 +574,7 @@ impl LogStore {
             }
         };
         let tail = tail_of(&*file, len, &seg_path(dir, seg))?;
+        let records = state.segs.get(&seg).map_or(0, |i| i.records);
         state.files.retain(|s, _| segs.contains(s));
         state.files.insert(seg, file.clone());
         state.newest = seg;
@@ -553,12 +582,14 @@ impl LogStore {
             fs,
             dir: dir.to_owned(),
             segment_bytes,
+            segment_records: options.segment_records.max(1),
             disk_budget: options.disk_budget,
             disk: Arc::new(AtomicU64::new(0)),
             writer: Mutex::new(Writer {
                 file,
                 seg,
                 len,
+                records,
                 tail,
                 buf: Vec::with_capacity(64 << 10),
                 direct_min: options.direct_write_min,
@@ -728,6 +759,7 @@ fn append(shared: &Shared, w: &mut Writer, ops: &[Op]) -> Result<(), StoreError>
     let seg = w.seg;
     let mut st = shared.state_mut()?;
     st.segs.entry(seg).or_default().len = w.len;
+    w.records += ops.len() as u64;
     for (op, (off, bytes)) in ops.iter().zip(placed) {
         let loc = Loc {
             seg,
@@ -749,7 +781,8 @@ fn append(shared: &Shared, w: &mut Writer, ops: &[Op]) -> Result<(), StoreError>
 /// failed commit (the commit is durable already): writing goes on in the full segment
 /// and the next commit tries again. A failure to sync the full one is fatal.
 fn rotate_if_full(shared: &Shared, w: &mut Writer) -> Result<(), StoreError> {
-    if w.len < shared.segment_bytes || w.failed.is_some() {
+    let full = w.len >= shared.segment_bytes || w.records >= shared.segment_records;
+    if !full || w.failed.is_some() {
         return Ok(());
     }
     let path = seg_path(&shared.dir, w.seg);

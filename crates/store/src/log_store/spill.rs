@@ -234,6 +234,7 @@ fn apply(
         messages,
         expiry,
         entries,
+        held: held_count,
         ..
     } = &mut *st;
     let Some(name) = spilled.get_key_value(queue).map(|(k, _)| k.clone()) else {
@@ -279,10 +280,13 @@ fn apply(
             missing += 1;
             continue;
         };
-        entries
+        let held = entries
             .entry(name.clone())
             .or_default()
             .insert(seq, (entry, loc));
+        if held.is_none() {
+            *held_count += 1;
+        }
         paged.push(Paged { seq, entry, meta });
     }
     if missing > 0 {
@@ -296,13 +300,32 @@ fn apply(
     Ok(Some(paged))
 }
 
-/// Spilling while the log is replayed at start ([`super::LogOptions::spill_entries`]): a
-/// queue past `limit` entries in memory is spilled from its next entry on, as a running
+/// A node-wide bound on the entries held in memory ([`super::LogOptions::spill_node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSpill {
+    /// Entries in memory, across all queues, past which queues spill.
+    pub entries: usize,
+    /// Entries a queue keeps in memory even then (its head, for prompt delivery).
+    pub head: usize,
+}
+
+/// When a replay spills a queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Bounds {
+    /// Past this many entries in memory in the queue.
+    pub queue: Option<usize>,
+    /// Past the node-wide bound.
+    pub node: Option<NodeSpill>,
+}
+
+/// Spilling while the log is replayed at start ([`super::LogOptions::spill_entries`],
+/// [`super::LogOptions::spill_node`]): a queue past its bound, or holding a head's worth
+/// once the node holds more than its bound, is spilled from its next entry on, as a running
 /// node would have, and each frame's messages whose entries all went to disk only go too.
 /// Segments of the first format (frames not checked alone, so not read back one by one)
 /// spill nothing.
 pub(crate) struct Replay {
-    limit: Option<usize>,
+    bounds: Bounds,
     /// The frame being replayed: its segment and offset.
     frame: (u32, u32),
     messages: Vec<u64>,
@@ -310,9 +333,9 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    pub fn new(limit: Option<usize>) -> Self {
+    pub fn new(bounds: Bounds) -> Self {
         Replay {
-            limit,
+            bounds,
             frame: (0, NO_FRAME),
             messages: Vec::new(),
             entries: Vec::new(),
@@ -322,7 +345,9 @@ impl Replay {
     /// Applies one replayed change, written at `loc`.
     pub fn apply(&mut self, st: &mut State, change: &Change<'_>, loc: Loc) {
         st.apply(change, loc);
-        let Some(limit) = self.limit else { return };
+        if self.bounds.queue.is_none() && self.bounds.node.is_none() {
+            return;
+        }
         if loc.frame == NO_FRAME {
             return;
         }
@@ -337,7 +362,7 @@ impl Replay {
                     self.entries
                         .push((entry.msg_id, st.spilled_entry(queue, seq)));
                 }
-                st.spill_if_long(queue, seq, limit);
+                st.spill_if_long(queue, seq, self.bounds);
             }
             _ => {}
         }

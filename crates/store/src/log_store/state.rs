@@ -29,6 +29,8 @@ pub(crate) struct SegInfo {
     pub len: u64,
     /// Bytes of records still live.
     pub live: u64,
+    /// Records in the file, live or not.
+    pub records: u64,
     /// Bytes that a rewrite must keep although they are not live: deletes, which cancel
     /// puts in older segments (known once the segment has been rewritten).
     pub pinned: u64,
@@ -80,6 +82,8 @@ pub(crate) struct State {
     pub expiry: HashMap<u64, u64>,
     /// Entries by queue, then sequence number.
     pub entries: HashMap<Arc<str>, BTreeMap<u64, (StoredEntry, Loc)>>,
+    /// Entries in `entries`, across all queues.
+    pub held: usize,
     pub records: HashMap<RecordTable, HashMap<String, (Vec<u8>, Loc)>>,
     pub segs: BTreeMap<u32, SegInfo>,
     /// An open handle on every segment, swapped with the locations when compaction
@@ -112,6 +116,7 @@ impl State {
     /// Applies one change written at `loc` (its segment already has the bytes counted in
     /// `len`).
     pub fn apply(&mut self, change: &Change<'_>, loc: Loc) {
+        self.segs.entry(loc.seg).or_default().records += 1;
         let old = match *change {
             Change::PutMessage { id, msg } => {
                 self.add_live(loc);
@@ -142,7 +147,11 @@ impl State {
                         Some(q) => q,
                         None => self.entries.entry(Arc::from(queue)).or_default(),
                     };
-                    q.insert(seq, (entry, loc)).map(|(_, l)| l)
+                    let old = q.insert(seq, (entry, loc)).map(|(_, l)| l);
+                    if old.is_none() {
+                        self.held += 1;
+                    }
+                    old
                 }
             }
             Change::DeleteEntry { queue, seq } => {
@@ -154,6 +163,9 @@ impl State {
                 }
                 let q = self.entries.get_mut(queue);
                 let old = q.and_then(|q| q.remove(&seq).map(|(_, l)| l));
+                if old.is_some() {
+                    self.held -= 1;
+                }
                 if self.entries.get(queue).is_some_and(|q| q.is_empty()) {
                     self.entries.remove(queue);
                 }
@@ -269,13 +281,18 @@ impl State {
     }
 
     /// While the log is replayed: spills `queue` from the entry after `seq` (just put) if
-    /// it holds more than `limit` entries in memory now. Its page-ins read the log from
-    /// the start, where the messages of its entries may be.
-    pub fn spill_if_long(&mut self, queue: &str, seq: u64, limit: usize) {
+    /// it holds more entries in memory than `bounds` allow now: more than its own bound,
+    /// or a head's worth once the node holds more than the node-wide bound. Its page-ins
+    /// read the log from the start, where the messages of its entries may be.
+    pub fn spill_if_long(&mut self, queue: &str, seq: u64, bounds: super::spill::Bounds) {
         let Some((name, q)) = self.entries.get_key_value(queue) else {
             return;
         };
-        if q.len() <= limit || self.spilled.contains_key(queue) {
+        let long = bounds.queue.is_some_and(|limit| q.len() > limit);
+        let pressed = bounds
+            .node
+            .is_some_and(|n| self.held > n.entries && q.len() >= n.head.max(1));
+        if !(long || pressed) || self.spilled.contains_key(queue) {
             return;
         }
         let name = name.clone();
