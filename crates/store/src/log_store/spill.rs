@@ -101,7 +101,7 @@ pub(crate) fn page_in(shared: &Shared, queue: &str, want: usize) -> Result<Vec<P
     // back already (compaction keeps every put of an entry on disk only, and a replay
     // meets rewrites of them): then it reads on.
     loop {
-        let (paged, more) = page_once(shared, queue, want)?;
+        let (paged, more) = page_once(shared, queue, want, false)?;
         if !paged.is_empty() || !more {
             return Ok(paged);
         }
@@ -109,8 +109,17 @@ pub(crate) fn page_in(shared: &Shared, queue: &str, want: usize) -> Result<Vec<P
 }
 
 /// One read from where the last page-in stopped; and whether it stopped before the end
-/// of the log.
-fn page_once(shared: &Shared, queue: &str, want: usize) -> Result<(Vec<Paged>, bool), StoreError> {
+/// of the log. Sealed segments with an index are read through its directory of the
+/// queue's puts, unless `whole`: then every record of them is read, which finds the
+/// messages of entries put in an earlier segment than their message (an entry moved into
+/// a queue spilled at replay); a read through the directories that misses one of those
+/// reads again whole.
+fn page_once(
+    shared: &Shared,
+    queue: &str,
+    want: usize,
+    whole: bool,
+) -> Result<(Vec<Paged>, bool), StoreError> {
     for attempt in 1..=ATTEMPTS {
         let _hold = match attempt {
             ATTEMPTS => Some(shared.compacting()?),
@@ -148,7 +157,7 @@ fn page_once(shared: &Shared, queue: &str, want: usize) -> Result<(Vec<Paged>, b
                 true => u64::from(resume.1).max(MAGIC.len() as u64),
                 false => MAGIC.len() as u64,
             };
-            read_part(shared, &part, start, queue, from, &mut found)?;
+            read_part(shared, &part, start, queue, from, whole, &mut found)?;
             end = match part.newest {
                 true => (part.seg, part.len as u32),
                 false => (part.seg + 1, 0),
@@ -156,6 +165,16 @@ fn page_once(shared: &Shared, queue: &str, want: usize) -> Result<(Vec<Paged>, b
             if found.entries.len() >= want {
                 more = i + 1 < count;
                 break;
+            }
+        }
+        if !whole {
+            let st = shared.state()?;
+            let missing = found.entries.iter().any(|(_, e, _)| {
+                st.spilled_msgs.contains(e.msg_id) && !found.messages.contains_key(&e.msg_id)
+            });
+            if missing {
+                drop(st);
+                return page_once(shared, queue, want, true);
             }
         }
         if let Some(paged) = apply(shared, queue, generation, end, found)? {
@@ -167,13 +186,15 @@ fn page_once(shared: &Shared, queue: &str, want: usize) -> Result<(Vec<Paged>, b
     )))
 }
 
-/// Reads `part` from offset `start` on.
+/// Reads `part` from offset `start` on: through its index's directory of `queue`'s puts,
+/// or, if `whole` or there is no index, every record.
 fn read_part(
     shared: &Shared,
     part: &Part,
     start: u64,
     queue: &str,
     from: u64,
+    whole: bool,
     found: &mut Found,
 ) -> Result<(), StoreError> {
     let mut take = |p: &Placed<'_>| {
@@ -201,11 +222,12 @@ fn read_part(
         }
     };
     let path = seg_path(&shared.dir, part.seg);
+    let (fs, dir, seg, file) = (&*shared.fs, &shared.dir, part.seg, &*part.file);
     let indexed = part.indexed
-        && index::read(&*shared.fs, &shared.dir, part.seg, &*part.file, |p| {
-            take(&p)
-        })
-        .is_some();
+        && match whole {
+            true => index::read(fs, dir, seg, file, |p| take(&p)).is_some(),
+            false => index::read_queue(fs, dir, seg, file, queue, |p| take(&p)).is_some(),
+        };
     if indexed {
         return Ok(());
     }
