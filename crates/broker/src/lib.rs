@@ -502,6 +502,18 @@ impl Broker {
                 None => vanished.push(s.queue),
             }
         }
+        // Messages that entries on disk only refer to too: those count as references, and
+        // the message is held (pinned) for them to come back to, as while running.
+        let mut pinned = HashMap::new();
+        let mut next = 0;
+        for (id, n) in snap.on_disk {
+            let found = find_msg(&msgs, next, id);
+            next = found.map_or(next, |i| i + 1);
+            if let Some(i) = found {
+                msgs[i].1.add_stored_refs(n);
+                pinned.insert(id, (msgs[i].1.clone(), n));
+            }
+        }
         let mut last_msg_id = msgs.last().map_or(0, |(id, _)| *id);
         msgs.retain(|(id, m)| {
             if Arc::strong_count(m) == 1 {
@@ -630,7 +642,7 @@ impl Broker {
                 disk,
                 bodies,
                 store: Arc::downgrade(&store),
-                pinned: Mutex::default(),
+                pinned: Mutex::new(pinned),
             }),
         })
     }
@@ -1391,6 +1403,11 @@ impl Broker {
         let msg = Msg::restored(id, p.meta, Some(memory.clone()));
         memory.add(footprint::MESSAGE_BYTES);
         msg.add_ref();
+        if p.others > 0 {
+            // Entries of other queues still on disk refer to it: held for them.
+            msg.add_stored_refs(p.others);
+            lock(&self.inner.pinned).insert(id, (msg.clone(), p.others));
+        }
         msg
     }
 

@@ -123,6 +123,12 @@ impl Msg {
         }
     }
 
+    /// `n` more entries refer to it that are kept in the store only (not counted in
+    /// memory).
+    pub(crate) fn add_stored_refs(&self, n: u32) {
+        self.refs.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Drops one reference; deletes the body in the same commit if it was the last. The
     /// entry's memory, and with the last the message's, is no longer counted.
     pub(crate) fn release(&self, ops: &mut Vec<Op>) {

@@ -302,3 +302,30 @@ async fn a_backlog_over_many_queues_is_bounded_by_disk_not_memory() {
     }
     assert_eq!(b.memory_used(), 0, "everything consumed, nothing counted");
 }
+
+/// Messages queued in several queues, some of their entries kept on disk only, across a
+/// restart: the first queue to bring one back (or to hold it in memory) and settle it must
+/// not delete it while another queue's entry on disk still refers to it. Here `a` spills
+/// first (its first 50 are its own), so of the messages both get, `b` holds the first 50
+/// in memory while `a` keeps them on disk; the rest both keep on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_kept_on_disk_survives_a_restart_in_every_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n: u64 = 400;
+    {
+        let b = open_spilling(dir.path(), 10);
+        client(&b, "a", "t.#").await;
+        client(&b, "b", "t.x").await;
+        for i in 0..n {
+            publish(&b, if i < 100 { "t.y" } else { "t.x" }, i).await;
+        }
+        b.shutdown().map_err(|_| "still shared").expect("shutdown");
+    }
+    let b = open_spilling(dir.path(), 10);
+    assert_eq!((ready(&b, "a-inbox"), ready(&b, "b-inbox")), (n, n - 100));
+    let got = drain(&b, "b", 64, T0 + n + 1).await;
+    assert_eq!(got, (100..n).collect::<Vec<_>>());
+    let got = drain(&b, "a", 64, T0 + n + 2).await;
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+    assert_eq!(b.memory_used(), 0, "everything consumed, nothing counted");
+}

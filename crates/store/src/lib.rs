@@ -100,6 +100,9 @@ pub struct Paged {
     pub seq: u64,
     pub entry: StoredEntry,
     pub meta: MessageMeta,
+    /// Entries of the same message still on disk only (of other queues): they refer to it
+    /// too.
+    pub others: u32,
 }
 
 use std::sync::Arc;

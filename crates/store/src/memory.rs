@@ -73,6 +73,8 @@ impl QueueStore for MemoryStore {
                 .iter()
                 .map(|(id, m)| (*id, (&**m).into()))
                 .collect(),
+            // Keeps nothing on disk only.
+            on_disk: Vec::new(),
             entries: st
                 .entries
                 .iter()

@@ -113,6 +113,9 @@ impl From<&StoredMessage> for MessageMeta {
 pub struct Snapshot {
     /// Messages ordered by id.
     pub messages: Vec<(u64, MessageMeta)>,
+    /// Of `messages`, those that entries on disk only (of `spilled` queues) refer to too,
+    /// and how many such entries: a node counts them as references. Ordered by id.
+    pub on_disk: Vec<(u64, u32)>,
     /// Entries ordered by queue name, then sequence number.
     pub entries: Vec<(Arc<str>, u64, StoredEntry)>,
     pub records: HashMap<RecordTable, Vec<(String, Vec<u8>)>>,

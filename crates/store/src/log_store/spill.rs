@@ -257,6 +257,7 @@ fn apply(
         expiry,
         entries,
         held: held_count,
+        disk_refs,
         ..
     } = &mut *st;
     let Some(name) = spilled.get_key_value(queue).map(|(k, _)| k.clone()) else {
@@ -279,6 +280,7 @@ fn apply(
     let (mut paged, mut missing) = (Vec::with_capacity(back.len()), 0u64);
     for (seq, entry, loc) in back {
         let id = entry.msg_id;
+        let others = disk_refs.take(id);
         let meta = if spilled_msgs.contains(id) {
             match found.messages.get(&id) {
                 Some((meta, mloc)) => {
@@ -309,7 +311,12 @@ fn apply(
         if held.is_none() {
             *held_count += 1;
         }
-        paged.push(Paged { seq, entry, meta });
+        paged.push(Paged {
+            seq,
+            entry,
+            meta,
+            others,
+        });
     }
     if missing > 0 {
         // Left out: a restart finds them without their messages and removes them.

@@ -95,9 +95,65 @@ pub(crate) struct State {
     pub spilled: HashMap<Arc<str>, Spilled>,
     /// Live messages kept on disk only, with entries of spilled queues.
     pub spilled_msgs: RoaringTreemap,
+    /// How many entries on disk only refer to each message (kept in memory or not).
+    pub disk_refs: DiskRefs,
     /// Counts the files compaction replaced or deleted: a page-in that read the log
     /// without the lock applies what it read only if this has not changed meanwhile.
     pub generation: u64,
+}
+
+/// Per message, how many of its entries are on disk only: a bit for the many that have one
+/// (a backlog of one queue), a count for those with more (a fan-out). A node that brings
+/// one entry back needs it: the others still refer to the message.
+#[derive(Default)]
+pub(crate) struct DiskRefs {
+    one: RoaringTreemap,
+    more: HashMap<u64, u32>,
+}
+
+impl DiskRefs {
+    /// One more entry of message `id` is on disk only.
+    pub fn add(&mut self, id: u64) {
+        if let Some(n) = self.more.get_mut(&id) {
+            *n += 1;
+        } else if self.one.remove(id) {
+            self.more.insert(id, 2);
+        } else {
+            self.one.insert(id);
+        }
+    }
+
+    /// One entry of message `id` is back in memory: how many stay on disk only.
+    pub fn take(&mut self, id: u64) -> u32 {
+        match self.more.get_mut(&id) {
+            Some(n) => {
+                *n -= 1;
+                let left = *n;
+                if left == 1 {
+                    self.more.remove(&id);
+                    self.one.insert(id);
+                }
+                left
+            }
+            None => {
+                self.one.remove(id);
+                0
+            }
+        }
+    }
+
+    /// Entries of message `id` on disk only.
+    pub fn get(&self, id: u64) -> u32 {
+        match self.more.get(&id) {
+            Some(n) => *n,
+            None => u32::from(self.one.contains(id)),
+        }
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.one.remove(id);
+        self.more.remove(&id);
+    }
 }
 
 impl State {
@@ -128,6 +184,7 @@ impl State {
             Change::DeleteMessage { id } => {
                 self.expiry.remove(&id);
                 self.spilled_msgs.remove(id);
+                self.disk_refs.remove(id);
                 self.messages.remove(&id)
             }
             Change::PutEntry { queue, seq, entry } => {
@@ -136,7 +193,9 @@ impl State {
                 if let Some(held) = held {
                     Some(std::mem::replace(held, (entry, loc)).1)
                 } else if let Some(s) = self.spilled.get_mut(queue).filter(|s| seq >= s.from) {
-                    if !s.seqs.insert(seq) {
+                    if s.seqs.insert(seq) {
+                        self.disk_refs.add(entry.msg_id);
+                    } else {
                         // A rewrite, met when the log is replayed (a node only rewrites
                         // entries it holds): its delivery count is the one that counts.
                         s.counts.insert(seq, entry.delivery_count);
@@ -157,7 +216,9 @@ impl State {
             Change::DeleteEntry { queue, seq } => {
                 if let Some(s) = self.spilled.get_mut(queue) {
                     // Only entries brought back are deleted; were one not, it goes (its
-                    // bytes are counted live until compaction finds it dead).
+                    // bytes are counted live until compaction finds it dead, and its
+                    // message's count of entries on disk stays one too high until the
+                    // next start: the message is kept rather than lost).
                     s.seqs.remove(seq);
                     s.counts.remove(&seq);
                 }
@@ -445,6 +506,12 @@ impl State {
                 (*id, meta)
             })
             .collect();
+        let on_disk = self
+            .messages
+            .keys()
+            .map(|id| (*id, self.disk_refs.get(*id)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         let mut spilled: Vec<SpilledQueue> = self
             .spilled
             .iter()
@@ -459,6 +526,7 @@ impl State {
         spilled.sort_unstable_by(|a, b| a.queue.cmp(&b.queue));
         Snapshot {
             messages,
+            on_disk,
             entries,
             records,
             spilled,
