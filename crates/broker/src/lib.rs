@@ -2175,7 +2175,6 @@ fn spill_of(
         store,
         hot_max: config.queue_memory_entries,
         memory: memory.clone(),
-        pressed_at: footprint::pressed_at(memory.max()),
     }
 }
 

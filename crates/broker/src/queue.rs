@@ -304,14 +304,13 @@ pub fn next_id(prev: u64, now_ms: u64) -> u64 {
 
 /// Where a queue keeps what does not fit in memory: past `hot_max` ready entries, or past
 /// a head of [`footprint::PRESSED_HEAD`] once the node's queued memory (`memory`) reaches
-/// `pressed_at` bytes, new ones stay in `store` only ([`QueueStore::spill`]) until
+/// [`footprint::pressed_at`] its cap, new ones stay in `store` only ([`QueueStore::spill`]) until
 /// consumers need them.
 #[derive(Clone)]
 pub(crate) struct Spill {
     pub store: Weak<dyn QueueStore>,
     pub hot_max: usize,
     pub memory: Arc<Account>,
-    pub pressed_at: u64,
 }
 
 impl Spill {
@@ -319,7 +318,7 @@ impl Spill {
     fn due(&self, ready: usize) -> bool {
         ready >= self.hot_max
             || (ready >= footprint::PRESSED_HEAD.min(self.hot_max)
-                && self.memory.used() >= self.pressed_at)
+                && self.memory.used() >= footprint::pressed_at(self.memory.max()))
     }
 }
 
@@ -327,7 +326,6 @@ impl std::fmt::Debug for Spill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spill")
             .field("hot_max", &self.hot_max)
-            .field("pressed_at", &self.pressed_at)
             .finish_non_exhaustive()
     }
 }

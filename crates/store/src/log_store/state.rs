@@ -151,8 +151,11 @@ impl DiskRefs {
     }
 
     pub fn remove(&mut self, id: u64) {
-        self.one.remove(id);
-        self.more.remove(&id);
+        // On every deleted message (the commit thread): no hashing while no fan-out is
+        // on disk.
+        if !self.one.remove(id) && !self.more.is_empty() {
+            self.more.remove(&id);
+        }
     }
 }
 
