@@ -8,8 +8,9 @@
 //!   [`MESSAGE_BYTES`] (the message record and the log store's location of it). A publish
 //!   into N queues costs [`index_bytes`]`(N)`, whatever its body. Past [`pressed_at`] (half
 //!   the cap) queues keep what passes their first [`PRESSED_HEAD`] ready entries in the
-//!   store only, where an entry costs a few bytes and is not counted; past the cap (the
-//!   heads of more queues than it holds), publishes are refused;
+//!   store only, where an entry costs a few bytes and is not counted, and past
+//!   [`bare_at`] (three quarters) every new entry; past the cap (entries brought back for
+//!   consumers, leased ones), publishes are refused;
 //! - the body cache (`queue::BodyCache`): bodies counted by [`body_bytes`] (the stored
 //!   message, its strings and body), at most `body_cache_bytes` and never more than the
 //!   index leaves under the cap. Bodies it lets go are read back from the store.
@@ -21,7 +22,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use trunkline_store::StoredMessage;
+use trunkline_store::{NodeSpill, StoredMessage};
 
 /// One queue entry: a ready entry takes a slot in its queue's ordered map (52 bytes with
 /// the map's nodes about half full) and one in the log store's index (80 bytes); a leased
@@ -33,8 +34,8 @@ pub const ENTRY_BYTES: u64 = 200;
 /// store's location of the message.
 pub const MESSAGE_BYTES: u64 = 200;
 
-/// Ready entries a queue keeps in memory however pressed the node is (its head, so that
-/// a consumer keeping up is served from memory); past them, new ones stay in the store.
+/// Ready entries a queue keeps in memory while the node is pressed (its head, so that a
+/// consumer keeping up is served from memory); past them, new ones stay in the store.
 pub const PRESSED_HEAD: usize = 32;
 
 /// Queued memory past which the node is pressed: queues holding [`PRESSED_HEAD`] ready
@@ -45,10 +46,44 @@ pub const fn pressed_at(max: u64) -> u64 {
     max / 2
 }
 
+/// Queued memory past which queues keep no head at all: every new entry stays in the
+/// store only, so that a backlog spread over more queues than the cap holds the heads of
+/// (a fleet of devices offline, a few messages each) is bounded by disk too. Three
+/// quarters of the cap: the rest is for entries brought back for consumers.
+pub const fn bare_at(max: u64) -> u64 {
+    max / 4 * 3
+}
+
+/// Ready entries a queue may hold in memory before new ones stay in the store only, with
+/// `used` of `max` queued memory and `hot_max` its own bound.
+pub const fn head(used: u64, max: u64, hot_max: usize) -> usize {
+    if used >= bare_at(max) {
+        0
+    } else if used >= pressed_at(max) {
+        if PRESSED_HEAD < hot_max {
+            PRESSED_HEAD
+        } else {
+            hot_max
+        }
+    } else {
+        hot_max
+    }
+}
+
 /// Entries of one-queue messages that fill memory to [`pressed_at`]: the node-wide bound
 /// a store applies as it replays its log at start.
 pub const fn pressed_entries(max: u64) -> usize {
     (pressed_at(max) / index_bytes(1)) as usize
+}
+
+/// The node-wide bounds a store applies as it replays its log at start, the same as a
+/// running node's with `max` bytes of queued memory.
+pub const fn node_spill(max: u64) -> NodeSpill {
+    NodeSpill {
+        entries: pressed_entries(max),
+        head: PRESSED_HEAD,
+        bare: (bare_at(max) / index_bytes(1)) as usize,
+    }
 }
 
 /// What a message queued in `places` queues adds to the index.

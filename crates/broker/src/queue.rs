@@ -303,9 +303,9 @@ pub fn next_id(prev: u64, now_ms: u64) -> u64 {
 }
 
 /// Where a queue keeps what does not fit in memory: past `hot_max` ready entries, or past
-/// a head of [`footprint::PRESSED_HEAD`] once the node's queued memory (`memory`) reaches
-/// [`footprint::pressed_at`] its cap, new ones stay in `store` only ([`QueueStore::spill`]) until
-/// consumers need them.
+/// a smaller head ([`footprint::head`]: none at all once the node is short of memory) as the
+/// node's queued memory (`memory`) nears its cap, new ones stay in `store` only
+/// ([`QueueStore::spill`]) until consumers need them.
 #[derive(Clone)]
 pub(crate) struct Spill {
     pub store: Weak<dyn QueueStore>,
@@ -316,9 +316,7 @@ pub(crate) struct Spill {
 impl Spill {
     /// Whether a queue holding `ready` entries in memory keeps its next ones in the store.
     fn due(&self, ready: usize) -> bool {
-        ready >= self.hot_max
-            || (ready >= footprint::PRESSED_HEAD.min(self.hot_max)
-                && self.memory.used() >= footprint::pressed_at(self.memory.max()))
+        ready >= footprint::head(self.memory.used(), self.memory.max(), self.hot_max)
     }
 }
 

@@ -13,7 +13,7 @@ use trunkline_api::{CredentialsFile, Subscription};
 use trunkline_auth::{Throttle, ThrottleLimits, TokenKey};
 use trunkline_broker::{footprint, Broker, LimitSettings, NewClient, Overflow};
 use trunkline_store::fs::RealFs;
-use trunkline_store::{Committer, LogOptions, LogStore, NodeSpill, QueueStore, RedbStore};
+use trunkline_store::{Committer, LogOptions, LogStore, QueueStore, RedbStore};
 
 use crate::config::{Config, Secrets, StoreConfig, StoreEngine};
 use crate::http::{self, now_ms, AppState, HttpCounters, Keys};
@@ -96,11 +96,9 @@ fn open_store(
                 // A queue longer than the broker keeps in memory stays on disk at start too.
                 spill_entries: Some(c.queue_memory_entries.max(1)),
                 // So do the queues past their heads once the node holds as many entries
-                // as a running node holds before it spills them.
-                spill_node: Some(NodeSpill {
-                    entries: footprint::pressed_entries(max_memory_bytes),
-                    head: footprint::PRESSED_HEAD,
-                }),
+                // as a running node holds before it spills them, and every queue past
+                // the point where a running node keeps no heads.
+                spill_node: Some(footprint::node_spill(max_memory_bytes)),
                 direct_write_min: Some(c.direct_write_bytes).filter(|&b| b > 0),
                 ..LogOptions::default()
             };

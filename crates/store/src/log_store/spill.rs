@@ -336,6 +336,9 @@ pub struct NodeSpill {
     pub entries: usize,
     /// Entries a queue keeps in memory even then (its head, for prompt delivery).
     pub head: usize,
+    /// Entries in memory, across all queues, past which queues keep no head: every entry
+    /// not in memory yet stays on disk only.
+    pub bare: usize,
 }
 
 /// When a replay spills a queue.
@@ -373,17 +376,18 @@ impl Replay {
 
     /// Applies one replayed change, written at `loc`.
     pub fn apply(&mut self, st: &mut State, change: &Change<'_>, loc: Loc) {
-        st.apply(change, loc);
-        if self.bounds.queue.is_none() && self.bounds.node.is_none() {
-            return;
-        }
-        if loc.frame == NO_FRAME {
+        if (self.bounds.queue.is_none() && self.bounds.node.is_none()) || loc.frame == NO_FRAME {
+            st.apply(change, loc);
             return;
         }
         if (loc.seg, loc.frame) != self.frame {
             self.end_frame(st);
             self.frame = (loc.seg, loc.frame);
         }
+        if let Change::PutEntry { queue, seq, .. } = *change {
+            st.spill_bare(queue, seq, self.bounds);
+        }
+        st.apply(change, loc);
         match *change {
             Change::PutMessage { id, .. } if !st.spilled.is_empty() => self.messages.push(id),
             Change::PutEntry { queue, seq, entry } => {

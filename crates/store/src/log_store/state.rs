@@ -371,6 +371,30 @@ impl State {
         );
     }
 
+    /// While the log is replayed, before an entry of `queue` numbered `seq` is put: once
+    /// the node holds more entries than `bounds` let a queue keep a head, the queue is
+    /// spilled from this entry on, unless this one is held already (a rewrite).
+    pub fn spill_bare(&mut self, queue: &str, seq: u64, bounds: super::spill::Bounds) {
+        let bare = bounds.node.is_some_and(|n| self.held > n.bare);
+        if !bare || self.spilled.contains_key(queue) {
+            return;
+        }
+        let name = match self.entries.get_key_value(queue) {
+            Some((_, q)) if q.contains_key(&seq) => return,
+            Some((name, _)) => name.clone(),
+            None => Arc::from(queue),
+        };
+        self.spilled.insert(
+            name,
+            Spilled {
+                from: seq,
+                seqs: RoaringTreemap::new(),
+                resume: (0, 0),
+                counts: HashMap::new(),
+            },
+        );
+    }
+
     /// Once the log is replayed with queues spilled: a message that no entry in memory
     /// refers to may be one of a spilled entry's (put in another commit, or split from it
     /// by compaction), so it is kept on disk only rather than taken for an orphan. (One

@@ -966,6 +966,24 @@ fn the_segment_sealed_last_is_indexed_once_the_next_is_sealed() -> Result<(), St
     Ok(())
 }
 
+/// Each of `queues`, its entries held in `snap` and those brought back after them, is
+/// what it was `before`, in order.
+fn every_queue_comes_back(
+    s: &LogStore,
+    snap: &Snapshot,
+    before: &Contents,
+    queues: &[String],
+) -> Result<(), StoreError> {
+    for q in queues {
+        let of_q = |e: &&(Arc<str>, u64, StoredEntry)| *e.0 == **q;
+        let mut got: Vec<_> = snap.entries.iter().filter(of_q).cloned().collect();
+        got.extend(bring_all_back(s, q)?);
+        let want: Vec<_> = before.entries.iter().filter(of_q).cloned().collect();
+        assert_eq!(got, want, "queue {q}");
+    }
+    Ok(())
+}
+
 /// A log replayed with a node-wide bound: once memory holds more entries than it, each
 /// queue keeps a head and spills the rest, however many queues share the backlog; every
 /// entry comes back in order with its message.
@@ -1000,6 +1018,7 @@ fn a_replay_bounds_the_entries_held_across_many_queues() -> Result<(), StoreErro
         spill_node: Some(NodeSpill {
             entries: 100,
             head: 3,
+            bare: usize::MAX,
         }),
         ..quiet(seg)
     };
@@ -1014,23 +1033,41 @@ fn a_replay_bounds_the_entries_held_across_many_queues() -> Result<(), StoreErro
     );
     assert!(snap.spilled.len() >= queues.len() - 2, "{:?}", snap.spilled);
     assert!(snap.messages.len() <= snap.entries.len());
-    for q in &queues {
-        let mut got: Vec<_> = snap
-            .entries
-            .iter()
-            .filter(|e| *e.0 == **q)
-            .cloned()
-            .collect();
-        got.extend(bring_all_back(&s, q)?);
-        let want: Vec<_> = before
-            .entries
-            .iter()
-            .filter(|e| *e.0 == **q)
-            .cloned()
-            .collect();
-        assert_eq!(got, want, "queue {q}");
-    }
-    Ok(())
+    every_queue_comes_back(&s, &snap, &before, &queues)
+}
+
+/// A log replayed with a node-wide bound past which queues keep no head: a backlog of a
+/// few entries in each of many queues (each shorter than a head) is held in memory only
+/// up to that bound; every queue's other entries stay on disk and come back in order.
+#[test]
+fn a_replay_past_the_bare_bound_keeps_no_heads() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    let seg = 16 << 10;
+    let queues: Vec<String> = (0..200).map(|q| format!("q{q:03}")).collect();
+    let before = {
+        let s = LogStore::open_on(Arc::new(RealFs), dir.path(), quiet(seg))?;
+        for i in 0..4u64 {
+            for (n, q) in queues.iter().enumerate() {
+                let id = 1_000 + i * 1_000 + n as u64;
+                s.commit(&[put(id, &[b'b'; 150]), entry(q, 10 + i, id)])?;
+            }
+        }
+        Contents::of(&s)?
+    };
+    let bounded = LogOptions {
+        spill_node: Some(NodeSpill {
+            entries: 100,
+            head: 3,
+            bare: 150,
+        }),
+        ..quiet(seg)
+    };
+    let s = LogStore::open_on(Arc::new(RealFs), dir.path(), bounded)?;
+    let snap = s.load()?;
+    assert_eq!(before.entries.len(), 800);
+    assert_eq!(snap.entries.len(), 151, "held in memory");
+    assert_eq!(snap.messages.len(), 151, "messages of those held");
+    every_queue_comes_back(&s, &snap, &before, &queues)
 }
 
 /// Segments close at a count of records as well as of bytes, and a merge takes no more
