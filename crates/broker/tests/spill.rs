@@ -267,11 +267,11 @@ async fn a_backlog_over_many_queues_is_bounded_by_disk_not_memory() {
 }
 
 /// A fleet offline: a few messages for each of more queues than memory holds even the
-/// shortest heads of (2 000 queues of 5, room for 3 000 entries). Past three quarters of
+/// shortest heads of (1 000 queues of 5, room for 1 500 entries). Past three quarters of
 /// the cap queues keep no head, so this too is bounded by disk, at start as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_messages_for_each_of_many_queues_are_bounded_by_disk_not_memory() {
-    many_queues(2_000, 5, 3_000 * index_bytes(1)).await;
+    many_queues(1_000, 5, 1_500 * index_bytes(1)).await;
 }
 
 /// `per` messages for each of `clients` queues, published in turns, on a node whose cap is

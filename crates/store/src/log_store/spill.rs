@@ -40,6 +40,45 @@ pub(crate) struct Spilled {
     /// Delivery counts of those rewritten after their first put (met by a replay of the
     /// log: a node only rewrites entries it holds): a page-in may read the first put only.
     pub counts: HashMap<u64, u32>,
+    /// The segments at or past `resume` where any of them was put, ascending: a page-in
+    /// reads only these (a node spilling many queues would otherwise read every segment's
+    /// index for each).
+    pub segs: Vec<u32>,
+}
+
+impl Spilled {
+    pub fn new(from: u64, resume: (u32, u32)) -> Self {
+        Spilled {
+            from,
+            seqs: RoaringTreemap::new(),
+            resume,
+            counts: HashMap::new(),
+            segs: Vec::new(),
+        }
+    }
+
+    /// One of its entries was put in segment `seg`.
+    pub fn put_in(&mut self, seg: u32) {
+        if self.segs.last().is_some_and(|&last| last >= seg) {
+            if let Err(at) = self.segs.binary_search(&seg) {
+                self.segs.insert(at, seg);
+            }
+        } else {
+            self.segs.push(seg);
+        }
+    }
+
+    /// Compaction rewrote segments `first..=last` into `first`.
+    pub fn replaced(&mut self, first: u32, last: u32) {
+        if (first..=last).contains(&self.resume.0) {
+            self.resume = (first, 0);
+        }
+        let before = self.segs.len();
+        self.segs.retain(|s| !(first..=last).contains(s));
+        if self.segs.len() != before {
+            self.put_in(first);
+        }
+    }
 }
 
 /// How many times a page-in reads; compaction replacing what it read makes it read
@@ -54,15 +93,8 @@ pub(crate) fn spill(shared: &Shared, queue: &str, from: u64) -> Result<(), Store
     // Whatever is committed from now on lies past the end of the newest segment now.
     let newest = st.newest;
     let end = st.segs.get(&newest).map_or(0, |s| s.len as u32);
-    st.spilled.insert(
-        Arc::from(queue),
-        Spilled {
-            from,
-            seqs: RoaringTreemap::new(),
-            resume: (newest, end),
-            counts: HashMap::new(),
-        },
-    );
+    st.spilled
+        .insert(Arc::from(queue), Spilled::new(from, (newest, end)));
     Ok(())
 }
 
@@ -136,6 +168,7 @@ fn page_once(
             let parts: Vec<Part> = st
                 .segs
                 .range(s.resume.0..)
+                .filter(|(seg, _)| whole || s.segs.binary_search(seg).is_ok())
                 .filter_map(|(seg, info)| {
                     Some(Part {
                         seg: *seg,
@@ -276,6 +309,7 @@ fn apply(
         }
         back.reverse();
         s.resume = end;
+        s.segs.retain(|&seg| seg >= end.0);
     }
     let (mut paged, mut missing) = (Vec::with_capacity(back.len()), 0u64);
     for (seq, entry, loc) in back {

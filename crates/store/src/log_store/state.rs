@@ -197,6 +197,7 @@ impl State {
                     Some(std::mem::replace(held, (entry, loc)).1)
                 } else if let Some(s) = self.spilled.get_mut(queue).filter(|s| seq >= s.from) {
                     if s.seqs.insert(seq) {
+                        s.put_in(loc.seg);
                         self.disk_refs.add(entry.msg_id);
                     } else {
                         // A rewrite, met when the log is replayed (a node only rewrites
@@ -360,15 +361,7 @@ impl State {
             return;
         }
         let name = name.clone();
-        self.spilled.insert(
-            name,
-            Spilled {
-                from: seq + 1,
-                seqs: RoaringTreemap::new(),
-                resume: (0, 0),
-                counts: HashMap::new(),
-            },
-        );
+        self.spilled.insert(name, Spilled::new(seq + 1, (0, 0)));
     }
 
     /// While the log is replayed, before an entry of `queue` numbered `seq` is put: once
@@ -384,15 +377,7 @@ impl State {
             Some((name, _)) => name.clone(),
             None => Arc::from(queue),
         };
-        self.spilled.insert(
-            name,
-            Spilled {
-                from: seq,
-                seqs: RoaringTreemap::new(),
-                resume: (0, 0),
-                counts: HashMap::new(),
-            },
-        );
+        self.spilled.insert(name, Spilled::new(seq, (0, 0)));
     }
 
     /// Once the log is replayed with queues spilled: a message that no entry in memory
@@ -490,9 +475,7 @@ impl State {
     pub fn replaced(&mut self, first: u32, last: u32) {
         self.generation += 1;
         for s in self.spilled.values_mut() {
-            if (first..=last).contains(&s.resume.0) {
-                s.resume = (first, 0);
-            }
+            s.replaced(first, last);
         }
     }
 

@@ -1070,6 +1070,30 @@ fn a_replay_past_the_bare_bound_keeps_no_heads() -> Result<(), StoreError> {
     every_queue_comes_back(&s, &snap, &before, &queues)
 }
 
+/// A page-in reads only the segments where the queue's entries kept on disk were put:
+/// one between them that holds none (damaged here, so that reading it would fail) is not
+/// read, however many other queues' segments there are.
+#[test]
+fn a_page_in_reads_only_the_segments_holding_the_queue() -> Result<(), StoreError> {
+    let root = Path::new("/sim");
+    let fs = SimFs::new(root);
+    let s = LogStore::open_on(Arc::new(fs.clone()), root, quiet(16 << 10))?;
+    assert!(s.spill("a", 1));
+    s.commit(&[put(1, &[b'b'; 150]), entry("a", 1, 1)])?;
+    let mut id = 100;
+    while s.segments()?.len() < 5 {
+        id += 1;
+        s.commit(&[put(id, &[b'b'; 150]), entry("b", id, id)])?;
+    }
+    s.commit(&[put(2, &[b'b'; 150]), entry("a", 2, 2)])?;
+    let middle = s.segments()?[2];
+    fs.damage(&seg_path(root, middle), vec![0; 64])
+        .map_err(|e| StoreError::Engine(e.to_string()))?;
+    let back: Vec<u64> = bring_all_back(&s, "a")?.iter().map(|e| e.1).collect();
+    assert_eq!(back, [1, 2]);
+    Ok(())
+}
+
 /// Segments close at a count of records as well as of bytes, and a merge takes no more
 /// records than one segment holds: a log of tiny entries (a fan-out spilled to disk) does
 /// not make compaction hold more per record it moves than that.
