@@ -289,6 +289,9 @@ pub(super) fn index_sealed(shared: &Shared, not_latest: bool) -> Result<usize, S
         if let Some(info) = st.segs.get_mut(&seg) {
             info.indexed = true;
         }
+        for s in st.spilled.values_mut() {
+            s.indexed(seg);
+        }
         done += usize::from(built);
     }
     Ok(done)

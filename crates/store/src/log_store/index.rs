@@ -6,7 +6,7 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 8 | magic `TLIDX001` |
+//! | 8 | magic `TLIDX003` |
 //! | 8 | the segment's length, u64 little endian |
 //! | 12 | the header of its first frame (zeros if none) |
 //! | 8 | the offset of its last frame, u64 little endian (0 if none) |
@@ -14,20 +14,27 @@
 //! | 8 | frames in the segment, u64 little endian |
 //! | 8 | records that follow, u64 little endian |
 //! | 8 | where the directory starts in this file, u64 little endian |
+//! | 8 | where the table of names starts in this file, u64 little endian |
 //! | n | records: offset in the segment, size, the offset of its frame, and the [`Change`] of each op, postcard |
 //! | n | the directory: per queue with entries put here (by name), where in this file each put of one is, and the put of its message if it is here |
+//! | n | the table of names: per queue, in the directory's order, where its part starts |
 //! | 4 | CRC-32 of everything before it |
 //!
-//! The directory, all integers u32 little endian: the number of queues, then per queue the
-//! length of its name, the name, the number of its puts, and per put the offset in this
-//! file of its record and of its message's record (`u32::MAX` if the message was put in
-//! another segment). A page-in of one queue ([`read_queue`]) reads its puts and their
-//! messages there without decoding anything else.
+//! The directory, all integers u32 little endian: the number of queues, then per queue, in
+//! the byte order of their names, the length of its name, the name, the number of its
+//! puts, and per put the offset in this file of its record and of its message's record
+//! (`u32::MAX` if the message was put in another segment). The table, u32 little endian,
+//! makes the directory searchable by bisection. A page-in of one queue ([`read_queue`])
+//! finds its part through the table and reads its puts and their messages, each with a
+//! positioned read, without reading or decoding anything else: draining one of many
+//! queues that share a segment costs what it takes, not the file.
 //!
 //! An index is a cache, never the only copy of anything: it is not synced, and one that
 //! is missing, torn (its CRC), or not of the segment beside it (its length and the
 //! headers of its first and last frames, each with the CRC of its payload, must match
-//! the segment's) is ignored, and the segment is read whole instead.
+//! the segment's) is ignored, and the segment is read whole instead. The CRC is checked
+//! when the file is read whole (at open); a page-in reads parts of files this process
+//! wrote or checked.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -38,8 +45,19 @@ use super::{change, io, read, seg_path};
 use crate::fs::{VFile, Vfs};
 use crate::StoreError;
 
-const IDX_MAGIC: &[u8; 8] = b"TLIDX002";
-const FIXED: usize = 8 + 8 + HEADER + 8 + HEADER + 8 + 8 + 8;
+const IDX_MAGIC: &[u8; 8] = b"TLIDX003";
+const FIXED: usize = 8 + 8 + HEADER + 8 + HEADER + 8 + 8 + 8 + 8;
+/// Where the header's fields are.
+const LEN_AT: usize = 8;
+const FIRST_AT: usize = 16;
+const LAST_OFF_AT: usize = 16 + HEADER;
+const LAST_AT: usize = 24 + HEADER;
+const FRAMES_AT: usize = 24 + 2 * HEADER;
+const COUNT_AT: usize = 32 + 2 * HEADER;
+const DIR_AT: usize = 40 + 2 * HEADER;
+const TABLE_AT: usize = 48 + 2 * HEADER;
+/// A first read of a record in [`read_queue`] (most are far smaller).
+const RECORD_GUESS: usize = 256;
 /// In the directory: a message put in another segment.
 const ELSEWHERE: u32 = u32::MAX;
 
@@ -86,15 +104,11 @@ fn load(fs: &dyn Vfs, dir: &Path, seg: u32, file: &dyn VFile) -> Option<Loaded> 
     if crc32fast::hash(&body) != u32::from_le_bytes(crc.try_into().ok()?) {
         return None;
     }
-    let len = u64_at(&body, 8);
-    let first = &body[16..16 + HEADER];
-    let last_off = u64_at(&body, 16 + HEADER);
-    let last = &body[24 + HEADER..24 + 2 * HEADER];
-    let frames = u64_at(&body, 24 + 2 * HEADER);
-    let count = u64_at(&body, 32 + 2 * HEADER);
-    let dir_at = usize::try_from(u64_at(&body, 40 + 2 * HEADER)).ok()?;
-    // Of this segment as it is now (compaction rewrites a segment in place).
-    if file.len().ok()? != len || (frames > 0 && !headers_match(file, first, last_off, last)) {
+    let len = u64_at(&body, LEN_AT);
+    let frames = u64_at(&body, FRAMES_AT);
+    let count = u64_at(&body, COUNT_AT);
+    let dir_at = usize::try_from(u64_at(&body, DIR_AT)).ok()?;
+    if !of_segment(&body, file) {
         return None;
     }
     (FIXED..=body.len()).contains(&dir_at).then_some(Loaded {
@@ -117,11 +131,6 @@ fn take_record(b: &[u8]) -> Option<(Placed<'_>, &[u8])> {
         frame,
     };
     Some((placed, tail))
-}
-
-/// The record at `at` in an index file's bytes.
-fn record_at(body: &[u8], at: usize) -> Option<Placed<'_>> {
-    take_record(body.get(at..)?).map(|(p, _)| p)
 }
 
 /// Reads the index of segment `seg` (open as `file`), handing each record to `apply` (as
@@ -160,8 +169,9 @@ pub(crate) fn read(
 
 /// Reads what the index of segment `seg` (open as `file`) lists of `queue`: each put of an
 /// entry of it, in log order, each after the put of its message when that is in this
-/// segment too. `None` (nothing handed) if there is no valid index for the segment as it
-/// is, or it cannot be read.
+/// segment too. `None` (nothing handed) if there is no index for the segment as it is, or
+/// it cannot be read. Positioned reads of its header, the table and the directory's part
+/// for `queue` (found by bisection), and of each record listed there.
 pub(crate) fn read_queue(
     fs: &dyn Vfs,
     dir: &Path,
@@ -170,41 +180,88 @@ pub(crate) fn read_queue(
     queue: &str,
     mut apply: impl FnMut(Placed<'_>),
 ) -> Option<()> {
-    let Loaded { body, dir_at, .. } = load(fs, dir, seg, file)?;
-    let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?))
+    let idx = fs.open(&idx_path(dir, seg)).ok()?;
+    let size = idx.len().ok()?;
+    // Never past the file, whatever a damaged one says.
+    let read = |at: u64, n: usize| -> Option<Vec<u8>> {
+        if at.checked_add(n as u64)? > size {
+            return None;
+        }
+        let mut buf = vec![0; n];
+        idx.read_exact_at(&mut buf, at).is_ok().then_some(buf)
     };
-    let queues = u32_at(dir_at)?;
-    let mut at = dir_at + 4;
-    for _ in 0..queues {
-        let name_len = u32_at(at)? as usize;
-        let name = body.get(at + 4..at + 4 + name_len)?;
-        let n = u32_at(at + 4 + name_len)? as usize;
-        let puts = at + 8 + name_len;
-        if name != queue.as_bytes() {
-            at = puts + 8 * n;
-            continue;
-        }
-        // Checked whole before anything is handed on.
-        let mut found = Vec::with_capacity(2 * n);
-        for i in 0..n {
-            let (entry, msg) = (u32_at(puts + 8 * i)?, u32_at(puts + 8 * i + 4)?);
-            if msg != ELSEWHERE {
-                found.push(record_at(&body, msg as usize)?);
-            }
-            found.push(record_at(&body, entry as usize)?);
-        }
-        found.into_iter().for_each(&mut apply);
-        return Some(());
+    let u32_at =
+        |at: u64| -> Option<u32> { Some(u32::from_le_bytes(read(at, 4)?.try_into().ok()?)) };
+    let head = read(0, FIXED)?;
+    if &head[..8] != IDX_MAGIC || !of_segment(&head, file) {
+        return None;
     }
+    let (dir_at, table_at) = (u64_at(&head, DIR_AT), u64_at(&head, TABLE_AT));
+    // The part of queue `i` in the directory: where it starts, and its name.
+    let part = |i: u64| -> Option<(u64, Vec<u8>)> {
+        let at = u64::from(u32_at(table_at.checked_add(4 * i)?)?);
+        let name_len = u32_at(at)? as usize;
+        Some((at, read(at + 4, name_len)?))
+    };
+    let (mut lo, mut hi) = (0u64, u64::from(u32_at(dir_at)?));
+    let at = loop {
+        if lo >= hi {
+            return Some(());
+        }
+        let mid = lo + (hi - lo) / 2;
+        let (at, name) = part(mid)?;
+        match name.as_slice().cmp(queue.as_bytes()) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => break at + 4 + name.len() as u64,
+        }
+    };
+    let n = u32_at(at)? as usize;
+    let puts = read(at + 4, 8 * n)?;
+    let put = |i: usize, half: usize| -> u32 {
+        let b = &puts[8 * i + 4 * half..8 * i + 4 * half + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    };
+    // Each record read whole (a first guess at its size, then all that can be), all
+    // checked before anything is handed on.
+    let mut raws = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        for at in [put(i, 1), put(i, 0)]
+            .into_iter()
+            .filter(|&at| at != ELSEWHERE)
+        {
+            let at = u64::from(at);
+            let left = usize::try_from(size.checked_sub(at)?).ok()?;
+            let mut raw = Vec::new();
+            for guess in [RECORD_GUESS, 16 * RECORD_GUESS, usize::MAX] {
+                raw = read(at, guess.min(left))?;
+                if take_record(&raw).is_some() {
+                    break;
+                }
+            }
+            raws.push(raw);
+        }
+    }
+    let mut found = Vec::with_capacity(raws.len());
+    for raw in &raws {
+        found.push(take_record(raw)?.0);
+    }
+    found.into_iter().for_each(&mut apply);
     Some(())
 }
 
-fn headers_match(file: &dyn VFile, first: &[u8], last_off: u64, last: &[u8]) -> bool {
+/// Whether the index whose header is `head` is of the segment `file` as it is now (its
+/// length and the headers of its first and last frames: compaction rewrites a segment in
+/// place).
+fn of_segment(head: &[u8], file: &dyn VFile) -> bool {
+    let frames = u64_at(head, FRAMES_AT);
     let mut buf = [0; HEADER];
     let mut at =
         |off: u64, want: &[u8]| file.read_exact_at(&mut buf, off).is_ok() && buf.as_slice() == want;
-    at(MAGIC.len() as u64, first) && at(last_off, last)
+    file.len().ok() == Some(u64_at(head, LEN_AT))
+        && (frames == 0
+            || (at(MAGIC.len() as u64, &head[FIRST_AT..FIRST_AT + HEADER])
+                && at(u64_at(head, LAST_OFF_AT), &head[LAST_AT..LAST_AT + HEADER])))
 }
 
 /// Writes the index of sealed segment `seg` (open as `file`), read a frame at a time
@@ -273,7 +330,9 @@ pub(crate) fn build(
     }
     let dir_at = out.len() as u64;
     out.extend_from_slice(&(queues.len() as u32).to_le_bytes());
+    let mut parts = Vec::with_capacity(queues.len());
     for (name, puts) in &queues {
+        parts.push(out.len() as u32);
         out.extend_from_slice(&(name.len() as u32).to_le_bytes());
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&(puts.len() as u32).to_le_bytes());
@@ -282,13 +341,18 @@ pub(crate) fn build(
             out.extend_from_slice(&msg.to_le_bytes());
         }
     }
-    out[8..16].copy_from_slice(&len.to_le_bytes());
-    out[16..16 + HEADER].copy_from_slice(&first);
-    out[16 + HEADER..24 + HEADER].copy_from_slice(&last_at.to_le_bytes());
-    out[24 + HEADER..24 + 2 * HEADER].copy_from_slice(&last);
-    out[24 + 2 * HEADER..32 + 2 * HEADER].copy_from_slice(&frames.to_le_bytes());
-    out[32 + 2 * HEADER..40 + 2 * HEADER].copy_from_slice(&count.to_le_bytes());
-    out[40 + 2 * HEADER..FIXED].copy_from_slice(&dir_at.to_le_bytes());
+    let table_at = out.len() as u64;
+    for at in parts {
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+    out[LEN_AT..LEN_AT + 8].copy_from_slice(&len.to_le_bytes());
+    out[FIRST_AT..FIRST_AT + HEADER].copy_from_slice(&first);
+    out[LAST_OFF_AT..LAST_OFF_AT + 8].copy_from_slice(&last_at.to_le_bytes());
+    out[LAST_AT..LAST_AT + HEADER].copy_from_slice(&last);
+    out[FRAMES_AT..FRAMES_AT + 8].copy_from_slice(&frames.to_le_bytes());
+    out[COUNT_AT..COUNT_AT + 8].copy_from_slice(&count.to_le_bytes());
+    out[DIR_AT..DIR_AT + 8].copy_from_slice(&dir_at.to_le_bytes());
+    out[TABLE_AT..FIXED].copy_from_slice(&table_at.to_le_bytes());
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     let path = idx_path(dir, seg);

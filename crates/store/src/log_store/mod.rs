@@ -578,6 +578,7 @@ impl LogStore {
         state.files.retain(|s, _| segs.contains(s));
         state.files.insert(seg, file.clone());
         state.newest = seg;
+        state.live = true;
         let shared = Arc::new(Shared {
             fs,
             dir: dir.to_owned(),

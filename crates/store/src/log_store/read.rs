@@ -259,9 +259,28 @@ pub(crate) fn message(
             loc.seg
         ))
     })?;
+    match op_at(frames, file, loc, &path)? {
+        Op::PutMessage { id: got, msg } if got == id => Ok(msg),
+        _ => Err(corrupt(format!(
+            "the log does not hold message {id} where it should"
+        ))),
+    }
+}
+
+/// Reads and decodes the record at `loc` in `file` (at `path`): the first read in a frame
+/// reads the whole frame and checks it; later ones read the record alone.
+pub(crate) fn op_at(
+    frames: &Frames,
+    file: &Arc<dyn VFile>,
+    loc: Loc,
+    path: &Path,
+) -> Result<Op, StoreError> {
     let misplaced = || {
         corrupt(format!(
-            "the log does not hold message {id} where it should"
+            "segment {} holds no record at offset {} ({} bytes)",
+            path.display(),
+            loc.off,
+            loc.bytes
         ))
     };
     let kept = match loc.frame {
@@ -275,13 +294,13 @@ pub(crate) fn message(
         // format, whose frames are not checked alone).
         let mut buf = vec![0; loc.bytes as usize];
         file.read_exact_at(&mut buf, u64::from(loc.off))
-            .map_err(|e| io("reading", &path, e))?;
+            .map_err(|e| io("reading", path, e))?;
         postcard::from_bytes::<Op>(&buf)
     } else {
         let payload = match kept {
             Some(p) => p,
             None => {
-                let p: Arc<[u8]> = frame(&**file, loc.frame, &path)?.1.into();
+                let p: Arc<[u8]> = frame(&**file, loc.frame, path)?.1.into();
                 frames.checked(loc.seg, file, loc.frame);
                 frames.keep(file.clone(), loc.frame, p.clone());
                 p
@@ -295,9 +314,11 @@ pub(crate) fn message(
             .ok_or_else(misplaced)?;
         postcard::from_bytes::<Op>(record)
     };
-    match decoded {
-        Ok(Op::PutMessage { id: got, msg }) if got == id => Ok(msg),
-        Ok(_) => Err(misplaced()),
-        Err(e) => Err(corrupt(format!("message {id}: {e}"))),
-    }
+    decoded.map_err(|e| {
+        corrupt(format!(
+            "segment {} holds a record it cannot decode at offset {}: {e}",
+            path.display(),
+            loc.off
+        ))
+    })
 }

@@ -43,7 +43,19 @@ pub(crate) struct Spilled {
     /// The segments at or past `resume` where any of them was put, ascending: a page-in
     /// reads only these (a node spilling many queues would otherwise read every segment's
     /// index for each).
-    pub segs: Vec<u32>,
+    pub segs: Vec<SegPuts>,
+}
+
+/// Where in one segment some of a spilled queue's entries were put.
+#[derive(Debug)]
+pub(crate) struct SegPuts {
+    pub seg: u32,
+    /// While the segment has no index yet (the newest, the one sealed last): every entry
+    /// this node put there, with its message's put, so that a page-in reads those records
+    /// rather than the whole segment. `None` once the segment is indexed (its directory
+    /// serves), or when some put is not known (met at replay, its message put elsewhere, a
+    /// segment compaction rewrote): then a page-in reads the index, or the segment whole.
+    pub puts: Option<Vec<(Loc, Loc)>>,
 }
 
 impl Spilled {
@@ -57,14 +69,36 @@ impl Spilled {
         }
     }
 
-    /// One of its entries was put in segment `seg`.
-    pub fn put_in(&mut self, seg: u32) {
-        if self.segs.last().is_some_and(|&last| last >= seg) {
-            if let Err(at) = self.segs.binary_search(&seg) {
-                self.segs.insert(at, seg);
+    /// One of its entries was put in segment `seg`: at `known` (the entry's put and its
+    /// message's) if that is known.
+    pub fn put_in(&mut self, seg: u32, known: Option<(Loc, Loc)>) {
+        let at = match self.segs.last() {
+            Some(last) if last.seg == seg => self.segs.len() - 1,
+            Some(last) if last.seg > seg => match self.segs.binary_search_by_key(&seg, |p| p.seg) {
+                Ok(at) => at,
+                Err(at) => {
+                    self.segs.insert(at, SegPuts { seg, puts: None });
+                    return;
+                }
+            },
+            _ => {
+                let puts = known.map(|k| vec![k]);
+                self.segs.push(SegPuts { seg, puts });
+                return;
             }
-        } else {
-            self.segs.push(seg);
+        };
+        let here = &mut self.segs[at];
+        match (&mut here.puts, known) {
+            (Some(puts), Some(k)) => puts.push(k),
+            (puts, None) => *puts = None,
+            (None, Some(_)) => {}
+        }
+    }
+
+    /// Segment `seg` has an index now: its directory serves page-ins.
+    pub fn indexed(&mut self, seg: u32) {
+        if let Ok(at) = self.segs.binary_search_by_key(&seg, |p| p.seg) {
+            self.segs[at].puts = None;
         }
     }
 
@@ -74,10 +108,21 @@ impl Spilled {
             self.resume = (first, 0);
         }
         let before = self.segs.len();
-        self.segs.retain(|s| !(first..=last).contains(s));
+        self.segs.retain(|p| !(first..=last).contains(&p.seg));
         if self.segs.len() != before {
-            self.put_in(first);
+            self.put_in(first, None);
         }
+    }
+
+    /// The puts a page-in may read instead of segment `seg`, if all are known.
+    fn puts_in(&self, seg: u32) -> Option<&[(Loc, Loc)]> {
+        let at = self.segs.binary_search_by_key(&seg, |p| p.seg).ok()?;
+        self.segs[at].puts.as_deref()
+    }
+
+    /// Whether any of its entries was put in segment `seg`.
+    fn has_puts_in(&self, seg: u32) -> bool {
+        self.segs.binary_search_by_key(&seg, |p| p.seg).is_ok()
     }
 }
 
@@ -118,6 +163,8 @@ struct Part {
     len: u64,
     indexed: bool,
     newest: bool,
+    /// The queue's puts in it, if it has no index and they are all known.
+    puts: Option<Vec<(Loc, Loc)>>,
 }
 
 /// What a read found: the queue's entries put fresh (in log order), and every message
@@ -168,7 +215,7 @@ fn page_once(
             let parts: Vec<Part> = st
                 .segs
                 .range(s.resume.0..)
-                .filter(|(seg, _)| whole || s.segs.binary_search(seg).is_ok())
+                .filter(|(seg, _)| whole || s.has_puts_in(**seg))
                 .filter_map(|(seg, info)| {
                     Some(Part {
                         seg: *seg,
@@ -176,6 +223,10 @@ fn page_once(
                         len: info.len,
                         indexed: info.indexed,
                         newest: *seg == st.newest,
+                        puts: match whole || info.indexed {
+                            true => None,
+                            false => s.puts_in(*seg).map(<[_]>::to_vec),
+                        },
                     })
                 })
                 .collect();
@@ -255,6 +306,22 @@ fn read_part(
         }
     };
     let path = seg_path(&shared.dir, part.seg);
+    if let Some(puts) = &part.puts {
+        for &(entry, message) in puts.iter().filter(|(e, _)| u64::from(e.off) >= start) {
+            for loc in [message, entry] {
+                let op = read::op_at(&shared.frames, &part.file, loc, &path)?;
+                let change = Change::from(&op);
+                take(&Placed {
+                    change,
+                    raw: &[],
+                    off: loc.off,
+                    bytes: loc.bytes,
+                    frame: loc.frame,
+                });
+            }
+        }
+        return Ok(());
+    }
     let (fs, dir, seg, file) = (&*shared.fs, &shared.dir, part.seg, &*part.file);
     let indexed = part.indexed
         && match whole {
@@ -309,7 +376,7 @@ fn apply(
         }
         back.reverse();
         s.resume = end;
-        s.segs.retain(|&seg| seg >= end.0);
+        s.segs.retain(|p| p.seg >= end.0);
     }
     let (mut paged, mut missing) = (Vec::with_capacity(back.len()), 0u64);
     for (seq, entry, loc) in back {

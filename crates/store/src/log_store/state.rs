@@ -100,6 +100,9 @@ pub(crate) struct State {
     /// Counts the files compaction replaced or deleted: a page-in that read the log
     /// without the lock applies what it read only if this has not changed meanwhile.
     pub generation: u64,
+    /// The log is replayed: this node is putting what it applies now (a spilled queue
+    /// keeps where, see [`super::spill::SegPuts`]).
+    pub live: bool,
 }
 
 /// Per message, how many of its entries are on disk only: a bit for the many that have one
@@ -197,7 +200,13 @@ impl State {
                     Some(std::mem::replace(held, (entry, loc)).1)
                 } else if let Some(s) = self.spilled.get_mut(queue).filter(|s| seq >= s.from) {
                     if s.seqs.insert(seq) {
-                        s.put_in(loc.seg);
+                        // Its message is put in the same commit, just before it.
+                        let known = self
+                            .messages
+                            .get(&entry.msg_id)
+                            .filter(|m| self.live && m.seg == loc.seg && loc.frame != NO_FRAME)
+                            .map(|m| (loc, *m));
+                        s.put_in(loc.seg, known);
                         self.disk_refs.add(entry.msg_id);
                     } else {
                         // A rewrite, met when the log is replayed (a node only rewrites
