@@ -222,29 +222,51 @@ pub(crate) fn read_queue(
         let b = &puts[8 * i + 4 * half..8 * i + 4 * half + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
     };
-    // Each record read whole (a first guess at its size, then all that can be), all
-    // checked before anything is handed on.
-    let mut raws = Vec::with_capacity(2 * n);
-    for i in 0..n {
-        for at in [put(i, 1), put(i, 0)]
-            .into_iter()
-            .filter(|&at| at != ELSEWHERE)
-        {
-            let at = u64::from(at);
-            let left = usize::try_from(size.checked_sub(at)?).ok()?;
-            let mut raw = Vec::new();
-            for guess in [RECORD_GUESS, 16 * RECORD_GUESS, usize::MAX] {
-                raw = read(at, guess.min(left))?;
-                if take_record(&raw).is_some() {
-                    break;
-                }
-            }
-            raws.push(raw);
+    let ats: Vec<u64> = (0..n)
+        .flat_map(|i| [put(i, 1), put(i, 0)])
+        .filter(|&at| at != ELSEWHERE)
+        .map(u64::from)
+        .collect();
+    // The records lie close together (a queue with most of the segment's entries): one
+    // read of the stretch holding them; else (one of many queues) a read each.
+    let (lo, hi) = (ats.iter().min().copied(), ats.iter().max().copied());
+    let stretch = match (lo, hi) {
+        (Some(lo), Some(hi)) if hi - lo <= 8 * (RECORD_GUESS * ats.len()) as u64 => {
+            let left = size.checked_sub(lo)?;
+            Some((lo, read(lo, (hi - lo + 16 * RECORD_GUESS as u64).min(left) as usize)?))
         }
+        _ => None,
+    };
+    // Each record read whole (from the stretch, or a first guess at its size, then all
+    // that can be), all checked before anything is handed on.
+    let mut raws: Vec<Vec<u8>> = Vec::new();
+    let mut places = Vec::with_capacity(ats.len());
+    for &at in &ats {
+        if let Some((lo, bytes)) = &stretch {
+            let off = usize::try_from(at - lo).ok()?;
+            if bytes.get(off..).and_then(take_record).is_some() {
+                places.push((None, off));
+                continue;
+            }
+        }
+        let left = usize::try_from(size.checked_sub(at)?).ok()?;
+        let mut raw = Vec::new();
+        for guess in [RECORD_GUESS, 16 * RECORD_GUESS, usize::MAX] {
+            raw = read(at, guess.min(left))?;
+            if take_record(&raw).is_some() {
+                break;
+            }
+        }
+        places.push((Some(raws.len()), 0));
+        raws.push(raw);
     }
-    let mut found = Vec::with_capacity(raws.len());
-    for raw in &raws {
-        found.push(take_record(raw)?.0);
+    let mut found = Vec::with_capacity(places.len());
+    for (raw, off) in places {
+        let bytes = match raw {
+            Some(i) => &raws[i][..],
+            None => &stretch.as_ref()?.1[off..],
+        };
+        found.push(take_record(bytes)?.0);
     }
     found.into_iter().for_each(&mut apply);
     Some(())

@@ -236,6 +236,9 @@ fn survey(
         state.files.insert(seg, file.clone());
         let newest = i + 1 == segs.len();
         state.segs.entry(seg).or_default();
+        // The newest segment is read whole, each put with its frame: spilled queues keep
+        // where theirs are, as the running node does (see `spill::SegPuts`).
+        state.live = newest;
         let mut apply = |p: frame::Placed<'_>| {
             let loc = Loc {
                 seg,
@@ -809,6 +812,12 @@ fn rotate_if_full(shared: &Shared, w: &mut Writer) -> Result<(), StoreError> {
             );
             st.files.insert(next, file);
             st.newest = next;
+            // What spilled queues keep of their puts covers the newest two segments at
+            // most (the background thread indexes the rest): memory stays bounded however
+            // far indexing lags.
+            for s in st.spilled.values_mut() {
+                s.forget_puts_before(next.saturating_sub(1));
+            }
         }
         Err(e) => {
             if !w.rotate_failing {

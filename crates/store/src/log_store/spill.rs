@@ -53,8 +53,10 @@ pub(crate) struct SegPuts {
     /// While the segment has no index yet (the newest, the one sealed last): every entry
     /// this node put there, with its message's put, so that a page-in reads those records
     /// rather than the whole segment. `None` once the segment is indexed (its directory
-    /// serves), or when some put is not known (met at replay, its message put elsewhere, a
-    /// segment compaction rewrote): then a page-in reads the index, or the segment whole.
+    /// serves) or older than the one sealed last (32 bytes an entry are kept for two
+    /// segments at most), or when some put is not known (met at replay, its message put
+    /// elsewhere, a segment compaction rewrote): then a page-in reads the index, or the
+    /// segment whole.
     pub puts: Option<Vec<(Loc, Loc)>>,
 }
 
@@ -99,6 +101,13 @@ impl Spilled {
     pub fn indexed(&mut self, seg: u32) {
         if let Ok(at) = self.segs.binary_search_by_key(&seg, |p| p.seg) {
             self.segs[at].puts = None;
+        }
+    }
+
+    /// Its puts in segments before `seg` are no longer kept (see [`SegPuts`]).
+    pub fn forget_puts_before(&mut self, seg: u32) {
+        for p in self.segs.iter_mut().take_while(|p| p.seg < seg) {
+            p.puts = None;
         }
     }
 

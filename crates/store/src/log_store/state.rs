@@ -100,8 +100,8 @@ pub(crate) struct State {
     /// Counts the files compaction replaced or deleted: a page-in that read the log
     /// without the lock applies what it read only if this has not changed meanwhile.
     pub generation: u64,
-    /// The log is replayed: this node is putting what it applies now (a spilled queue
-    /// keeps where, see [`super::spill::SegPuts`]).
+    /// Puts applied now are of the newest segment, written by this node or replayed from
+    /// it whole: a spilled queue keeps where its are (see [`super::spill::SegPuts`]).
     pub live: bool,
 }
 
