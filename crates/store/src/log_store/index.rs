@@ -233,7 +233,10 @@ pub(crate) fn read_queue(
     let stretch = match (lo, hi) {
         (Some(lo), Some(hi)) if hi - lo <= 8 * (RECORD_GUESS * ats.len()) as u64 => {
             let left = size.checked_sub(lo)?;
-            Some((lo, read(lo, (hi - lo + 16 * RECORD_GUESS as u64).min(left) as usize)?))
+            Some((
+                lo,
+                read(lo, (hi - lo + 16 * RECORD_GUESS as u64).min(left) as usize)?,
+            ))
         }
         _ => None,
     };
