@@ -234,7 +234,14 @@ fn page_once(
                         newest: *seg == st.newest,
                         puts: match whole || info.indexed {
                             true => None,
-                            false => s.puts_in(*seg).map(<[_]>::to_vec),
+                            // Those not read yet (in log order: offsets grow).
+                            false => s.puts_in(*seg).map(|puts| {
+                                let read = match *seg == s.resume.0 {
+                                    true => puts.partition_point(|(e, _)| e.off < s.resume.1),
+                                    false => 0,
+                                };
+                                puts[read..].to_vec()
+                            }),
                         },
                     })
                 })
