@@ -238,7 +238,7 @@ fn survey(
         state.segs.entry(seg).or_default();
         // The newest segment is read whole, each put with its frame: spilled queues keep
         // where theirs are, as the running node does (see `spill::SegPuts`).
-        state.live = newest;
+        state.keep_puts = newest;
         let mut apply = |p: frame::Placed<'_>| {
             let loc = Loc {
                 seg,
@@ -581,7 +581,7 @@ impl LogStore {
         state.files.retain(|s, _| segs.contains(s));
         state.files.insert(seg, file.clone());
         state.newest = seg;
-        state.live = true;
+        state.keep_puts = true;
         let shared = Arc::new(Shared {
             fs,
             dir: dir.to_owned(),

@@ -102,7 +102,7 @@ pub(crate) struct State {
     pub generation: u64,
     /// Puts applied now are of the newest segment, written by this node or replayed from
     /// it whole: a spilled queue keeps where its are (see [`super::spill::SegPuts`]).
-    pub live: bool,
+    pub keep_puts: bool,
 }
 
 /// Per message, how many of its entries are on disk only: a bit for the many that have one
@@ -201,11 +201,11 @@ impl State {
                 } else if let Some(s) = self.spilled.get_mut(queue).filter(|s| seq >= s.from) {
                     if s.seqs.insert(seq) {
                         // Its message is put in the same commit, just before it.
-                        let known = self
-                            .messages
-                            .get(&entry.msg_id)
-                            .filter(|m| self.live && m.seg == loc.seg && loc.frame != NO_FRAME)
-                            .map(|m| (loc, *m));
+                        let known = match self.keep_puts && loc.frame != NO_FRAME {
+                            true => self.messages.get(&entry.msg_id),
+                            false => None,
+                        };
+                        let known = known.filter(|m| m.seg == loc.seg).map(|m| (loc, *m));
                         s.put_in(loc.seg, known);
                         self.disk_refs.add(entry.msg_id);
                     } else {
