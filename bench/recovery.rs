@@ -1,15 +1,18 @@
 //! `trunkline-bench recovery`: how long a node takes to recover a store full of queued
 //! messages. In process: fills a store (`--engine log` or `redb`) through the broker (`--messages` 1 KiB
 //! messages spread over `--clients` inboxes, published concurrently so commits batch),
-//! closes it, and times `Broker::open` on it.
+//! closes it, and times `Broker::open` on it. The store is opened as a node with the
+//! default configuration opens it (each queue's first `queue_memory_entries` ready entries
+//! in memory, the rest on disk only), or with `--all-in-memory` with every entry in memory.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
-use trunkline_broker::{Broker, BrokerConfig, NewClient, Publish};
-use trunkline_store::{LogStore, QueueStore, RedbStore};
+use trunkline_broker::{footprint, Broker, BrokerConfig, NewClient, Publish};
+use trunkline_store::fs::RealFs;
+use trunkline_store::{LogOptions, LogStore, QueueStore, RedbStore};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RecoveryArgs {
@@ -31,11 +34,31 @@ pub struct RecoveryArgs {
     /// its sealed segments.
     #[arg(long)]
     pub no_index: bool,
+    /// Open the log with every entry in memory, as no node does (its queues keep their
+    /// first `queue_memory_entries` ready entries in memory and the rest on disk only),
+    /// and without the memory cap: the index of the whole backlog is built.
+    #[arg(long)]
+    pub all_in_memory: bool,
 }
 
-fn open_store(engine: &str, path: &std::path::Path) -> Result<Arc<dyn QueueStore>> {
+fn open_store(
+    engine: &str,
+    path: &std::path::Path,
+    config: &BrokerConfig,
+    all_in_memory: bool,
+) -> Result<Arc<dyn QueueStore>> {
     Ok(match engine {
-        "log" => Arc::new(LogStore::open(path)?),
+        "log" if all_in_memory => Arc::new(LogStore::open(path)?),
+        // The node's bounds (`trunkline serve` opens its log the same way).
+        "log" => Arc::new(LogStore::open_on(
+            Arc::new(RealFs),
+            path,
+            LogOptions {
+                spill_entries: Some(config.queue_memory_entries.max(1)),
+                spill_node: Some(footprint::node_spill(config.max_memory_bytes)),
+                ..LogOptions::default()
+            },
+        )?),
         "redb" => Arc::new(RedbStore::open(path)?),
         other => anyhow::bail!("--engine must be log or redb, not {other}"),
     })
@@ -66,8 +89,11 @@ pub async fn run(a: &RecoveryArgs) -> Result<Value> {
     let path = a.dir.as_deref().unwrap_or(tmp.path()).join(&a.engine);
     let mut config = BrokerConfig::default();
     config.default_limits.max_length = a.messages + 1;
-    // What is measured is recovery, not the cap: room for any backlog's index.
-    config.max_memory_bytes = u64::MAX;
+    if a.all_in_memory {
+        // Room for any backlog's index, and queues that keep every entry in memory.
+        config.max_memory_bytes = u64::MAX;
+        config.queue_memory_entries = usize::MAX;
+    }
     let (stored, fill) = if path.exists() {
         (None, None)
     } else {
@@ -90,11 +116,15 @@ pub async fn run(a: &RecoveryArgs) -> Result<Value> {
     }
     let size = disk_bytes(&path)?;
 
+    let (me, tick) = (std::process::id(), crate::sys::clock_ticks_per_sec()?);
+    let cpu0 = crate::cpu_ticks(me)?;
     let start = Instant::now();
-    let store = open_store(&a.engine, &path)?;
+    let store = open_store(&a.engine, &path, &config, a.all_in_memory)?;
     let store_open = start.elapsed();
+    let hot = config.queue_memory_entries;
     let broker = Broker::open(store, config, now_ms())?;
     let open = start.elapsed();
+    let cpu = (crate::cpu_ticks(me)? - cpu0) as f64 / tick;
     let queued: u64 = broker.queue_depths().iter().map(|d| d.ready).sum();
     if let Some(stored) = stored {
         anyhow::ensure!(queued == stored, "recovered {queued} of {stored} messages");
@@ -108,22 +138,29 @@ pub async fn run(a: &RecoveryArgs) -> Result<Value> {
         ("log", true) => ", every segment read whole",
         _ => "",
     };
+    let held = match (a.engine.as_str(), a.all_in_memory) {
+        ("log", false) => format!(", queues holding their first {hot} entries in memory"),
+        ("log", true) => ", every entry in memory".into(),
+        _ => String::new(),
+    };
     println!(
-        "recovery ({}{how}): {queued} queued messages of {} B ({} MiB store) {filled}; reopened in {:.0} ms = {:.2} s per million (store {:.0} ms, broker {:.0} ms)",
+        "recovery ({}{how}{held}): {queued} queued messages of {} B ({} MiB store) {filled}; reopened in {:.0} ms = {:.2} s per million (store {:.0} ms, broker {:.0} ms), {:.0} ms of CPU",
         a.engine,
         a.size,
         size >> 20,
         open.as_secs_f64() * 1e3,
         per_million,
         store_open.as_secs_f64() * 1e3,
-        (open - store_open).as_secs_f64() * 1e3
+        (open - store_open).as_secs_f64() * 1e3,
+        cpu * 1e3
     );
     let _ = broker.shutdown();
     Ok(
         json!({"engine": a.engine, "index_files": a.engine == "log" && !a.no_index,
+        "all_in_memory": a.all_in_memory,
         "messages": queued, "size": a.size, "store_bytes": size,
         "fill_seconds": fill.map(|f| f.as_secs_f64()), "open_seconds": open.as_secs_f64(),
-        "store_open_seconds": store_open.as_secs_f64(),
+        "store_open_seconds": store_open.as_secs_f64(), "open_cpu_seconds": cpu,
         "seconds_per_million": per_million}),
     )
 }
@@ -135,7 +172,11 @@ async fn fill(
     path: &std::path::Path,
     config: &BrokerConfig,
 ) -> Result<(u64, std::time::Duration)> {
-    let broker = Broker::open(open_store(&a.engine, path)?, config.clone(), now_ms())?;
+    let broker = Broker::open(
+        open_store(&a.engine, path, config, a.all_in_memory)?,
+        config.clone(),
+        now_ms(),
+    )?;
     for c in 0..a.clients {
         broker
             .create_client(

@@ -141,19 +141,39 @@ pub(crate) fn read(
     dir: &Path,
     seg: u32,
     file: &dyn VFile,
-    mut apply: impl FnMut(Placed<'_>),
+    apply: impl FnMut(Placed<'_>),
 ) -> Option<Summary> {
-    let Loaded {
-        body,
-        summary,
-        count,
-        dir_at,
-    } = load(fs, dir, seg, file)?;
+    Some(check(fs, dir, seg, file)?.hand(apply))
+}
+
+/// A valid index file, read and decoded once: [`Checked::hand`] cannot fail. The open
+/// checks the next segment's while it applies one's ([`check`] on another thread).
+pub(crate) struct Checked(Loaded);
+
+/// Reads and checks the index of segment `seg` (open as `file`): `None` if there is no
+/// valid one for the segment as it is.
+pub(crate) fn check(fs: &dyn Vfs, dir: &Path, seg: u32, file: &dyn VFile) -> Option<Checked> {
+    let loaded = load(fs, dir, seg, file)?;
     // Decoded whole before anything is handed on, so that a bad index hands nothing; and
     // decoded again to hand each on, so that memory holds the file, not its records too.
-    let records = |mut each: Option<&mut dyn FnMut(Placed<'_>)>| -> Option<()> {
-        let mut rest = &body[FIXED..dir_at];
-        for _ in 0..count {
+    loaded.records(None)?;
+    Some(Checked(loaded))
+}
+
+impl Checked {
+    /// Hands each record to `apply`.
+    pub fn hand(self, mut apply: impl FnMut(Placed<'_>)) -> Summary {
+        let _ = self.0.records(Some(&mut apply));
+        self.0.summary
+    }
+}
+
+impl Loaded {
+    /// Decodes every record, handing each to `each` if set; `None` if one does not decode
+    /// or bytes are left over.
+    fn records(&self, mut each: Option<&mut dyn FnMut(Placed<'_>)>) -> Option<()> {
+        let mut rest = &self.body[FIXED..self.dir_at];
+        for _ in 0..self.count {
             let (placed, tail) = take_record(rest)?;
             if let Some(each) = each.as_mut() {
                 each(placed);
@@ -161,10 +181,7 @@ pub(crate) fn read(
             rest = tail;
         }
         rest.is_empty().then_some(())
-    };
-    records(None)?;
-    records(Some(&mut apply));
-    Some(summary)
+    }
 }
 
 /// Reads what the index of segment `seg` (open as `file`) lists of `queue`: each put of an

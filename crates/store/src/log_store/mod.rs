@@ -226,13 +226,49 @@ fn survey(
     indexed: bool,
     spill: spill::Bounds,
 ) -> Result<Survey, StoreError> {
+    let mut files = Vec::with_capacity(segs.len());
+    for &seg in segs {
+        let path = seg_path(dir, seg);
+        let file: Arc<dyn VFile> = Arc::from(fs.open(&path).map_err(|e| io("opening", &path, e))?);
+        files.push(file);
+    }
+    let sealed = match indexed {
+        true => segs.len().saturating_sub(1),
+        false => 0,
+    };
+    // Another thread reads and checks the index files, one ahead of the one applied.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let files = &files;
+        scope.spawn(move || {
+            for (&seg, file) in segs[..sealed].iter().zip(files) {
+                if tx.send(index::check(fs, dir, seg, &**file)).is_err() {
+                    return;
+                }
+            }
+        });
+        let checked = |i| match i < sealed {
+            true => rx.recv().ok().flatten(),
+            false => None,
+        };
+        replay_segments(dir, segs, files, checked, spill)
+    })
+}
+
+/// [`survey`]'s replay, with `checked(i)` the checked index file of the `i`th segment if
+/// it is to be read from one.
+fn replay_segments(
+    dir: &Path,
+    segs: &[u32],
+    files: &[Arc<dyn VFile>],
+    mut checked: impl FnMut(usize) -> Option<index::Checked>,
+    spill: spill::Bounds,
+) -> Result<Survey, StoreError> {
     let mut state = State::default();
     let mut replay = spill::Replay::new(spill);
     let mut report = CheckReport::default();
     let mut versions = Vec::new();
-    for (i, &seg) in segs.iter().enumerate() {
-        let path = seg_path(dir, seg);
-        let file: Arc<dyn VFile> = Arc::from(fs.open(&path).map_err(|e| io("opening", &path, e))?);
+    for (i, (&seg, file)) in segs.iter().zip(files).enumerate() {
         state.files.insert(seg, file.clone());
         let newest = i + 1 == segs.len();
         state.segs.entry(seg).or_default();
@@ -248,12 +284,8 @@ fn survey(
             };
             replay.apply(&mut state, &p.change, loc);
         };
-        let from_index = if indexed && !newest {
-            index::read(fs, dir, seg, &*file, &mut apply)
-        } else {
-            None
-        };
-        if let Some(summary) = from_index {
+        if let Some(index) = checked(i) {
+            let summary = index.hand(&mut apply);
             replay.end_frame(&mut state);
             let info = state.segs.entry(seg).or_default();
             info.len = summary.len;
@@ -267,7 +299,9 @@ fn survey(
             });
             continue;
         }
-        let bytes = file.read_all().map_err(|e| io("reading", &path, e))?;
+        let bytes = file
+            .read_all()
+            .map_err(|e| io("reading", &seg_path(dir, seg), e))?;
         let mut scanned = frame::scan(&bytes, newest, apply);
         replay.end_frame(&mut state);
         if scanned.version.is_none() && !newest && scanned.tail == Tail::Clean {

@@ -39,7 +39,7 @@ pub(crate) struct Spilled {
     pub resume: (u32, u32),
     /// Delivery counts of those rewritten after their first put (met by a replay of the
     /// log: a node only rewrites entries it holds): a page-in may read the first put only.
-    pub counts: HashMap<u64, u32>,
+    pub counts: super::state::FastMap<u64, u32>,
     /// The segments at or past `resume` where any of them was put, ascending: a page-in
     /// reads only these (a node spilling many queues would otherwise read every segment's
     /// index for each).
@@ -66,7 +66,7 @@ impl Spilled {
             from,
             seqs: RoaringTreemap::new(),
             resume,
-            counts: HashMap::new(),
+            counts: Default::default(),
             segs: Vec::new(),
         }
     }
@@ -504,15 +504,16 @@ impl Replay {
         if let Change::PutEntry { queue, seq, .. } = *change {
             st.spill_bare(queue, seq, self.bounds);
         }
-        st.apply(change, loc);
+        let on_disk = st.apply_put(change, loc);
         match *change {
             Change::PutMessage { id, .. } if !st.spilled.is_empty() => self.messages.push(id),
             Change::PutEntry { queue, seq, entry } => {
                 if !self.messages.is_empty() {
-                    self.entries
-                        .push((entry.msg_id, st.spilled_entry(queue, seq)));
+                    self.entries.push((entry.msg_id, on_disk));
                 }
-                st.spill_if_long(queue, seq, self.bounds);
+                if !on_disk {
+                    st.spill_if_long(queue, seq, self.bounds);
+                }
             }
             _ => {}
         }

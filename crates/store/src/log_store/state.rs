@@ -10,6 +10,10 @@ use super::spill::Spilled;
 use crate::fs::VFile;
 use crate::{MessageMeta, Op, RecordTable, Snapshot, SpilledQueue, StoredEntry};
 
+/// A hash map with a fast, randomly seeded hasher: the maps of the live state are looked
+/// up several times per record replayed, where SipHash showed.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Where a live record sits: its segment, its offset there, the bytes it takes, and
 /// where the frame holding it starts (so that a read can check the frame's CRC);
 /// [`NO_FRAME`] in a segment of the first format, whose frames are not checked alone.
@@ -79,9 +83,9 @@ pub(crate) struct State {
     /// Messages by where they are: their bodies stay in the log.
     pub messages: BTreeMap<u64, Loc>,
     /// The expiry of the messages that have one.
-    pub expiry: HashMap<u64, u64>,
+    pub expiry: FastMap<u64, u64>,
     /// Entries by queue, then sequence number.
-    pub entries: HashMap<Arc<str>, BTreeMap<u64, (StoredEntry, Loc)>>,
+    pub entries: FastMap<Arc<str>, BTreeMap<u64, (StoredEntry, Loc)>>,
     /// Entries in `entries`, across all queues.
     pub held: usize,
     pub records: HashMap<RecordTable, HashMap<String, (Vec<u8>, Loc)>>,
@@ -92,7 +96,7 @@ pub(crate) struct State {
     /// The segment being written.
     pub newest: u32,
     /// Queues whose new entries stay on disk only (see [`super::spill`]).
-    pub spilled: HashMap<Arc<str>, Spilled>,
+    pub spilled: FastMap<Arc<str>, Spilled>,
     /// Live messages kept on disk only, with entries of spilled queues.
     pub spilled_msgs: RoaringTreemap,
     /// How many entries on disk only refer to each message (kept in memory or not).
@@ -111,18 +115,22 @@ pub(crate) struct State {
 #[derive(Default)]
 pub(crate) struct DiskRefs {
     one: RoaringTreemap,
-    more: HashMap<u64, u32>,
+    more: FastMap<u64, u32>,
 }
 
 impl DiskRefs {
     /// One more entry of message `id` is on disk only.
     pub fn add(&mut self, id: u64) {
-        if let Some(n) = self.more.get_mut(&id) {
-            *n += 1;
-        } else if self.one.remove(id) {
+        // One bitmap operation for the common case (a first entry, no fan-out on disk):
+        // this runs for each entry replayed into a spilled queue.
+        if !self.one.insert(id) {
+            self.one.remove(id);
             self.more.insert(id, 2);
-        } else {
-            self.one.insert(id);
+        } else if !self.more.is_empty() {
+            if let Some(n) = self.more.get_mut(&id) {
+                self.one.remove(id);
+                *n += 1;
+            }
         }
     }
 
@@ -178,7 +186,14 @@ impl State {
     /// Applies one change written at `loc` (its segment already has the bytes counted in
     /// `len`).
     pub fn apply(&mut self, change: &Change<'_>, loc: Loc) {
+        self.apply_put(change, loc);
+    }
+
+    /// [`State::apply`], saying whether the change put an entry on disk only (into a
+    /// spilled queue).
+    pub fn apply_put(&mut self, change: &Change<'_>, loc: Loc) -> bool {
         self.segs.entry(loc.seg).or_default().records += 1;
+        let mut on_disk = false;
         let old = match *change {
             Change::PutMessage { id, msg } => {
                 self.add_live(loc);
@@ -208,6 +223,7 @@ impl State {
                         let known = known.filter(|m| m.seg == loc.seg).map(|m| (loc, *m));
                         s.put_in(loc.seg, known);
                         self.disk_refs.add(entry.msg_id);
+                        on_disk = true;
                     } else {
                         // A rewrite, met when the log is replayed (a node only rewrites
                         // entries it holds): its delivery count is the one that counts.
@@ -262,6 +278,7 @@ impl State {
                 .map(|(_, l)| l),
         };
         self.release(old);
+        on_disk
     }
 
     /// Where the record a put writes lives now, if it is live.
@@ -340,7 +357,7 @@ impl State {
             return;
         }
         // Per message put here: whether every entry of it so far is on disk only.
-        let mut put: HashMap<u64, Option<bool>> = messages.iter().map(|id| (*id, None)).collect();
+        let mut put: FastMap<u64, Option<bool>> = messages.iter().map(|id| (*id, None)).collect();
         for &(msg_id, spilled) in entries {
             if let Some(all) = put.get_mut(&msg_id) {
                 *all = Some(all.unwrap_or(true) && spilled);
@@ -549,6 +566,44 @@ impl State {
             entries,
             records,
             spilled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DiskRefs;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `DiskRefs` counts as a map of counts would, whatever the order of adds, takes
+        /// and removes over a few ids (so that fan-outs and single entries mix).
+        #[test]
+        fn disk_refs_count_as_a_map_of_counts(ops in prop::collection::vec((0u8..3, 0u64..6), 0..200)) {
+            let mut refs = DiskRefs::default();
+            let mut model = std::collections::HashMap::<u64, u32>::new();
+            for (op, id) in ops {
+                match op {
+                    0 => {
+                        refs.add(id);
+                        *model.entry(id).or_default() += 1;
+                    }
+                    1 => {
+                        let n = model.get(&id).copied().unwrap_or(0);
+                        if n > 0 {
+                            prop_assert_eq!(refs.take(id), n - 1);
+                            model.insert(id, n - 1);
+                        }
+                    }
+                    _ => {
+                        refs.remove(id);
+                        model.remove(&id);
+                    }
+                }
+                for id in 0..6 {
+                    prop_assert_eq!(refs.get(id), model.get(&id).copied().unwrap_or(0));
+                }
+            }
         }
     }
 }
