@@ -23,7 +23,7 @@ use roaring::RoaringTreemap;
 
 use super::change::Change;
 use super::frame::{Placed, MAGIC};
-use super::state::{Loc, State, NO_FRAME};
+use super::state::{FastMap, Loc, State, NO_FRAME};
 use super::{index, read, seg_path, Shared};
 use crate::fs::VFile;
 use crate::{MessageMeta, Paged, StoreError, StoredEntry};
@@ -479,6 +479,14 @@ pub(crate) struct Replay {
     frame: (u32, u32),
     messages: Vec<u64>,
     entries: Vec<(u64, bool)>,
+    /// Messages the frame puts, kept out of the state until its end (in segments read
+    /// from their index files, where no entry looks its message up): most go to disk
+    /// only, and a message put into the ordered map only to be taken out again cost a
+    /// tenth of a replay.
+    pending: Vec<(u64, MessageMeta, Loc)>,
+    /// Messages the frame deletes while some are pending (a group commit may put and
+    /// delete one): those are not landed.
+    deleted: std::collections::HashSet<u64, foldhash::fast::RandomState>,
 }
 
 impl Replay {
@@ -488,6 +496,8 @@ impl Replay {
             frame: (0, NO_FRAME),
             messages: Vec::new(),
             entries: Vec::new(),
+            pending: Vec::new(),
+            deleted: Default::default(),
         }
     }
 
@@ -504,11 +514,22 @@ impl Replay {
         if let Change::PutEntry { queue, seq, .. } = *change {
             st.spill_bare(queue, seq, self.bounds);
         }
+        match *change {
+            Change::PutMessage { id, msg } if !st.spilled.is_empty() && !st.keep_puts => {
+                st.count_put(loc);
+                self.pending.push((id, msg, loc));
+                return;
+            }
+            Change::DeleteMessage { id } if !self.pending.is_empty() => {
+                self.deleted.insert(id);
+            }
+            _ => {}
+        }
         let on_disk = st.apply_put(change, loc);
         match *change {
             Change::PutMessage { id, .. } if !st.spilled.is_empty() => self.messages.push(id),
             Change::PutEntry { queue, seq, entry } => {
-                if !self.messages.is_empty() {
+                if !self.messages.is_empty() || !self.pending.is_empty() {
                     self.entries.push((entry.msg_id, on_disk));
                 }
                 if !on_disk {
@@ -521,6 +542,22 @@ impl Replay {
 
     /// The frame being replayed is over (or its segment).
     pub fn end_frame(&mut self, st: &mut State) {
+        if !self.pending.is_empty() {
+            // Per message: whether every entry of it the frame put went to disk only.
+            let mut all = FastMap::with_capacity_and_hasher(self.pending.len(), Default::default());
+            for &(id, on_disk) in &self.entries {
+                *all.entry(id).or_insert(true) &= on_disk;
+            }
+            for (id, msg, loc) in self.pending.drain(..) {
+                if self.deleted.contains(&id) {
+                    // Put and deleted in this frame: its bytes are dead.
+                    st.release(Some(loc));
+                } else {
+                    st.land_message(id, msg, loc, all.get(&id) == Some(&true));
+                }
+            }
+            self.deleted.clear();
+        }
         st.spill_put(&self.messages, &self.entries);
         self.messages.clear();
         self.entries.clear();

@@ -171,7 +171,7 @@ impl DiskRefs {
 }
 
 impl State {
-    fn release(&mut self, old: Option<Loc>) {
+    pub fn release(&mut self, old: Option<Loc>) {
         if let Some(old) = old {
             if let Some(s) = self.segs.get_mut(&old.seg) {
                 s.live = s.live.saturating_sub(u64::from(old.bytes));
@@ -181,6 +181,31 @@ impl State {
 
     fn add_live(&mut self, loc: Loc) {
         self.segs.entry(loc.seg).or_default().live += u64::from(loc.bytes);
+    }
+
+    /// Counts a put at `loc` in its segment, as [`State::apply`] does, without applying it
+    /// (a replay that lands it later with [`State::land_message`]).
+    pub fn count_put(&mut self, loc: Loc) {
+        self.segs.entry(loc.seg).or_default().records += 1;
+        self.add_live(loc);
+    }
+
+    /// Lands the put of message `id` at `loc` (counted already by [`State::count_put`]):
+    /// on disk only if `on_disk` (every entry of it put with it went there), else into
+    /// memory, as [`State::apply`] and then [`State::spill_put`] would.
+    pub fn land_message(&mut self, id: u64, msg: MessageMeta, loc: Loc, on_disk: bool) {
+        if on_disk {
+            let old = self.messages.remove(&id);
+            self.release(old);
+            self.expiry.remove(&id);
+            self.spilled_msgs.insert(id);
+        } else {
+            if let Some(t) = msg.expires_at_ms {
+                self.expiry.insert(id, t);
+            }
+            let old = self.messages.insert(id, loc);
+            self.release(old);
+        }
     }
 
     /// Applies one change written at `loc` (its segment already has the bytes counted in

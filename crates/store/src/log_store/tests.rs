@@ -1307,3 +1307,79 @@ fn a_page_in_through_index_directories_finds_messages_put_in_earlier_segments(
     assert_eq!(got, (1_000..1_050).collect::<Vec<_>>());
     Ok(())
 }
+
+/// A replay that spills keeps out of memory the messages whose entries all went to disk
+/// (without putting them there first), and counts the log's live bytes exactly as a
+/// replay that spills nothing: a message put and deleted in one commit is dead, one
+/// also queued where it stays in memory is held, and every entry brought back reads its
+/// message.
+#[test]
+fn a_replay_that_spills_counts_the_log_as_one_that_does_not() -> Result<(), StoreError> {
+    let dir = tmp()?;
+    let seg = 4 << 10;
+    {
+        let s = LogStore::open_on(Arc::new(RealFs), dir.path(), quiet(seg))?;
+        for i in 0..80u64 {
+            s.commit(&[put(100 + i, &[b'q'; 150]), entry("q", i, 100 + i)])?;
+            if i % 10 == 3 {
+                // Queued in "q" (spilled at the replay) and in "h" (kept in memory).
+                s.commit(&[
+                    put(500 + i, &[b'f'; 150]),
+                    entry("q", 1_000 + i, 500 + i),
+                    entry("h", i, 500 + i),
+                ])?;
+            }
+            if i % 10 == 7 {
+                // Put and deleted in one commit, beside another put.
+                s.commit(&[
+                    put(700 + i, &[b'x'; 150]),
+                    put(900 + i, &[b'd'; 150]),
+                    entry("q", 2_000 + i, 700 + i),
+                    Op::DeleteMessage { id: 900 + i },
+                ])?;
+            }
+        }
+        assert!(s.segments()?.len() > 3);
+        s.write_indexes()?;
+    }
+    let plain = LogStore::open_on(Arc::new(RealFs), dir.path(), quiet(seg))?;
+    let (usage, before) = (plain.usage()?, Contents::of(&plain)?);
+    drop(plain);
+    let spilling = LogOptions {
+        spill_entries: Some(10),
+        ..quiet(seg)
+    };
+    let s = LogStore::open_on(Arc::new(RealFs), dir.path(), spilling)?;
+    assert_eq!(s.usage()?, usage, "total and live bytes");
+    let snap = s.load()?;
+    let in_memory: Vec<u64> = snap.messages.iter().map(|m| m.0).collect();
+    for i in [3u64, 13, 23, 33, 43, 53, 63, 73] {
+        assert!(in_memory.contains(&(500 + i)), "{} is held for h", 500 + i);
+    }
+    assert!(
+        in_memory.len() < 40,
+        "{} messages in memory",
+        in_memory.len()
+    );
+    assert!(
+        s.read_message(917)?.is_none(),
+        "put and deleted in one commit"
+    );
+    let mut q: Vec<(Arc<str>, u64, StoredEntry)> = snap
+        .entries
+        .iter()
+        .filter(|e| &*e.0 == "q")
+        .map(|e| (e.0.clone(), e.1, e.2))
+        .collect();
+    // Each with its message, read back.
+    q.extend(bring_all_back(&s, "q")?);
+    q.sort_by_key(|e| e.1);
+    let want: Vec<(Arc<str>, u64, StoredEntry)> = before
+        .entries
+        .iter()
+        .filter(|e| &*e.0 == "q")
+        .cloned()
+        .collect();
+    assert_eq!(q, want);
+    Ok(())
+}
