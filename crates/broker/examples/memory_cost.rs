@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run -p trunkline-broker --example memory_cost -- log 500 4000 lease
 //! cargo run -p trunkline-broker --example memory_cost -- log 1 1000000
+//! cargo run -p trunkline-broker --example memory_cost -- log 1 1000000 head=1000000
 //! ```
 //!
 //! (Either profile: sizes do not depend on it, a release build only runs faster.) What it
@@ -13,7 +14,9 @@
 //! entry in memory; `none`: a store that keeps nothing, to see the broker's share alone),
 //! the number of inboxes (all subscribed to `flood.#`), the number of 3-byte messages
 //! published to `flood.x`, and optionally `lease` to lease every entry afterwards (a
-//! leased entry is indexed differently from a ready one). Prints the resident set growth
+//! leased entry is indexed differently from a ready one) and `head=N` for the ready entries
+//! a queue keeps in memory (`store.queue_memory_entries`, 10 000 by default; the rest stay
+//! in the store only). Prints the resident set growth
 //! per entry and per message next to what the cap counts.
 
 use std::sync::Arc;
@@ -64,7 +67,13 @@ async fn main() -> anyhow::Result<()> {
     let store_kind = args.first().map_or("log", String::as_str);
     let inboxes: usize = args.get(1).map_or(Ok(500), |a| a.parse())?;
     let messages: usize = args.get(2).map_or(Ok(4000), |a| a.parse())?;
-    let lease = args.get(3).is_some_and(|a| a == "lease");
+    let lease = args.iter().skip(3).any(|a| a == "lease");
+    let head = args
+        .iter()
+        .skip(3)
+        .find_map(|a| a.strip_prefix("head="))
+        .map(str::parse)
+        .transpose()?;
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn QueueStore> = match store_kind {
         "log" => Arc::new(LogStore::open(dir.path())?),
@@ -77,6 +86,9 @@ async fn main() -> anyhow::Result<()> {
         body_cache_bytes: 0,
         ..BrokerConfig::default()
     };
+    if let Some(head) = head {
+        config.queue_memory_entries = head;
+    }
     config.default_limits.max_length = u64::MAX / 2;
     let b = Broker::open(store, config, 1)?;
     for i in 0..inboxes {
