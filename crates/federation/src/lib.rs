@@ -1,0 +1,14 @@
+//! Federation between nodes of different owners, as Swaptacular's `swpt_stomp` links
+//! them: STOMP 1.2 over mutual TLS, each node identified by its certificate and listed in
+//! a node database, a long-lived link per peer forwarding a durable queue.
+//!
+//! This crate holds what does not need a runtime: the node database
+//! ([`nodedata`]: who we are, who our peers are, whether each is active, how to reach it)
+//! and the routing keys and subnets that shard and check the messages of the Swaptacular
+//! Messaging Protocol ([`routing`]). See `docs/federation.md`.
+
+pub mod nodedata;
+pub mod routing;
+
+pub use nodedata::{DbError, NodeData, NodeDatabase, NodeType, PeerData, StompConfig};
+pub use routing::{routing_key, Subnet, SubnetError};
