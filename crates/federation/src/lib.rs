@@ -4,11 +4,13 @@
 //!
 //! This crate holds what does not need a runtime: the node database
 //! ([`nodedata`]: who we are, who our peers are, whether each is active, how to reach it)
-//! and the routing keys and subnets that shard and check the messages of the Swaptacular
+//! the identity a peer's certificate carries ([`identity`]), and the routing keys and subnets that shard and check the messages of the Swaptacular
 //! Messaging Protocol ([`routing`]). See `docs/federation.md`.
 
+pub mod identity;
 pub mod nodedata;
 pub mod routing;
 
+pub use identity::peer_node_id;
 pub use nodedata::{DbError, NodeData, NodeDatabase, NodeType, PeerData, StompConfig};
 pub use routing::{routing_key, Subnet, SubnetError};
