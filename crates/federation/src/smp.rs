@@ -1,0 +1,190 @@
+//! What a node does with a message of the Swaptacular Messaging Protocol that a peer sends
+//! it, before it takes it: which message types a node of its type takes, which ids the peer
+//! may speak for, how a creditors agent moves creditor ids into its own subnet, and the
+//! routing key and headers the message is queued with. [`check_inbound`] is that decision.
+//!
+//! Not here yet: each message type's own fields (amounts, dates, notes) are not checked,
+//! only those every message has (`type`, `debtor_id`, `creditor_id`) and the coordinator
+//! fields; nor the timestamp (`ts`, at most two hours ahead). The original checks both
+//! before anything else.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::nodedata::{NodeData, NodeType, PeerData};
+use crate::routing::routing_key;
+
+/// What a creditors agent's peer (an accounting authority) sends it, and a debtors agent's:
+/// the answers of an accounting authority.
+pub const OUT_MESSAGE_TYPES: [&str; 7] = [
+    "RejectedConfig",
+    "RejectedTransfer",
+    "PreparedTransfer",
+    "FinalizedTransfer",
+    "AccountUpdate",
+    "AccountPurge",
+    "AccountTransfer",
+];
+
+/// What an accounting authority takes from its agents.
+pub const IN_MESSAGE_TYPES: [&str; 3] = ["ConfigureAccount", "PrepareTransfer", "FinalizeTransfer"];
+
+/// The creditor of an issuing transfer (the debtor's own account).
+pub const ROOT_CREDITOR_ID: i64 = 0;
+
+/// A message taken: where it goes and with what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// The SMP message type (`type` in the body and the frame).
+    pub message_type: String,
+    /// 24 words `0`/`1` ([`routing_key`]).
+    pub routing_key: String,
+    /// `message-type`, `debtor-id`, `creditor-id`, then `ca-creditors` and `ca-trade` (for
+    /// a creditors agent), `coordinator-id` and `coordinator-type` (when the message has a
+    /// coordinator id).
+    pub headers: Vec<(String, String)>,
+    /// The body, with the creditor and coordinator ids as this node knows them.
+    pub body: Vec<u8>,
+}
+
+/// Why a message is refused: the text of the `ERROR` frame's `message` header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// The fields every message has, and the coordinator fields of those that have them.
+#[derive(Deserialize)]
+struct Common {
+    #[serde(rename = "type")]
+    message_type: String,
+    debtor_id: i64,
+    creditor_id: i64,
+    coordinator_type: Option<String>,
+    coordinator_id: Option<i64>,
+}
+
+/// Decides what this node (`owner`) does with a message `peer` sent: its frame's `type`
+/// and `content-type` headers and its body. The message is refused unless it is JSON of a
+/// type a node of this type takes, its ids are in the peer's subnets, and its coordinator
+/// fits the two nodes' types.
+pub fn check_inbound(
+    owner: &NodeData,
+    peer: &PeerData,
+    message_type: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Inbound, Refusal> {
+    let refuse = |what: String| Err(Refusal(what));
+    if content_type != "application/json" {
+        return refuse(format!("Unsupported content type: {content_type}."));
+    }
+    let taken: &[&str] = match owner.node_type {
+        NodeType::AccountingAuthority => &IN_MESSAGE_TYPES,
+        NodeType::CreditorsAgent | NodeType::DebtorsAgent => &OUT_MESSAGE_TYPES,
+    };
+    if !taken.contains(&message_type) {
+        return refuse(format!("Invalid message type: {message_type}."));
+    }
+    let invalid = || Refusal(format!("Invalid {message_type} message."));
+    let mut fields: Map<String, Value> = serde_json::from_slice(body).map_err(|_| invalid())?;
+    let common: Common =
+        serde_json::from_value(Value::Object(fields.clone())).map_err(|_| invalid())?;
+    if common.message_type != message_type {
+        return Err(invalid());
+    }
+    let (debtor_id, mut creditor_id) = (common.debtor_id, common.creditor_id);
+    if !peer.creditors_subnet.contains(creditor_id) {
+        return refuse(format!("Invalid creditor ID: {}.", hex(creditor_id)));
+    }
+    if !peer.debtors_subnet.contains(debtor_id) {
+        return refuse(format!("Invalid debtor ID: {}.", hex(debtor_id)));
+    }
+    let coordinator_type = common.coordinator_type.as_deref();
+    let mut coordinator_id = common.coordinator_id;
+    if coordinator_id.is_some() && coordinator_type.is_none() {
+        return Err(invalid());
+    }
+    if let (Some(kind), Some(id)) = (coordinator_type, coordinator_id) {
+        let types = [owner.node_type, peer.node_type];
+        let agent_side = types.contains(&NodeType::CreditorsAgent);
+        let debtor_side = types.contains(&NodeType::DebtorsAgent);
+        if (agent_side && kind != "direct" && kind != "agent") || (debtor_side && kind != "issuing")
+        {
+            return refuse(format!("Invalid coordinator type: {kind}."));
+        }
+        let fits = match kind {
+            "direct" => id == creditor_id,
+            "agent" => peer.creditors_subnet.contains(id),
+            "issuing" => id == debtor_id && creditor_id == ROOT_CREDITOR_ID,
+            _ => true,
+        };
+        if !fits {
+            return refuse("Invalid coordinator ID.".into());
+        }
+    }
+    let mut key = None;
+    let mut ca_headers = None;
+    if owner.node_type == NodeType::CreditorsAgent {
+        // The lowest 2^32 creditor ids of an agent's 40 bits are its system accounts, for
+        // circular trades.
+        let trade_account = creditor_id & 0xff_0000_0000 == 0;
+        let trade_notification =
+            message_type == "AccountTransfer" && coordinator_type == Some("agent");
+        let mut trade_transfer = false;
+        let to_ours = |id: i64| {
+            peer.creditors_subnet
+                .translate(id, &owner.creditors_subnet)
+                .ok_or_else(|| Refusal(format!("Invalid creditor ID: {}.", hex(id))))
+        };
+        creditor_id = to_ours(creditor_id)?;
+        fields.insert("creditor_id".into(), creditor_id.into());
+        if let Some(id) = coordinator_id {
+            let id = to_ours(id)?;
+            coordinator_id = Some(id);
+            fields.insert("coordinator_id".into(), id.into());
+            if coordinator_type == Some("agent") {
+                trade_transfer = true;
+                key = Some(routing_key(&[id]));
+            }
+        }
+        ca_headers = Some([
+            ("ca-creditors", !(trade_account || trade_transfer)),
+            (
+                "ca-trade",
+                trade_account || trade_transfer || trade_notification,
+            ),
+        ]);
+    }
+    let key = key.unwrap_or_else(|| match owner.node_type {
+        NodeType::AccountingAuthority => routing_key(&[debtor_id, creditor_id]),
+        NodeType::CreditorsAgent => routing_key(&[creditor_id]),
+        NodeType::DebtorsAgent => routing_key(&[debtor_id]),
+    });
+    let mut headers = vec![
+        ("message-type".to_owned(), message_type.to_owned()),
+        ("debtor-id".to_owned(), debtor_id.to_string()),
+        ("creditor-id".to_owned(), creditor_id.to_string()),
+    ];
+    for (name, on) in ca_headers.into_iter().flatten() {
+        headers.push((name.to_owned(), on.to_string()));
+    }
+    if let (Some(id), Some(kind)) = (coordinator_id, coordinator_type) {
+        headers.push(("coordinator-id".to_owned(), id.to_string()));
+        headers.push(("coordinator-type".to_owned(), kind.to_owned()));
+    }
+    let body = serde_json::to_vec(&Value::Object(fields)).map_err(|_| invalid())?;
+    Ok(Inbound {
+        message_type: message_type.to_owned(),
+        routing_key: key,
+        headers,
+        body,
+    })
+}
+
+/// An id as the original writes it in refusals: 8 bytes, big-endian two's complement, hex.
+fn hex(id: i64) -> String {
+    format!("0x{:016x}", id as u64)
+}
+
+#[cfg(test)]
+mod tests;
