@@ -48,6 +48,18 @@ fn header<'a>(m: &'a Inbound, name: &str) -> Option<&'a str> {
     m.headers.iter().find(|h| h.0 == name).map(|h| h.1.as_str())
 }
 
+/// What `owner` does with `body` from `peer`, sent as JSON of the type the body says.
+fn take(owner: &NodeData, peer: &PeerData, body: &Value) -> Result<Inbound, Refusal> {
+    let message_type = body["type"].as_str().expect("a type");
+    check_inbound(
+        owner,
+        peer,
+        message_type,
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+}
+
 fn json(m: &Inbound) -> Value {
     serde_json::from_slice(&m.body).expect("JSON")
 }
@@ -78,14 +90,7 @@ fn an_accounting_authority_takes_its_agents_requests_routed_by_debtor_and_credit
         "coordinator_type": "direct", "coordinator_id": creditor, "coordinator_request_id": 1,
         "extra": "kept"
     });
-    let m = check_inbound(
-        &aa,
-        &ca,
-        "PrepareTransfer",
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .expect("taken");
+    let m = take(&aa, &ca, &body).expect("taken");
     assert_eq!(m.routing_key, routing_key(&[DEBTOR, creditor]));
     assert_eq!(
         header(&m, "creditor-id"),
@@ -203,28 +208,14 @@ fn a_creditors_agent_moves_creditor_ids_into_its_subnet_and_marks_trades() {
     // A regular account: its low 40 bits at or past 2^32.
     let theirs: i64 = 0x0000_0201_0000_0005;
     let ours: i64 = 0x0000_0101_0000_0005;
-    let m = check_inbound(
-        &ca,
-        &aa,
-        "AccountUpdate",
-        "application/json",
-        update(theirs).to_string().as_bytes(),
-    )
-    .expect("taken");
+    let m = take(&ca, &aa, &update(theirs)).expect("taken");
     assert_eq!(m.routing_key, routing_key(&[ours]), "routed by our id");
     assert_eq!(json(&m)["creditor_id"], ours);
     assert_eq!(header(&m, "creditor-id"), Some(ours.to_string().as_str()));
     assert_eq!(header(&m, "ca-creditors"), Some("true"));
     assert_eq!(header(&m, "ca-trade"), Some("false"));
     // A system account of circular trades: below 2^32 in the agent's 40 bits.
-    let m = check_inbound(
-        &ca,
-        &aa,
-        "AccountUpdate",
-        "application/json",
-        update(0x0000_0200_0000_0005).to_string().as_bytes(),
-    )
-    .expect("taken");
+    let m = take(&ca, &aa, &update(0x0000_0200_0000_0005)).expect("taken");
     assert_eq!(header(&m, "ca-creditors"), Some("false"));
     assert_eq!(header(&m, "ca-trade"), Some("true"));
     // A transfer another agent's account coordinates: routed by the coordinator.
@@ -233,14 +224,7 @@ fn a_creditors_agent_moves_creditor_ids_into_its_subnet_and_marks_trades() {
         "type": "PreparedTransfer", "debtor_id": DEBTOR, "creditor_id": theirs,
         "coordinator_type": "agent", "coordinator_id": coordinator, "coordinator_request_id": 3
     });
-    let m = check_inbound(
-        &ca,
-        &aa,
-        "PreparedTransfer",
-        "application/json",
-        prepared.to_string().as_bytes(),
-    )
-    .expect("taken");
+    let m = take(&ca, &aa, &prepared).expect("taken");
     let our_coordinator: i64 = 0x0000_0101_0000_0009;
     assert_eq!(m.routing_key, routing_key(&[our_coordinator]));
     assert_eq!(json(&m)["coordinator_id"], our_coordinator);
@@ -255,14 +239,7 @@ fn a_creditors_agent_moves_creditor_ids_into_its_subnet_and_marks_trades() {
     let transfer = serde_json::json!({
         "type": "AccountTransfer", "debtor_id": DEBTOR, "creditor_id": theirs, "coordinator_type": "agent"
     });
-    let m = check_inbound(
-        &ca,
-        &aa,
-        "AccountTransfer",
-        "application/json",
-        transfer.to_string().as_bytes(),
-    )
-    .expect("taken");
+    let m = take(&ca, &aa, &transfer).expect("taken");
     assert_eq!(header(&m, "ca-creditors"), Some("true"));
     assert_eq!(header(&m, "ca-trade"), Some("true"));
     assert_eq!(
@@ -273,23 +250,9 @@ fn a_creditors_agent_moves_creditor_ids_into_its_subnet_and_marks_trades() {
     // Requests are an authority's to take, and ids outside what the peer speaks for are refused.
     let request =
         serde_json::json!({"type": "ConfigureAccount", "debtor_id": DEBTOR, "creditor_id": theirs});
-    assert!(check_inbound(
-        &ca,
-        &aa,
-        "ConfigureAccount",
-        "application/json",
-        request.to_string().as_bytes()
-    )
-    .is_err());
+    assert!(take(&ca, &aa, &request).is_err());
     let outside = update(0x0000_0101_0000_0005);
-    assert!(check_inbound(
-        &ca,
-        &aa,
-        "AccountUpdate",
-        "application/json",
-        outside.to_string().as_bytes()
-    )
-    .is_err());
+    assert!(take(&ca, &aa, &outside).is_err());
 }
 
 #[test]
