@@ -3,10 +3,9 @@
 //! may speak for, how a creditors agent moves creditor ids into its own subnet, and the
 //! routing key and headers the message is queued with. [`check_inbound`] is that decision.
 //!
-//! Not here yet: each message type's own fields (amounts, dates, notes) are not checked,
-//! only those every message has (`type`, `debtor_id`, `creditor_id`) and the coordinator
-//! fields; nor the timestamp (`ts`, at most two hours ahead). The original checks both
-//! before anything else.
+//! Each message type's fields and their limits are in [`fields`].
+
+mod fields;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -31,6 +30,9 @@ pub const IN_MESSAGE_TYPES: [&str; 3] = ["ConfigureAccount", "PrepareTransfer", 
 
 /// The creditor of an issuing transfer (the debtor's own account).
 pub const ROOT_CREDITOR_ID: i64 = 0;
+
+/// How far ahead of this node's clock a message's `ts` may be.
+pub const MAX_TS_AHEAD_MS: i64 = 2 * 3600 * 1000;
 
 /// A message taken: where it goes and with what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,16 +65,18 @@ struct Common {
     coordinator_id: Option<i64>,
 }
 
-/// Decides what this node (`owner`) does with a message `peer` sent: its frame's `type`
-/// and `content-type` headers and its body. The message is refused unless it is JSON of a
-/// type a node of this type takes, its ids are in the peer's subnets, and its coordinator
-/// fits the two nodes' types.
+/// Decides what this node (`owner`) does with a message `peer` sent, at `now_ms`: its
+/// frame's `type` and `content-type` headers and its body. The message is refused unless
+/// it is JSON of a type a node of this type takes, with that type's fields within their
+/// limits, a `ts` at most two hours ahead, its ids in the peer's subnets, and a coordinator
+/// that fits the two nodes' types.
 pub fn check_inbound(
     owner: &NodeData,
     peer: &PeerData,
     message_type: &str,
     content_type: &str,
     body: &[u8],
+    now_ms: i64,
 ) -> Result<Inbound, Refusal> {
     let refuse = |what: String| Err(Refusal(what));
     if content_type != "application/json" {
@@ -91,6 +95,22 @@ pub fn check_inbound(
         serde_json::from_value(Value::Object(fields.clone())).map_err(|_| invalid())?;
     if common.message_type != message_type {
         return Err(invalid());
+    }
+    fields::check_fields(message_type, &fields).map_err(|_| invalid())?;
+    let ts = fields
+        .get("ts")
+        .and_then(Value::as_str)
+        .and_then(fields::parse_datetime);
+    match ts {
+        Some((ts, true)) if ts - now_ms > MAX_TS_AHEAD_MS => {
+            let ahead = (ts - now_ms) as f64 / 1000.0;
+            return refuse(format!(
+                "The message timestamp is {ahead:.0} seconds in the future."
+            ));
+        }
+        Some((_, true)) => {}
+        // Without an offset the time cannot be compared.
+        _ => return Err(invalid()),
     }
     let (debtor_id, mut creditor_id) = (common.debtor_id, common.creditor_id);
     if !peer.creditors_subnet.contains(creditor_id) {
