@@ -15,4 +15,4 @@ pub mod smp;
 pub use identity::peer_node_id;
 pub use nodedata::{DbError, NodeData, NodeDatabase, NodeType, PeerData, StompConfig};
 pub use routing::{routing_key, Subnet, SubnetError};
-pub use smp::{check_inbound, Inbound, Refusal};
+pub use smp::{check_inbound, check_outbound, Inbound, Outbound, Refusal};

@@ -79,24 +79,12 @@ pub fn check_inbound(
     now_ms: i64,
 ) -> Result<Inbound, Refusal> {
     let refuse = |what: String| Err(Refusal(what));
-    if content_type != "application/json" {
-        return refuse(format!("Unsupported content type: {content_type}."));
-    }
     let taken: &[&str] = match owner.node_type {
         NodeType::AccountingAuthority => &IN_MESSAGE_TYPES,
         NodeType::CreditorsAgent | NodeType::DebtorsAgent => &OUT_MESSAGE_TYPES,
     };
-    if !taken.contains(&message_type) {
-        return refuse(format!("Invalid message type: {message_type}."));
-    }
+    let (mut fields, common) = parse(taken, message_type, content_type, body)?;
     let invalid = || Refusal(format!("Invalid {message_type} message."));
-    let mut fields: Map<String, Value> = serde_json::from_slice(body).map_err(|_| invalid())?;
-    let common: Common =
-        serde_json::from_value(Value::Object(fields.clone())).map_err(|_| invalid())?;
-    if common.message_type != message_type {
-        return Err(invalid());
-    }
-    fields::check_fields(message_type, &fields).map_err(|_| invalid())?;
     let ts = fields
         .get("ts")
         .and_then(Value::as_str)
@@ -197,6 +185,93 @@ pub fn check_inbound(
         message_type: message_type.to_owned(),
         routing_key: key,
         headers,
+        body,
+    })
+}
+
+/// A message's body, checked: its content type, its type (one of `allowed`, and the one
+/// its body says), and its type's fields.
+fn parse(
+    allowed: &[&str],
+    message_type: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(Map<String, Value>, Common), Refusal> {
+    if content_type != "application/json" {
+        return Err(Refusal(format!(
+            "Unsupported content type: {content_type}."
+        )));
+    }
+    if !allowed.contains(&message_type) {
+        return Err(Refusal(format!("Invalid message type: {message_type}.")));
+    }
+    let invalid = || Refusal(format!("Invalid {message_type} message."));
+    let fields: Map<String, Value> = serde_json::from_slice(body).map_err(|_| invalid())?;
+    let common: Common =
+        serde_json::from_value(Value::Object(fields.clone())).map_err(|_| invalid())?;
+    if common.message_type != message_type {
+        return Err(invalid());
+    }
+    fields::check_fields(message_type, &fields).map_err(|_| invalid())?;
+    Ok((fields, common))
+}
+
+/// A message this node sends a peer: its type and its body as the peer knows the ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub message_type: String,
+    pub body: Vec<u8>,
+}
+
+/// What this node (`owner`) sends `peer` of a message queued for it: a type a node of this
+/// type sends (an authority its answers, agents their requests), its fields within their
+/// limits, and its ids in the subnets the peer knows us by. A creditors agent moves the
+/// creditor id, and a `direct` or `agent` coordinator's, from its own subnet to the one the
+/// peer knows it by. `Err` for a message that must not go (the original drops it from the
+/// queue with an error logged).
+pub fn check_outbound(
+    owner: &NodeData,
+    peer: &PeerData,
+    message_type: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Outbound, Refusal> {
+    let sent: &[&str] = match owner.node_type {
+        NodeType::AccountingAuthority => &OUT_MESSAGE_TYPES,
+        NodeType::CreditorsAgent | NodeType::DebtorsAgent => &IN_MESSAGE_TYPES,
+    };
+    let (mut fields, common) = parse(sent, message_type, content_type, body)?;
+    let (debtor_id, mut creditor_id) = (common.debtor_id, common.creditor_id);
+    if owner.node_type == NodeType::CreditorsAgent {
+        let to_theirs = |id: i64, what: &str| {
+            owner
+                .creditors_subnet
+                .translate(id, &peer.creditors_subnet)
+                .ok_or_else(|| Refusal(format!("Invalid {what} ID: {}.", hex(id))))
+        };
+        creditor_id = to_theirs(creditor_id, "creditor")?;
+        fields.insert("creditor_id".into(), creditor_id.into());
+        let coordinated = matches!(common.coordinator_type.as_deref(), Some("direct" | "agent"));
+        if let Some(id) = common.coordinator_id.filter(|_| coordinated) {
+            fields.insert(
+                "coordinator_id".into(),
+                to_theirs(id, "coordinator")?.into(),
+            );
+        }
+    }
+    if !peer.creditors_subnet.contains(creditor_id) {
+        return Err(Refusal(format!(
+            "Invalid creditor ID: {}.",
+            hex(creditor_id)
+        )));
+    }
+    if !peer.debtors_subnet.contains(debtor_id) {
+        return Err(Refusal(format!("Invalid debtor ID: {}.", hex(debtor_id))));
+    }
+    let body = serde_json::to_vec(&Value::Object(fields))
+        .map_err(|_| Refusal(format!("Invalid {message_type} message.")))?;
+    Ok(Outbound {
+        message_type: message_type.to_owned(),
         body,
     })
 }

@@ -51,15 +51,21 @@ fn header<'a>(m: &'a Inbound, name: &str) -> Option<&'a str> {
 /// This node's clock in the tests: 2026-12-07T00:00:00Z.
 const NOW_MS: i64 = 1_796_601_600_000;
 
+/// A message as a frame carries it: the type its body says, and the body.
+fn framed(body: &Value) -> (&str, Vec<u8>) {
+    let message_type = body["type"].as_str().expect("a type");
+    (message_type, body.to_string().into_bytes())
+}
+
 /// What `owner` does with `body` from `peer`, sent as JSON of the type the body says.
 fn take(owner: &NodeData, peer: &PeerData, body: &Value) -> Result<Inbound, Refusal> {
-    let message_type = body["type"].as_str().expect("a type");
+    let (message_type, bytes) = framed(body);
     check_inbound(
         owner,
         peer,
         message_type,
         "application/json",
-        body.to_string().as_bytes(),
+        &bytes,
         NOW_MS,
     )
 }
@@ -649,5 +655,90 @@ fn a_timestamp_more_than_two_hours_ahead_or_without_an_offset_is_refused() {
             .expect_err("refused")
             .0,
         "Invalid PrepareTransfer message."
+    );
+}
+
+/// What `owner` sends `peer` of `body`, queued as JSON of the type the body says.
+fn send(owner: &NodeData, peer: &PeerData, body: &Value) -> Result<Outbound, Refusal> {
+    let (message_type, bytes) = framed(body);
+    check_outbound(owner, peer, message_type, "application/json", &bytes)
+}
+
+#[test]
+fn a_creditors_agent_sends_its_requests_with_its_creditors_as_the_authority_knows_them() {
+    let (ca, aa) = agent();
+    let ours: i64 = 0x0000_0101_0000_0005;
+    let theirs: i64 = 0x0000_0201_0000_0005;
+    let request = message(
+        "PrepareTransfer",
+        serde_json::json!({"creditor_id": ours, "coordinator_type": "agent", "coordinator_id": ours + 1}),
+    );
+    let out = send(&ca, &aa, &request).expect("sent");
+    let body: Value = serde_json::from_slice(&out.body).expect("JSON");
+    assert_eq!(body["creditor_id"], theirs);
+    assert_eq!(body["coordinator_id"], theirs + 1);
+    assert_eq!(
+        body["recipient"], request["recipient"],
+        "the rest as queued"
+    );
+    // What the authority does with it gives back our ids: a round trip.
+    let (aa_node, ca_peer) = authority();
+    let seen = take(&aa_node, &ca_peer, &body).expect("taken by the authority");
+    assert_eq!(
+        header(&seen, "creditor-id"),
+        Some(theirs.to_string().as_str())
+    );
+    // Only requests go to an authority, and only our creditors.
+    let answer = message("AccountUpdate", serde_json::json!({"creditor_id": ours}));
+    assert_eq!(
+        send(&ca, &aa, &answer).expect_err("refused").0,
+        "Invalid message type: AccountUpdate."
+    );
+    let stranger = message(
+        "ConfigureAccount",
+        serde_json::json!({"creditor_id": theirs}),
+    );
+    assert_eq!(
+        send(&ca, &aa, &stranger).expect_err("refused").0,
+        "Invalid creditor ID: 0x0000020100000005."
+    );
+    let other_debtor = message(
+        "ConfigureAccount",
+        serde_json::json!({"creditor_id": ours, "debtor_id": 7}),
+    );
+    assert_eq!(
+        send(&ca, &aa, &other_debtor).expect_err("refused").0,
+        "Invalid debtor ID: 0x0000000000000007."
+    );
+}
+
+#[test]
+fn an_accounting_authority_sends_its_answers_unchanged() {
+    let (aa, ca) = authority();
+    let creditor: i64 = 0x0000_0200_0000_0001;
+    let answer = message(
+        "AccountUpdate",
+        serde_json::json!({"creditor_id": creditor}),
+    );
+    let out = send(&aa, &ca, &answer).expect("sent");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.body).expect("JSON"),
+        answer
+    );
+    let request = message(
+        "ConfigureAccount",
+        serde_json::json!({"creditor_id": creditor}),
+    );
+    assert!(
+        send(&aa, &ca, &request).is_err(),
+        "requests are the agents' to send"
+    );
+    let outside = message(
+        "AccountUpdate",
+        serde_json::json!({"creditor_id": 0x0000_0300_0000_0001i64}),
+    );
+    assert!(
+        send(&aa, &ca, &outside).is_err(),
+        "not this agent's creditor"
     );
 }
