@@ -24,9 +24,17 @@ destination = "/exchange/${NODE_ID}"
 accepted-content-types = ["text/plain"]
 "#;
 
+/// A creditors agent's database in a new directory: the directory, and the database.
+fn creditors_agent() -> (tempfile::TempDir, NodeDatabase) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_creditors_agent(dir.path());
+    let db = NodeDatabase::new(dir.path());
+    (dir, db)
+}
+
 /// A creditors agent with one accounting authority as peer, files written the ways the
 /// database allows (line ends of each kind, text around certificates).
-fn creditors_agent(root: &Path) {
+fn write_creditors_agent(root: &Path) {
     write(root, "root-ca.crt", &format!("Our root\n{}", pem("OURS")));
     write(root, "db/nodeid", &format!("{CA_ID}\r\n"));
     write(root, "db/nodetype", "Creditors Agents");
@@ -50,9 +58,7 @@ fn creditors_agent(root: &Path) {
 
 #[test]
 fn a_creditors_agent_reads_itself_and_its_accounting_authority() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    creditors_agent(dir.path());
-    let db = NodeDatabase::new(dir.path());
+    let (dir, db) = creditors_agent();
     let node = db.node().expect("node");
     assert_eq!(node.node_type, NodeType::CreditorsAgent);
     assert_eq!(node.node_id, CA_ID, "the \\r\\n is not part of it");
@@ -121,10 +127,8 @@ fn a_creditors_agent_reads_itself_and_its_accounting_authority() {
 
 #[test]
 fn only_a_peer_with_active_and_without_deactivated_is_active() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, db) = creditors_agent();
     let root = dir.path();
-    creditors_agent(root);
-    let db = NodeDatabase::new(root);
     let peer_dir = root.join("peers").join(AA_ID);
     std::fs::remove_file(peer_dir.join("ACTIVE")).expect("rm");
     assert_eq!(db.peer(AA_ID, true).expect("readable"), None);
@@ -198,10 +202,8 @@ fn an_accounting_authority_gives_its_agents_the_subnets_listed_for_them() {
 
 #[test]
 fn what_the_protocol_does_not_allow_is_refused_with_the_file_named() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, db) = creditors_agent();
     let root = dir.path();
-    creditors_agent(root);
-    let db = NodeDatabase::new(root);
     let refused = |needle: &str| {
         let e = db.peer(AA_ID, true).expect_err("refused").to_string();
         assert!(e.contains(needle), "{e}");

@@ -39,7 +39,7 @@ pub(crate) struct Spilled {
     pub resume: (u32, u32),
     /// Delivery counts of those rewritten after their first put (met by a replay of the
     /// log: a node only rewrites entries it holds): a page-in may read the first put only.
-    pub counts: super::state::FastMap<u64, u32>,
+    pub counts: FastMap<u64, u32>,
     /// The segments at or past `resume` where any of them was put, ascending: a page-in
     /// reads only these (a node spilling many queues would otherwise read every segment's
     /// index for each).

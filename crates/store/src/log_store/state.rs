@@ -200,12 +200,17 @@ impl State {
             self.expiry.remove(&id);
             self.spilled_msgs.insert(id);
         } else {
-            if let Some(t) = msg.expires_at_ms {
-                self.expiry.insert(id, t);
-            }
-            let old = self.messages.insert(id, loc);
+            let old = self.hold_message(id, msg, loc);
             self.release(old);
         }
+    }
+
+    /// Message `id` is at `loc`, held in memory: where it was before, if it was.
+    fn hold_message(&mut self, id: u64, msg: MessageMeta, loc: Loc) -> Option<Loc> {
+        if let Some(t) = msg.expires_at_ms {
+            self.expiry.insert(id, t);
+        }
+        self.messages.insert(id, loc)
     }
 
     /// Applies one change written at `loc` (its segment already has the bytes counted in
@@ -222,10 +227,7 @@ impl State {
         let old = match *change {
             Change::PutMessage { id, msg } => {
                 self.add_live(loc);
-                if let Some(t) = msg.expires_at_ms {
-                    self.expiry.insert(id, t);
-                }
-                self.messages.insert(id, loc)
+                self.hold_message(id, msg, loc)
             }
             Change::DeleteMessage { id } => {
                 self.expiry.remove(&id);
