@@ -114,6 +114,13 @@ error_codes! {
     UnsupportedVersion = ("unsupported_version", 400),
     /// STOMP: a destination Trunkline does not serve.
     InvalidDestination = ("invalid_destination", 400),
+    /// Federation: the certificate names no node that is an active peer of this one (not in
+    /// its node database, `DEACTIVATED`, or without `ACTIVE`), or the peer has as many
+    /// connections as it may.
+    UnknownPeer = ("unknown_peer", 403),
+    /// Federation: a message a peer sent is not one this node takes (its type, fields, ids
+    /// or time); the `ERROR` names what is wrong.
+    InvalidMessage = ("invalid_message", 400),
     /// STOMP: the client fell silent for longer than the negotiated heart-beat allows.
     HeartbeatTimeout = ("heartbeat_timeout", 408),
     /// STOMP: more subscriptions than a connection may hold; WebSocket: more channels than a

@@ -183,6 +183,35 @@ pub struct ClientInfo {
     pub inbox_depth: u64,
 }
 
+/// `PUT /queue/{name}`: declares a queue, or changes the bindings, limits and labels of
+/// one that exists (what it holds stays).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclareQueue {
+    /// Topic patterns routed into the queue.
+    #[serde(default)]
+    pub bindings: Vec<String>,
+    #[serde(default)]
+    pub limits: QueueSettings,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A declared queue as `GET /queue` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    pub bindings: Vec<String>,
+    pub limits: QueueSettings,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its dead-letter queue, `<name>.XQ`.
+    pub dead_letter: String,
+    /// Messages in it (ready and leased), and in its dead-letter queue.
+    pub depth: u64,
+    pub dead_depth: u64,
+}
+
 /// `POST /client` and `POST /client/{id}/secret` answers: the only time the secret is shown.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientCredentials {

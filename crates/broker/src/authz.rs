@@ -53,9 +53,10 @@ pub enum Target<'a> {
     Broadcast,
 }
 
-/// `true` for the name of a dead-letter queue, which only the broker fills.
+/// `true` for the name of a dead-letter queue, which only the broker fills: a client's
+/// `<id>-dead`, or a declared queue's `<name>.XQ`.
 pub fn is_dead_letter_queue(queue: &str) -> bool {
-    queue.ends_with("-dead")
+    queue.ends_with("-dead") || queue.ends_with(crate::named::DEAD_LETTER_SUFFIX)
 }
 
 /// A set of topic patterns, asked whether any matches a topic. A client has a few, and
@@ -141,8 +142,8 @@ pub struct Access {
     publish: Option<Patterns>,
     read_queues: Vec<String>,
     write_queues: Vec<String>,
-    inbox: String,
-    dead: String,
+    /// Its own inbox and dead-letter queue (a client's; `None` for a limited identity).
+    own: Option<(String, String)>,
 }
 
 impl Access {
@@ -156,8 +157,23 @@ impl Access {
             publish: rec.publish.as_deref().map(Patterns::new),
             read_queues: rec.grants.clone(),
             write_queues: rec.write_grants.clone(),
-            inbox: inbox_name(&rec.client_id),
-            dead: dead_name(&rec.client_id),
+            own: Some((inbox_name(&rec.client_id), dead_name(&rec.client_id))),
+        }
+    }
+
+    /// Rights of an identity that is not a client (a peer node of the federation, a link
+    /// of this node's): it may publish to topics matching `publish` and read the queues
+    /// `read_queues`, nothing else. No inbox, no roles.
+    pub fn limited(id: &str, publish: &[String], read_queues: &[String]) -> Self {
+        Access {
+            client_id: Arc::from(id),
+            admin: false,
+            backend: false,
+            read: Patterns::new(&[]),
+            publish: Some(Patterns::new(publish)),
+            read_queues: read_queues.to_vec(),
+            write_queues: Vec::new(),
+            own: None,
         }
     }
 
@@ -170,7 +186,10 @@ impl Access {
         match target {
             Target::Topic(topic) => self.read.matches(topic),
             Target::Queue(q) => {
-                q == self.inbox || q == self.dead || self.read_queues.iter().any(|g| g == q)
+                self.own
+                    .as_ref()
+                    .is_some_and(|(inbox, dead)| q == inbox || q == dead)
+                    || self.read_queues.iter().any(|g| g == q)
             }
             // Every inbox gets a broadcast: that is what it is.
             Target::Broadcast => true,
@@ -189,7 +208,8 @@ impl Access {
             Target::Topic(topic) => self.publish.as_ref().is_none_or(|p| p.matches(topic)),
             Target::Queue(q) => {
                 !is_dead_letter_queue(q)
-                    && (q == self.inbox || self.write_queues.iter().any(|g| g == q))
+                    && (self.own.as_ref().is_some_and(|(inbox, _)| q == inbox)
+                        || self.write_queues.iter().any(|g| g == q))
             }
             Target::Broadcast => self.publish.as_ref().is_none_or(|p| p.all),
         }
@@ -214,10 +234,12 @@ impl Access {
                 "client `{id}` may not read topic `{t}`: its subscription is {:?}",
                 self.read.list
             ),
-            Target::Queue(q) => format!(
-                "client `{id}` may read `{}`, `{}` and queues granted to it, not `{q}`",
-                self.inbox, self.dead
-            ),
+            Target::Queue(q) => match &self.own {
+                Some((inbox, dead)) => format!(
+                    "client `{id}` may read `{inbox}`, `{dead}` and queues granted to it, not `{q}`"
+                ),
+                None => format!("`{id}` may read {:?} only, not `{q}`", self.read_queues),
+            },
             Target::Broadcast => format!("client `{id}` may not read broadcasts"),
         }
     }
@@ -237,10 +259,12 @@ impl Access {
             Target::Queue(q) if is_dead_letter_queue(q) => {
                 format!("`{q}` is a dead-letter queue: only the broker puts messages there")
             }
-            Target::Queue(q) => format!(
-                "client `{id}` may put messages into `{}` and queues granted to it for writing, not `{q}`",
-                self.inbox
-            ),
+            Target::Queue(q) => match &self.own {
+                Some((inbox, _)) => format!(
+                    "client `{id}` may put messages into `{inbox}` and queues granted to it for writing, not `{q}`"
+                ),
+                None => format!("`{id}` may put messages into no queue, not `{q}`"),
+            },
             Target::Broadcast => format!(
                 "client `{id}` may publish to {publish:?} only, and a broadcast reaches every inbox"
             ),
@@ -266,6 +290,14 @@ impl Holder {
         })
     }
 
+    fn of_access(access: Access) -> Arc<Self> {
+        Arc::new(Holder {
+            access: RwLock::new(Arc::new(access)),
+            credential_id: String::new(),
+            revoked: CancellationToken::new(),
+        })
+    }
+
     /// The client changed: checks from now on use its new rights.
     pub fn update(&self, rec: &ClientRecord) {
         *self.access.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Access::of(rec));
@@ -281,6 +313,50 @@ impl Holder {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+/// Issues principals for an identity that is not a client, and changes or revokes them
+/// all at once (the federation holds one per peer node, revoked when the node database
+/// deactivates the peer).
+#[derive(Debug)]
+pub struct Issuer {
+    holder: Arc<Holder>,
+}
+
+impl Issuer {
+    pub fn new(access: Access) -> Self {
+        Issuer {
+            holder: Holder::of_access(access),
+        }
+    }
+
+    /// A principal with the rights this issuer gives now, and later.
+    pub fn principal(&self) -> Principal {
+        let id = self.holder.current().client_id.clone();
+        Principal {
+            client_id: id,
+            holder: self.holder.clone(),
+        }
+    }
+
+    /// Checks from now on use `access`.
+    pub fn update(&self, access: Access) {
+        *self
+            .holder
+            .access
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
+    }
+
+    /// Every principal issued fails its checks from now on, and sessions watching its
+    /// revocation close.
+    pub fn revoke(&self) {
+        self.holder.revoke();
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.holder.revoked.is_cancelled()
     }
 }
 
@@ -515,5 +591,43 @@ mod tests {
         h.update(&rec);
         assert!(p.check_read(Target::Topic("b.x")).is_ok());
         assert!(p.check_read(Target::Topic("a.x")).is_err());
+    }
+
+    #[test]
+    fn an_issuer_gives_limited_rights_and_takes_them_back() {
+        let issuer = Issuer::new(Access::limited(
+            "peer:1234abcd",
+            &["accounts_in.#".into()],
+            &["aa.out".into()],
+        ));
+        let p = issuer.principal();
+        assert_eq!(&*p.client_id, "peer:1234abcd");
+        assert!(p.check_write(Target::Topic("accounts_in.0.1")).is_ok());
+        for refused in [
+            Target::Topic("creditors_in.0"),
+            Target::Broadcast,
+            Target::Queue("aa.out"),
+            Target::Queue(""),
+        ] {
+            assert!(
+                matches!(p.check_write(refused), Err(BrokerError::Forbidden(_))),
+                "{refused:?}"
+            );
+        }
+        assert!(p.check_read(Target::Queue("aa.out")).is_ok());
+        for refused in [
+            Target::Queue(""),
+            Target::Queue("x"),
+            Target::Topic("accounts_in.0"),
+        ] {
+            assert!(p.check_read(refused).is_err(), "{refused:?}");
+        }
+        assert!(p.check_admin().is_err() && !p.is_backend());
+        issuer.update(Access::limited("peer:1234abcd", &[], &[]));
+        assert!(p.check_write(Target::Topic("accounts_in.0.1")).is_err());
+        let watch = p.revocation();
+        issuer.revoke();
+        assert!(watch.is_cancelled() && issuer.is_revoked());
+        assert!(matches!(p.access(), Err(BrokerError::Revoked(_))));
     }
 }

@@ -5,6 +5,7 @@
 //! - [`topic`]: topic and pattern validation, and the [`topic::TopicTrie`] router.
 //! - [`queue`]: one queue's in-memory index of its durable entries.
 //! - [`registry`]: client records and routing.
+//! - [`named`]: queues an admin declares, with their bindings and dead-letter queues.
 //! - [`authz`]: who may read, write and manage what; [`Principal`], the identity every
 //!   read and write is checked against.
 //! - [`dedup`]: the publisher `message_id` window.
@@ -46,6 +47,7 @@ pub mod dedup;
 pub mod error;
 pub mod footprint;
 pub mod live;
+pub mod named;
 pub mod queue;
 pub mod registry;
 pub mod topic;
@@ -59,10 +61,11 @@ use tokio::sync::Notify;
 use trunkline_auth::{generate_credential_id, generate_secret, SecretHash};
 use trunkline_store::{Committer, Op, QueueStore, RecordTable, StoreError, StoredMessage};
 
-pub use authz::{Access, Principal, Target, REMOVED_ROLES, ROLES};
+pub use authz::{Access, Issuer, Principal, Target, REMOVED_ROLES, ROLES};
 pub use dedup::DedupRecord;
 pub use error::BrokerError;
 pub use live::{LiveCounters, LiveMessage, LiveSubscription};
+pub use named::{dead_letter_of, valid_queue_name, QueueSpec, QueueView};
 pub use queue::{Limits, Msg, Overflow};
 pub use registry::{dead_name, inbox_name, valid_client_id, ClientRecord, LimitSettings};
 
@@ -389,8 +392,13 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
-fn client_json(rec: &ClientRecord) -> Vec<u8> {
-    serde_json::to_vec(rec).unwrap_or_default()
+/// The op that stores `rec`.
+fn client_put(rec: &ClientRecord) -> Op {
+    Op::PutRecord {
+        table: RecordTable::Clients,
+        key: rec.client_id.clone(),
+        value: serde_json::to_vec(rec).unwrap_or_default(),
+    }
 }
 
 impl Broker {
@@ -426,9 +434,26 @@ impl Broker {
                 })?;
             registry.insert(rec);
         }
+        for (key, value) in snap
+            .records
+            .remove(&RecordTable::Queues)
+            .unwrap_or_default()
+        {
+            let rec: named::QueueRecord =
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    table: "queues",
+                    cause: format!("{key}: {e}"),
+                })?;
+            registry.insert_queue(rec);
+        }
         let mut queues: HashMap<Arc<str>, Queue> = HashMap::new();
         for rec in registry.clients.values() {
             for q in client_queues(rec, &config) {
+                queues.insert(q.name.clone(), q);
+            }
+        }
+        for rec in registry.queues.values() {
+            for q in named::queues_of(rec, &config) {
                 queues.insert(q.name.clone(), q);
             }
         }
@@ -459,11 +484,7 @@ impl Broker {
             .collect();
         for rec in stale {
             tracing::warn!(client_id = %rec.client_id, "dropping removed roles or grants of deleted queues");
-            cleanup.push(Op::PutRecord {
-                table: RecordTable::Clients,
-                key: rec.client_id.clone(),
-                value: client_json(&rec),
-            });
+            cleanup.push(client_put(&rec));
             registry.insert(rec);
         }
         // Entries come grouped by queue: look each queue up once. Within a queue, message
@@ -1766,33 +1787,8 @@ impl Broker {
             inbox: c.inbox,
             created_ms: now,
         };
-        self.inner
-            .committer
-            .commit(vec![Op::PutRecord {
-                table: RecordTable::Clients,
-                key: rec.client_id.clone(),
-                value: client_json(&rec),
-            }])
-            .await?;
-        {
-            let mut queues = write(&self.inner.queues);
-            for mut q in client_queues(&rec, &self.inner.config) {
-                // A client made again under an old id must not meet its old receipts.
-                q.lift_seq(self.inner.last_msg_id.load(Ordering::Relaxed));
-                q.set_spill(spill_of(
-                    self.inner.store.clone(),
-                    &self.inner.config,
-                    &self.inner.memory,
-                ));
-                queues.insert(
-                    q.name.clone(),
-                    Arc::new(QueueCell {
-                        state: Mutex::new(q),
-                        notify: Notify::new(),
-                    }),
-                );
-            }
-        }
+        self.inner.committer.commit(vec![client_put(&rec)]).await?;
+        self.add_queues(client_queues(&rec, &self.inner.config));
         let view = self.view(&rec);
         write(&self.inner.registry).insert(rec);
         Ok((view, secret))
@@ -1906,28 +1902,15 @@ impl Broker {
             let mut reg = write(&self.inner.registry);
             reg.remove(client_id);
             // Grants of its queues go with them.
-            let holders: Vec<ClientRecord> = reg
-                .clients
-                .values()
-                .filter(|r| {
-                    r.grants
-                        .iter()
-                        .chain(&r.write_grants)
-                        .any(|g| gone.contains(g))
-                })
-                .cloned()
-                .collect();
-            for mut rec in holders {
-                rec.grants.retain(|g| !gone.contains(g));
-                rec.write_grants.retain(|g| !gone.contains(g));
-                ops.push(Op::PutRecord {
-                    table: RecordTable::Clients,
-                    key: rec.client_id.clone(),
-                    value: client_json(&rec),
-                });
-                reg.insert(rec);
+            for rec in reg.drop_grants(&gone) {
+                ops.push(client_put(&rec));
             }
         }
+        self.remove_queues(&gone, ops).await
+    }
+
+    /// Removes queues `gone` with what they hold, committing `ops` with the removal.
+    async fn remove_queues(&self, gone: &[String], mut ops: Vec<Op>) -> Result<(), BrokerError> {
         let mut cells = Vec::new();
         for name in gone {
             let cell = write(&self.inner.queues).remove(name.as_str());
@@ -1957,6 +1940,27 @@ impl Broker {
         Ok(())
     }
 
+    /// Makes queues `qs` (just committed as existing) take messages.
+    fn add_queues(&self, qs: impl IntoIterator<Item = Queue>) {
+        let mut queues = write(&self.inner.queues);
+        for mut q in qs {
+            // A queue made again under an old name must not meet its old receipts.
+            q.lift_seq(self.inner.last_msg_id.load(Ordering::Relaxed));
+            q.set_spill(spill_of(
+                self.inner.store.clone(),
+                &self.inner.config,
+                &self.inner.memory,
+            ));
+            queues.insert(
+                q.name.clone(),
+                Arc::new(QueueCell {
+                    state: Mutex::new(q),
+                    notify: Notify::new(),
+                }),
+            );
+        }
+    }
+
     fn record(&self, client_id: &str) -> Result<ClientRecord, BrokerError> {
         read(&self.inner.registry)
             .clients
@@ -1966,14 +1970,7 @@ impl Broker {
     }
 
     async fn put_record(&self, rec: &ClientRecord) -> Result<(), BrokerError> {
-        self.inner
-            .committer
-            .commit(vec![Op::PutRecord {
-                table: RecordTable::Clients,
-                key: rec.client_id.clone(),
-                value: client_json(rec),
-            }])
-            .await?;
+        self.inner.committer.commit(vec![client_put(rec)]).await?;
         Ok(())
     }
 

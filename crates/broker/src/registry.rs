@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::authz::Holder;
+use crate::named::QueueRecord;
 use crate::topic::TopicTrie;
 
 /// Longest client name, in bytes.
@@ -89,6 +90,8 @@ pub(crate) struct Registry {
     pub inboxes: Vec<Arc<str>>,
     /// Per client: what its principals share (its current rights, its revocation).
     pub holders: HashMap<String, Arc<Holder>>,
+    /// Declared queues, by name.
+    pub queues: HashMap<String, QueueRecord>,
 }
 
 impl Registry {
@@ -125,6 +128,55 @@ impl Registry {
         self.holders
             .get(client_id)
             .map(|h| crate::Principal::new(h, client_id))
+    }
+
+    /// Adds or replaces a declared queue and routes its bindings to it.
+    pub fn insert_queue(&mut self, rec: QueueRecord) {
+        let name: Arc<str> = Arc::from(rec.name.as_str());
+        if let Some(old) = self.queues.remove(&rec.name) {
+            for p in &old.bindings {
+                self.trie.remove(p, &name);
+            }
+        }
+        for p in &rec.bindings {
+            self.trie.insert(p, name.clone());
+        }
+        self.queues.insert(rec.name.clone(), rec);
+    }
+
+    /// Removes a declared queue and its bindings.
+    pub fn remove_queue(&mut self, name: &str) -> Option<QueueRecord> {
+        let rec = self.queues.remove(name)?;
+        let arc: Arc<str> = Arc::from(name);
+        for p in &rec.bindings {
+            self.trie.remove(p, &arc);
+        }
+        Some(rec)
+    }
+
+    /// Takes `gone` (queues deleted) out of every client's grants; returns the clients
+    /// changed, as they are now.
+    pub fn drop_grants(&mut self, gone: &[String]) -> Vec<ClientRecord> {
+        let holders: Vec<ClientRecord> = self
+            .clients
+            .values()
+            .filter(|r| {
+                r.grants
+                    .iter()
+                    .chain(&r.write_grants)
+                    .any(|g| gone.contains(g))
+            })
+            .cloned()
+            .collect();
+        holders
+            .into_iter()
+            .map(|mut rec| {
+                rec.grants.retain(|g| !gone.contains(g));
+                rec.write_grants.retain(|g| !gone.contains(g));
+                self.insert(rec.clone());
+                rec
+            })
+            .collect()
     }
 
     pub fn remove(&mut self, client_id: &str) -> Option<ClientRecord> {

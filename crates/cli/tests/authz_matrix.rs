@@ -217,6 +217,16 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
         live.push((dest, w));
     }
 
+    // A declared queue that holds every canary too, read by nobody here.
+    let (s, _) = http
+        .call(
+            reqwest::Method::PUT,
+            "/queue/vault",
+            &admin_tok,
+            Some(json!({"bindings": ["a.#"]})),
+        )
+        .await;
+    assert_eq!(s, 201);
     // Canaries for `ca`: in its inbox, and one in its dead-letter queue.
     for topic in ["a.canary.1", "a.canary.2", "a.secret"] {
         let (s, _) = http
@@ -258,7 +268,14 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
         let expect: &[&str] = if dest.ends_with("/#") { &["b.ok"] } else { &[] };
         t.refused(&format!("cb live {dest} gets {expect:?}"), topics == expect);
     }
-    for q in ["ca-inbox", "ca-dead", "admin-inbox", "nope"] {
+    for q in [
+        "ca-inbox",
+        "ca-dead",
+        "admin-inbox",
+        "vault",
+        "vault.XQ",
+        "nope",
+    ] {
         for tok in [&tb, &tc] {
             let (s, v) = http.get(&format!("/receive?queue={q}"), tok).await;
             t.refused(&format!("HTTP receive {q}"), s == 403);
@@ -350,6 +367,8 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
             &format!("/queue/{login}-dead"),
             "/queue/admin-inbox",
             "/amq/queue/ca-inbox",
+            "/queue/vault",
+            "/queue/vault.XQ",
         ] {
             t.refused(
                 &format!("STOMP {login} SEND {dest}"),
@@ -423,6 +442,26 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
             .call(reqwest::Method::DELETE, "/client/ca", tok, None)
             .await;
         t.refused("HTTP delete ca", s == 403);
+        let (s, _) = http.get("/queue", tok).await;
+        t.refused("HTTP list queues", s == 403);
+        let (s, _) = http.get("/queue/vault", tok).await;
+        t.refused("HTTP show vault", s == 403);
+        for (method, body) in [
+            (reqwest::Method::PUT, Some(json!({"bindings": ["#"]}))),
+            (reqwest::Method::DELETE, None),
+        ] {
+            let (s, _) = http.call(method.clone(), "/queue/vault", tok, body).await;
+            t.refused(&format!("HTTP {method} /queue/vault"), s == 403);
+        }
+        let (s, _) = http
+            .call(
+                reqwest::Method::PATCH,
+                "/client/cb",
+                tok,
+                Some(json!({"grants": ["vault"]})),
+            )
+            .await;
+        t.refused("HTTP grant itself vault", s == 403);
     }
 
     // The victim still has every canary (nothing was taken, acked or dead-lettered by
@@ -431,6 +470,11 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
     t.refused("ca's inbox intact", topics_of(&v).len() == 1);
     let (_, v) = http.get("/receive?queue=dead&max_messages=100", &ta).await;
     t.refused("ca's dead letters intact", topics_of(&v).len() == 1);
+    let (_, v) = http.get("/queue/vault", &admin_tok).await;
+    t.refused(
+        &format!("the vault holds its 3 canaries and nothing more: {v}"),
+        v["depth"] == 3 && v["bindings"] == json!(["a.#"]) && v["dead_depth"] == 0,
+    );
 
     // --- changes while connected ---------------------------------------------------------
     // ca: a STOMP consumer of its inbox, a live topic subscriber, a WebSocket inbox

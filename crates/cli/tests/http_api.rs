@@ -636,6 +636,8 @@ async fn operations_endpoints() {
         "/client",
         "/client/{client_id}",
         "/client/{client_id}/secret",
+        "/queue",
+        "/queue/{name}",
         "/token",
         "/send",
         "/notify",
@@ -665,5 +667,91 @@ async fn operations_endpoints() {
     assert!(backend_doc["components"]["securitySchemes"]
         .get("backendKey")
         .is_some());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn declared_queues_are_managed_by_admins_and_read_by_grant() {
+    let (server, api, admin) = setup().await;
+    let put = |name: &str, body: Value| {
+        let (api, admin, path) = (&api, admin.clone(), format!("/queue/{name}"));
+        async move {
+            api.send(reqwest::Method::PUT, &path, Some(&admin), &body)
+                .await
+        }
+    };
+    let (s, v) = put(
+        "jobs",
+        json!({"bindings": ["jobs.#"], "limits": {"max_deliveries": 2}, "labels": {"team": "ops"}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["dead_letter"], "jobs.XQ");
+    assert_eq!(v["limits"]["max_deliveries"], 2);
+    let (s, v) = put("jobs", json!({"bindings": ["jobs.#", "work.*"]})).await;
+    assert_eq!(s, 200, "declared again: {v}");
+    assert_eq!(v["bindings"], json!(["jobs.#", "work.*"]));
+    for (name, body, code) in [
+        ("bad name", json!({}), "invalid_body"),
+        ("x-inbox", json!({}), "invalid_body"),
+        ("x.XQ", json!({}), "invalid_body"),
+        ("ok", json!({"bindings": ["a.b*"]}), "invalid_pattern"),
+        ("ok", json!({"bindings": "a"}), "invalid_body"),
+        ("ok", json!({"nope": 1}), "invalid_body"),
+    ] {
+        let (s, v) = put(name, body.clone()).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{name} {body}: {v}"
+        );
+    }
+    let (s, v) = api
+        .post(
+            "/send",
+            Some(&admin),
+            &json!({"topic": "work.1", "body": {"n": 1}}),
+        )
+        .await;
+    // The queue and the admin's inbox (it reads `#`).
+    assert_eq!((s, v["delivered_to"].as_u64()), (202, Some(2)), "{v}");
+    let worker = api.create(&admin, "worker", json!("nothing")).await;
+    let wt = api.token("worker", &worker).await;
+    let (s, v) = api.get("/receive?queue=jobs", Some(&wt)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let (s, _) = api
+        .send(
+            reqwest::Method::PATCH,
+            "/client/worker",
+            Some(&admin),
+            &json!({"grants": ["jobs"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let got = api.receive(&wt, "queue=jobs").await;
+    assert_eq!(topics(&got), vec!["work.1"]);
+    let (s, list) = api.get("/queue", Some(&admin)).await;
+    assert_eq!(s, 200);
+    assert_eq!(list.as_array().map(|l| l.len()), Some(1), "{list}");
+    let (s, _) = api
+        .send(
+            reqwest::Method::DELETE,
+            "/queue/jobs",
+            Some(&admin),
+            &json!(null),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, v) = api.get("/queue/jobs", Some(&admin)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("unknown_queue"))
+    );
+    let (_, c) = api.get("/client/worker", Some(&admin)).await;
+    assert_eq!(c["grants"], json!([]), "the grant went with the queue");
     server.stop().await;
 }

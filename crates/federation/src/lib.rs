@@ -7,6 +7,7 @@
 //! the identity a peer's certificate carries ([`identity`]), and the routing keys and subnets that shard and check the messages of the Swaptacular
 //! Messaging Protocol ([`routing`]), and what a node takes from a peer ([`smp`]). See `docs/federation.md`.
 
+pub mod chain;
 pub mod identity;
 pub mod nodedata;
 pub mod routing;

@@ -71,3 +71,61 @@ fn the_originals_node_databases_read_as_it_reads_them() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs a swpt_stomp checkout (TRUNKLINE_SWPT_TEST_DATA)"]
+fn the_originals_certificate_chains_verify_between_its_nodes() {
+    use trunkline_federation::chain::{verify_chain, Usage};
+    let root = test_data();
+    let read = |path: &str| {
+        der(&std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}")))
+    };
+    // Each node as the other's server sees it: its certificate, then the peer certificate
+    // the other issued it; and as the other's link sees its server.
+    let aa = NodeDatabase::new(root.join("AA")).node().expect("AA");
+    for (agent, dir) in [("CA", "CA"), ("DA", "DA")] {
+        let me = NodeDatabase::new(root.join(dir)).node().expect("agent");
+        let (leaf, sub) = (
+            read(&format!("{agent}/server.crt")),
+            read(&format!("AA/peers/{}/sub-ca.crt", me.node_id)),
+        );
+        let to_aa = read(&format!("{agent}/peers/{}/sub-ca.crt", aa.node_id));
+        // The agent connects to the authority with the peer certificate the authority gave it.
+        let id = verify_chain(
+            &[&leaf, &to_aa],
+            &read("AA/root-ca.crt"),
+            now(),
+            Usage::Client,
+        );
+        assert_eq!(id.as_deref(), Ok(me.node_id.as_str()), "{agent} -> AA");
+        // The authority connects to the agent with the one the agent gave it.
+        let aa_leaf = read("AA/server.crt");
+        let id = verify_chain(
+            &[&aa_leaf, &sub],
+            &read(&format!("{agent}/root-ca.crt")),
+            now(),
+            Usage::Client,
+        );
+        assert_eq!(id.as_deref(), Ok(aa.node_id.as_str()), "AA -> {agent}");
+        // A link checks the server it reached against the peer's root only.
+        let id = verify_chain(
+            &[&aa_leaf],
+            &read(&format!("{agent}/peers/{}/root-ca.crt", aa.node_id)),
+            now(),
+            Usage::Server,
+        );
+        assert_eq!(
+            id.as_deref(),
+            Ok(aa.node_id.as_str()),
+            "{agent}'s link to AA"
+        );
+        // The agent's certificate alone does not reach the authority's root.
+        assert!(verify_chain(&[&leaf], &read("AA/root-ca.crt"), now(), Usage::Client).is_err());
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -81,6 +81,34 @@ lease_secs = 1800
 # tls_key = "/etc/trunkline/server.key"
 # tls_client_ca = "/etc/trunkline/clients-ca.pem"
 
+[federation]
+# Links with peer nodes as Swaptacular's swpt_stomp does (docs/federation.md): a STOMP
+# server over mutual TLS 1.3 that peers send to, and a link to each ACTIVE peer for every
+# queue `trunkline federation configure-queue` declared for it. Off unless nodedata is set
+# (TRUNKLINE_FEDERATION_NODEDATA, --nodedata; a path or a file:// URL, as swpt_stomp's
+# SWPT_NODEDATA_URL).
+# nodedata = "/var/lib/swpt-nodedata"
+# Where peers connect (TRUNKLINE_FEDERATION_LISTEN, --federation-listen).
+listen = "0.0.0.0:1234"
+# This node's certificate (subject O=Swaptacular Nodes Registry and serialNumber = its
+# node id, signed by the node database's root-ca.crt) and its key: served to peers, and
+# presented to them by links (after it, the peer's sub-ca.crt).
+cert = "/etc/swpt/server.crt"
+key = "/secrets/swpt-server.key"
+# Messages a peer connection may have unconfirmed before the server stops reading it, and
+# a link may have sent unconfirmed (swpt_stomp's SWPT_SERVER_BUFFER and SWPT_CLIENT_BUFFER).
+buffer = 100
+# Most open connections of one peer; more are closed at once.
+max_connections_per_peer = 10
+# How often the node database is read again: a peer deactivated or removed loses its
+# connections and links within this many seconds.
+reread_secs = 5
+# Run a link for each declared queue labelled with an ACTIVE peer (off: only the
+# `trunkline federation link` command forwards).
+links = true
+# Largest frame a peer may send, in bytes.
+max_frame_bytes = 65536
+
 [ws]
 # WebSocket sessions at GET /ws on the public listener (docs/ws-protocol.md).
 max_sessions = 10000
@@ -170,6 +198,24 @@ pub struct Config {
     pub auth: AuthConfig,
     pub http_limits: HttpLimits,
     pub inbox: InboxConfig,
+    pub federation: FederationConfig,
+}
+
+/// `[federation]`: see the default configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// The node database (a path or `file://` URL); `None`: federation is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodedata: Option<String>,
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub buffer: usize,
+    pub max_connections_per_peer: usize,
+    pub reread_secs: u64,
+    pub links: bool,
+    pub max_frame_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -421,6 +467,16 @@ impl Config {
         }
         if st.tls_listen.is_some() && (st.tls_cert.is_none() || st.tls_key.is_none()) {
             return bad("stomp.tls_listen", "needs tls_cert and tls_key");
+        }
+        let f = &self.federation;
+        if f.buffer == 0 || f.max_connections_per_peer == 0 || f.reread_secs == 0 {
+            return bad(
+                "federation",
+                "buffer, max_connections_per_peer and reread_secs must be at least 1",
+            );
+        }
+        if f.max_frame_bytes < 4096 {
+            return bad("federation.max_frame_bytes", "must be at least 4096");
         }
         if self.http == self.backend && self.http.port() != 0 {
             return bad("backend", "must differ from http");

@@ -28,6 +28,7 @@
 pub mod calls;
 pub mod channels;
 pub mod config;
+pub mod federation;
 pub mod http;
 pub mod listener;
 pub mod metrics;

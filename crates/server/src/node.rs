@@ -35,6 +35,8 @@ pub enum StartError {
     Secret(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Federation(#[from] crate::federation::FederationError),
 }
 
 /// A node that is serving. Dropping it without [`Node::shutdown`] leaves the tasks running
@@ -46,6 +48,8 @@ pub struct Node {
     pub stomp_addr: Option<SocketAddr>,
     /// The STOMP-over-TLS listener, when configured.
     pub stomp_tls_addr: Option<SocketAddr>,
+    /// The federation listener (peer nodes), when a node database is configured.
+    pub federation_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     broker: Option<Broker>,
     committer: Committer,
@@ -271,6 +275,14 @@ impl Node {
             }
             _ => (None, None),
         };
+        let federation = crate::federation::Federation::open(&config.federation)?;
+        let (federation_listener, federation_addr) = match &federation {
+            Some(_) => {
+                let (l, a) = bind(config.federation.listen).await?;
+                (Some(l), Some(a))
+            }
+            None => (None, None),
+        };
         let (stomp_listener, stomp_addr) = if st.enabled {
             let (l, a) = bind(st.listen).await?;
             (Some(l), Some(a))
@@ -311,6 +323,7 @@ impl Node {
             "backend": backend_addr.to_string(),
             "stomp": stomp_addr.map(|a| a.to_string()),
             "stomp_tls": stomp_tls_addr.map(|a| a.to_string()),
+            "federation": federation_addr.map(|a| a.to_string()),
             "pid": std::process::id(),
         });
         let listen_path = dir.join("listen.json");
@@ -387,14 +400,33 @@ impl Node {
             shutdown.clone(),
             "backend",
         ));
-        if let Some(listener) = stomp_listener {
+        let ctx = crate::stomp_listener::StompContext {
+            broker: broker.clone(),
+            token_key: Arc::new(keys.token_key.clone()),
+            throttle: throttle.clone(),
+            config: config.clone(),
+            connections: stomp_connections.clone(),
+            peers: None,
+        };
+        if let (Some(f), Some(listener)) = (federation, federation_listener) {
             let ctx = crate::stomp_listener::StompContext {
-                broker: broker.clone(),
-                token_key: Arc::new(keys.token_key.clone()),
-                throttle: throttle.clone(),
-                config: config.clone(),
-                connections: stomp_connections.clone(),
+                peers: Some(f.gate.clone()),
+                connections: Arc::default(),
+                ..ctx.clone()
             };
+            tasks.spawn(crate::stomp_listener::serve(
+                listener,
+                ctx,
+                shutdown.clone(),
+                Some(f.acceptor),
+            ));
+            tasks.spawn(crate::federation::watch(
+                f.gate,
+                Duration::from_secs(config.federation.reread_secs),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(listener) = stomp_listener {
             if let (Some(listener), Some(acceptor)) = (stomp_tls_listener, tls_acceptor) {
                 tasks.spawn(crate::stomp_listener::serve(
                     listener,
@@ -441,6 +473,7 @@ impl Node {
             backend_addr,
             stomp_addr,
             stomp_tls_addr,
+            federation_addr,
             data_dir: dir,
             committer: broker.committer().clone(),
             broker: Some(broker),

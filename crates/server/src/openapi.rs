@@ -110,6 +110,24 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "post": op("Rotate a client's secret (admins, or the client itself); old tokens stop working.",
             ("200", ok("New credentials", r("ClientCredentials"))), &with(&admin, &[UnknownClient]), json!({"security": admin_sec})),
     });
+    let name_param =
+        json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let queue_list = json!({
+        "get": op("List declared queues.", ("200", ok("Queues", json!({"type": "array", "items": r("Queue")}))),
+            &admin, json!({"security": admin_sec})),
+    });
+    let mut one_queue = json!({
+        "parameters": name_param,
+        "get": op("Show a declared queue.", ("200", ok("Queue", r("Queue"))),
+            &with(&admin, &[UnknownQueue]), json!({"security": admin_sec})),
+        "put": op("Declare a queue (201), or change the bindings, limits and labels of one that exists (200); what it holds stays.",
+            ("200", ok("Changed", r("Queue"))),
+            &with(&admin, &[MalformedJson, InvalidBody, InvalidPattern, UnsupportedMediaType, BodyTooLarge]),
+            json!({"requestBody": body("DeclareQueue"), "security": admin_sec})),
+        "delete": op("Delete a declared queue, its dead-letter queue, what they hold and the grants naming them.", ("204", json!({"description": "Deleted"})),
+            &with(&admin, &[UnknownQueue]), json!({"security": admin_sec})),
+    });
+    one_queue["put"]["responses"]["201"] = ok("Declared", r("Queue"));
     let token = json!({
         "get": op("Client-credentials grant (NOC).", ("200", ok("Token", r("Token"))),
             &with(&[], &[InvalidQuery, InvalidCredentials, Throttled]),
@@ -197,6 +215,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             "description": "Durable message backbone; NOC Communications Backbone compatible HTTP API. Every error is {\"error\": {\"code\", \"message\"}} with a stable code."},
         "paths": {
             "/client": client_ops, "/client/{client_id}": one_client, "/client/{client_id}/secret": rotate,
+            "/queue": queue_list, "/queue/{name}": one_queue,
             "/token": token, "/send": send, "/notify": notify, "/receive": receive, "/ack": ack, "/nack": nack,
             "/healthz": healthz, "/openapi.json": openapi
         },
@@ -222,6 +241,14 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
                     "grants": {"type": "array", "items": {"type": "string"}}, "write_grants": {"type": "array", "items": {"type": "string"}},
                     "read_topics": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
                     "inbox_depth": {"type": "integer"}}},
+                "DeclareQueue": {"type": "object", "additionalProperties": false, "properties": {
+                    "bindings": {"type": "array", "maxItems": 64, "items": {"type": "string", "description": "A topic pattern"}},
+                    "limits": queue_settings,
+                    "labels": {"type": "object", "maxProperties": 16, "additionalProperties": {"type": "string", "maxLength": 256}}}},
+                "Queue": {"type": "object", "properties": {"name": {"type": "string"},
+                    "bindings": {"type": "array", "items": {"type": "string"}}, "limits": queue_settings,
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "dead_letter": {"type": "string"}, "depth": {"type": "integer"}, "dead_depth": {"type": "integer"}}},
                 "ClientCredentials": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
                     "subscription": subscription, "secret": {"type": "string"}}},
                 "Token": {"type": "object", "properties": {"token": {"type": "string"}, "expiry": {"type": "string", "format": "date-time"}}},

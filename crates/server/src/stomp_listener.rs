@@ -33,6 +33,7 @@ use trunkline_stomp::{
 };
 
 use crate::config::Config;
+use crate::federation::{Admitted, Gate};
 use crate::http::error::ApiError;
 use crate::http::now_ms;
 use crate::listener::PerAddress;
@@ -54,6 +55,9 @@ pub struct StompContext {
     pub throttle: Arc<Throttle>,
     pub config: Arc<Config>,
     pub connections: Arc<AtomicU64>,
+    /// Set for the federation listener: its connections are peer nodes, let in by the
+    /// gate (by certificate), and send to this node's inbound exchange only.
+    pub peers: Option<Arc<Gate>>,
 }
 
 /// Serves STOMP on `listener` (over TLS with `tls`) until `shutdown`, then closes every
@@ -65,6 +69,11 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let permits = Arc::new(Semaphore::new(ctx.config.stomp.max_connections));
+    let name = if ctx.peers.is_some() {
+        "federation"
+    } else {
+        "stomp"
+    };
     let per_address = Arc::new(PerAddress::default());
     let per_address_max = Some(ctx.config.stomp.max_connections_per_address);
     let tasks = TaskTracker::new();
@@ -72,8 +81,7 @@ pub async fn serve(
     // Accept first, then decide: a connection over a cap is told at once (plain TCP) or
     // closed (TLS, before any handshake), rather than left waiting in the kernel's queue
     // while slow clients hold every place.
-    while let Some((stream, peer)) =
-        crate::listener::accept_next(&listener, &shutdown, "stomp").await
+    while let Some((stream, peer)) = crate::listener::accept_next(&listener, &shutdown, name).await
     {
         let Some(slot) = PerAddress::enter(&per_address, peer.ip(), per_address_max) else {
             tracing::debug!(peer = %peer, "STOMP connection refused: per-address cap");
@@ -106,12 +114,21 @@ pub async fn serve(
                     let timeout = Duration::from_secs(ctx.config.stomp.connect_timeout_secs);
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
+                            // A peer is the node its certificate names (its chain was
+                            // verified in the handshake); a client, its subject.
+                            let who = if ctx.peers.is_some() {
+                                |c: &rustls::pki_types::CertificateDer<'_>| {
+                                    trunkline_federation::peer_node_id(c)
+                                }
+                            } else {
+                                crate::tls::identity
+                            };
                             conn.cert_identity = tls_stream
                                 .get_ref()
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
-                                .and_then(crate::tls::identity);
+                                .and_then(who);
                             conn.run(tls_stream, shutdown).instrument(span).await
                         }
                         Ok(Err(e)) => {
@@ -172,6 +189,14 @@ fn stomp_error(code: ErrorCode, message: impl Into<String>) -> StompError {
     StompError::new(code.as_str(), message)
 }
 
+/// `/exchange/<name>` (without a routing key) is for peer nodes only.
+fn no_exchange(name: &str) -> StompError {
+    stomp_error(
+        ErrorCode::InvalidDestination,
+        format!("/exchange/{name} is for peer nodes on the federation listener; use /topic/<key> or /queue/<name>"),
+    )
+}
+
 /// What the session hears of finished broker work.
 fn outcome<T>(r: Result<T, BrokerError>) -> Result<(), StompError> {
     r.map(|_| ()).map_err(broker_error)
@@ -213,12 +238,14 @@ struct Connection {
     revocation_watch: Option<JoinHandle<()>>,
     /// The peer's address, which failed logins are counted by.
     peer: std::net::IpAddr,
+    /// On the federation listener: the peer node this connection was let in as.
+    admitted: Option<Admitted>,
 }
 
 impl Connection {
     fn new(ctx: StompContext, conn_id: u64, peer: std::net::IpAddr) -> Self {
         let st = &ctx.config.stomp;
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             heartbeat_send_ms: st.heartbeat_send_ms,
             heartbeat_recv_ms: st.heartbeat_recv_ms,
             connect_timeout_ms: st.connect_timeout_secs * 1000,
@@ -226,12 +253,21 @@ impl Connection {
             max_prefetch: st.max_prefetch,
             ..ServerConfig::default()
         };
-        let mut session = ServerSession::new(config, now_ms());
-        session.set_session_id(format!("session-{conn_id}"));
-        let limits = Limits {
+        let mut limits = Limits {
             max_body_bytes: ctx.config.http_limits.max_body_bytes,
             ..Limits::default()
         };
+        if ctx.peers.is_some() {
+            // As swpt_stomp's server: its buffer, one receipt for what is confirmed
+            // together, frames of the size peers send.
+            let f = &ctx.config.federation;
+            config.buffer = f.buffer;
+            config.cumulative_receipts = true;
+            limits.max_body_bytes = f.max_frame_bytes;
+            limits.max_frame_bytes = f.max_frame_bytes + (16 << 10);
+        }
+        let mut session = ServerSession::new(config, now_ms());
+        session.set_session_id(format!("session-{conn_id}"));
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         let (deliveries_tx, deliveries_rx) = mpsc::channel(64);
         Connection {
@@ -248,6 +284,7 @@ impl Connection {
             cert_identity: None,
             revocation_watch: None,
             peer,
+            admitted: None,
         }
     }
 
@@ -438,6 +475,10 @@ impl Connection {
                     content_type,
                     headers,
                 });
+                let p = match p {
+                    Ok(p) => p,
+                    Err(e) => return self.session.complete(op, Err(e)),
+                };
                 if let Err(e) = self.may_publish(&p) {
                     self.session.complete(op, Err(e));
                     return;
@@ -456,7 +497,12 @@ impl Connection {
                 }
             }
             Event::PublishBatch { op, items } => {
-                let ps: Vec<Publish> = items.into_iter().map(|i| self.to_publish(i)).collect();
+                let ps: Result<Vec<Publish>, StompError> =
+                    items.into_iter().map(|i| self.to_publish(i)).collect();
+                let ps = match ps {
+                    Ok(ps) => ps,
+                    Err(e) => return self.session.complete(op, Err(e)),
+                };
                 if let Err(e) = ps.iter().try_for_each(|p| self.may_publish(p)) {
                     self.session.complete(op, Err(e));
                     return;
@@ -519,7 +565,18 @@ impl Connection {
 
     /// A `SEND` as a broker publish. A body that is not JSON keeps its content type (the
     /// HTTP API shows it as a string); JSON bodies are stored as the HTTP API stores them.
-    fn to_publish(&self, item: PublishItem) -> Publish {
+    /// A peer's is what the gate makes of it.
+    fn to_publish(&self, item: PublishItem) -> Result<Publish, StompError> {
+        if let (Some(gate), Some(admitted)) = (&self.ctx.peers, &self.admitted) {
+            return gate.inbound(
+                admitted,
+                &item.destination,
+                item.content_type.as_deref(),
+                &item.headers,
+                &item.body,
+                now_ms(),
+            );
+        }
         let mut p = Publish::new(String::new(), Vec::new(), self.client_id().to_string());
         match item.destination {
             Destination::Topic(t) => p.topic = t,
@@ -527,6 +584,7 @@ impl Connection {
                 p.topic = q.clone();
                 p.queue = Some(q);
             }
+            Destination::Exchange(e) => return Err(no_exchange(&e)),
         }
         let is_json = item
             .content_type
@@ -551,7 +609,7 @@ impl Connection {
             Bytes::copy_from_slice(&item.body)
         };
         p.headers = item.headers;
-        p
+        Ok(p)
     }
 
     fn authenticate(
@@ -559,6 +617,21 @@ impl Connection {
         login: Option<String>,
         passcode: Option<String>,
     ) -> Result<String, StompError> {
+        if let Some(gate) = &self.ctx.peers {
+            // The certificate is the credential; swpt_stomp's login and passcode are not
+            // needed (it sends them only when the peer's stomp.toml asks).
+            let Some(id) = self.cert_identity.clone() else {
+                return Err(stomp_error(
+                    ErrorCode::UnknownPeer,
+                    "the certificate names no node",
+                ));
+            };
+            let admitted = gate.admit(&id)?;
+            tracing::info!(peer = %id, "federation: peer connected");
+            self.principal = Some(admitted.principal.clone());
+            self.admitted = Some(admitted);
+            return Ok(id);
+        }
         let now = now_ms() / 1000;
         if let Some(id) = self.cert_identity.clone() {
             // A verified certificate is the credential; a login, if given, must agree.
@@ -661,6 +734,7 @@ impl Connection {
                 };
                 self.subscriptions.insert(id.to_owned(), sub);
             }
+            Destination::Exchange(e) => return Err(no_exchange(e)),
             Destination::Topic(pattern) => {
                 let mut live = self
                     .ctx
@@ -793,11 +867,16 @@ impl Connection {
             return;
         };
         let tx = self.ops_tx.clone();
+        let peer = self.admitted.is_some();
         self.revocation_watch = Some(tokio::spawn(async move {
             token.cancelled().await;
             let _ = tx.send(Done::Fail(stomp_error(
                 ErrorCode::CredentialsRevoked,
-                "the client was deleted or its secret rotated; connect again with current credentials",
+                if peer {
+                    "the peer was deactivated or removed from the node database, or its data changed"
+                } else {
+                    "the client was deleted or its secret rotated; connect again with current credentials"
+                },
             )));
         }));
     }

@@ -22,7 +22,7 @@ pub enum TlsError {
     Config(String),
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let text = std::fs::read(path).map_err(|e| TlsError::Read {
         path: path.display().to_string(),
         cause: e.to_string(),
@@ -42,7 +42,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let text = std::fs::read(path).map_err(|e| TlsError::Read {
         path: path.display().to_string(),
         cause: e.to_string(),

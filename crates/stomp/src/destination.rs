@@ -4,12 +4,16 @@
 //!   subscriber); subscribe to a pattern, live and not stored.
 //! - `/queue/<name>` (and `/amq/queue/<name>`): one named queue, such as `<client>-inbox`.
 //! - `/exchange/amq.topic/<key>` is the same as `/topic/<key>`.
+//! - `/exchange/<name>` (no key): an exchange of its own, which only a federation listener
+//!   takes (a peer node sends to `/exchange/accounts_in` and its kin; the routing key comes
+//!   from the message).
 
 /// Where a `SEND` goes or what a `SUBSCRIBE` reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     Topic(String),
     Queue(String),
+    Exchange(String),
 }
 
 impl Destination {
@@ -23,6 +27,8 @@ impl Destination {
             ("queue", r)
         } else if let Some(r) = d.strip_prefix("/amq/queue/") {
             ("queue", r)
+        } else if let Some(r) = d.strip_prefix("/exchange/").filter(|r| !r.contains('/')) {
+            ("exchange", r)
         } else {
             return None;
         };
@@ -31,6 +37,7 @@ impl Destination {
         }
         Some(match kind {
             "topic" => Destination::Topic(rest.to_owned()),
+            "exchange" => Destination::Exchange(rest.to_owned()),
             _ => Destination::Queue(rest.to_owned()),
         })
     }
@@ -40,6 +47,7 @@ impl Destination {
         match self {
             Destination::Topic(t) => format!("/topic/{t}"),
             Destination::Queue(q) => format!("/queue/{q}"),
+            Destination::Exchange(e) => format!("/exchange/{e}"),
         }
     }
 }
@@ -66,10 +74,15 @@ mod tests {
             Destination::parse("/amq/queue/q"),
             Some(Destination::Queue("q".into()))
         );
+        assert_eq!(
+            Destination::parse("/exchange/accounts_in"),
+            Some(Destination::Exchange("accounts_in".into()))
+        );
         for bad in [
             "",
             "/topic/",
             "/queue/",
+            "/exchange/",
             "queue/x",
             "/exchange/other/x",
             "/temp-queue/x",

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub max_prefetch: usize,
     /// The `server` header of `CONNECTED`.
     pub server_name: String,
+    /// Send one `RECEIPT` for a run of operations confirmed together, the newest: it
+    /// confirms every one before it too (as swpt_stomp's peers read receipts). Off: one
+    /// per operation that asked, as STOMP 1.2 says.
+    pub cumulative_receipts: bool,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +58,7 @@ impl Default for ServerConfig {
             max_transaction_frames: 1000,
             max_prefetch: 100,
             server_name: concat!("trunkline/", env!("CARGO_PKG_VERSION")).to_owned(),
+            cumulative_receipts: false,
         }
     }
 }
@@ -846,6 +851,7 @@ impl ServerSession {
         if self.closed {
             return;
         }
+        let mut held = None;
         while let Some(p) = self.pending.front() {
             if !p.done {
                 break;
@@ -854,14 +860,24 @@ impl ServerSession {
                 break;
             };
             if let Some(r) = p.receipt {
-                self.transmit.push_back(Outgoing::Frame(
-                    Frame::new(Command::Receipt).header("receipt-id", r),
-                ));
+                if self.config.cumulative_receipts && !p.then_close {
+                    held = Some(r);
+                } else {
+                    held = None;
+                    self.transmit.push_back(Outgoing::Frame(
+                        Frame::new(Command::Receipt).header("receipt-id", r),
+                    ));
+                }
             }
             if p.then_close {
                 self.close();
                 return;
             }
+        }
+        if let Some(r) = held {
+            self.transmit.push_back(Outgoing::Frame(
+                Frame::new(Command::Receipt).header("receipt-id", r),
+            ));
         }
     }
 

@@ -161,6 +161,38 @@ fn receipts_go_out_in_order_and_each_confirms_everything_before_it() {
 }
 
 #[test]
+fn cumulative_receipts_confirm_a_run_with_its_newest() {
+    let config = ServerConfig {
+        cumulative_receipts: true,
+        ..ServerConfig::default()
+    };
+    let mut s = connected(config, "0,0");
+    for r in ["1", "2", "3", "4"] {
+        s.handle_item(
+            1,
+            frame(
+                Command::Send,
+                &[("destination", "/exchange/accounts_in"), ("receipt", r)],
+            ),
+        );
+    }
+    let evs = events(&mut s);
+    assert!(
+        matches!(&evs[0], Event::Publish { destination: Destination::Exchange(e), .. } if e == "accounts_in")
+    );
+    let ops = publish_ops(&evs);
+    s.complete(ops[1], Ok(()));
+    s.complete(ops[2], Ok(()));
+    assert!(receipts(&sent(&mut s, 2)).is_empty(), "all wait for 1");
+    s.complete(ops[0], Ok(()));
+    assert_eq!(receipts(&sent(&mut s, 3)), ["3"], "one receipt for 1 to 3");
+    s.complete(ops[3], Ok(()));
+    assert_eq!(receipts(&sent(&mut s, 4)), ["4"]);
+    s.handle_item(5, frame(Command::Disconnect, &[("receipt", "bye")]));
+    assert_eq!(receipts(&sent(&mut s, 5)), ["bye"]);
+}
+
+#[test]
 fn send_carries_destination_content_type_and_custom_headers() {
     let mut s = connected(ServerConfig::default(), "0,0");
     let mut f = Frame::new(Command::Send)

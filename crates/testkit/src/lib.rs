@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+pub mod federation;
 pub mod stomp;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ pub struct TestServer {
     pub stomp: String,
     /// `host:port` of the STOMP-over-TLS listener, if configured.
     pub stomp_tls: String,
+    /// `host:port` of the federation listener, if configured.
+    pub federation: String,
     pub backend_key: String,
 }
 
@@ -78,6 +81,10 @@ impl TestServer {
             stomp: node.stomp_addr.map(|a| a.to_string()).unwrap_or_default(),
             stomp_tls: node
                 .stomp_tls_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            federation: node
+                .federation_addr
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             http: format!("http://{}", node.http_addr),

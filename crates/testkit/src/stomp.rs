@@ -4,21 +4,30 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use trunkline_proto::{encode, Command, Decoder, Frame, Item, Limits};
 
+/// A byte stream a STOMP connection runs over (TCP, TLS).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// One STOMP connection.
 pub struct StompWire {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     buf: BytesMut,
     decoder: Decoder,
 }
 
 impl StompWire {
     pub async fn open(addr: &str) -> StompWire {
+        Self::over(Box::new(TcpStream::connect(addr).await.expect("connect")))
+    }
+
+    /// A connection over `stream`, already open (a TLS session, say).
+    pub fn over(stream: Box<dyn Stream>) -> StompWire {
         StompWire {
-            stream: TcpStream::connect(addr).await.expect("connect"),
+            stream,
             buf: BytesMut::new(),
             decoder: Decoder::new(Limits::default()),
         }

@@ -25,7 +25,7 @@ pub fn limits_in(s: &QueueSettings) -> LimitSettings {
     }
 }
 
-fn limits_out(l: &LimitSettings) -> QueueSettings {
+pub fn limits_out(l: &LimitSettings) -> QueueSettings {
     QueueSettings {
         max_length: l.max_length,
         overflow: l.overflow.map(|o| match o {

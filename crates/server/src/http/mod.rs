@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod messages;
 pub mod ops;
+pub mod queues;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,6 +138,13 @@ pub fn router(state: AppState) -> Router {
                 .delete(clients::delete),
         )
         .route("/client/{client_id}/secret", post(clients::rotate))
+        .route("/queue", get(queues::list))
+        .route(
+            "/queue/{name}",
+            get(queues::show)
+                .put(queues::declare)
+                .delete(queues::delete),
+        )
         .route(
             "/token",
             get(tokens::get_token)

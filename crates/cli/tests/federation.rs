@@ -1,0 +1,362 @@
+//! The federation listener on a real node: peers connect over mutual TLS 1.3 as
+//! swpt_stomp's client does (`STOMP` frame, heart-beats, a receipt on every `SEND`,
+//! cumulative receipts back), and what they may not do is refused with clear `ERROR`s,
+//! nothing routed.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use trunkline_proto::{Command, Frame};
+use trunkline_testkit::federation::{
+    configure, triangle, Federation, AUTHORITY_ID as AA, CREDITORS_AGENT_ID as CA,
+    DEBTORS_AGENT_ID as DA,
+};
+use trunkline_testkit::{StompWire, TestServer};
+
+/// A creditor of the creditors agent as the authority knows it (its masq subnet
+/// `000001`), and a debtor of the authority (`1234abcd`).
+const CREDITOR: i64 = 0x0000_0100_0000_0007;
+const DEBTOR: i64 = 0x1234_abcd_0000_0001;
+
+fn configure_account(seqnum: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "type": "ConfigureAccount", "creditor_id": CREDITOR, "debtor_id": DEBTOR,
+        "ts": "2026-12-07T00:00:00+00:00", "seqnum": seqnum,
+        "negligible_amount": 0.0, "config_data": "", "config_flags": 0
+    }))
+    .expect("json")
+}
+
+/// A `SEND` as swpt_stomp's client makes it.
+fn smp_send(destination: &str, receipt: u64, body: Vec<u8>) -> Frame {
+    Frame::new(Command::Send)
+        .header("destination", destination)
+        .header("type", "ConfigureAccount")
+        .header("content-type", "application/json")
+        .header("persistent", "true")
+        .header("receipt", receipt.to_string())
+        .body(body)
+}
+
+/// Opens a peer session: the `STOMP` frame swpt_stomp sends; the answer.
+async fn stomp(w: &mut StompWire) -> Option<Frame> {
+    w.send(
+        Frame::new(Command::Stomp)
+            .header("accept-version", "1.2")
+            .header("host", "/")
+            .header("heart-beat", "5000,30000"),
+    )
+    .await;
+    w.next().await
+}
+
+/// The authority, a queue of what it takes from peers, and a client reading it.
+struct Authority {
+    server: TestServer,
+    http: reqwest::Client,
+    admin: String,
+    reader: String,
+}
+
+impl Authority {
+    async fn start(fed: &Federation, tweak: impl FnOnce(&mut trunkline_server::Config)) -> Self {
+        let server = TestServer::start_with(|c| {
+            configure(c, fed.node(AA));
+            tweak(c);
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let admin = server.admin_token().await;
+        let url = |path: &str| format!("{}{path}", server.http);
+        let (s, v) = call(
+            &http,
+            reqwest::Method::PUT,
+            url("/queue/from-peers"),
+            &admin,
+            json!({"bindings": ["accounts_in.#"]}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let secret =
+            trunkline_testkit::create_client(&http, &server.http, &admin, "reader", "nothing")
+                .await;
+        let (s, v) = call(
+            &http,
+            reqwest::Method::PATCH,
+            url("/client/reader"),
+            &admin,
+            json!({"grants": ["from-peers"]}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let reader = trunkline_testkit::token(&http, &server.http, "reader", &secret).await;
+        Authority {
+            server,
+            http,
+            admin,
+            reader,
+        }
+    }
+
+    async fn taken(&self) -> Vec<Value> {
+        let r = self
+            .http
+            .get(format!(
+                "{}/receive?queue=from-peers&max_messages=1000",
+                self.server.http
+            ))
+            .bearer_auth(&self.reader)
+            .send()
+            .await
+            .expect("receive");
+        assert_eq!(r.status(), 200);
+        r.json::<Vec<Value>>().await.expect("json")
+    }
+
+    async fn depth(&self) -> u64 {
+        let r = self
+            .http
+            .get(format!("{}/queue/from-peers", self.server.http))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .expect("queue");
+        r.json::<Value>().await.expect("json")["depth"]
+            .as_u64()
+            .expect("depth")
+    }
+}
+
+/// An admin call: its status and JSON answer.
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    tok: &str,
+    body: Value,
+) -> (u16, Value) {
+    let r = http
+        .request(method, url)
+        .bearer_auth(tok)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_peer_sends_over_mutual_tls_and_its_messages_are_routed_by_their_keys() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    let aa = Authority::start(&fed, |_| {}).await;
+    let mut w = fed.dial(CA, AA, &aa.server.federation).await.expect("TLS");
+    let f = stomp(&mut w).await.expect("CONNECTED");
+    assert_eq!(f.command, Command::Connected, "{f:?}");
+    assert_eq!(f.get("version"), Some("1.2"));
+    for n in 1..=50 {
+        w.send(smp_send(
+            "/exchange/accounts_in",
+            n,
+            configure_account(n as i64),
+        ))
+        .await;
+    }
+    // Cumulative receipts: the last one confirms all fifty, and none comes after it.
+    let mut last = 0;
+    while last < 50 {
+        let f = w.next().await.expect("a receipt");
+        assert_eq!(f.command, Command::Receipt, "{f:?}");
+        let id: u64 = f.get("receipt-id").expect("id").parse().expect("number");
+        assert!(id > last, "receipts go forward: {id} after {last}");
+        last = id;
+    }
+    let got = aa.taken().await;
+    assert_eq!(got.len(), 50);
+    // Routed under the exchange by the message's routing key (md5 of debtor, creditor).
+    let key = trunkline_federation::routing_key(&[DEBTOR, CREDITOR]);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m["topic"], format!("accounts_in.{key}"), "{m}");
+        assert_eq!(m["body"]["seqnum"], i as u64 + 1, "in order");
+        assert_eq!(m["body"]["creditor_id"], CREDITOR);
+        assert_eq!(m["headers"]["message-type"], "ConfigureAccount", "{m}");
+        assert_eq!(m["headers"]["creditor-id"], CREDITOR.to_string(), "{m}");
+        assert_eq!(m["sender"], format!("peer:{CA}"));
+    }
+    w.send(Frame::new(Command::Disconnect).header("receipt", "bye"))
+        .await;
+    let f = w.next().await.expect("receipt");
+    assert_eq!(f.get("receipt-id"), Some("bye"));
+    aa.server.stop().await;
+}
+
+#[tokio::test]
+async fn what_a_peer_may_not_do_is_refused_and_nothing_is_routed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    let aa = Authority::start(&fed, |c| c.federation.max_frame_bytes = 8192).await;
+    let addr = aa.server.federation.clone();
+
+    // TLS refusals: the handshake fails (in TLS 1.3 the client learns of it on reading).
+    let refused_tls = |r: Result<StompWire, String>| async move {
+        match r {
+            Err(_) => true,
+            Ok(mut w) => stomp(&mut w).await.is_none(),
+        }
+    };
+    let (cert, key) = fed.outsider(CA);
+    assert!(
+        refused_tls(fed.dial_with(CA, AA, &addr, &cert, &key).await).await,
+        "unknown CA"
+    );
+    // Known CA (the agent's root, through the peer certificate we issued it), another
+    // node's serial: the name constraint refuses it.
+    let (cert, key) = fed.impostor(CA, DA);
+    assert!(
+        refused_tls(fed.dial_with(CA, AA, &addr, &cert, &key).await).await,
+        "impostor"
+    );
+    let (cert, key) = fed.impostor(CA, "deadbeefdeadbeefdeadbeefdeadbeef");
+    assert!(
+        refused_tls(fed.dial_with(CA, AA, &addr, &cert, &key).await).await,
+        "unknown serial"
+    );
+
+    // Session refusals: an ERROR naming the reason, then the close.
+    fed.deactivate(AA, CA);
+    let mut w = fed.dial(CA, AA, &addr).await.expect("TLS");
+    let f = stomp(&mut w).await.expect("ERROR");
+    assert_eq!(
+        (f.command, f.get("code")),
+        (Command::Error, Some("unknown_peer")),
+        "{f:?}"
+    );
+    fed.reactivate(AA, CA);
+    fed.remove_active(AA, CA);
+    let mut w = fed.dial(CA, AA, &addr).await.expect("TLS");
+    let f = stomp(&mut w).await.expect("ERROR");
+    assert_eq!(f.get("code"), Some("unknown_peer"), "missing ACTIVE: {f:?}");
+    fed.activate(AA, CA);
+
+    for (why, frame, code) in [
+        (
+            "wrong destination",
+            smp_send("/exchange/creditors_in", 1, configure_account(1)),
+            "invalid_destination",
+        ),
+        (
+            "a client destination",
+            smp_send("/topic/accounts_in.0", 1, configure_account(1)),
+            "invalid_destination",
+        ),
+        (
+            "a queue",
+            smp_send("/queue/from-peers", 1, configure_account(1)),
+            "invalid_destination",
+        ),
+        (
+            "a debtor not ours",
+            smp_send(
+                "/exchange/accounts_in",
+                1,
+                serde_json::to_vec(&json!({
+                    "type": "ConfigureAccount", "creditor_id": CREDITOR, "debtor_id": 5,
+                    "ts": "2026-12-07T00:00:00+00:00", "seqnum": 1,
+                    "negligible_amount": 0.0, "config_data": "", "config_flags": 0
+                }))
+                .expect("json"),
+            ),
+            "invalid_message",
+        ),
+        (
+            "not JSON",
+            smp_send("/exchange/accounts_in", 1, b"nope".to_vec()),
+            "invalid_message",
+        ),
+        (
+            "oversized",
+            smp_send("/exchange/accounts_in", 1, vec![b' '; 9000]),
+            "frame_too_large",
+        ),
+    ] {
+        let mut w = fed.dial(CA, AA, &addr).await.expect("TLS");
+        let f = stomp(&mut w).await.expect("CONNECTED");
+        assert_eq!(f.command, Command::Connected, "{why}: {f:?}");
+        w.send(frame).await;
+        let f = w.expect_error(code).await;
+        assert!(
+            f.get("message").is_some_and(|m| m.len() > 10),
+            "{why}: a clear message: {f:?}"
+        );
+    }
+    // A peer cannot read anything either.
+    let mut w = fed.dial(CA, AA, &addr).await.expect("TLS");
+    stomp(&mut w).await.expect("CONNECTED");
+    w.send(
+        Frame::new(Command::Subscribe)
+            .header("destination", "/queue/from-peers")
+            .header("id", "s")
+            .header("receipt", "r"),
+    )
+    .await;
+    w.expect_error("forbidden").await;
+    assert_eq!(aa.depth().await, 0, "nothing was routed");
+    aa.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_deactivated_peer_loses_its_connections_and_a_peer_has_a_connection_cap() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    let aa = Authority::start(&fed, |c| c.federation.max_connections_per_peer = 2).await;
+    let addr = aa.server.federation.clone();
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut w = fed.dial(CA, AA, &addr).await.expect("TLS");
+        assert_eq!(
+            stomp(&mut w).await.expect("answer").command,
+            Command::Connected
+        );
+        open.push(w);
+    }
+    let mut third = fed.dial(CA, AA, &addr).await.expect("TLS");
+    let f = stomp(&mut third).await.expect("ERROR");
+    assert_eq!(f.get("code"), Some("unknown_peer"), "{f:?}");
+    assert!(f.get("message").unwrap_or_default().contains("connections"));
+    // Another peer is not held back by this one's cap.
+    let mut da = fed.dial(DA, AA, &addr).await.expect("TLS");
+    assert_eq!(
+        stomp(&mut da).await.expect("answer").command,
+        Command::Connected
+    );
+
+    let started = std::time::Instant::now();
+    fed.deactivate(AA, CA);
+    for w in &mut open {
+        let f = w.next().await.expect("ERROR");
+        assert_eq!(f.get("code"), Some("credentials_revoked"), "{f:?}");
+        assert!(w.next().await.is_none(), "closed");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The other peer's connection stays.
+    da.send(smp_send("/exchange/accounts_in", 1, b"{}".to_vec()))
+        .await;
+    let f = da.next().await.expect("answer");
+    assert_eq!(
+        f.get("code"),
+        Some("invalid_message"),
+        "still served: {f:?}"
+    );
+    // Reactivated: it may connect again.
+    fed.reactivate(AA, CA);
+    let mut w = fed.dial(CA, AA, &addr).await.expect("TLS");
+    assert_eq!(
+        stomp(&mut w).await.expect("answer").command,
+        Command::Connected
+    );
+    aa.server.stop().await;
+}
