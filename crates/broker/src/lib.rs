@@ -55,6 +55,7 @@ pub mod topic;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -1272,6 +1273,51 @@ impl Broker {
     /// `notified()` future before trying to receive, so that no wake-up is missed.
     pub fn waiter(&self, queue: &str) -> Option<Arc<impl WaitHandle>> {
         self.queue(queue)
+    }
+
+    /// The long poll: receives from `queue` as [`Broker::receive`] does, and while there is
+    /// nothing to take, waits for messages to arrive (a publish, a requeue; and looks again
+    /// every second, for leases that ended) until `deadline`, or until `stop`. `now` reads
+    /// the clock (milliseconds since the epoch) at each attempt. Empty at the deadline or
+    /// the stop, or at once if the queue is gone.
+    pub async fn receive_wait(
+        &self,
+        who: &Principal,
+        queue: &str,
+        opts: ReceiveOptions,
+        deadline: Option<tokio::time::Instant>,
+        stop: &tokio_util::sync::CancellationToken,
+        now: impl Fn() -> u64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let waiter = self.waiter(queue);
+        loop {
+            let notified = waiter.as_ref().map(|w| w.notified());
+            let mut notified = std::pin::pin!(notified);
+            if let Some(n) = notified.as_mut().as_pin_mut() {
+                n.enable();
+            }
+            if stop.is_cancelled() {
+                return Ok(Vec::new());
+            }
+            let got = self.receive(who, queue, opts, now()).await?;
+            let past = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+            let Some(n) = notified
+                .as_mut()
+                .as_pin_mut()
+                .filter(|_| got.is_empty() && !past)
+            else {
+                return Ok(got);
+            };
+            let until = deadline
+                .map_or(tokio::time::Instant::now() + Duration::from_secs(1), |d| {
+                    d.min(tokio::time::Instant::now() + Duration::from_secs(1))
+                });
+            tokio::select! {
+                _ = n => {}
+                _ = tokio::time::sleep_until(until) => {}
+                _ = stop.cancelled() => return Ok(Vec::new()),
+            }
+        }
     }
 
     /// Where what a change took out of `cell` lands once the change is durable: back at

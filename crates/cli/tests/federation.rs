@@ -360,3 +360,86 @@ async fn a_deactivated_peer_loses_its_connections_and_a_peer_has_a_connection_ca
     );
     aa.server.stop().await;
 }
+
+/// The creditors agent's own creditor (its subnet `000008`); the authority knows it as
+/// [`CREDITOR`].
+const OWN_CREDITOR: i64 = 0x0000_0800_0000_0007;
+
+/// Declares on `node` the queue `configure-queue PEER QUEUE` declares, for `peer`.
+async fn forward_queue(node: &TestServer, fed: &Federation, me: &str, peer: &str, queue: &str) {
+    let db = trunkline_federation::NodeDatabase::new(&fed.node(me).nodedata);
+    let spec = trunkline_server::federation::forward_spec(
+        &db.node().expect("node"),
+        &db.peer(peer, true).expect("read").expect("active"),
+    )
+    .expect("spec");
+    let broker = node.broker().expect("broker");
+    broker.declare_queue(queue, spec, 0).await.expect("declare");
+}
+
+#[tokio::test]
+async fn a_link_forwards_a_queue_to_a_trunkline_peer_confirmed_by_receipts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    let aa = Authority::start(&fed, |_| {}).await;
+    fed.set_servers(CA, AA, &[aa.server.federation.as_str()]);
+    let ca = TestServer::start_with(|c| configure(c, fed.node(CA))).await;
+    forward_queue(&ca, &fed, CA, AA, "to-aa").await;
+    let http = reqwest::Client::new();
+    let tok = ca.admin_token().await;
+    let topic = format!(
+        "creditors_out.{}",
+        trunkline_federation::topology::id_words(DEBTOR)
+    );
+    let n = 300;
+    for seq in 1..=n {
+        let body: Value = serde_json::from_slice(&configure_account(seq)).expect("json");
+        let mut body = body;
+        body["creditor_id"] = json!(OWN_CREDITOR);
+        let r = http
+            .post(format!("{}/send", ca.http))
+            .bearer_auth(&tok)
+            .json(&json!({"topic": topic, "body": body}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 202);
+    }
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < n as usize && std::time::Instant::now() < deadline {
+        got.extend(aa.taken().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.len(), n as usize, "all forwarded within 30 s");
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m["body"]["seqnum"], i as u64 + 1, "in order: {m}");
+        // Moved into the subnet the authority knows the agent by.
+        assert_eq!(m["body"]["creditor_id"], CREDITOR, "{m}");
+        assert_eq!(m["headers"]["type"], "ConfigureAccount");
+    }
+    // Confirmed, so acked: the agent's queue empties.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = ca
+            .broker()
+            .expect("broker")
+            .get_queue("to-aa")
+            .expect("queue");
+        if q.depth == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} in to-aa",
+            q.depth
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = trunkline_testkit::metrics_text(&http, &ca.backend, &ca.backend_key).await;
+    let confirmed =
+        format!("trunkline_federation_link_confirmed_total{{peer=\"{AA}\",queue=\"to-aa\"}} {n}");
+    assert!(metrics.contains(&confirmed), "{metrics}");
+    ca.stop().await;
+    aa.server.stop().await;
+}

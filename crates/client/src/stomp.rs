@@ -148,7 +148,8 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+/// A byte stream a connection runs over (TCP, TLS, …).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 async fn open(opts: &StompOptions) -> Result<Box<dyn Stream>, StompClientError> {
@@ -202,6 +203,16 @@ impl StompClient {
     /// Connects (waiting for `CONNECTED`) and starts the connection task.
     pub async fn connect(opts: StompOptions) -> Result<StompClient, StompClientError> {
         let stream = open(&opts).await?;
+        Self::connect_over(stream, opts).await
+    }
+
+    /// Speaks STOMP over `stream`, a connection already open (and secured) by the caller
+    /// (waiting for `CONNECTED`). `opts.addr` and `opts.tls` are used only to reconnect:
+    /// set `opts.reconnect` to false where only the caller can open a new connection.
+    pub async fn connect_over(
+        stream: Box<dyn Stream>,
+        opts: StompOptions,
+    ) -> Result<StompClient, StompClientError> {
         let (cmds, rx) = mpsc::channel(256);
         let (ready_tx, ready_rx) = oneshot::channel();
         tokio::spawn(run(opts, stream, rx, ready_tx));

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod nodedata;
 pub mod routing;
 pub mod smp;
+pub mod topology;
 
 pub use identity::peer_node_id;
 pub use nodedata::{DbError, NodeData, NodeDatabase, NodeType, PeerData, StompConfig};

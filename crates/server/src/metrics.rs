@@ -47,6 +47,8 @@ pub struct NodeMetrics {
     pub stomp_connections: Arc<AtomicU64>,
     pub sessions: Arc<Sessions>,
     pub calls: Arc<Calls>,
+    /// The federation links running (none without federation).
+    pub links: Arc<crate::federation::Links>,
 }
 
 impl fmt::Debug for NodeMetrics {
@@ -97,6 +99,28 @@ fn labelled_gauges<'a>(
     let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (value, v) in samples {
         ConstGauge::new(v).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+/// Families labelled by `peer` and `queue`, one sample per link, of the link numbers
+/// `pick` reads.
+fn link_family(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    links: &[(String, String, Arc<crate::federation::link::LinkStats>)],
+    pick: impl Fn(&crate::federation::link::LinkStats) -> &AtomicU64,
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, kind)?;
+    for (peer, queue, s) in links {
+        let labels = [("peer", peer.as_str()), ("queue", queue.as_str())];
+        let v = load(pick(s));
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(family.encode_family(&labels)?)?,
+            _ => ConstGauge::new(v).encode(family.encode_family(&labels)?)?,
+        }
     }
     Ok(())
 }
@@ -271,7 +295,24 @@ impl Collector for NodeMetrics {
             "Messages delivered and awaiting ack.",
             "queue",
             depths.iter().map(|d| (&*d.name, d.leased)),
-        )
+        )?;
+
+        let links = self.links.stats();
+        if links.is_empty() {
+            return Ok(());
+        }
+        type Pick = fn(&crate::federation::link::LinkStats) -> &AtomicU64;
+        let families: [(&str, &str, MetricType, Pick); 5] = [
+            ("trunkline_federation_link_sent", "Messages a link sent its peer (again after a reconnect too).", MetricType::Counter, |s| &s.sent),
+            ("trunkline_federation_link_confirmed", "Messages a link's peer confirmed, acked in its queue.", MetricType::Counter, |s| &s.confirmed),
+            ("trunkline_federation_link_dead_lettered", "Messages a link would not send (not for its peer), moved to the queue's dead-letter queue.", MetricType::Counter, |s| &s.dead_lettered),
+            ("trunkline_federation_link_connects", "Connections a link opened.", MetricType::Counter, |s| &s.connects),
+            ("trunkline_federation_link_connected", "1 while a link is connected to its peer.", MetricType::Gauge, |s| &s.connected),
+        ];
+        for (name, help, kind, pick) in families {
+            link_family(e, name, help, kind, &links, pick)?;
+        }
+        Ok(())
     }
 }
 

@@ -351,6 +351,7 @@ impl Node {
         let sessions = Arc::new(crate::ws::Sessions::default());
         let channels = Arc::new(crate::channels::Channels::default());
         let calls = Arc::new(crate::calls::Calls::new(config.ws.max_pending_calls));
+        let links = Arc::new(crate::federation::Links::default());
         let metrics = Arc::new(
             crate::metrics::NodeMetrics {
                 broker: broker.clone(),
@@ -358,6 +359,7 @@ impl Node {
                 stomp_connections: stomp_connections.clone(),
                 sessions: sessions.clone(),
                 calls: calls.clone(),
+                links: links.clone(),
             }
             .into_registry(),
         );
@@ -409,6 +411,22 @@ impl Node {
             peers: None,
         };
         if let (Some(f), Some(listener)) = (federation, federation_listener) {
+            if config.federation.links {
+                let env = Arc::new(crate::federation::link::LinkEnv {
+                    broker: broker.clone(),
+                    db: f.gate.db().clone(),
+                    node: f.gate.node().clone(),
+                    cert: config.federation.cert.clone(),
+                    key: config.federation.key.clone(),
+                    buffer: config.federation.buffer,
+                });
+                tasks.spawn(crate::federation::run_links(
+                    links.clone(),
+                    env,
+                    Duration::from_secs(config.federation.reread_secs),
+                    shutdown.clone(),
+                ));
+            }
             let ctx = crate::stomp_listener::StompContext {
                 peers: Some(f.gate.clone()),
                 connections: Arc::default(),

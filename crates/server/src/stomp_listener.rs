@@ -24,7 +24,6 @@ use trunkline_api::ErrorCode;
 use trunkline_auth::{Claims, Throttle, TokenKey};
 use trunkline_broker::{
     Broker, BrokerError, Delivery, Principal, Publish, ReceiveOptions, Sent, Settle, Target,
-    WaitHandle,
 };
 use trunkline_proto::{encode, encode_heartbeat, DecodeError, Decoder, Limits};
 use trunkline_stomp::{
@@ -808,54 +807,35 @@ impl Connection {
         );
         let sub_id = id.clone();
         self.inflight.spawn(async move {
-            let waiter = broker.waiter(&queue);
-            loop {
-                let notified = waiter.as_ref().map(|w| w.notified());
-                let mut notified = std::pin::pin!(notified);
-                if let Some(n) = notified.as_mut().as_pin_mut() {
-                    n.enable();
-                }
-                if cancel.is_cancelled() {
+            let got = match broker
+                .receive_wait(&who, &queue, opts, None, &cancel, now_ms)
+                .await
+            {
+                Ok(got) => got,
+                // No longer allowed (a grant withdrawn, the client deleted or its
+                // secret rotated): the connection ends with the reason.
+                Err(e @ (BrokerError::Forbidden(_) | BrokerError::Revoked(_))) => {
+                    let _ = tx.send(Done::Fail(broker_error(e))).await;
                     return;
                 }
-                let got = match broker.receive(&who, &queue, opts, now_ms()).await {
-                    Ok(got) => got,
-                    // No longer allowed (a grant withdrawn, the client deleted or its
-                    // secret rotated): the connection ends with the reason.
-                    Err(e @ (BrokerError::Forbidden(_) | BrokerError::Revoked(_))) => {
-                        let _ = tx.send(Done::Fail(broker_error(e))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(cause = %e, queue = %queue, "fetch failed");
-                        return;
-                    }
-                };
-                if !got.is_empty() {
-                    let dest = format!("/queue/{queue}");
-                    let msgs: Vec<Delivered> =
-                        got.into_iter().map(|d| from_delivery(d, &dest)).collect();
-                    if let Err(mpsc::error::SendError(Done::Deliver(_, msgs))) =
-                        tx.send(Done::Deliver(sub_id, msgs)).await
-                    {
-                        // The connection is gone: what was leased for it goes back now.
-                        let receipts: Vec<String> =
-                            msgs.into_iter().filter_map(|m| m.receipt).collect();
-                        let _ = broker
-                            .settle(&who, &receipts, Settle::Nack { requeue: true }, now_ms())
-                            .await;
-                    }
+                Err(e) => {
+                    tracing::warn!(cause = %e, queue = %queue, "fetch failed");
                     return;
                 }
-                let Some(n) = notified.as_mut().as_pin_mut() else {
-                    return;
-                };
-                tokio::select! {
-                    _ = n => {}
-                    // Also look again now and then: a lease may have expired meanwhile.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = cancel.cancelled() => return,
-                }
+            };
+            if got.is_empty() {
+                return;
+            }
+            let dest = format!("/queue/{queue}");
+            let msgs: Vec<Delivered> = got.into_iter().map(|d| from_delivery(d, &dest)).collect();
+            if let Err(mpsc::error::SendError(Done::Deliver(_, msgs))) =
+                tx.send(Done::Deliver(sub_id, msgs)).await
+            {
+                // The connection is gone: what was leased for it goes back now.
+                let receipts: Vec<String> = msgs.into_iter().filter_map(|m| m.receipt).collect();
+                let _ = broker
+                    .settle(&who, &receipts, Settle::Nack { requeue: true }, now_ms())
+                    .await;
             }
         });
     }

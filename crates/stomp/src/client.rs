@@ -24,6 +24,8 @@ pub struct ClientConfig {
     pub window: usize,
     /// Time allowed for `CONNECTED`.
     pub connect_timeout_ms: u64,
+    /// Open with a `STOMP` frame instead of `CONNECT` (as swpt_stomp's client does).
+    pub stomp_frame: bool,
 }
 
 impl Default for ClientConfig {
@@ -36,6 +38,7 @@ impl Default for ClientConfig {
             heartbeat_recv_ms: 30_000,
             window: 100,
             connect_timeout_ms: 10_000,
+            stomp_frame: false,
         }
     }
 }
@@ -100,7 +103,12 @@ impl ClientSession {
         unconfirmed: Vec<(u64, Frame)>,
         next_seq: u64,
     ) -> Self {
-        let mut connect = Frame::new(Command::Connect)
+        let command = if config.stomp_frame {
+            Command::Stomp
+        } else {
+            Command::Connect
+        };
+        let mut connect = Frame::new(command)
             .header("accept-version", "1.2")
             .header("host", config.host.clone())
             .header(
@@ -188,7 +196,7 @@ impl ClientSession {
     pub fn poll_transmit(&mut self, now: u64) -> Option<Option<Frame>> {
         // Nothing but CONNECT before CONNECTED.
         if self.state == State::Connecting
-            && !matches!(self.transmit.front(), Some(Some(f)) if f.command == Command::Connect)
+            && !matches!(self.transmit.front(), Some(Some(f)) if matches!(f.command, Command::Connect | Command::Stomp))
         {
             return None;
         }

@@ -96,6 +96,11 @@ impl TestServer {
         }
     }
 
+    /// The node's broker, for calls in process.
+    pub fn broker(&self) -> Option<&trunkline_broker::Broker> {
+        self.node.as_ref().and_then(|n| n.broker())
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

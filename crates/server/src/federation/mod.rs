@@ -5,13 +5,17 @@
 //! - [`gate`]: which peers may be connected, with what rights, and what their messages
 //!   become here.
 //! - [`tls`]: TLS 1.3 between peers, chains verified by `trunkline_federation::chain`.
+//! - [`link`]: a declared queue forwarded to a peer; [`Links`] runs one per queue
+//!   labelled with an active peer.
 //!
 //! The listener is [`crate::stomp_listener`] with a [`Gate`]: the same sessions, receipts,
 //! limits and authorization check as for clients, with peers for clients.
 
 pub mod gate;
+pub mod link;
 pub mod tls;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +62,130 @@ impl Federation {
             acceptor,
         }))
     }
+}
+
+/// What `configure-queue PEER QUEUE` declares: a queue bound to what this node sends
+/// `peer` ([`trunkline_federation::topology::queue_binding`]), labelled with the peer so
+/// that a link forwards it, long enough for a peer away for a while, and never
+/// dead-lettering a message for having been sent many times (a link sends again after
+/// each reconnect).
+pub fn forward_spec(
+    node: &trunkline_federation::NodeData,
+    peer: &trunkline_federation::PeerData,
+) -> Result<trunkline_broker::QueueSpec, String> {
+    let binding = trunkline_federation::topology::queue_binding(node, peer)
+        .ok_or_else(|| {
+            format!(
+                "a node of type {:?} does not link to one of type {:?}",
+                node.node_type.as_str(),
+                peer.node_type.as_str()
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+    Ok(trunkline_broker::QueueSpec {
+        bindings: vec![binding],
+        limits: trunkline_broker::LimitSettings {
+            max_length: Some(100_000_000),
+            overflow: None,
+            max_deliveries: Some(u32::MAX),
+        },
+        labels: [(link::PEER_LABEL.to_owned(), peer.node_id.clone())].into(),
+    })
+}
+
+/// The links a node runs, and their numbers.
+#[derive(Default)]
+pub struct Links {
+    running: std::sync::Mutex<BTreeMap<(String, String), Running>>,
+}
+
+struct Running {
+    stats: Arc<link::LinkStats>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<link::LinkEnd>,
+}
+
+impl Links {
+    /// `(peer, queue, numbers)` of every link running, ordered.
+    pub fn stats(&self) -> Vec<(String, String, Arc<link::LinkStats>)> {
+        lock(&self.running)
+            .iter()
+            .map(|((p, q), r)| (p.clone(), q.clone(), r.stats.clone()))
+            .collect()
+    }
+
+    /// Starts a link for each declared queue labelled with an active peer, and stops those
+    /// whose queue or peer is gone.
+    fn reconcile(&self, env: &Arc<link::LinkEnv>, shutdown: &CancellationToken) {
+        let wanted: BTreeSet<(String, String)> = env
+            .broker
+            .list_queues()
+            .into_iter()
+            .filter_map(|q| {
+                let peer = q.labels.get(link::PEER_LABEL)?.clone();
+                matches!(env.db.peer(&peer, true), Ok(Some(_))).then_some((peer, q.name))
+            })
+            .collect();
+        let mut running = lock(&self.running);
+        running.retain(|key, r| {
+            let keep = wanted.contains(key) && !r.task.is_finished();
+            if !keep {
+                r.stop.cancel();
+            }
+            keep
+        });
+        for (peer, queue) in wanted {
+            if running.contains_key(&(peer.clone(), queue.clone())) {
+                continue;
+            }
+            let stats = Arc::new(link::LinkStats::default());
+            let stop = shutdown.child_token();
+            tracing::info!(peer = %peer, queue = %queue, "link starting");
+            let task = tokio::spawn(link::run(
+                env.clone(),
+                peer.clone(),
+                queue.clone(),
+                stats.clone(),
+                stop.clone(),
+            ));
+            running.insert((peer, queue), Running { stats, stop, task });
+        }
+    }
+
+    /// Stops every link and waits until each gave back what it held.
+    async fn stop_all(&self) {
+        let all: Vec<Running> = std::mem::take(&mut *lock(&self.running))
+            .into_values()
+            .collect();
+        for r in all {
+            r.stop.cancel();
+            let _ = r.task.await;
+        }
+    }
+}
+
+/// Runs the node's links: looks at declared queues and the node database every `period`
+/// until `shutdown`, then stops them all.
+pub async fn run_links(
+    links: Arc<Links>,
+    env: Arc<link::LinkEnv>,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (l, e, s) = (links.clone(), env.clone(), shutdown.clone());
+        // Reads the node database: off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || l.reconcile(&e, &s)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    links.stop_all().await;
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads the peers' data again every `period` until `shutdown`.

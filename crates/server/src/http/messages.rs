@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use trunkline_api::{AckResponse, ErrorCode, SendResponse};
 use trunkline_broker::{
-    dead_name, inbox_name, Delivery, Principal, Publish, ReceiveOptions, Settle, Target, WaitHandle,
+    dead_name, inbox_name, Delivery, Principal, Publish, ReceiveOptions, Settle, Target,
 };
 
 use super::error::{ApiError, ApiResult};
@@ -371,29 +371,18 @@ pub async fn receive(
     }
     let opts = ReceiveOptions { max, lease_ms };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
-    let waiter = state.broker.waiter(&queue);
-    loop {
-        let notified = waiter.as_ref().map(|w| w.notified());
-        let mut notified = std::pin::pin!(notified);
-        if let Some(n) = notified.as_mut().as_pin_mut() {
-            n.enable();
-        }
-        let got = state
-            .broker
-            .receive(&caller, &queue, opts, now_ms())
-            .await?;
-        if !got.is_empty() || wait == 0 {
-            return Ok(render(&got));
-        }
-        let Some(n) = notified.as_mut().as_pin_mut() else {
-            return Ok(render(&got));
-        };
-        tokio::select! {
-            _ = n => {}
-            _ = tokio::time::sleep_until(deadline) => return Ok(render(&[])),
-            _ = state.shutdown.cancelled() => return Ok(render(&[])),
-        }
-    }
+    let got = state
+        .broker
+        .receive_wait(
+            &caller,
+            &queue,
+            opts,
+            Some(deadline),
+            &state.shutdown,
+            now_ms,
+        )
+        .await?;
+    Ok(render(&got))
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,431 @@
+//! Links: a declared queue forwarded to a peer node, as swpt_stomp's `swpt-client PEER
+//! QUEUE` does it.
+//!
+//! A link leases messages from its queue (at most `buffer` held at a time), makes each
+//! what the peer takes ([`check_outbound`]: its type, and a creditors agent's creditor ids
+//! moved into the subnet the peer knows it by), and sends it over mutual TLS to a server
+//! of the peer picked at random from its `stomp.toml`, opening with a `STOMP` frame as the
+//! original does. A `RECEIPT` confirms the message it names and every one before: those
+//! are acked in the queue, and only then gone. A message the peer must not get goes to the
+//! queue's dead-letter queue (the original drops it).
+//!
+//! When the connection fails the link keeps what it holds, connects again (to a server
+//! picked again) after a pause that doubles up to a minute, and sends what was not
+//! confirmed first, in order: at least once. When it stops (its peer deactivated, the
+//! queue gone, the node stopping) what it holds goes back to the queue, in place.
+//!
+//! A fetch task of its own takes messages from the queue (never cancelled in the middle of
+//! a receive, which would strand leases): the connection gives it room as receipts come.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use trunkline_broker::{Access, Broker, Delivery, Issuer, Principal, ReceiveOptions, Settle};
+use trunkline_client::stomp::{Confirmation, StompClient, StompOptions};
+use trunkline_federation::{check_outbound, NodeData, NodeDatabase, PeerData};
+use trunkline_stomp::ClientConfig;
+
+use crate::http::now_ms;
+
+/// The label of a declared queue naming the peer it is forwarded to.
+pub const PEER_LABEL: &str = "federation.peer";
+
+/// How long a link holds a message it leased. Past it the message would be taken again;
+/// a link holds its messages until confirmed, however long the peer is away, and a node
+/// that stops gives them all back, so this is only a bound on what a link stuck for good
+/// keeps from the queue.
+const LEASE_MS: u64 = 24 * 3600 * 1000;
+
+/// Longest pause between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What every link of a node shares.
+pub struct LinkEnv {
+    pub broker: Broker,
+    pub db: NodeDatabase,
+    pub node: NodeData,
+    /// Our certificate and key (presented with the peer's `sub-ca.crt`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Most messages sent and not confirmed.
+    pub buffer: usize,
+}
+
+/// One link's numbers, for `/metrics` and logs.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub sent: AtomicU64,
+    pub confirmed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub connects: AtomicU64,
+    /// 1 while connected.
+    pub connected: AtomicU64,
+}
+
+/// Why a link stopped for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkEnd {
+    #[error("stopped")]
+    Stopped,
+    #[error("peer {0} is not an active peer")]
+    NotActive(String),
+}
+
+/// A message leased from the queue and made ready for the peer.
+struct Held {
+    receipt: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+/// Runs the link of `queue` to `peer_id` until `stop`, or until the peer is no longer
+/// active; gives back what it holds before returning.
+pub async fn run(
+    env: Arc<LinkEnv>,
+    peer_id: String,
+    queue: String,
+    stats: Arc<LinkStats>,
+    stop: CancellationToken,
+) -> LinkEnd {
+    let issuer = Issuer::new(Access::limited(
+        &format!("link:{peer_id}"),
+        &[],
+        std::slice::from_ref(&queue),
+    ));
+    let who = issuer.principal();
+    let room = Arc::new(Semaphore::new(env.buffer));
+    let (fetched_tx, mut fetched) = mpsc::channel(1);
+    let fetch_stop = stop.child_token();
+    let fetcher = tokio::spawn(fetch(
+        env.broker.clone(),
+        who.clone(),
+        queue.clone(),
+        room.clone(),
+        fetched_tx,
+        fetch_stop.clone(),
+    ));
+    let mut held: VecDeque<Held> = VecDeque::new();
+    let mut backoff = Duration::from_secs(1);
+    let end = loop {
+        if stop.is_cancelled() {
+            break LinkEnd::Stopped;
+        }
+        let peer = match env.db.peer(&peer_id, true) {
+            Ok(Some(p)) => p,
+            Ok(None) => break LinkEnd::NotActive(peer_id.clone()),
+            Err(e) => {
+                tracing::warn!(peer = %peer_id, queue = %queue, cause = %e, "link: cannot read the peer's data");
+                if pause(&stop, backoff).await {
+                    break LinkEnd::Stopped;
+                }
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let mut s = Session {
+            env: &env,
+            peer: &peer,
+            who: &who,
+            queue: &queue,
+            held: &mut held,
+            fetched: &mut fetched,
+            room: &room,
+            stats: &stats,
+        };
+        let outcome = s.run(&stop).await;
+        stats.connected.store(0, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => break LinkEnd::Stopped,
+            Err(e) => {
+                // A connection that lasted resets the pause.
+                if started.elapsed() > MAX_BACKOFF {
+                    backoff = Duration::from_secs(1);
+                }
+                tracing::warn!(peer = %peer_id, queue = %queue, cause = %e, retry_in_ms = backoff.as_millis() as u64, held = held.len(), "link: connection failed");
+                if pause(&stop, backoff).await {
+                    break LinkEnd::Stopped;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    fetch_stop.cancel();
+    let _ = fetcher.await;
+    // What was fetched and not yet taken, and what is held, goes back in place.
+    fetched.close();
+    let mut receipts: Vec<String> = held.drain(..).map(|h| h.receipt).collect();
+    while let Ok(more) = fetched.try_recv() {
+        receipts.extend(more.into_iter().filter_map(|d: Delivery| d.receipt));
+    }
+    if !receipts.is_empty() {
+        if let Err(e) = env
+            .broker
+            .settle(&who, &receipts, Settle::Nack { requeue: true }, now_ms())
+            .await
+        {
+            tracing::warn!(queue = %queue, cause = %e, "link: could not give back what it held; its leases will end");
+        }
+    }
+    tracing::info!(peer = %peer_id, queue = %queue, why = %end, "link stopped");
+    end
+}
+
+/// Sleeps `d`; true if `stop` came first.
+async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+    let jitter = Duration::from_millis(rand::random::<u64>() % (d.as_millis() as u64 / 4 + 1));
+    tokio::select! {
+        _ = tokio::time::sleep(d + jitter) => false,
+        _ = stop.cancelled() => true,
+    }
+}
+
+/// Takes messages from the queue while there is room, and hands them over.
+async fn fetch(
+    broker: Broker,
+    who: Principal,
+    queue: String,
+    room: Arc<Semaphore>,
+    out: mpsc::Sender<Vec<Delivery>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            p = room.acquire() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        first.forget();
+        let mut n = 1;
+        while let Ok(p) = room.try_acquire() {
+            p.forget();
+            n += 1;
+        }
+        let opts = ReceiveOptions::leased(n, LEASE_MS);
+        let got = match broker
+            .receive_wait(&who, &queue, opts, None, &stop, now_ms)
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => {
+                tracing::warn!(queue = %queue, cause = %e, "link: cannot read its queue");
+                room.add_permits(n);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        room.add_permits(n - got.len());
+        if got.is_empty() {
+            continue;
+        }
+        if let Err(mpsc::error::SendError(got)) = out.send(got).await {
+            let receipts: Vec<String> = got.into_iter().filter_map(|d| d.receipt).collect();
+            let _ = broker
+                .settle(&who, &receipts, Settle::Nack { requeue: true }, now_ms())
+                .await;
+            return;
+        }
+    }
+}
+
+/// One connection of a link.
+struct Session<'a> {
+    env: &'a LinkEnv,
+    peer: &'a PeerData,
+    who: &'a Principal,
+    queue: &'a str,
+    held: &'a mut VecDeque<Held>,
+    fetched: &'a mut mpsc::Receiver<Vec<Delivery>>,
+    room: &'a Semaphore,
+    stats: &'a LinkStats,
+}
+
+impl Session<'_> {
+    async fn connect(&self) -> Result<StompClient, String> {
+        let p = self.peer;
+        let servers = &p.stomp.servers;
+        let (host, port) = &servers[rand::random::<u64>() as usize % servers.len()];
+        let connector = super::tls::connector(
+            &self.env.cert,
+            &self.env.key,
+            &p.sub_cert,
+            &p.root_cert,
+            &p.node_id,
+        )
+        .map_err(|e| e.to_string())?;
+        let addr = format!("{host}:{port}");
+        let wait = Duration::from_secs(10);
+        let tcp = tokio::time::timeout(wait, tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| format!("{addr}: timed out"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        // No host name is checked (the peer is who its certificate names); the name only
+        // goes out as SNI.
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .or_else(|_| rustls::pki_types::ServerName::try_from("peer"))
+            .map_err(|e| e.to_string())?;
+        let tls = tokio::time::timeout(wait, connector.connect(name, tcp))
+            .await
+            .map_err(|_| format!("{addr}: TLS timed out"))?
+            .map_err(|e| format!("{addr}: TLS: {e}"))?;
+        let opts = StompOptions {
+            addr,
+            session: ClientConfig {
+                host: p.stomp.host.clone(),
+                login: p.stomp.login.clone(),
+                passcode: p.stomp.passcode.clone(),
+                heartbeat_send_ms: 5000,
+                heartbeat_recv_ms: 30_000,
+                window: self.env.buffer,
+                connect_timeout_ms: 10_000,
+                stomp_frame: true,
+            },
+            tls: None,
+            reconnect: false,
+            max_backoff: MAX_BACKOFF,
+        };
+        StompClient::connect_over(Box::new(tls), opts)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn send(&self, client: &StompClient, h: &Held) -> Result<Confirmation, String> {
+        let headers: Vec<(&str, &str)> = h
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let c = client
+            .send(&self.peer.stomp.destination, &headers, h.body.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(c)
+    }
+
+    /// Connects, sends what is held, then what comes, until `stop` (`Ok`) or a failure.
+    async fn run(&mut self, stop: &CancellationToken) -> Result<(), String> {
+        let client = self.connect().await?;
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        self.stats.connected.store(1, Ordering::Relaxed);
+        tracing::info!(peer = %self.peer.node_id, queue = %self.queue, resending = self.held.len(), "link connected");
+        let mut confirms: VecDeque<Confirmation> = VecDeque::new();
+        for h in self.held.iter() {
+            confirms.push_back(self.send(&client, h).await?);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    // Receipts still owed are not waited for: what they would confirm
+                    // goes back to the queue and is sent again later.
+                    drop(client);
+                    return Ok(());
+                }
+                r = async { match confirms.front_mut() { Some(c) => c.await, None => std::future::pending().await } } => {
+                    r.map_err(|e| e.to_string())?;
+                    confirms.pop_front();
+                    let mut n = 1;
+                    // Everything already confirmed with it, in one ack.
+                    while let Some(c) = confirms.front_mut() {
+                        match futures::FutureExt::now_or_never(&mut *c) {
+                            Some(r) => {
+                                r.map_err(|e| e.to_string())?;
+                                confirms.pop_front();
+                                n += 1;
+                            }
+                            None => break,
+                        }
+                    }
+                    self.confirmed(n).await;
+                }
+                got = self.fetched.recv() => {
+                    let Some(got) = got else { return Ok(()) };
+                    for d in got {
+                        if let Some(h) = self.prepare(d).await {
+                            confirms.push_back(self.send(&client, &h).await?);
+                            self.held.push_back(h);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The oldest `n` held messages are confirmed: they leave the queue.
+    async fn confirmed(&mut self, n: usize) {
+        let receipts: Vec<String> = self.held.drain(..n).map(|h| h.receipt).collect();
+        self.room.add_permits(n);
+        self.stats.confirmed.fetch_add(n as u64, Ordering::Relaxed);
+        if let Err(e) = self
+            .env
+            .broker
+            .settle(self.who, &receipts, Settle::Ack, now_ms())
+            .await
+        {
+            // They will be sent again once their lease ends: at least once.
+            tracing::warn!(queue = %self.queue, cause = %e, "link: cannot ack what the peer confirmed");
+        }
+    }
+
+    /// A leased message as the peer takes it; `None` (after dead-lettering it) for one
+    /// the peer must not get.
+    async fn prepare(&mut self, d: Delivery) -> Option<Held> {
+        let receipt = d.receipt.clone()?;
+        let data = &d.data;
+        let message_type = data
+            .headers
+            .iter()
+            .find(|(k, _)| k == "type")
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                serde_json::from_slice::<serde_json::Value>(&data.body)
+                    .ok()?
+                    .get("type")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let content_type = data.content_type.as_deref().unwrap_or("application/json");
+        match check_outbound(
+            &self.env.node,
+            self.peer,
+            &message_type,
+            content_type,
+            &data.body,
+        ) {
+            Ok(out) => Some(Held {
+                receipt,
+                headers: vec![
+                    ("type".into(), out.message_type),
+                    ("content-type".into(), "application/json".into()),
+                    ("persistent".into(), "true".into()),
+                ],
+                body: Bytes::from(out.body),
+            }),
+            Err(why) => {
+                tracing::error!(peer = %self.peer.node_id, queue = %self.queue, id = d.msg.id, cause = %why, "link: a message the peer must not get goes to the dead-letter queue");
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.room.add_permits(1);
+                let _ = self
+                    .env
+                    .broker
+                    .settle(
+                        self.who,
+                        &[receipt],
+                        Settle::Nack { requeue: false },
+                        now_ms(),
+                    )
+                    .await;
+                None
+            }
+        }
+    }
+}
