@@ -1,5 +1,7 @@
 //! `trunkline`: run a node, manage clients, send and receive messages.
 
+mod federation;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +58,9 @@ enum Command {
         creds: CredsArgs,
         body: String,
     },
+    /// Federation with peer nodes, as swpt_stomp does it: configure-queue, link, drain.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
     /// Send and subscribe over STOMP.
     #[command(subcommand)]
     Stomp(StompCommand),
@@ -75,6 +80,9 @@ enum Command {
         /// Read the dead-letter queue.
         #[arg(long)]
         dead: bool,
+        /// Read this queue, granted to you, instead of your inbox.
+        #[arg(long, conflicts_with = "dead")]
+        queue: Option<String>,
     },
 }
 
@@ -112,6 +120,18 @@ struct ServeArgs {
     /// PEM CA certificates; clients must then present a certificate signed by one.
     #[arg(long, env = "TRUNKLINE_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
+    /// The federation node database (a directory or file:// URL): federation is on.
+    #[arg(long, env = "TRUNKLINE_FEDERATION_NODEDATA")]
+    nodedata: Option<String>,
+    /// Federation listener, e.g. 0.0.0.0:1234.
+    #[arg(long, env = "TRUNKLINE_FEDERATION_LISTEN")]
+    federation_listen: Option<SocketAddr>,
+    /// This node's certificate for federation (O=Swaptacular Nodes Registry).
+    #[arg(long, env = "TRUNKLINE_FEDERATION_CERT")]
+    federation_cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, env = "TRUNKLINE_FEDERATION_KEY")]
+    federation_key: Option<PathBuf>,
     /// `text` or `json`.
     #[arg(long, env = "TRUNKLINE_LOG_FORMAT")]
     log_format: Option<String>,
@@ -150,7 +170,7 @@ enum ConfigCommand {
 }
 
 #[derive(Args, Clone)]
-struct CredsArgs {
+pub(crate) struct CredsArgs {
     /// Credentials file ({api, client_id, client_name, subscription, secret}).
     #[arg(
         long,
@@ -164,7 +184,7 @@ struct CredsArgs {
 }
 
 #[derive(Args, Clone)]
-struct StompArgs {
+pub(crate) struct StompArgs {
     #[command(flatten)]
     creds: CredsArgs,
     /// STOMP address (default: the credentials file's host, port 61613).
@@ -290,7 +310,7 @@ enum ClientCommand {
 
 /// Exit codes: 0 done, 1 the node refused, 2 bad usage or local files, 3 node unreachable.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Refused(String),
     Usage(String),
     Unreachable(String),
@@ -484,6 +504,18 @@ fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     if a.tls_client_ca.is_some() {
         c.stomp.tls_client_ca = a.tls_client_ca.clone();
     }
+    if a.nodedata.is_some() {
+        c.federation.nodedata = a.nodedata.clone();
+    }
+    if let Some(l) = a.federation_listen {
+        c.federation.listen = l;
+    }
+    if let Some(p) = &a.federation_cert {
+        c.federation.cert = p.clone();
+    }
+    if let Some(p) = &a.federation_key {
+        c.federation.key = p.clone();
+    }
     if let Some(f) = &a.log_format {
         c.log.format = match f.as_str() {
             "text" => LogFormat::Text,
@@ -528,7 +560,7 @@ fn init_logs(c: &Config) -> Result<(), Failure> {
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not
 /// when the future is first polled: the node writes `listen.json` while it starts, and a
 /// SIGTERM sent as soon as that file appears must stop it cleanly, not kill it.
-fn signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     #[cfg(unix)]
@@ -574,7 +606,7 @@ fn secrets() -> Secrets {
     }
 }
 
-fn connect(a: &CredsArgs) -> Result<Client, Failure> {
+pub(crate) fn connect(a: &CredsArgs) -> Result<Client, Failure> {
     let text = std::fs::read_to_string(&a.credentials).map_err(|e| {
         Failure::Usage(format!(
             "cannot read credentials file {}: {e} (use --credentials FILE)",
@@ -680,6 +712,7 @@ async fn dispatch(cmd: Command) -> Result<(), Failure> {
         }
         Command::Client(cmd) => client_command(cmd).await,
         Command::Stomp(cmd) => stomp_command(cmd).await,
+        Command::Federation(cmd) => federation::run(cmd).await,
         Command::Send {
             creds,
             topic,
@@ -707,6 +740,7 @@ async fn dispatch(cmd: Command) -> Result<(), Failure> {
             follow,
             manual_ack,
             dead,
+            queue,
         } => {
             let c = connect(&creds)?;
             let opts = ReceiveOptions {
@@ -714,6 +748,7 @@ async fn dispatch(cmd: Command) -> Result<(), Failure> {
                 lease: manual_ack.then_some(60),
                 wait: if follow { 25 } else { 0 },
                 dead,
+                queue,
             };
             loop {
                 let batch = tokio::select! {
@@ -836,7 +871,9 @@ async fn client_command(cmd: ClientCommand) -> Result<(), Failure> {
     }
 }
 
-fn stomp_options(a: &StompArgs) -> Result<trunkline_client::stomp::StompOptions, Failure> {
+pub(crate) fn stomp_options(
+    a: &StompArgs,
+) -> Result<trunkline_client::stomp::StompOptions, Failure> {
     let text = std::fs::read_to_string(&a.creds.credentials).map_err(|e| {
         Failure::Usage(format!(
             "cannot read credentials file {}: {e}",
@@ -869,7 +906,7 @@ fn stomp_options(a: &StompArgs) -> Result<trunkline_client::stomp::StompOptions,
     Ok(o)
 }
 
-fn stomp_failure(e: trunkline_client::stomp::StompClientError) -> Failure {
+pub(crate) fn stomp_failure(e: trunkline_client::stomp::StompClientError) -> Failure {
     use trunkline_client::stomp::StompClientError as E;
     match e {
         E::Connect(m) => Failure::Unreachable(m),

@@ -386,25 +386,8 @@ async fn a_link_forwards_a_queue_to_a_trunkline_peer_confirmed_by_receipts() {
     let ca = TestServer::start_with(|c| configure(c, fed.node(CA))).await;
     forward_queue(&ca, &fed, CA, AA, "to-aa").await;
     let http = reqwest::Client::new();
-    let tok = ca.admin_token().await;
-    let topic = format!(
-        "creditors_out.{}",
-        trunkline_federation::topology::id_words(DEBTOR)
-    );
     let n = 300;
-    for seq in 1..=n {
-        let body: Value = serde_json::from_slice(&configure_account(seq)).expect("json");
-        let mut body = body;
-        body["creditor_id"] = json!(OWN_CREDITOR);
-        let r = http
-            .post(format!("{}/send", ca.http))
-            .bearer_auth(&tok)
-            .json(&json!({"topic": topic, "body": body}))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), 202);
-    }
+    agent_publishes(&ca, n).await;
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while got.len() < n as usize && std::time::Instant::now() < deadline {
@@ -440,6 +423,233 @@ async fn a_link_forwards_a_queue_to_a_trunkline_peer_confirmed_by_receipts() {
     let confirmed =
         format!("trunkline_federation_link_confirmed_total{{peer=\"{AA}\",queue=\"to-aa\"}} {n}");
     assert!(metrics.contains(&confirmed), "{metrics}");
+    ca.stop().await;
+    aa.server.stop().await;
+}
+
+/// Runs `trunkline federation …` to completion: its status and output.
+async fn federation_cmd(args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_trunkline"))
+            .arg("federation")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run trunkline");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    })
+    .await
+    .expect("join")
+}
+
+/// Publishes `n` ConfigureAccount messages for the authority on the agent's node.
+async fn agent_publishes(ca: &TestServer, n: i64) {
+    let http = reqwest::Client::new();
+    let tok = ca.admin_token().await;
+    let topic = format!(
+        "creditors_out.{}",
+        trunkline_federation::topology::id_words(DEBTOR)
+    );
+    for seq in 1..=n {
+        let mut body: Value = serde_json::from_slice(&configure_account(seq)).expect("json");
+        body["creditor_id"] = json!(OWN_CREDITOR);
+        let r = http
+            .post(format!("{}/send", ca.http))
+            .bearer_auth(&tok)
+            .json(&json!({"topic": topic, "body": body}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 202);
+    }
+}
+
+#[tokio::test]
+async fn configure_queue_then_drain_a_deactivated_peer_answering_for_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    let ca = TestServer::start_with(|c| configure(c, fed.node(CA))).await;
+    let creds = ca.data_dir().join("admin.json").display().to_string();
+    let nodedata = fed.node(CA).nodedata.display().to_string();
+    let args = |more: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = more.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--nodedata".into(),
+            nodedata.clone(),
+            "--credentials".into(),
+            creds.clone(),
+        ]);
+        v
+    };
+    let (ok, out) = federation_cmd(args(&["configure-queue", AA, "to-aa"])).await;
+    assert!(ok, "{out}");
+    let q = ca
+        .broker()
+        .expect("broker")
+        .get_queue("to-aa")
+        .expect("declared");
+    assert_eq!(q.bindings, vec!["creditors_out.12.34.ab.cd.#".to_string()]);
+    assert_eq!(q.labels["federation.peer"], AA);
+    // Again: nothing changes.
+    let (ok, out) = federation_cmd(args(&["configure-queue", AA, "to-aa"])).await;
+    assert!(ok, "{out}");
+    let (ok, out) = federation_cmd(args(&[
+        "configure-queue",
+        "0123456789abcdef0123456789abcdef",
+        "x",
+    ]))
+    .await;
+    assert!(!ok && out.contains("not in the database"), "{out}");
+
+    // The authority is deactivated (and unreachable): what waits for it is drained, and
+    // each ConfigureAccount answered with a RejectedConfig as from the authority.
+    fed.deactivate(CA, AA);
+    agent_publishes(&ca, 20).await;
+    let admin = ca.admin_token().await;
+    let http = reqwest::Client::new();
+    for (method, path, body) in [
+        (
+            reqwest::Method::PUT,
+            "/queue/answers",
+            json!({"bindings": ["creditors_in.#"]}),
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/client/admin",
+            json!({"grants": ["to-aa", "answers"]}),
+        ),
+    ] {
+        let (s, v) = call(&http, method, format!("{}{path}", ca.http), &admin, body).await;
+        assert!(s == 200 || s == 201, "{path}: {v}");
+    }
+    let mut drain = args(&["drain", AA, "to-aa", "--until-empty"]);
+    drain.extend(["--stomp".into(), ca.stomp.clone()]);
+    let (ok, out) = federation_cmd(drain).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("drained 20 messages") && out.contains("answered 20"),
+        "{out}"
+    );
+    assert_eq!(
+        ca.broker()
+            .expect("broker")
+            .get_queue("to-aa")
+            .expect("q")
+            .depth,
+        0
+    );
+    let r = http
+        .get(format!(
+            "{}/receive?queue=answers&max_messages=100",
+            ca.http
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("receive");
+    let answers: Vec<Value> = r.json().await.expect("json");
+    assert_eq!(answers.len(), 20);
+    for a in &answers {
+        assert_eq!(a["body"]["type"], "RejectedConfig", "{a}");
+        assert_eq!(a["body"]["rejection_code"], "NO_CONNECTION_TO_DEBTOR");
+        // Back in the agent's own subnet, as an answer from the authority would be.
+        assert_eq!(a["body"]["creditor_id"], OWN_CREDITOR, "{a}");
+        assert!(a["topic"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("creditors_in."));
+    }
+    // Draining an active peer is refused.
+    fed.reactivate(CA, AA);
+    let (ok, out) = federation_cmd(args(&["drain", AA, "to-aa", "--until-empty"])).await;
+    assert!(!ok && out.contains("has not been deactivated"), "{out}");
+    ca.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_run_in_the_foreground_forwards_a_queue_read_over_http() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    let aa = Authority::start(&fed, |_| {}).await;
+    fed.set_servers(CA, AA, &[aa.server.federation.as_str()]);
+    // The node runs no links of its own: the command does.
+    let ca = TestServer::start_with(|c| {
+        configure(c, fed.node(CA));
+        c.federation.links = false;
+    })
+    .await;
+    forward_queue(&ca, &fed, CA, AA, "to-aa").await;
+    let admin = ca.admin_token().await;
+    let http = reqwest::Client::new();
+    let (s, v) = call(
+        &http,
+        reqwest::Method::PATCH,
+        format!("{}/client/admin", ca.http),
+        &admin,
+        json!({"grants": ["to-aa"]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    agent_publishes(&ca, 50).await;
+    let node = fed.node(CA);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trunkline"))
+        .args(["federation", "link", AA, "to-aa", "--nodedata"])
+        .arg(&node.nodedata)
+        .arg("--credentials")
+        .arg(ca.data_dir().join("admin.json"))
+        .arg("--cert")
+        .arg(&node.cert)
+        .arg("--key")
+        .arg(&node.key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn link");
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < 50 && std::time::Instant::now() < deadline {
+        got.extend(aa.taken().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got.len(), 50);
+    assert_eq!(got[0]["body"]["creditor_id"], CREDITOR);
+    // Interrupted: it stops, saying what it did.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ca
+        .broker()
+        .expect("broker")
+        .get_queue("to-aa")
+        .expect("q")
+        .depth
+        > 0
+    {
+        assert!(std::time::Instant::now() < deadline, "acked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait().expect("wait");
+        let mut s = String::new();
+        use std::io::Read;
+        child
+            .stdout
+            .take()
+            .expect("out")
+            .read_to_string(&mut s)
+            .expect("read");
+        (status, s)
+    })
+    .await
+    .expect("join");
+    assert!(out.0.success(), "{out:?}");
+    assert!(out.1.contains("50 confirmed"), "{}", out.1);
     ca.stop().await;
     aa.server.stop().await;
 }

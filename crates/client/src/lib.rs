@@ -76,6 +76,8 @@ pub struct ReceiveOptions {
     pub wait: u64,
     /// Read the dead-letter queue instead of the inbox.
     pub dead: bool,
+    /// Read this queue (granted to the client) instead; overrides `dead`.
+    pub queue: Option<String>,
 }
 
 impl Default for ReceiveOptions {
@@ -85,6 +87,7 @@ impl Default for ReceiveOptions {
             lease: None,
             wait: 0,
             dead: false,
+            queue: None,
         }
     }
 }
@@ -101,6 +104,12 @@ pub struct Message {
     pub delivery_count: u32,
     #[serde(default)]
     pub receipt: Option<String>,
+    /// Publisher headers (STOMP `SEND` headers such as `type`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Present when the body is not JSON (it is then a string).
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 /// A Trunkline API client. Cheap to clone? No: share it behind an `Arc`.
@@ -276,7 +285,9 @@ impl Client {
         if o.wait > 0 {
             q.push(("wait", o.wait.to_string()));
         }
-        if o.dead {
+        if let Some(queue) = &o.queue {
+            q.push(("queue", queue.clone()));
+        } else if o.dead {
             q.push(("queue", "dead".into()));
         }
         let url = format!("{}/receive", self.base);
@@ -301,6 +312,17 @@ impl Client {
             &serde_json::json!({"receipts": receipts, "requeue": requeue}),
         )
         .await
+    }
+
+    /// `PUT /queue/{name}` (admin): declares a queue, or changes one.
+    pub async fn declare_queue(&self, name: &str, d: &DeclareQueue) -> Result<QueueInfo, Error> {
+        self.json(Method::PUT, &format!("/queue/{name}"), d).await
+    }
+
+    /// `GET /queue/{name}` (admin).
+    pub async fn get_queue(&self, name: &str) -> Result<QueueInfo, Error> {
+        let url = format!("{}/queue/{}", self.base, name);
+        self.call(|h| h.get(&url)).await
     }
 
     /// `POST /client` (admin).

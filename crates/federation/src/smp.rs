@@ -5,7 +5,10 @@
 //!
 //! Each message type's fields and their limits are in [`fields`].
 
+mod drain;
 mod fields;
+
+pub use drain::{drain_answer, format_datetime};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};

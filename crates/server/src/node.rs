@@ -413,7 +413,6 @@ impl Node {
         if let (Some(f), Some(listener)) = (federation, federation_listener) {
             if config.federation.links {
                 let env = Arc::new(crate::federation::link::LinkEnv {
-                    broker: broker.clone(),
                     db: f.gate.db().clone(),
                     node: f.gate.node().clone(),
                     cert: config.federation.cert.clone(),
@@ -422,6 +421,7 @@ impl Node {
                 });
                 tasks.spawn(crate::federation::run_links(
                     links.clone(),
+                    broker.clone(),
                     env,
                     Duration::from_secs(config.federation.reread_secs),
                     shutdown.clone(),

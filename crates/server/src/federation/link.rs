@@ -40,14 +40,13 @@ pub const PEER_LABEL: &str = "federation.peer";
 /// a link holds its messages until confirmed, however long the peer is away, and a node
 /// that stops gives them all back, so this is only a bound on what a link stuck for good
 /// keeps from the queue.
-const LEASE_MS: u64 = 24 * 3600 * 1000;
+const LEASE_MS: u64 = 12 * 3600 * 1000;
 
 /// Longest pause between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// What every link of a node shares.
 pub struct LinkEnv {
-    pub broker: Broker,
     pub db: NodeDatabase,
     pub node: NodeData,
     /// Our certificate and key (presented with the peer's `sub-ca.crt`).
@@ -77,6 +76,110 @@ pub enum LinkEnd {
     NotActive(String),
 }
 
+/// A message taken from a link's queue, until settled.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// What settles it.
+    pub receipt: String,
+    pub id: u64,
+    pub headers: Vec<(String, String)>,
+    /// `None`: JSON.
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+impl Item {
+    /// Its SMP type: the `type` header, else the body's `type`.
+    pub fn message_type(&self) -> String {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == "type")
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                serde_json::from_slice::<serde_json::Value>(&self.body)
+                    .ok()?
+                    .get("type")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Where a link's messages come from: the node's own queue ([`BrokerSource`]), or a
+/// node's HTTP API for a link run on its own (`trunkline federation link`).
+pub trait Source: Send + Sync + 'static {
+    /// At most `max` messages, leased to this link, waiting while there are none until
+    /// `stop`. Never given up in the middle: what it took is returned.
+    fn take(
+        &self,
+        max: usize,
+        stop: &CancellationToken,
+    ) -> impl std::future::Future<Output = Result<Vec<Item>, String>> + Send;
+
+    /// Acks, gives back (`Nack { requeue: true }`) or dead-letters what was taken.
+    fn settle(
+        &self,
+        receipts: Vec<String>,
+        how: Settle,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// A queue of this node, read as a principal that may read that queue only.
+pub struct BrokerSource {
+    broker: Broker,
+    who: Principal,
+    queue: String,
+    _issuer: Issuer,
+}
+
+impl BrokerSource {
+    pub fn new(broker: Broker, peer_id: &str, queue: &str) -> Self {
+        let issuer = Issuer::new(Access::limited(
+            &format!("link:{peer_id}"),
+            &[],
+            &[queue.to_owned()],
+        ));
+        BrokerSource {
+            broker,
+            who: issuer.principal(),
+            queue: queue.to_owned(),
+            _issuer: issuer,
+        }
+    }
+}
+
+impl Source for BrokerSource {
+    async fn take(&self, max: usize, stop: &CancellationToken) -> Result<Vec<Item>, String> {
+        let opts = ReceiveOptions::leased(max, LEASE_MS);
+        let got = self
+            .broker
+            .receive_wait(&self.who, &self.queue, opts, None, stop, now_ms)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(got
+            .into_iter()
+            .filter_map(|d: Delivery| {
+                Some(Item {
+                    receipt: d.receipt?,
+                    id: d.msg.id,
+                    headers: d.data.headers.clone(),
+                    content_type: d.data.content_type.clone(),
+                    body: d.data.body.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn settle(&self, receipts: Vec<String>, how: Settle) -> Result<(), String> {
+        self.broker
+            .settle(&self.who, &receipts, how, now_ms())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// A message leased from the queue and made ready for the peer.
 struct Held {
     receipt: String,
@@ -84,27 +187,21 @@ struct Held {
     body: Bytes,
 }
 
-/// Runs the link of `queue` to `peer_id` until `stop`, or until the peer is no longer
-/// active; gives back what it holds before returning.
-pub async fn run(
+/// Runs the link of `queue` to `peer_id`, taking its messages from `source`, until `stop`
+/// or until the peer is no longer active; gives back what it holds before returning.
+pub async fn run<S: Source>(
     env: Arc<LinkEnv>,
+    source: Arc<S>,
     peer_id: String,
     queue: String,
     stats: Arc<LinkStats>,
     stop: CancellationToken,
 ) -> LinkEnd {
-    let issuer = Issuer::new(Access::limited(
-        &format!("link:{peer_id}"),
-        &[],
-        std::slice::from_ref(&queue),
-    ));
-    let who = issuer.principal();
     let room = Arc::new(Semaphore::new(env.buffer));
     let (fetched_tx, mut fetched) = mpsc::channel(1);
     let fetch_stop = stop.child_token();
     let fetcher = tokio::spawn(fetch(
-        env.broker.clone(),
-        who.clone(),
+        source.clone(),
         queue.clone(),
         room.clone(),
         fetched_tx,
@@ -130,8 +227,8 @@ pub async fn run(
         let started = Instant::now();
         let mut s = Session {
             env: &env,
+            source: &*source,
             peer: &peer,
-            who: &who,
             queue: &queue,
             held: &mut held,
             fetched: &mut fetched,
@@ -161,12 +258,11 @@ pub async fn run(
     fetched.close();
     let mut receipts: Vec<String> = held.drain(..).map(|h| h.receipt).collect();
     while let Ok(more) = fetched.try_recv() {
-        receipts.extend(more.into_iter().filter_map(|d: Delivery| d.receipt));
+        receipts.extend(more.into_iter().map(|i: Item| i.receipt));
     }
     if !receipts.is_empty() {
-        if let Err(e) = env
-            .broker
-            .settle(&who, &receipts, Settle::Nack { requeue: true }, now_ms())
+        if let Err(e) = source
+            .settle(receipts, Settle::Nack { requeue: true })
             .await
         {
             tracing::warn!(queue = %queue, cause = %e, "link: could not give back what it held; its leases will end");
@@ -186,12 +282,11 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 }
 
 /// Takes messages from the queue while there is room, and hands them over.
-async fn fetch(
-    broker: Broker,
-    who: Principal,
+async fn fetch<S: Source>(
+    source: Arc<S>,
     queue: String,
     room: Arc<Semaphore>,
-    out: mpsc::Sender<Vec<Delivery>>,
+    out: mpsc::Sender<Vec<Item>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -205,11 +300,7 @@ async fn fetch(
             p.forget();
             n += 1;
         }
-        let opts = ReceiveOptions::leased(n, LEASE_MS);
-        let got = match broker
-            .receive_wait(&who, &queue, opts, None, &stop, now_ms)
-            .await
-        {
+        let got = match source.take(n, &stop).await {
             Ok(got) => got,
             Err(e) => {
                 tracing::warn!(queue = %queue, cause = %e, "link: cannot read its queue");
@@ -220,14 +311,14 @@ async fn fetch(
                 }
             }
         };
-        room.add_permits(n - got.len());
+        room.add_permits(n - got.len().min(n));
         if got.is_empty() {
             continue;
         }
         if let Err(mpsc::error::SendError(got)) = out.send(got).await {
-            let receipts: Vec<String> = got.into_iter().filter_map(|d| d.receipt).collect();
-            let _ = broker
-                .settle(&who, &receipts, Settle::Nack { requeue: true }, now_ms())
+            let receipts: Vec<String> = got.into_iter().map(|i| i.receipt).collect();
+            let _ = source
+                .settle(receipts, Settle::Nack { requeue: true })
                 .await;
             return;
         }
@@ -235,18 +326,18 @@ async fn fetch(
 }
 
 /// One connection of a link.
-struct Session<'a> {
+struct Session<'a, S> {
     env: &'a LinkEnv,
+    source: &'a S,
     peer: &'a PeerData,
-    who: &'a Principal,
     queue: &'a str,
     held: &'a mut VecDeque<Held>,
-    fetched: &'a mut mpsc::Receiver<Vec<Delivery>>,
+    fetched: &'a mut mpsc::Receiver<Vec<Item>>,
     room: &'a Semaphore,
     stats: &'a LinkStats,
 }
 
-impl Session<'_> {
+impl<S: Source> Session<'_, S> {
     async fn connect(&self) -> Result<StompClient, String> {
         let p = self.peer;
         let servers = &p.stomp.servers;
@@ -364,12 +455,7 @@ impl Session<'_> {
         let receipts: Vec<String> = self.held.drain(..n).map(|h| h.receipt).collect();
         self.room.add_permits(n);
         self.stats.confirmed.fetch_add(n as u64, Ordering::Relaxed);
-        if let Err(e) = self
-            .env
-            .broker
-            .settle(self.who, &receipts, Settle::Ack, now_ms())
-            .await
-        {
+        if let Err(e) = self.source.settle(receipts, Settle::Ack).await {
             // They will be sent again once their lease ends: at least once.
             tracing::warn!(queue = %self.queue, cause = %e, "link: cannot ack what the peer confirmed");
         }
@@ -377,32 +463,17 @@ impl Session<'_> {
 
     /// A leased message as the peer takes it; `None` (after dead-lettering it) for one
     /// the peer must not get.
-    async fn prepare(&mut self, d: Delivery) -> Option<Held> {
-        let receipt = d.receipt.clone()?;
-        let data = &d.data;
-        let message_type = data
-            .headers
-            .iter()
-            .find(|(k, _)| k == "type")
-            .map(|(_, v)| v.clone())
-            .or_else(|| {
-                serde_json::from_slice::<serde_json::Value>(&data.body)
-                    .ok()?
-                    .get("type")?
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        let content_type = data.content_type.as_deref().unwrap_or("application/json");
+    async fn prepare(&mut self, item: Item) -> Option<Held> {
+        let content_type = item.content_type.as_deref().unwrap_or("application/json");
         match check_outbound(
             &self.env.node,
             self.peer,
-            &message_type,
+            &item.message_type(),
             content_type,
-            &data.body,
+            &item.body,
         ) {
             Ok(out) => Some(Held {
-                receipt,
+                receipt: item.receipt,
                 headers: vec![
                     ("type".into(), out.message_type),
                     ("content-type".into(), "application/json".into()),
@@ -411,18 +482,12 @@ impl Session<'_> {
                 body: Bytes::from(out.body),
             }),
             Err(why) => {
-                tracing::error!(peer = %self.peer.node_id, queue = %self.queue, id = d.msg.id, cause = %why, "link: a message the peer must not get goes to the dead-letter queue");
+                tracing::error!(peer = %self.peer.node_id, queue = %self.queue, id = item.id, cause = %why, "link: a message the peer must not get goes to the dead-letter queue");
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.room.add_permits(1);
                 let _ = self
-                    .env
-                    .broker
-                    .settle(
-                        self.who,
-                        &[receipt],
-                        Settle::Nack { requeue: false },
-                        now_ms(),
-                    )
+                    .source
+                    .settle(vec![item.receipt], Settle::Nack { requeue: false })
                     .await;
                 None
             }

@@ -116,9 +116,13 @@ impl Links {
 
     /// Starts a link for each declared queue labelled with an active peer, and stops those
     /// whose queue or peer is gone.
-    fn reconcile(&self, env: &Arc<link::LinkEnv>, shutdown: &CancellationToken) {
-        let wanted: BTreeSet<(String, String)> = env
-            .broker
+    fn reconcile(
+        &self,
+        broker: &trunkline_broker::Broker,
+        env: &Arc<link::LinkEnv>,
+        shutdown: &CancellationToken,
+    ) {
+        let wanted: BTreeSet<(String, String)> = broker
             .list_queues()
             .into_iter()
             .filter_map(|q| {
@@ -141,8 +145,10 @@ impl Links {
             let stats = Arc::new(link::LinkStats::default());
             let stop = shutdown.child_token();
             tracing::info!(peer = %peer, queue = %queue, "link starting");
+            let source = Arc::new(link::BrokerSource::new(broker.clone(), &peer, &queue));
             let task = tokio::spawn(link::run(
                 env.clone(),
+                source,
                 peer.clone(),
                 queue.clone(),
                 stats.clone(),
@@ -168,14 +174,15 @@ impl Links {
 /// until `shutdown`, then stops them all.
 pub async fn run_links(
     links: Arc<Links>,
+    broker: trunkline_broker::Broker,
     env: Arc<link::LinkEnv>,
     period: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        let (l, e, s) = (links.clone(), env.clone(), shutdown.clone());
+        let (l, b, e, s) = (links.clone(), broker.clone(), env.clone(), shutdown.clone());
         // Reads the node database: off the runtime's workers.
-        let _ = tokio::task::spawn_blocking(move || l.reconcile(&e, &s)).await;
+        let _ = tokio::task::spawn_blocking(move || l.reconcile(&b, &e, &s)).await;
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.cancelled() => break,
