@@ -10,8 +10,9 @@
 //! queue's dead-letter queue (the original drops it).
 //!
 //! When the connection fails the link keeps what it holds, connects again (to a server
-//! picked again) after a pause that doubles up to a minute, and sends what was not
-//! confirmed first, in order: at least once. When it stops (its peer deactivated, the
+//! picked again) after a pause that doubles up to 15 s (so that a backlog moves within
+//! seconds of a peer's return), and sends what was not confirmed first, in order: at least
+//! once. When it stops (its peer deactivated, the
 //! queue gone, the node stopping) what it holds goes back to the queue, in place.
 //!
 //! A fetch task of its own takes messages from the queue (never cancelled in the middle of
@@ -43,7 +44,7 @@ pub const PEER_LABEL: &str = "federation.peer";
 const LEASE_MS: u64 = 12 * 3600 * 1000;
 
 /// Longest pause between connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// What every link of a node shares.
 pub struct LinkEnv {
