@@ -357,7 +357,14 @@ impl Connection {
                         break;
                     }
                 }
-                Some(done) = self.ops_rx.recv() => self.done(done),
+                Some(done) = self.ops_rx.recv() => {
+                    // Everything finished by now, before anything is written: a run of
+                    // operations confirmed together gets one cumulative receipt.
+                    self.done(done);
+                    while let Ok(done) = self.ops_rx.try_recv() {
+                        self.done(done);
+                    }
+                }
                 Some(done) = self.deliveries_rx.recv(), if can_deliver => self.done(done),
                 _ = async { match timeout { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                     if frame_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {

@@ -299,6 +299,9 @@ impl ServerSession {
 
     /// The next thing to write, if any.
     pub fn poll_transmit(&mut self, now: u64) -> Option<Outgoing> {
+        if self.config.cumulative_receipts {
+            self.flush_receipts();
+        }
         let out = self.transmit.pop_front()?;
         self.last_sent = now;
         Some(out)
@@ -843,7 +846,11 @@ impl ServerSession {
         if let Some(id) = nacked {
             self.want_fetch(&id);
         }
-        self.flush_receipts();
+        // Cumulative receipts wait for the next transmit: whatever completes meanwhile
+        // is confirmed by one receipt.
+        if !self.config.cumulative_receipts {
+            self.flush_receipts();
+        }
     }
 
     fn flush_receipts(&mut self) {

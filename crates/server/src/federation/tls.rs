@@ -48,8 +48,12 @@ fn chain_of<'a>(end: &'a CertificateDer<'_>, rest: &'a [CertificateDer<'_>]) -> 
         .collect()
 }
 
+/// A refused chain: the peer is told `bad_certificate`; the reason is logged here.
 fn refusal(e: impl std::fmt::Display) -> rustls::Error {
-    rustls::Error::General(format!("peer certificate refused: {e}"))
+    let e = std::io::Error::other(format!("peer certificate refused: {e}"));
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(e),
+    )))
 }
 
 /// The handshake signatures of both verifiers: checked with the key of the certificate
