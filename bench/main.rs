@@ -28,6 +28,7 @@ mod amqp;
 mod backlog;
 mod disk;
 mod fanout;
+mod federation;
 mod guard;
 mod load;
 mod nats;
@@ -89,6 +90,9 @@ enum Cmd {
     /// Live fan-out over WebSocket, one publisher session to many receiver sessions,
     /// against Trunkline (a public channel) or a plain Node `ws` broadcast server.
     Wsfanout(wsfanout::WsFanoutArgs),
+    /// One federation link between two nodes (mutual TLS, STOMP, cumulative receipts):
+    /// messages per second and CPU per message on each side.
+    Federation(federation::FederationArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
         Cmd::Fanout(args) => rt.block_on(fanout::run(&args)),
         Cmd::AmqpDurable(args) => rt.block_on(amqp::run(&args)),
         Cmd::Wsfanout(args) => rt.block_on(wsfanout::run(&args)),
+        Cmd::Federation(args) => rt.block_on(federation::run(&args)),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)
