@@ -26,16 +26,17 @@
 //!   identifier, and the names `localhost` and `127.0.0.1`. A node uses it both to
 //!   listen and to link; a link sends it followed by the peer's `sub-ca.crt`.
 //! - `peers/<b>/sub-ca.crt` in `a`'s database: `a`'s root subject and key, issued by `b`'s
-//!   root, CA (path length 0), keyCertSign and cRLSign, serverAuth and clientAuth. So `b`,
-//!   trusting only its own root, verifies `a`'s chain: server.crt → sub-ca.crt → `b`'s root.
+//!   root, CA (path length 0), keyCertSign and cRLSign, serverAuth and clientAuth, and a
+//!   critical name constraint permitting `a`'s subject only (a `directoryName`, as
+//!   Swaptacular's). So `b`, trusting only its own root, verifies `a`'s chain: server.crt →
+//!   sub-ca.crt → `b`'s root.
 //! - `peers/<b>/peercert.crt` in `a`'s database: the certificate `a` issued to `b` (the same
 //!   bytes as `peers/<a>/sub-ca.crt` in `b`'s database), as in swpt_stomp's test data.
 //!
-//! Unlike Swaptacular's peer certificates, the sub-CAs carry no name constraints:
-//! rustls-webpki refuses any chain through a CA with a `directoryName` name constraint.
-//! So TLS alone lets a peer's root issue a certificate naming any node
-//! ([`Federation::impostor`]); what the constraint would have checked is that the
-//! certificate's issuer (the sub-CA's subject) names the node its subject names.
+//! rustls' own verifier (webpki) refuses any chain through a CA with a `directoryName`
+//! name constraint; the node verifies these chains with `trunkline_federation::chain`.
+//! [`Federation::impostor`] makes a certificate naming another node under a peer's root:
+//! the constraint refuses it.
 //!
 //! ```no_run
 //! # fn f(dir: &std::path::Path) {
