@@ -223,6 +223,16 @@ async fn what_a_peer_may_not_do_is_refused_and_nothing_is_routed() {
     );
 
     // Session refusals: an ERROR naming the reason, then the close.
+    // Signed by our own root, for a node that is no peer of ours: TLS lets it in (the
+    // chain holds), the node database does not.
+    let (cert, key) = fed.impostor(AA, "0123456789abcdef0123456789abcdef");
+    let mut w = fed
+        .dial_with(CA, AA, &addr, &cert, &key)
+        .await
+        .expect("TLS");
+    let f = stomp(&mut w).await.expect("ERROR");
+    assert_eq!(f.get("code"), Some("unknown_peer"), "not a peer: {f:?}");
+    assert!(w.next().await.is_none(), "closed");
     fed.deactivate(AA, CA);
     let mut w = fed.dial(CA, AA, &addr).await.expect("TLS");
     let f = stomp(&mut w).await.expect("ERROR");
