@@ -129,7 +129,7 @@ pub async fn run(a: &FederationArgs) -> Result<bool> {
         format!("{}/queue/to-aa", ca.api),
         &ca_tok,
         json!({"bindings": ["creditors_out.12.34.ab.cd.#"], "labels": {"federation.peer": AA},
-            "limits": {"max_length": 100_000_000u64, "max_deliveries": u32::MAX}}),
+            "limits": {"max_length": 100_000_000u64, "max_deliveries": 1_000_000}}),
     )
     .await?;
 

@@ -1761,11 +1761,7 @@ impl Broker {
             }
         }
         if let Some(l) = limits {
-            if l.max_length == Some(0) || l.max_deliveries == Some(0) {
-                return Err(BrokerError::InvalidArgument(
-                    "max_length and max_deliveries must be at least 1".into(),
-                ));
-            }
+            l.check()?;
         }
         Ok(())
     }

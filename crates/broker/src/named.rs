@@ -136,13 +136,7 @@ fn check_spec(name: &str, spec: &QueueSpec) -> Result<(), BrokerError> {
              values of at most {MAX_LABEL_LEN}"
         )));
     }
-    let l = &spec.limits;
-    if l.max_length == Some(0) || l.max_deliveries == Some(0) {
-        return Err(BrokerError::InvalidArgument(
-            "max_length and max_deliveries must be at least 1".into(),
-        ));
-    }
-    Ok(())
+    spec.limits.check()
 }
 
 impl Broker {

@@ -14,6 +14,11 @@ pub const MAX_NAME_LEN: usize = 256;
 /// Most patterns one client may subscribe to.
 pub const MAX_PATTERNS: usize = 64;
 
+/// Most a queue's `max_length` may be set to.
+pub const MAX_LENGTH_LIMIT: u64 = 1_000_000_000;
+/// Most a queue's `max_deliveries` may be set to.
+pub const MAX_DELIVERIES_LIMIT: u32 = 1_000_000;
+
 /// Per-client inbox limits as configured; `None` takes the node default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitSettings {
@@ -52,6 +57,25 @@ pub struct ClientRecord {
     #[serde(default)]
     pub inbox: LimitSettings,
     pub created_ms: u64,
+}
+
+impl LimitSettings {
+    /// `Err` (what is wrong) for limits out of their ranges.
+    pub fn check(&self) -> Result<(), crate::BrokerError> {
+        let length_ok = self
+            .max_length
+            .is_none_or(|l| (1..=MAX_LENGTH_LIMIT).contains(&l));
+        let deliveries_ok = self
+            .max_deliveries
+            .is_none_or(|d| (1..=MAX_DELIVERIES_LIMIT).contains(&d));
+        if length_ok && deliveries_ok {
+            Ok(())
+        } else {
+            Err(crate::BrokerError::InvalidArgument(format!(
+                "max_length must be 1 to {MAX_LENGTH_LIMIT} and max_deliveries 1 to {MAX_DELIVERIES_LIMIT}"
+            )))
+        }
+    }
 }
 
 impl ClientRecord {

@@ -663,3 +663,70 @@ async fn a_link_run_in_the_foreground_forwards_a_queue_read_over_http() {
     ca.stop().await;
     aa.server.stop().await;
 }
+
+#[tokio::test]
+async fn a_link_whose_peer_goes_away_while_idle_delivers_what_comes_once_it_is_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    let port = trunkline_testkit::free_port();
+    let on_port = move |c: &mut trunkline_server::Config| {
+        c.federation.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    };
+    let aa = Authority::start(&fed, on_port).await;
+    fed.set_servers(CA, AA, &[aa.server.federation.as_str()]);
+    let ca = TestServer::start_with(|c| configure(c, fed.node(CA))).await;
+    forward_queue(&ca, &fed, CA, AA, "to-aa").await;
+    agent_publishes(&ca, 5).await;
+    assert_eq!(wait_depth(&aa.server, 5).await, 5);
+    // The authority goes away while the link has nothing to send, and comes back.
+    let kept = aa.server.stop_keep().await.expect("data dir kept");
+    agent_publishes(&ca, 5).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let back = TestServer::start_in(kept.path(), |c| {
+        configure(c, fed.node(AA));
+        on_port(c);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        wait_depth(&back, 10).await,
+        10,
+        "all five sent while it was away"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Nothing stranded on the agent: its queue empties.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = ca.broker().expect("broker").get_queue("to-aa").expect("q");
+        if q.depth == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} left in to-aa",
+            q.depth
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    back.stop().await;
+    ca.stop().await;
+}
+
+/// Messages in the authority's queue `from-peers`, waiting (at most 30 s) for `want`.
+async fn wait_depth(server: &TestServer, want: u64) -> u64 {
+    let depth = || {
+        server
+            .broker()
+            .expect("broker")
+            .get_queue("from-peers")
+            .expect("queue")
+            .depth
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut d = depth();
+    while d < want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        d = depth();
+    }
+    d
+}

@@ -32,6 +32,10 @@ pub enum StompClientError {
     /// The client was closed or gave up.
     #[error("the connection is closed")]
     Closed,
+    /// The connection, once open, ended without an `ERROR` (and was not to be opened
+    /// again).
+    #[error("the connection dropped")]
+    Dropped,
 }
 
 /// TLS settings: trust `ca_pem` for the server and optionally present a client certificate.
@@ -323,6 +327,12 @@ impl StompClient {
             .map_err(|_| StompClientError::Closed)
     }
 
+    /// Resolves once the connection is over for good (it failed, dropped and is not
+    /// opened again, or was closed): a caller that has nothing in flight learns it here.
+    pub async fn closed(&self) {
+        self.cmds.closed().await
+    }
+
     /// Waits until every message sent is confirmed, then disconnects.
     pub async fn disconnect(self) -> Result<(), StompClientError> {
         let (done, rx) = oneshot::channel();
@@ -395,7 +405,11 @@ async fn run(
             }
             Outcome::Dropped => {
                 if !opts.reconnect || ready.is_some() {
-                    let e = StompClientError::Connect("the connection dropped".into());
+                    let e = if ready.is_some() {
+                        StompClientError::Connect("the connection dropped".into())
+                    } else {
+                        StompClientError::Dropped
+                    };
                     if let Some(r) = ready.take() {
                         let _ = r.send(Err(e.clone()));
                     }

@@ -192,9 +192,9 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "description": "Dot-separated words, at most 255 bytes; `*` = one word, `#` = zero or more words, each only as a whole word"});
     let subscription = json!({"oneOf": [pattern, {"type": "array", "items": pattern, "minItems": 1, "maxItems": 64}]});
     let queue_settings = json!({"type": "object", "additionalProperties": false, "properties": {
-        "max_length": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000_u64},
+        "max_length": {"type": "integer", "minimum": 1, "maximum": trunkline_broker::registry::MAX_LENGTH_LIMIT},
         "overflow": {"enum": ["reject-publish", "drop-oldest"]},
-        "max_deliveries": {"type": "integer", "minimum": 1, "maximum": 1_000_000}}});
+        "max_deliveries": {"type": "integer", "minimum": 1, "maximum": trunkline_broker::registry::MAX_DELIVERIES_LIMIT}}});
     let name = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"});
     let grants = json!({"type": "array", "maxItems": 64, "description": "Other queues (such as `<client>-inbox`) this client may consume from; each must exist",
         "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}});

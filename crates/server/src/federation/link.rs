@@ -226,6 +226,7 @@ pub async fn run<S: Source>(
             }
         };
         let started = Instant::now();
+        let confirmed_before = stats.confirmed.load(Ordering::Relaxed);
         let mut s = Session {
             env: &env,
             source: &*source,
@@ -241,8 +242,10 @@ pub async fn run<S: Source>(
         match outcome {
             Ok(()) => break LinkEnd::Stopped,
             Err(e) => {
-                // A connection that lasted resets the pause.
-                if started.elapsed() > MAX_BACKOFF {
+                // A connection that lasted, or got something confirmed, resets the pause
+                // (one that fails at once, or is refused by the peer, does not).
+                let progressed = stats.confirmed.load(Ordering::Relaxed) > confirmed_before;
+                if progressed || started.elapsed() > MAX_BACKOFF {
                     backoff = Duration::from_secs(1);
                 }
                 tracing::warn!(peer = %peer_id, queue = %queue, cause = %e, retry_in_ms = backoff.as_millis() as u64, held = held.len(), "link: connection failed");
@@ -440,13 +443,20 @@ impl<S: Source> Session<'_, S> {
                 }
                 got = self.fetched.recv() => {
                     let Some(got) = got else { return Ok(()) };
+                    // Held first, sent then: what a failed send leaves unsent is held, and
+                    // goes first on the next connection.
                     for d in got {
                         if let Some(h) = self.prepare(d).await {
-                            confirms.push_back(self.send(&client, &h).await?);
                             self.held.push_back(h);
                         }
                     }
+                    for h in self.held.iter().skip(confirms.len()) {
+                        confirms.push_back(self.send(&client, h).await?);
+                    }
                 }
+                // An idle link learns here that its connection is gone (heart-beats
+                // stopped, the peer closed it), not at its next message.
+                _ = client.closed() => return Err("the connection dropped".into()),
             }
         }
     }

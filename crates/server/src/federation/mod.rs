@@ -66,9 +66,9 @@ impl Federation {
 
 /// What `configure-queue PEER QUEUE` declares: a queue bound to what this node sends
 /// `peer` ([`trunkline_federation::topology::queue_binding`]), labelled with the peer so
-/// that a link forwards it, long enough for a peer away for a while, and never
-/// dead-lettering a message for having been sent many times (a link sends again after
-/// each reconnect).
+/// that a link forwards it, long enough for a peer away for a while, and not
+/// dead-lettering a message for having been taken many times (a link takes its messages
+/// again after each restart of the node).
 pub fn forward_spec(
     node: &trunkline_federation::NodeData,
     peer: &trunkline_federation::PeerData,
@@ -87,7 +87,7 @@ pub fn forward_spec(
         limits: trunkline_broker::LimitSettings {
             max_length: Some(100_000_000),
             overflow: None,
-            max_deliveries: Some(u32::MAX),
+            max_deliveries: Some(trunkline_broker::registry::MAX_DELIVERIES_LIMIT),
         },
         labels: [(link::PEER_LABEL.to_owned(), peer.node_id.clone())].into(),
     })
@@ -97,20 +97,22 @@ pub fn forward_spec(
 #[derive(Default)]
 pub struct Links {
     running: std::sync::Mutex<BTreeMap<(String, String), Running>>,
+    /// Every link's numbers since the node started, kept across the link's restarts
+    /// (its peer deactivated and activated again), so that its counters only grow.
+    stats: std::sync::Mutex<BTreeMap<(String, String), Arc<link::LinkStats>>>,
 }
 
 struct Running {
-    stats: Arc<link::LinkStats>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<link::LinkEnd>,
 }
 
 impl Links {
-    /// `(peer, queue, numbers)` of every link running, ordered.
+    /// `(peer, queue, numbers)` of every link run since the node started, ordered.
     pub fn stats(&self) -> Vec<(String, String, Arc<link::LinkStats>)> {
-        lock(&self.running)
+        lock(&self.stats)
             .iter()
-            .map(|((p, q), r)| (p.clone(), q.clone(), r.stats.clone()))
+            .map(|((p, q), s)| (p.clone(), q.clone(), s.clone()))
             .collect()
     }
 
@@ -142,7 +144,10 @@ impl Links {
             if running.contains_key(&(peer.clone(), queue.clone())) {
                 continue;
             }
-            let stats = Arc::new(link::LinkStats::default());
+            let stats = lock(&self.stats)
+                .entry((peer.clone(), queue.clone()))
+                .or_default()
+                .clone();
             let stop = shutdown.child_token();
             tracing::info!(peer = %peer, queue = %queue, "link starting");
             let source = Arc::new(link::BrokerSource::new(broker.clone(), &peer, &queue));
@@ -154,7 +159,7 @@ impl Links {
                 stats.clone(),
                 stop.clone(),
             ));
-            running.insert((peer, queue), Running { stats, stop, task });
+            running.insert((peer, queue), Running { stop, task });
         }
     }
 
