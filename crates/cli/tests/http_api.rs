@@ -699,8 +699,16 @@ async fn declared_queues_are_managed_by_admins_and_read_by_grant() {
         ("ok", json!({"bindings": "a"}), "invalid_body"),
         ("ok", json!({"nope": 1}), "invalid_body"),
         // Past what the OpenAPI document says.
-        ("ok", json!({"limits": {"max_deliveries": 1_000_001}}), "invalid_body"),
-        ("ok", json!({"limits": {"max_length": 1_000_000_001u64}}), "invalid_body"),
+        (
+            "ok",
+            json!({"limits": {"max_deliveries": 1_000_001}}),
+            "invalid_body",
+        ),
+        (
+            "ok",
+            json!({"limits": {"max_length": 1_000_000_001u64}}),
+            "invalid_body",
+        ),
     ] {
         let (s, v) = put(name, body.clone()).await;
         assert_eq!(
