@@ -30,5 +30,9 @@ for target in $(cargo fuzz list); do
     # unseeded runs by hand.
     [ -n "${FUZZ_SEED:-}" ] && flags+=(-seed="$FUZZ_SEED")
     [ -f "$target.dict" ] && flags+=(-dict="$target.dict")
+    # Opening a log checks its index files on a second (scoped, joined) thread; the
+    # thread-local destructor list glibc allocates for it (__cxa_thread_atexit_impl) is
+    # reported by LeakSanitizer as a leak now and then. Memory errors are still caught.
+    [ "$target" = log_replay ] && flags+=(-detect_leaks=0)
     cargo fuzz run "$target" "${corpora[@]}" -- "${flags[@]}"
 done

@@ -236,6 +236,9 @@ fn survey(
         true => segs.len().saturating_sub(1),
         false => 0,
     };
+    if sealed == 0 {
+        return replay_segments(dir, segs, &files, |_| None, spill);
+    }
     // Another thread reads and checks the index files, one ahead of the one applied.
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
