@@ -73,6 +73,8 @@ error_codes! {
     UnknownClient = ("unknown_client", 404),
     /// No queue with this name.
     UnknownQueue = ("unknown_queue", 404),
+    /// Relays: no twin with this id.
+    UnknownTwin = ("unknown_twin", 404),
     /// No such route.
     NotFound = ("not_found", 404),
     /// The route exists but not with this method.
@@ -81,6 +83,8 @@ error_codes! {
     ClientExists = ("client_exists", 409),
     /// The change would leave the node without an admin client.
     LastAdmin = ("last_admin", 409),
+    /// Relays: the key is another twin's already (one twin per key).
+    TwinExists = ("twin_exists", 409),
     /// A message with this `message_id` is being published right now.
     DuplicateInFlight = ("duplicate_in_flight", 409),
     /// A receipt is unknown, already acked, or its lease has expired.

@@ -20,6 +20,10 @@ pub enum BrokerError {
     UnknownClient(String),
     #[error("no queue named `{0}`")]
     UnknownQueue(String),
+    #[error("no twin {0}")]
+    UnknownTwin(u32),
+    #[error("that key is twin {0}'s already")]
+    TwinKeyTaken(u32),
     #[error("queue full, message rejected: {}", queues.join(", "))]
     QueueFull { queues: Vec<String> },
     #[error(

@@ -6,6 +6,7 @@
 //! - [`queue`]: one queue's in-memory index of its durable entries.
 //! - [`registry`]: client records and routing.
 //! - [`named`]: queues an admin declares, with their bindings and dead-letter queues.
+//! - [`twins`]: the relay's registry of twins (keys and relays).
 //! - [`authz`]: who may read, write and manage what; [`Principal`], the identity every
 //!   read and write is checked against.
 //! - [`dedup`]: the publisher `message_id` window.
@@ -51,6 +52,7 @@ pub mod named;
 pub mod queue;
 pub mod registry;
 pub mod topic;
+pub mod twins;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -446,6 +448,14 @@ impl Broker {
                     cause: format!("{key}: {e}"),
                 })?;
             registry.insert_queue(rec);
+        }
+        for (key, value) in snap.records.remove(&RecordTable::Twins).unwrap_or_default() {
+            let rec: twins::TwinRecord =
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    table: "twins",
+                    cause: format!("{key}: {e}"),
+                })?;
+            registry.twins.insert(rec.id, rec);
         }
         let mut queues: HashMap<Arc<str>, Queue> = HashMap::new();
         for rec in registry.clients.values() {

@@ -116,6 +116,8 @@ pub(crate) struct Registry {
     pub holders: HashMap<String, Arc<Holder>>,
     /// Declared queues, by name.
     pub queues: HashMap<String, QueueRecord>,
+    /// The relay's twins, by id.
+    pub twins: std::collections::BTreeMap<u32, crate::twins::TwinRecord>,
 }
 
 impl Registry {

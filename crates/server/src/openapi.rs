@@ -128,6 +128,25 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             &with(&admin, &[UnknownQueue]), json!({"security": admin_sec})),
     });
     one_queue["put"]["responses"]["201"] = ok("Declared", r("Queue"));
+    let twin_claim =
+        json!({"required": true, "content": {"application/json": {"schema": r("TwinClaim")}}});
+    let twin_ok = |d: &str| ok(d, r("Twin"));
+    let twin_list = json!({
+        "post": op("Register a twin: its claim (id 0), signed by the twin's own key; the registry picks its id. A client may register 16.",
+            ("201", twin_ok("Registered")),
+            &with(AUTH, &[MalformedJson, InvalidBody, UnsupportedMediaType, BodyTooLarge, Forbidden, TwinExists]),
+            json!({"requestBody": twin_claim, "security": [{"bearer": []}]})),
+        "get": op("The twin holding a key.", ("200", twin_ok("Twin")), &with(&[], &[InvalidQuery, UnknownTwin]),
+            json!({"parameters": [q_required("key", "ed25519:<base64url>", json!({"type": "string"}))]})),
+    });
+    let one_twin = json!({
+        "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0, "maximum": u32::MAX}}],
+        "get": op("Show a twin: its key and relays.", ("200", twin_ok("Twin")), &with(&[], &[NotFound, UnknownTwin]), json!({})),
+        "put": op("Change a twin (key, relays) with a claim newer than the one it holds, signed by the key it holds.",
+            ("200", twin_ok("Changed")),
+            &with(&[], &[MalformedJson, InvalidBody, UnsupportedMediaType, BodyTooLarge, Forbidden, NotFound, UnknownTwin, TwinExists]),
+            json!({"requestBody": twin_claim})),
+    });
     let token = json!({
         "get": op("Client-credentials grant (NOC).", ("200", ok("Token", r("Token"))),
             &with(&[], &[InvalidQuery, InvalidCredentials, Throttled]),
@@ -216,6 +235,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
         "paths": {
             "/client": client_ops, "/client/{client_id}": one_client, "/client/{client_id}/secret": rotate,
             "/queue": queue_list, "/queue/{name}": one_queue,
+            "/twins": twin_list, "/twins/{id}": one_twin,
             "/token": token, "/send": send, "/notify": notify, "/receive": receive, "/ack": ack, "/nack": nack,
             "/healthz": healthz, "/openapi.json": openapi
         },
@@ -249,6 +269,13 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
                     "bindings": {"type": "array", "items": {"type": "string"}}, "limits": queue_settings,
                     "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                     "dead_letter": {"type": "string"}, "depth": {"type": "integer"}, "dead_depth": {"type": "integer"}}},
+                "TwinClaim": {"type": "object", "additionalProperties": false, "required": ["key", "timestamp", "signature"], "properties": {
+                    "key": {"type": "string", "description": "ed25519:<32 bytes, unpadded base64url>"},
+                    "relays": {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 255}},
+                    "timestamp": {"type": "integer", "minimum": 0, "description": "Seconds since 1970; within 300 s of the node's clock"},
+                    "signature": {"type": "string", "description": "64 bytes, unpadded base64url: ed25519 over the claim (docs/relays.md)"}}},
+                "Twin": {"type": "object", "properties": {"id": {"type": "integer"}, "key": {"type": "string"},
+                    "relays": {"type": "array", "items": {"type": "string"}}, "updated": {"type": "integer"}}},
                 "ClientCredentials": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},
                     "subscription": subscription, "secret": {"type": "string"}}},
                 "Token": {"type": "object", "properties": {"token": {"type": "string"}, "expiry": {"type": "string", "format": "date-time"}}},

@@ -41,14 +41,17 @@ pub enum RecordTable {
     Queues,
     Dedup,
     Meta,
+    /// Twins of the relay's registry (added last: the log writes a table by its index).
+    Twins,
 }
 
 impl RecordTable {
-    pub const ALL: [RecordTable; 4] = [
+    pub const ALL: [RecordTable; 5] = [
         RecordTable::Clients,
         RecordTable::Queues,
         RecordTable::Dedup,
         RecordTable::Meta,
+        RecordTable::Twins,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +60,7 @@ impl RecordTable {
             RecordTable::Queues => "queues",
             RecordTable::Dedup => "dedup",
             RecordTable::Meta => "meta",
+            RecordTable::Twins => "twins",
         }
     }
 }

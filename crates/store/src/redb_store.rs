@@ -21,6 +21,7 @@ const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
 
 fn record_def(table: RecordTable) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match table {
@@ -28,6 +29,7 @@ fn record_def(table: RecordTable) -> TableDefinition<'static, &'static str, &'st
         RecordTable::Queues => QUEUES,
         RecordTable::Dedup => DEDUP,
         RecordTable::Meta => META,
+        RecordTable::Twins => TWINS,
     }
 }
 

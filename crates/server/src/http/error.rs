@@ -61,6 +61,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::ClientExists(_) => ErrorCode::ClientExists,
             BrokerError::UnknownClient(_) => ErrorCode::UnknownClient,
             BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
+            BrokerError::UnknownTwin(_) => ErrorCode::UnknownTwin,
+            BrokerError::TwinKeyTaken(_) => ErrorCode::TwinExists,
             BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
             BrokerError::NodeFull { .. } => ErrorCode::NodeFull,
             BrokerError::DiskFull { .. } => ErrorCode::DiskFull,

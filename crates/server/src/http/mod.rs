@@ -13,6 +13,7 @@ pub mod messages;
 pub mod ops;
 pub mod queues;
 pub mod tokens;
+pub mod twins;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -138,6 +139,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(clients::delete),
         )
         .route("/client/{client_id}/secret", post(clients::rotate))
+        .route("/twins", post(twins::register).get(twins::find))
+        .route("/twins/{id}", get(twins::show).put(twins::update))
         .route("/queue", get(queues::list))
         .route(
             "/queue/{name}",
