@@ -83,6 +83,11 @@ error_codes! {
     ClientExists = ("client_exists", 409),
     /// The change would leave the node without an admin client.
     LastAdmin = ("last_admin", 409),
+    /// A grant names a queue that does not exist: declare it (or create its client) first.
+    GrantOfUnknownQueue = ("grant_of_unknown_queue", 409),
+    /// A queue name the broker keeps for its own queues (ending in `-inbox`, `-dead` or
+    /// `.XQ`), or another queue's.
+    QueueNameTaken = ("queue_name_taken", 409),
     /// Relays: the key is another twin's already (one twin per key).
     TwinExists = ("twin_exists", 409),
     /// A message with this `message_id` is being published right now.

@@ -41,9 +41,10 @@ pub enum OverflowPolicy {
     DropOldest,
 }
 
-/// Per-queue limits; any field left out takes the node's default.
+/// Per-queue limits; any field left out takes the node's default. Read from a JSON object
+/// only (serde would take `[max_length, overflow, max_deliveries]` as well).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "ObjectOnly<QueueSettingsFields>")]
 pub struct QueueSettings {
     #[serde(
         default,
@@ -59,6 +60,42 @@ pub struct QueueSettings {
         deserialize_with = "whole"
     )]
     pub max_deliveries: Option<u32>,
+}
+
+/// The fields of [`QueueSettings`], as read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueSettingsFields {
+    #[serde(default, deserialize_with = "whole")]
+    max_length: Option<u64>,
+    #[serde(default)]
+    overflow: Option<OverflowPolicy>,
+    #[serde(default, deserialize_with = "whole")]
+    max_deliveries: Option<u32>,
+}
+
+/// A `T` read from a JSON object only, never from an array of its fields.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        serde_json::from_value(serde_json::Value::Object(map))
+            .map(ObjectOnly)
+            .map_err(D::Error::custom)
+    }
+}
+
+impl From<ObjectOnly<QueueSettingsFields>> for QueueSettings {
+    fn from(o: ObjectOnly<QueueSettingsFields>) -> Self {
+        let f = o.0;
+        QueueSettings {
+            max_length: f.max_length,
+            overflow: f.overflow,
+            max_deliveries: f.max_deliveries,
+        }
+    }
 }
 
 /// A whole number, also when written `5.0` (JSON does not tell the two apart, and

@@ -22,6 +22,14 @@ pub enum BrokerError {
     UnknownQueue(String),
     #[error("no twin {0}")]
     UnknownTwin(u32),
+    /// A grant names a queue that does not exist (the request conflicts with the node's
+    /// state: declare the queue first).
+    #[error("`{0}` names no queue: declare it, or create its client, first")]
+    GrantOfUnknownQueue(String),
+    /// A queue name the broker gives its own queues (`-inbox`, `-dead`, `.XQ`), or
+    /// another queue's.
+    #[error("{0}")]
+    QueueNameTaken(String),
     #[error("that key is twin {0}'s already")]
     TwinKeyTaken(u32),
     #[error("queue full, message rejected: {}", queues.join(", "))]

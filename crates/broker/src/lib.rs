@@ -1708,7 +1708,7 @@ impl Broker {
             // so a client created later under the same name does not inherit it.
             let queues = read(&self.inner.queues);
             if let Some(missing) = grants.iter().find(|g| !queues.contains_key(g.as_str())) {
-                return Err(BrokerError::UnknownQueue(missing.clone()));
+                return Err(BrokerError::GrantOfUnknownQueue(missing.clone()));
             }
         }
         if let Some(bad) = write_grants

@@ -109,10 +109,22 @@ fn queue_put(rec: &QueueRecord) -> Op {
 
 fn check_spec(name: &str, spec: &QueueSpec) -> Result<(), BrokerError> {
     if !valid_queue_name(name) {
-        return Err(BrokerError::InvalidArgument(format!(
+        let msg = format!(
             "invalid queue name `{name}`: it must match [A-Za-z0-9][A-Za-z0-9._-]*, be at most \
              {MAX_QUEUE_NAME} bytes, and not end in `-inbox`, `-dead` or `{DEAD_LETTER_SUFFIX}`"
-        )));
+        );
+        // A well-formed name the broker keeps for its own queues conflicts; any other is
+        // not a name.
+        let reserved = valid_queue_name(
+            name.trim_end_matches("-inbox")
+                .trim_end_matches("-dead")
+                .trim_end_matches(DEAD_LETTER_SUFFIX),
+        );
+        return Err(if reserved {
+            BrokerError::QueueNameTaken(msg)
+        } else {
+            BrokerError::InvalidArgument(msg)
+        });
     }
     if spec.bindings.len() > MAX_PATTERNS {
         return Err(BrokerError::InvalidArgument(format!(
@@ -153,7 +165,7 @@ impl Broker {
         let _admin = self.inner.admin.lock().await;
         let existing = read(&self.inner.registry).queues.get(name).cloned();
         if existing.is_none() && self.queue(name).is_some() {
-            return Err(BrokerError::InvalidArgument(format!(
+            return Err(BrokerError::QueueNameTaken(format!(
                 "`{name}` is taken by another queue"
             )));
         }

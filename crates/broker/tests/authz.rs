@@ -38,14 +38,14 @@ async fn grants_name_existing_queues_and_go_with_them() {
         )
         .await;
     assert!(
-        matches!(r, Err(BrokerError::UnknownQueue(ref q)) if q == "zz-inbox"),
+        matches!(r, Err(BrokerError::GrantOfUnknownQueue(ref q)) if q == "zz-inbox"),
         "{r:?}"
     );
     let mut c = NewClient::new("other", "o", pats(&["t"]));
     c.write_grants = pats(&["zz-inbox"]);
     assert!(matches!(
         b.create_client(c, T0).await,
-        Err(BrokerError::UnknownQueue(_))
+        Err(BrokerError::GrantOfUnknownQueue(_))
     ));
     // ...so creating `zz` later gives `reader` nothing.
     client(&b, "zz", &["secret.#"]).await;

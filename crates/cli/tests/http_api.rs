@@ -693,11 +693,12 @@ async fn declared_queues_are_managed_by_admins_and_read_by_grant() {
     assert_eq!(v["bindings"], json!(["jobs.#", "work.*"]));
     for (name, body, code) in [
         ("bad name", json!({}), "invalid_body"),
-        ("x-inbox", json!({}), "invalid_body"),
-        ("x.XQ", json!({}), "invalid_body"),
+        ("x-inbox", json!({}), "queue_name_taken"),
+        ("x.XQ", json!({}), "queue_name_taken"),
         ("ok", json!({"bindings": ["a.b*"]}), "invalid_pattern"),
         ("ok", json!({"bindings": "a"}), "invalid_body"),
         ("ok", json!({"nope": 1}), "invalid_body"),
+        ("ok", json!({"limits": [null, null]}), "invalid_body"),
         // Past what the OpenAPI document says.
         (
             "ok",
@@ -711,9 +712,10 @@ async fn declared_queues_are_managed_by_admins_and_read_by_grant() {
         ),
     ] {
         let (s, v) = put(name, body.clone()).await;
+        let status = if code == "queue_name_taken" { 409 } else { 400 };
         assert_eq!(
             (s, v["error"]["code"].as_str()),
-            (400, Some(code)),
+            (status, Some(code)),
             "{name} {body}: {v}"
         );
     }

@@ -62,6 +62,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::UnknownClient(_) => ErrorCode::UnknownClient,
             BrokerError::UnknownQueue(_) => ErrorCode::UnknownQueue,
             BrokerError::UnknownTwin(_) => ErrorCode::UnknownTwin,
+            BrokerError::GrantOfUnknownQueue(_) => ErrorCode::GrantOfUnknownQueue,
+            BrokerError::QueueNameTaken(_) => ErrorCode::QueueNameTaken,
             BrokerError::TwinKeyTaken(_) => ErrorCode::TwinExists,
             BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
             BrokerError::NodeFull { .. } => ErrorCode::NodeFull,
