@@ -730,3 +730,58 @@ async fn wait_depth(server: &TestServer, want: u64) -> u64 {
     }
     d
 }
+
+#[tokio::test]
+async fn a_link_stopped_while_its_peer_is_unreachable_gives_back_everything_it_took() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    // The authority's servers are a port nobody listens on: the link cannot connect.
+    let ca = TestServer::start_with(|c| {
+        configure(c, fed.node(CA));
+        c.federation.buffer = 5;
+    })
+    .await;
+    forward_queue(&ca, &fed, CA, AA, "to-aa").await;
+    let leased = |server: &TestServer| {
+        server
+            .broker()
+            .expect("broker")
+            .queue_depths()
+            .into_iter()
+            .find(|d| &*d.name == "to-aa")
+            .map_or(0, |d| d.leased)
+    };
+    let wait_leased = |want: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let ca = &ca;
+        async move {
+            while leased(ca) != want && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            leased(ca)
+        }
+    };
+    // The link takes one message (all there is) and hands it over, then takes what comes
+    // next and waits to hand that over too, while it cannot connect.
+    agent_publishes(&ca, 1).await;
+    assert_eq!(wait_leased(1).await, 1);
+    agent_publishes(&ca, 11).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leased(&ca) < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(leased(&ca) >= 2, "a second batch taken");
+    // Deactivated: the link stops and gives all back to the queue.
+    fed.deactivate(CA, AA);
+    assert_eq!(
+        wait_leased(0).await,
+        0,
+        "nothing stays leased to a stopped link"
+    );
+    let q = ca.broker().expect("broker").get_queue("to-aa").expect("q");
+    assert_eq!(q.depth, 12);
+    // And the node stops promptly (its links are waited for).
+    tokio::time::timeout(Duration::from_secs(10), ca.stop())
+        .await
+        .expect("the node stops within 10 s");
+}

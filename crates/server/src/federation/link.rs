@@ -257,9 +257,11 @@ pub async fn run<S: Source>(
         }
     };
     fetch_stop.cancel();
+    // Closed before waiting for the fetch task: one blocked handing over a batch gets it
+    // back at once (and gives it back to the queue) instead of waiting for us forever.
+    fetched.close();
     let _ = fetcher.await;
     // What was fetched and not yet taken, and what is held, goes back in place.
-    fetched.close();
     let mut receipts: Vec<String> = held.drain(..).map(|h| h.receipt).collect();
     while let Ok(more) = fetched.try_recv() {
         receipts.extend(more.into_iter().map(|i: Item| i.receipt));
