@@ -26,6 +26,9 @@ pub enum BrokerError {
     /// state: declare the queue first).
     #[error("`{0}` names no queue: declare it, or create its client, first")]
     GrantOfUnknownQueue(String),
+    /// A name no queue can have.
+    #[error("{0}")]
+    NoSuchQueueName(String),
     /// A queue name the broker gives its own queues (`-inbox`, `-dead`, `.XQ`), or
     /// another queue's.
     #[error("{0}")]

@@ -120,10 +120,11 @@ fn check_spec(name: &str, spec: &QueueSpec) -> Result<(), BrokerError> {
                 .trim_end_matches("-dead")
                 .trim_end_matches(DEAD_LETTER_SUFFIX),
         );
+        // A name no queue can have: there is nothing at that path (404).
         return Err(if reserved {
             BrokerError::QueueNameTaken(msg)
         } else {
-            BrokerError::InvalidArgument(msg)
+            BrokerError::NoSuchQueueName(msg)
         });
     }
     if spec.bindings.len() > MAX_PATTERNS {

@@ -47,7 +47,7 @@ fn check_claim(
     now: u64,
 ) -> Result<(), BrokerError> {
     if claim.timestamp.abs_diff(now) > MAX_CLAIM_SKEW {
-        return Err(BrokerError::InvalidArgument(format!(
+        return Err(BrokerError::Forbidden(format!(
             "the claim's timestamp is {} s from this node's clock; at most {MAX_CLAIM_SKEW} s is allowed",
             claim.timestamp.abs_diff(now)
         )));
@@ -130,7 +130,7 @@ impl Broker {
             .map_err(|e| BrokerError::Unavailable(format!("twin {}: stored key: {e}", rec.id)))?;
         check_claim(&claim, &holder, &signature, now)?;
         if claim.timestamp <= rec.updated {
-            return Err(BrokerError::InvalidArgument(format!(
+            return Err(BrokerError::Forbidden(format!(
                 "twin {} holds a claim of {}; a change must be newer",
                 rec.id, rec.updated
             )));

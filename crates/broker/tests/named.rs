@@ -216,7 +216,7 @@ async fn names_a_client_queue_takes_are_refused() {
     for bad in ["", "a/b", "#", "-inbox"] {
         let r = b.declare_queue(bad, spec(&[]), T0).await;
         assert!(
-            matches!(r, Err(BrokerError::InvalidArgument(_))),
+            matches!(r, Err(BrokerError::NoSuchQueueName(_))),
             "{bad}: {r:?}"
         );
     }

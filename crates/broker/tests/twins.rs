@@ -56,7 +56,7 @@ async fn twins_are_registered_and_changed_by_their_keys_only() {
     let r = b
         .register_twin(&who, old.clone(), old.sign(&mallory).unwrap(), NOW)
         .await;
-    assert!(matches!(r, Err(BrokerError::InvalidArgument(_))), "{r:?}");
+    assert!(matches!(r, Err(BrokerError::Forbidden(_))), "{r:?}");
 
     // Changes: newer, signed by the key held; Mallory cannot take twin 1.
     let take = claim(1, &mallory, &["evil.example"], NOW + 1);
@@ -69,7 +69,7 @@ async fn twins_are_registered_and_changed_by_their_keys_only() {
     b.update_twin(moved.clone(), sig, NOW + 2).await.unwrap();
     // The same claim again is not newer: a captured change cannot be played back.
     let r = b.update_twin(moved, sig, NOW + 3).await;
-    assert!(matches!(r, Err(BrokerError::InvalidArgument(_))), "{r:?}");
+    assert!(matches!(r, Err(BrokerError::Forbidden(_))), "{r:?}");
     // Alice hands her twin to a new key, signing with the old one.
     let alice2 = Identity::from_seed(&[2; 32]);
     let rotate = claim(1, &alice2, &["r2.example"], NOW + 4);

@@ -692,7 +692,7 @@ async fn declared_queues_are_managed_by_admins_and_read_by_grant() {
     assert_eq!(s, 200, "declared again: {v}");
     assert_eq!(v["bindings"], json!(["jobs.#", "work.*"]));
     for (name, body, code) in [
-        ("bad name", json!({}), "invalid_body"),
+        ("bad name", json!({}), "not_found"),
         ("x-inbox", json!({}), "queue_name_taken"),
         ("x.XQ", json!({}), "queue_name_taken"),
         ("ok", json!({"bindings": ["a.b*"]}), "invalid_pattern"),
@@ -712,7 +712,11 @@ async fn declared_queues_are_managed_by_admins_and_read_by_grant() {
         ),
     ] {
         let (s, v) = put(name, body.clone()).await;
-        let status = if code == "queue_name_taken" { 409 } else { 400 };
+        let status = match code {
+            "queue_name_taken" => 409,
+            "not_found" => 404,
+            _ => 400,
+        };
         assert_eq!(
             (s, v["error"]["code"].as_str()),
             (status, Some(code)),

@@ -117,6 +117,18 @@ async fn twins_register_read_and_change_over_http() {
     .await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "not a key, so nothing verifies: {v}"
+    );
+    let (s, v) = call(
+        M::POST,
+        format!("{base}/twins"),
+        Some(&tok),
+        Some(json!({"key": alice.public().to_text(), "timestamp": "soon", "signature": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
         (400, Some("invalid_body")),
         "{v}"
     );

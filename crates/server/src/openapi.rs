@@ -122,7 +122,7 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             &with(&admin, &[UnknownQueue]), json!({"security": admin_sec})),
         "put": op("Declare a queue (201), or change the bindings, limits and labels of one that exists (200); what it holds stays.",
             ("200", ok("Changed", r("Queue"))),
-            &with(&admin, &[MalformedJson, InvalidBody, InvalidPattern, UnsupportedMediaType, BodyTooLarge, QueueNameTaken]),
+            &with(&admin, &[MalformedJson, InvalidBody, InvalidPattern, UnsupportedMediaType, BodyTooLarge, NotFound, QueueNameTaken]),
             json!({"requestBody": body("DeclareQueue"), "security": admin_sec})),
         "delete": op("Delete a declared queue, its dead-letter queue, what they hold and the grants naming them.", ("204", json!({"description": "Deleted"})),
             &with(&admin, &[UnknownQueue]), json!({"security": admin_sec})),
@@ -210,10 +210,11 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
     let pattern = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^(\*|#|[^.*#\u0000-\u0020\u007f-\u009f]+)(\.(\*|#|[^.*#\u0000-\u0020\u007f-\u009f]+))*$",
         "description": "Dot-separated words, at most 255 bytes; `*` = one word, `#` = zero or more words, each only as a whole word"});
     let subscription = json!({"oneOf": [pattern, {"type": "array", "items": pattern, "minItems": 1, "maxItems": 64}]});
+    // `null` is the same as leaving a field out: the node's default.
     let queue_settings = json!({"type": "object", "additionalProperties": false, "properties": {
-        "max_length": {"type": "integer", "minimum": 1, "maximum": trunkline_broker::registry::MAX_LENGTH_LIMIT},
-        "overflow": {"enum": ["reject-publish", "drop-oldest"]},
-        "max_deliveries": {"type": "integer", "minimum": 1, "maximum": trunkline_broker::registry::MAX_DELIVERIES_LIMIT}}});
+        "max_length": {"type": ["integer", "null"], "minimum": 1, "maximum": trunkline_broker::registry::MAX_LENGTH_LIMIT},
+        "overflow": {"enum": ["reject-publish", "drop-oldest", null]},
+        "max_deliveries": {"type": ["integer", "null"], "minimum": 1, "maximum": trunkline_broker::registry::MAX_DELIVERIES_LIMIT}}});
     let name = json!({"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"});
     let grants = json!({"type": "array", "maxItems": 64, "description": "Other queues (such as `<client>-inbox`) this client may consume from; each must exist",
         "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}});
@@ -262,18 +263,19 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
                     "read_topics": {"type": "array", "items": {"type": "string"}}, "inbox": queue_settings,
                     "inbox_depth": {"type": "integer"}}},
                 "DeclareQueue": {"type": "object", "additionalProperties": false, "properties": {
-                    "bindings": {"type": "array", "maxItems": 64, "items": {"type": "string", "description": "A topic pattern"}},
+                    "bindings": {"type": "array", "maxItems": 64, "items": pattern},
                     "limits": queue_settings,
-                    "labels": {"type": "object", "maxProperties": 16, "additionalProperties": {"type": "string", "maxLength": 256}}}},
+                    "labels": {"type": "object", "maxProperties": 16, "propertyNames": {"minLength": 1, "maxLength": 256},
+                        "additionalProperties": {"type": "string", "maxLength": 256}}}},
                 "Queue": {"type": "object", "properties": {"name": {"type": "string"},
                     "bindings": {"type": "array", "items": {"type": "string"}}, "limits": queue_settings,
                     "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                     "dead_letter": {"type": "string"}, "depth": {"type": "integer"}, "dead_depth": {"type": "integer"}}},
                 "TwinClaim": {"type": "object", "additionalProperties": false, "required": ["key", "timestamp", "signature"], "properties": {
-                    "key": {"type": "string", "description": "ed25519:<32 bytes, unpadded base64url>"},
-                    "relays": {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1, "maxLength": 255}},
-                    "timestamp": {"type": "integer", "minimum": 0, "description": "Seconds since 1970; within 300 s of the node's clock"},
-                    "signature": {"type": "string", "description": "64 bytes, unpadded base64url: ed25519 over the claim (docs/relays.md)"}}},
+                    "key": {"type": "string", "pattern": "^ed25519:[A-Za-z0-9_-]{43}$", "description": "ed25519:<32 bytes, unpadded base64url>"},
+                    "relays": {"type": "array", "maxItems": 4, "items": {"type": "string", "pattern": "^[!-~]{1,255}$"}},
+                    "timestamp": {"type": "integer", "minimum": 0, "description": "Seconds since 1970; a claim more than 300 s from the node's clock is refused (403)"},
+                    "signature": {"type": "string", "pattern": "^[A-Za-z0-9_-]{86}$", "description": "64 bytes, unpadded base64url: ed25519 over the claim (docs/relays.md); one that does not verify is 403"}}},
                 "Twin": {"type": "object", "properties": {"id": {"type": "integer"}, "key": {"type": "string"},
                     "relays": {"type": "array", "items": {"type": "string"}}, "updated": {"type": "integer"}}},
                 "ClientCredentials": {"type": "object", "properties": {"client_id": {"type": "string"}, "client_name": {"type": "string"},

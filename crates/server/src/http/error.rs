@@ -64,6 +64,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::UnknownTwin(_) => ErrorCode::UnknownTwin,
             BrokerError::GrantOfUnknownQueue(_) => ErrorCode::GrantOfUnknownQueue,
             BrokerError::QueueNameTaken(_) => ErrorCode::QueueNameTaken,
+            BrokerError::NoSuchQueueName(_) => ErrorCode::NotFound,
             BrokerError::TwinKeyTaken(_) => ErrorCode::TwinExists,
             BrokerError::QueueFull { .. } => ErrorCode::QueueFull,
             BrokerError::NodeFull { .. } => ErrorCode::NodeFull,

@@ -24,7 +24,8 @@ pub struct ClaimBody {
     key: String,
     #[serde(default)]
     relays: Vec<String>,
-    timestamp: u64,
+    /// A whole number (`5.0` too: JSON does not tell the two apart).
+    timestamp: serde_json::Number,
     signature: String,
 }
 
@@ -48,18 +49,37 @@ fn info(t: TwinRecord) -> TwinInfo {
 
 fn claim_of(id: u32, b: ClaimBody) -> ApiResult<(TwinClaim, [u8; 64])> {
     let bad = |m: String| ApiError::new(ErrorCode::InvalidBody, m);
-    let key = PublicKey::from_text(&b.key).map_err(|e| bad(format!("key: {e}")))?;
+    // What is not a key (not written as one, not a curve point) verifies nothing: 403, as
+    // a signature that does not verify.
+    let key = PublicKey::from_text(&b.key).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!("key: {e}: the claim cannot be verified"),
+        )
+    })?;
+    let timestamp = match (b.timestamp.as_u64(), b.timestamp.as_f64()) {
+        (Some(t), _) => t,
+        (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => f as u64,
+        _ => return Err(bad("timestamp: a whole number of seconds".into())),
+    };
+    // What does not decode to 64 bytes is no signature of the key's: 403, as one that does
+    // not verify.
     let signature: [u8; 64] = URL_SAFE_NO_PAD
         .decode(&b.signature)
         .ok()
         .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| bad("signature: 64 bytes in unpadded base64url".into()))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "signature: not 64 bytes in unpadded base64url, so not the key's",
+            )
+        })?;
     Ok((
         TwinClaim {
             id,
             key,
             relays: b.relays,
-            timestamp: b.timestamp,
+            timestamp,
         },
         signature,
     ))
