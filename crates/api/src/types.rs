@@ -342,3 +342,45 @@ pub struct Health {
     pub status: String,
     pub version: String,
 }
+
+/// A twin as the registry shows it (`GET /twins/{id}`, `GET /twins?key=`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwinInfo {
+    pub id: u32,
+    /// `ed25519:…`
+    pub key: String,
+    /// The relays it is reached through (empty: any relay that holds it in its registry).
+    pub relays: Vec<String>,
+    /// The timestamp of the claim the registry holds.
+    pub updated: u64,
+}
+
+/// A twin's claim as `POST /twins` and `PUT /twins/{id}` take it (docs/relays.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TwinClaimBody {
+    pub key: String,
+    #[serde(default)]
+    pub relays: Vec<String>,
+    pub timestamp: u64,
+    /// base64url of the 64-byte signature.
+    pub signature: String,
+}
+
+/// The relay's first message on `/relay` (a text frame), and `GET /relay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayHello {
+    /// The name twins list this relay under.
+    pub relay: String,
+    /// The key its own envelopes (errors, pongs) are signed with: `ed25519:…`.
+    pub key: String,
+    /// base64url of 32 random bytes the login signs; absent from `GET /relay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
+}
+
+/// The relay's answer to a good login (a text frame); envelopes flow after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayReady {
+    /// Who is logged in: `41`, `41:session`, or `relay:<name>`.
+    pub logged_in: String,
+}

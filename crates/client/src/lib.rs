@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod peer;
+pub mod relay;
 pub mod stomp;
 pub mod ws;
 
@@ -151,7 +153,7 @@ impl Client {
         &self.base
     }
 
-    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
+    pub(crate) async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error> {
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -179,7 +181,7 @@ impl Client {
         }
     }
 
-    fn transport(e: reqwest::Error) -> Error {
+    pub(crate) fn transport(e: reqwest::Error) -> Error {
         Error::Transport(e.to_string())
     }
 
@@ -239,7 +241,7 @@ impl Client {
         }
     }
 
-    async fn json<B: Serialize + ?Sized, T: DeserializeOwned>(
+    pub(crate) async fn json<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

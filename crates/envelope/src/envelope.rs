@@ -79,7 +79,7 @@ impl Address {
     }
 }
 
-fn valid_session(s: &str) -> bool {
+pub(crate) fn valid_session(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SESSION && !s.contains(['\0', ':'])
 }
 

@@ -30,6 +30,12 @@ pub struct Identity {
     agreement: x25519_dalek::StaticSecret,
 }
 
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity::from_seed(&self.seed())
+    }
+}
+
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")

@@ -10,6 +10,7 @@
 //!   can make, bound to the envelope's source, destination and uid.
 //! - [`replay`]: each signed envelope is taken once until it expires (RMB takes a replay
 //!   again until its TTL ends).
+//! - [`login`]: logging in to a relay, by signing its challenge.
 //! - [`twin`]: a twin's signed claim to the registry (its key and relays).
 //!
 //! Pure: no I/O, no runtime. The relay and the gateway (`trunkline peer`) use it.
@@ -38,11 +39,13 @@
 
 pub mod envelope;
 pub mod identity;
+pub mod login;
 pub mod replay;
 pub mod seal;
 pub mod twin;
 
 pub use envelope::{Address, Envelope, EnvelopeError, Kind, Payload};
 pub use identity::{Identity, KeyError, PublicKey};
+pub use login::{Login, LoginError, Who};
 pub use replay::ReplayWindow;
 pub use twin::{ClaimError, TwinClaim};

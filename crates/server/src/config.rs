@@ -109,6 +109,33 @@ links = true
 # Largest frame a peer may send, in bytes.
 max_frame_bytes = 65536
 
+[relay]
+# The relay (docs/relays.md): twins log in at GET /relay (WebSocket, public listener) and
+# exchange signed, sealed envelopes; offline sessions' envelopes wait in durable queues.
+enabled = true
+# The name twins list this relay under in the registry (a URL such as
+# "https://relay.example", or "host:port" for wss://host:port/relay). Empty: the public
+# listener's address, "http://<ip>:<port>".
+name = ""
+# Where twins are looked up: empty for this node's own registry, or another node's URL
+# (relays that forward to each other share one registry, as RMB's share its chain).
+registry = ""
+# Envelopes kept for one offline session, and for how long: the oldest go first
+# (RMB keeps 10 000 for an hour).
+max_queued = 10000
+max_age_secs = 3600
+# Largest envelope, in bytes (payloads of 512 KiB and more pass).
+max_envelope_bytes = 4194304
+# Per twin, in any 60 s: most envelopes, and most bytes, it may send (RMB's --limit).
+rate_messages_per_minute = 60000
+rate_bytes_per_minute = 1073741824
+# Sessions of one twin that may have envelopes waiting.
+max_sessions_per_twin = 16
+# Other relays this one forwards to and takes forwarded envelopes from, by name, with the
+# key each signs its login with ("ed25519:..."): relays not listed are refused.
+# peers = [{ name = "https://relay2.example", key = "ed25519:..." }]
+peers = []
+
 [ws]
 # WebSocket sessions at GET /ws on the public listener (docs/ws-protocol.md).
 max_sessions = 10000
@@ -199,6 +226,31 @@ pub struct Config {
     pub http_limits: HttpLimits,
     pub inbox: InboxConfig,
     pub federation: FederationConfig,
+    pub relay: RelayConfig,
+}
+
+/// `[relay]`: see the default configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub enabled: bool,
+    pub name: String,
+    pub registry: String,
+    pub max_queued: u64,
+    pub max_age_secs: u64,
+    pub max_envelope_bytes: usize,
+    pub rate_messages_per_minute: u64,
+    pub rate_bytes_per_minute: u64,
+    pub max_sessions_per_twin: usize,
+    pub peers: Vec<RelayPeer>,
+}
+
+/// Another relay: its name and login key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayPeer {
+    pub name: String,
+    pub key: String,
 }
 
 /// `[federation]`: see the default configuration.

@@ -9,6 +9,7 @@
 //! - [`listener`]: the accept loop with a connection cap and header timeout.
 //! - [`metrics`]: what `/metrics` shows, read from the node's counters at scrape time.
 //! - [`openapi`]: the document served at `/openapi.json`.
+//! - [`relay`]: the relay twins exchange envelopes through (`GET /relay`).
 //!
 //! It does not install a log subscriber (the binary does) and holds no message state of
 //! its own: that is the broker's.
@@ -34,6 +35,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
+pub mod relay;
 pub mod stomp_listener;
 pub mod tls;
 pub mod ws;

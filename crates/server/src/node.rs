@@ -37,6 +37,8 @@ pub enum StartError {
     Tls(String),
     #[error(transparent)]
     Federation(#[from] crate::federation::FederationError),
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
 }
 
 /// A node that is serving. Dropping it without [`Node::shutdown`] leaves the tasks running
@@ -352,6 +354,19 @@ impl Node {
         let channels = Arc::new(crate::channels::Channels::default());
         let calls = Arc::new(crate::calls::Calls::new(config.ws.max_pending_calls));
         let links = Arc::new(crate::federation::Links::default());
+        let relay = if config.relay.enabled {
+            let relay = crate::relay::Relay::open(
+                &config.relay,
+                &dir,
+                public_url(http_addr),
+                broker.clone(),
+                shutdown.clone(),
+            )?;
+            relay.forward.resume();
+            Some(relay)
+        } else {
+            None
+        };
         let metrics = Arc::new(
             crate::metrics::NodeMetrics {
                 broker: broker.clone(),
@@ -376,6 +391,7 @@ impl Node {
             channels: channels.clone(),
             calls: calls.clone(),
             metrics: metrics.clone(),
+            relay: relay.clone(),
         };
         let limits = &config.http_limits;
         let public_limits = listener::ConnectionLimits {

@@ -67,6 +67,8 @@ pub struct AppState {
     pub calls: Arc<crate::calls::Calls>,
     /// What `/metrics` encodes ([`crate::metrics`]).
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The relay (`GET /relay`), when enabled.
+    pub relay: Option<Arc<crate::relay::Relay>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -186,7 +188,9 @@ pub fn router(state: AppState) -> Router {
                 axum::routing::delete(channels::disconnect),
             );
     } else {
-        r = r.route("/ws", get(crate::ws::upgrade));
+        r = r
+            .route("/ws", get(crate::ws::upgrade))
+            .route("/relay", get(crate::relay::session::upgrade));
     }
     r.fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::Json as AxumJson;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
-use trunkline_api::ErrorCode;
+use serde::Deserialize;
+use trunkline_api::{ErrorCode, TwinInfo};
 use trunkline_broker::twins::TwinRecord;
 use trunkline_envelope::{PublicKey, TwinClaim};
 
@@ -27,15 +27,6 @@ pub struct ClaimBody {
     /// A whole number (`5.0` too: JSON does not tell the two apart).
     timestamp: serde_json::Number,
     signature: String,
-}
-
-/// A twin as `GET /twins/{id}` shows it.
-#[derive(Debug, Serialize)]
-pub struct TwinInfo {
-    id: u32,
-    key: String,
-    relays: Vec<String>,
-    updated: u64,
 }
 
 fn info(t: TwinRecord) -> TwinInfo {

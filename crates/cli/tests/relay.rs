@@ -1,0 +1,354 @@
+//! The relay (`GET /relay`) with gateways of the Rust SDK (`trunkline_client::peer`):
+//! requests and responses between twins, sealed end to end; sessions offline and back;
+//! and what an attacker tries, refused.
+
+use std::time::Duration;
+
+use trunkline_client::peer::{codes, Draft, Peer, PeerConfig};
+use trunkline_client::relay::{unix_now, RelayConn};
+use trunkline_envelope::{Address, Envelope, Identity, Kind, Payload, Who};
+use trunkline_testkit::TestServer;
+
+/// Registers a twin for a fresh key; returns the key and the twin's id.
+async fn twin(server: &TestServer, seed: u8, relays: &[String]) -> (Identity, u32) {
+    let id = Identity::from_seed(&[seed; 32]);
+    let info = server
+        .admin()
+        .register_twin(&id, relays)
+        .await
+        .expect("register twin");
+    (id, info.id)
+}
+
+fn peer(
+    server: &TestServer,
+    identity: &Identity,
+    twin: u32,
+) -> (Peer, tokio::sync::mpsc::Receiver<Envelope>) {
+    Peer::start(PeerConfig::new(identity.clone(), twin, &server.http)).expect("peer")
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<Envelope>) -> Envelope {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("an envelope in time")
+        .expect("the peer runs")
+}
+
+#[tokio::test]
+async fn twins_exchange_sealed_requests_and_responses_through_one_relay() {
+    let server = TestServer::start().await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let (bob_key, bob) = twin(&server, 2, &[]).await;
+    let (a, mut a_in) = peer(&server, &alice_key, alice);
+    let (b, mut b_in) = peer(&server, &bob_key, bob);
+
+    for i in 0..20u32 {
+        let body = format!("question {i}").into_bytes();
+        let uid = a
+            .send(Draft::request(Address::twin(bob), "echo", body.clone()))
+            .await
+            .expect("send");
+        let req = next(&mut b_in).await;
+        assert_eq!(req.uid, uid);
+        assert_eq!(req.source, Address::twin(alice));
+        assert_eq!(
+            req.kind,
+            Kind::Request {
+                command: "echo".into()
+            }
+        );
+        assert_eq!(req.payload, Payload::Plain(body.clone()));
+        b.send(Draft::response(req.source.clone(), &req.uid, body.clone()))
+            .await
+            .expect("answer");
+        let resp = next(&mut a_in).await;
+        assert_eq!(
+            (resp.uid.as_str(), &resp.kind),
+            (uid.as_str(), &Kind::Response)
+        );
+        assert_eq!(resp.source, Address::twin(bob));
+        assert_eq!(resp.payload, Payload::Plain(body));
+    }
+
+    // To itself, through the relay too.
+    let uid = a
+        .send(Draft::request(Address::twin(alice), "self", b"me".to_vec()))
+        .await
+        .expect("send to self");
+    let got = next(&mut a_in).await;
+    assert_eq!(
+        (got.uid, got.payload),
+        (uid, Payload::Plain(b"me".to_vec()))
+    );
+
+    // A twin the registry does not have: refused before anything is sent.
+    let e = a
+        .send(Draft::request(Address::twin(999), "x", Vec::new()))
+        .await
+        .expect_err("unknown twin");
+    assert_eq!(e.code(), codes::UNKNOWN_TWIN);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_offline_gets_its_envelopes_in_order_when_it_returns() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start_in(dir.path(), |_| {}).await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let (bob_key, bob) = twin(&server, 2, &[]).await;
+    let (a, _a_in) = peer(&server, &alice_key, alice);
+    let mut sent = Vec::new();
+    for i in 0..50u32 {
+        let uid = a
+            .send(Draft::request(
+                Address::twin(bob),
+                "later",
+                i.to_be_bytes().to_vec(),
+            ))
+            .await
+            .expect("send");
+        sent.push(uid);
+    }
+    // Each is in bob's queue, durable, before bob ever connects.
+    let queue = trunkline_server::relay::Relay::queue_name(&Address::twin(bob));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let depth = server
+            .broker()
+            .and_then(|b| b.get_queue(&queue))
+            .map_or(0, |q| q.depth);
+        if depth == 50 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "queued: {depth}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(a);
+    let (_b, mut b_in) = peer(&server, &bob_key, bob);
+    for (i, uid) in sent.iter().enumerate() {
+        let got = next(&mut b_in).await;
+        assert_eq!(&got.uid, uid, "envelope {i} in order");
+        assert_eq!(
+            got.payload,
+            Payload::Plain((i as u32).to_be_bytes().to_vec())
+        );
+    }
+    server.stop().await;
+}
+
+/// A raw connection logged in as `who` with `key`, for what the SDK would never send.
+async fn raw(server: &TestServer, key: &Identity, twin: u32) -> RelayConn {
+    RelayConn::connect(
+        &server.http,
+        key,
+        Who::Twin {
+            id: twin,
+            session: None,
+        },
+    )
+    .await
+    .expect("login")
+}
+
+#[tokio::test]
+async fn a_login_signed_by_another_twin_is_refused() {
+    let server = TestServer::start().await;
+    let (_alice_key, alice) = twin(&server, 1, &[]).await;
+    let (mallory_key, _mallory) = twin(&server, 9, &[]).await;
+    let err = RelayConn::connect(
+        &server.http,
+        &mallory_key,
+        Who::Twin {
+            id: alice,
+            session: None,
+        },
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("login refused"), "{err}");
+    server.stop().await;
+}
+
+/// Sends raw bytes as alice and returns what the relay answers, if anything, within 2 s.
+async fn answer_to(conn: RelayConn, bytes: Vec<u8>) -> Option<Envelope> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut sink, mut stream) = conn.split();
+    sink.send(Message::Binary(bytes.into()))
+        .await
+        .expect("send");
+    match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+        Ok(Some(Ok(Message::Binary(b)))) => Some(Envelope::decode(&b).expect("an envelope")),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn forged_tampered_replayed_and_expired_envelopes_do_not_pass() {
+    let server = TestServer::start().await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let (bob_key, bob) = twin(&server, 2, &[]).await;
+    let (mallory_key, mallory) = twin(&server, 9, &[]).await;
+    let (_b, mut b_in) = peer(&server, &bob_key, bob);
+    let relay_key = RelayConn::connect(
+        &server.http,
+        &alice_key,
+        Who::Twin {
+            id: alice,
+            session: None,
+        },
+    )
+    .await
+    .expect("login")
+    .relay_key;
+
+    let make = |from: u32, key: &Identity, now: u64, ttl: u32, uid: &str| {
+        let ad = trunkline_envelope::seal::associated_data(
+            &Address::twin(from),
+            &Address::twin(bob),
+            uid,
+        );
+        let cipher =
+            trunkline_envelope::seal::seal(b"canary", key, &bob_key.public(), &ad).expect("seal");
+        let mut e = Envelope::new(
+            uid,
+            Address::twin(from),
+            Address::twin(bob),
+            Kind::Request {
+                command: "c".into(),
+            },
+            Payload::Cipher(cipher),
+            now,
+            ttl,
+        );
+        e.sign(key).expect("sign");
+        e
+    };
+    let refused = |e: Option<Envelope>, code: u32| {
+        let e = e.expect("an error envelope");
+        e.verify(&relay_key).expect("signed by the relay");
+        assert_eq!(e.source, Address::twin(0));
+        match e.kind {
+            Kind::Error { code: c, .. } => assert_eq!(c, code),
+            k => panic!("not an error: {k:?}"),
+        }
+    };
+    let now = unix_now();
+
+    // Mallory, logged in as mallory, sends as alice (signed by mallory): wrong source.
+    let forged = make(alice, &mallory_key, now, 60, "forged");
+    let e = answer_to(
+        raw(&server, &mallory_key, mallory).await,
+        forged.encode().unwrap(),
+    )
+    .await;
+    refused(e, codes::INVALID_ENVELOPE);
+
+    // Alice's envelope re-signed by mallory, sent on alice's connection: bad signature.
+    let mut resigned = make(alice, &alice_key, now, 60, "resigned");
+    resigned.sign(&mallory_key).unwrap();
+    let e = answer_to(
+        raw(&server, &alice_key, alice).await,
+        resigned.encode().unwrap(),
+    )
+    .await;
+    refused(e, codes::INVALID_SIGNATURE);
+
+    // Tampered: a header field and a payload byte changed after signing.
+    let mut t = make(alice, &alice_key, now, 60, "tamper");
+    t.kind = Kind::Request {
+        command: "d".into(),
+    };
+    let e = answer_to(raw(&server, &alice_key, alice).await, t.encode().unwrap()).await;
+    refused(e, codes::INVALID_SIGNATURE);
+    let mut wire = make(alice, &alice_key, now, 60, "tamper2")
+        .encode()
+        .unwrap();
+    let n = wire.len();
+    wire[n - 70] ^= 1;
+    let e = answer_to(raw(&server, &alice_key, alice).await, wire).await;
+    refused(e, codes::INVALID_SIGNATURE);
+
+    // Expired.
+    let old = make(alice, &alice_key, now - 120, 60, "old");
+    let e = answer_to(raw(&server, &alice_key, alice).await, old.encode().unwrap()).await;
+    refused(e, codes::EXPIRED);
+
+    // A good one, then the same bytes again: delivered once.
+    let good = make(alice, &alice_key, now, 60, "good").encode().unwrap();
+    assert!(
+        answer_to(raw(&server, &alice_key, alice).await, good.clone())
+            .await
+            .is_none()
+    );
+    assert!(answer_to(raw(&server, &alice_key, alice).await, good)
+        .await
+        .is_none());
+    let got = next(&mut b_in).await;
+    assert_eq!(got.uid, "good");
+    assert_eq!(got.payload, Payload::Plain(b"canary".to_vec()));
+    // Nothing else reached bob: none of the refused ones, and not the replay.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), b_in.recv())
+            .await
+            .is_err(),
+        "only the good envelope reaches bob"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_relay_holds_ciphertext_only() {
+    let server = TestServer::start().await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let (_bob_key, bob) = twin(&server, 2, &[]).await;
+    let (a, _a_in) = peer(&server, &alice_key, alice);
+    let canary = b"CANARY-the-relay-must-not-read-this".to_vec();
+    a.send(Draft::request(Address::twin(bob), "secret", canary.clone()))
+        .await
+        .expect("send");
+    let uid = a
+        .send(Draft::request(
+            Address::twin(bob),
+            "secret2",
+            canary.clone(),
+        ))
+        .await
+        .expect("send");
+    // Both wait in bob's queue, durable: on the relay's disk. Its files hold the
+    // envelope (its uid is there) but not the canary.
+    let queue = trunkline_server::relay::Relay::queue_name(&Address::twin(bob));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server
+        .broker()
+        .and_then(|b| b.get_queue(&queue))
+        .map_or(0, |q| q.depth)
+        < 2
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut files = vec![server.data_dir().to_owned()];
+    let (mut uid_seen, mut canary_seen, mut bytes) = (false, false, 0usize);
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(
+                std::fs::read_dir(&p)
+                    .expect("dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        } else if let Ok(b) = std::fs::read(&p) {
+            bytes += b.len();
+            uid_seen |= b.windows(uid.len()).any(|w| w == uid.as_bytes());
+            canary_seen |= b.windows(canary.len()).any(|w| w == canary);
+        }
+    }
+    assert!(
+        uid_seen,
+        "the envelope is in the relay's files ({bytes} bytes read)"
+    );
+    assert!(!canary_seen, "the payload is not readable there");
+    server.stop().await;
+}

@@ -1,0 +1,215 @@
+//! Relay to relay: an envelope whose destination is reached through another relay waits
+//! in a durable queue of that relay's (`rmb.relay.<name hash>`), until a worker that holds a
+//! connection to it has written it there. The worker logs in as this relay, with this
+//! relay's key, which the other relay must list among its peers; it reconnects after a
+//! pause doubling from 1 s to 15 s. An envelope that expires while it waits is dropped
+//! (its queue's time to live is the envelope's).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_util::sync::CancellationToken;
+use trunkline_broker::authz::{Access, Issuer};
+use trunkline_broker::{LimitSettings, Overflow, Publish, QueueSpec, ReceiveOptions, Settle};
+use trunkline_client::relay::{unix_now, RelayConn, Twin};
+use trunkline_envelope::{Envelope, Who};
+
+use super::{Relay, ENVELOPE_TYPE, QUEUE_PREFIX};
+use crate::http::now_ms;
+
+/// The label a forwarding queue carries with its relay's name.
+const RELAY_LABEL: &str = "relay.forward";
+/// Envelopes written at once.
+const BATCH: usize = 64;
+const LEASE_MS: u64 = 60_000;
+/// Most envelopes waiting for one relay.
+const MAX_WAITING: u64 = 100_000;
+
+/// Starts and feeds the workers.
+pub struct Forwarder {
+    relay: Weak<Relay>,
+    shutdown: CancellationToken,
+    /// Relay name → its queue, once its worker runs.
+    workers: Mutex<HashMap<String, String>>,
+}
+
+impl Forwarder {
+    pub(super) fn new(relay: Weak<Relay>, shutdown: CancellationToken) -> Self {
+        Forwarder {
+            relay,
+            shutdown,
+            workers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The queue of the relay named `name`.
+    pub fn queue_name(name: &str) -> String {
+        let h = Sha256::digest(name.as_bytes());
+        let hex: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{QUEUE_PREFIX}relay.{hex}")
+    }
+
+    /// Starts workers for the relays whose queues hold envelopes from before a restart.
+    pub fn resume(&self) {
+        let Some(relay) = self.relay.upgrade() else {
+            return;
+        };
+        for q in relay.broker().list_queues() {
+            if let Some(name) = q.labels.get(RELAY_LABEL) {
+                if relay.peer_key(name).is_some() {
+                    self.start(&relay, name, q.name.clone());
+                }
+            }
+        }
+    }
+
+    fn start(&self, relay: &Arc<Relay>, name: &str, queue: String) {
+        let Ok(mut w) = self.workers.lock() else {
+            return;
+        };
+        if w.contains_key(name) {
+            return;
+        }
+        w.insert(name.to_owned(), queue.clone());
+        tokio::spawn(run(
+            relay.clone(),
+            name.to_owned(),
+            queue,
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// Queues `env` for a relay of `dest` that is a peer of this one.
+    pub async fn submit(&self, dest: &Twin, env: &Envelope, bytes: &[u8]) -> Result<(), String> {
+        let relay = self.relay.upgrade().ok_or("the relay is stopping")?;
+        let Some(name) = dest.relays.iter().find(|r| relay.peer_key(r).is_some()) else {
+            return Err(format!(
+                "no relay of twin {} is a peer of this relay",
+                dest.id
+            ));
+        };
+        let queue = Self::queue_name(name);
+        if relay.broker().get_queue(&queue).is_none() {
+            let mut labels = BTreeMap::new();
+            labels.insert(RELAY_LABEL.to_owned(), name.clone());
+            let spec = QueueSpec {
+                bindings: Vec::new(),
+                limits: LimitSettings {
+                    max_length: Some(MAX_WAITING),
+                    overflow: Some(Overflow::DropOldest),
+                    max_deliveries: None,
+                },
+                labels,
+            };
+            relay
+                .broker()
+                .declare_queue(&queue, spec, now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.start(&relay, name, queue.clone());
+        let left = env.expires_at().saturating_sub(unix_now()).max(1);
+        let mut p = Publish::new(queue.clone(), bytes.to_vec(), env.source.to_string());
+        p.queue = Some(queue);
+        p.ttl_ms = Some(left * 1000);
+        p.content_type = Some(ENVELOPE_TYPE.to_owned());
+        relay
+            .broker()
+            .publish_then(p, now_ms(), |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "relay: a forwarded envelope was not stored");
+                }
+            })
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Keeps a connection to relay `name` and writes its queue there until shutdown.
+async fn run(relay: Arc<Relay>, name: String, queue: String, stop: CancellationToken) {
+    let issuer = Issuer::new(Access::limited(
+        &format!("relay-forward:{name}"),
+        &[],
+        std::slice::from_ref(&queue),
+    ));
+    let me = issuer.principal();
+    let broker = relay.broker().clone();
+    let mut backoff = Duration::from_secs(1);
+    while !stop.is_cancelled() {
+        let who = Who::Relay {
+            name: relay.name().to_owned(),
+        };
+        let conn = tokio::select! {
+            c = RelayConn::connect(&name, relay.identity(), who) => c,
+            _ = stop.cancelled() => return,
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(relay = %name, error = %e, "relay: cannot reach a peer relay");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(15));
+                continue;
+            }
+        };
+        tracing::info!(relay = %name, "relay: forwarding to a peer relay");
+        let (mut sink, mut stream) = conn.split();
+        loop {
+            let got = tokio::select! {
+                g = broker.receive_wait(
+                    &me,
+                    &queue,
+                    ReceiveOptions::leased(BATCH, LEASE_MS),
+                    None,
+                    &stop,
+                    now_ms,
+                ) => g,
+                // The other relay sends nothing: this ends when it closes.
+                f = stream.next() => match f {
+                    Some(Ok(_)) => continue,
+                    _ => break,
+                },
+            };
+            let batch = match got {
+                Ok(b) if b.is_empty() => {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "relay: cannot read a forwarding queue");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let receipts: Vec<String> = batch.iter().filter_map(|d| d.receipt.clone()).collect();
+            let mut ok = true;
+            for d in &batch {
+                if sink.feed(Frame::Binary(d.data.body.clone())).await.is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            ok = ok && sink.flush().await.is_ok();
+            let how = if ok {
+                backoff = Duration::from_secs(1);
+                Settle::Ack
+            } else {
+                Settle::Nack { requeue: true }
+            };
+            let _ = broker.settle(&me, &receipts, how, now_ms()).await;
+            if !ok {
+                break;
+            }
+        }
+    }
+}
