@@ -1,6 +1,7 @@
 //! `trunkline`: run a node, manage clients, send and receive messages.
 
 mod federation;
+mod peer;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -58,6 +59,11 @@ enum Command {
         creds: CredsArgs,
         body: String,
     },
+    /// A twin's key and its registration with a node's registry (for relays).
+    #[command(subcommand)]
+    Twin(peer::TwinCommand),
+    /// Run a twin's gateway to its relays, with RMB's Redis API (as rmb-peer).
+    Peer(peer::PeerArgs),
     /// Federation with peer nodes, as swpt_stomp does it: configure-queue, link, drain.
     #[command(subcommand)]
     Federation(federation::FederationCommand),
@@ -625,7 +631,7 @@ pub(crate) fn connect(a: &CredsArgs) -> Result<Client, Failure> {
     Ok(Client::from_credentials(&creds)?)
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Failure::Usage(e.to_string()))?;
     println!("{s}");
     Ok(())
@@ -713,6 +719,8 @@ async fn dispatch(cmd: Command) -> Result<(), Failure> {
         Command::Client(cmd) => client_command(cmd).await,
         Command::Stomp(cmd) => stomp_command(cmd).await,
         Command::Federation(cmd) => federation::run(cmd).await,
+        Command::Twin(cmd) => peer::twin(cmd).await,
+        Command::Peer(args) => peer::run(args).await,
         Command::Send {
             creds,
             topic,

@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_util::sync::CancellationToken;
 use trunkline_broker::authz::{Access, Issuer};
-use trunkline_broker::{LimitSettings, Overflow, Publish, QueueSpec, ReceiveOptions, Settle};
+use trunkline_broker::{LimitSettings, Overflow, Publish, QueueSpec, ReceiveOptions};
 use trunkline_client::relay::{unix_now, RelayConn, Twin};
 use trunkline_envelope::{Envelope, Who};
 
@@ -191,25 +191,10 @@ async fn run(relay: Arc<Relay>, name: String, queue: String, stop: CancellationT
                     continue;
                 }
             };
-            let receipts: Vec<String> = batch.iter().filter_map(|d| d.receipt.clone()).collect();
-            let mut ok = true;
-            for d in &batch {
-                if sink.feed(Frame::Binary(d.data.body.clone())).await.is_err() {
-                    ok = false;
-                    break;
-                }
-            }
-            ok = ok && sink.flush().await.is_ok();
-            let how = if ok {
-                backoff = Duration::from_secs(1);
-                Settle::Ack
-            } else {
-                Settle::Nack { requeue: true }
-            };
-            let _ = broker.settle(&me, &receipts, how, now_ms()).await;
-            if !ok {
+            if !super::deliver(&broker, &me, &mut sink, &batch, Frame::Binary).await {
                 break;
             }
+            backoff = Duration::from_secs(1);
         }
     }
 }

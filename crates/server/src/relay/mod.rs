@@ -558,3 +558,37 @@ impl Relay {
 
 /// The media type envelopes are stored with.
 pub const ENVELOPE_TYPE: &str = "application/x-trunkline-envelope";
+
+/// Writes leased envelopes to a connection and flushes it, then acks them (an envelope
+/// leaves its queue once written), or gives them back in their place if the connection
+/// failed. True when all was written.
+async fn deliver<S, M>(
+    broker: &Broker,
+    me: &trunkline_broker::Principal,
+    sink: &mut S,
+    batch: &[trunkline_broker::Delivery],
+    frame: impl Fn(bytes::Bytes) -> M,
+) -> bool
+where
+    S: futures::Sink<M> + Unpin,
+{
+    use futures::SinkExt;
+    let mut ok = true;
+    for d in batch {
+        if sink.feed(frame(d.data.body.clone())).await.is_err() {
+            ok = false;
+            break;
+        }
+    }
+    ok = ok && sink.flush().await.is_ok();
+    let how = if ok {
+        trunkline_broker::Settle::Ack
+    } else {
+        trunkline_broker::Settle::Nack { requeue: true }
+    };
+    let receipts: Vec<String> = batch.iter().filter_map(|d| d.receipt.clone()).collect();
+    if let Err(e) = broker.settle(me, &receipts, how, now_ms()).await {
+        tracing::warn!(error = %e, "relay: cannot settle what was delivered");
+    }
+    ok
+}

@@ -310,26 +310,10 @@ async fn write(
                     fetching = false;
                     continue;
                 };
-                let receipts: Vec<String> =
-                    batch.iter().filter_map(|d| d.receipt.clone()).collect();
-                let mut ok = true;
-                for d in &batch {
-                    if sink.feed(Message::Binary(d.data.body.clone())).await.is_err() {
-                        ok = false;
-                        break;
-                    }
-                }
-                ok = ok && sink.flush().await.is_ok();
-                let how = if ok {
+                let ok = super::deliver(broker, me, &mut sink, &batch, Message::Binary).await;
+                if ok {
                     relay.counters.delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    Settle::Ack
                 } else {
-                    Settle::Nack { requeue: true }
-                };
-                if let Err(e) = broker.settle(me, &receipts, how, now_ms()).await {
-                    tracing::warn!(error = %e, "relay: cannot settle delivered envelopes");
-                }
-                if !ok {
                     stop.cancel();
                     return;
                 }
