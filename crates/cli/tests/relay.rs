@@ -352,3 +352,116 @@ async fn the_relay_holds_ciphertext_only() {
     assert!(!canary_seen, "the payload is not readable there");
     server.stop().await;
 }
+
+/// Two nodes whose relays forward to each other, the first one's registry shared (as
+/// RMB's relays share the chain). Ports are picked first: each relay's configuration
+/// names the other.
+async fn two_relays() -> (TestServer, TestServer, Identity, Identity) {
+    use trunkline_server::config::RelayPeer;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (k1, k2) = (
+        Identity::from_seed(&[101; 32]),
+        Identity::from_seed(&[102; 32]),
+    );
+    std::fs::write(d1.path().join("relay.seed"), k1.seed()).unwrap();
+    std::fs::write(d2.path().join("relay.seed"), k2.seed()).unwrap();
+    let (p1, p2) = (
+        trunkline_testkit::free_port(),
+        trunkline_testkit::free_port(),
+    );
+    let (n1, n2) = (
+        format!("http://127.0.0.1:{p1}"),
+        format!("http://127.0.0.1:{p2}"),
+    );
+    let peer = |name: &str, key: &Identity| RelayPeer {
+        name: name.to_owned(),
+        key: key.public().to_text(),
+    };
+    let (peer1, peer2) = (peer(&n1, &k1), peer(&n2, &k2));
+    let mut s1 = TestServer::start_in(d1.path(), |c| {
+        c.http = format!("127.0.0.1:{p1}").parse().unwrap();
+        c.relay.peers = vec![peer2];
+    })
+    .await;
+    let n1c = n1.clone();
+    let mut s2 = TestServer::start_in(d2.path(), |c| {
+        c.http = format!("127.0.0.1:{p2}").parse().unwrap();
+        c.relay.peers = vec![peer1];
+        c.relay.registry = n1c;
+    })
+    .await;
+    s1.keep_dir(d1);
+    s2.keep_dir(d2);
+    (s1, s2, k1, k2)
+}
+
+#[tokio::test]
+async fn twins_of_two_relays_reach_each_other_through_forwarding() {
+    let (s1, s2, _k1, _k2) = two_relays().await;
+    let (alice_key, alice) = twin(&s1, 1, &[s1.http.clone()]).await;
+    let (bob_key, bob) = twin(&s1, 2, &[s2.http.clone()]).await;
+    let (a, mut a_in) = peer(&s1, &alice_key, alice);
+    let (b, mut b_in) = Peer::start(PeerConfig {
+        relays: vec![s2.http.clone()],
+        ..PeerConfig::new(bob_key.clone(), bob, &s1.http)
+    })
+    .expect("peer");
+    for i in 0..20u32 {
+        let uid = a
+            .send(Draft::request(
+                Address::twin(bob),
+                "echo",
+                i.to_be_bytes().to_vec(),
+            ))
+            .await
+            .expect("send");
+        let req = next(&mut b_in).await;
+        assert_eq!(
+            (req.uid.as_str(), &req.source),
+            (uid.as_str(), &Address::twin(alice))
+        );
+        b.send(Draft::response(
+            req.source.clone(),
+            &req.uid,
+            req.payload.bytes().to_vec(),
+        ))
+        .await
+        .expect("answer");
+        let resp = next(&mut a_in).await;
+        assert_eq!(resp.uid, uid);
+        assert_eq!(resp.payload, Payload::Plain(i.to_be_bytes().to_vec()));
+    }
+    s2.stop().await;
+    s1.stop().await;
+}
+
+#[tokio::test]
+async fn relays_not_listed_as_peers_cannot_log_in() {
+    let (s1, s2, _k1, k2) = two_relays().await;
+    let stranger = Identity::from_seed(&[66; 32]);
+    for (key, name) in [
+        (&stranger, "http://127.0.0.1:1".to_owned()),
+        // A listed relay's name with another key.
+        (&stranger, s2.http.clone()),
+        // A listed key under another name.
+        (&k2, "http://127.0.0.1:1".to_owned()),
+    ] {
+        let err = RelayConn::connect(&s1.http, key, Who::Relay { name: name.clone() })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name} logged in"));
+        assert!(err.to_string().contains("login refused"), "{err}");
+    }
+    // The listed one, with its key, may.
+    RelayConn::connect(
+        &s1.http,
+        &k2,
+        Who::Relay {
+            name: s2.http.clone(),
+        },
+    )
+    .await
+    .expect("the peer relay logs in");
+    s2.stop().await;
+    s1.stop().await;
+}

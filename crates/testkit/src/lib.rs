@@ -96,6 +96,11 @@ impl TestServer {
         }
     }
 
+    /// Removes `dir` when the server is stopped (for a server started in it).
+    pub fn keep_dir(&mut self, dir: tempfile::TempDir) {
+        self.dir = Some(dir);
+    }
+
     /// The node's broker, for calls in process.
     pub fn broker(&self) -> Option<&trunkline_broker::Broker> {
         self.node.as_ref().and_then(|n| n.broker())
