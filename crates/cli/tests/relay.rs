@@ -398,8 +398,8 @@ async fn two_relays() -> (TestServer, TestServer, Identity, Identity) {
 #[tokio::test]
 async fn twins_of_two_relays_reach_each_other_through_forwarding() {
     let (s1, s2, _k1, _k2) = two_relays().await;
-    let (alice_key, alice) = twin(&s1, 1, &[s1.http.clone()]).await;
-    let (bob_key, bob) = twin(&s1, 2, &[s2.http.clone()]).await;
+    let (alice_key, alice) = twin(&s1, 1, std::slice::from_ref(&s1.http)).await;
+    let (bob_key, bob) = twin(&s1, 2, std::slice::from_ref(&s2.http)).await;
     let (a, mut a_in) = peer(&s1, &alice_key, alice);
     let (b, mut b_in) = Peer::start(PeerConfig {
         relays: vec![s2.http.clone()],
