@@ -91,11 +91,17 @@ def _wait_for_listen(proc: subprocess.Popen, data_dir: Path, log_path: Path) -> 
     )
 
 
-def start_node(base: Path, config_toml: str | None = None, log_level: str = "info") -> Node:
+def start_node(
+    base: Path,
+    config_toml: str | None = None,
+    log_level: str = "info",
+    http: str = "127.0.0.1:0",
+) -> Node:
     """Starts `trunkline serve` with its data in `base/data` and its log in
     `base/trunkline.log`, all listeners on 127.0.0.1 port 0, and waits until it is up.
     `config_toml` (optional) is written to `base/trunkline.toml` and passed as --config;
-    without it the node runs with its shipped defaults. `log_level` is its tracing filter."""
+    without it the node runs with its shipped defaults. `log_level` is its tracing filter;
+    `http` its public listener (a fixed port for nodes whose peers must name it first)."""
     path = binary()
     if not path.is_file():
         raise FileNotFoundError(
@@ -110,7 +116,7 @@ def start_node(base: Path, config_toml: str | None = None, log_level: str = "inf
         "--data-dir",
         str(data_dir),
         "--http",
-        "127.0.0.1:0",
+        http,
         "--backend",
         "127.0.0.1:0",
         "--stomp",
