@@ -418,6 +418,12 @@ pub fn document(backend: bool, config: &crate::Config) -> Value {
             &[InvalidToken, TokenExpired, UpgradeRequired, TooManySessions],
             json!({"parameters": [q("token", "A client token, for browsers that cannot set headers", json!({"type": "string"}))]}))});
         doc["paths"]["/ws"] = ws;
+        doc["paths"]["/relay"] = json!({"get": op(
+            "The relay (docs/relays.md): a WebSocket upgrade opens a relay connection (the relay's hello with a challenge, a signed login, then envelopes as binary frames); a plain GET tells the relay's name and key.",
+            ("200", ok("The relay", json!({"type": "object", "required": ["relay", "key"], "properties": {
+                "relay": {"type": "string"}, "key": {"type": "string", "pattern": "^ed25519:"}}}))),
+            &[NotFound],
+            json!({}))});
         if let Some(schemes) = doc["components"]["securitySchemes"].as_object_mut() {
             schemes.remove("backendKey");
         }
