@@ -33,6 +33,7 @@ mod guard;
 mod load;
 mod nats;
 mod recovery;
+mod relay;
 mod routing;
 mod stomp;
 mod wsfanout;
@@ -93,6 +94,9 @@ enum Cmd {
     /// One federation link between two nodes (mutual TLS, STOMP, cumulative receipts):
     /// messages per second and CPU per message on each side.
     Federation(federation::FederationArgs),
+    /// Request/response between two twins through one relay, with RMB's Redis gateways
+    /// and without them, and the relay's memory per connected session.
+    Relay(relay::RelayArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
         Cmd::AmqpDurable(args) => rt.block_on(amqp::run(&args)),
         Cmd::Wsfanout(args) => rt.block_on(wsfanout::run(&args)),
         Cmd::Federation(args) => rt.block_on(federation::run(&args)),
+        Cmd::Relay(args) => rt.block_on(relay::run(&args)),
         Cmd::Routing(args) => {
             routing::run(&args);
             Ok(true)

@@ -384,3 +384,10 @@ pub struct RelayReady {
     /// Who is logged in: `41`, `41:session`, or `relay:<name>`.
     pub logged_in: String,
 }
+
+/// The relay's confirmation (a text frame): the first `stored` envelopes this connection
+/// sent are handled: stored and synced (here or for another relay), or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStored {
+    pub stored: u64,
+}

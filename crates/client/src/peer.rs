@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use trunkline_envelope::{
 };
 
 use crate::relay::{unix_now, Directory, RelayConn, RelaySink, RelayStream};
-use crate::Error;
+use crate::{Error, RelayStored};
 
 /// Error codes in error envelopes, as RMB's peer numbers them.
 pub mod codes {
@@ -74,6 +75,9 @@ const SILENT: Duration = Duration::from_secs(40);
 const OUTBOX: usize = 4096;
 /// Envelopes received and not yet read, before the peer stops reading its relays.
 const INBOX: usize = 4096;
+/// Envelopes written to a relay and not yet confirmed, before a connection stops taking
+/// more.
+const UNCONFIRMED: usize = 1024;
 /// Envelopes remembered against replays.
 const REPLAY_WINDOW: usize = 1 << 20;
 
@@ -412,43 +416,52 @@ async fn run_relay(
     who: Who,
     outbox: Arc<tokio::sync::Mutex<mpsc::Receiver<Outgoing>>>,
 ) {
+    let mut unconfirmed = VecDeque::new();
     loop {
-        match RelayConn::connect(&relay, &inner.identity, who.clone()).await {
-            Ok(conn) => {
-                let key = conn.relay_key;
-                let (sink, stream) = conn.split();
-                serve(&inner, &key, sink, stream, &outbox).await;
+        if let Ok(conn) = RelayConn::connect(&relay, &inner.identity, who.clone()).await {
+            let key = conn.relay_key;
+            let (sink, stream) = conn.split();
+            serve(&inner, &key, sink, stream, &outbox, &mut unconfirmed).await;
+            // What the relay did not confirm goes again, through whichever relay is up.
+            for out in unconfirmed.drain(..) {
+                if out.expires > unix_now() && inner.outbox.try_send(out).is_err() {
+                    break;
+                }
             }
-            Err(_e) => {}
         }
         tokio::time::sleep(RECONNECT).await;
     }
 }
 
-/// Moves envelopes both ways on one connection until it fails.
+/// Moves envelopes both ways on one connection until it fails. What it wrote stays in
+/// `unconfirmed` until the relay says it stored it (`{"stored": n}`).
 async fn serve(
     inner: &Inner,
     relay_key: &PublicKey,
     mut sink: RelaySink,
     mut stream: RelayStream,
     outbox: &tokio::sync::Mutex<mpsc::Receiver<Outgoing>>,
+    unconfirmed: &mut VecDeque<Outgoing>,
 ) {
     let mut last_sent = tokio::time::Instant::now();
     let mut last_heard = tokio::time::Instant::now();
+    let (mut written, mut confirmed) = (0u64, 0u64);
     loop {
         let ping_at = last_sent + IDLE_PING;
         let give_up_at = last_heard + SILENT;
+        let room = unconfirmed.len() < UNCONFIRMED;
         tokio::select! {
-            out = async { outbox.lock().await.recv().await } => {
+            out = async { outbox.lock().await.recv().await }, if room => {
                 let Some(out) = out else { return };
                 if out.expires <= unix_now() {
                     continue;
                 }
-                if sink.send(Frame::Binary(out.bytes.clone().into())).await.is_err() {
-                    // Another relay takes it.
-                    let _ = inner.outbox.try_send(out);
+                let sent = sink.send(Frame::Binary(out.bytes.clone().into())).await;
+                unconfirmed.push_back(out);
+                if sent.is_err() {
                     return;
                 }
+                written += 1;
                 last_sent = tokio::time::Instant::now();
             }
             frame = stream.next() => {
@@ -458,6 +471,14 @@ async fn serve(
                         if let Some(env) = inner.accept(&b, relay_key).await {
                             if inner.inbox.send(env).await.is_err() {
                                 return;
+                            }
+                        }
+                    }
+                    Some(Ok(Frame::Text(t))) => {
+                        if let Ok(s) = serde_json::from_str::<RelayStored>(&t) {
+                            while confirmed < s.stored.min(written) {
+                                unconfirmed.pop_front();
+                                confirmed += 1;
                             }
                         }
                     }

@@ -26,6 +26,8 @@ const RELAY_LABEL: &str = "relay.forward";
 /// Envelopes written at once.
 const BATCH: usize = 64;
 const LEASE_MS: u64 = 60_000;
+/// How long the other relay has to confirm a batch.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most envelopes waiting for one relay.
 const MAX_WAITING: u64 = 100_000;
 
@@ -84,7 +86,13 @@ impl Forwarder {
     }
 
     /// Queues `env` for a relay of `dest` that is a peer of this one.
-    pub async fn submit(&self, dest: &Twin, env: &Envelope, bytes: &[u8]) -> Result<(), String> {
+    pub async fn submit(
+        &self,
+        dest: &Twin,
+        env: &Envelope,
+        bytes: &[u8],
+        ack: &mut Option<super::Ack>,
+    ) -> Result<(), String> {
         let relay = self.relay.upgrade().ok_or("the relay is stopping")?;
         let Some(name) = dest.relays.iter().find(|r| relay.peer_key(r).is_some()) else {
             return Err(format!(
@@ -117,12 +125,14 @@ impl Forwarder {
         p.queue = Some(queue);
         p.ttl_ms = Some(left * 1000);
         p.content_type = Some(ENVELOPE_TYPE.to_owned());
+        let stored = ack.take();
         relay
             .broker()
-            .publish_then(p, now_ms(), |r| {
+            .publish_then(p, now_ms(), move |r| {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "relay: a forwarded envelope was not stored");
                 }
+                drop(stored);
             })
             .map(drop)
             .map_err(|e| e.to_string())
@@ -161,6 +171,8 @@ async fn run(relay: Arc<Relay>, name: String, queue: String, stop: CancellationT
         };
         tracing::info!(relay = %name, "relay: forwarding to a peer relay");
         let (mut sink, mut stream) = conn.split();
+        // Envelopes written on this connection, and confirmed by the other relay.
+        let (mut written, mut confirmed) = (0u64, 0u64);
         loop {
             let got = tokio::select! {
                 g = broker.receive_wait(
@@ -171,7 +183,7 @@ async fn run(relay: Arc<Relay>, name: String, queue: String, stop: CancellationT
                     &stop,
                     now_ms,
                 ) => g,
-                // The other relay sends nothing: this ends when it closes.
+                // Between batches the other relay has nothing more to say.
                 f = stream.next() => match f {
                     Some(Ok(_)) => continue,
                     _ => break,
@@ -191,7 +203,23 @@ async fn run(relay: Arc<Relay>, name: String, queue: String, stop: CancellationT
                     continue;
                 }
             };
-            if !super::deliver(&broker, &me, &mut sink, &batch, Frame::Binary).await {
+            // Acked here once the other relay confirms it stored them (synced there).
+            let mut ok = super::write_batch(&mut sink, &batch, Frame::Binary).await;
+            written += batch.len() as u64;
+            let wait = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+            while ok && confirmed < written {
+                match tokio::time::timeout_at(wait, stream.next()).await {
+                    Ok(Some(Ok(Frame::Text(t)))) => {
+                        if let Ok(s) = serde_json::from_str::<trunkline_api::RelayStored>(&t) {
+                            confirmed = confirmed.max(s.stored);
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => ok = false,
+                }
+            }
+            super::settle(&broker, &me, &batch, ok).await;
+            if !ok {
                 break;
             }
             backoff = Duration::from_secs(1);

@@ -83,6 +83,61 @@ pub struct RelayCounters {
     pub connections: std::sync::atomic::AtomicU64,
 }
 
+/// What a connection has confirmed: envelopes are numbered from 1 as they arrive; the
+/// relay tells the sender `{"stored": n}` once the first `n` are handled (stored and
+/// synced, queued for another relay and synced, or refused). Handled out of order (a
+/// refusal is at once, a store waits for its sync), confirmed in order.
+#[derive(Debug)]
+pub struct Acker {
+    state: Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    tx: tokio::sync::watch::Sender<u64>,
+}
+
+impl Acker {
+    pub fn new() -> (Arc<Acker>, tokio::sync::watch::Receiver<u64>) {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        (
+            Arc::new(Acker {
+                state: Mutex::new((0, std::collections::BTreeSet::new())),
+                tx,
+            }),
+            rx,
+        )
+    }
+
+    /// Envelope `seq` is handled.
+    pub fn done(&self, seq: u64) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        let (contiguous, ahead) = &mut *s;
+        if seq == *contiguous + 1 {
+            *contiguous = seq;
+            while ahead.remove(&(*contiguous + 1)) {
+                *contiguous += 1;
+            }
+            let _ = self.tx.send(*contiguous);
+        } else if seq > *contiguous {
+            ahead.insert(seq);
+        }
+    }
+}
+
+/// Envelope `seq` of a connection: confirmed when dropped (handled, however it went:
+/// a store's callback holds it until the store is synced, and drops it even when the
+/// store fails or is never attempted).
+#[derive(Debug)]
+pub struct Ack {
+    pub seq: u64,
+    pub acker: Arc<Acker>,
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        self.acker.done(self.seq);
+    }
+}
+
 /// Where twins are looked up.
 enum Registry {
     Local(Broker),
@@ -418,12 +473,25 @@ impl Relay {
     }
 
     /// Checks an envelope `from` sent and sends it on its way. `answer` takes what the
-    /// relay says back to `from` later (a publish that failed, a pong).
+    /// relay says back to `from` later (a publish that failed, a pong). `ack` is confirmed
+    /// once the envelope is handled: here, whatever the outcome, or once stored.
     pub async fn route(
         &self,
         from: &Logged,
         bytes: &[u8],
         answer: &mpsc::Sender<Vec<u8>>,
+        ack: Ack,
+    ) -> Result<(), Refusal> {
+        let mut ack = Some(ack);
+        self.route_inner(from, bytes, answer, &mut ack).await
+    }
+
+    async fn route_inner(
+        &self,
+        from: &Logged,
+        bytes: &[u8],
+        answer: &mpsc::Sender<Vec<u8>>,
+        ack: &mut Option<Ack>,
     ) -> Result<(), Refusal> {
         let env = Envelope::decode(bytes).map_err(|e| Refusal::Close(e.to_string()))?;
         if let Logged::Twin(a) = from {
@@ -485,7 +553,7 @@ impl Relay {
             Err(e) => return Err(self.refuse(&env, codes::OTHER, &e)),
         };
         if self.is_ours(&dest) {
-            return self.enqueue(env, bytes, answer).await;
+            return self.enqueue(env, bytes, answer, ack).await;
         }
         if matches!(from, Logged::Relay(_)) {
             // Forwarded here, but not reached here: not forwarded again (no loops).
@@ -493,7 +561,7 @@ impl Relay {
                 "forwarded envelope for a twin of another relay",
             ));
         }
-        match self.forward.submit(&dest, &env, bytes).await {
+        match self.forward.submit(&dest, &env, bytes, ack).await {
             Ok(()) => {
                 self.counters
                     .forwarded
@@ -510,6 +578,7 @@ impl Relay {
         env: Envelope,
         bytes: &[u8],
         answer: &mpsc::Sender<Vec<u8>>,
+        ack: &mut Option<Ack>,
     ) -> Result<(), Refusal> {
         let queue = match self.ensure_queue(&env.destination).await {
             Ok(q) => q,
@@ -523,11 +592,13 @@ impl Relay {
         p.content_type = Some(ENVELOPE_TYPE.to_owned());
         let on_error = self.error_for(&env, codes::OTHER, "the relay could not store it");
         let answer = answer.clone();
+        let stored = ack.take();
         let done = move |r: Result<trunkline_broker::Published, trunkline_broker::BrokerError>| {
             if let (Err(e), Some(b)) = (r, on_error) {
                 tracing::warn!(error = %e, "relay: an envelope was not stored");
                 let _ = answer.try_send(b);
             }
+            drop(stored);
         };
         match self.broker.publish_then(p, now_ms(), done) {
             Ok(_) => {
@@ -559,12 +630,8 @@ impl Relay {
 /// The media type envelopes are stored with.
 pub const ENVELOPE_TYPE: &str = "application/x-trunkline-envelope";
 
-/// Writes leased envelopes to a connection and flushes it, then acks them (an envelope
-/// leaves its queue once written), or gives them back in their place if the connection
-/// failed. True when all was written.
-async fn deliver<S, M>(
-    broker: &Broker,
-    me: &trunkline_broker::Principal,
+/// Writes leased envelopes to a connection and flushes it; true when all was written.
+async fn write_batch<S, M>(
     sink: &mut S,
     batch: &[trunkline_broker::Delivery],
     frame: impl Fn(bytes::Bytes) -> M,
@@ -573,15 +640,22 @@ where
     S: futures::Sink<M> + Unpin,
 {
     use futures::SinkExt;
-    let mut ok = true;
     for d in batch {
         if sink.feed(frame(d.data.body.clone())).await.is_err() {
-            ok = false;
-            break;
+            return false;
         }
     }
-    ok = ok && sink.flush().await.is_ok();
-    let how = if ok {
+    sink.flush().await.is_ok()
+}
+
+/// Acks what was delivered (it leaves its queue), or gives it back in its place.
+async fn settle(
+    broker: &Broker,
+    me: &trunkline_broker::Principal,
+    batch: &[trunkline_broker::Delivery],
+    delivered: bool,
+) {
+    let how = if delivered {
         trunkline_broker::Settle::Ack
     } else {
         trunkline_broker::Settle::Nack { requeue: true }
@@ -590,5 +664,4 @@ where
     if let Err(e) = broker.settle(me, &receipts, how, now_ms()).await {
         tracing::warn!(error = %e, "relay: cannot settle what was delivered");
     }
-    ok
 }

@@ -23,13 +23,13 @@ use base64::Engine;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use trunkline_api::{ErrorCode, RelayHello, RelayReady};
+use trunkline_api::{ErrorCode, RelayHello, RelayReady, RelayStored};
 use trunkline_broker::authz::{Access, Issuer};
 use trunkline_broker::{Delivery, Principal, ReceiveOptions, Settle};
 use trunkline_client::relay::unix_now;
 use trunkline_envelope::{Address, Login, Who};
 
-use super::{Logged, Refusal, Relay};
+use super::{Ack, Acker, Logged, Refusal, Relay};
 use crate::http::error::ApiError;
 use crate::http::{now_ms, AppState};
 
@@ -160,6 +160,7 @@ async fn run(relay: Arc<Relay>, mut socket: WebSocket, shutdown: CancellationTok
     tracing::debug!(who = %who, "relay: logged in");
 
     let (answer_tx, answers) = mpsc::channel(ANSWERS);
+    let (acker, stored) = Acker::new();
     let (batches_tx, batches) = mpsc::channel(1);
     // The connection reads its session's queue, and nothing else.
     let issuer = queue.as_ref().map(|q| {
@@ -187,28 +188,37 @@ async fn run(relay: Arc<Relay>, mut socket: WebSocket, shutdown: CancellationTok
         sink,
         answers,
         batches,
+        stored,
         stop.clone(),
     ));
 
+    let mut seq = 0u64;
     let why = loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => break "replaced or shutting down".to_owned(),
             f = stream.next() => f,
         };
         match frame {
-            Some(Ok(Message::Binary(b))) => match relay.route(&who, &b, &answer_tx).await {
-                Ok(()) => {}
-                Err(Refusal::Answer(e)) => {
-                    if answer_tx.send(e).await.is_err() {
-                        break "writer ended".to_owned();
+            Some(Ok(Message::Binary(b))) => {
+                seq += 1;
+                let ack = Ack {
+                    seq,
+                    acker: acker.clone(),
+                };
+                match relay.route(&who, &b, &answer_tx, ack).await {
+                    Ok(()) => {}
+                    Err(Refusal::Answer(e)) => {
+                        if answer_tx.send(e).await.is_err() {
+                            break "writer ended".to_owned();
+                        }
+                    }
+                    Err(Refusal::Drop(_)) => {}
+                    Err(Refusal::Close(why)) => {
+                        let _ = answer_tx.send(Vec::new()).await;
+                        break why;
                     }
                 }
-                Err(Refusal::Drop(_)) => {}
-                Err(Refusal::Close(why)) => {
-                    let _ = answer_tx.send(Vec::new()).await;
-                    break why;
-                }
-            },
+            }
             Some(Ok(Message::Text(_))) => break "text frames are not envelopes".to_owned(),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break "closed".to_owned(),
             Some(Ok(_)) => {}
@@ -281,10 +291,12 @@ async fn write(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut answers: mpsc::Receiver<Vec<u8>>,
     mut batches: mpsc::Receiver<Vec<Delivery>>,
+    mut stored: tokio::sync::watch::Receiver<u64>,
     stop: CancellationToken,
 ) {
     let broker = relay.broker();
     let mut fetching = me.is_some();
+    let mut confirming = true;
     loop {
         tokio::select! {
             biased;
@@ -305,12 +317,26 @@ async fn write(
                     return;
                 }
             },
+            changed = stored.changed(), if confirming => {
+                if changed.is_err() {
+                    confirming = false;
+                    continue;
+                }
+                let n = *stored.borrow_and_update();
+                let text = serde_json::to_string(&RelayStored { stored: n }).unwrap_or_default();
+                if sink.send(Message::Text(text.into())).await.is_err() {
+                    stop.cancel();
+                    return;
+                }
+            }
             b = batches.recv(), if fetching => {
                 let (Some(batch), Some(me)) = (b, &me) else {
                     fetching = false;
                     continue;
                 };
-                let ok = super::deliver(broker, me, &mut sink, &batch, Message::Binary).await;
+                // A twin's gateway does not confirm: written is delivered.
+                let ok = super::write_batch(&mut sink, &batch, Message::Binary).await;
+                super::settle(broker, me, &batch, ok).await;
                 if ok {
                     relay.counters.delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 } else {
