@@ -465,3 +465,214 @@ async fn relays_not_listed_as_peers_cannot_log_in() {
     s2.stop().await;
     s1.stop().await;
 }
+
+/// What a raw connection gave next.
+enum Got {
+    Frame(tokio_tungstenite::tungstenite::Message),
+    Closed,
+    /// Nothing within the time.
+    Quiet,
+}
+
+async fn frame(stream: &mut trunkline_client::relay::RelayStream, within: Duration) -> Got {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    match tokio::time::timeout(within, stream.next()).await {
+        Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => Got::Closed,
+        Ok(Some(Ok(m))) => Got::Frame(m),
+        Err(_) => Got::Quiet,
+    }
+}
+
+/// Reads frames until one is an envelope; `None` if the connection closes or is quiet.
+async fn next_envelope(stream: &mut trunkline_client::relay::RelayStream) -> Option<Envelope> {
+    use tokio_tungstenite::tungstenite::Message;
+    for _ in 0..20 {
+        match frame(stream, Duration::from_secs(5)).await {
+            Got::Frame(Message::Binary(b)) => {
+                return Some(Envelope::decode(&b).expect("an envelope"))
+            }
+            Got::Frame(_) => {}
+            Got::Closed | Got::Quiet => return None,
+        }
+    }
+    None
+}
+
+/// Does the connection close within `within`?
+async fn closes_within(
+    stream: &mut trunkline_client::relay::RelayStream,
+    within: Duration,
+) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        match frame(stream, left).await {
+            Got::Closed => return true,
+            Got::Frame(_) => {}
+            Got::Quiet => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_relay_answers_pings_and_confirms_what_it_stored() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start().await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let conn = raw(&server, &alice_key, alice).await;
+    let relay_key = conn.relay_key;
+    let (mut sink, mut stream) = conn.split();
+    let mut ping = Envelope::new(
+        "p1",
+        Address::twin(alice),
+        Address::twin(0),
+        Kind::Ping,
+        Payload::Plain(Vec::new()),
+        unix_now(),
+        60,
+    );
+    ping.sign(&alice_key).unwrap();
+    sink.send(Message::Binary(ping.encode().unwrap().into()))
+        .await
+        .unwrap();
+    let pong = next_envelope(&mut stream).await.expect("a pong");
+    assert_eq!((&pong.kind, pong.uid.as_str()), (&Kind::Pong, "p1"));
+    pong.verify(&relay_key).expect("signed by the relay");
+    // And the first envelope is confirmed.
+    let mut stored = 0;
+    for _ in 0..5 {
+        if let Got::Frame(Message::Text(t)) = frame(&mut stream, Duration::from_secs(5)).await {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            stored = v["stored"].as_u64().unwrap_or(0);
+            if stored == 1 {
+                break;
+            }
+        }
+    }
+    assert_eq!(stored, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_login_ends_the_older_connection_of_a_session() {
+    let server = TestServer::start().await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let (_, mut old) = raw(&server, &alice_key, alice).await.split();
+    let _newer = raw(&server, &alice_key, alice).await;
+    assert!(
+        closes_within(&mut old, Duration::from_secs(5)).await,
+        "the older one is closed"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn text_frames_and_bytes_that_are_no_envelope_close_the_connection() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start().await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    for bad in [
+        Message::Text("{\"hello\": 1}".into()),
+        Message::Binary(b"TLE\x01 not really".to_vec().into()),
+    ] {
+        let (mut sink, mut stream) = raw(&server, &alice_key, alice).await.split();
+        sink.send(bad).await.unwrap();
+        assert!(closes_within(&mut stream, Duration::from_secs(5)).await);
+    }
+    // Larger than max_envelope_bytes (4 MiB): closed, nothing stored.
+    let (mut sink, mut stream) = raw(&server, &alice_key, alice).await.split();
+    let _ = sink.send(Message::Binary(vec![0u8; 5 << 20].into())).await;
+    assert!(closes_within(&mut stream, Duration::from_secs(5)).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_twin_past_its_rate_gets_errors_and_stays_connected() {
+    let server = TestServer::start_with(|c| c.relay.rate_messages_per_minute = 5).await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let (_bob_key, bob) = twin(&server, 2, &[]).await;
+    let (a, mut a_in) = peer(&server, &alice_key, alice);
+    for _ in 0..8 {
+        a.send(Draft::request(Address::twin(bob), "flood", Vec::new()))
+            .await
+            .expect("send");
+    }
+    let mut limited = 0;
+    for _ in 0..3 {
+        let e = next(&mut a_in).await;
+        assert_eq!(e.source, Address::twin(0));
+        if let Kind::Error { code, .. } = e.kind {
+            assert_eq!(code, codes::RATE_LIMITED);
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 3, "the 6th to 8th are refused");
+    let queue = trunkline_server::relay::Relay::queue_name(&Address::twin(bob));
+    assert_eq!(
+        server
+            .broker()
+            .and_then(|b| b.get_queue(&queue))
+            .map(|q| q.depth),
+        Some(5)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_twin_has_at_most_its_sessions_waiting() {
+    let server = TestServer::start_with(|c| c.relay.max_sessions_per_twin = 2).await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let login = |s: &str| {
+        RelayConn::connect(
+            &server.http,
+            &alice_key,
+            Who::Twin {
+                id: alice,
+                session: Some(s.to_owned()),
+            },
+        )
+    };
+    let _one = login("one").await.expect("one");
+    let _two = login("two").await.expect("two");
+    let err = login("three")
+        .await
+        .err()
+        .expect("a third session is refused");
+    assert!(err.to_string().contains("sessions"), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_twin_whose_key_changes_loses_its_connections() {
+    let server = TestServer::start().await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let (_, mut stream) = raw(&server, &alice_key, alice).await.split();
+    // The twin hands its id to a new key (signed with the old one).
+    let new_key = Identity::from_seed(&[11; 32]);
+    trunkline_client::relay::Directory::new(&server.http)
+        .unwrap()
+        .update(alice, &alice_key, &new_key.public(), &[])
+        .await
+        .expect("key changed");
+    // The relay looks again every 5 s.
+    assert!(
+        closes_within(&mut stream, Duration::from_secs(12)).await,
+        "the old key's connection ends"
+    );
+    // The old key cannot log in again; the new one can.
+    assert!(RelayConn::connect(
+        &server.http,
+        &alice_key,
+        Who::Twin {
+            id: alice,
+            session: None
+        }
+    )
+    .await
+    .is_err());
+    raw(&server, &new_key, alice).await;
+    server.stop().await;
+}

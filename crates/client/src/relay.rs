@@ -125,10 +125,19 @@ impl Directory {
         key: &PublicKey,
         relays: &[String],
     ) -> Result<TwinInfo, Error> {
-        let body = claim_body(id, signer, key, relays)?;
+        // A change must be newer than the claim held, to the second.
+        let url = format!("{}/twins/{id}", self.base);
+        let held = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(Client::transport)?;
+        let held: TwinInfo = Client::decode(held).await?;
+        let body = claim_body(id, signer, key, relays, unix_now().max(held.updated + 1))?;
         let resp = self
             .http
-            .put(format!("{}/twins/{id}", self.base))
+            .put(url)
             .json(&body)
             .send()
             .await
@@ -144,12 +153,13 @@ pub fn claim_body(
     signer: &Identity,
     key: &PublicKey,
     relays: &[String],
+    timestamp: u64,
 ) -> Result<TwinClaimBody, Error> {
     let claim = TwinClaim {
         id,
         key: *key,
         relays: relays.to_vec(),
-        timestamp: unix_now(),
+        timestamp,
     };
     let signature = claim
         .sign(signer)
@@ -169,7 +179,7 @@ impl Client {
         identity: &Identity,
         relays: &[String],
     ) -> Result<TwinInfo, Error> {
-        let body = claim_body(0, identity, &identity.public(), relays)?;
+        let body = claim_body(0, identity, &identity.public(), relays, unix_now())?;
         self.json(reqwest::Method::POST, "/twins", &body).await
     }
 }

@@ -418,6 +418,9 @@ impl Node {
             shutdown.clone(),
             "backend",
         ));
+        if let Some(r) = &relay {
+            tasks.spawn(r.clone().watch(Duration::from_secs(5), shutdown.clone()));
+        }
         let ctx = crate::stomp_listener::StompContext {
             broker: broker.clone(),
             token_key: Arc::new(keys.token_key.clone()),
@@ -442,6 +445,9 @@ impl Node {
                     Duration::from_secs(config.federation.reread_secs),
                     shutdown.clone(),
                 ));
+            }
+            if let Some(r) = &relay {
+                tasks.spawn(r.clone().watch(Duration::from_secs(5), shutdown.clone()));
             }
             let ctx = crate::stomp_listener::StompContext {
                 peers: Some(f.gate.clone()),

@@ -155,6 +155,8 @@ struct Rate {
 struct Attached {
     generation: u64,
     close: CancellationToken,
+    /// The key it logged in with.
+    key: PublicKey,
 }
 
 /// The relay of a node.
@@ -309,20 +311,60 @@ impl Relay {
     }
 
     /// Records `who` as logged in; ends the connection logged in as `who` before.
-    pub fn attach(&self, who: &Logged, close: CancellationToken) -> u64 {
+    pub fn attach(&self, who: &Logged, key: PublicKey, close: CancellationToken) -> u64 {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let old = self
-            .attached
-            .lock()
-            .ok()
-            .and_then(|mut a| a.insert(who.clone(), Attached { generation, close }));
+        let old = self.attached.lock().ok().and_then(|mut a| {
+            a.insert(
+                who.clone(),
+                Attached {
+                    generation,
+                    close,
+                    key,
+                },
+            )
+        });
         if let Some(old) = old {
             tracing::info!(who = %who, "relay: a newer connection replaces this one");
             old.close.cancel();
         }
         generation
+    }
+
+    /// Every `period`, ends the connections of twins whose key changed or who left the
+    /// registry since they logged in, until `stop`.
+    pub async fn watch(self: Arc<Self>, period: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let twins: Vec<(Logged, PublicKey)> = match self.attached.lock() {
+                Ok(a) => a
+                    .iter()
+                    .filter(|(w, _)| matches!(w, Logged::Twin(_)))
+                    .map(|(w, x)| (w.clone(), x.key))
+                    .collect(),
+                Err(_) => continue,
+            };
+            for (who, key) in twins {
+                let Logged::Twin(a) = &who else { continue };
+                let now = match self.twin(a.twin).await {
+                    Ok(t) => t.map(|t| t.key),
+                    // The registry cannot be read: nothing is known to have changed.
+                    Err(_) => continue,
+                };
+                if now != Some(key) {
+                    tracing::info!(who = %who, "relay: the twin's key changed; its connection ends");
+                    if let Ok(m) = self.attached.lock() {
+                        if let Some(x) = m.get(&who) {
+                            x.close.cancel();
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets `who`'s connection `generation` (not a newer one).

@@ -82,7 +82,7 @@ async fn login(
     relay: &Relay,
     socket: &mut WebSocket,
     challenge: &[u8; 32],
-) -> Result<Logged, String> {
+) -> Result<(Logged, trunkline_envelope::PublicKey), String> {
     let frame = tokio::time::timeout(LOGIN_TIMEOUT, socket.next())
         .await
         .map_err(|_| "no login in time".to_owned())?;
@@ -113,7 +113,7 @@ async fn login(
     login
         .verify(challenge, &key, unix_now())
         .map_err(|e| e.to_string())?;
-    Ok(who)
+    Ok((who, key))
 }
 
 async fn run(relay: Arc<Relay>, mut socket: WebSocket, shutdown: CancellationToken) {
@@ -127,7 +127,7 @@ async fn run(relay: Arc<Relay>, mut socket: WebSocket, shutdown: CancellationTok
     if socket.send(Message::Text(text.into())).await.is_err() {
         return;
     }
-    let who = match login(&relay, &mut socket, &challenge).await {
+    let (who, key) = match login(&relay, &mut socket, &challenge).await {
         Ok(w) => w,
         Err(why) => {
             tracing::info!(reason = %why, "relay: login refused");
@@ -155,7 +155,7 @@ async fn run(relay: Arc<Relay>, mut socket: WebSocket, shutdown: CancellationTok
         return;
     }
     let stop = shutdown.child_token();
-    let generation = relay.attach(&who, stop.clone());
+    let generation = relay.attach(&who, key, stop.clone());
     relay.counters.connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(who = %who, "relay: logged in");
 
