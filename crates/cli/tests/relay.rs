@@ -82,6 +82,19 @@ async fn twins_exchange_sealed_requests_and_responses_through_one_relay() {
         (uid, Payload::Plain(b"me".to_vec()))
     );
 
+    // What the relay counted.
+    let text = trunkline_testkit::metrics_text(
+        &reqwest::Client::new(),
+        &server.backend,
+        &server.backend_key,
+    )
+    .await;
+    let m = |name| trunkline_testkit::metric(&text, name).unwrap_or(0);
+    assert_eq!(m("trunkline_relay_stored_total"), 41, "{text}");
+    assert_eq!(m("trunkline_relay_delivered_total"), 41);
+    assert_eq!(m("trunkline_relay_connections"), 2);
+    assert_eq!(m("trunkline_relay_refused_total"), 0);
+
     // A twin the registry does not have: refused before anything is sent.
     let e = a
         .send(Draft::request(Address::twin(999), "x", Vec::new()))

@@ -49,6 +49,8 @@ pub struct NodeMetrics {
     pub calls: Arc<Calls>,
     /// The federation links running (none without federation).
     pub links: Arc<crate::federation::Links>,
+    /// The relay, when enabled.
+    pub relay: Option<Arc<crate::relay::Relay>>,
 }
 
 impl fmt::Debug for NodeMetrics {
@@ -296,6 +298,26 @@ impl Collector for NodeMetrics {
             "queue",
             depths.iter().map(|d| (&*d.name, d.leased)),
         )?;
+
+        if let Some(r) = &self.relay {
+            let rc = &r.counters;
+            let relay_counters = [
+                ("trunkline_relay_stored", "Envelopes the relay stored for its own sessions.", &rc.routed_local),
+                ("trunkline_relay_forwarded", "Envelopes the relay stored for another relay.", &rc.forwarded),
+                ("trunkline_relay_delivered", "Envelopes the relay wrote to its sessions.", &rc.delivered),
+                ("trunkline_relay_refused", "Envelopes the relay refused (bad source, signature or time, unknown twin, rate, no route).", &rc.refused),
+                ("trunkline_relay_replays", "Envelopes the relay dropped as replays.", &rc.replays),
+            ];
+            for (name, help, v) in relay_counters {
+                counter(e, name, help, load(v))?;
+            }
+            gauge(
+                e,
+                "trunkline_relay_connections",
+                "Connections logged in to the relay (twins' sessions and other relays).",
+                load(&rc.connections),
+            )?;
+        }
 
         let links = self.links.stats();
         if links.is_empty() {

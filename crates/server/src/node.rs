@@ -375,6 +375,7 @@ impl Node {
                 sessions: sessions.clone(),
                 calls: calls.clone(),
                 links: links.clone(),
+                relay: relay.clone(),
             }
             .into_registry(),
         );
