@@ -59,8 +59,11 @@ pub struct RelayArgs {
     pub json: Option<PathBuf>,
 }
 
+/// The node's settings: no cap on sessions per twin or rate, and room for the memory
+/// measure's connections from one address.
 const CONFIG: &str =
-    "[relay]\nmax_sessions_per_twin = 100000\nrate_messages_per_minute = 100000000\n";
+    "[relay]\nmax_sessions_per_twin = 100000\nrate_messages_per_minute = 100000000\n\
+    [http_limits]\nmax_connections = 20000\nmax_connections_per_address = 20000\n";
 
 struct Meter {
     pids: Vec<u32>,

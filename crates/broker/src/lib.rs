@@ -721,6 +721,11 @@ impl Broker {
         read(&self.inner.queues).get(name).cloned()
     }
 
+    /// Is there a queue named `name` (an inbox, a declared queue, or a dead-letter queue)?
+    pub fn has_queue(&self, name: &str) -> bool {
+        read(&self.inner.queues).contains_key(name)
+    }
+
     fn alloc_msg_id(&self, now: u64) -> u64 {
         let mut cur = self.inner.last_msg_id.load(Ordering::Relaxed);
         loop {

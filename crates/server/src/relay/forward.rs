@@ -101,7 +101,7 @@ impl Forwarder {
             ));
         };
         let queue = Self::queue_name(name);
-        if relay.broker().get_queue(&queue).is_none() {
+        if !relay.broker().has_queue(&queue) {
             let mut labels = BTreeMap::new();
             labels.insert(RELAY_LABEL.to_owned(), name.clone());
             let spec = QueueSpec {

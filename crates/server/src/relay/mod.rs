@@ -174,6 +174,8 @@ pub struct Relay {
     queues: Mutex<HashMap<u32, HashSet<String>>>,
     window: Mutex<ReplayWindow>,
     rates: Mutex<HashMap<u32, Rate>>,
+    /// Keys read from the local registry, with the claim they came from.
+    keys: Mutex<HashMap<u32, (u64, PublicKey)>>,
     pub(crate) forward: forward::Forwarder,
     pub counters: RelayCounters,
 }
@@ -260,6 +262,7 @@ impl Relay {
             queues: Mutex::new(queues),
             window: Mutex::new(ReplayWindow::new(REPLAY_WINDOW)),
             rates: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
             counters: RelayCounters::default(),
         });
         tracing::info!(relay = %relay.name, key = %relay.identity.public().to_text(), "relay ready");
@@ -294,13 +297,37 @@ impl Relay {
     /// Twin `id` from the registry.
     pub async fn twin(&self, id: u32) -> Result<Option<Twin>, String> {
         match &self.registry {
-            Registry::Local(b) => Ok(b.get_twin(id).and_then(|t| {
-                Some(Twin {
+            Registry::Local(b) => {
+                let Some(t) = b.get_twin(id) else {
+                    return Ok(None);
+                };
+                // A key read once per claim: reading one is a point decompression.
+                let cached = self
+                    .keys
+                    .lock()
+                    .ok()
+                    .and_then(|k| k.get(&id).filter(|(u, _)| *u == t.updated).map(|x| x.1));
+                let key = match cached {
+                    Some(k) => k,
+                    None => {
+                        let Ok(k) = PublicKey::from_text(&t.key) else {
+                            return Ok(None);
+                        };
+                        if let Ok(mut keys) = self.keys.lock() {
+                            if keys.len() >= RATE_TWINS {
+                                keys.clear();
+                            }
+                            keys.insert(id, (t.updated, k));
+                        }
+                        k
+                    }
+                };
+                Ok(Some(Twin {
                     id: t.id,
-                    key: PublicKey::from_text(&t.key).ok()?,
+                    key,
                     relays: t.relays,
-                })
-            })),
+                }))
+            }
             Registry::Remote(d) => d.twin(id).await.map_err(|e| e.to_string()),
         }
     }
@@ -399,7 +426,7 @@ impl Relay {
                 .unwrap_or((false, 0)),
             Err(_) => (false, 0),
         };
-        if exists && self.broker.get_queue(&name).is_some() {
+        if exists && self.broker.has_queue(&name) {
             return Ok(name);
         }
         if !exists && count >= self.config.max_sessions_per_twin {
