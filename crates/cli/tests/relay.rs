@@ -82,13 +82,19 @@ async fn twins_exchange_sealed_requests_and_responses_through_one_relay() {
         (uid, Payload::Plain(b"me".to_vec()))
     );
 
-    // What the relay counted.
-    let text = trunkline_testkit::metrics_text(
-        &reqwest::Client::new(),
-        &server.backend,
-        &server.backend_key,
-    )
-    .await;
+    // What the relay counted (a delivery is counted once its ack is synced, which may
+    // end after the envelope arrived).
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text =
+            trunkline_testkit::metrics_text(&http, &server.backend, &server.backend_key).await;
+        let delivered = trunkline_testkit::metric(&text, "trunkline_relay_delivered_total");
+        if delivered >= Some(41) || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let m = |name| trunkline_testkit::metric(&text, name).unwrap_or(0);
     assert_eq!(m("trunkline_relay_stored_total"), 41, "{text}");
     assert_eq!(m("trunkline_relay_delivered_total"), 41);
