@@ -701,3 +701,56 @@ async fn a_twin_whose_key_changes_loses_its_connections() {
     raw(&server, &new_key, alice).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn clients_cannot_read_or_write_the_relays_queues() {
+    let server = TestServer::start().await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    let (_bob_key, bob) = twin(&server, 2, &[]).await;
+    let (a, _a_in) = peer(&server, &alice_key, alice);
+    a.send(Draft::request(
+        Address::twin(bob),
+        "canary",
+        b"canary".to_vec(),
+    ))
+    .await
+    .expect("send");
+    let queue = trunkline_server::relay::Relay::queue_name(&Address::twin(bob));
+    let depth = || {
+        server
+            .broker()
+            .and_then(|b| b.get_queue(&queue))
+            .map_or(0, |q| q.depth)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while depth() < 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A client that sees every topic, with a queue of its own: not the relay's.
+    let mallory = server.new_client("mallory", &["#"]).await;
+    let err = mallory
+        .receive(&trunkline_client::ReceiveOptions {
+            queue: Some(queue.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the relay's queue is not the client's to read");
+    assert_eq!(
+        err.code(),
+        Some(trunkline_client::ErrorCode::Forbidden),
+        "{err}"
+    );
+    // Its inbox got no copy of the envelope either (the relay does not publish to topics).
+    let got = mallory
+        .receive(&trunkline_client::ReceiveOptions::default())
+        .await
+        .expect("own inbox");
+    assert!(got.is_empty(), "{got:?}");
+    // Writing into it, as a topic or as the queue: not a way in.
+    let _ = mallory
+        .send(&format!("rmb.{bob}"), &serde_json::json!("x"))
+        .await;
+    assert_eq!(depth(), 1, "still only the canary");
+    server.stop().await;
+}
