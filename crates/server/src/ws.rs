@@ -60,7 +60,7 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 /// A session's socket read buffer (it grows for larger frames).
-const READ_BUFFER: usize = 4 * 1024;
+pub(crate) const READ_BUFFER: usize = 4 * 1024;
 
 /// Pushes written to a session's socket with one flush, at most.
 const PUSH_BATCH: usize = 64;

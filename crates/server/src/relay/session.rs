@@ -62,8 +62,11 @@ pub async fn upgrade(
         .into_response();
     };
     let max = relay.config().max_envelope_bytes;
+    // A small read buffer (it grows for larger frames): tungstenite's default is 128 KiB
+    // per connection, zero-filled before each read.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(crate::ws::READ_BUFFER)
         .on_upgrade(move |socket| async move {
             run(relay, socket, state.shutdown.clone()).await;
             drop(slot);
