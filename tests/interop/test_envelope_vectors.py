@@ -1,5 +1,5 @@
 """The envelope test vectors (crates/envelope/tests/vectors.json, made by the Rust code),
-checked with independent implementations: PyNaCl (libsodium) for ed25519, the ed25519 to
+and a relay login, checked with independent implementations: PyNaCl (libsodium) for ed25519, the ed25519 to
 x25519 conversion, x25519 and XChaCha20-Poly1305; `cryptography` for HKDF-SHA256; and the
 byte layout of docs/relays.md read here by hand.
 """
@@ -133,3 +133,22 @@ def test_the_payload_opens_with_the_recipients_key_only():
     ).derive(shared)
     with pytest.raises(Exception):
         sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(body, ad, nonce, reverse)
+
+
+def test_a_relay_login_reads_by_its_layout_and_its_signature_verifies():
+    login = h("login")
+    challenge = h("login_challenge")
+    assert login[:32] == challenge
+    assert login[32] == 1, "a twin"
+    (twin,) = struct.unpack(">I", login[33:37])
+    assert twin == 41
+    assert login[37] == 1 and login[38] == 2 and login[39:41] == b"s1"
+    (timestamp,) = struct.unpack(">Q", login[41:49])
+    assert timestamp == 1_800_000_000
+    body, signature = login[:49], login[49:]
+    assert len(signature) == 64
+    vk = nacl.signing.VerifyKey(public_key(VECTORS["sender_public"]))
+    vk.verify(h("login_prefix") + body, signature)
+    # Another challenge (another connection) does not verify.
+    with pytest.raises(nacl.exceptions.BadSignatureError):
+        vk.verify(h("login_prefix") + bytes(32) + body[32:], signature)

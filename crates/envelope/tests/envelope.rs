@@ -308,6 +308,16 @@ fn test_vectors_are_what_the_code_makes() {
     );
     e.schema = Some("application/json".into());
     e.sign(&a).expect("sign");
+    let login = trunkline_envelope::Login::sign(
+        &a,
+        [9; 32],
+        trunkline_envelope::Who::Twin {
+            id: 41,
+            session: Some("s1".into()),
+        },
+        NOW,
+    )
+    .expect("login");
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let vectors = serde_json::json!({
         "about": "Made by crates/envelope/tests/envelope.rs; checked by tests/interop/test_envelope_vectors.py",
@@ -322,6 +332,9 @@ fn test_vectors_are_what_the_code_makes() {
         "envelope": hex(&e.encode().expect("encode")),
         "signed_prefix": hex(trunkline_envelope::envelope::DOMAIN),
         "seal_salt": hex(trunkline_envelope::seal::SEAL_SALT),
+        "login_challenge": hex(&[9; 32]),
+        "login": hex(&login.encode().expect("encode")),
+        "login_prefix": hex(trunkline_envelope::login::LOGIN_DOMAIN),
     });
     let text = serde_json::to_string_pretty(&vectors).expect("json") + "\n";
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors.json");
