@@ -46,11 +46,11 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, db=0)
 
 
-def start_redis(tmp: Path) -> RedisServer:
+def start_redis(tmp: Path, port: int | None = None) -> RedisServer:
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server is not installed (.ci/run installs it)")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(tmp)],
@@ -318,6 +318,19 @@ def test_a_request_to_several_twins_gets_one_response_each(pair):
         e2.close()
     assert sorted(r["src"] for r in responses) == sorted([str(gb.twin.id), str(ga.twin.id)])
     assert all(r["err"] is None for r in responses)
+
+
+def test_the_gateway_carries_on_when_its_redis_restarts(pair, tmp_path):
+    ga, gb = pair
+    ga.redis.proc.terminate()
+    ga.redis.proc.wait(timeout=WAIT)
+    ga.redis = start_redis(tmp_path, ga.redis.port)
+    echo = Echo(gb, "again")
+    try:
+        (resp,) = request_all(ga, [message("again", [gb.twin.id], "back")], timeout=WAIT)
+    finally:
+        echo.close()
+    assert resp["err"] is None and base64.b64decode(resp["dat"]) == b"back"
 
 
 # ----- two relays forwarding to each other ------------------------------------------

@@ -205,7 +205,7 @@ fn backlog_key(uid: &str) -> String {
     format!("msgbus.backlog.{uid}")
 }
 
-type Conn = redis::aio::MultiplexedConnection;
+type Conn = redis::aio::ConnectionManager;
 
 pub async fn run(a: PeerArgs) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUNKLINE_LOG")
@@ -232,14 +232,20 @@ pub async fn run(a: PeerArgs) -> Result<(), Failure> {
     let redis = redis::Client::open(a.redis.as_str())
         .map_err(|e| Failure::Usage(format!("--redis: {e}")))?;
     let unreachable = |e: redis::RedisError| Failure::Unreachable(format!("redis: {e}"));
+    // Connections that come back by themselves when Redis does (again and again, at most
+    // 2 s apart). BRPOP blocks: a client-side timeout would drop what the server popped
+    // meanwhile, so the popping one has none.
+    let again = || {
+        redis::aio::ConnectionManagerConfig::new()
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(usize::MAX)
+    };
     let pushes = redis
-        .get_multiplexed_async_connection()
+        .get_connection_manager_with_config(again())
         .await
         .map_err(unreachable)?;
-    // BRPOP blocks: a client-side timeout would drop what the server popped meanwhile.
-    let blocking = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let pops = redis
-        .get_multiplexed_async_connection_with_config(&blocking)
+        .get_connection_manager_with_config(again().set_response_timeout(None))
         .await
         .map_err(unreachable)?;
     let (peer, inbox) = Peer::start(PeerConfig {
@@ -285,18 +291,31 @@ async fn upstream(peer: Peer, mut pushes: Conn, mut pops: Conn) -> Result<(), Fa
     }
 }
 
+/// Runs `cmd` on `conn`, once more if it failed: the first command after Redis came
+/// back fails, and makes the connection connect again.
+async fn query<T: redis::FromRedisValue>(
+    conn: &mut Conn,
+    cmd: &redis::Pipeline,
+) -> redis::RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cmd.query_async(conn).await
+        }
+    }
+}
+
 async fn push(conn: &mut Conn, queue: &str, value: &impl Serialize) {
     let Ok(json) = serde_json::to_string(value) else {
         return;
     };
-    let r: redis::RedisResult<()> = redis::pipe()
-        .lpush(queue, json)
+    let mut cmd = redis::pipe();
+    cmd.lpush(queue, json)
         .ignore()
         .ltrim(queue, 0, MAX_QUEUE - 1)
-        .ignore()
-        .query_async(conn)
-        .await;
-    if let Err(e) = r {
+        .ignore();
+    if let Err(e) = query::<()>(conn, &cmd).await {
         tracing::warn!(queue, error = %e, "peer: cannot push to redis");
     }
 }
@@ -346,14 +365,14 @@ async fn request(peer: &Peer, conn: &mut Conn, r: OutgoingRequest) {
         reference: r.reference.clone(),
         ret: r.reply_to.clone(),
     };
-    let stored: redis::RedisResult<()> = conn
-        .set_ex(
-            backlog_key(&uid),
-            serde_json::to_string(&backlog).unwrap_or_default(),
-            left,
-        )
-        .await;
-    if let Err(e) = stored {
+    let mut set = redis::pipe();
+    set.set_ex(
+        backlog_key(&uid),
+        serde_json::to_string(&backlog).unwrap_or_default(),
+        left,
+    )
+    .ignore();
+    if let Err(e) = query::<()>(conn, &set).await {
         tracing::warn!(error = %e, "peer: cannot keep the request's backlog");
     }
     for dst in &r.destinations {
@@ -443,7 +462,11 @@ async fn downstream(peer: Peer, mut conn: Conn, mut inbox: tokio::sync::mpsc::Re
                 push(&mut conn, &format!("msgbus.{command}"), &r).await;
             }
             Kind::Response | Kind::Error { .. } => {
-                let backlog: Option<String> = conn.get(backlog_key(&env.uid)).await.unwrap_or(None);
+                let mut get = redis::pipe();
+                get.get(backlog_key(&env.uid));
+                let backlog: Option<String> = query::<(Option<String>,)>(&mut conn, &get)
+                    .await
+                    .map_or(None, |(b,)| b);
                 let Some(b) = backlog.and_then(|b| serde_json::from_str::<Backlog>(&b).ok()) else {
                     tracing::info!(uid = %env.uid, "peer: the reply of an expired request, dropped");
                     continue;
