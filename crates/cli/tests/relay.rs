@@ -754,3 +754,27 @@ async fn clients_cannot_read_or_write_the_relays_queues() {
     assert_eq!(depth(), 1, "still only the canary");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_closed() {
+    let server = TestServer::start_with(|c| c.relay.idle_timeout_secs = 2).await;
+    let (alice_key, alice) = twin(&server, 1, &[]).await;
+    // Logged in, then never read (so never a pong) and never written.
+    let (_sink, mut stream) = raw(&server, &alice_key, alice).await.split();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(closes_within(&mut stream, Duration::from_secs(2)).await);
+    // A gateway that answers pings stays.
+    let (_a, _a_in) = peer(&server, &alice_key, alice);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let text = trunkline_testkit::metrics_text(
+        &reqwest::Client::new(),
+        &server.backend,
+        &server.backend_key,
+    )
+    .await;
+    assert_eq!(
+        trunkline_testkit::metric(&text, "trunkline_relay_connections"),
+        Some(1)
+    );
+    server.stop().await;
+}

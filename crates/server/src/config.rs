@@ -131,6 +131,9 @@ rate_messages_per_minute = 60000
 rate_bytes_per_minute = 1073741824
 # Sessions of one twin that may have envelopes waiting.
 max_sessions_per_twin = 16
+# A connection that sends nothing (not even a pong: the relay pings every third of this)
+# for this many seconds is closed.
+idle_timeout_secs = 60
 # Other relays this one forwards to and takes forwarded envelopes from, by name, with the
 # key each signs its login with ("ed25519:..."): relays not listed are refused.
 # peers = [{ name = "https://relay2.example", key = "ed25519:..." }]
@@ -242,6 +245,7 @@ pub struct RelayConfig {
     pub rate_messages_per_minute: u64,
     pub rate_bytes_per_minute: u64,
     pub max_sessions_per_twin: usize,
+    pub idle_timeout_secs: u64,
     pub peers: Vec<RelayPeer>,
 }
 

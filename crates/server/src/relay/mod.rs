@@ -37,8 +37,9 @@ pub const SEED_FILE: &str = "relay.seed";
 pub const QUEUE_PREFIX: &str = "rmb.";
 /// The label a relay queue carries with its twin.
 const TWIN_LABEL: &str = "relay.twin";
-/// Envelopes remembered against replays, relay-wide.
-const REPLAY_WINDOW: usize = 1 << 20;
+/// Envelopes remembered against replays, relay-wide (about 40 MiB when full; past it the
+/// one expiring first is forgotten, and the destination's gateway still catches a replay).
+const REPLAY_WINDOW: usize = 1 << 18;
 /// Seconds of the rate window.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Twins whose rate is kept at once.

@@ -196,11 +196,16 @@ async fn run(relay: Arc<Relay>, mut socket: WebSocket, shutdown: CancellationTok
     ));
 
     let mut seq = 0u64;
+    // A connection silent for this long is gone (the relay pings every third of it).
+    let idle = Duration::from_secs(relay.config().idle_timeout_secs.max(1));
+    let mut heard = tokio::time::Instant::now();
     let why = loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => break "replaced or shutting down".to_owned(),
+            _ = tokio::time::sleep_until(heard + idle) => break "silent".to_owned(),
             f = stream.next() => f,
         };
+        heard = tokio::time::Instant::now();
         match frame {
             Some(Ok(Message::Binary(b))) => {
                 seq += 1;
@@ -300,9 +305,18 @@ async fn write(
     let broker = relay.broker();
     let mut fetching = me.is_some();
     let mut confirming = true;
+    let mut ping =
+        tokio::time::interval(Duration::from_secs(relay.config().idle_timeout_secs.max(3)) / 3);
+    ping.tick().await;
     loop {
         tokio::select! {
             biased;
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    stop.cancel();
+                    return;
+                }
+            }
             a = answers.recv() => match a {
                 // An empty answer: the reader closes the connection.
                 Some(b) if b.is_empty() => {
