@@ -215,7 +215,10 @@ pub async fn run(a: PeerArgs) -> Result<(), Failure> {
         .with_writer(std::io::stderr)
         .try_init();
     let identity = read_seed(&a.seed_file)?;
-    let registry = a.registry.clone().unwrap_or_else(|| a.relays[0].clone());
+    let registry = a
+        .registry
+        .clone()
+        .unwrap_or_else(|| trunkline_client::relay::node_url(&a.relays[0]));
     let directory = Directory::new(&registry)?;
     let twin = directory.find(&identity.public()).await?.ok_or_else(|| {
         Failure::Usage(format!(

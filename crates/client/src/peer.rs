@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use stopping::CancelOnDrop;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_util_lite::CancelOnDrop;
 use trunkline_envelope::envelope::{DEFAULT_TTL, MAX_TTL};
 use trunkline_envelope::{
     seal, Address, Envelope, EnvelopeError, Identity, Kind, Payload, PublicKey, ReplayWindow, Who,
@@ -498,7 +498,7 @@ async fn serve(
 }
 
 /// Stops spawned tasks when dropped.
-mod tokio_util_lite {
+mod stopping {
     use std::future::Future;
     use tokio::sync::watch;
 

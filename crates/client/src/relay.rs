@@ -201,6 +201,21 @@ pub fn relay_url(name: &str) -> String {
     }
 }
 
+/// The HTTP base URL of the node whose relay is named `name` (where its registry is, when
+/// it keeps one): `wss://r.example` is `https://r.example`, a bare `host:port` is
+/// `https://host:port`.
+pub fn node_url(name: &str) -> String {
+    let ws = relay_url(name);
+    let base = ws.strip_suffix("/relay").unwrap_or(&ws);
+    if let Some(rest) = base.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if let Some(rest) = base.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else {
+        base.to_owned()
+    }
+}
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long the relay has to say hello, and to take the login.
@@ -294,5 +309,11 @@ mod tests {
         assert_eq!(relay_url("https://r.example"), "wss://r.example/relay");
         assert_eq!(relay_url("r.example:8443"), "wss://r.example:8443/relay");
         assert_eq!(relay_url("ws://h:1/x"), "ws://h:1/x");
+        assert_eq!(
+            super::node_url("http://127.0.0.1:80"),
+            "http://127.0.0.1:80"
+        );
+        assert_eq!(super::node_url("wss://r.example"), "https://r.example");
+        assert_eq!(super::node_url("r.example:8443"), "https://r.example:8443");
     }
 }
