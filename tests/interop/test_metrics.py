@@ -52,6 +52,13 @@ FAMILIES = {
     "trunkline_http_responses": "counter",
     "trunkline_queue_ready": "gauge",
     "trunkline_queue_leased": "gauge",
+    # The relay (on by default; docs/relays.md).
+    "trunkline_relay_stored": "counter",
+    "trunkline_relay_forwarded": "counter",
+    "trunkline_relay_delivered": "counter",
+    "trunkline_relay_refused": "counter",
+    "trunkline_relay_replays": "counter",
+    "trunkline_relay_connections": "gauge",
 }
 
 # The committer's buckets (trunkline_store::commit::CommitStats), then +Inf.
