@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_util::sync::CancellationToken;
 use trunkline_broker::authz::{Access, Issuer};
-use trunkline_broker::{LimitSettings, Overflow, Publish, QueueSpec, ReceiveOptions};
+use trunkline_broker::{LimitSettings, Overflow, Publish, QueueSpec};
 use trunkline_client::relay::{unix_now, RelayConn, Twin};
 use trunkline_envelope::{Envelope, Who};
 
@@ -23,9 +23,6 @@ use crate::http::now_ms;
 
 /// The label a forwarding queue carries with its relay's name.
 const RELAY_LABEL: &str = "relay.forward";
-/// Envelopes written at once.
-const BATCH: usize = 64;
-const LEASE_MS: u64 = 60_000;
 /// How long the other relay has to confirm a batch.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most envelopes waiting for one relay.
@@ -175,14 +172,7 @@ async fn run(relay: Arc<Relay>, name: String, queue: String, stop: CancellationT
         let (mut written, mut confirmed) = (0u64, 0u64);
         loop {
             let got = tokio::select! {
-                g = broker.receive_wait(
-                    &me,
-                    &queue,
-                    ReceiveOptions::leased(BATCH, LEASE_MS),
-                    None,
-                    &stop,
-                    now_ms,
-                ) => g,
+                g = super::lease(&broker, &me, &queue, &stop) => g,
                 // Between batches the other relay has nothing more to say.
                 f = stream.next() => match f {
                     Some(Ok(_)) => continue,

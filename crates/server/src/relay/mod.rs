@@ -700,6 +700,25 @@ impl Relay {
 /// The media type envelopes are stored with.
 pub const ENVELOPE_TYPE: &str = "application/x-trunkline-envelope";
 
+/// Envelopes leased from a queue at once.
+const BATCH: usize = 64;
+/// How long a lease lasts: written and acked well within it, or given back.
+const LEASE_MS: u64 = 60_000;
+
+/// The next envelopes of `queue` in order, leased to `me`, waiting for some until `stop`
+/// (empty then).
+async fn lease(
+    broker: &Broker,
+    me: &trunkline_broker::Principal,
+    queue: &str,
+    stop: &CancellationToken,
+) -> Result<Vec<trunkline_broker::Delivery>, trunkline_broker::BrokerError> {
+    let opts = trunkline_broker::ReceiveOptions::leased(BATCH, LEASE_MS);
+    broker
+        .receive_wait(me, queue, opts, None, stop, now_ms)
+        .await
+}
+
 /// Writes leased envelopes to a connection and flushes it; true when all was written.
 async fn write_batch<S, M>(
     sink: &mut S,

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trunkline_api::{ErrorCode, RelayHello, RelayReady, RelayStored};
 use trunkline_broker::authz::{Access, Issuer};
-use trunkline_broker::{Delivery, Principal, ReceiveOptions, Settle};
+use trunkline_broker::{Delivery, Principal, Settle};
 use trunkline_client::relay::unix_now;
 use trunkline_envelope::{Address, Login, Who};
 
@@ -35,10 +35,6 @@ use crate::http::{now_ms, AppState};
 
 /// Time to log in after the hello.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Envelopes leased from a queue at once.
-const BATCH: usize = 64;
-/// How long a lease lasts: written and acked well within it, or given back.
-const LEASE_MS: u64 = 60_000;
 /// Answers of the relay waiting to be written.
 const ANSWERS: usize = 256;
 /// The close code of a refused login or a broken protocol.
@@ -257,16 +253,7 @@ async fn fetch(
 ) {
     let broker = relay.broker();
     while !stop.is_cancelled() {
-        let got = broker
-            .receive_wait(
-                &me,
-                &queue,
-                ReceiveOptions::leased(BATCH, LEASE_MS),
-                None,
-                &stop,
-                now_ms,
-            )
-            .await;
+        let got = super::lease(broker, &me, &queue, &stop).await;
         let batch = match got {
             Ok(b) if b.is_empty() => continue,
             Ok(b) => b,
