@@ -73,6 +73,10 @@ fi
 # once built. TRUNKLINE_SKIP_GUARD=1 skips it (for a quick local run; CI never sets it).
 if [[ "${TRUNKLINE_SKIP_GUARD:-}" != 1 ]]; then
     echo "==> performance guard (trunkline-bench guard)"
+    # In CI the debug build is done with; free its disk before the release build.
+    if [[ "${CI:-}" == true ]]; then
+        cargo clean --profile dev >/dev/null 2>&1 || true
+    fi
     cargo build --release -p trunkline-cli -p trunkline-bench
     target/release/trunkline-bench guard --server-bin target/release/trunkline
 fi
