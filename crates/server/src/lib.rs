@@ -26,16 +26,19 @@
 //! # Ok(()) }
 //! ```
 
-pub mod calls;
-pub mod channels;
 pub mod config;
+pub mod delivery;
+pub mod error;
+pub mod extract;
 pub mod federation;
 pub mod http;
 pub mod listener;
+pub mod live;
 pub mod metrics;
 pub mod node;
 pub mod openapi;
 pub mod relay;
+pub mod state;
 pub mod stomp_listener;
 pub mod tls;
 pub mod ws;

@@ -28,8 +28,8 @@ use prometheus_client::registry::Registry;
 use trunkline_broker::Broker;
 use trunkline_store::commit::Histogram;
 
-use crate::calls::Calls;
-use crate::http::HttpCounters;
+use crate::live::Calls;
+use crate::state::HttpCounters;
 use crate::ws::Sessions;
 
 /// The media type of what [`encode`] writes, the one its encoder is meant to be served with.

@@ -16,8 +16,9 @@ use trunkline_store::fs::RealFs;
 use trunkline_store::{Committer, LogOptions, LogStore, QueueStore, RedbStore};
 
 use crate::config::{Config, Secrets, StoreConfig, StoreEngine};
-use crate::http::{self, now_ms, AppState, HttpCounters, Keys};
+use crate::http;
 use crate::listener;
+use crate::state::{now_ms, AppState, HttpCounters, Keys};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -351,8 +352,8 @@ impl Node {
         let counters = Arc::new(HttpCounters::default());
         let stomp_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sessions = Arc::new(crate::ws::Sessions::default());
-        let channels = Arc::new(crate::channels::Channels::default());
-        let calls = Arc::new(crate::calls::Calls::new(config.ws.max_pending_calls));
+        let channels = Arc::new(crate::live::Channels::default());
+        let calls = crate::live::Calls::start(config.ws.max_pending_calls, shutdown.clone());
         let links = Arc::new(crate::federation::Links::default());
         let relay = if config.relay.enabled {
             let relay = crate::relay::Relay::open(

@@ -32,10 +32,10 @@ use trunkline_stomp::{
 };
 
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::federation::{Admitted, Gate};
-use crate::http::error::ApiError;
-use crate::http::now_ms;
 use crate::listener::PerAddress;
+use crate::state::now_ms;
 
 /// Write buffer size past which deliveries wait.
 const WRITE_HIGH_WATER: usize = 1 << 20;

@@ -32,7 +32,7 @@ use trunkline_client::stomp::{Confirmation, StompClient, StompOptions};
 use trunkline_federation::{check_outbound, NodeData, NodeDatabase, PeerData};
 use trunkline_stomp::ClientConfig;
 
-use crate::http::now_ms;
+use crate::state::now_ms;
 
 /// The label of a declared queue naming the peer it is forwarded to.
 pub const PEER_LABEL: &str = "federation.peer";

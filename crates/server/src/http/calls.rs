@@ -14,7 +14,9 @@ use super::channels::channel_name;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, Json, Path};
 use super::AppState;
-use crate::calls::{self, CallError, Outcome, Reply, Request};
+use trunkline_realtime::{CallError, Caller};
+
+use crate::live::{self, Outcome, Request};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,7 +36,7 @@ impl CallBody {
         state: &AppState,
         function: String,
     ) -> ApiResult<(Request, tokio::sync::oneshot::Receiver<Outcome>)> {
-        let asked = calls::timeout_of(self.timeout_ms.as_ref())
+        let asked = live::timeout_of(self.timeout_ms.as_ref())
             .map_err(|why| ApiError::new(ErrorCode::InvalidBody, why))?;
         let request_timeout = Duration::from_secs(state.config.http_limits.request_timeout_secs);
         let timeout = asked.min(
@@ -42,11 +44,11 @@ impl CallBody {
                 .saturating_sub(Duration::from_secs(1))
                 .max(Duration::from_millis(1)),
         );
-        let (reply, done) = Reply::collect();
+        let (reply, done) = live::collect();
         let req = Request {
             function,
             payload: self.payload,
-            from: json!({"backend": true}),
+            from: Caller::Backend,
             timeout,
             reply,
         };
@@ -77,7 +79,7 @@ pub async fn rpc(
 ) -> ApiResult<AxumJson<Value>> {
     let (req, done) = b.request(&state, function)?;
     let started = state.calls.call_rpc(&server, req);
-    answer(calls::outcome(started, done).await)
+    answer(live::outcome(started, done).await)
 }
 
 /// `POST /sessions/{session_id}/functions/{function} {payload?, timeout_ms?}` →
@@ -90,7 +92,7 @@ pub async fn session_function(
 ) -> ApiResult<AxumJson<Value>> {
     let (req, done) = b.request(&state, function)?;
     let started = state.calls.call_function(&session, req);
-    answer(calls::outcome(started, done).await)
+    answer(live::outcome(started, done).await)
 }
 
 /// `POST /channels/{channel}/functions/{function} {payload?, timeout_ms?}` → every
@@ -105,6 +107,6 @@ pub async fn channel_function(
     let (req, _) = b.request(&state, function)?;
     let members = state.channels.members(&channel);
     Ok(AxumJson(
-        calls::call_members(&state.calls, members, req).await,
+        live::call_members(&state.calls, members, req).await,
     ))
 }

@@ -11,7 +11,8 @@ use trunkline_auth::ChannelClaims;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, Json, Path};
 use super::{now_ms, AppState};
-use crate::channels::{invalid_name, MemberInfo};
+use trunkline_realtime::names::invalid_name;
+use trunkline_realtime::{Caller, MemberInfo};
 
 /// Longest a channel token may live.
 const MAX_TOKEN_SECS: u64 = 7 * 24 * 3600;
@@ -86,7 +87,7 @@ pub async fn publish(
     channel_name(&channel)?;
     let n = state
         .channels
-        .publish(&channel, &b.message, json!({"backend": true}), None);
+        .publish(&channel, &b.message, &Caller::Backend, None);
     Ok(AxumJson(json!({"delivered": n})))
 }
 
@@ -135,9 +136,7 @@ pub async fn snorky(
                 params.get("message"),
             ) {
                 (Some(channel), Some(msg)) if invalid_name(channel).is_none() => {
-                    state
-                        .channels
-                        .publish(channel, msg, json!({"backend": true}), None);
+                    state.channels.publish(channel, msg, &Caller::Backend, None);
                     Ok(Value::Null)
                 }
                 _ => Err("Invalid params"),

@@ -4,122 +4,31 @@
 //! `X-Backend-Key` for client management and serves `/metrics`. Handlers are thin: they
 //! authenticate, turn JSON into broker calls, and broker results into JSON.
 
+pub use crate::error;
+pub use crate::extract;
+pub use crate::extract::{BodyLimit, TOKEN_BODY_BYTES};
+pub use crate::state::{now_ms, AppState, HttpCounters, Keys};
+
 pub mod calls;
 pub mod channels;
 pub mod clients;
-pub mod error;
-pub mod extract;
 pub mod messages;
 pub mod ops;
 pub mod queues;
 pub mod tokens;
 pub mod twins;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use tokio_util::sync::CancellationToken;
 use trunkline_api::ErrorCode;
-use trunkline_auth::{Throttle, TokenError, TokenKey};
-use trunkline_broker::{Broker, Principal};
 
-use crate::config::Config;
 use error::ApiError;
-
-/// Keys the node checks credentials with.
-pub struct Keys {
-    pub token_key: TokenKey,
-    pub backend_key: String,
-    /// Signs and checks channel tokens (WebSocket `pvt:`, `prs:`, `sys:` channels).
-    pub channel_key: TokenKey,
-}
-
-/// HTTP request counters by status class, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct HttpCounters {
-    pub by_class: [AtomicU64; 5],
-}
-
-/// Shared state of every handler. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub broker: Broker,
-    pub keys: Arc<Keys>,
-    pub config: Arc<Config>,
-    pub throttle: Arc<Throttle>,
-    pub http: Arc<HttpCounters>,
-    pub shutdown: CancellationToken,
-    /// True on the backend listener.
-    pub backend: bool,
-    /// Open STOMP connections, for `/metrics`.
-    pub stomp_connections: Arc<AtomicU64>,
-    /// WebSocket sessions (public listener), for the cap and `/metrics`.
-    pub sessions: Arc<crate::ws::Sessions>,
-    /// WebSocket channels, shared by both listeners (backends publish to them).
-    pub channels: Arc<crate::channels::Channels>,
-    /// RPC and client-function calls, shared by both listeners (backends call too).
-    pub calls: Arc<crate::calls::Calls>,
-    /// What `/metrics` encodes ([`crate::metrics`]).
-    pub metrics: Arc<prometheus_client::registry::Registry>,
-    /// The relay (`GET /relay`), when enabled.
-    pub relay: Option<Arc<crate::relay::Relay>>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-impl AppState {
-    /// Checks a bearer token and that its client still holds the credential it names.
-    pub fn principal_of(&self, token: &str) -> Result<Principal, ApiError> {
-        let claims = self
-            .keys
-            .token_key
-            .verify(token, now_ms() / 1000)
-            .map_err(|e| match e {
-                TokenError::Expired { .. } => ApiError::new(
-                    ErrorCode::TokenExpired,
-                    "the token has expired; get a new one from /token",
-                ),
-                _ => ApiError::new(ErrorCode::InvalidToken, "the token is not valid"),
-            })?;
-        self.broker
-            .check_credential(&claims.sub, &claims.cid)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::InvalidToken,
-                    "the token's client was deleted or its secret rotated; get a new token",
-                )
-            })
-    }
-
-    pub fn token_lifetime(&self) -> Duration {
-        Duration::from_secs_f64(self.config.auth.token_lifetime_hours * 3600.0)
-    }
-}
-
-/// What a request body may be, as [`extract::Body`] reads it: set for every route, and
-/// smaller for `/token`.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit {
-    pub max_bytes: usize,
-    /// From the end of the headers to the last byte of the body.
-    pub timeout: Duration,
-}
-
-/// Largest `/token` body: client credentials take a few hundred bytes, and anyone may
-/// send one.
-pub const TOKEN_BODY_BYTES: usize = 4096;
 
 /// The router of one listener.
 pub fn router(state: AppState) -> Router {

@@ -19,7 +19,7 @@ use trunkline_client::relay::{unix_now, RelayConn, Twin};
 use trunkline_envelope::{Envelope, Who};
 
 use super::{Relay, ENVELOPE_TYPE, QUEUE_PREFIX};
-use crate::http::now_ms;
+use crate::state::now_ms;
 
 /// The label a forwarding queue carries with its relay's name.
 const RELAY_LABEL: &str = "relay.forward";

@@ -29,7 +29,7 @@ use trunkline_client::relay::{unix_now, Directory, Twin};
 use trunkline_envelope::{Address, Envelope, Identity, Kind, Payload, PublicKey, ReplayWindow};
 
 use crate::config::RelayConfig;
-use crate::http::now_ms;
+use crate::state::now_ms;
 
 /// The relay's key file in the data directory.
 pub const SEED_FILE: &str = "relay.seed";

@@ -30,8 +30,8 @@ use trunkline_client::relay::unix_now;
 use trunkline_envelope::{Address, Login, Who};
 
 use super::{Ack, Acker, Logged, Refusal, Relay};
-use crate::http::error::ApiError;
-use crate::http::{now_ms, AppState};
+use crate::error::ApiError;
+use crate::state::{now_ms, AppState};
 
 /// Time to log in after the hello.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);

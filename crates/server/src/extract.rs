@@ -1,5 +1,7 @@
 //! Extractors that turn every bad request into a clear [`ApiError`].
 
+use std::time::Duration;
+
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts};
 use bytes::{Bytes, BytesMut};
@@ -9,8 +11,21 @@ use trunkline_api::ErrorCode;
 use trunkline_auth::constant_time_eq;
 use trunkline_broker::Principal;
 
-use super::error::ApiError;
-use super::{AppState, BodyLimit, TOKEN_BODY_BYTES};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What a request body may be, as [`extract::Body`] reads it: set for every route, and
+/// smaller for `/token`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    pub max_bytes: usize,
+    /// From the end of the headers to the last byte of the body.
+    pub timeout: Duration,
+}
+
+/// Largest `/token` body: client credentials take a few hundred bytes, and anyone may
+/// send one.
+pub const TOKEN_BODY_BYTES: usize = 4096;
 
 /// The raw body, read under the route's [`BodyLimit`]: a declared `Content-Length` over
 /// the limit is answered `413 body_too_large` before anything is read, a body that outgrows
@@ -318,4 +333,34 @@ impl FromRequestParts<AppState> for AdminOrSelf {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         admin_from(parts, state).map(AdminOrSelf)
     }
+}
+
+/// Deepest nesting of arrays and objects accepted in a body: receivers in other
+/// languages (Python's `json`, for one) fail on much deeper documents.
+pub const MAX_DEPTH: usize = 128;
+
+/// Nesting depth of valid JSON text, counting brackets outside strings.
+pub fn depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }

@@ -36,14 +36,18 @@ use tokio_util::sync::CancellationToken;
 use trunkline_api::ErrorCode;
 use trunkline_broker::{BrokerError, Principal, ReceiveOptions, Settle, WaitHandle};
 
-use crate::calls::{self, Answer, Kind, Reply, Request};
-use crate::channels::{self, answer, envelope, CallId, Flavor, Frame, Mailbox, MemberInfo};
-use crate::http::error::ApiError;
-use crate::http::extract::{bearer_token, Query};
-use crate::http::messages::{message_value, readable_queue, MAX_LEASE_SECS};
-use crate::http::{now_ms, AppState};
+use trunkline_realtime::{names, Answer, CallId, Caller, Kind, Mailbox, MemberInfo};
+
+use self::frames::{answer, envelope, error_frame, service_of, Flavor, Frame, WsMailbox};
+use crate::delivery::{message_value, readable_queue, MAX_LEASE_SECS};
+use crate::error::ApiError;
+use crate::extract::{bearer_token, Query};
+use crate::live::{self, Reply, Request};
+use crate::state::{now_ms, AppState};
 
 /// Close codes of our own (4000–4999 are for applications).
+pub mod frames;
+
 const CLOSE_AUTH: u16 = 4401;
 const CLOSE_IDLE: u16 = 4408;
 const CLOSE_GOING_AWAY: u16 = 1001;
@@ -84,7 +88,7 @@ pub struct Sessions {
 struct Reach {
     /// The session's client, which the channel tokens minted for it name.
     client_id: Arc<str>,
-    mailbox: Mailbox,
+    mailbox: WsMailbox,
     /// Cancelled to close the session on a backend's request.
     close: CancellationToken,
 }
@@ -117,11 +121,7 @@ impl Sessions {
     /// Queues a push for one session (a full queue closes it as a slow consumer).
     pub fn send(&self, id: &str, message: &Value) -> Result<(), NoSession> {
         let reach = self.reach(id)?;
-        let frame = envelope(
-            Some("session"),
-            json!({"type": "message", "message": message, "from": {"backend": true}}),
-        );
-        reach.mailbox.push(frame);
+        trunkline_realtime::channels::direct(&reach.mailbox, message);
         Ok(())
     }
 
@@ -372,16 +372,8 @@ const MAX_CALL_ID_DEPTH: usize = 16;
 fn readable_call_id(raw: &RawValue) -> bool {
     let text = raw.get();
     text.len() <= MAX_CALL_ID
-        && crate::http::messages::depth(text.as_bytes()) <= MAX_CALL_ID_DEPTH
+        && crate::extract::depth(text.as_bytes()) <= MAX_CALL_ID_DEPTH
         && serde_json::from_str::<Value>(text).is_ok()
-}
-
-fn error_frame(service: Option<&str>, call_id: &CallId, code: ErrorCode, text: &str) -> Frame {
-    answer(
-        service,
-        call_id,
-        json!({"type": "error", "code": code, "message": text}),
-    )
 }
 
 /// The session's subscription to one of its queues (inbox, dead, or a granted queue).
@@ -411,7 +403,7 @@ struct Session {
     bucket: Bucket,
     inbox: Option<InboxSub>,
     /// Channel frames for this session, and how channels reach it.
-    mailbox: Mailbox,
+    mailbox: WsMailbox,
     pushes: mpsc::Receiver<Frame>,
     /// Channels joined, and whether this session may publish to each.
     joined: HashMap<String, bool>,
@@ -522,17 +514,14 @@ fn close_reason(mut reason: String) -> String {
 impl Session {
     fn new(state: AppState, place: Place, principal: Option<Principal>) -> Self {
         let bucket = Bucket::new(state.config.ws.rate_per_sec);
-        let (tx, pushes) = mpsc::channel(channels::SESSION_QUEUE);
+        let (mailbox, pushes) = WsMailbox::new();
         Session {
             state,
             place,
             principal,
             bucket,
             inbox: None,
-            mailbox: Mailbox {
-                tx,
-                kick: CancellationToken::new(),
-            },
+            mailbox,
             pushes,
             joined: HashMap::new(),
             close: CancellationToken::new(),
@@ -652,7 +641,7 @@ impl Session {
             self.state.calls.session_gone(&self.place.id);
         }
         for channel in std::mem::take(&mut self.joined).into_keys() {
-            if channel == channels::ALL_SYSTEM {
+            if channel == names::ALL_SYSTEM {
                 self.state.channels.unwatch_system(&self.place.id);
             } else {
                 self.state.channels.leave(&channel, &self.place.id);
@@ -1006,7 +995,7 @@ impl Session {
         flavor: Flavor,
     ) -> Result<Value, (ErrorCode, String)> {
         let p = &call.params;
-        if p.get("channel").and_then(Value::as_str) == Some(channels::ALL_SYSTEM) {
+        if p.get("channel").and_then(Value::as_str) == Some(names::ALL_SYSTEM) {
             return self.system_watch(call, principal);
         }
         let channel = p
@@ -1019,7 +1008,7 @@ impl Session {
                 )
             })?
             .to_owned();
-        if let Some(why) = channels::invalid_name(&channel) {
+        if let Some(why) = names::invalid_name(&channel) {
             return Err((ErrorCode::InvalidParams, why));
         }
         let token = match p.get("token") {
@@ -1034,7 +1023,7 @@ impl Session {
         };
         match call.command.as_str() {
             "subscribe" => {
-                if channels::needs_token(&channel) && token.is_none() && !principal.is_backend() {
+                if names::needs_token(&channel) && token.is_none() && !principal.is_backend() {
                     return Err((
                         ErrorCode::Forbidden,
                         format!("`{channel}` needs a channel token (params.token)"),
@@ -1065,7 +1054,7 @@ impl Session {
                         .join(&channel, info, self.mailbox.clone(), flavor);
                 self.joined.insert(channel.clone(), may_publish);
                 let mut data = json!({"channel": channel, "publish": may_publish});
-                if channels::has_presence(&channel) {
+                if names::has_presence(&channel) {
                     data["members"] = json!(members);
                 }
                 Ok(data)
@@ -1098,11 +1087,11 @@ impl Session {
                     .get("exclude_self")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                let from = json!({"session_id": self.place.id, "client_id": &*principal.client_id});
+                let from = self.caller(principal);
                 let n = self.state.channels.publish(
                     &channel,
                     &message,
-                    from,
+                    &from,
                     exclude_self.then_some(self.place.id.as_str()),
                 );
                 Ok(json!({"delivered": n}))
@@ -1124,7 +1113,7 @@ impl Session {
     /// end clients need `pub: true`).
     fn pubsub_service(&mut self, call: &Call, principal: &Principal) -> Next {
         let all_system =
-            call.params.get("channel").and_then(Value::as_str) == Some(channels::ALL_SYSTEM);
+            call.params.get("channel").and_then(Value::as_str) == Some(names::ALL_SYSTEM);
         let result = match call.command.as_str() {
             "subscribe" | "unsubscribe" | "publish" if all_system => Err((
                 ErrorCode::InvalidParams,
@@ -1157,7 +1146,7 @@ impl Session {
         call: &Call,
         principal: &Principal,
     ) -> Result<Value, (ErrorCode, String)> {
-        let all = channels::ALL_SYSTEM;
+        let all = names::ALL_SYSTEM;
         match call.command.as_str() {
             "subscribe" if !principal.is_backend() => Err((
                 ErrorCode::Forbidden,
@@ -1191,8 +1180,11 @@ impl Session {
     }
 
     /// Who this session is, as a callee sees it.
-    fn caller(&self, principal: &Principal) -> Value {
-        json!({"session_id": self.place.id, "client_id": &*principal.client_id})
+    fn caller(&self, principal: &Principal) -> Caller {
+        Caller::Session {
+            session_id: self.place.id.clone(),
+            client_id: principal.client_id.to_string(),
+        }
     }
 
     /// Checks that this session may use RPC server `name`: to serve it (admin or backend clients, or a
@@ -1205,10 +1197,10 @@ impl Session {
         principal: &Principal,
         serve: bool,
     ) -> Result<(), (ErrorCode, String)> {
-        if let Some(why) = channels::invalid_name(name) {
+        if let Some(why) = names::invalid_name(name) {
             return Err((ErrorCode::InvalidParams, format!("server name: {why}")));
         }
-        if principal.is_backend() || !(serve || channels::needs_token(name)) {
+        if principal.is_backend() || !(serve || names::needs_token(name)) {
             return Ok(());
         }
         let claims = match params.get("token") {
@@ -1326,9 +1318,9 @@ impl Session {
                         let mailbox = self.mailbox.clone();
                         let call_id = call.call_id.clone();
                         tokio::spawn(async move {
-                            let results = calls::call_members(&calls, members, req).await;
+                            let results = live::call_members(&calls, members, req).await;
                             let frame = answer(
-                                Some(Kind::Function.service()),
+                                Some(service_of(Kind::Function)),
                                 &call_id,
                                 json!({"type": "response", "data": results}),
                             );
@@ -1369,7 +1361,7 @@ impl Session {
             function: str_param(p, "function")?.to_owned(),
             payload: p.get("payload").cloned().unwrap_or(Value::Null),
             from: self.caller(principal),
-            timeout: calls::timeout_of(p.get("timeout_ms"))
+            timeout: live::timeout_of(p.get("timeout_ms"))
                 .map_err(|why| (ErrorCode::InvalidParams, why))?,
             reply: Reply::Session {
                 session_id: self.place.id.clone(),
