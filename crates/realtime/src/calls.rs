@@ -51,6 +51,7 @@ pub enum Reply<M> {
 }
 
 /// What a callee says about a call it holds.
+#[derive(Debug)]
 pub enum Answer {
     Next(Value),
     End(Value),

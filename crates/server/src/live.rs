@@ -123,12 +123,8 @@ pub fn collect() -> (Reply<WsMailbox>, oneshot::Receiver<Outcome>) {
 }
 
 /// A call's timeout from its `timeout_ms` (1 to 300 000; 10 000 when absent).
-pub fn timeout_of(v: Option<&Value>) -> Result<Duration, String> {
-    let ms = match v {
-        None | Some(Value::Null) => Some(DEFAULT_TIMEOUT_MS as f64),
-        Some(v) => v.as_f64(),
-    };
-    match ms {
+pub fn timeout_of(ms: Option<f64>) -> Result<Duration, String> {
+    match ms.or(Some(DEFAULT_TIMEOUT_MS as f64)) {
         Some(ms) if (1.0..=MAX_TIMEOUT_MS as f64).contains(&ms) && ms.fract() == 0.0 => {
             Ok(Duration::from_millis(ms as u64))
         }

@@ -25,7 +25,7 @@ pub struct CallBody {
     payload: Value,
     /// 1 to 300 000 (default 10 000).
     #[serde(default)]
-    timeout_ms: Option<Value>,
+    timeout_ms: Option<f64>,
 }
 
 impl CallBody {
@@ -36,7 +36,7 @@ impl CallBody {
         state: &AppState,
         function: String,
     ) -> ApiResult<(Request, tokio::sync::oneshot::Receiver<Outcome>)> {
-        let asked = live::timeout_of(self.timeout_ms.as_ref())
+        let asked = live::timeout_of(self.timeout_ms)
             .map_err(|why| ApiError::new(ErrorCode::InvalidBody, why))?;
         let request_timeout = Duration::from_secs(state.config.http_limits.request_timeout_secs);
         let timeout = asked.min(
