@@ -51,7 +51,8 @@ pub mod live;
 pub mod named;
 pub mod queue;
 pub mod registry;
-pub mod topic;
+/// Topics, patterns and the trie that routes them (shared with the live engine).
+pub use trunkline_realtime::topic;
 pub mod twins;
 
 use std::collections::HashMap;
@@ -1124,7 +1125,7 @@ impl Broker {
         if live.is_empty() {
             return;
         }
-        let (sent, missed) = live.fan_out(&msg);
+        let (sent, missed) = live.publish(msg.id, &msg.data);
         let c = &self.inner.live_counters;
         c.delivered.fetch_add(sent, Ordering::Relaxed);
         c.missed.fetch_add(missed, Ordering::Relaxed);
@@ -1150,14 +1151,13 @@ impl Broker {
         if let Some(r) = reader {
             r.access()?;
         }
-        let (id, rx, lagged) =
-            write(&self.inner.live).add(pattern.to_owned(), capacity, reader.cloned());
-        Ok(LiveSubscription {
-            id,
-            rx,
-            lagged,
-            live: Arc::downgrade(&self.inner.live),
-        })
+        let live = &self.inner.live;
+        Ok(live::subscribe(
+            live,
+            pattern.to_owned(),
+            capacity,
+            reader.cloned(),
+        ))
     }
 
     /// Live subscriptions open now.

@@ -1,5 +1,6 @@
 //! Live subscriptions: a non-durable stream of every message published to a matching
-//! topic from now on, for whoever is connected (STOMP `/topic/…`, WebSocket channels).
+//! topic from now on, for whoever is connected (STOMP `/topic/…`), delivered by the live
+//! engine's [`Topics`].
 //!
 //! Nothing is stored for them. Each subscription has a bounded channel; a subscriber that
 //! falls behind by more than its capacity misses messages and is marked `lagged`, which the
@@ -10,15 +11,14 @@
 //! checked per message against the client's current rights, and nothing once the client
 //! is deleted or its secret rotated.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
 use tokio::sync::mpsc;
+use trunkline_realtime::{Event, Mailbox, Topics};
 use trunkline_store::StoredMessage;
 
 use crate::authz::Principal;
-use crate::topic::TopicTrie;
 
 /// A message delivered live.
 #[derive(Debug, Clone)]
@@ -27,98 +27,84 @@ pub struct LiveMessage {
     pub data: Arc<StoredMessage>,
 }
 
-struct Sender {
+/// How the live engine reaches one subscription: its bounded channel, and whose rights
+/// filter what it gets.
+#[derive(Clone)]
+pub(crate) struct LiveSender {
     tx: mpsc::Sender<LiveMessage>,
     lagged: Arc<AtomicBool>,
-    pattern: String,
-    /// Whose rights filter what it gets; `None` for the node's own subscribers.
+    /// `None` for the node's own subscribers.
     reader: Option<Principal>,
 }
 
-/// Every live subscription of a node.
-#[derive(Default)]
-pub(crate) struct Live {
-    trie: TopicTrie<u64>,
-    subs: HashMap<u64, Sender>,
-    next: u64,
+impl Mailbox for LiveSender {
+    type Frame = LiveMessage;
+    type Style = ();
+
+    fn render((): (), event: &Event<'_>) -> Option<LiveMessage> {
+        match *event {
+            Event::Topic { id, message } => Some(LiveMessage {
+                id,
+                data: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn push(&self, m: LiveMessage) -> bool {
+        match self.tx.try_send(m) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.store(true, Ordering::Relaxed);
+                false
+            }
+            // The subscriber is gone; its guard removes it.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn admits(&self, words: &[&str]) -> bool {
+        self.reader
+            .as_ref()
+            .is_none_or(|r| r.with_access(|a| a.may_read_words(words)) == Some(true))
+    }
 }
 
-impl Live {
-    pub fn add(
-        &mut self,
-        pattern: String,
-        capacity: usize,
-        reader: Option<Principal>,
-    ) -> (u64, mpsc::Receiver<LiveMessage>, Arc<AtomicBool>) {
-        self.next += 1;
-        let id = self.next;
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let lagged = Arc::new(AtomicBool::new(false));
-        self.trie.insert(&pattern, id);
-        self.subs.insert(
-            id,
-            Sender {
-                tx,
-                lagged: lagged.clone(),
-                pattern,
-                reader,
-            },
-        );
-        (id, rx, lagged)
-    }
+/// Every live subscription of a node.
+pub(crate) type Live = Topics<LiveSender>;
 
-    pub fn remove(&mut self, id: u64) {
-        if let Some(s) = self.subs.remove(&id) {
-            self.trie.remove(&s.pattern, &id);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.subs.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.subs.len()
-    }
-
-    /// Hands `msg` to every matching subscription that has room; returns how many got it
-    /// and how many missed it because they were full.
-    pub fn fan_out(&self, msg: &LiveMessage) -> (u64, u64) {
-        let mut ids = Vec::new();
-        self.trie.matches(&msg.data.topic, &mut ids);
-        // Split once for every subscriber whose rights are checked.
-        let mut words: Option<Vec<&str>> = None;
-        let (mut sent, mut missed) = (0, 0);
-        for id in ids {
-            let Some(s) = self.subs.get(&id) else {
-                continue;
-            };
-            if let Some(reader) = &s.reader {
-                let words = words.get_or_insert_with(|| msg.data.topic.split('.').collect());
-                if reader.with_access(|a| a.may_read_words(words)) != Some(true) {
-                    continue;
-                }
-            }
-            match s.tx.try_send(msg.clone()) {
-                Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.lagged.store(true, Ordering::Relaxed);
-                    missed += 1;
-                }
-                // The subscriber is gone; its guard removes it.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        (sent, missed)
+/// Subscribes to `pattern` (checked by the caller) with room for `capacity` messages.
+pub(crate) fn subscribe(
+    live: &Arc<RwLock<Live>>,
+    pattern: String,
+    capacity: usize,
+    reader: Option<Principal>,
+) -> LiveSubscription {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let lagged = Arc::new(AtomicBool::new(false));
+    let sender = LiveSender {
+        tx,
+        lagged: lagged.clone(),
+        reader,
+    };
+    let id = live
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .add(pattern, sender);
+    LiveSubscription {
+        id,
+        rx,
+        lagged,
+        live: Arc::downgrade(live),
     }
 }
 
 /// One live subscription. Dropping it unsubscribes.
 pub struct LiveSubscription {
-    pub(crate) id: u64,
-    pub(crate) rx: mpsc::Receiver<LiveMessage>,
-    pub(crate) lagged: Arc<AtomicBool>,
-    pub(crate) live: Weak<RwLock<Live>>,
+    id: u64,
+    rx: mpsc::Receiver<LiveMessage>,
+    lagged: Arc<AtomicBool>,
+    live: Weak<RwLock<Live>>,
 }
 
 impl LiveSubscription {

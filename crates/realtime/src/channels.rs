@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 
+use crate::fanout::Fanout;
 use crate::names::{has_presence, is_system};
 use crate::{tell, Caller, Event, Mailbox, MemberInfo};
 
@@ -21,7 +22,7 @@ struct Member<M: Mailbox> {
 }
 
 struct Inner<M: Mailbox> {
-    channels: HashMap<String, HashMap<String, Member<M>>>,
+    channels: HashMap<String, Members<M>>,
     /// Sessions that follow every `sys:` channel (`sys:*`), by session id.
     watchers: HashMap<String, M>,
 }
@@ -42,66 +43,33 @@ impl<M: Mailbox> Default for Channels<M> {
     }
 }
 
-/// One event rendered at most once per style, and queued for each member.
-struct Fanout<'a, M: Mailbox> {
-    event: Event<'a>,
-    frames: Vec<(M::Style, Option<M::Frame>)>,
-}
+type Members<M> = HashMap<String, Member<M>>;
 
-impl<'a, M: Mailbox> Fanout<'a, M> {
-    fn new(event: Event<'a>) -> Self {
-        Fanout {
-            event,
-            frames: Vec::with_capacity(2),
+/// Queues a channel's event for its members and, on a system channel, for the watchers
+/// that are not members (they got it already); `except` gets nothing. How many members
+/// got it.
+fn tell_channel<M: Mailbox>(
+    out: &mut Fanout<'_, M>,
+    channel: &str,
+    members: Option<&Members<M>>,
+    watchers: &HashMap<String, M>,
+    except: Option<&str>,
+) -> usize {
+    let not_except = |sid: &str| Some(sid) != except;
+    if is_system(channel) {
+        for (sid, mailbox) in watchers {
+            if not_except(sid) && !members.is_some_and(|m| m.contains_key(sid)) {
+                out.push(mailbox, M::Style::default());
+            }
         }
     }
-
-    fn frame(&mut self, style: M::Style) -> Option<M::Frame> {
-        if let Some((_, f)) = self.frames.iter().find(|(s, _)| *s == style) {
-            return f.clone();
-        }
-        let f = M::render(style, &self.event);
-        self.frames.push((style, f.clone()));
-        f
-    }
-
-    /// Queues the event for `mailbox`; whether it was queued.
-    fn push(&mut self, mailbox: &M, style: M::Style) -> bool {
-        self.frame(style).is_some_and(|f| mailbox.push(f))
-    }
-
-    /// Queues the event for every member but `except`; how many got it.
-    fn tell_members(
-        &mut self,
-        members: &HashMap<String, Member<M>>,
-        except: Option<&str>,
-    ) -> usize {
+    members.map_or(0, |members| {
         members
             .values()
-            .filter(|m| Some(m.info.session_id.as_str()) != except)
-            .filter(|m| self.push(&m.mailbox, m.style))
+            .filter(|m| not_except(&m.info.session_id))
+            .filter(|m| out.push(&m.mailbox, m.style))
             .count()
-    }
-
-    /// Passes a system channel's event to the watchers that are not members of it
-    /// (members got it already) and not `except`.
-    fn tell_watchers(
-        &mut self,
-        channel: &str,
-        watchers: &HashMap<String, M>,
-        members: Option<&HashMap<String, Member<M>>>,
-        except: Option<&str>,
-    ) {
-        if !is_system(channel) {
-            return;
-        }
-        for (sid, mailbox) in watchers {
-            if Some(sid.as_str()) == except || members.is_some_and(|m| m.contains_key(sid)) {
-                continue;
-            }
-            self.push(mailbox, M::Style::default());
-        }
-    }
+    })
 }
 
 impl<M: Mailbox> Channels<M> {
@@ -149,8 +117,8 @@ impl<M: Mailbox> Channels<M> {
                 channel,
                 member: &info,
             });
-            out.tell_members(members, None);
-            out.tell_watchers(channel, watchers, Some(members), Some(&info.session_id));
+            let except = Some(info.session_id.as_str());
+            tell_channel(&mut out, channel, Some(members), watchers, except);
         }
         let member = Member {
             info,
@@ -177,8 +145,7 @@ impl<M: Mailbox> Channels<M> {
                 channel,
                 member: &gone.info,
             });
-            out.tell_members(members, None);
-            out.tell_watchers(channel, watchers, Some(members), Some(session_id));
+            tell_channel(&mut out, channel, Some(members), watchers, Some(session_id));
         }
         if members.is_empty() {
             channels.remove(channel);
@@ -201,8 +168,7 @@ impl<M: Mailbox> Channels<M> {
             message,
             from,
         });
-        out.tell_watchers(channel, &inner.watchers, members, except);
-        members.map_or(0, |m| out.tell_members(m, except))
+        tell_channel(&mut out, channel, members, &inner.watchers, except)
     }
 
     /// Whether `session_id` is a member of `channel`.

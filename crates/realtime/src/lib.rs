@@ -10,20 +10,29 @@
 //!
 //! - [`Channels`]: named groups of sessions, publish to all members, presence events on
 //!   `prs:` and `sys:` channels, and `sys:*` watchers.
+//! - [`Topics`]: live subscriptions to topic patterns (STOMP `/topic/…`): every message
+//!   published to a matching topic from now on, nothing stored.
 //! - [`Calls`]: calls to functions that sessions serve (RPC by server name, or a client
 //!   function of one session), with parts, outcome, timeouts and load limits.
 
 pub mod calls;
 pub mod channels;
+mod fanout;
 pub mod names;
+pub mod topic;
+pub mod topics;
+
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use trunkline_api::ErrorCode;
+use trunkline_store::StoredMessage;
 
 pub use calls::{Answer, Calls, Outcome, Reply, Request};
 pub use channels::Channels;
+pub use topics::Topics;
 
 /// How the engine reaches one session.
 ///
@@ -42,6 +51,12 @@ pub trait Mailbox: Clone + Send + Sync + 'static {
     /// Queues a frame; whether it was queued. A full mailbox is the front-end's slow
     /// consumer, which it ends (the engine only counts it as not delivered).
     fn push(&self, frame: Self::Frame) -> bool;
+
+    /// Whether this mailbox may be given a message published to the topic of these
+    /// words, checked per message: what its client may read can change at any time.
+    fn admits(&self, _topic_words: &[&str]) -> bool {
+        true
+    }
 }
 
 /// What presence shows of a member.
@@ -137,6 +152,11 @@ pub enum Event<'a> {
     },
     /// A message for this session alone, from a backend.
     Direct { message: &'a Value },
+    /// A message published to a topic, to a live subscription whose pattern matches it.
+    Topic {
+        id: u64,
+        message: &'a Arc<StoredMessage>,
+    },
     /// To a callee: a call to answer.
     Call {
         kind: Kind,
@@ -246,6 +266,7 @@ pub(crate) mod testing {
                     },
                 ) => format!("message {channel} {message}"),
                 (_, Event::Direct { message }) => format!("direct {message}"),
+                (_, Event::Topic { id, message }) => format!("topic {id} {}", message.topic),
                 (_, Event::Call { id, function, .. }) => format!("call {id} {function}"),
                 (_, Event::Cancelled { id, reason, .. }) => format!("cancelled {id} {reason}"),
                 (_, Event::Part { data, .. }) => format!("part {data}"),

@@ -128,6 +128,8 @@ impl Mailbox for WsMailbox {
             ),
             // Snorky's clients know of messages only.
             (Flavor::Snorky, _) => return None,
+            // Sessions subscribe to channels, not to topic patterns.
+            (_, Event::Topic { .. }) => return None,
             (_, Event::Joined { channel, member }) => envelope(
                 Some("channel"),
                 json!({"type": "joined", "channel": channel, "member": member}),
