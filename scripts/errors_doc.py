@@ -30,7 +30,7 @@ out = [
     "frame with a `code` header (and `message`), over WebSocket as an answer",
     '`{"type": "error", "callId", "code", "message"}`. A code never changes meaning once released;',
     "`message` is for people and may change. One mapping turns broker errors into codes for all",
-    "three protocols (`crates/server/src/http/error.rs`); the registry itself is",
+    "three protocols (`crates/server/src/error.rs`); the registry itself is",
     "`crates/api/src/error.rs`; this page is written from it by `scripts/errors_doc.py`, and a",
     "test checks that it lists every code with its status.",
     "",
