@@ -14,12 +14,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# A private RabbitMQ for the STOMP client's interoperability test, when it is installed
+# A private RabbitMQ for the STOMP client's interoperability test and the AMQP engine's
+# tests, when it is installed
 # (.ci/run installs it; elsewhere the test says it was skipped).
 if command -v rabbitmq-server >/dev/null 2>&1; then
     echo "==> starting RabbitMQ (scripts/rabbitmq.sh)"
     if addr="$(bash scripts/rabbitmq.sh start)"; then
         export TRUNKLINE_TEST_RABBITMQ_STOMP="$addr"
+        # The same node over AMQP, for the AMQP engine's tests (crates/amqp/tests).
+        export TRUNKLINE_TEST_AMQP="amqp://guest:guest@127.0.0.1:${RMQ_AMQP_PORT:-25673}/%2f"
         trap 'bash scripts/rabbitmq.sh stop' EXIT
     fi
 fi

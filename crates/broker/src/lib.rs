@@ -202,7 +202,8 @@ impl ReceiveOptions {
 /// A message handed to a consumer.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub msg: Arc<Msg>,
+    /// The message's id (the one its publish was answered with).
+    pub id: u64,
     /// The message as stored (body and metadata).
     pub data: Arc<StoredMessage>,
     pub delivery_count: u32,
@@ -1246,7 +1247,7 @@ impl Broker {
                         .map(|_| format!("{queue}/{}/{}", t.seq, t.slot.delivery_count)),
                     delivery_count: t.slot.delivery_count,
                     data,
-                    msg: t.slot.msg,
+                    id: t.slot.msg.id,
                 })
             })
             .collect()

@@ -255,7 +255,7 @@ async fn delivery_carries_the_published_message() {
     let got = drain(&br, "c", T0 + 6).await;
     assert_eq!(got.len(), 1);
     let d = &got[0];
-    assert_eq!(d.msg.id, sent.id);
+    assert_eq!(d.id, sent.id);
     assert_eq!(d.data.topic, "x.y");
     assert_eq!(&d.data.body[..], b"{\"k\":[1,2]}");
     assert_eq!(d.data.sender, "sender-1");
@@ -310,7 +310,7 @@ async fn broadcast_reaches_every_inbox_whatever_its_subscription() {
     for id in ["a", "b", "c"] {
         let got = drain(&br, id, T0).await;
         assert_eq!(bodies(&got), vec![b(1)], "{id}");
-        assert_eq!(got[0].msg.id, sent.id);
+        assert_eq!(got[0].id, sent.id);
     }
     // Without the flag, the same topic reaches nobody.
     assert_eq!(publish(&br, "announce.all", 2, T0).await.delivered_to, 0);
@@ -628,7 +628,7 @@ async fn nack_with_requeue_redelivers_in_place() {
     assert_eq!(bodies(&again), vec![b(0), b(1), b(2)]);
     assert_eq!(again[0].delivery_count, 2);
     assert!(again[0].redelivered());
-    assert_eq!(again[0].msg.id, first[0].msg.id);
+    assert_eq!(again[0].id, first[0].id);
     assert!(!again[1].redelivered() && !again[2].redelivered());
     assert_ne!(
         again[0].receipt, first[0].receipt,
@@ -799,7 +799,7 @@ async fn lease_expiries_past_max_deliveries_dead_letter() {
     assert_eq!(br.counters().dead_lettered.load(Ordering::Relaxed), 1);
     let dl = drain_dead(&br, "c", T0 + 201).await;
     assert_eq!(bodies(&dl), vec![b(1)]);
-    assert_eq!(dl[0].msg.id, sent.id);
+    assert_eq!(dl[0].id, sent.id);
     assert_eq!(
         dl[0].delivery_count, 1,
         "delivery count restarts in the dead-letter queue"
@@ -1136,7 +1136,7 @@ async fn a_repeated_message_id_is_published_once() {
     assert_eq!(br.counters().duplicates.load(Ordering::Relaxed), 1);
     let got = drain(&br, "c", T0 + 20).await;
     assert_eq!(bodies(&got), vec![b(1)], "only the first copy is enqueued");
-    assert_eq!(got[0].msg.id, first.id);
+    assert_eq!(got[0].id, first.id);
     // Still recognised after the copy was consumed.
     assert!(publish_id(&br, "s", "m-1", 3, T0 + 30).await.duplicate);
     assert!(drain(&br, "c", T0 + 40).await.is_empty());
@@ -1310,7 +1310,7 @@ async fn state_survives_a_restart() {
     assert_eq!(counts, vec![2, 2, 1, 1, 1]);
     assert!(after[0].redelivered() && after[1].redelivered() && !after[2].redelivered());
     for (d, p) in after.iter().zip(&published[2..]) {
-        assert_eq!(d.msg.id, p.id, "ids are kept across the restart");
+        assert_eq!(d.id, p.id, "ids are kept across the restart");
     }
     // Receipts from before the restart are stale now.
     let s = br
@@ -2321,7 +2321,7 @@ mod model {
                         got.iter().map(|d| (number(d), d.delivery_count)).collect();
                     prop_assert_eq!(&got_pairs, &want);
                     for d in &got {
-                        prop_assert_eq!(seen_ids.get(&d.msg.id), Some(&number(d)));
+                        prop_assert_eq!(seen_ids.get(&d.id), Some(&number(d)));
                         prop_assert_eq!(d.redelivered(), d.delivery_count > 1);
                         if let Some(r) = &d.receipt {
                             handed.push((r.clone(), number(d), d.delivery_count));

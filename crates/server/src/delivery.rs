@@ -53,17 +53,14 @@ fn out_message<'a>(d: &'a Delivery, text: &'a Option<Box<RawValue>>) -> Option<O
         None => match serde_json::from_slice(&data.body) {
             Ok(b) => b,
             Err(_) => {
-                tracing::error!(
-                    id = d.msg.id,
-                    "a stored body without content type is not JSON"
-                );
+                tracing::error!(id = d.id, "a stored body without content type is not JSON");
                 return None;
             }
         },
     };
     let ts = SystemTime::UNIX_EPOCH + Duration::from_millis(data.timestamp_ms);
     Some(OutMessage {
-        id: d.msg.id,
+        id: d.id,
         topic: &data.topic,
         body,
         sender: &data.sender,

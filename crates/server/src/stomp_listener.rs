@@ -948,7 +948,7 @@ fn delivered(
 fn from_delivery(d: Delivery, destination: &str) -> Delivered {
     let redelivered = d.redelivered();
     delivered(
-        d.msg.id,
+        d.id,
         &d.data,
         destination.to_owned(),
         redelivered,

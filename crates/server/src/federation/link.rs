@@ -163,7 +163,7 @@ impl Source for BrokerSource {
             .filter_map(|d: Delivery| {
                 Some(Item {
                     receipt: d.receipt?,
-                    id: d.msg.id,
+                    id: d.id,
                     headers: d.data.headers.clone(),
                     content_type: d.data.content_type.clone(),
                     body: d.data.body.clone(),

@@ -1,0 +1,425 @@
+//! The connection to RabbitMQ and the message path over it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use trunkline_broker::{
+    dead_name, inbox_name, BrokerError, Delivery, Limits, Publish, ReceiveOptions, Settle, Settled,
+};
+use trunkline_store::StoredMessage;
+
+use crate::leases::Leases;
+use crate::message;
+use crate::topology::{queue_arguments, NOTIFY_EXCHANGE, TOPIC_EXCHANGE};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// `amqp://` URLs of the cluster's nodes, tried in turn.
+    pub urls: Vec<String>,
+    /// This Trunkline node's id (`[a-z0-9-]`), in the receipts it gives.
+    pub node: String,
+}
+
+/// Time allowed to connect to one URL, or for one operation to be answered.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection and its two channels: one in confirm mode for publishing, one that
+/// takes deliveries and holds the leased ones.
+struct Link {
+    conn: Connection,
+    publish: Channel,
+    take: Channel,
+    epoch: u64,
+}
+
+/// RabbitMQ as the durable engine of one Trunkline node.
+pub struct Amqp {
+    config: AmqpConfig,
+    link: tokio::sync::Mutex<Option<Link>>,
+    /// The next URL to try.
+    next_url: AtomicU64,
+    leases: Mutex<Leases>,
+    /// Message ids: milliseconds at start, shifted, plus a count; unique per node (and,
+    /// with the node's number in the low bits, across nodes).
+    ids: AtomicU64,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("RabbitMQ: {what}: {e}"))
+}
+
+/// Waits for an AMQP operation, at most [`TIMEOUT`].
+async fn timed<T>(
+    what: &str,
+    f: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(what, e)),
+        Err(_) => Err(unavailable(what, "no answer in time")),
+    }
+}
+
+impl Amqp {
+    /// Connects (to the first URL that answers) and declares the exchanges.
+    pub async fn connect(config: AmqpConfig, now_ms: u64) -> Result<Arc<Self>, BrokerError> {
+        if config.urls.is_empty() {
+            return Err(BrokerError::InvalidArgument("no RabbitMQ URL given".into()));
+        }
+        let node = config.node.clone();
+        let amqp = Arc::new(Amqp {
+            config,
+            link: tokio::sync::Mutex::new(None),
+            next_url: AtomicU64::new(0),
+            leases: Mutex::new(Leases::new(node)),
+            ids: AtomicU64::new(now_ms << 16),
+        });
+        let (publish, _, _) = amqp.channels().await?;
+        for (name, kind) in [
+            (TOPIC_EXCHANGE, ExchangeKind::Topic),
+            (NOTIFY_EXCHANGE, ExchangeKind::Fanout),
+        ] {
+            let opts = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let declare = publish.exchange_declare(name.into(), kind, opts, FieldTable::default());
+            amqp.check(timed("declare exchange", declare).await).await?;
+        }
+        Ok(amqp)
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The channels, connecting first if there is no connection (or it was lost).
+    async fn channels(&self) -> Result<(Channel, Channel, u64), BrokerError> {
+        let mut link = self.link.lock().await;
+        if let Some(l) = link.as_ref() {
+            if l.conn.status().connected()
+                && l.publish.status().connected()
+                && l.take.status().connected()
+            {
+                return Ok((l.publish.clone(), l.take.clone(), l.epoch));
+            }
+            tracing::warn!("the connection to RabbitMQ was lost; connecting again");
+        }
+        *link = None;
+        let n = self.config.urls.len() as u64;
+        let mut last = None;
+        for _ in 0..n {
+            let i = self.next_url.fetch_add(1, Ordering::Relaxed) % n;
+            let url = &self.config.urls[i as usize];
+            match self.open(url).await {
+                Ok(l) => {
+                    let got = (l.publish.clone(), l.take.clone(), l.epoch);
+                    // Stay with this URL while it works.
+                    self.next_url.store(i, Ordering::Relaxed);
+                    *link = Some(l);
+                    return Ok(got);
+                }
+                Err(e) => {
+                    tracing::warn!(url = %url, cause = %e, "could not connect to RabbitMQ");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| unavailable("connect", "no URL")))
+    }
+
+    async fn open(&self, url: &str) -> Result<Link, BrokerError> {
+        let conn = timed(
+            "connect",
+            Connection::connect(url, ConnectionProperties::default()),
+        )
+        .await?;
+        let publish = timed("open a channel", conn.create_channel()).await?;
+        timed(
+            "confirm.select",
+            publish.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        let take = timed("open a channel", conn.create_channel()).await?;
+        let epoch = self.leases().new_epoch();
+        Ok(Link {
+            conn,
+            publish,
+            take,
+            epoch,
+        })
+    }
+
+    /// Passes a result on; after a failure, the link is dropped if its connection or a
+    /// channel is no longer open, so that the next call connects again.
+    async fn check<T>(&self, r: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        if r.is_err() {
+            let mut link = self.link.lock().await;
+            let broken = link.as_ref().is_some_and(|l| {
+                !(l.conn.status().connected()
+                    && l.publish.status().connected()
+                    && l.take.status().connected())
+            });
+            if broken {
+                *link = None;
+            }
+        }
+        r
+    }
+
+    /// Declares a quorum queue with `limits`, dead-lettering into `dead` (which it
+    /// declares too, without a dead-letter queue of its own).
+    pub async fn declare_queue(
+        &self,
+        name: &str,
+        limits: &Limits,
+        dead: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let (ch, _, _) = self.channels().await?;
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        if let Some(dead) = dead {
+            let args = queue_arguments(limits, None);
+            let r = timed("declare queue", ch.queue_declare(dead.into(), opts, args)).await;
+            self.check(r).await?;
+        }
+        let args = queue_arguments(limits, dead);
+        let r = timed("declare queue", ch.queue_declare(name.into(), opts, args)).await;
+        self.check(r).await.map(drop)
+    }
+
+    /// Declares a client's inbox and dead-letter queue, bound to the notify exchange and
+    /// to the topic exchange with `patterns`.
+    pub async fn declare_inbox(
+        &self,
+        client_id: &str,
+        patterns: &[String],
+        limits: &Limits,
+    ) -> Result<(), BrokerError> {
+        let inbox = inbox_name(client_id);
+        self.declare_queue(&inbox, limits, Some(&dead_name(client_id)))
+            .await?;
+        self.bind(&inbox, NOTIFY_EXCHANGE, "").await?;
+        for p in patterns {
+            self.bind(&inbox, TOPIC_EXCHANGE, p).await?;
+        }
+        Ok(())
+    }
+
+    /// Binds `queue` to `exchange` with `key` (a topic pattern for the topic exchange).
+    pub async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+        let (ch, _, _) = self.channels().await?;
+        let bind = ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        let r = timed("bind", bind).await;
+        self.check(r).await
+    }
+
+    /// Removes a binding.
+    pub async fn unbind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+        let (ch, _, _) = self.channels().await?;
+        let unbind = ch.queue_unbind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            FieldTable::default(),
+        );
+        let r = timed("unbind", unbind).await;
+        self.check(r).await
+    }
+
+    /// Deletes a queue and what it holds.
+    pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
+        let (ch, _, _) = self.channels().await?;
+        let r = timed(
+            "delete queue",
+            ch.queue_delete(name.into(), QueueDeleteOptions::default()),
+        )
+        .await;
+        self.check(r).await.map(drop)
+    }
+
+    /// Messages ready in a queue (not those leased).
+    pub async fn depth(&self, name: &str) -> Result<u64, BrokerError> {
+        let (ch, _, _) = self.channels().await?;
+        let opts = QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..Default::default()
+        };
+        let r = timed(
+            "inspect queue",
+            ch.queue_declare(name.into(), opts, FieldTable::default()),
+        )
+        .await;
+        Ok(u64::from(self.check(r).await?.message_count()))
+    }
+
+    /// Publishes and waits for RabbitMQ's confirm (the message is on the queues' quorum);
+    /// the message's id. A queue that refuses it (full, `reject-publish`) is `QueueFull`.
+    pub async fn publish(&self, p: &Publish, now_ms: u64) -> Result<u64, BrokerError> {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let data = StoredMessage {
+            topic: p.topic.clone(),
+            body: p.body.clone(),
+            sender: p.sender.clone(),
+            timestamp_ms: now_ms,
+            expires_at_ms: p.ttl_ms.map(|t| now_ms.saturating_add(t)),
+            content_type: p.content_type.clone(),
+            headers: p.headers.clone(),
+        };
+        let props = message::properties(id, &data, p.ttl_ms);
+        let (exchange, key) = match (&p.queue, p.broadcast) {
+            (Some(q), _) => ("", q.as_str()),
+            (None, true) => (NOTIFY_EXCHANGE, p.topic.as_str()),
+            (None, false) => (TOPIC_EXCHANGE, p.topic.as_str()),
+        };
+        let (ch, _, _) = self.channels().await?;
+        let sent = async {
+            let confirm = ch
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    &p.body,
+                    props,
+                )
+                .await?;
+            confirm.await
+        };
+        let confirmation = self.check(timed("publish", sent).await).await?;
+        match confirmation {
+            Confirmation::Ack(_) => Ok(id),
+            Confirmation::Nack(_) => Err(BrokerError::QueueFull {
+                queues: vec![p.queue.clone().unwrap_or_else(|| p.topic.clone())],
+            }),
+            Confirmation::NotRequested => {
+                Err(unavailable("publish", "the channel is not in confirm mode"))
+            }
+        }
+    }
+
+    /// Takes up to `opts.max` messages from `queue`: removed at once (auto-ack), or leased
+    /// for `opts.lease_ms` (settle with [`Amqp::settle`] by receipt).
+    pub async fn receive(
+        &self,
+        queue: &str,
+        opts: ReceiveOptions,
+        now_ms: u64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let (_, ch, epoch) = self.channels().await?;
+        let mut got = Vec::new();
+        while got.len() < opts.max {
+            let get = ch.basic_get(
+                queue.into(),
+                BasicGetOptions {
+                    no_ack: opts.lease_ms.is_none(),
+                },
+            );
+            let Some(m) = self.check(timed("get", get).await).await? else {
+                break;
+            };
+            let d = m.delivery;
+            let (id, data, delivery_count) =
+                message::read(&d.properties, d.data, d.routing_key.as_str());
+            let receipt = match opts.lease_ms {
+                Some(ms) => {
+                    let mut leases = self.leases();
+                    if leases.epoch() != epoch {
+                        // The channel was opened again meanwhile: this delivery went back.
+                        break;
+                    }
+                    Some(leases.hold(d.delivery_tag, now_ms.saturating_add(ms)))
+                }
+                None => None,
+            };
+            got.push(Delivery {
+                id,
+                data: Arc::new(data),
+                delivery_count,
+                receipt,
+            });
+        }
+        Ok(got)
+    }
+
+    /// Acks or gives back leased deliveries by receipt. Receipts this node does not hold
+    /// on its current channel (settled already, lease ended, another node's, or of a
+    /// connection since lost) are `unknown`: their deliveries are, or will be, delivered
+    /// again.
+    pub async fn settle(&self, receipts: &[String], how: Settle) -> Result<Settled, BrokerError> {
+        let (_, ch, epoch) = self.channels().await?;
+        let mut out = Settled::default();
+        let mut tags = Vec::new();
+        {
+            let mut leases = self.leases();
+            for r in receipts {
+                match leases.take(r).filter(|_| leases.epoch() == epoch) {
+                    Some(held) => tags.push(held.tag),
+                    None => out.unknown.push(r.clone()),
+                }
+            }
+        }
+        for tag in tags {
+            let done = match how {
+                Settle::Ack => timed("ack", ch.basic_ack(tag, BasicAckOptions::default())).await,
+                Settle::Nack { requeue } => {
+                    let opts = BasicNackOptions {
+                        requeue,
+                        multiple: false,
+                    };
+                    timed("nack", ch.basic_nack(tag, opts)).await
+                }
+            };
+            self.check(done).await?;
+            out.done += 1;
+        }
+        Ok(out)
+    }
+
+    /// Gives back every delivery whose lease ended by `now_ms` (delivered again, counted);
+    /// how many.
+    pub async fn sweep(&self, now_ms: u64) -> Result<usize, BrokerError> {
+        let ended = self.leases().take_ended(now_ms);
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        let (_, ch, _) = self.channels().await?;
+        for held in &ended {
+            let opts = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            let r = timed("nack", ch.basic_nack(held.tag, opts)).await;
+            self.check(r).await?;
+        }
+        Ok(ended.len())
+    }
+
+    /// Leases held now.
+    pub fn leased(&self) -> usize {
+        self.leases().len()
+    }
+
+    /// Closes the connection; leased deliveries go back to their queues.
+    pub async fn close(&self) {
+        if let Some(l) = self.link.lock().await.take() {
+            let _ = tokio::time::timeout(TIMEOUT, l.conn.close(200, "bye".into())).await;
+        }
+    }
+}

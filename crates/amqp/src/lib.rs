@@ -1,0 +1,18 @@
+//! RabbitMQ as Trunkline's durable engine, for nodes that share a RabbitMQ cluster (see
+//! `docs/scale-out.md`): inboxes, dead-letter and declared queues are quorum queues,
+//! topics route through a topic exchange, every publish waits for its publisher confirm,
+//! and a lease is an unacked delivery held on the node's channel, given back when the
+//! lease ends or the node goes.
+//!
+//! - [`Amqp`]: the connection (to the first of its URLs that answers, the next one when it
+//!   is lost), declarations, publish, receive, settle and the lease sweep.
+//! - [`message`]: a message as AMQP properties and headers, and back.
+//! - [`topology`]: exchange names, and queue limits as quorum-queue arguments.
+//! - [`leases`]: which delivery each receipt names, and when its lease ends.
+
+mod engine;
+pub mod leases;
+pub mod message;
+pub mod topology;
+
+pub use engine::{Amqp, AmqpConfig};
