@@ -44,6 +44,7 @@
 //! ```
 
 pub mod authz;
+pub mod backend;
 pub mod dedup;
 pub mod error;
 pub mod footprint;
@@ -66,6 +67,7 @@ use trunkline_auth::{generate_credential_id, generate_secret, SecretHash};
 use trunkline_store::{Committer, Op, QueueStore, RecordTable, StoreError, StoredMessage};
 
 pub use authz::{Access, Issuer, Principal, Target, REMOVED_ROLES, ROLES};
+pub use backend::{Backend, BoxFuture, PublishDone};
 pub use dedup::DedupRecord;
 pub use error::BrokerError;
 pub use live::{LiveCounters, LiveMessage, LiveSubscription};

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trunkline_api::{CredentialsFile, Subscription};
 use trunkline_auth::{Throttle, ThrottleLimits, TokenKey};
-use trunkline_broker::{footprint, Broker, LimitSettings, NewClient, Overflow};
+use trunkline_broker::{footprint, Backend, Broker, LimitSettings, NewClient, Overflow};
 use trunkline_store::fs::RealFs;
 use trunkline_store::{Committer, LogOptions, LogStore, QueueStore, RedbStore};
 
@@ -336,6 +336,7 @@ impl Node {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let config = Arc::new(config);
+        let engine: Arc<dyn Backend> = Arc::new(broker.clone());
         let keys = Arc::new(Keys {
             token_key,
             backend_key,
@@ -360,7 +361,7 @@ impl Node {
                 &config.relay,
                 &dir,
                 public_url(http_addr),
-                broker.clone(),
+                engine.clone(),
                 shutdown.clone(),
             )?;
             relay.forward.resume();
@@ -381,7 +382,7 @@ impl Node {
             .into_registry(),
         );
         let state = |backend| AppState {
-            broker: broker.clone(),
+            broker: engine.clone(),
             keys: keys.clone(),
             config: config.clone(),
             throttle: throttle.clone(),
@@ -424,7 +425,7 @@ impl Node {
             tasks.spawn(r.clone().watch(Duration::from_secs(5), shutdown.clone()));
         }
         let ctx = crate::stomp_listener::StompContext {
-            broker: broker.clone(),
+            broker: engine.clone(),
             token_key: Arc::new(keys.token_key.clone()),
             throttle: throttle.clone(),
             config: config.clone(),
@@ -442,7 +443,7 @@ impl Node {
                 });
                 tasks.spawn(crate::federation::run_links(
                     links.clone(),
-                    broker.clone(),
+                    engine.clone(),
                     env,
                     Duration::from_secs(config.federation.reread_secs),
                     shutdown.clone(),

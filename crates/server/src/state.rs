@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use trunkline_api::ErrorCode;
 use trunkline_auth::{Throttle, TokenError, TokenKey};
-use trunkline_broker::{Broker, Principal};
+use trunkline_broker::{Backend, Principal};
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -30,7 +30,8 @@ pub struct HttpCounters {
 /// Shared state of every handler. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub broker: Broker,
+    /// The durable engine (embedded, or a cluster's), as the front-ends see it.
+    pub broker: Arc<dyn Backend>,
     pub keys: Arc<Keys>,
     pub config: Arc<Config>,
     pub throttle: Arc<Throttle>,

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use trunkline_api::ErrorCode;
 use trunkline_auth::{Claims, Throttle, TokenKey};
 use trunkline_broker::{
-    Broker, BrokerError, Delivery, Principal, Publish, ReceiveOptions, Sent, Settle, Target,
+    Backend, BrokerError, Delivery, Principal, Publish, ReceiveOptions, Sent, Settle, Target,
 };
 use trunkline_proto::{encode, encode_heartbeat, DecodeError, Decoder, Limits};
 use trunkline_stomp::{
@@ -49,7 +49,7 @@ const LIVE_CAPACITY: usize = 1000;
 /// What every connection shares.
 #[derive(Clone)]
 pub struct StompContext {
-    pub broker: Broker,
+    pub broker: Arc<dyn Backend>,
     pub token_key: Arc<TokenKey>,
     pub throttle: Arc<Throttle>,
     pub config: Arc<Config>,
@@ -496,7 +496,7 @@ impl Connection {
                 let done = move |r: Result<_, BrokerError>| {
                     let _ = tx.send(Done::Op(op, outcome(r)));
                 };
-                match self.ctx.broker.publish_then(p, now_ms(), done) {
+                match self.ctx.broker.publish_then(p, now_ms(), Box::new(done)) {
                     Ok(Sent::Later) => {}
                     Ok(Sent::Now(r)) => self.session.complete(op, outcome(r)),
                     Err(e) => self.session.complete(op, Err(broker_error(e))),
@@ -815,7 +815,7 @@ impl Connection {
         let sub_id = id.clone();
         self.inflight.spawn(async move {
             let got = match broker
-                .receive_wait(&who, &queue, opts, None, &cancel, now_ms)
+                .receive_wait(&who, &queue, opts, None, &cancel, &now_ms)
                 .await
             {
                 Ok(got) => got,

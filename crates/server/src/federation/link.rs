@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use trunkline_broker::{Access, Broker, Delivery, Issuer, Principal, ReceiveOptions, Settle};
+use trunkline_broker::{Access, Backend, Delivery, Issuer, Principal, ReceiveOptions, Settle};
 use trunkline_client::stomp::{Confirmation, StompClient, StompOptions};
 use trunkline_federation::{check_outbound, NodeData, NodeDatabase, PeerData};
 use trunkline_stomp::ClientConfig;
@@ -128,14 +128,14 @@ pub trait Source: Send + Sync + 'static {
 
 /// A queue of this node, read as a principal that may read that queue only.
 pub struct BrokerSource {
-    broker: Broker,
+    broker: Arc<dyn Backend>,
     who: Principal,
     queue: String,
     _issuer: Issuer,
 }
 
 impl BrokerSource {
-    pub fn new(broker: Broker, peer_id: &str, queue: &str) -> Self {
+    pub fn new(broker: Arc<dyn Backend>, peer_id: &str, queue: &str) -> Self {
         let issuer = Issuer::new(Access::limited(
             &format!("link:{peer_id}"),
             &[],
@@ -155,7 +155,7 @@ impl Source for BrokerSource {
         let opts = ReceiveOptions::leased(max, LEASE_MS);
         let got = self
             .broker
-            .receive_wait(&self.who, &self.queue, opts, None, stop, now_ms)
+            .receive_wait(&self.who, &self.queue, opts, None, stop, &now_ms)
             .await
             .map_err(|e| e.to_string())?;
         Ok(got

@@ -120,7 +120,7 @@ impl Links {
     /// whose queue or peer is gone.
     fn reconcile(
         &self,
-        broker: &trunkline_broker::Broker,
+        broker: &Arc<dyn trunkline_broker::Backend>,
         env: &Arc<link::LinkEnv>,
         shutdown: &CancellationToken,
     ) {
@@ -179,7 +179,7 @@ impl Links {
 /// until `shutdown`, then stops them all.
 pub async fn run_links(
     links: Arc<Links>,
-    broker: trunkline_broker::Broker,
+    broker: Arc<dyn trunkline_broker::Backend>,
     env: Arc<link::LinkEnv>,
     period: Duration,
     shutdown: CancellationToken,

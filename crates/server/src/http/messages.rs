@@ -247,7 +247,7 @@ pub async fn receive(
             opts,
             Some(deadline),
             &state.shutdown,
-            now_ms,
+            &now_ms,
         )
         .await?;
     Ok(render(&got))

@@ -11,7 +11,7 @@ use super::AppState;
 
 /// `GET /healthz`: 200 while the node can store messages, 503 once its store failed.
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    let failed = state.broker.committer().has_failed();
+    let failed = !state.broker.healthy();
     let health = Health {
         status: if failed { "store_failed" } else { "ok" }.into(),
         version: env!("CARGO_PKG_VERSION").into(),

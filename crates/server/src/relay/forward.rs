@@ -125,12 +125,16 @@ impl Forwarder {
         let stored = ack.take();
         relay
             .broker()
-            .publish_then(p, now_ms(), move |r| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "relay: a forwarded envelope was not stored");
-                }
-                drop(stored);
-            })
+            .publish_then(
+                p,
+                now_ms(),
+                Box::new(move |r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "relay: a forwarded envelope was not stored");
+                    }
+                    drop(stored);
+                }),
+            )
             .map(drop)
             .map_err(|e| e.to_string())
     }

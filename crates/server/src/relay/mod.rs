@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use trunkline_broker::{Broker, LimitSettings, Overflow, Publish, QueueSpec};
+use trunkline_broker::{Backend, LimitSettings, Overflow, Publish, QueueSpec};
 use trunkline_client::peer::codes;
 use trunkline_client::relay::{unix_now, Directory, Twin};
 use trunkline_envelope::{Address, Envelope, Identity, Kind, Payload, PublicKey, ReplayWindow};
@@ -141,7 +141,7 @@ impl Drop for Ack {
 
 /// Where twins are looked up.
 enum Registry {
-    Local(Broker),
+    Local(Arc<dyn Backend>),
     Remote(Directory),
 }
 
@@ -164,7 +164,7 @@ struct Attached {
 pub struct Relay {
     name: String,
     identity: Identity,
-    broker: Broker,
+    broker: Arc<dyn Backend>,
     registry: Registry,
     config: RelayConfig,
     /// Other relays: name → login key.
@@ -221,7 +221,7 @@ impl Relay {
         config: &RelayConfig,
         dir: &Path,
         default_name: String,
-        broker: Broker,
+        broker: Arc<dyn Backend>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Relay>, RelayError> {
         let identity = identity(dir)?;
@@ -286,7 +286,7 @@ impl Relay {
         &self.config
     }
 
-    pub fn broker(&self) -> &Broker {
+    pub fn broker(&self) -> &Arc<dyn Backend> {
         &self.broker
     }
 
@@ -670,7 +670,7 @@ impl Relay {
             }
             drop(stored);
         };
-        match self.broker.publish_then(p, now_ms(), done) {
+        match self.broker.publish_then(p, now_ms(), Box::new(done)) {
             Ok(_) => {
                 self.counters
                     .routed_local
@@ -708,14 +708,14 @@ const LEASE_MS: u64 = 60_000;
 /// The next envelopes of `queue` in order, leased to `me`, waiting for some until `stop`
 /// (empty then).
 async fn lease(
-    broker: &Broker,
+    broker: &Arc<dyn Backend>,
     me: &trunkline_broker::Principal,
     queue: &str,
     stop: &CancellationToken,
 ) -> Result<Vec<trunkline_broker::Delivery>, trunkline_broker::BrokerError> {
     let opts = trunkline_broker::ReceiveOptions::leased(BATCH, LEASE_MS);
     broker
-        .receive_wait(me, queue, opts, None, stop, now_ms)
+        .receive_wait(me, queue, opts, None, stop, &now_ms)
         .await
 }
 
@@ -739,7 +739,7 @@ where
 
 /// Acks what was delivered (it leaves its queue), or gives it back in its place.
 async fn settle(
-    broker: &Broker,
+    broker: &Arc<dyn Backend>,
     me: &trunkline_broker::Principal,
     batch: &[trunkline_broker::Delivery],
     delivered: bool,
