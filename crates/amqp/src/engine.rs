@@ -13,11 +13,10 @@ use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKin
 use trunkline_broker::{
     dead_name, inbox_name, BrokerError, Delivery, Limits, Publish, ReceiveOptions, Settle, Settled,
 };
-use trunkline_store::StoredMessage;
 
 use crate::leases::Leases;
 use crate::message;
-use crate::topology::{queue_arguments, NOTIFY_EXCHANGE, TOPIC_EXCHANGE};
+use crate::topology::{queue_arguments, Exchange, Names};
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
@@ -26,6 +25,9 @@ pub struct AmqpConfig {
     pub urls: Vec<String>,
     /// This Trunkline node's id (`[a-z0-9-]`), in the receipts it gives.
     pub node: String,
+    /// Prefix of every exchange and queue name (empty: `trunkline`): the nodes of one
+    /// Trunkline cluster share it.
+    pub namespace: String,
 }
 
 /// Time allowed to connect to one URL, or for one operation to be answered.
@@ -40,9 +42,23 @@ struct Link {
     epoch: u64,
 }
 
+/// What a publish's starter is told once RabbitMQ confirms it: the message's id.
+pub type Confirmed = Box<dyn FnOnce(Result<u64, BrokerError>) + Send + 'static>;
+
+/// A publish on its way to the publisher task.
+struct Outgoing {
+    id: u64,
+    exchange: String,
+    key: String,
+    props: lapin::BasicProperties,
+    body: bytes::Bytes,
+    done: Confirmed,
+}
+
 /// RabbitMQ as the durable engine of one Trunkline node.
 pub struct Amqp {
     config: AmqpConfig,
+    names: Names,
     link: tokio::sync::Mutex<Option<Link>>,
     /// The next URL to try.
     next_url: AtomicU64,
@@ -50,6 +66,7 @@ pub struct Amqp {
     /// Message ids: milliseconds at start, shifted, plus a count; unique per node (and,
     /// with the node's number in the low bits, across nodes).
     ids: AtomicU64,
+    outgoing: tokio::sync::mpsc::UnboundedSender<Outgoing>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
@@ -75,23 +92,29 @@ impl Amqp {
             return Err(BrokerError::InvalidArgument("no RabbitMQ URL given".into()));
         }
         let node = config.node.clone();
+        let (outgoing, rx) = tokio::sync::mpsc::unbounded_channel();
         let amqp = Arc::new(Amqp {
+            names: Names::new(&config.namespace),
             config,
             link: tokio::sync::Mutex::new(None),
             next_url: AtomicU64::new(0),
             leases: Mutex::new(Leases::new(node)),
             ids: AtomicU64::new(now_ms << 16),
+            outgoing,
         });
+        tokio::spawn(publisher(Arc::downgrade(&amqp), rx));
         let (publish, _, _) = amqp.channels().await?;
-        for (name, kind) in [
-            (TOPIC_EXCHANGE, ExchangeKind::Topic),
-            (NOTIFY_EXCHANGE, ExchangeKind::Fanout),
+        for (e, kind) in [
+            (Exchange::Topic, ExchangeKind::Topic),
+            (Exchange::Notify, ExchangeKind::Fanout),
         ] {
+            let name = amqp.names.exchange(e);
             let opts = ExchangeDeclareOptions {
                 durable: true,
                 ..Default::default()
             };
-            let declare = publish.exchange_declare(name.into(), kind, opts, FieldTable::default());
+            let declare =
+                publish.exchange_declare(name.as_str().into(), kind, opts, FieldTable::default());
             amqp.check(timed("declare exchange", declare).await).await?;
         }
         Ok(amqp)
@@ -189,12 +212,29 @@ impl Amqp {
             ..Default::default()
         };
         if let Some(dead) = dead {
-            let args = queue_arguments(limits, None);
-            let r = timed("declare queue", ch.queue_declare(dead.into(), opts, args)).await;
+            // A dead-letter queue drops its oldest past its length, as the embedded
+            // engine's do.
+            let dead_limits = Limits {
+                overflow: trunkline_broker::Overflow::DropOldest,
+                ..*limits
+            };
+            let args = queue_arguments(&dead_limits, None);
+            let dead = self.names.queue(dead);
+            let r = timed(
+                "declare queue",
+                ch.queue_declare(dead.as_str().into(), opts, args),
+            )
+            .await;
             self.check(r).await?;
         }
-        let args = queue_arguments(limits, dead);
-        let r = timed("declare queue", ch.queue_declare(name.into(), opts, args)).await;
+        let dead = dead.map(|d| self.names.queue(d));
+        let args = queue_arguments(limits, dead.as_deref());
+        let name = self.names.queue(name);
+        let r = timed(
+            "declare queue",
+            ch.queue_declare(name.as_str().into(), opts, args),
+        )
+        .await;
         self.check(r).await.map(drop)
     }
 
@@ -209,19 +249,25 @@ impl Amqp {
         let inbox = inbox_name(client_id);
         self.declare_queue(&inbox, limits, Some(&dead_name(client_id)))
             .await?;
-        self.bind(&inbox, NOTIFY_EXCHANGE, "").await?;
+        self.bind(&inbox, Exchange::Notify, "").await?;
         for p in patterns {
-            self.bind(&inbox, TOPIC_EXCHANGE, p).await?;
+            self.bind(&inbox, Exchange::Topic, p).await?;
         }
         Ok(())
     }
 
     /// Binds `queue` to `exchange` with `key` (a topic pattern for the topic exchange).
-    pub async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+    pub async fn bind(
+        &self,
+        queue: &str,
+        exchange: Exchange,
+        key: &str,
+    ) -> Result<(), BrokerError> {
         let (ch, _, _) = self.channels().await?;
+        let (queue, exchange) = (self.names.queue(queue), self.names.exchange(exchange));
         let bind = ch.queue_bind(
-            queue.into(),
-            exchange.into(),
+            queue.as_str().into(),
+            exchange.as_str().into(),
             key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -231,8 +277,14 @@ impl Amqp {
     }
 
     /// Removes a binding.
-    pub async fn unbind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {
+    pub async fn unbind(
+        &self,
+        queue: &str,
+        exchange: Exchange,
+        key: &str,
+    ) -> Result<(), BrokerError> {
         let (ch, _, _) = self.channels().await?;
+        let (queue, exchange) = (self.names.queue(queue), self.names.exchange(exchange));
         let unbind = ch.queue_unbind(
             queue.into(),
             exchange.into(),
@@ -246,9 +298,10 @@ impl Amqp {
     /// Deletes a queue and what it holds.
     pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
         let (ch, _, _) = self.channels().await?;
+        let name = self.names.queue(name);
         let r = timed(
             "delete queue",
-            ch.queue_delete(name.into(), QueueDeleteOptions::default()),
+            ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
         )
         .await;
         self.check(r).await.map(drop)
@@ -257,6 +310,7 @@ impl Amqp {
     /// Messages ready in a queue (not those leased).
     pub async fn depth(&self, name: &str) -> Result<u64, BrokerError> {
         let (ch, _, _) = self.channels().await?;
+        let name = self.names.queue(name);
         let opts = QueueDeclareOptions {
             passive: true,
             durable: true,
@@ -264,7 +318,7 @@ impl Amqp {
         };
         let r = timed(
             "inspect queue",
-            ch.queue_declare(name.into(), opts, FieldTable::default()),
+            ch.queue_declare(name.as_str().into(), opts, FieldTable::default()),
         )
         .await;
         Ok(u64::from(self.check(r).await?.message_count()))
@@ -273,44 +327,33 @@ impl Amqp {
     /// Publishes and waits for RabbitMQ's confirm (the message is on the queues' quorum);
     /// the message's id. A queue that refuses it (full, `reject-publish`) is `QueueFull`.
     pub async fn publish(&self, p: &Publish, now_ms: u64) -> Result<u64, BrokerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.publish_then(p, now_ms, Box::new(move |r| drop(tx.send(r))));
+        rx.await
+            .unwrap_or_else(|_| Err(unavailable("publish", "the publisher stopped")))
+    }
+
+    /// Starts a publish; `done` gets the outcome once RabbitMQ confirms (or refuses) it.
+    /// Publishes go out in the order they are started, one after the other on the
+    /// confirm channel, while their confirms are awaited together.
+    pub fn publish_then(&self, p: &Publish, now_ms: u64, done: Confirmed) {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let data = StoredMessage {
-            topic: p.topic.clone(),
-            body: p.body.clone(),
-            sender: p.sender.clone(),
-            timestamp_ms: now_ms,
-            expires_at_ms: p.ttl_ms.map(|t| now_ms.saturating_add(t)),
-            content_type: p.content_type.clone(),
-            headers: p.headers.clone(),
-        };
-        let props = message::properties(id, &data, p.ttl_ms);
+        let data = p.stored(now_ms);
         let (exchange, key) = match (&p.queue, p.broadcast) {
-            (Some(q), _) => ("", q.as_str()),
-            (None, true) => (NOTIFY_EXCHANGE, p.topic.as_str()),
-            (None, false) => (TOPIC_EXCHANGE, p.topic.as_str()),
+            (Some(q), _) => (String::new(), self.names.queue(q)),
+            (None, true) => (self.names.exchange(Exchange::Notify), p.topic.clone()),
+            (None, false) => (self.names.exchange(Exchange::Topic), p.topic.clone()),
         };
-        let (ch, _, _) = self.channels().await?;
-        let sent = async {
-            let confirm = ch
-                .basic_publish(
-                    exchange.into(),
-                    key.into(),
-                    BasicPublishOptions::default(),
-                    &p.body,
-                    props,
-                )
-                .await?;
-            confirm.await
+        let out = Outgoing {
+            id,
+            exchange,
+            key,
+            props: message::properties(id, &data, p.ttl_ms),
+            body: p.body.clone(),
+            done,
         };
-        let confirmation = self.check(timed("publish", sent).await).await?;
-        match confirmation {
-            Confirmation::Ack(_) => Ok(id),
-            Confirmation::Nack(_) => Err(BrokerError::QueueFull {
-                queues: vec![p.queue.clone().unwrap_or_else(|| p.topic.clone())],
-            }),
-            Confirmation::NotRequested => {
-                Err(unavailable("publish", "the channel is not in confirm mode"))
-            }
+        if let Err(e) = self.outgoing.send(out) {
+            (e.0.done)(Err(unavailable("publish", "the publisher stopped")));
         }
     }
 
@@ -323,10 +366,12 @@ impl Amqp {
         now_ms: u64,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let (_, ch, epoch) = self.channels().await?;
+        let name: Arc<str> = Arc::from(queue);
+        let queue = self.names.queue(queue);
         let mut got = Vec::new();
         while got.len() < opts.max {
             let get = ch.basic_get(
-                queue.into(),
+                queue.as_str().into(),
                 BasicGetOptions {
                     no_ack: opts.lease_ms.is_none(),
                 },
@@ -344,7 +389,8 @@ impl Amqp {
                         // The channel was opened again meanwhile: this delivery went back.
                         break;
                     }
-                    Some(leases.hold(d.delivery_tag, now_ms.saturating_add(ms)))
+                    let until = now_ms.saturating_add(ms);
+                    Some(leases.hold(d.delivery_tag, until, name.clone()))
                 }
                 None => None,
             };
@@ -358,18 +404,27 @@ impl Amqp {
         Ok(got)
     }
 
-    /// Acks or gives back leased deliveries by receipt. Receipts this node does not hold
-    /// on its current channel (settled already, lease ended, another node's, or of a
-    /// connection since lost) are `unknown`: their deliveries are, or will be, delivered
-    /// again.
-    pub async fn settle(&self, receipts: &[String], how: Settle) -> Result<Settled, BrokerError> {
+    /// Acks or gives back leased deliveries by receipt, of queues `may_settle` allows.
+    /// Receipts this node does not hold on its current channel (settled already, lease
+    /// ended, another node's, or of a connection since lost) or of another queue are
+    /// `unknown`: their deliveries are, or will be, delivered again.
+    pub async fn settle(
+        &self,
+        receipts: &[String],
+        how: Settle,
+        may_settle: impl Fn(&str) -> bool,
+    ) -> Result<Settled, BrokerError> {
         let (_, ch, epoch) = self.channels().await?;
         let mut out = Settled::default();
         let mut tags = Vec::new();
         {
             let mut leases = self.leases();
             for r in receipts {
-                match leases.take(r).filter(|_| leases.epoch() == epoch) {
+                if leases.epoch() != epoch {
+                    out.unknown.push(r.clone());
+                    continue;
+                }
+                match leases.take(r, &may_settle) {
                     Some(held) => tags.push(held.tag),
                     None => out.unknown.push(r.clone()),
                 }
@@ -411,6 +466,25 @@ impl Amqp {
         Ok(ended.len())
     }
 
+    /// A fresh message id (for a publish that goes to no queue, only to live subscribers).
+    pub fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the connection is up now.
+    pub async fn connected(&self) -> bool {
+        self.link
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|l| l.conn.status().connected())
+    }
+
+    /// Leases this node holds now of `queue`.
+    pub fn leased_of(&self, queue: &str) -> usize {
+        self.leases().count_of(queue)
+    }
+
     /// Leases held now.
     pub fn leased(&self) -> usize {
         self.leases().len()
@@ -421,5 +495,58 @@ impl Amqp {
         if let Some(l) = self.link.lock().await.take() {
             let _ = tokio::time::timeout(TIMEOUT, l.conn.close(200, "bye".into())).await;
         }
+    }
+}
+
+/// Sends publishes in the order they were started and hands each its confirm. Ends when
+/// the engine is dropped.
+async fn publisher(
+    amqp: std::sync::Weak<Amqp>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+) {
+    use futures::stream::{FuturesOrdered, StreamExt};
+    // In publish order: a publish's outcome (and its live fan-out) follows the one before.
+    let mut confirms = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                let Some(engine) = amqp.upgrade() else {
+                    (out.done)(Err(unavailable("publish", "the engine stopped")));
+                    break;
+                };
+                let Outgoing { id, exchange, key, props, body, done } = out;
+                let sent = match engine.channels().await {
+                    Ok((ch, _, _)) => {
+                        let publish = ch.basic_publish(
+                            exchange.as_str().into(),
+                            key.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            props,
+                        );
+                        engine.check(timed("publish", publish).await).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(confirm) => confirms.push_back(async move {
+                        let r = match tokio::time::timeout(TIMEOUT, confirm).await {
+                            Ok(Ok(Confirmation::Ack(_))) => Ok(id),
+                            Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::QueueFull { queues: vec![key] }),
+                            Ok(Ok(Confirmation::NotRequested)) => Err(unavailable("publish", "the channel is not in confirm mode")),
+                            Ok(Err(e)) => Err(unavailable("publish", e)),
+                            Err(_) => Err(unavailable("publish", "no confirm in time")),
+                        };
+                        (r, done)
+                    }),
+                    Err(e) => done(Err(e)),
+                }
+            }
+            Some((r, done)) = confirms.next(), if !confirms.is_empty() => done(r),
+        }
+    }
+    while let Some((r, done)) = confirms.next().await {
+        done(r);
     }
 }

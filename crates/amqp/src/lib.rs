@@ -4,15 +4,19 @@
 //! and a lease is an unacked delivery held on the node's channel, given back when the
 //! lease ends or the node goes.
 //!
+//! - [`Cluster`]: the node's [`trunkline_broker::Backend`] over RabbitMQ: its registry in
+//!   its own [`trunkline_broker::Broker`], mirrored as RabbitMQ topology, messages in RabbitMQ.
 //! - [`Amqp`]: the connection (to the first of its URLs that answers, the next one when it
 //!   is lost), declarations, publish, receive, settle and the lease sweep.
 //! - [`message`]: a message as AMQP properties and headers, and back.
 //! - [`topology`]: exchange names, and queue limits as quorum-queue arguments.
 //! - [`leases`]: which delivery each receipt names, and when its lease ends.
 
+pub mod cluster;
 mod engine;
 pub mod leases;
 pub mod message;
 pub mod topology;
 
-pub use engine::{Amqp, AmqpConfig};
+pub use cluster::Cluster;
+pub use engine::{Amqp, AmqpConfig, Confirmed};

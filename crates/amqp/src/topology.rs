@@ -4,17 +4,55 @@
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use trunkline_broker::{Limits, Overflow};
 
-/// Topic exchange every publish to a topic goes to; inboxes and declared queues bind to
-/// it with their patterns (AMQP's topic patterns are Trunkline's: `*` one word, `#` any).
-pub const TOPIC_EXCHANGE: &str = "trunkline.topic";
-/// Fanout exchange of `/notify`: every inbox is bound to it.
-pub const NOTIFY_EXCHANGE: &str = "trunkline.notify";
+/// The namespace when none is configured.
+pub const DEFAULT_NAMESPACE: &str = "trunkline";
+
+/// Trunkline's exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// Every publish to a topic goes here; inboxes and declared queues bind to it with
+    /// their patterns (AMQP's topic patterns are Trunkline's: `*` one word, `#` any).
+    Topic,
+    /// `/notify`: every inbox is bound to it (fanout).
+    Notify,
+}
+
+/// RabbitMQ's names for a Trunkline cluster's exchanges and queues: all under one
+/// namespace (`<ns>.topic`, `<ns>.c1-inbox`), so that several clusters (or test nodes)
+/// can share one RabbitMQ without seeing each other's queues.
+#[derive(Debug, Clone)]
+pub struct Names {
+    ns: String,
+}
+
+impl Names {
+    pub fn new(namespace: &str) -> Self {
+        let ns = if namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            namespace
+        };
+        Names { ns: ns.to_owned() }
+    }
+
+    pub fn exchange(&self, e: Exchange) -> String {
+        match e {
+            Exchange::Topic => format!("{}.topic", self.ns),
+            Exchange::Notify => format!("{}.notify", self.ns),
+        }
+    }
+
+    pub fn queue(&self, name: &str) -> String {
+        format!("{}.{name}", self.ns)
+    }
+}
 
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-/// Arguments of a quorum queue with `limits`, whose messages go to `dead` after
+/// Arguments of a quorum queue with `limits`, whose messages go to `dead` (RabbitMQ's
+/// name) after
 /// `max_deliveries` deliveries (a dead-letter queue itself has no `dead`).
 ///
 /// A quorum queue's `x-delivery-limit` counts returns, not deliveries: limit `n - 1` lets

@@ -44,6 +44,7 @@ async fn connect(urls: Vec<String>, node: &str) -> Arc<Amqp> {
     let config = AmqpConfig {
         urls,
         node: node.into(),
+        namespace: "tl-test".into(),
     };
     Amqp::connect(config, now_ms()).await.expect("connect")
 }
@@ -139,7 +140,7 @@ async fn leases_are_settled_by_receipt_once_and_dead_letter_after_max_deliveries
     assert_eq!(a.leased(), 2);
     // Ack one; acking it again, or a made-up receipt, is unknown (and harms nothing).
     let s = a
-        .settle(std::slice::from_ref(&r1), Settle::Ack)
+        .settle(std::slice::from_ref(&r1), Settle::Ack, |_| true)
         .await
         .expect("ack");
     assert_eq!((s.done, s.unknown.len()), (1, 0));
@@ -147,14 +148,22 @@ async fn leases_are_settled_by_receipt_once_and_dead_letter_after_max_deliveries
         .settle(
             &[r1.clone(), "n1/99/1".into(), "n2/1/1".into()],
             Settle::Ack,
+            |_| true,
         )
         .await
         .expect("ack again");
     assert_eq!((s.done, s.unknown.len()), (0, 3));
 
+    // Only a reader of the delivery's queue may settle it.
+    let s = a
+        .settle(std::slice::from_ref(&r2), Settle::Ack, |queue| queue != q)
+        .await
+        .expect("ack by another");
+    assert_eq!((s.done, s.unknown.len()), (0, 1));
+
     // "two" is given back twice (a nack, then an ended lease): its third delivery says so,
     // and giving it back once more sends it to the dead-letter queue.
-    a.settle(&[r2], Settle::Nack { requeue: true })
+    a.settle(&[r2], Settle::Nack { requeue: true }, |_| true)
         .await
         .expect("nack");
     let got = a.receive(&q, lease, now_ms()).await.expect("again");
@@ -170,7 +179,7 @@ async fn leases_are_settled_by_receipt_once_and_dead_letter_after_max_deliveries
     let got = a.receive(&q, lease, now_ms()).await.expect("third");
     assert_eq!(got[0].delivery_count, 3);
     let r = got[0].receipt.clone().expect("receipt");
-    a.settle(&[r], Settle::Nack { requeue: true })
+    a.settle(&[r], Settle::Nack { requeue: true }, |_| true)
         .await
         .expect("nack");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -194,7 +203,7 @@ async fn leases_are_settled_by_receipt_once_and_dead_letter_after_max_deliveries
     a.publish(&p, now_ms()).await.expect("publish");
     let got = a.receive(&q, lease, now_ms()).await.expect("receive");
     let r = got[0].receipt.clone().expect("receipt");
-    a.settle(&[r], Settle::Nack { requeue: false })
+    a.settle(&[r], Settle::Nack { requeue: false }, |_| true)
         .await
         .expect("reject");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -98,7 +98,11 @@ pub trait Backend: Send + Sync + 'static {
         now: u64,
     ) -> BoxFuture<'a, Result<(QueueView, bool), BrokerError>>;
     fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// A declared queue; its `depth` and `dead_depth` as [`Backend::depth`] tells them
+    /// only with the embedded engine (another may not count them without asking).
     fn get_queue(&self, name: &str) -> Option<QueueView>;
+    /// Messages in a queue now (ready and leased; 0 for no queue).
+    fn depth<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>>;
     fn list_queues(&self) -> Vec<QueueView>;
     fn has_queue(&self, name: &str) -> bool;
 
@@ -241,6 +245,9 @@ impl Backend for Broker {
     }
     fn get_queue(&self, name: &str) -> Option<QueueView> {
         Broker::get_queue(self, name)
+    }
+    fn depth<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.depth_of(name))))
     }
     fn list_queues(&self) -> Vec<QueueView> {
         Broker::list_queues(self)

@@ -169,6 +169,21 @@ impl Publish {
     }
 }
 
+impl Publish {
+    /// The message as stored, accepted at `now` (ms).
+    pub fn stored(&self, now: u64) -> StoredMessage {
+        StoredMessage {
+            topic: self.topic.clone(),
+            body: self.body.clone(),
+            sender: self.sender.clone(),
+            timestamp_ms: now,
+            expires_at_ms: self.ttl_ms.map(|t| now.saturating_add(t)),
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+        }
+    }
+}
+
 /// The answer to a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -785,21 +800,8 @@ impl Broker {
         })?;
         let dedup_key = p.message_id.as_deref().map(|m| dedup::key(&p.sender, m));
         if let Some(key) = &dedup_key {
-            let mut d = lock(&self.inner.dedup);
-            match d.get(key, now) {
-                Some(dedup::State::InFlight) => return Err(BrokerError::DuplicateInFlight),
-                Some(dedup::State::Done(r)) => {
-                    self.inner
-                        .counters
-                        .duplicates
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Ok(Sent::Now(Ok(Published {
-                        id: r.id,
-                        delivered_to: r.delivered_to,
-                        duplicate: true,
-                    })));
-                }
-                None => d.begin(key.clone()),
+            if let Some(first) = self.dedup_start(key, now)? {
+                return Ok(Sent::Now(Ok(first)));
             }
         }
         let (prepared, ops) = match self.prepare(&p, dedup_key.as_deref(), now) {
@@ -825,6 +827,67 @@ impl Broker {
         Ok(Sent::Later)
     }
 
+    /// Starts the dedup of a publish under `key`: the first publish's answer if this is a
+    /// retry within the window, `DuplicateInFlight` while the first is under way, or
+    /// `None` (the key is then in flight until finished or aborted).
+    fn dedup_start(&self, key: &str, now: u64) -> Result<Option<Published>, BrokerError> {
+        let mut d = lock(&self.inner.dedup);
+        match d.get(key, now) {
+            Some(dedup::State::InFlight) => Err(BrokerError::DuplicateInFlight),
+            Some(dedup::State::Done(r)) => {
+                self.inner
+                    .counters
+                    .duplicates
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Published {
+                    id: r.id,
+                    delivered_to: r.delivered_to,
+                    duplicate: true,
+                }))
+            }
+            None => {
+                d.begin(key.to_owned());
+                Ok(None)
+            }
+        }
+    }
+
+    /// For an engine that keeps messages elsewhere (a cluster's): starts the dedup of `p`
+    /// (if it has a `message_id`). `Some` is the first publish's answer, to give again;
+    /// after `None`, call [`Broker::dedup_end`] with the outcome.
+    pub fn dedup_begin(&self, p: &Publish, now: u64) -> Result<Option<Published>, BrokerError> {
+        match &p.message_id {
+            Some(m) => self.dedup_start(&dedup::key(&p.sender, m), now),
+            None => Ok(None),
+        }
+    }
+
+    /// Ends what [`Broker::dedup_begin`] started: remembers a publish's answer for the
+    /// window (in this node's store too, so a retry after a restart is still known), or
+    /// forgets a publish that failed.
+    pub async fn dedup_end(&self, p: &Publish, outcome: Option<&Published>, now: u64) {
+        let Some(m) = &p.message_id else { return };
+        let key = dedup::key(&p.sender, m);
+        let Some(first) = outcome else {
+            lock(&self.inner.dedup).abort(&key);
+            return;
+        };
+        let rec = DedupRecord {
+            id: first.id,
+            delivered_to: first.delivered_to,
+            expires_ms: now + self.inner.config.dedup_window_ms,
+        };
+        let op = Op::PutRecord {
+            table: RecordTable::Dedup,
+            key: key.clone(),
+            value: serde_json::to_vec(&rec).unwrap_or_default(),
+        };
+        if let Err(e) = self.inner.committer.commit(vec![op]).await {
+            tracing::warn!(cause = %e, "a dedup record was not stored; a retry after a restart would be taken again");
+        }
+        lock(&self.inner.dedup).finish(key, rec);
+    }
+
     /// Routes, reserves places and builds the store ops of a publish.
     fn prepare(
         &self,
@@ -836,6 +899,29 @@ impl Broker {
         Ok(self.build_publish(p, id, reserved, dedup_key, now))
     }
 
+    /// A queue's limits, with the node's defaults where `s` leaves them open.
+    pub fn resolve_limits(&self, s: &LimitSettings) -> Limits {
+        resolve(s, &self.inner.config)
+    }
+
+    /// The queues a publish goes to: the one it names, every inbox (a broadcast), or those
+    /// whose bindings match its topic.
+    pub fn targets(&self, p: &Publish) -> Result<Vec<Arc<str>>, BrokerError> {
+        let reg = read(&self.inner.registry);
+        Ok(if let Some(q) = &p.queue {
+            match read(&self.inner.queues).get_key_value(q.as_str()) {
+                Some((name, _)) => vec![name.clone()],
+                None => return Err(BrokerError::UnknownQueue(q.clone())),
+            }
+        } else if p.broadcast {
+            reg.inboxes.clone()
+        } else {
+            let mut out = Vec::new();
+            reg.trie.matches(&p.topic, &mut out);
+            out
+        })
+    }
+
     /// Routes a publish and reserves its place in every target queue: all or none.
     #[allow(clippy::type_complexity)]
     fn reserve_places(
@@ -843,21 +929,7 @@ impl Broker {
         p: &Publish,
         now: u64,
     ) -> Result<(u64, Vec<(Arc<QueueCell>, u64)>), BrokerError> {
-        let targets: Vec<Arc<str>> = {
-            let reg = read(&self.inner.registry);
-            if let Some(q) = &p.queue {
-                match read(&self.inner.queues).get_key_value(q.as_str()) {
-                    Some((name, _)) => vec![name.clone()],
-                    None => return Err(BrokerError::UnknownQueue(q.clone())),
-                }
-            } else if p.broadcast {
-                reg.inboxes.clone()
-            } else {
-                let mut out = Vec::new();
-                reg.trie.matches(&p.topic, &mut out);
-                out
-            }
-        };
+        let targets = self.targets(p)?;
         // Queued messages are indexed in memory (each entry, each record): a node-wide cap
         // keeps that bounded (bodies are in the store, and cached within the same cap). Checked first, so that a flood the node refuses
         // costs no queue lock; given back as entries and messages go.
@@ -944,15 +1016,7 @@ impl Broker {
             }
             q.make_room(&mut ops, &mut fx);
         }
-        let data = Arc::new(StoredMessage {
-            topic: p.topic.clone(),
-            body: p.body.clone(),
-            sender: p.sender.clone(),
-            timestamp_ms: now,
-            expires_at_ms: p.ttl_ms.map(|t| now.saturating_add(t)),
-            content_type: p.content_type.clone(),
-            headers: p.headers.clone(),
-        });
+        let data = Arc::new(p.stored(now));
         let delivered_to = reserved.len() as u64;
         if !reserved.is_empty() {
             ops.push(Op::PutMessage {
@@ -1120,6 +1184,12 @@ impl Broker {
             delivered_to,
             duplicate: false,
         })
+    }
+
+    /// Hands a message made durable elsewhere (by a cluster's engine) to this node's live
+    /// subscribers.
+    pub fn publish_live(&self, id: u64, data: Arc<StoredMessage>) {
+        self.fan_out_live(LiveMessage { id, data });
     }
 
     /// Hands a committed message to matching live subscribers (none are waited for).
@@ -2121,6 +2191,17 @@ enum TicketState {
 
 /// The outcome of a batch started with [`Broker::publish_batch_start`].
 pub struct BatchTicket(tokio::sync::oneshot::Receiver<Result<Vec<Published>, BrokerError>>);
+
+impl BatchTicket {
+    /// A ticket resolved by whoever holds the sender (another engine's batch).
+    pub fn pending() -> (
+        tokio::sync::oneshot::Sender<Result<Vec<Published>, BrokerError>>,
+        BatchTicket,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (tx, BatchTicket(rx))
+    }
+}
 
 impl std::future::Future for BatchTicket {
     type Output = Result<Vec<Published>, BrokerError>;

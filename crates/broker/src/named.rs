@@ -232,12 +232,15 @@ impl Broker {
         recs.iter().map(|r| self.queue_view(r)).collect()
     }
 
+    /// Messages in queue `name` (ready and leased; 0 for no queue).
+    pub fn depth_of(&self, name: &str) -> u64 {
+        self.queue(name)
+            .map(|c| lock(&c.state).depth())
+            .unwrap_or(0)
+    }
+
     fn queue_view(&self, rec: &QueueRecord) -> QueueView {
-        let depth = |name: &str| {
-            self.queue(name)
-                .map(|c| lock(&c.state).depth())
-                .unwrap_or(0)
-        };
+        let depth = |name: &str| self.depth_of(name);
         let dead_letter = dead_letter_of(&rec.name);
         QueueView {
             name: rec.name.clone(),

@@ -111,6 +111,9 @@ struct ServeArgs {
     /// Storage engine: `log` (default) or `redb`.
     #[arg(long, env = "TRUNKLINE_STORE_ENGINE")]
     store_engine: Option<String>,
+    /// Keep messages in a RabbitMQ cluster: `amqp://…` URLs, comma-separated.
+    #[arg(long, env = "TRUNKLINE_BROKER")]
+    broker: Option<String>,
     /// Unconfirmed STOMP operations per connection before reading pauses.
     #[arg(long, env = "TRUNKLINE_STOMP_BUFFER")]
     stomp_buffer: Option<usize>,
@@ -483,6 +486,9 @@ fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
                 ))
             })?;
         }
+    }
+    if let Some(b) = &a.broker {
+        c.broker.url = b.clone();
     }
     if let Some(e) = &a.store_engine {
         c.store.engine = match e.as_str() {

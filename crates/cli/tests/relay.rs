@@ -133,10 +133,7 @@ async fn a_session_offline_gets_its_envelopes_in_order_when_it_returns() {
     let queue = trunkline_server::relay::Relay::queue_name(&Address::twin(bob));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let depth = server
-            .broker()
-            .and_then(|b| b.get_queue(&queue))
-            .map_or(0, |q| q.depth);
+        let depth = server.depth(&queue).await;
         if depth == 50 {
             break;
         }
@@ -340,12 +337,7 @@ async fn the_relay_holds_ciphertext_only() {
     // envelope (its uid is there) but not the canary.
     let queue = trunkline_server::relay::Relay::queue_name(&Address::twin(bob));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while server
-        .broker()
-        .and_then(|b| b.get_queue(&queue))
-        .map_or(0, |q| q.depth)
-        < 2
-    {
+    while server.depth(&queue).await < 2 {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -631,18 +623,13 @@ async fn a_twin_past_its_rate_gets_errors_and_stays_connected() {
     assert_eq!(limited, 3, "the 6th to 8th are refused");
     // The first 5 are stored (the refusals may come back before their syncs end).
     let queue = trunkline_server::relay::Relay::queue_name(&Address::twin(bob));
-    let depth = || {
-        server
-            .broker()
-            .and_then(|b| b.get_queue(&queue))
-            .map_or(0, |q| q.depth)
-    };
+    let depth = || server.depth(&queue);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while depth() < 5 && tokio::time::Instant::now() < deadline {
+    while depth().await < 5 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(depth(), 5);
+    assert_eq!(depth().await, 5);
     server.stop().await;
 }
 
@@ -716,14 +703,9 @@ async fn clients_cannot_read_or_write_the_relays_queues() {
     .await
     .expect("send");
     let queue = trunkline_server::relay::Relay::queue_name(&Address::twin(bob));
-    let depth = || {
-        server
-            .broker()
-            .and_then(|b| b.get_queue(&queue))
-            .map_or(0, |q| q.depth)
-    };
+    let depth = || server.depth(&queue);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while depth() < 1 {
+    while depth().await < 1 {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -751,7 +733,7 @@ async fn clients_cannot_read_or_write_the_relays_queues() {
     let _ = mallory
         .send(&format!("rmb.{bob}"), &serde_json::json!("x"))
         .await;
-    assert_eq!(depth(), 1, "still only the canary");
+    assert_eq!(depth().await, 1, "still only the canary");
     server.stop().await;
 }
 

@@ -109,6 +109,20 @@ links = true
 # Largest frame a peer may send, in bytes.
 max_frame_bytes = 65536
 
+[broker]
+# Where messages live. Empty (the default): the embedded engine, in the data directory.
+# One or more `amqp://user:password@host:port/vhost` URLs, comma-separated (the nodes of
+# one RabbitMQ cluster, tried in turn): messages live in RabbitMQ's quorum queues
+# (docs/scale-out.md); the registry stays in the data directory (TRUNKLINE_BROKER,
+# --broker).
+url = ""
+# This node's name in receipts of deliveries it holds ([a-z0-9-]). Empty: "n" and the
+# public listener's port.
+node = ""
+# Prefix of every exchange and queue this cluster declares in RabbitMQ (empty:
+# "trunkline"): the nodes of one cluster share it; clusters sharing a RabbitMQ differ.
+namespace = ""
+
 [relay]
 # The relay (docs/relays.md): twins log in at GET /relay (WebSocket, public listener) and
 # exchange signed, sealed envelopes; offline sessions' envelopes wait in durable queues.
@@ -230,6 +244,28 @@ pub struct Config {
     pub inbox: InboxConfig,
     pub federation: FederationConfig,
     pub relay: RelayConfig,
+    pub broker: BrokerBackendConfig,
+}
+
+/// `[broker]`: see the default configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerBackendConfig {
+    pub url: String,
+    pub node: String,
+    pub namespace: String,
+}
+
+impl BrokerBackendConfig {
+    /// The RabbitMQ URLs, none for the embedded engine.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// `[relay]`: see the default configuration.

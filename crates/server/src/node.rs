@@ -40,6 +40,51 @@ pub enum StartError {
     Federation(#[from] crate::federation::FederationError),
     #[error(transparent)]
     Relay(#[from] crate::relay::RelayError),
+    #[error("RabbitMQ broker: {0}")]
+    Broker(String),
+}
+
+/// The durable engine the front-ends use: the embedded broker, or, with `[broker] url`,
+/// a RabbitMQ cluster with this broker as the node's registry.
+async fn open_engine(
+    config: &Config,
+    broker: &Broker,
+    http_addr: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Backend>, StartError> {
+    let urls = config.broker.urls();
+    if urls.is_empty() {
+        return Ok(Arc::new(broker.clone()));
+    }
+    let node = match config.broker.node.as_str() {
+        "" => format!("n{}", http_addr.port()),
+        n if n
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            n.to_owned()
+        }
+        n => {
+            return Err(StartError::Broker(format!(
+                "node `{n}`: a node's name is [a-z0-9-]"
+            )))
+        }
+    };
+    let amqp = trunkline_amqp::Amqp::connect(
+        trunkline_amqp::AmqpConfig {
+            urls,
+            node,
+            namespace: config.broker.namespace.clone(),
+        },
+        now_ms(),
+    )
+    .await
+    .map_err(|e| StartError::Broker(e.to_string()))?;
+    let cluster = trunkline_amqp::Cluster::open(broker.clone(), amqp, shutdown.clone())
+        .await
+        .map_err(|e| StartError::Broker(e.to_string()))?;
+    tracing::info!(brokers = %config.broker.url, "messages live in RabbitMQ");
+    Ok(cluster)
 }
 
 /// A node that is serving. Dropping it without [`Node::shutdown`] leaves the tasks running
@@ -55,6 +100,8 @@ pub struct Node {
     pub federation_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     broker: Option<Broker>,
+    /// What the front-ends use: the broker, or the cluster engine around it.
+    engine: Option<Arc<dyn Backend>>,
     committer: Committer,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -336,7 +383,7 @@ impl Node {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let config = Arc::new(config);
-        let engine: Arc<dyn Backend> = Arc::new(broker.clone());
+        let engine = open_engine(&config, &broker, http_addr, &shutdown).await?;
         let keys = Arc::new(Keys {
             token_key,
             backend_key,
@@ -486,7 +533,7 @@ impl Node {
             ));
         }
         {
-            let broker = broker.clone();
+            let broker = engine.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -520,12 +567,18 @@ impl Node {
             data_dir: dir,
             committer: broker.committer().clone(),
             broker: Some(broker),
+            engine: Some(engine),
             shutdown,
             tasks,
         })
     }
 
     /// The broker, for in-process callers (tests, embedding).
+    pub fn engine(&self) -> Option<&Arc<dyn Backend>> {
+        self.engine.as_ref()
+    }
+
+    /// The node's own broker (with a RabbitMQ broker: its registry; messages are not here).
     pub fn broker(&self) -> Option<&Broker> {
         self.broker.as_ref()
     }
@@ -539,6 +592,8 @@ impl Node {
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
         self.tasks.wait().await;
+        // Both hold the broker: the commit thread ends with its last handle.
+        self.engine = None;
         self.broker = None;
         let committer = self.committer;
         // The commit thread ends once the last broker handle is gone; every acknowledged

@@ -48,7 +48,24 @@ pub fn test_config(data_dir: &Path) -> Config {
         ..Config::default()
     };
     c.stomp.listen = "127.0.0.1:0".parse().expect("invariant: literal address");
+    // The backend fixture: with TRUNKLINE_TEST_BROKER (amqp:// URLs), messages live in
+    // that RabbitMQ, each data directory's under a namespace of its own (the same again
+    // when a test restarts a node on it).
+    if let Ok(url) = std::env::var("TRUNKLINE_TEST_BROKER") {
+        if !url.is_empty() {
+            c.broker.url = url;
+            c.broker.namespace = namespace_of(data_dir);
+        }
+    }
     c
+}
+
+/// The RabbitMQ namespace of the node on `data_dir` (temporary directories are unique).
+fn namespace_of(data_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    format!("tl-{:016x}", h.finish())
 }
 
 impl TestServer {
@@ -104,6 +121,25 @@ impl TestServer {
     /// The node's broker, for calls in process.
     pub fn broker(&self) -> Option<&trunkline_broker::Broker> {
         self.node.as_ref().and_then(|n| n.broker())
+    }
+
+    /// The engine the node's front-ends use (embedded, or over RabbitMQ).
+    pub fn engine(&self) -> Option<&std::sync::Arc<dyn trunkline_broker::Backend>> {
+        self.node.as_ref().and_then(|n| n.engine())
+    }
+
+    /// Messages in queue `name` now, as its engine counts them (0 once stopped).
+    pub async fn depth(&self, name: &str) -> u64 {
+        match self.engine() {
+            Some(e) => e.depth(name).await.unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Whether this run keeps messages in RabbitMQ (TRUNKLINE_TEST_BROKER): for the few
+    /// checks where its semantics differ (docs/scale-out.md).
+    pub fn on_rabbitmq() -> bool {
+        std::env::var("TRUNKLINE_TEST_BROKER").is_ok_and(|u| !u.is_empty())
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -8,7 +8,7 @@ use trunkline_api::{
     ClientCredentials, ClientInfo, CreateClient, ErrorCode, OverflowPolicy, QueueSettings,
     Subscription, UpdateClient,
 };
-use trunkline_broker::{ClientUpdate, ClientView, LimitSettings, NewClient, Overflow};
+use trunkline_broker::{inbox_name, ClientUpdate, ClientView, LimitSettings, NewClient, Overflow};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, AdminOrSelf, Json, Path};
@@ -89,9 +89,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, AxumJson(credentials(view, secret))))
 }
 
+/// A client with its inbox's depth as the engine counts it now.
+async fn counted(state: &AppState, mut v: ClientView) -> ClientInfo {
+    if let Ok(d) = state.broker.depth(&inbox_name(&v.client_id)).await {
+        v.inbox_depth = d;
+    }
+    info(v)
+}
+
 /// `GET /client`.
 pub async fn list(State(state): State<AppState>, _admin: Admin) -> AxumJson<Vec<ClientInfo>> {
-    AxumJson(state.broker.list_clients().into_iter().map(info).collect())
+    let mut out = Vec::new();
+    for v in state.broker.list_clients() {
+        out.push(counted(&state, v).await);
+    }
+    AxumJson(out)
 }
 
 fn found(state: &AppState, id: &str) -> ApiResult<ClientView> {
@@ -114,7 +126,8 @@ pub async fn show(
             return Err(not_self(&p.client_id, &id));
         }
     }
-    found(&state, &id).map(|v| AxumJson(info(v)))
+    let v = found(&state, &id)?;
+    Ok(AxumJson(counted(&state, v).await))
 }
 
 /// `PATCH /client/{id}`: name, subscription, publish patterns, roles, grants, inbox limits.

@@ -24,9 +24,24 @@ fn info(v: QueueView) -> QueueInfo {
     }
 }
 
+/// A queue with its depths as the engine counts them now.
+async fn counted(state: &AppState, mut v: QueueView) -> QueueInfo {
+    if let Ok(d) = state.broker.depth(&v.name).await {
+        v.depth = d;
+    }
+    if let Ok(d) = state.broker.depth(&v.dead_letter).await {
+        v.dead_depth = d;
+    }
+    info(v)
+}
+
 /// `GET /queue`: every declared queue.
 pub async fn list(State(state): State<AppState>, _admin: Admin) -> AxumJson<Vec<QueueInfo>> {
-    AxumJson(state.broker.list_queues().into_iter().map(info).collect())
+    let mut out = Vec::new();
+    for v in state.broker.list_queues() {
+        out.push(counted(&state, v).await);
+    }
+    AxumJson(out)
 }
 
 /// `GET /queue/{name}`.
@@ -35,16 +50,13 @@ pub async fn show(
     _admin: Admin,
     Path(name): Path<String>,
 ) -> ApiResult<AxumJson<QueueInfo>> {
-    state
-        .broker
-        .get_queue(&name)
-        .map(|v| AxumJson(info(v)))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::UnknownQueue,
-                format!("no declared queue named `{name}`"),
-            )
-        })
+    let v = state.broker.get_queue(&name).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownQueue,
+            format!("no declared queue named `{name}`"),
+        )
+    })?;
+    Ok(AxumJson(counted(&state, v).await))
 }
 
 /// `PUT /queue/{name}` → 201 when made, 200 when changed.

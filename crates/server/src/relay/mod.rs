@@ -467,7 +467,9 @@ impl Relay {
             return;
         }
         let name = Self::queue_name(a);
-        if self.broker.get_queue(&name).is_some_and(|q| q.depth == 0) {
+        let empty = self.broker.get_queue(&name).is_some()
+            && matches!(self.broker.depth(&name).await, Ok(0));
+        if empty {
             let connected = self
                 .attached
                 .lock()

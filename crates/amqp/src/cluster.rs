@@ -1,0 +1,590 @@
+//! [`Cluster`]: the [`Backend`] of a node whose messages live in RabbitMQ.
+//!
+//! The node's own [`Broker`] keeps what is not messages: the client registry, declared
+//! queues' specs, twins, principals and their revocation, and live subscriptions. What it
+//! holds is mirrored into RabbitMQ's topology (each client's inbox and dead-letter queue,
+//! each declared queue, their bindings); messages go through [`Amqp`] only. Front-ends see
+//! the same [`Backend`] as with the embedded engine; `docs/scale-out.md` lists where the
+//! two differ.
+//!
+//! Not yet: the registry shared by several nodes (today each node's registry is its own,
+//! in its data directory), `message_id` dedup, and live traffic between nodes.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use trunkline_broker::backend::{BoxFuture, PublishDone};
+use trunkline_broker::twins::TwinRecord;
+use trunkline_broker::{
+    dead_letter_of, dead_name, inbox_name, topic, Backend, BatchTicket, Broker, BrokerConfig,
+    BrokerError, ClientUpdate, ClientView, Counters, Delivery, LiveCounters, LiveSubscription,
+    NewClient, Principal, Publish, Published, QueueDepth, QueueSpec, QueueView, ReceiveOptions,
+    Sent, Settle, Settled, Target, WaitHandle,
+};
+use trunkline_envelope::TwinClaim;
+
+use crate::topology::Exchange;
+use crate::Amqp;
+
+/// How often waiters on a queue are woken to look again: RabbitMQ does not tell a node
+/// that another node published.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A queue's waiter: woken by this node's publishes to the queue, and every [`POLL`].
+struct PollWaiter {
+    notify: Notify,
+}
+
+impl WaitHandle for PollWaiter {
+    fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+/// This node's waiters, by queue.
+type Waiters = Arc<Mutex<HashMap<String, Weak<PollWaiter>>>>;
+
+/// Outcomes of a batch's publishes, as they come.
+type Outcomes = Arc<Mutex<Vec<Option<Result<Published, BrokerError>>>>>;
+
+/// A node's backend over RabbitMQ.
+pub struct Cluster {
+    registry: Broker,
+    amqp: Arc<Amqp>,
+    waiters: Waiters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    /// The backend: `registry` for what is not messages, `amqp` for messages. Declares in
+    /// RabbitMQ every queue the registry holds (declaring is idempotent), and wakes waiters
+    /// until `stop`.
+    pub async fn open(
+        registry: Broker,
+        amqp: Arc<Amqp>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let cluster = Arc::new(Cluster {
+            registry,
+            amqp,
+            waiters: Arc::default(),
+        });
+        for c in cluster.registry.list_clients() {
+            cluster.declare_inbox(&c).await?;
+        }
+        for q in cluster.registry.list_queues() {
+            cluster.declare_named(&q, &[]).await?;
+        }
+        let waiters = Arc::downgrade(&cluster.waiters);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                let Some(waiters) = waiters.upgrade() else {
+                    return;
+                };
+                let mut w = lock(&waiters);
+                w.retain(|_, w| match w.upgrade() {
+                    Some(w) => {
+                        w.notify.notify_waiters();
+                        true
+                    }
+                    None => false,
+                });
+            }
+        });
+        Ok(cluster)
+    }
+
+    /// The node's registry (for what only it has: its store's metrics, shutdown).
+    pub fn registry(&self) -> &Broker {
+        &self.registry
+    }
+
+    pub fn amqp(&self) -> &Arc<Amqp> {
+        &self.amqp
+    }
+
+    async fn declare_inbox(&self, c: &ClientView) -> Result<(), BrokerError> {
+        let limits = self.registry.resolve_limits(&c.inbox);
+        self.amqp
+            .declare_inbox(&c.client_id, &c.patterns, &limits)
+            .await
+    }
+
+    /// Declares a declared queue, binds its bindings and unbinds `gone`.
+    async fn declare_named(&self, q: &QueueView, gone: &[String]) -> Result<(), BrokerError> {
+        let limits = self.registry.resolve_limits(&q.limits);
+        self.amqp
+            .declare_queue(&q.name, &limits, Some(&q.dead_letter))
+            .await?;
+        for b in &q.bindings {
+            self.amqp.bind(&q.name, Exchange::Topic, b).await?;
+        }
+        for b in gone {
+            self.amqp.unbind(&q.name, Exchange::Topic, b).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks a publish and finds where it goes.
+    fn route(&self, p: &Publish) -> Result<Vec<Arc<str>>, BrokerError> {
+        topic::validate_topic(&p.topic).map_err(|cause| BrokerError::InvalidTopic {
+            topic: p.topic.clone(),
+            cause,
+        })?;
+        self.registry.targets(p)
+    }
+
+    /// Publishes `p` (routed to `targets`); `done` gets the outcome once RabbitMQ
+    /// confirms it. Live subscribers of this node get it then too.
+    fn send(&self, p: Publish, targets: Vec<Arc<str>>, now: u64, done: PublishDone) {
+        let counters_of = self.registry.clone();
+        let delivered_to = targets.len() as u64;
+        let live = p.queue.is_none();
+        let data = Arc::new(p.stored(now));
+        let finish = move |r: Result<u64, BrokerError>, waiters: Option<Waiters>| {
+            let c = counters_of.counters();
+            let out = r.map(|id| {
+                c.published.fetch_add(1, Ordering::Relaxed);
+                c.enqueued.fetch_add(delivered_to, Ordering::Relaxed);
+                if live {
+                    counters_of.publish_live(id, data);
+                }
+                if let Some(waiters) = waiters {
+                    let w = lock(&waiters);
+                    for q in &targets {
+                        if let Some(w) = w.get(&**q).and_then(Weak::upgrade) {
+                            w.notify.notify_waiters();
+                        }
+                    }
+                }
+                Published {
+                    id,
+                    delivered_to,
+                    duplicate: false,
+                }
+            });
+            if matches!(out, Err(BrokerError::QueueFull { .. })) {
+                c.rejected_full.fetch_add(1, Ordering::Relaxed);
+            }
+            done(out);
+        };
+        if delivered_to == 0 {
+            // Only live subscribers may see it: nothing to store.
+            finish(Ok(self.amqp.next_id()), None);
+            return;
+        }
+        let waiters = self.waiters.clone();
+        self.amqp
+            .publish_then(&p, now, Box::new(move |r| finish(r, Some(waiters))));
+    }
+
+    async fn receive_now(
+        &self,
+        who: &Principal,
+        queue: &str,
+        opts: ReceiveOptions,
+        now: u64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        who.check_read(Target::Queue(queue))?;
+        if !self.registry.has_queue(queue) {
+            return Err(BrokerError::UnknownQueue(queue.to_owned()));
+        }
+        // Leases that ran out go back first, so that this receive may take them.
+        self.amqp.sweep(now).await?;
+        let max = opts.max.min(self.registry.config().max_receive);
+        let got = self
+            .amqp
+            .receive(queue, ReceiveOptions { max, ..opts }, now)
+            .await?;
+        self.registry
+            .counters()
+            .delivered
+            .fetch_add(got.len() as u64, Ordering::Relaxed);
+        Ok(got)
+    }
+}
+
+impl Backend for Cluster {
+    fn config(&self) -> &BrokerConfig {
+        self.registry.config()
+    }
+
+    fn healthy(&self) -> bool {
+        Backend::healthy(&self.registry)
+    }
+
+    fn publish(&self, p: Publish, now: u64) -> BoxFuture<'_, Result<Published, BrokerError>> {
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match self.publish_then(p, now, Box::new(move |r| drop(tx.send(r))))? {
+                Sent::Now(r) => r,
+                Sent::Later => rx.await.unwrap_or_else(|_| {
+                    Err(BrokerError::Unavailable("the publish was lost".into()))
+                }),
+            }
+        })
+    }
+
+    fn publish_then(&self, p: Publish, now: u64, done: PublishDone) -> Result<Sent, BrokerError> {
+        let targets = self.route(&p)?;
+        if let Some(first) = self.registry.dedup_begin(&p, now)? {
+            return Ok(Sent::Now(Ok(first)));
+        }
+        if p.message_id.is_none() {
+            self.send(p, targets, now, done);
+            return Ok(Sent::Later);
+        }
+        // The answer is remembered before it is given, so that a retry that follows it
+        // is known.
+        let (registry, kept) = (self.registry.clone(), p.clone());
+        let remember: PublishDone = Box::new(move |out| {
+            tokio::spawn(async move {
+                registry.dedup_end(&kept, out.as_ref().ok(), now).await;
+                done(out);
+            });
+        });
+        self.send(p, targets, now, remember);
+        Ok(Sent::Later)
+    }
+
+    /// One by one: RabbitMQ has no transaction across queues with confirms, so a refused
+    /// message does not take back those before it (docs/scale-out.md).
+    fn publish_batch_start(&self, ps: Vec<Publish>, now: u64) -> Result<BatchTicket, BrokerError> {
+        let routed = ps
+            .into_iter()
+            .map(|p| self.route(&p).map(|t| (p, t)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, ticket) = BatchTicket::pending();
+        let n = routed.len();
+        let results: Outcomes = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        if n == 0 {
+            if let Some(tx) = lock(&tx).take() {
+                let _ = tx.send(Ok(Vec::new()));
+            }
+        }
+        for (i, (p, targets)) in routed.into_iter().enumerate() {
+            let (results, tx) = (results.clone(), tx.clone());
+            self.send(
+                p,
+                targets,
+                now,
+                Box::new(move |r| {
+                    let mut all = lock(&results);
+                    all[i] = Some(r);
+                    if all.iter().all(Option::is_some) {
+                        let out = all.drain(..).flatten().collect::<Result<Vec<_>, _>>();
+                        if let Some(tx) = lock(&tx).take() {
+                            let _ = tx.send(out);
+                        }
+                    }
+                }),
+            );
+        }
+        Ok(ticket)
+    }
+
+    fn receive<'a>(
+        &'a self,
+        who: &'a Principal,
+        queue: &'a str,
+        opts: ReceiveOptions,
+        now: u64,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, BrokerError>> {
+        Box::pin(self.receive_now(who, queue, opts, now))
+    }
+
+    fn receive_wait<'a>(
+        &'a self,
+        who: &'a Principal,
+        queue: &'a str,
+        opts: ReceiveOptions,
+        deadline: Option<tokio::time::Instant>,
+        stop: &'a tokio_util::sync::CancellationToken,
+        now: &'a (dyn Fn() -> u64 + Send + Sync),
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, BrokerError>> {
+        Box::pin(async move {
+            let waiter = self.waiter(queue);
+            loop {
+                let notified = waiter.as_ref().map(|w| w.notified());
+                let mut notified = std::pin::pin!(notified);
+                if let Some(n) = notified.as_mut().as_pin_mut() {
+                    n.enable();
+                }
+                let got = self.receive_now(who, queue, opts, now()).await?;
+                if !got.is_empty() || deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    return Ok(got);
+                }
+                let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + POLL);
+                tokio::select! {
+                    _ = async { if let Some(n) = notified.as_mut().as_pin_mut() { n.await } } => {}
+                    () = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + POLL)) => {}
+                    () = stop.cancelled() => return Ok(Vec::new()),
+                }
+            }
+        })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        who: &'a Principal,
+        receipts: &'a [String],
+        how: Settle,
+        _now: u64,
+    ) -> BoxFuture<'a, Result<Settled, BrokerError>> {
+        Box::pin(async move {
+            // Giving deliveries back works for a revoked principal too (as embedded).
+            if how != (Settle::Nack { requeue: true }) {
+                who.access()?;
+            }
+            // Only deliveries of queues `who` may read: a receipt of another is unknown.
+            let may = |q: &str| who.check_read(Target::Queue(q)).is_ok();
+            let s = self.amqp.settle(receipts, how, may).await?;
+            let c = self.registry.counters();
+            match how {
+                Settle::Ack => c.acked.fetch_add(s.done, Ordering::Relaxed),
+                Settle::Nack { .. } => c.nacked.fetch_add(s.done, Ordering::Relaxed),
+            };
+            Ok(s)
+        })
+    }
+
+    fn waiter(&self, queue: &str) -> Option<Arc<dyn WaitHandle>> {
+        if !self.registry.has_queue(queue) {
+            return None;
+        }
+        let mut w = lock(&self.waiters);
+        if let Some(w) = w.get(queue).and_then(Weak::upgrade) {
+            return Some(w);
+        }
+        let new = Arc::new(PollWaiter {
+            notify: Notify::new(),
+        });
+        w.insert(queue.to_owned(), Arc::downgrade(&new));
+        Some(new)
+    }
+
+    fn subscribe_live(
+        &self,
+        reader: Option<&Principal>,
+        pattern: &str,
+        capacity: usize,
+    ) -> Result<LiveSubscription, BrokerError> {
+        self.registry.subscribe_live(reader, pattern, capacity)
+    }
+
+    fn sweep(&self, now: u64) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.registry.sweep(now).await?;
+            self.amqp.sweep(now).await.map(drop)
+        })
+    }
+
+    fn create_client(
+        &self,
+        c: NewClient,
+        now: u64,
+    ) -> BoxFuture<'_, Result<(ClientView, String), BrokerError>> {
+        Box::pin(async move {
+            let (view, secret) = self.registry.create_client(c, now).await?;
+            if let Err(e) = self.declare_inbox(&view).await {
+                let _ = self.registry.delete_client(&view.client_id).await;
+                return Err(e);
+            }
+            Ok((view, secret))
+        })
+    }
+
+    fn update_client<'a>(
+        &'a self,
+        client_id: &'a str,
+        u: ClientUpdate,
+    ) -> BoxFuture<'a, Result<ClientView, BrokerError>> {
+        Box::pin(async move {
+            let before = self
+                .registry
+                .get_client(client_id)
+                .ok_or_else(|| BrokerError::UnknownClient(client_id.to_owned()))?;
+            if u.inbox.as_ref().is_some_and(|l| *l != before.inbox) {
+                return Err(BrokerError::InvalidArgument(
+                    "with a RabbitMQ broker, an inbox's limits are fixed when it is made (its queue's arguments)".into(),
+                ));
+            }
+            let after = self.registry.update_client(client_id, u).await?;
+            let inbox = inbox_name(client_id);
+            for p in after
+                .patterns
+                .iter()
+                .filter(|p| !before.patterns.contains(p))
+            {
+                self.amqp.bind(&inbox, Exchange::Topic, p).await?;
+            }
+            for p in before
+                .patterns
+                .iter()
+                .filter(|p| !after.patterns.contains(p))
+            {
+                self.amqp.unbind(&inbox, Exchange::Topic, p).await?;
+            }
+            Ok(after)
+        })
+    }
+
+    fn rotate_secret<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<(ClientView, String), BrokerError>> {
+        Backend::rotate_secret(&self.registry, client_id)
+    }
+
+    fn delete_client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.registry.delete_client(client_id).await?;
+            self.amqp.delete_queue(&inbox_name(client_id)).await?;
+            self.amqp.delete_queue(&dead_name(client_id)).await
+        })
+    }
+
+    fn get_client(&self, client_id: &str) -> Option<ClientView> {
+        self.registry.get_client(client_id)
+    }
+
+    fn list_clients(&self) -> Vec<ClientView> {
+        self.registry.list_clients()
+    }
+
+    fn client_count(&self) -> usize {
+        self.registry.client_count()
+    }
+
+    fn authenticate(&self, client_id: &str, secret: &str) -> Option<(Principal, String)> {
+        self.registry.authenticate(client_id, secret)
+    }
+
+    fn principal(&self, client_id: &str) -> Option<Principal> {
+        self.registry.principal(client_id)
+    }
+
+    fn check_credential(&self, client_id: &str, credential_id: &str) -> Option<Principal> {
+        self.registry.check_credential(client_id, credential_id)
+    }
+
+    fn declare_queue<'a>(
+        &'a self,
+        name: &'a str,
+        spec: QueueSpec,
+        now: u64,
+    ) -> BoxFuture<'a, Result<(QueueView, bool), BrokerError>> {
+        Box::pin(async move {
+            let before = self.registry.get_queue(name);
+            if let Some(b) = &before {
+                if b.limits != spec.limits {
+                    return Err(BrokerError::InvalidArgument(
+                        "with a RabbitMQ broker, a queue's limits are fixed when it is made (its arguments)".into(),
+                    ));
+                }
+            }
+            let (view, made) = self.registry.declare_queue(name, spec, now).await?;
+            let gone: Vec<String> = before
+                .map(|b| b.bindings)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| !view.bindings.contains(b))
+                .collect();
+            if let Err(e) = self.declare_named(&view, &gone).await {
+                if made {
+                    let _ = self.registry.delete_queue(name).await;
+                }
+                return Err(e);
+            }
+            Ok((view, made))
+        })
+    }
+
+    fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.registry.delete_queue(name).await?;
+            self.amqp.delete_queue(name).await?;
+            self.amqp.delete_queue(&dead_letter_of(name)).await
+        })
+    }
+
+    fn get_queue(&self, name: &str) -> Option<QueueView> {
+        self.registry.get_queue(name)
+    }
+
+    fn depth<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        Box::pin(async move {
+            if !self.registry.has_queue(name) {
+                return Ok(0);
+            }
+            // Ready (RabbitMQ's count) and leased by this node; other nodes' leases are
+            // not counted.
+            let ready = self.amqp.depth(name).await?;
+            Ok(ready + self.amqp.leased_of(name) as u64)
+        })
+    }
+
+    fn list_queues(&self) -> Vec<QueueView> {
+        self.registry.list_queues()
+    }
+
+    fn has_queue(&self, name: &str) -> bool {
+        self.registry.has_queue(name)
+    }
+
+    fn register_twin<'a>(
+        &'a self,
+        who: &'a Principal,
+        claim: TwinClaim,
+        signature: [u8; 64],
+        now: u64,
+    ) -> BoxFuture<'a, Result<TwinRecord, BrokerError>> {
+        Backend::register_twin(&self.registry, who, claim, signature, now)
+    }
+
+    fn update_twin(
+        &self,
+        claim: TwinClaim,
+        signature: [u8; 64],
+        now: u64,
+    ) -> BoxFuture<'_, Result<TwinRecord, BrokerError>> {
+        Backend::update_twin(&self.registry, claim, signature, now)
+    }
+
+    fn get_twin(&self, id: u32) -> Option<TwinRecord> {
+        self.registry.get_twin(id)
+    }
+
+    fn find_twin(&self, key: &str) -> Option<TwinRecord> {
+        self.registry.find_twin(key)
+    }
+
+    fn counters(&self) -> &Counters {
+        self.registry.counters()
+    }
+
+    fn live_counters(&self) -> &LiveCounters {
+        self.registry.live_counters()
+    }
+
+    fn live_subscriptions(&self) -> usize {
+        self.registry.live_subscriptions()
+    }
+
+    fn queue_depths(&self) -> Vec<QueueDepth> {
+        // What RabbitMQ holds is not counted here: each count is a round trip.
+        Vec::new()
+    }
+}
