@@ -3,12 +3,14 @@
 //!
 //! Checks that no input panics; that an accepted envelope has exactly the service,
 //! command, params and callId the JSON says (the callId kept as the raw JSON it came as);
-//! and that a refusal explains itself and echoes a callId it could read as it was sent.
+//! that a refusal explains itself and echoes a callId it could read as it was sent; and
+//! that reading an envelope's call into a typed command never panics and explains a
+//! refusal.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use trunkline_server::ws::parse_envelope;
+use trunkline_server::ws::command::{parse_envelope, Command};
 
 fn value_of(raw: &Option<Box<serde_json::value::RawValue>>) -> Value {
     raw.as_ref()
@@ -38,6 +40,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(m.get("callId").cloned().unwrap_or(Value::Null), value_of(&call.call_id));
             if let Some(raw) = &call.call_id {
                 assert!(text.contains(raw.get()), "the callId is the text that was sent");
+            }
+            if let Err((_, why)) = Command::parse(&call, 1000) {
+                assert!(!why.is_empty());
             }
         }
         Err(u) => {

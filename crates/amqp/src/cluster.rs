@@ -571,6 +571,10 @@ impl Backend for Cluster {
         self.registry.find_twin(key)
     }
 
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.amqp.close())
+    }
+
     fn counters(&self) -> &Counters {
         self.registry.counters()
     }

@@ -123,6 +123,12 @@ pub trait Backend: Send + Sync + 'static {
     fn get_twin(&self, id: u32) -> Option<TwinRecord>;
     fn find_twin(&self, key: &str) -> Option<TwinRecord>;
 
+    /// Closes connections the engine holds (before the node stops); leased deliveries
+    /// go back at once.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     // ----- observing ---------------------------------------------------------------------
     fn counters(&self) -> &Counters;
     fn live_counters(&self) -> &LiveCounters;

@@ -593,7 +593,9 @@ impl Node {
         self.shutdown.cancel();
         self.tasks.wait().await;
         // Both hold the broker: the commit thread ends with its last handle.
-        self.engine = None;
+        if let Some(engine) = self.engine.take() {
+            engine.close().await;
+        }
         self.broker = None;
         let committer = self.committer;
         // The commit thread ends once the last broker handle is gone; every acknowledged
