@@ -44,9 +44,8 @@ cluster_formation.classic_config.nodes.2 = trunkline-c2@localhost
 cluster_formation.classic_config.nodes.3 = trunkline-c3@localhost
 CONF
     : > "$dir/n$n/enabled_plugins"
-    # Debian's wrapper runs the server as the rabbitmq user when started by root.
     if id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq:rabbitmq "$dir"; fi
-    rabbitmq-server -detached >/dev/null 2>&1 || true
+    bash "$root/scripts/rabbitmq-launch.sh"
 }
 
 await() {

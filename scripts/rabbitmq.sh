@@ -12,7 +12,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${RMQ_DIR:-$root/target/rabbitmq}"
 amqp="${RMQ_AMQP_PORT:-25673}"
 stomp="${RMQ_STOMP_PORT:-25674}"
-export RABBITMQ_NODENAME="trunkline-test@localhost"
+export RABBITMQ_NODENAME="${RMQ_NODENAME:-trunkline-test@localhost}"
 export RABBITMQ_CONFIG_FILE="$dir/rabbitmq"
 export RABBITMQ_MNESIA_BASE="$dir/mnesia"
 export RABBITMQ_LOG_BASE="$dir/log"
@@ -33,9 +33,8 @@ distribution.listener.interface = 127.0.0.1
 loopback_users = none
 CONF
     rabbitmq-plugins enable --offline rabbitmq_stomp >/dev/null
-    # Debian's wrapper runs the server as the rabbitmq user when started by root.
     if id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq:rabbitmq "$dir"; fi
-    rabbitmq-server -detached >/dev/null 2>&1 || true
+    bash "$root/scripts/rabbitmq-launch.sh"
     # await_startup fails at once until the node has registered; retry for two minutes.
     deadline=$((SECONDS + 120))
     until rabbitmqctl await_startup >/dev/null 2>&1; do
@@ -55,7 +54,7 @@ stop)
         if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
         sleep 1
     done
-    epmd -kill >/dev/null 2>&1 || true
+    if ! epmd -names 2>/dev/null | grep -q '^name '; then epmd -kill >/dev/null 2>&1 || true; fi
     ;;
 *)
     echo "usage: $0 start|stop" >&2

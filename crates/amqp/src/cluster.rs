@@ -55,6 +55,10 @@ pub struct Cluster {
     registry: Broker,
     amqp: Arc<Amqp>,
     waiters: Waiters,
+    /// Held across each change of clients or queues, registry and RabbitMQ both: two
+    /// changes of one client at once would otherwise meet half done (a binding to a
+    /// queue just deleted).
+    admin: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,6 +78,7 @@ impl Cluster {
             registry,
             amqp,
             waiters: Arc::default(),
+            admin: tokio::sync::Mutex::new(()),
         });
         for c in cluster.registry.list_clients() {
             cluster.declare_inbox(&c).await?;
@@ -397,6 +402,7 @@ impl Backend for Cluster {
         now: u64,
     ) -> BoxFuture<'_, Result<(ClientView, String), BrokerError>> {
         Box::pin(async move {
+            let _admin = self.admin.lock().await;
             let (view, secret) = self.registry.create_client(c, now).await?;
             if let Err(e) = self.declare_inbox(&view).await {
                 let _ = self.registry.delete_client(&view.client_id).await;
@@ -412,6 +418,7 @@ impl Backend for Cluster {
         u: ClientUpdate,
     ) -> BoxFuture<'a, Result<ClientView, BrokerError>> {
         Box::pin(async move {
+            let _admin = self.admin.lock().await;
             let before = self
                 .registry
                 .get_client(client_id)
@@ -450,6 +457,7 @@ impl Backend for Cluster {
 
     fn delete_client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
+            let _admin = self.admin.lock().await;
             self.registry.delete_client(client_id).await?;
             self.amqp.delete_queue(&inbox_name(client_id)).await?;
             self.amqp.delete_queue(&dead_name(client_id)).await
@@ -487,6 +495,7 @@ impl Backend for Cluster {
         now: u64,
     ) -> BoxFuture<'a, Result<(QueueView, bool), BrokerError>> {
         Box::pin(async move {
+            let _admin = self.admin.lock().await;
             let before = self.registry.get_queue(name);
             if let Some(b) = &before {
                 if b.limits != spec.limits {
@@ -514,6 +523,7 @@ impl Backend for Cluster {
 
     fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
+            let _admin = self.admin.lock().await;
             self.registry.delete_queue(name).await?;
             self.amqp.delete_queue(name).await?;
             self.amqp.delete_queue(&dead_letter_of(name)).await

@@ -181,6 +181,27 @@ impl Amqp {
         })
     }
 
+    /// A channel of its own for one declaration, binding, deletion or inspection: RabbitMQ
+    /// answers a refused one (a queue declared again with other arguments, a passive
+    /// declare of a queue that is gone) by closing its channel, which must not be the
+    /// channel that publishes or holds leases. Closed again by [`Amqp::done_with`].
+    async fn admin_channel(&self) -> Result<Channel, BrokerError> {
+        self.channels().await?;
+        let link = self.link.lock().await;
+        let Some(l) = link.as_ref() else {
+            return Err(unavailable("open a channel", "not connected"));
+        };
+        timed("open a channel", l.conn.create_channel()).await
+    }
+
+    /// Closes an admin channel (if RabbitMQ has not closed it already) and passes `r` on.
+    async fn done_with<T>(&self, ch: Channel, r: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        if ch.status().connected() {
+            let _ = tokio::time::timeout(TIMEOUT, ch.close(200, "done".into())).await;
+        }
+        self.check(r).await
+    }
+
     /// Passes a result on; after a failure, the link is dropped if its connection or a
     /// channel is no longer open, so that the next call connects again.
     async fn check<T>(&self, r: Result<T, BrokerError>) -> Result<T, BrokerError> {
@@ -206,36 +227,29 @@ impl Amqp {
         limits: &Limits,
         dead: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let (ch, _, _) = self.channels().await?;
         let opts = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        if let Some(dead) = dead {
-            // A dead-letter queue drops its oldest past its length, as the embedded
-            // engine's do.
-            let dead_limits = Limits {
-                overflow: trunkline_broker::Overflow::DropOldest,
-                ..*limits
-            };
-            let args = queue_arguments(&dead_limits, None);
-            let dead = self.names.queue(dead);
-            let r = timed(
-                "declare queue",
-                ch.queue_declare(dead.as_str().into(), opts, args),
-            )
-            .await;
-            self.check(r).await?;
-        }
+        // A dead-letter queue drops its oldest past its length, as the embedded engine's
+        // do.
+        let dead_limits = Limits {
+            overflow: trunkline_broker::Overflow::DropOldest,
+            ..*limits
+        };
         let dead = dead.map(|d| self.names.queue(d));
-        let args = queue_arguments(limits, dead.as_deref());
         let name = self.names.queue(name);
-        let r = timed(
-            "declare queue",
-            ch.queue_declare(name.as_str().into(), opts, args),
-        )
-        .await;
-        self.check(r).await.map(drop)
+        let ch = self.admin_channel().await?;
+        let declare = async {
+            if let Some(dead) = &dead {
+                let args = queue_arguments(&dead_limits, None);
+                ch.queue_declare(dead.as_str().into(), opts, args).await?;
+            }
+            let args = queue_arguments(limits, dead.as_deref());
+            ch.queue_declare(name.as_str().into(), opts, args).await
+        };
+        let r = timed("declare queue", declare).await;
+        self.done_with(ch.clone(), r).await.map(drop)
     }
 
     /// Declares a client's inbox and dead-letter queue, bound to the notify exchange and
@@ -263,7 +277,7 @@ impl Amqp {
         exchange: Exchange,
         key: &str,
     ) -> Result<(), BrokerError> {
-        let (ch, _, _) = self.channels().await?;
+        let ch = self.admin_channel().await?;
         let (queue, exchange) = (self.names.queue(queue), self.names.exchange(exchange));
         let bind = ch.queue_bind(
             queue.as_str().into(),
@@ -273,7 +287,7 @@ impl Amqp {
             FieldTable::default(),
         );
         let r = timed("bind", bind).await;
-        self.check(r).await
+        self.done_with(ch.clone(), r).await
     }
 
     /// Removes a binding.
@@ -283,7 +297,7 @@ impl Amqp {
         exchange: Exchange,
         key: &str,
     ) -> Result<(), BrokerError> {
-        let (ch, _, _) = self.channels().await?;
+        let ch = self.admin_channel().await?;
         let (queue, exchange) = (self.names.queue(queue), self.names.exchange(exchange));
         let unbind = ch.queue_unbind(
             queue.into(),
@@ -292,24 +306,24 @@ impl Amqp {
             FieldTable::default(),
         );
         let r = timed("unbind", unbind).await;
-        self.check(r).await
+        self.done_with(ch.clone(), r).await
     }
 
     /// Deletes a queue and what it holds.
     pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
-        let (ch, _, _) = self.channels().await?;
+        let ch = self.admin_channel().await?;
         let name = self.names.queue(name);
         let r = timed(
             "delete queue",
             ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
         )
         .await;
-        self.check(r).await.map(drop)
+        self.done_with(ch.clone(), r).await.map(drop)
     }
 
     /// Messages ready in a queue (not those leased).
     pub async fn depth(&self, name: &str) -> Result<u64, BrokerError> {
-        let (ch, _, _) = self.channels().await?;
+        let ch = self.admin_channel().await?;
         let name = self.names.queue(name);
         let opts = QueueDeclareOptions {
             passive: true,
@@ -321,7 +335,9 @@ impl Amqp {
             ch.queue_declare(name.as_str().into(), opts, FieldTable::default()),
         )
         .await;
-        Ok(u64::from(self.check(r).await?.message_count()))
+        Ok(u64::from(
+            self.done_with(ch.clone(), r).await?.message_count(),
+        ))
     }
 
     /// Publishes and waits for RabbitMQ's confirm (the message is on the queues' quorum);
