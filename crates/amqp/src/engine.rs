@@ -73,6 +73,17 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("RabbitMQ: {what}: {e}"))
 }
 
+/// A channel in confirm mode, for publishing.
+async fn publish_channel(conn: &Connection) -> Result<Channel, BrokerError> {
+    let ch = timed("open a channel", conn.create_channel()).await?;
+    timed(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    Ok(ch)
+}
+
 /// Waits for an AMQP operation, at most [`TIMEOUT`].
 async fn timed<T>(
     what: &str,
@@ -127,11 +138,22 @@ impl Amqp {
     /// The channels, connecting first if there is no connection (or it was lost).
     async fn channels(&self) -> Result<(Channel, Channel, u64), BrokerError> {
         let mut link = self.link.lock().await;
-        if let Some(l) = link.as_ref() {
-            if l.conn.status().connected()
-                && l.publish.status().connected()
-                && l.take.status().connected()
-            {
+        if let Some(l) = link.as_mut() {
+            if l.conn.status().connected() {
+                // A channel RabbitMQ closed (3.10 closes a publishing channel when a queue
+                // it routes to is deleted at that moment) is opened again on its own: the
+                // other keeps what it holds.
+                if !l.publish.status().connected() {
+                    tracing::warn!("the publishing channel to RabbitMQ closed; opening another");
+                    l.publish = publish_channel(&l.conn).await?;
+                }
+                if !l.take.status().connected() {
+                    tracing::warn!(
+                        "the consuming channel to RabbitMQ closed; its leases went back"
+                    );
+                    l.take = timed("open a channel", l.conn.create_channel()).await?;
+                    l.epoch = self.leases().new_epoch();
+                }
                 return Ok((l.publish.clone(), l.take.clone(), l.epoch));
             }
             tracing::warn!("the connection to RabbitMQ was lost; connecting again");
@@ -165,12 +187,7 @@ impl Amqp {
             Connection::connect(url, ConnectionProperties::default()),
         )
         .await?;
-        let publish = timed("open a channel", conn.create_channel()).await?;
-        timed(
-            "confirm.select",
-            publish.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
+        let publish = publish_channel(&conn).await?;
         let take = timed("open a channel", conn.create_channel()).await?;
         let epoch = self.leases().new_epoch();
         Ok(Link {
@@ -202,17 +219,13 @@ impl Amqp {
         self.check(r).await
     }
 
-    /// Passes a result on; after a failure, the link is dropped if its connection or a
-    /// channel is no longer open, so that the next call connects again.
+    /// Passes a result on; after a failure, the link is dropped if its connection is no
+    /// longer open, so that the next call connects again (a closed channel alone is
+    /// opened again by [`Amqp::channels`]).
     async fn check<T>(&self, r: Result<T, BrokerError>) -> Result<T, BrokerError> {
         if r.is_err() {
             let mut link = self.link.lock().await;
-            let broken = link.as_ref().is_some_and(|l| {
-                !(l.conn.status().connected()
-                    && l.publish.status().connected()
-                    && l.take.status().connected())
-            });
-            if broken {
+            if link.as_ref().is_some_and(|l| !l.conn.status().connected()) {
                 *link = None;
             }
         }
