@@ -132,13 +132,9 @@ impl Cluster {
         self.amqp
             .declare_queue(&q.name, &limits, Some(&q.dead_letter))
             .await?;
-        for b in &q.bindings {
-            self.amqp.bind(&q.name, Exchange::Topic, b).await?;
-        }
-        for b in gone {
-            self.amqp.unbind(&q.name, Exchange::Topic, b).await?;
-        }
-        Ok(())
+        self.amqp
+            .bindings(&q.name, Exchange::Topic, &q.bindings, gone)
+            .await
     }
 
     /// Checks a publish and finds where it goes.
@@ -429,21 +425,18 @@ impl Backend for Cluster {
                 ));
             }
             let after = self.registry.update_client(client_id, u).await?;
-            let inbox = inbox_name(client_id);
-            for p in after
-                .patterns
-                .iter()
+            let added: Vec<String> = (after.patterns.iter())
                 .filter(|p| !before.patterns.contains(p))
-            {
-                self.amqp.bind(&inbox, Exchange::Topic, p).await?;
-            }
-            for p in before
-                .patterns
-                .iter()
+                .cloned()
+                .collect();
+            let removed: Vec<String> = (before.patterns.iter())
                 .filter(|p| !after.patterns.contains(p))
-            {
-                self.amqp.unbind(&inbox, Exchange::Topic, p).await?;
-            }
+                .cloned()
+                .collect();
+            let inbox = inbox_name(client_id);
+            self.amqp
+                .bindings(&inbox, Exchange::Topic, &added, &removed)
+                .await?;
             Ok(after)
         })
     }

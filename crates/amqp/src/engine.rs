@@ -276,49 +276,40 @@ impl Amqp {
         let inbox = inbox_name(client_id);
         self.declare_queue(&inbox, limits, Some(&dead_name(client_id)))
             .await?;
-        self.bind(&inbox, Exchange::Notify, "").await?;
-        for p in patterns {
-            self.bind(&inbox, Exchange::Topic, p).await?;
+        self.bindings(&inbox, Exchange::Notify, &[String::new()], &[])
+            .await?;
+        self.bindings(&inbox, Exchange::Topic, patterns, &[]).await
+    }
+
+    /// Binds `queue` to `exchange` with each key of `add` and unbinds it from each of
+    /// `remove` (keys are topic patterns for the topic exchange), on one channel.
+    pub async fn bindings(
+        &self,
+        queue: &str,
+        exchange: Exchange,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<(), BrokerError> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Binds `queue` to `exchange` with `key` (a topic pattern for the topic exchange).
-    pub async fn bind(
-        &self,
-        queue: &str,
-        exchange: Exchange,
-        key: &str,
-    ) -> Result<(), BrokerError> {
         let ch = self.admin_channel().await?;
         let (queue, exchange) = (self.names.queue(queue), self.names.exchange(exchange));
-        let bind = ch.queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        );
-        let r = timed("bind", bind).await;
-        self.done_with(ch.clone(), r).await
-    }
-
-    /// Removes a binding.
-    pub async fn unbind(
-        &self,
-        queue: &str,
-        exchange: Exchange,
-        key: &str,
-    ) -> Result<(), BrokerError> {
-        let ch = self.admin_channel().await?;
-        let (queue, exchange) = (self.names.queue(queue), self.names.exchange(exchange));
-        let unbind = ch.queue_unbind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            FieldTable::default(),
-        );
-        let r = timed("unbind", unbind).await;
+        let change = async {
+            for key in add {
+                let (q, e) = (queue.as_str().into(), exchange.as_str().into());
+                let opts = QueueBindOptions::default();
+                ch.queue_bind(q, e, key.as_str().into(), opts, FieldTable::default())
+                    .await?;
+            }
+            for key in remove {
+                let (q, e) = (queue.as_str().into(), exchange.as_str().into());
+                ch.queue_unbind(q, e, key.as_str().into(), FieldTable::default())
+                    .await?;
+            }
+            Ok(())
+        };
+        let r = timed("bind", change).await;
         self.done_with(ch.clone(), r).await
     }
 
