@@ -153,7 +153,8 @@ impl Cluster {
         let delivered_to = targets.len() as u64;
         let live = p.queue.is_none();
         let data = Arc::new(p.stored(now));
-        let finish = move |r: Result<u64, BrokerError>, waiters: Option<Waiters>| {
+        let waiters = self.waiters.clone();
+        let finish = move |r: Result<u64, BrokerError>| {
             let c = counters_of.counters();
             let out = r.map(|id| {
                 c.published.fetch_add(1, Ordering::Relaxed);
@@ -161,12 +162,11 @@ impl Cluster {
                 if live {
                     counters_of.publish_live(id, data);
                 }
-                if let Some(waiters) = waiters {
-                    let w = lock(&waiters);
-                    for q in &targets {
-                        if let Some(w) = w.get(&**q).and_then(Weak::upgrade) {
-                            w.notify.notify_waiters();
-                        }
+                // Waiters on the queues it went to look again now, not at the next poll.
+                let w = lock(&waiters);
+                for q in &targets {
+                    if let Some(w) = w.get(&**q).and_then(Weak::upgrade) {
+                        w.notify.notify_waiters();
                     }
                 }
                 Published {
@@ -182,12 +182,10 @@ impl Cluster {
         };
         if delivered_to == 0 {
             // Only live subscribers may see it: nothing to store.
-            finish(Ok(self.amqp.next_id()), None);
+            finish(Ok(self.amqp.next_id()));
             return;
         }
-        let waiters = self.waiters.clone();
-        self.amqp
-            .publish_then(&p, now, Box::new(move |r| finish(r, Some(waiters))));
+        self.amqp.publish_then(&p, now, Box::new(finish));
     }
 
     async fn receive_now(
