@@ -12,9 +12,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use trunkline_store::{Op, RecordTable};
 
+use crate::changes::Change;
+
 use crate::queue::{Limits, Overflow, Queue};
 use crate::registry::{LimitSettings, MAX_PATTERNS};
-use crate::{lock, read, resolve, topic, write, Broker, BrokerConfig, BrokerError};
+use crate::{lock, read, resolve, topic, Broker, BrokerConfig, BrokerError};
 
 /// Longest declared queue name, in bytes.
 pub const MAX_QUEUE_NAME: usize = 128;
@@ -99,7 +101,7 @@ pub(crate) fn queues_of(rec: &QueueRecord, config: &BrokerConfig) -> [Queue; 2] 
     ]
 }
 
-fn queue_put(rec: &QueueRecord) -> Op {
+pub(crate) fn queue_put(rec: &QueueRecord) -> Op {
     Op::PutRecord {
         table: RecordTable::Queues,
         key: rec.name.clone(),
@@ -153,17 +155,15 @@ fn check_spec(name: &str, spec: &QueueSpec) -> Result<(), BrokerError> {
 }
 
 impl Broker {
-    /// Declares queue `name` (and its dead-letter queue), or changes its bindings, limits
-    /// and labels if it exists; returns it and whether it was made now. Messages published
-    /// from the moment this returns are routed by the new bindings.
-    pub async fn declare_queue(
+    /// Checks a declaration and makes the queue's record; applying [`Change::PutQueue`]
+    /// declares it.
+    pub fn plan_declare_queue(
         &self,
         name: &str,
         spec: QueueSpec,
         now: u64,
-    ) -> Result<(QueueView, bool), BrokerError> {
+    ) -> Result<QueueRecord, BrokerError> {
         check_spec(name, &spec)?;
-        let _admin = self.inner.admin.lock().await;
         let existing = read(&self.inner.registry).queues.get(name).cloned();
         if existing.is_none() && self.queue(name).is_some() {
             return Err(BrokerError::QueueNameTaken(format!(
@@ -173,46 +173,41 @@ impl Broker {
         let mut bindings = spec.bindings;
         bindings.sort();
         bindings.dedup();
-        let rec = QueueRecord {
+        Ok(QueueRecord {
             name: name.to_owned(),
             bindings,
             limits: spec.limits,
             labels: spec.labels,
             created_ms: existing.as_ref().map_or(now, |e| e.created_ms),
-        };
-        self.inner.committer.commit(vec![queue_put(&rec)]).await?;
-        let [q, dead] = queues_of(&rec, &self.inner.config);
-        if existing.is_some() {
-            for q in [q, dead] {
-                if let Some(cell) = self.queue(&q.name) {
-                    lock(&cell.state).limits = q.limits;
-                }
-            }
-        } else {
-            self.add_queues([q, dead]);
-        }
-        write(&self.inner.registry).insert_queue(rec.clone());
-        Ok((self.queue_view(&rec), existing.is_none()))
+        })
+    }
+
+    /// Declares queue `name` (and its dead-letter queue), or changes its bindings, limits
+    /// and labels if it exists; returns it and whether it was made now. Messages published
+    /// from the moment this returns are routed by the new bindings.
+    pub async fn declare_queue(
+        &self,
+        name: &str,
+        spec: QueueSpec,
+        now: u64,
+    ) -> Result<(QueueView, bool), BrokerError> {
+        let _admin = self.inner.admin.lock().await;
+        let queue = self.plan_declare_queue(name, spec, now)?;
+        let made = self.apply_locked(&Change::PutQueue { queue }).await?;
+        let view = self
+            .get_queue(name)
+            .ok_or_else(|| BrokerError::UnknownQueue(name.to_owned()))?;
+        Ok((view, made))
     }
 
     /// Deletes declared queue `name`, its dead-letter queue, what they hold and the grants
     /// naming them.
     pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
-        let _admin = self.inner.admin.lock().await;
-        let gone = [name.to_owned(), dead_letter_of(name)];
-        let mut ops = vec![Op::DeleteRecord {
-            table: RecordTable::Queues,
-            key: name.to_owned(),
-        }];
-        {
-            let mut reg = write(&self.inner.registry);
-            reg.remove_queue(name)
-                .ok_or_else(|| BrokerError::UnknownQueue(name.to_owned()))?;
-            for rec in reg.drop_grants(&gone) {
-                ops.push(crate::client_put(&rec));
-            }
-        }
-        self.remove_queues(&gone, ops).await
+        self.apply(&Change::DeleteQueue {
+            name: name.to_owned(),
+        })
+        .await
+        .map(drop)
     }
 
     /// A declared queue.

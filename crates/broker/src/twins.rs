@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use trunkline_envelope::{PublicKey, TwinClaim};
 use trunkline_store::{Op, RecordTable};
 
-use crate::{read, write, Broker, BrokerError, Principal};
+use crate::changes::Change;
+use crate::{read, Broker, BrokerError, Principal};
 
 /// Most twins one client may register.
 pub const MAX_TWINS_PER_CLIENT: usize = 16;
@@ -32,7 +33,7 @@ pub struct TwinRecord {
     pub owner: String,
 }
 
-fn twin_put(rec: &TwinRecord) -> Op {
+pub(crate) fn twin_put(rec: &TwinRecord) -> Op {
     Op::PutRecord {
         table: RecordTable::Twins,
         key: rec.id.to_string(),
@@ -58,8 +59,9 @@ fn check_claim(
 }
 
 impl Broker {
-    /// Registers the twin of `claim` (its id 0) for client `who`; returns it with its id.
-    pub async fn register_twin(
+    /// Checks a new twin's claim (its id 0) for client `who` and picks the twin's id;
+    /// applying [`Change::PutTwin`] registers it.
+    pub fn plan_register_twin(
         &self,
         who: &Principal,
         claim: TwinClaim,
@@ -73,56 +75,47 @@ impl Broker {
             ));
         }
         check_claim(&claim, &claim.key, &signature, now)?;
-        let _admin = self.inner.admin.lock().await;
         let key = claim.key.to_text();
-        let rec = {
-            let reg = read(&self.inner.registry);
-            if let Some(t) = reg.twins.values().find(|t| t.key == key) {
-                return Err(BrokerError::TwinKeyTaken(t.id));
-            }
-            let owned = reg
-                .twins
-                .values()
-                .filter(|t| *t.owner == *who.client_id)
-                .count();
-            if owned >= MAX_TWINS_PER_CLIENT {
-                return Err(BrokerError::Forbidden(format!(
-                    "client `{}` has registered {owned} twins, as many as a client may",
-                    who.client_id
-                )));
-            }
-            let id = reg
-                .twins
-                .keys()
-                .next_back()
-                .map_or(1, |last| last.saturating_add(1));
-            if id == u32::MAX {
-                return Err(BrokerError::Unavailable("no twin ids left".into()));
-            }
-            TwinRecord {
-                id,
-                key,
-                relays: claim.relays,
-                updated: claim.timestamp,
-                owner: who.client_id.to_string(),
-            }
-        };
-        self.inner.committer.commit(vec![twin_put(&rec)]).await?;
-        write(&self.inner.registry)
+        let reg = read(&self.inner.registry);
+        if let Some(t) = reg.twins.values().find(|t| t.key == key) {
+            return Err(BrokerError::TwinKeyTaken(t.id));
+        }
+        let owned = reg
             .twins
-            .insert(rec.id, rec.clone());
-        Ok(rec)
+            .values()
+            .filter(|t| *t.owner == *who.client_id)
+            .count();
+        if owned >= MAX_TWINS_PER_CLIENT {
+            return Err(BrokerError::Forbidden(format!(
+                "client `{}` has registered {owned} twins, as many as a client may",
+                who.client_id
+            )));
+        }
+        let id = reg
+            .twins
+            .keys()
+            .next_back()
+            .map_or(1, |last| last.saturating_add(1));
+        if id == u32::MAX {
+            return Err(BrokerError::Unavailable("no twin ids left".into()));
+        }
+        Ok(TwinRecord {
+            id,
+            key,
+            relays: claim.relays,
+            updated: claim.timestamp,
+            owner: who.client_id.to_string(),
+        })
     }
 
-    /// Changes twin `claim.id` to what the claim says, if the key it holds signed it and it
-    /// is newer than the claim it holds.
-    pub async fn update_twin(
+    /// Checks a change of twin `claim.id`: signed by the key the registry holds for it,
+    /// and newer than the claim it holds; the twin as it would be after.
+    pub fn plan_update_twin(
         &self,
         claim: TwinClaim,
         signature: [u8; 64],
         now: u64,
     ) -> Result<TwinRecord, BrokerError> {
-        let _admin = self.inner.admin.lock().await;
         let mut rec = self
             .get_twin(claim.id)
             .ok_or(BrokerError::UnknownTwin(claim.id))?;
@@ -146,11 +139,43 @@ impl Broker {
         rec.key = key;
         rec.relays = claim.relays;
         rec.updated = claim.timestamp;
-        self.inner.committer.commit(vec![twin_put(&rec)]).await?;
-        write(&self.inner.registry)
-            .twins
-            .insert(rec.id, rec.clone());
         Ok(rec)
+    }
+
+    /// Registers the twin of `claim` (its id 0) for client `who`; returns it with its id.
+    pub async fn register_twin(
+        &self,
+        who: &Principal,
+        claim: TwinClaim,
+        signature: [u8; 64],
+        now: u64,
+    ) -> Result<TwinRecord, BrokerError> {
+        let _admin = self.inner.admin.lock().await;
+        let twin = self.plan_register_twin(who, claim, signature, now)?;
+        self.apply_locked(&Change::PutTwin {
+            twin: twin.clone(),
+            new: true,
+        })
+        .await?;
+        Ok(twin)
+    }
+
+    /// Changes twin `claim.id` to what the claim says, if the key it holds signed it and it
+    /// is newer than the claim it holds.
+    pub async fn update_twin(
+        &self,
+        claim: TwinClaim,
+        signature: [u8; 64],
+        now: u64,
+    ) -> Result<TwinRecord, BrokerError> {
+        let _admin = self.inner.admin.lock().await;
+        let twin = self.plan_update_twin(claim, signature, now)?;
+        self.apply_locked(&Change::PutTwin {
+            twin: twin.clone(),
+            new: false,
+        })
+        .await?;
+        Ok(twin)
     }
 
     pub fn get_twin(&self, id: u32) -> Option<TwinRecord> {
