@@ -1,14 +1,15 @@
 //! [`Cluster`]: the [`Backend`] of a node whose messages live in RabbitMQ.
 //!
-//! The node's own [`Broker`] keeps what is not messages: the client registry, declared
-//! queues' specs, twins, principals and their revocation, and live subscriptions. What it
-//! holds is mirrored into RabbitMQ's topology (each client's inbox and dead-letter queue,
-//! each declared queue, their bindings); messages go through [`Amqp`] only. Front-ends see
-//! the same [`Backend`] as with the embedded engine; `docs/scale-out.md` lists where the
-//! two differ.
+//! The node's own [`Broker`] keeps what is not messages: its replica of the client
+//! registry (declared queues' specs, twins, principals and their revocation), kept by the
+//! cluster's shared log ([`RegistryLog`]), the node's `message_id` dedup records, and live
+//! subscriptions. A change of the registry is decided here, mirrored into RabbitMQ's
+//! topology (each client's inbox and dead-letter queue, each declared queue, their
+//! bindings), recorded in the log and applied by every node; messages go through [`Amqp`]
+//! only. Front-ends see the same [`Backend`] as with the embedded engine;
+//! `docs/scale-out.md` lists where the two differ.
 //!
-//! Not yet: the registry shared by several nodes (today each node's registry is its own,
-//! in its data directory), `message_id` dedup, and live traffic between nodes.
+//! Not yet: live traffic between nodes.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -17,17 +18,19 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use trunkline_broker::backend::{BoxFuture, PublishDone};
+use trunkline_broker::changes::Change;
+use trunkline_broker::named::QueueRecord;
 use trunkline_broker::twins::TwinRecord;
 use trunkline_broker::{
     dead_letter_of, dead_name, inbox_name, topic, Backend, BatchTicket, Broker, BrokerConfig,
-    BrokerError, ClientUpdate, ClientView, Counters, Delivery, LiveCounters, LiveSubscription,
-    NewClient, Principal, Publish, Published, QueueDepth, QueueSpec, QueueView, ReceiveOptions,
-    Sent, Settle, Settled, Target, WaitHandle,
+    BrokerError, ClientRecord, ClientUpdate, ClientView, Counters, Delivery, LiveCounters,
+    LiveSubscription, NewClient, Principal, Publish, Published, QueueDepth, QueueSpec, QueueView,
+    ReceiveOptions, Sent, Settle, Settled, Target, WaitHandle,
 };
 use trunkline_envelope::TwinClaim;
 
 use crate::topology::Exchange;
-use crate::Amqp;
+use crate::{Amqp, RegistryLog};
 
 /// How often waiters on a queue are woken to look again: RabbitMQ does not tell a node
 /// that another node published.
@@ -54,10 +57,11 @@ type Outcomes = Arc<Mutex<Vec<Option<Result<Published, BrokerError>>>>>;
 pub struct Cluster {
     registry: Broker,
     amqp: Arc<Amqp>,
+    log: Arc<RegistryLog>,
     waiters: Waiters,
     /// Held across each change of clients or queues, registry and RabbitMQ both: two
-    /// changes of one client at once would otherwise meet half done (a binding to a
-    /// queue just deleted).
+    /// changes of one client at once on this node would otherwise meet half done (a
+    /// binding to a queue just deleted).
     admin: tokio::sync::Mutex<()>,
 }
 
@@ -66,26 +70,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cluster {
-    /// The backend: `registry` for what is not messages, `amqp` for messages. Declares in
-    /// RabbitMQ every queue the registry holds (declaring is idempotent), and wakes waiters
-    /// until `stop`.
+    /// The backend: `registry` (opened with a shared registry) for what is not messages,
+    /// `amqp` for messages. Returns once `registry` holds every change recorded in the
+    /// shared log before this node started; `keys` fingerprints the node's token keys.
+    /// Wakes waiters and follows the log until `stop`.
     pub async fn open(
         registry: Broker,
         amqp: Arc<Amqp>,
+        keys: String,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
+        let log = RegistryLog::open(amqp.clone(), registry.clone(), keys, stop.clone()).await?;
         let cluster = Arc::new(Cluster {
             registry,
             amqp,
+            log,
             waiters: Arc::default(),
             admin: tokio::sync::Mutex::new(()),
         });
-        for c in cluster.registry.list_clients() {
-            cluster.declare_inbox(&c).await?;
-        }
-        for q in cluster.registry.list_queues() {
-            cluster.declare_named(&q, &[]).await?;
-        }
         let waiters = Arc::downgrade(&cluster.waiters);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
@@ -119,21 +121,22 @@ impl Cluster {
         &self.amqp
     }
 
-    async fn declare_inbox(&self, c: &ClientView) -> Result<(), BrokerError> {
+    async fn declare_inbox(&self, c: &ClientRecord) -> Result<(), BrokerError> {
         let limits = self.registry.resolve_limits(&c.inbox);
         self.amqp
             .declare_inbox(&c.client_id, &c.patterns, &limits)
             .await
     }
 
-    /// Declares a declared queue, binds its bindings and unbinds `gone`.
-    async fn declare_named(&self, q: &QueueView, gone: &[String]) -> Result<(), BrokerError> {
+    /// Declares a declared queue and binds its bindings.
+    async fn declare_named(&self, q: &QueueRecord) -> Result<(), BrokerError> {
         let limits = self.registry.resolve_limits(&q.limits);
+        let dead = dead_letter_of(&q.name);
         self.amqp
-            .declare_queue(&q.name, &limits, Some(&q.dead_letter))
+            .declare_queue(&q.name, &limits, Some(&dead))
             .await?;
         self.amqp
-            .bindings(&q.name, Exchange::Topic, &q.bindings, gone)
+            .bindings(&q.name, Exchange::Topic, &q.bindings, &[])
             .await
     }
 
@@ -397,11 +400,35 @@ impl Backend for Cluster {
     ) -> BoxFuture<'_, Result<(ClientView, String), BrokerError>> {
         Box::pin(async move {
             let _admin = self.admin.lock().await;
-            let (view, secret) = self.registry.create_client(c, now).await?;
-            if let Err(e) = self.declare_inbox(&view).await {
-                let _ = self.registry.delete_client(&view.client_id).await;
+            let (client, secret) = self.registry.plan_create_client(c, now)?;
+            // Its queues first: a node routes to them as soon as it reads the record.
+            self.declare_inbox(&client).await?;
+            let id = client.client_id.clone();
+            if let Err(e) = self
+                .log
+                .record(Change::CreateClient {
+                    client: client.clone(),
+                })
+                .await
+            {
+                // Another node made a client of this id first: its inbox keeps only its
+                // own bindings.
+                if let Some(winner) = self.registry.get_client(&id) {
+                    let ours: Vec<String> = (client.patterns.iter())
+                        .filter(|p| !winner.patterns.contains(p))
+                        .cloned()
+                        .collect();
+                    let _ = self
+                        .amqp
+                        .bindings(&inbox_name(&id), Exchange::Topic, &[], &ours)
+                        .await;
+                }
                 return Err(e);
             }
+            let view = self
+                .registry
+                .get_client(&id)
+                .ok_or(BrokerError::UnknownClient(id))?;
             Ok((view, secret))
         })
     }
@@ -422,20 +449,21 @@ impl Backend for Cluster {
                     "with a RabbitMQ broker, an inbox's limits are fixed when it is made (its queue's arguments)".into(),
                 ));
             }
-            let after = self.registry.update_client(client_id, u).await?;
-            let added: Vec<String> = (after.patterns.iter())
-                .filter(|p| !before.patterns.contains(p))
-                .cloned()
-                .collect();
-            let removed: Vec<String> = (before.patterns.iter())
-                .filter(|p| !after.patterns.contains(p))
-                .cloned()
-                .collect();
+            let client = self.registry.plan_update_client(client_id, u)?;
+            let (added, removed) = changed(&before.patterns, &client.patterns);
+            // New routes before the record, old ones after: no message meant for the
+            // inbox misses it while nodes learn of the change.
             let inbox = inbox_name(client_id);
             self.amqp
-                .bindings(&inbox, Exchange::Topic, &added, &removed)
+                .bindings(&inbox, Exchange::Topic, &added, &[])
                 .await?;
-            Ok(after)
+            self.log.record(Change::UpdateClient { client }).await?;
+            self.amqp
+                .bindings(&inbox, Exchange::Topic, &[], &removed)
+                .await?;
+            self.registry
+                .get_client(client_id)
+                .ok_or_else(|| BrokerError::UnknownClient(client_id.to_owned()))
         })
     }
 
@@ -443,13 +471,26 @@ impl Backend for Cluster {
         &'a self,
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<(ClientView, String), BrokerError>> {
-        Backend::rotate_secret(&self.registry, client_id)
+        Box::pin(async move {
+            let _admin = self.admin.lock().await;
+            let (client, secret) = self.registry.plan_rotate_secret(client_id)?;
+            self.log.record(Change::UpdateClient { client }).await?;
+            let view = self
+                .registry
+                .get_client(client_id)
+                .ok_or_else(|| BrokerError::UnknownClient(client_id.to_owned()))?;
+            Ok((view, secret))
+        })
     }
 
     fn delete_client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let _admin = self.admin.lock().await;
-            self.registry.delete_client(client_id).await?;
+            self.log
+                .record(Change::DeleteClient {
+                    client_id: client_id.to_owned(),
+                })
+                .await?;
             self.amqp.delete_queue(&inbox_name(client_id)).await?;
             self.amqp.delete_queue(&dead_name(client_id)).await
         })
@@ -495,19 +536,30 @@ impl Backend for Cluster {
                     ));
                 }
             }
-            let (view, made) = self.registry.declare_queue(name, spec, now).await?;
-            let gone: Vec<String> = before
-                .map(|b| b.bindings)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|b| !view.bindings.contains(b))
-                .collect();
-            if let Err(e) = self.declare_named(&view, &gone).await {
-                if made {
-                    let _ = self.registry.delete_queue(name).await;
+            let queue = self.registry.plan_declare_queue(name, spec, now)?;
+            let (_, gone) = changed(
+                &before.map(|b| b.bindings).unwrap_or_default(),
+                &queue.bindings,
+            );
+            self.declare_named(&queue).await?;
+            let made = match self.log.record(Change::PutQueue { queue }).await {
+                Ok(made) => made,
+                Err(e) => {
+                    // Declared for nothing, unless another node declared it meanwhile.
+                    if !self.registry.has_queue(name) {
+                        let _ = self.amqp.delete_queue(name).await;
+                        let _ = self.amqp.delete_queue(&dead_letter_of(name)).await;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
+            };
+            self.amqp
+                .bindings(name, Exchange::Topic, &[], &gone)
+                .await?;
+            let view = self
+                .registry
+                .get_queue(name)
+                .ok_or_else(|| BrokerError::UnknownQueue(name.to_owned()))?;
             Ok((view, made))
         })
     }
@@ -515,7 +567,11 @@ impl Backend for Cluster {
     fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let _admin = self.admin.lock().await;
-            self.registry.delete_queue(name).await?;
+            self.log
+                .record(Change::DeleteQueue {
+                    name: name.to_owned(),
+                })
+                .await?;
             self.amqp.delete_queue(name).await?;
             self.amqp.delete_queue(&dead_letter_of(name)).await
         })
@@ -552,7 +608,19 @@ impl Backend for Cluster {
         signature: [u8; 64],
         now: u64,
     ) -> BoxFuture<'a, Result<TwinRecord, BrokerError>> {
-        Backend::register_twin(&self.registry, who, claim, signature, now)
+        Box::pin(async move {
+            let _admin = self.admin.lock().await;
+            let twin = self
+                .registry
+                .plan_register_twin(who, claim, signature, now)?;
+            self.log
+                .record(Change::PutTwin {
+                    twin: twin.clone(),
+                    new: true,
+                })
+                .await?;
+            Ok(twin)
+        })
     }
 
     fn update_twin(
@@ -561,7 +629,17 @@ impl Backend for Cluster {
         signature: [u8; 64],
         now: u64,
     ) -> BoxFuture<'_, Result<TwinRecord, BrokerError>> {
-        Backend::update_twin(&self.registry, claim, signature, now)
+        Box::pin(async move {
+            let _admin = self.admin.lock().await;
+            let twin = self.registry.plan_update_twin(claim, signature, now)?;
+            self.log
+                .record(Change::PutTwin {
+                    twin: twin.clone(),
+                    new: false,
+                })
+                .await?;
+            Ok(twin)
+        })
     }
 
     fn get_twin(&self, id: u32) -> Option<TwinRecord> {
@@ -592,4 +670,10 @@ impl Backend for Cluster {
         // What RabbitMQ holds is not counted here: each count is a round trip.
         Vec::new()
     }
+}
+
+/// What `after` has that `before` has not, and what `before` has that `after` has not.
+fn changed(before: &[String], after: &[String]) -> (Vec<String>, Vec<String>) {
+    let only = |a: &[String], b: &[String]| a.iter().filter(|p| !b.contains(p)).cloned().collect();
+    (only(after, before), only(before, after))
 }

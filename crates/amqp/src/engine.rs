@@ -198,11 +198,37 @@ impl Amqp {
         })
     }
 
+    /// The names of this cluster's exchanges and queues.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// This Trunkline node's id.
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    /// Runs `f` on an admin channel ([`Amqp::admin_channel`]), at most [`TIMEOUT`], and
+    /// closes the channel.
+    pub(crate) async fn with_admin_channel<T, F, Fut>(
+        &self,
+        what: &str,
+        f: F,
+    ) -> Result<T, BrokerError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = lapin::Result<T>>,
+    {
+        let ch = self.admin_channel().await?;
+        let r = timed(what, f(ch.clone())).await;
+        self.done_with(ch, r).await
+    }
+
     /// A channel of its own for one declaration, binding, deletion or inspection: RabbitMQ
     /// answers a refused one (a queue declared again with other arguments, a passive
     /// declare of a queue that is gone) by closing its channel, which must not be the
     /// channel that publishes or holds leases. Closed again by [`Amqp::done_with`].
-    async fn admin_channel(&self) -> Result<Channel, BrokerError> {
+    pub(crate) async fn admin_channel(&self) -> Result<Channel, BrokerError> {
         self.channels().await?;
         let link = self.link.lock().await;
         let Some(l) = link.as_ref() else {
@@ -252,17 +278,17 @@ impl Amqp {
         };
         let dead = dead.map(|d| self.names.queue(d));
         let name = self.names.queue(name);
-        let ch = self.admin_channel().await?;
-        let declare = async {
+        self.with_admin_channel("declare queue", |ch| async move {
             if let Some(dead) = &dead {
                 let args = queue_arguments(&dead_limits, None);
                 ch.queue_declare(dead.as_str().into(), opts, args).await?;
             }
             let args = queue_arguments(limits, dead.as_deref());
-            ch.queue_declare(name.as_str().into(), opts, args).await
-        };
-        let r = timed("declare queue", declare).await;
-        self.done_with(ch.clone(), r).await.map(drop)
+            ch.queue_declare(name.as_str().into(), opts, args)
+                .await
+                .map(drop)
+        })
+        .await
     }
 
     /// Declares a client's inbox and dead-letter queue, bound to the notify exchange and
@@ -293,9 +319,8 @@ impl Amqp {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let ch = self.admin_channel().await?;
         let (queue, exchange) = (self.names.queue(queue), self.names.exchange(exchange));
-        let change = async {
+        self.with_admin_channel("bind", |ch| async move {
             for key in add {
                 let (q, e) = (queue.as_str().into(), exchange.as_str().into());
                 let opts = QueueBindOptions::default();
@@ -308,40 +333,36 @@ impl Amqp {
                     .await?;
             }
             Ok(())
-        };
-        let r = timed("bind", change).await;
-        self.done_with(ch.clone(), r).await
+        })
+        .await
     }
 
     /// Deletes a queue and what it holds.
     pub async fn delete_queue(&self, name: &str) -> Result<(), BrokerError> {
-        let ch = self.admin_channel().await?;
         let name = self.names.queue(name);
-        let r = timed(
-            "delete queue",
-            ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
-        )
-        .await;
-        self.done_with(ch.clone(), r).await.map(drop)
+        self.with_admin_channel("delete queue", |ch| async move {
+            ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map(drop)
+        })
+        .await
     }
 
     /// Messages ready in a queue (not those leased).
     pub async fn depth(&self, name: &str) -> Result<u64, BrokerError> {
-        let ch = self.admin_channel().await?;
         let name = self.names.queue(name);
         let opts = QueueDeclareOptions {
             passive: true,
             durable: true,
             ..Default::default()
         };
-        let r = timed(
-            "inspect queue",
-            ch.queue_declare(name.as_str().into(), opts, FieldTable::default()),
-        )
-        .await;
-        Ok(u64::from(
-            self.done_with(ch.clone(), r).await?.message_count(),
-        ))
+        let q = self
+            .with_admin_channel("inspect queue", |ch| async move {
+                ch.queue_declare(name.as_str().into(), opts, FieldTable::default())
+                    .await
+            })
+            .await?;
+        Ok(u64::from(q.message_count()))
     }
 
     /// Publishes and waits for RabbitMQ's confirm (the message is on the queues' quorum);

@@ -16,7 +16,9 @@ pub mod cluster;
 mod engine;
 pub mod leases;
 pub mod message;
+pub mod registry_log;
 pub mod topology;
 
 pub use cluster::Cluster;
 pub use engine::{Amqp, AmqpConfig, Confirmed};
+pub use registry_log::RegistryLog;

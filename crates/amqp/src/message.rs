@@ -68,7 +68,7 @@ fn string(v: &AMQPValue) -> Option<String> {
     }
 }
 
-fn int(v: &AMQPValue) -> Option<u64> {
+pub(crate) fn int(v: &AMQPValue) -> Option<u64> {
     let n: i128 = match *v {
         AMQPValue::ShortShortInt(n) => n.into(),
         AMQPValue::ShortShortUInt(n) => n.into(),

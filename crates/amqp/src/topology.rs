@@ -45,6 +45,11 @@ impl Names {
     pub fn queue(&self, name: &str) -> String {
         format!("{}.{name}", self.ns)
     }
+
+    /// A stream of Trunkline's own (`<ns>:<name>`: no declared queue's name has a `:`).
+    pub fn stream(&self, name: &str) -> String {
+        format!("{}:{name}", self.ns)
+    }
 }
 
 fn text(s: &str) -> AMQPValue {

@@ -7,19 +7,7 @@ use std::time::Duration;
 use trunkline_client::stomp::{StompClient, StompOptions};
 
 fn rabbitmq() -> Option<String> {
-    match std::env::var("TRUNKLINE_TEST_RABBITMQ_STOMP") {
-        Ok(addr) if !addr.is_empty() => Some(addr),
-        _ => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "CI must run this test against RabbitMQ: set TRUNKLINE_TEST_RABBITMQ_STOMP (scripts/test.sh does)"
-            );
-            eprintln!(
-                "skipped: TRUNKLINE_TEST_RABBITMQ_STOMP is not set (run scripts/rabbitmq.sh start)"
-            );
-            None
-        }
-    }
+    trunkline_testkit::rabbitmq_env("TRUNKLINE_TEST_RABBITMQ_STOMP")
 }
 
 #[tokio::test]

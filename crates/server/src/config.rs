@@ -587,6 +587,8 @@ impl Config {
             max_memory_bytes: self.inbox.max_memory_bytes,
             body_cache_bytes: self.store.body_cache_bytes,
             queue_memory_entries: self.store.queue_memory_entries,
+            // Over RabbitMQ the registry is the cluster's shared log's.
+            shared_registry: !self.broker.urls().is_empty(),
             ..BrokerConfig::default()
         }
     }

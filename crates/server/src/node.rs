@@ -50,6 +50,7 @@ async fn open_engine(
     config: &Config,
     broker: &Broker,
     http_addr: SocketAddr,
+    keys: String,
     shutdown: &CancellationToken,
 ) -> Result<Arc<dyn Backend>, StartError> {
     let urls = config.broker.urls();
@@ -80,11 +81,50 @@ async fn open_engine(
     )
     .await
     .map_err(|e| StartError::Broker(e.to_string()))?;
-    let cluster = trunkline_amqp::Cluster::open(broker.clone(), amqp, shutdown.clone())
+    let cluster = trunkline_amqp::Cluster::open(broker.clone(), amqp, keys, shutdown.clone())
         .await
         .map_err(|e| StartError::Broker(e.to_string()))?;
     tracing::info!(brokers = %config.broker.url, "messages live in RabbitMQ");
     Ok(cluster)
+}
+
+/// On a node's (or a cluster's) first start: creates the `admin` client and writes its
+/// credentials to `admin.json` in the data directory.
+async fn bootstrap_admin(
+    engine: &dyn Backend,
+    dir: &Path,
+    http_addr: SocketAddr,
+) -> Result<(), StartError> {
+    let admin_path = dir.join("admin.json");
+    if engine.client_count() == 0 && !admin_path.exists() {
+        let mut admin = NewClient::new("admin", "Administrator", vec!["#".into()]);
+        admin.roles = vec!["admin".into()];
+        // The admin sees every message (`#`, as the NOC's) but is rarely a consumer: a
+        // reject-publish inbox nobody reads would, once full, refuse every publish on
+        // the node. Its inbox keeps the latest messages instead.
+        admin.inbox = LimitSettings {
+            max_length: Some(ADMIN_INBOX_LENGTH),
+            overflow: Some(Overflow::DropOldest),
+            max_deliveries: None,
+        };
+        // In a cluster, a node starting at the same moment may have made it first.
+        let (view, secret) = match engine.create_client(admin, now_ms()).await {
+            Ok(made) => made,
+            Err(trunkline_broker::BrokerError::ClientExists(_)) => return Ok(()),
+            Err(e) => return Err(StartError::Store(e.to_string())),
+        };
+        let creds = CredentialsFile {
+            api: public_url(http_addr),
+            client_id: view.client_id,
+            client_name: view.client_name,
+            subscription: Subscription::from_patterns(view.patterns),
+            secret,
+        };
+        let json = serde_json::to_vec_pretty(&creds).unwrap_or_default();
+        write_private(&admin_path, &json).map_err(|e| data_err(&admin_path, e))?;
+        tracing::info!(file = %admin_path.display(), "created client `admin`; its credentials are in this file");
+    }
+    Ok(())
 }
 
 /// A node that is serving. Dropping it without [`Node::shutdown`] leaves the tasks running
@@ -340,34 +380,6 @@ impl Node {
             (None, None)
         };
 
-        let admin_path = dir.join("admin.json");
-        if broker.client_count() == 0 && !admin_path.exists() {
-            let mut admin = NewClient::new("admin", "Administrator", vec!["#".into()]);
-            admin.roles = vec!["admin".into()];
-            // The admin sees every message (`#`, as the NOC's) but is rarely a consumer: a
-            // reject-publish inbox nobody reads would, once full, refuse every publish on
-            // the node. Its inbox keeps the latest messages instead.
-            admin.inbox = LimitSettings {
-                max_length: Some(ADMIN_INBOX_LENGTH),
-                overflow: Some(Overflow::DropOldest),
-                max_deliveries: None,
-            };
-            let (view, secret) = broker
-                .create_client(admin, now_ms())
-                .await
-                .map_err(|e| StartError::Store(e.to_string()))?;
-            let creds = CredentialsFile {
-                api: public_url(http_addr),
-                client_id: view.client_id,
-                client_name: view.client_name,
-                subscription: Subscription::from_patterns(view.patterns),
-                secret,
-            };
-            let json = serde_json::to_vec_pretty(&creds).unwrap_or_default();
-            write_private(&admin_path, &json).map_err(|e| data_err(&admin_path, e))?;
-            tracing::info!(file = %admin_path.display(), "created client `admin`; its credentials are in this file");
-        }
-
         let listen = serde_json::json!({
             "http": http_addr.to_string(),
             "backend": backend_addr.to_string(),
@@ -383,7 +395,16 @@ impl Node {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let config = Arc::new(config);
-        let engine = open_engine(&config, &broker, http_addr, &shutdown).await?;
+        let keys_fingerprint = {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(format!("{token_text}\n{channel_text}\n{backend_key}"));
+            h.iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let engine = open_engine(&config, &broker, http_addr, keys_fingerprint, &shutdown).await?;
+        bootstrap_admin(engine.as_ref(), &dir, http_addr).await?;
         let keys = Arc::new(Keys {
             token_key,
             backend_key,

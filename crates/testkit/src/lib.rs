@@ -344,6 +344,23 @@ impl Drop for ProcessServer {
     }
 }
 
+/// The value of `var`, which names a RabbitMQ the test needs (`scripts/test.sh` starts a
+/// private one and sets it). Unset, the test is skipped (`None`), except under CI, which
+/// must run it.
+pub fn rabbitmq_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must run this test against RabbitMQ: set {var} (scripts/test.sh does)"
+            );
+            eprintln!("skipped: {var} is not set (run scripts/rabbitmq.sh start)");
+            None
+        }
+    }
+}
+
 /// A bearer token for `id` from the node at `base` (`GET /token`); panics if there is none.
 pub async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> String {
     let r: serde_json::Value = http

@@ -1,0 +1,295 @@
+//! The registry's shared log: a RabbitMQ stream (`<namespace>:registry`) that every node
+//! of a cluster reads from its start and then follows, applying each [`Change`] to its
+//! own registry in the stream's one order (`docs/scale-out.md`).
+//!
+//! A node that takes an admin request decides the change (the broker's `plan_` methods),
+//! appends it with a publisher confirm, and waits until it has read its own record back
+//! and applied it: the outcome it answers with is the one every node reached, and if two
+//! nodes changed the same thing at once, the record first in the stream won.
+//!
+//! Each node starts by appending a marker record and reading up to it, so it serves only
+//! once it holds every change made before it started. The marker carries a fingerprint of
+//! the node's token keys: a node whose keys differ from those of the node before it is
+//! told in the log (tokens issued by one would be refused by the other).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Confirmation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use trunkline_broker::changes::Change;
+use trunkline_broker::{Broker, BrokerError};
+
+use crate::Amqp;
+
+/// How long a writer waits for its record to come back applied.
+const APPLIED_WITHIN: Duration = Duration::from_secs(10);
+/// The pause before following the stream again after the connection was lost.
+const RETRY: Duration = Duration::from_secs(1);
+/// Records RabbitMQ sends ahead of those acknowledged.
+const PREFETCH: u16 = 512;
+
+/// One record of the log.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    /// The writer: `<node>/<start>` (a node's start is random, so a node restarted under
+    /// the same name is another writer).
+    origin: String,
+    /// The writer's count; 0 is its start marker.
+    seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    change: Option<Change>,
+    /// In a start marker: the fingerprint of the writer's token keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keys: Option<String>,
+}
+
+type Outcome = Result<bool, BrokerError>;
+
+/// A node's end of the shared log.
+pub struct RegistryLog {
+    amqp: Arc<Amqp>,
+    registry: Broker,
+    stream: String,
+    origin: String,
+    keys: String,
+    seq: AtomicU64,
+    /// Writers waiting for their record, by seq.
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// The offset of the next record to read (-1: from the first).
+    next_offset: AtomicI64,
+    /// The last start marker of another node read, with its key fingerprint.
+    last_other: Mutex<Option<(String, String)>>,
+}
+
+fn unavailable(what: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("RabbitMQ: registry log: {what}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RegistryLog {
+    /// Declares the stream, follows it into `registry` until `stop`, and returns once
+    /// `registry` holds every change recorded before this call. `keys` is a fingerprint
+    /// of the node's token keys (compared with other nodes').
+    pub async fn open(
+        amqp: Arc<Amqp>,
+        registry: Broker,
+        keys: String,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let stream = amqp.names().stream("registry");
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from(b"stream".to_vec())),
+        );
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        amqp.with_admin_channel("declare the registry stream", |ch| {
+            let (stream, args) = (stream.clone(), args.clone());
+            async move {
+                ch.queue_declare(stream.as_str().into(), opts, args)
+                    .await
+                    .map(drop)
+            }
+        })
+        .await?;
+        let start: u64 = rand::random();
+        let log = Arc::new(RegistryLog {
+            origin: format!("{}/{start:016x}", amqp.node()),
+            amqp,
+            registry,
+            stream,
+            keys,
+            seq: AtomicU64::new(1),
+            waiting: Mutex::default(),
+            next_offset: AtomicI64::new(-1),
+            last_other: Mutex::default(),
+        });
+        tokio::spawn(follow(Arc::downgrade(&log), stop));
+        // Everything before this marker is applied once the marker is read back.
+        log.append(0, None, Some(log.keys.clone())).await?;
+        if let Some((other, theirs)) = lock(&log.last_other).clone() {
+            if theirs != log.keys {
+                tracing::error!(
+                    node = %other,
+                    "another node of this cluster started with other token keys: tokens one \
+                     issues are refused by the other; give every node the same secrets"
+                );
+            }
+        }
+        Ok(log)
+    }
+
+    /// Records `change` and applies it (as every node does); what applying decided.
+    pub async fn record(&self, change: Change) -> Result<bool, BrokerError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.append(seq, Some(change), None).await
+    }
+
+    /// Appends a record and waits until this node has read it back and applied it.
+    async fn append(
+        &self,
+        seq: u64,
+        change: Option<Change>,
+        keys: Option<String>,
+    ) -> Result<bool, BrokerError> {
+        let record = Record {
+            origin: self.origin.clone(),
+            seq,
+            change,
+            keys,
+        };
+        let body = serde_json::to_vec(&record).map_err(unavailable)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(seq, tx);
+        let stream = self.stream.clone();
+        let sent = self
+            .amqp
+            .with_admin_channel("append to the registry log", |ch| async move {
+                ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into());
+                let confirm = ch
+                    .basic_publish(
+                        "".into(),
+                        stream.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        props,
+                    )
+                    .await?;
+                confirm.await
+            })
+            .await;
+        let outcome = match sent {
+            Ok(Confirmation::Ack(_)) => {
+                match tokio::time::timeout(APPLIED_WITHIN, rx).await {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(_)) => Err(unavailable("the log is no longer followed")),
+                    // It may still be applied (by every node) later.
+                    Err(_) => Err(unavailable(
+                        "the change was recorded but not read back in time; it may take effect",
+                    )),
+                }
+            }
+            Ok(_) => Err(unavailable("RabbitMQ refused the record")),
+            Err(e) => Err(e),
+        };
+        lock(&self.waiting).remove(&seq);
+        outcome
+    }
+
+    /// Applies one record read from the stream.
+    async fn apply(&self, offset: i64, body: &[u8]) {
+        let record: Record = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(offset, cause = %e, "skipping a registry record that is not one");
+                return;
+            }
+        };
+        let outcome = match &record.change {
+            Some(change) => {
+                let r = self.registry.apply(change).await;
+                if let Err(e) = &r {
+                    tracing::debug!(offset, subject = %change.subject(), cause = %e, "registry change refused");
+                }
+                r
+            }
+            None => Ok(false),
+        };
+        if record.origin == self.origin {
+            if let Some(tx) = lock(&self.waiting).remove(&record.seq) {
+                let _ = tx.send(outcome);
+            }
+        } else if let Some(keys) = record.keys {
+            *lock(&self.last_other) = Some((record.origin, keys));
+        }
+    }
+
+    /// Reads the stream from the next offset on, until the channel closes or `stop`.
+    async fn read(&self, stop: &CancellationToken) -> Result<(), BrokerError> {
+        let ch = self.amqp.admin_channel().await?;
+        ch.basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let from = match self.next_offset.load(Ordering::Relaxed) {
+            -1 => AMQPValue::LongString(LongString::from(b"first".to_vec())),
+            n => AMQPValue::LongLongInt(n),
+        };
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), from);
+        let tag = format!("registry-{}", self.origin);
+        let mut consumer = ch
+            .basic_consume(
+                self.stream.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .map_err(unavailable)?;
+        loop {
+            let next = tokio::select! {
+                d = consumer.next() => d,
+                () = stop.cancelled() => return Ok(()),
+            };
+            let Some(d) = next else {
+                return Err(unavailable("the stream's consumer ended"));
+            };
+            let d = d.map_err(unavailable)?;
+            let offset = d
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| {
+                    h.inner()
+                        .get("x-stream-offset")
+                        .and_then(crate::message::int)
+                })
+                .map_or(-1, |o| o as i64);
+            // A stream may start a consumer at the chunk before the offset asked for.
+            if offset >= self.next_offset.load(Ordering::Relaxed) {
+                self.apply(offset, &d.data).await;
+                self.next_offset.store(offset + 1, Ordering::Relaxed);
+            }
+            d.acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+    }
+}
+
+/// Follows the stream until `stop` (or the log is dropped), again after each loss.
+async fn follow(log: std::sync::Weak<RegistryLog>, stop: CancellationToken) {
+    loop {
+        let Some(l) = log.upgrade() else { return };
+        match l.read(&stop).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(cause = %e, "following the registry log; again in 1 s"),
+        }
+        drop(l);
+        tokio::select! {
+            () = tokio::time::sleep(RETRY) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Several Trunkline nodes over one RabbitMQ (`docs/scale-out.md`): the registry is one
+//! for all of them. A client made on one node logs in on another at once; a change on one
+//! node ends sessions open on another within a second; two nodes making the same client
+//! at once agree on one winner; a node restarted holds the registry again.
+//!
+//! Needs `TRUNKLINE_TEST_AMQP` (scripts/test.sh starts a private RabbitMQ); CI requires it.
+
+use std::time::Duration;
+
+use trunkline_api::{CreateClient, ErrorCode, Subscription};
+use trunkline_client::{Client, ReceiveOptions};
+use trunkline_testkit::TestServer;
+
+fn amqp() -> Option<String> {
+    trunkline_testkit::rabbitmq_env("TRUNKLINE_TEST_AMQP")
+}
+
+/// Nodes n1..n`count` of one cluster: one namespace, the same keys (copied from n1's
+/// data directory, as an operator gives every node one secrets file).
+struct Cluster {
+    nodes: Vec<TestServer>,
+    url: String,
+    namespace: String,
+    admin_secret: String,
+}
+
+impl Cluster {
+    async fn start(url: &str, count: usize) -> Self {
+        let namespace = format!("tl-cluster-{:016x}", rand_u64());
+        let first = start_node(url, &namespace, 1, None).await;
+        let admin_secret = first.admin_credentials().secret;
+        let mut nodes = vec![first];
+        for i in 2..=count {
+            let keys = nodes[0].data_dir().to_owned();
+            nodes.push(start_node(url, &namespace, i, Some(&keys)).await);
+        }
+        Cluster {
+            nodes,
+            url: url.to_owned(),
+            namespace,
+            admin_secret,
+        }
+    }
+
+    /// The admin, through node `i` (1-based).
+    fn admin(&self, i: usize) -> Client {
+        self.client(i, "admin", &self.admin_secret)
+    }
+
+    fn client(&self, i: usize, id: &str, secret: &str) -> Client {
+        self.nodes[i - 1].client(id, secret)
+    }
+
+    async fn stop(self) {
+        for n in self.nodes {
+            n.stop().await;
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Starts node `i` of the cluster in a fresh directory, with the key files of `keys_from`.
+async fn start_node(
+    url: &str,
+    namespace: &str,
+    i: usize,
+    keys_from: Option<&std::path::Path>,
+) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    if let Some(from) = keys_from {
+        for f in ["token.key", "backend.key", "channel.key"] {
+            std::fs::copy(from.join(f), dir.path().join(f)).expect("copy key");
+        }
+    }
+    let mut s = TestServer::start_in(dir.path(), |c| {
+        c.broker.url = url.to_owned();
+        c.broker.namespace = namespace.to_owned();
+        c.broker.node = format!("n{i}");
+    })
+    .await;
+    s.keep_dir(dir);
+    s
+}
+
+async fn create(
+    admin: &Client,
+    id: &str,
+    pattern: &str,
+) -> Result<String, trunkline_client::Error> {
+    admin
+        .create_client(&CreateClient::new(
+            id,
+            Subscription::from_patterns(vec![pattern.into()]),
+        ))
+        .await
+        .map(|c| c.secret)
+}
+
+/// Waits up to `within` for a WebSocket session to be closed; its close reason.
+async fn closed_within(ws: &trunkline_client::ws::WsSession, within: Duration) -> Option<String> {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(c) = ws.closed() {
+            return Some(c);
+        }
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), ws.next_event()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_one_for_every_node() {
+    let Some(url) = amqp() else { return };
+    let cluster = Cluster::start(&url, 3).await;
+
+    // Made on node 1: logs in on node 3 at once, and gets what node 2 routes to it.
+    let secret = create(&cluster.admin(1), "c1", "jobs.#")
+        .await
+        .expect("create c1");
+    let on3 = cluster.client(3, "c1", &secret);
+    on3.fetch_token().await.expect("c1 logs in on node 3");
+    let sent = cluster
+        .admin(2)
+        .send("jobs.7", &serde_json::json!({"n": 7}))
+        .await
+        .expect("send on node 2");
+    assert_eq!(sent.delivered_to, 2, "c1 and admin");
+    let got = on3
+        .receive(&ReceiveOptions {
+            max_messages: 10,
+            wait: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("receive on node 3");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].topic, "jobs.7");
+
+    // The same client made on two nodes at once: one wins, the other is told it exists.
+    let (admin2, admin3) = (cluster.admin(2), cluster.admin(3));
+    let (a, b) = tokio::join!(create(&admin2, "twice", "x"), create(&admin3, "twice", "y"));
+    let won: Vec<bool> = [&a, &b].iter().map(|r| r.is_ok()).collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{a:?} {b:?}");
+    let lost = if a.is_ok() { b } else { a };
+    assert_eq!(
+        lost.expect_err("one lost").code(),
+        Some(ErrorCode::ClientExists)
+    );
+    let winner = cluster.admin(1).get_client("twice").await.expect("twice");
+    for i in 1..=3 {
+        let seen = cluster.admin(i).get_client("twice").await.expect("twice");
+        assert_eq!(seen.subscription, winner.subscription, "node {i} agrees");
+    }
+
+    // Deleted through node 2: its session on node 3 ends within a second, and its
+    // token is refused on node 1.
+    let ws = on3.websocket().await.expect("ws on node 3");
+    let token = cluster
+        .client(1, "c1", &secret)
+        .fetch_token()
+        .await
+        .expect("token")
+        .token;
+    cluster
+        .admin(2)
+        .delete_client("c1")
+        .await
+        .expect("delete on node 2");
+    let reason = closed_within(&ws, Duration::from_secs(1)).await;
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("4401")),
+        "{reason:?}"
+    );
+    let status = reqwest::Client::new()
+        .get(format!("{}/receive", cluster.nodes[0].http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("receive")
+        .status();
+    assert_eq!(status, 401);
+
+    // Rotated through node 3: a session on node 1 ends; the new secret works on node 2.
+    let s2 = create(&cluster.admin(1), "c2", "y").await.expect("c2");
+    let ws = cluster
+        .client(1, "c2", &s2)
+        .websocket()
+        .await
+        .expect("ws on node 1");
+    let rotated = cluster.admin(3).rotate_secret("c2").await.expect("rotate");
+    let reason = closed_within(&ws, Duration::from_secs(1)).await;
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("4401")),
+        "{reason:?}"
+    );
+    cluster
+        .client(2, "c2", &rotated.secret)
+        .fetch_token()
+        .await
+        .expect("new secret on node 2");
+
+    // A node restarted on its directory reads the registry again.
+    let Cluster {
+        mut nodes,
+        url,
+        namespace,
+        admin_secret,
+    } = cluster;
+    let n2 = nodes.remove(1);
+    let dir = n2.data_dir().to_owned();
+    let kept = n2.stop_keep().await;
+    let mut again = TestServer::start_in(&dir, |c| {
+        c.broker.url = url.clone();
+        c.broker.namespace = namespace.clone();
+        c.broker.node = "n2".into();
+    })
+    .await;
+    if let Some(d) = kept {
+        again.keep_dir(d);
+    }
+    again
+        .client("c2", &rotated.secret)
+        .fetch_token()
+        .await
+        .expect("c2 on node 2 restarted");
+    assert!(again
+        .client("admin", &admin_secret)
+        .get_client("c1")
+        .await
+        .is_err());
+    nodes.insert(1, again);
+    Cluster {
+        nodes,
+        url,
+        namespace,
+        admin_secret,
+    }
+    .stop()
+    .await;
+}
