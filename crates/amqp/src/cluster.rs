@@ -9,7 +9,8 @@
 //! only. Front-ends see the same [`Backend`] as with the embedded engine;
 //! `docs/scale-out.md` lists where the two differ.
 //!
-//! Not yet: live traffic between nodes.
+//! Live subscriptions (STOMP `/topic/…`) get what any node publishes ([`LiveLink`]). Not
+//! yet: channels, presence and calls between nodes.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -30,7 +31,7 @@ use trunkline_broker::{
 use trunkline_envelope::TwinClaim;
 
 use crate::topology::Exchange;
-use crate::{Amqp, RegistryLog};
+use crate::{Amqp, LiveLink, RegistryLog};
 
 /// How often waiters on a queue are woken to look again: RabbitMQ does not tell a node
 /// that another node published.
@@ -58,6 +59,7 @@ pub struct Cluster {
     registry: Broker,
     amqp: Arc<Amqp>,
     log: Arc<RegistryLog>,
+    live: Arc<LiveLink>,
     waiters: Waiters,
     /// Held across each change of clients or queues, registry and RabbitMQ both: two
     /// changes of one client at once on this node would otherwise meet half done (a
@@ -81,10 +83,12 @@ impl Cluster {
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         let log = RegistryLog::open(amqp.clone(), registry.clone(), keys, stop.clone()).await?;
+        let live = LiveLink::open(amqp.clone(), registry.clone(), stop.clone()).await?;
         let cluster = Arc::new(Cluster {
             registry,
             amqp,
             log,
+            live,
             waiters: Arc::default(),
             admin: tokio::sync::Mutex::new(()),
         });
@@ -157,13 +161,16 @@ impl Cluster {
         let live = p.queue.is_none();
         let data = Arc::new(p.stored(now));
         let waiters = self.waiters.clone();
+        let link = self.live.clone();
         let finish = move |r: Result<u64, BrokerError>| {
             let c = counters_of.counters();
             let out = r.map(|id| {
                 c.published.fetch_add(1, Ordering::Relaxed);
                 c.enqueued.fetch_add(delivered_to, Ordering::Relaxed);
                 if live {
-                    counters_of.publish_live(id, data);
+                    // This node's subscribers, then the other nodes'.
+                    counters_of.publish_live(id, data.clone());
+                    link.send(id, data);
                 }
                 // Waiters on the queues it went to look again now, not at the next poll.
                 let w = lock(&waiters);
@@ -383,7 +390,11 @@ impl Backend for Cluster {
         pattern: &str,
         capacity: usize,
     ) -> Result<LiveSubscription, BrokerError> {
-        self.registry.subscribe_live(reader, pattern, capacity)
+        let sub = self.registry.subscribe_live(reader, pattern, capacity)?;
+        // Messages published on other nodes come in through the live exchange.
+        self.live.follow(pattern);
+        let (live, pattern) = (self.live.clone(), pattern.to_owned());
+        Ok(sub.on_drop(move || live.unfollow(&pattern)))
     }
 
     fn sweep(&self, now: u64) -> BoxFuture<'_, Result<(), BrokerError>> {

@@ -67,6 +67,9 @@ pub struct Amqp {
     /// with the node's number in the low bits, across nodes).
     ids: AtomicU64,
     outgoing: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    /// This start of this node: `<node>/<random>` (a node restarted under the same name
+    /// is another origin).
+    origin: String,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
@@ -103,6 +106,7 @@ impl Amqp {
             return Err(BrokerError::InvalidArgument("no RabbitMQ URL given".into()));
         }
         let node = config.node.clone();
+        let origin = format!("{node}/{:016x}", rand::random::<u64>());
         let (outgoing, rx) = tokio::sync::mpsc::unbounded_channel();
         let amqp = Arc::new(Amqp {
             names: Names::new(&config.namespace),
@@ -112,6 +116,7 @@ impl Amqp {
             leases: Mutex::new(Leases::new(node)),
             ids: AtomicU64::new(now_ms << 16),
             outgoing,
+            origin,
         });
         tokio::spawn(publisher(Arc::downgrade(&amqp), rx));
         let (publish, _, _) = amqp.channels().await?;
@@ -206,6 +211,11 @@ impl Amqp {
     /// This Trunkline node's id.
     pub fn node(&self) -> &str {
         &self.config.node
+    }
+
+    /// This start of this node (`<node>/<random>`), as other nodes tell it from others.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Runs `f` on an admin channel ([`Amqp::admin_channel`]), at most [`TIMEOUT`], and

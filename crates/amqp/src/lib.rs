@@ -15,10 +15,12 @@
 pub mod cluster;
 mod engine;
 pub mod leases;
+pub mod live;
 pub mod message;
 pub mod registry_log;
 pub mod topology;
 
 pub use cluster::Cluster;
 pub use engine::{Amqp, AmqpConfig, Confirmed};
+pub use live::LiveLink;
 pub use registry_log::RegistryLog;

@@ -60,7 +60,7 @@ pub fn properties(id: u64, m: &StoredMessage, ttl_ms: Option<u64>) -> BasicPrope
     p
 }
 
-fn string(v: &AMQPValue) -> Option<String> {
+pub(crate) fn string(v: &AMQPValue) -> Option<String> {
     match v {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),

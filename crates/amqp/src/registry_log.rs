@@ -109,9 +109,8 @@ impl RegistryLog {
             }
         })
         .await?;
-        let start: u64 = rand::random();
         let log = Arc::new(RegistryLog {
-            origin: format!("{}/{start:016x}", amqp.node()),
+            origin: amqp.origin().to_owned(),
             amqp,
             registry,
             stream,

@@ -42,6 +42,11 @@ impl Names {
         }
     }
 
+    /// The exchange of live traffic between nodes (`<ns>.live`).
+    pub fn live_exchange(&self) -> String {
+        format!("{}.live", self.ns)
+    }
+
     pub fn queue(&self, name: &str) -> String {
         format!("{}.{name}", self.ns)
     }

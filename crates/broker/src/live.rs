@@ -96,6 +96,7 @@ pub(crate) fn subscribe(
         rx,
         lagged,
         live: Arc::downgrade(live),
+        on_drop: None,
     }
 }
 
@@ -105,6 +106,8 @@ pub struct LiveSubscription {
     rx: mpsc::Receiver<LiveMessage>,
     lagged: Arc<AtomicBool>,
     live: Weak<RwLock<Live>>,
+    /// Told when the subscription ends (a cluster unbinds the pattern it brought in).
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl LiveSubscription {
@@ -116,6 +119,12 @@ impl LiveSubscription {
     /// A message if one is waiting.
     pub fn try_recv(&mut self) -> Option<LiveMessage> {
         self.rx.try_recv().ok()
+    }
+
+    /// Calls `f` when this subscription ends.
+    pub fn on_drop(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_drop = Some(Box::new(f));
+        self
     }
 
     /// True once a message was missed because this subscriber was too slow.
@@ -130,6 +139,9 @@ impl Drop for LiveSubscription {
             live.write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(self.id);
+        }
+        if let Some(f) = self.on_drop.take() {
+            f();
         }
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use trunkline_api::{CreateClient, ErrorCode, Subscription};
 use trunkline_client::{Client, ReceiveOptions};
-use trunkline_testkit::TestServer;
+use trunkline_proto::{Command, Frame};
+use trunkline_testkit::{StompWire, TestServer};
 
 fn amqp() -> Option<String> {
     trunkline_testkit::rabbitmq_env("TRUNKLINE_TEST_AMQP")
@@ -245,4 +246,80 @@ async fn the_registry_is_one_for_every_node() {
     }
     .stop()
     .await;
+}
+
+fn subscribe(dest: &str, id: &str) -> Frame {
+    Frame::new(Command::Subscribe)
+        .header("destination", dest)
+        .header("id", id)
+        .header("receipt", format!("sub-{id}"))
+}
+
+/// Topics of the MESSAGE frames `w` gets within `wait`.
+async fn stomp_topics(w: &mut StompWire, wait: Duration) -> Vec<String> {
+    let mut topics = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match w.next_within(left).await {
+            Ok(Some(f)) if f.command == Command::Message => {
+                topics.push(f.get("topic").unwrap_or("?").to_owned())
+            }
+            Ok(Some(f)) => assert_ne!(f.command, Command::Error, "{f:?}"),
+            Ok(None) | Err(()) => return topics,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_topics_reach_subscribers_on_every_node() {
+    let Some(url) = amqp() else { return };
+    let cluster = Cluster::start(&url, 3).await;
+    let admin = cluster.admin(1);
+    let watcher = create(&admin, "watcher", "news.#").await.expect("watcher");
+    let blind = create(&admin, "blind", "other").await.expect("blind");
+    let (mut w, _) = StompWire::connect(&cluster.nodes[1].stomp, "watcher", &watcher).await;
+    w.send(subscribe("/topic/news.#", "w")).await;
+    let (mut b, _) = StompWire::connect(&cluster.nodes[2].stomp, "blind", &blind).await;
+    b.send(subscribe("/topic/#", "b")).await;
+    for s in [&mut w, &mut b] {
+        let f = s.next().await.expect("receipt");
+        assert_eq!(f.command, Command::Receipt, "{f:?}");
+    }
+    // The subscriber's node binds its pattern in the background: probe until it is.
+    let mut bound = false;
+    for _ in 0..50 {
+        admin
+            .send("news.probe", &serde_json::json!({}))
+            .await
+            .expect("probe");
+        if !stomp_topics(&mut w, Duration::from_millis(100))
+            .await
+            .is_empty()
+        {
+            bound = true;
+            break;
+        }
+    }
+    assert!(bound, "node 2 never got a message published on node 1");
+    let _ = stomp_topics(&mut w, Duration::from_millis(300)).await;
+    for (i, node) in [(1, 1), (2, 3), (3, 2)] {
+        cluster
+            .admin(node)
+            .send(&format!("news.{i}"), &serde_json::json!({"i": i}))
+            .await
+            .expect("send");
+    }
+    let mut got = stomp_topics(&mut w, Duration::from_secs(2)).await;
+    got.sort();
+    assert_eq!(got, ["news.1", "news.2", "news.3"], "from nodes 1, 3 and 2");
+    cluster
+        .admin(1)
+        .send("other", &serde_json::json!({}))
+        .await
+        .expect("send other");
+    let seen = stomp_topics(&mut b, Duration::from_secs(1)).await;
+    // Every news.* message reached node 3 too (it follows `#`), and none was blind's.
+    assert_eq!(seen, ["other"], "blind reads only its own topics");
+    cluster.stop().await;
 }
