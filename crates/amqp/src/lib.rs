@@ -14,6 +14,7 @@
 
 pub mod cluster;
 mod engine;
+mod follow;
 pub mod leases;
 pub mod live;
 pub mod message;

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::options::{
@@ -32,8 +31,6 @@ use crate::{message, Amqp};
 
 /// Copies waiting to be sent; past this, new ones are dropped (and counted missed).
 const OUTGOING: usize = 10_000;
-/// The pause before linking again after the connection was lost.
-const RETRY: Duration = Duration::from_secs(1);
 /// The header naming the node that sent a copy.
 const ORIGIN: &str = "x-tl-origin";
 
@@ -98,7 +95,7 @@ impl LiveLink {
             out,
             channel: tokio::sync::Mutex::new(None),
         });
-        tokio::spawn(follow(Arc::downgrade(&link), stop.clone()));
+        crate::follow::spawn(&link, stop.clone());
         tokio::spawn(send(Arc::downgrade(&link), rx, stop));
         Ok(link)
     }
@@ -256,22 +253,6 @@ impl LiveLink {
     }
 }
 
-/// Links until `stop` (or the link is dropped), again after each loss.
-async fn follow(link: Weak<LiveLink>, stop: CancellationToken) {
-    loop {
-        let Some(l) = link.upgrade() else { return };
-        match l.link(&stop).await {
-            Ok(()) => return,
-            Err(e) => tracing::warn!(cause = %e, "live link; again in 1 s"),
-        }
-        drop(l);
-        tokio::select! {
-            () = tokio::time::sleep(RETRY) => {}
-            () = stop.cancelled() => return,
-        }
-    }
-}
-
 /// Sends copies, in order, on a channel of their own.
 async fn send(link: Weak<LiveLink>, mut rx: mpsc::Receiver<Copy>, stop: CancellationToken) {
     let mut ch: Option<Channel> = None;
@@ -314,5 +295,15 @@ async fn send(link: Weak<LiveLink>, mut rx: mpsc::Receiver<Copy>, stop: Cancella
         if r.is_err() {
             ch = None;
         }
+    }
+}
+
+impl crate::follow::Follower for LiveLink {
+    const WHAT: &'static str = "the live exchange";
+    fn run<'a>(
+        &'a self,
+        stop: &'a CancellationToken,
+    ) -> trunkline_broker::backend::BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.link(stop))
     }
 }

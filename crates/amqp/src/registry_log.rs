@@ -34,8 +34,6 @@ use crate::Amqp;
 
 /// How long a writer waits for its record to come back applied.
 const APPLIED_WITHIN: Duration = Duration::from_secs(10);
-/// The pause before following the stream again after the connection was lost.
-const RETRY: Duration = Duration::from_secs(1);
 /// Records RabbitMQ sends ahead of those acknowledged.
 const PREFETCH: u16 = 512;
 
@@ -120,7 +118,7 @@ impl RegistryLog {
             next_offset: AtomicI64::new(-1),
             last_other: Mutex::default(),
         });
-        tokio::spawn(follow(Arc::downgrade(&log), stop));
+        crate::follow::spawn(&log, stop);
         // Everything before this marker is applied once the marker is read back.
         log.append(0, None, Some(log.keys.clone())).await?;
         if let Some((other, theirs)) = lock(&log.last_other).clone() {
@@ -277,18 +275,12 @@ impl RegistryLog {
     }
 }
 
-/// Follows the stream until `stop` (or the log is dropped), again after each loss.
-async fn follow(log: std::sync::Weak<RegistryLog>, stop: CancellationToken) {
-    loop {
-        let Some(l) = log.upgrade() else { return };
-        match l.read(&stop).await {
-            Ok(()) => return,
-            Err(e) => tracing::warn!(cause = %e, "following the registry log; again in 1 s"),
-        }
-        drop(l);
-        tokio::select! {
-            () = tokio::time::sleep(RETRY) => {}
-            () = stop.cancelled() => return,
-        }
+impl crate::follow::Follower for RegistryLog {
+    const WHAT: &'static str = "the registry log";
+    fn run<'a>(
+        &'a self,
+        stop: &'a CancellationToken,
+    ) -> trunkline_broker::backend::BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.read(stop))
     }
 }

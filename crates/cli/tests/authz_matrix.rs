@@ -149,23 +149,6 @@ async fn stomp_refused(
     }
 }
 
-/// Topics of MESSAGE frames arriving on `w` within `wait` (until the connection closes).
-async fn stomp_topics(w: &mut StompWire, wait: Duration) -> (Vec<String>, Option<Frame>) {
-    let mut topics = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match w.next_within(left).await {
-            Ok(Some(f)) if f.command == Command::Message => {
-                topics.push(f.get("topic").unwrap_or("?").to_owned())
-            }
-            Ok(Some(f)) if f.command == Command::Error => return (topics, Some(f)),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(()) => return (topics, None),
-        }
-    }
-}
-
 async fn ws_inbox_topics(s: &trunkline_client::ws::WsSession, wait: Duration) -> Vec<String> {
     let mut topics = Vec::new();
     while let Ok(Some(ev)) = tokio::time::timeout(wait, s.next_event()).await {
@@ -262,7 +245,7 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
 
     // --- reads ---------------------------------------------------------------------------
     for (dest, w) in &mut live {
-        let (topics, _) = stomp_topics(w, Duration::from_millis(500)).await;
+        let (topics, _) = w.topics_within(Duration::from_millis(500)).await;
         t.seen(&format!("cb live {dest}"), &topics, |t| t.starts_with("b."));
         // Narrowed to the intersection: `#` gives what cb may read, `a.#` nothing.
         let expect: &[&str] = if dest.ends_with("/#") { &["b.ok"] } else { &[] };
@@ -495,7 +478,7 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
         assert_eq!(f.command, Command::Receipt, "{f:?}");
     }
     // Drain what the old sessions legitimately get now.
-    let _ = stomp_topics(&mut q, Duration::from_millis(300)).await;
+    let _ = q.topics_within(Duration::from_millis(300)).await;
     let _ = ws_inbox_topics(&ws, Duration::from_millis(300)).await;
 
     admin.delete_client("ca").await.expect("delete ca");
@@ -509,7 +492,7 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
         .await;
     assert_eq!(s, 202);
     for (name, w) in [("queue", &mut q), ("live", &mut l)] {
-        let (topics, err) = stomp_topics(w, Duration::from_secs(2)).await;
+        let (topics, err) = w.topics_within(Duration::from_secs(2)).await;
         t.seen(
             &format!("old ca STOMP {name} after delete"),
             &topics,
@@ -541,9 +524,9 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
         .websocket()
         .await
         .expect("ws");
-    let _ = stomp_topics(&mut r, Duration::from_millis(300)).await;
+    let _ = r.topics_within(Duration::from_millis(300)).await;
     admin.rotate_secret("ca").await.expect("rotate");
-    let (_, err) = stomp_topics(&mut r, Duration::from_secs(2)).await;
+    let (_, err) = r.topics_within(Duration::from_secs(2)).await;
     t.refused(
         "rotated ca STOMP closed",
         err.is_some_and(|e| e.get("code") == Some("credentials_revoked")),
@@ -582,7 +565,7 @@ async fn no_leaks_and_no_privileged_successes_over_every_interface() {
             .await;
         assert_eq!(s, 202);
     }
-    let (topics, _) = stomp_topics(&mut w, Duration::from_millis(800)).await;
+    let (topics, _) = w.topics_within(Duration::from_millis(800)).await;
     t.seen("cb live after narrowing", &topics, |t| t.starts_with("d."));
     t.refused("cb live gets d.after", topics == ["d.after"]);
 
@@ -670,7 +653,7 @@ async fn read_topics_are_live_only() {
             .await
             .expect("publish");
     }
-    let (mut topics, _) = stomp_topics(&mut s, Duration::from_millis(800)).await;
+    let (mut topics, _) = s.topics_within(Duration::from_millis(800)).await;
     topics.sort();
     assert_eq!(
         topics,

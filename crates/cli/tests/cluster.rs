@@ -255,22 +255,6 @@ fn subscribe(dest: &str, id: &str) -> Frame {
         .header("receipt", format!("sub-{id}"))
 }
 
-/// Topics of the MESSAGE frames `w` gets within `wait`.
-async fn stomp_topics(w: &mut StompWire, wait: Duration) -> Vec<String> {
-    let mut topics = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match w.next_within(left).await {
-            Ok(Some(f)) if f.command == Command::Message => {
-                topics.push(f.get("topic").unwrap_or("?").to_owned())
-            }
-            Ok(Some(f)) => assert_ne!(f.command, Command::Error, "{f:?}"),
-            Ok(None) | Err(()) => return topics,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_topics_reach_subscribers_on_every_node() {
     let Some(url) = amqp() else { return };
@@ -293,8 +277,10 @@ async fn live_topics_reach_subscribers_on_every_node() {
             .send("news.probe", &serde_json::json!({}))
             .await
             .expect("probe");
-        if !stomp_topics(&mut w, Duration::from_millis(100))
+        if !w
+            .topics_within(Duration::from_millis(100))
             .await
+            .0
             .is_empty()
         {
             bound = true;
@@ -302,7 +288,7 @@ async fn live_topics_reach_subscribers_on_every_node() {
         }
     }
     assert!(bound, "node 2 never got a message published on node 1");
-    let _ = stomp_topics(&mut w, Duration::from_millis(300)).await;
+    let _ = w.topics_within(Duration::from_millis(300)).await.0;
     for (i, node) in [(1, 1), (2, 3), (3, 2)] {
         cluster
             .admin(node)
@@ -310,7 +296,7 @@ async fn live_topics_reach_subscribers_on_every_node() {
             .await
             .expect("send");
     }
-    let mut got = stomp_topics(&mut w, Duration::from_secs(2)).await;
+    let mut got = w.topics_within(Duration::from_secs(2)).await.0;
     got.sort();
     assert_eq!(got, ["news.1", "news.2", "news.3"], "from nodes 1, 3 and 2");
     cluster
@@ -318,7 +304,7 @@ async fn live_topics_reach_subscribers_on_every_node() {
         .send("other", &serde_json::json!({}))
         .await
         .expect("send other");
-    let seen = stomp_topics(&mut b, Duration::from_secs(1)).await;
+    let seen = b.topics_within(Duration::from_secs(1)).await.0;
     // Every news.* message reached node 3 too (it follows `#`), and none was blind's.
     assert_eq!(seen, ["other"], "blind reads only its own topics");
     cluster.stop().await;

@@ -62,6 +62,24 @@ impl StompWire {
         }
     }
 
+    /// The `topic` headers of the MESSAGE frames that come within `wait`, and the ERROR
+    /// frame if one ends it.
+    pub async fn topics_within(&mut self, wait: Duration) -> (Vec<String>, Option<Frame>) {
+        let mut topics = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Ok(Some(f)) if f.command == Command::Message => {
+                    topics.push(f.get("topic").unwrap_or("?").to_owned())
+                }
+                Ok(Some(f)) if f.command == Command::Error => return (topics, Some(f)),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(()) => return (topics, None),
+            }
+        }
+    }
+
     /// The next frame (heart-beats skipped); `None` if the server closed. At most 10 s.
     pub async fn next(&mut self) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
