@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one test command of the project: the Rust workspace tests, then the interop tests
-# against the real `trunkline` binary: Python (pytest + requests, stomp.py), then
-# JavaScript (@stomp/stompjs under `node --test`).
+# The one test command of the project: the Rust workspace tests (and the integration
+# suite again on RabbitMQ), then the interop tests against the real `trunkline` binary:
+# Python (pytest + requests, stomp.py), then JavaScript (@stomp/stompjs under `node --test`).
 #
 #   bash scripts/test.sh            # from any directory
 #
@@ -25,6 +25,13 @@ if command -v rabbitmq-server >/dev/null 2>&1; then
         export TRUNKLINE_TEST_AMQP="amqp://guest:guest@127.0.0.1:${RMQ_AMQP_PORT:-25673}/%2f"
         trap 'bash scripts/rabbitmq.sh stop' EXIT
     fi
+    # And a three-node RabbitMQ cluster, for the scale-out failure test
+    # (crates/cli/tests/cluster_failover.rs).
+    echo "==> starting a three-node RabbitMQ cluster (scripts/rabbitmq-cluster.sh)"
+    if urls="$(bash scripts/rabbitmq-cluster.sh start)"; then
+        export TRUNKLINE_TEST_AMQP_CLUSTER="$(echo "$urls" | paste -sd, -)"
+        trap 'bash scripts/rabbitmq-cluster.sh stop; bash scripts/rabbitmq.sh stop' EXIT
+    fi
 fi
 
 echo "==> Rust tests"
@@ -35,6 +42,23 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     echo "(cargo-nextest not found; using cargo test)"
     cargo test --workspace
+fi
+
+# The same integration suite again with every node's messages and registry in RabbitMQ
+# (the backend fixture: TRUNKLINE_TEST_BROKER, crates/testkit); the tests of the embedded
+# store itself (crash, power loss, disk and memory budgets, repair) are not in it.
+if [[ -n "${TRUNKLINE_TEST_AMQP:-}" ]]; then
+    echo "==> the integration suite on RabbitMQ (TRUNKLINE_TEST_BROKER)"
+    suite=(http_api stomp stomp_client stomp_tls ws ws_calls twins relay authz_matrix limits
+        bad_input malformed cli federation)
+    if cargo nextest --version >/dev/null 2>&1; then
+        filter="$(printf 'binary(%s) | ' "${suite[@]}")"
+        TRUNKLINE_TEST_BROKER="$TRUNKLINE_TEST_AMQP" \
+            cargo nextest run -p trunkline-cli --no-fail-fast -E "${filter% | }"
+    else
+        TRUNKLINE_TEST_BROKER="$TRUNKLINE_TEST_AMQP" \
+            cargo test -p trunkline-cli $(printf -- '--test %s ' "${suite[@]}")
+    fi
 fi
 
 echo "==> building trunkline for the interop tests"

@@ -144,6 +144,22 @@ impl Cluster {
             .await
     }
 
+    /// Deletes `queue` once nothing this node publishes can reach it: unbound from its
+    /// `routes` first, then after every publish already started has its outcome.
+    /// (RabbitMQ 3.10 closes the connection of a publish that reaches a quorum queue
+    /// while it is deleted, `docs/scale-out.md`.)
+    async fn retire(
+        &self,
+        queue: &str,
+        routes: &[(Exchange, Vec<String>)],
+    ) -> Result<(), BrokerError> {
+        for (exchange, keys) in routes {
+            self.amqp.bindings(queue, *exchange, &[], keys).await?;
+        }
+        self.amqp.published().await;
+        self.amqp.delete_queue(queue).await
+    }
+
     /// Checks a publish and finds where it goes.
     fn route(&self, p: &Publish) -> Result<Vec<Arc<str>>, BrokerError> {
         topic::validate_topic(&p.topic).map_err(|cause| BrokerError::InvalidTopic {
@@ -497,12 +513,21 @@ impl Backend for Cluster {
     fn delete_client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let _admin = self.admin.lock().await;
+            let patterns = self
+                .registry
+                .get_client(client_id)
+                .map(|c| c.patterns)
+                .unwrap_or_default();
             self.log
                 .record(Change::DeleteClient {
                     client_id: client_id.to_owned(),
                 })
                 .await?;
-            self.amqp.delete_queue(&inbox_name(client_id)).await?;
+            let routes = [
+                (Exchange::Topic, patterns),
+                (Exchange::Notify, vec![String::new()]),
+            ];
+            self.retire(&inbox_name(client_id), &routes).await?;
             self.amqp.delete_queue(&dead_name(client_id)).await
         })
     }
@@ -578,12 +603,17 @@ impl Backend for Cluster {
     fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let _admin = self.admin.lock().await;
+            let bindings = self
+                .registry
+                .get_queue(name)
+                .map(|q| q.bindings)
+                .unwrap_or_default();
             self.log
                 .record(Change::DeleteQueue {
                     name: name.to_owned(),
                 })
                 .await?;
-            self.amqp.delete_queue(name).await?;
+            self.retire(name, &[(Exchange::Topic, bindings)]).await?;
             self.amqp.delete_queue(&dead_letter_of(name)).await
         })
     }
@@ -602,6 +632,10 @@ impl Backend for Cluster {
             let ready = self.amqp.depth(name).await?;
             Ok(ready + self.amqp.leased_of(name) as u64)
         })
+    }
+
+    fn leased(&self, name: &str) -> u64 {
+        self.amqp.leased_of(name) as u64
     }
 
     fn list_queues(&self) -> Vec<QueueView> {

@@ -45,8 +45,10 @@ struct Link {
 /// What a publish's starter is told once RabbitMQ confirms it: the message's id.
 pub type Confirmed = Box<dyn FnOnce(Result<u64, BrokerError>) + Send + 'static>;
 
-/// A publish on its way to the publisher task.
+/// A publish on its way to the publisher task (or, with `barrier`, no publish: `done` is
+/// told once every publish before it has its outcome).
 struct Outgoing {
+    barrier: bool,
     id: u64,
     exchange: String,
     key: String,
@@ -396,6 +398,7 @@ impl Amqp {
             (None, false) => (self.names.exchange(Exchange::Topic), p.topic.clone()),
         };
         let out = Outgoing {
+            barrier: false,
             id,
             exchange,
             key,
@@ -405,6 +408,26 @@ impl Amqp {
         };
         if let Err(e) = self.outgoing.send(out) {
             (e.0.done)(Err(unavailable("publish", "the publisher stopped")));
+        }
+    }
+
+    /// Returns once every publish started before it has its outcome: a queue this node no
+    /// longer routes to gets nothing more from it after that.
+    pub async fn published(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let out = Outgoing {
+            barrier: true,
+            id: 0,
+            exchange: String::new(),
+            key: String::new(),
+            props: lapin::BasicProperties::default(),
+            body: bytes::Bytes::new(),
+            done: Box::new(move |_| {
+                let _ = tx.send(());
+            }),
+        };
+        if self.outgoing.send(out).is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -549,6 +572,11 @@ impl Amqp {
     }
 }
 
+/// A publish's outcome to come, with whom to tell.
+type Pending = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Result<u64, BrokerError>, Confirmed)> + Send>,
+>;
+
 /// Sends publishes in the order they were started and hands each its confirm. Ends when
 /// the engine is dropped.
 async fn publisher(
@@ -566,7 +594,11 @@ async fn publisher(
                     (out.done)(Err(unavailable("publish", "the engine stopped")));
                     break;
                 };
-                let Outgoing { id, exchange, key, props, body, done } = out;
+                let Outgoing { barrier, id, exchange, key, props, body, done } = out;
+                if barrier {
+                    confirms.push_back(Box::pin(async move { (Ok(id), done) }) as Pending);
+                    continue;
+                }
                 let sent = match engine.channels().await {
                     Ok((ch, _, _)) => {
                         let publish = ch.basic_publish(
@@ -581,7 +613,7 @@ async fn publisher(
                     Err(e) => Err(e),
                 };
                 match sent {
-                    Ok(confirm) => confirms.push_back(async move {
+                    Ok(confirm) => confirms.push_back(Box::pin(async move {
                         let r = match tokio::time::timeout(TIMEOUT, confirm).await {
                             Ok(Ok(Confirmation::Ack(_))) => Ok(id),
                             Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::QueueFull { queues: vec![key] }),
@@ -590,7 +622,7 @@ async fn publisher(
                             Err(_) => Err(unavailable("publish", "no confirm in time")),
                         };
                         (r, done)
-                    }),
+                    }) as Pending),
                     Err(e) => done(Err(e)),
                 }
             }

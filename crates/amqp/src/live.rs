@@ -2,11 +2,12 @@
 //! whose messages are transient, and a queue per node (`<namespace>:node.<origin>`,
 //! exclusive: it goes with the node's connection).
 //!
-//! A node binds its queue to `topic.<pattern>` for each pattern its live subscribers
-//! (STOMP `/topic/…`) follow, counted, unbound when the last one goes. After a publish to
-//! a topic is confirmed, the node hands it to its own subscribers and sends a copy to the
-//! exchange with routing key `topic.<topic>`: RabbitMQ gives it to each node that follows
-//! a matching pattern (Trunkline's patterns are AMQP's). A node ignores the copies it sent.
+//! A node binds its queue with each pattern its live subscribers (STOMP `/topic/…`)
+//! follow, counted, unbound when the last one goes. After a publish to a topic is
+//! confirmed, the node hands it to its own subscribers and sends a copy to the exchange
+//! with the topic as routing key (at most 255 bytes, as AMQP's): RabbitMQ gives it to each
+//! node that follows a matching pattern (Trunkline's patterns are AMQP's). A node ignores
+//! the copies it sent.
 //!
 //! Live means best effort, as on one node: a copy is not confirmed, a node that cannot
 //! keep up (or whose link is down) misses messages, counted in `missed`.
@@ -46,7 +47,7 @@ pub struct LiveLink {
     registry: Broker,
     exchange: String,
     queue: String,
-    /// Binding keys and how many of this node's subscribers need each.
+    /// Patterns followed and how many of this node's subscribers follow each.
     keys: Mutex<HashMap<String, usize>>,
     out: mpsc::Sender<Copy>,
     /// The channel the node's queue is consumed on; bindings are made on it too.
@@ -103,7 +104,7 @@ impl LiveLink {
     /// Follows `pattern` (this node's subscribers need it); [`LiveLink::unfollow`] once
     /// each is gone.
     pub fn follow(self: &Arc<Self>, pattern: &str) {
-        let key = format!("topic.{pattern}");
+        let key = pattern.to_owned();
         let first = {
             let mut keys = lock(&self.keys);
             let n = keys.entry(key.clone()).or_insert(0);
@@ -116,7 +117,7 @@ impl LiveLink {
     }
 
     pub fn unfollow(self: &Arc<Self>, pattern: &str) {
-        let key = format!("topic.{pattern}");
+        let key = pattern.to_owned();
         let last = {
             let mut keys = lock(&self.keys);
             match keys.get_mut(&key) {
@@ -146,8 +147,7 @@ impl LiveLink {
 
     /// Whether this node's queue is bound to `pattern` now (for tests and probes).
     pub async fn follows(&self, pattern: &str) -> bool {
-        let key = format!("topic.{pattern}");
-        lock(&self.keys).contains_key(&key) && self.channel.lock().await.is_some()
+        lock(&self.keys).contains_key(pattern) && self.channel.lock().await.is_some()
     }
 
     /// Sends a copy of a message just published to a topic to the nodes that follow it.
@@ -242,11 +242,9 @@ impl LiveLink {
             if from.as_deref() == Some(origin) {
                 continue;
             }
-            let key = d.routing_key.as_str();
-            if let Some(topic) = key.strip_prefix("topic.") {
-                let (id, data, _) = message::read(&d.properties, d.data, topic);
-                self.registry.publish_live(id, Arc::new(data));
-            }
+            let topic = d.routing_key.to_string();
+            let (id, data, _) = message::read(&d.properties, d.data, &topic);
+            self.registry.publish_live(id, Arc::new(data));
         };
         *self.channel.lock().await = None;
         r
@@ -282,11 +280,10 @@ async fn send(link: Weak<LiveLink>, mut rx: mpsc::Receiver<Copy>, stop: Cancella
             AMQPValue::LongString(LongString::from(l.amqp.origin().as_bytes().to_vec())),
         );
         props = props.with_headers(headers);
-        let key = format!("topic.{}", data.topic);
         let r = c
             .basic_publish(
                 l.exchange.as_str().into(),
-                key.as_str().into(),
+                data.topic.as_str().into(),
                 BasicPublishOptions::default(),
                 &data.body,
                 props,

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | body | payload |
 //! | id | `message-id` property (decimal) |
-//! | content type (`None`: JSON) | `content-type` property (`application/json` for JSON) |
+//! | content type (`None`: JSON) | `content-type` property (`application/json` for JSON); one longer than 255 bytes in `x-tl-content-type` |
 //! | topic | `x-tl-topic` header (the routing key is the queue's for point to point) |
 //! | sender | `x-tl-sender` header (`user-id` is checked by RabbitMQ against the login) |
 //! | accepted at (ms) | `x-tl-ts` header |
@@ -24,6 +24,10 @@ const TS: &str = "x-tl-ts";
 const EXPIRES: &str = "x-tl-expires";
 const HEADERS: &str = "x-tl-headers";
 const DELIVERY_COUNT: &str = "x-delivery-count";
+/// A content type too long for AMQP's property (255 bytes) travels in this header.
+const LONG_CONTENT_TYPE: &str = "x-tl-content-type";
+/// The longest short string AMQP carries (property values, routing keys).
+const SHORT_MAX: usize = 255;
 
 fn long(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
@@ -48,7 +52,11 @@ pub fn properties(id: u64, m: &StoredMessage, ttl_ms: Option<u64>) -> BasicPrope
         }
         h.insert(HEADERS.into(), AMQPValue::FieldArray(pairs));
     }
-    let content_type = m.content_type.as_deref().unwrap_or(JSON);
+    let mut content_type = m.content_type.as_deref().unwrap_or(JSON);
+    if content_type.len() > SHORT_MAX {
+        h.insert(LONG_CONTENT_TYPE.into(), long(content_type));
+        content_type = "application/octet-stream";
+    }
     let mut p = BasicProperties::default()
         .with_delivery_mode(2)
         .with_message_id(ShortString::from(id.to_string()))
@@ -98,12 +106,15 @@ pub fn read(
         .as_ref()
         .and_then(|s| s.as_str().parse().ok())
         .unwrap_or(0);
-    let content_type = props
-        .content_type()
-        .as_ref()
-        .map(|s| s.as_str())
-        .filter(|ct| *ct != JSON)
-        .map(str::to_owned);
+    let content_type = match get(LONG_CONTENT_TYPE).and_then(string) {
+        Some(long) => Some(long),
+        None => props
+            .content_type()
+            .as_ref()
+            .map(|s| s.as_str())
+            .filter(|ct| *ct != JSON)
+            .map(str::to_owned),
+    };
     let headers = match get(HEADERS) {
         Some(AMQPValue::FieldArray(pairs)) => pairs
             .as_slice()
@@ -154,6 +165,14 @@ mod tests {
         let (id, back, count) = read(&p, m.body.to_vec(), "ignored");
         assert_eq!((id, count), (42, 1));
         assert_eq!(back, m);
+
+        // A content type longer than AMQP's short strings goes in a header.
+        let odd = StoredMessage {
+            content_type: Some(format!("text/x-{}", "a".repeat(300))),
+            ..m.clone()
+        };
+        let p = properties(43, &odd, None);
+        assert_eq!(read(&p, odd.body.to_vec(), "ignored").1, odd);
 
         let text = StoredMessage {
             content_type: Some("text/plain".into()),

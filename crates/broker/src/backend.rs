@@ -103,6 +103,8 @@ pub trait Backend: Send + Sync + 'static {
     fn get_queue(&self, name: &str) -> Option<QueueView>;
     /// Messages in a queue now (ready and leased; 0 for no queue).
     fn depth<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>>;
+    /// Deliveries of queue `name` leased now by this node (and not settled).
+    fn leased(&self, name: &str) -> u64;
     fn list_queues(&self) -> Vec<QueueView>;
     fn has_queue(&self, name: &str) -> bool;
 
@@ -254,6 +256,9 @@ impl Backend for Broker {
     }
     fn depth<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>> {
         Box::pin(std::future::ready(Ok(self.depth_of(name))))
+    }
+    fn leased(&self, name: &str) -> u64 {
+        self.leased_of(name)
     }
     fn list_queues(&self) -> Vec<QueueView> {
         Broker::list_queues(self)

@@ -234,6 +234,13 @@ impl Broker {
             .unwrap_or(0)
     }
 
+    /// Deliveries of queue `name` leased now (0 for no queue).
+    pub fn leased_of(&self, name: &str) -> u64 {
+        self.queue(name)
+            .map(|c| lock(&c.state).leased_len())
+            .unwrap_or(0)
+    }
+
     fn queue_view(&self, rec: &QueueRecord) -> QueueView {
         let depth = |name: &str| self.depth_of(name);
         let dead_letter = dead_letter_of(&rec.name);

@@ -114,6 +114,12 @@ struct ServeArgs {
     /// Keep messages in a RabbitMQ cluster: `amqp://…` URLs, comma-separated.
     #[arg(long, env = "TRUNKLINE_BROKER")]
     broker: Option<String>,
+    /// With --broker: this node's name in the cluster ([a-z0-9-]).
+    #[arg(long = "node", env = "TRUNKLINE_NODE")]
+    node_name: Option<String>,
+    /// With --broker: the prefix of every name the cluster declares in RabbitMQ.
+    #[arg(long, env = "TRUNKLINE_NAMESPACE")]
+    namespace: Option<String>,
     /// Unconfirmed STOMP operations per connection before reading pauses.
     #[arg(long, env = "TRUNKLINE_STOMP_BUFFER")]
     stomp_buffer: Option<usize>,
@@ -489,6 +495,12 @@ fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     }
     if let Some(b) = &a.broker {
         c.broker.url = b.clone();
+    }
+    if let Some(n) = &a.node_name {
+        c.broker.node = n.clone();
+    }
+    if let Some(n) = &a.namespace {
+        c.broker.namespace = n.clone();
     }
     if let Some(e) = &a.store_engine {
         c.store.engine = match e.as_str() {

@@ -383,8 +383,8 @@ async fn forward_queue(node: &TestServer, fed: &Federation, me: &str, peer: &str
         &db.peer(peer, true).expect("read").expect("active"),
     )
     .expect("spec");
-    let broker = node.broker().expect("broker");
-    broker.declare_queue(queue, spec, 0).await.expect("declare");
+    let engine = node.engine().expect("engine");
+    engine.declare_queue(queue, spec, 0).await.expect("declare");
 }
 
 #[tokio::test]
@@ -414,18 +414,13 @@ async fn a_link_forwards_a_queue_to_a_trunkline_peer_confirmed_by_receipts() {
     // Confirmed, so acked: the agent's queue empties.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let q = ca
-            .broker()
-            .expect("broker")
-            .get_queue("to-aa")
-            .expect("queue");
-        if q.depth == 0 {
+        let depth = ca.depth("to-aa").await;
+        if depth == 0 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "still {} in to-aa",
-            q.depth
+            "still {depth} in to-aa"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -499,8 +494,8 @@ async fn configure_queue_then_drain_a_deactivated_peer_answering_for_it() {
     let (ok, out) = federation_cmd(args(&["configure-queue", AA, "to-aa"])).await;
     assert!(ok, "{out}");
     let q = ca
-        .broker()
-        .expect("broker")
+        .engine()
+        .expect("engine")
         .get_queue("to-aa")
         .expect("declared");
     assert_eq!(q.bindings, vec!["creditors_out.12.34.ab.cd.#".to_string()]);
@@ -545,14 +540,7 @@ async fn configure_queue_then_drain_a_deactivated_peer_answering_for_it() {
         out.contains("drained 20 messages") && out.contains("answered 20"),
         "{out}"
     );
-    assert_eq!(
-        ca.broker()
-            .expect("broker")
-            .get_queue("to-aa")
-            .expect("q")
-            .depth,
-        0
-    );
+    assert_eq!(ca.depth("to-aa").await, 0);
     let r = http
         .get(format!(
             "{}/receive?queue=answers&max_messages=100",
@@ -630,14 +618,7 @@ async fn a_link_run_in_the_foreground_forwards_a_queue_read_over_http() {
     assert_eq!(got[0]["body"]["creditor_id"], CREDITOR);
     // Interrupted: it stops, saying what it did.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while ca
-        .broker()
-        .expect("broker")
-        .get_queue("to-aa")
-        .expect("q")
-        .depth
-        > 0
-    {
+    while ca.depth("to-aa").await > 0 {
         assert!(std::time::Instant::now() < deadline, "acked");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -697,14 +678,14 @@ async fn a_link_whose_peer_goes_away_while_idle_delivers_what_comes_once_it_is_b
     // Nothing stranded on the agent: its queue empties.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let q = ca.broker().expect("broker").get_queue("to-aa").expect("q");
-        if q.depth == 0 {
+        let q_depth = ca.depth("to-aa").await;
+        if q_depth == 0 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "{} left in to-aa",
-            q.depth
+            q_depth
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -714,19 +695,11 @@ async fn a_link_whose_peer_goes_away_while_idle_delivers_what_comes_once_it_is_b
 
 /// Messages in the authority's queue `from-peers`, waiting (at most 30 s) for `want`.
 async fn wait_depth(server: &TestServer, want: u64) -> u64 {
-    let depth = || {
-        server
-            .broker()
-            .expect("broker")
-            .get_queue("from-peers")
-            .expect("queue")
-            .depth
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut d = depth();
+    let mut d = server.depth("from-peers").await;
     while d < want && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        d = depth();
+        d = server.depth("from-peers").await;
     }
     d
 }
@@ -742,15 +715,7 @@ async fn a_link_stopped_while_its_peer_is_unreachable_gives_back_everything_it_t
     })
     .await;
     forward_queue(&ca, &fed, CA, AA, "to-aa").await;
-    let leased = |server: &TestServer| {
-        server
-            .broker()
-            .expect("broker")
-            .queue_depths()
-            .into_iter()
-            .find(|d| &*d.name == "to-aa")
-            .map_or(0, |d| d.leased)
-    };
+    let leased = |server: &TestServer| server.engine().expect("engine").leased("to-aa");
     let wait_leased = |want: u64| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let ca = &ca;
@@ -778,8 +743,7 @@ async fn a_link_stopped_while_its_peer_is_unreachable_gives_back_everything_it_t
         0,
         "nothing stays leased to a stopped link"
     );
-    let q = ca.broker().expect("broker").get_queue("to-aa").expect("q");
-    assert_eq!(q.depth, 12);
+    assert_eq!(ca.depth("to-aa").await, 12);
     // And the node stops promptly (its links are waited for).
     tokio::time::timeout(Duration::from_secs(10), ca.stop())
         .await

@@ -113,14 +113,15 @@ max_frame_bytes = 65536
 # Where messages live. Empty (the default): the embedded engine, in the data directory.
 # One or more `amqp://user:password@host:port/vhost` URLs, comma-separated (the nodes of
 # one RabbitMQ cluster, tried in turn): messages live in RabbitMQ's quorum queues
-# (docs/scale-out.md); the registry stays in the data directory (TRUNKLINE_BROKER,
-# --broker).
+# (docs/scale-out.md), and the registry is shared by every node of the cluster
+# through a RabbitMQ stream (TRUNKLINE_BROKER, --broker).
 url = ""
 # This node's name in receipts of deliveries it holds ([a-z0-9-]). Empty: "n" and the
-# public listener's port.
+# public listener's port (TRUNKLINE_NODE, --node).
 node = ""
 # Prefix of every exchange and queue this cluster declares in RabbitMQ (empty:
-# "trunkline"): the nodes of one cluster share it; clusters sharing a RabbitMQ differ.
+# "trunkline"): the nodes of one cluster share it; clusters sharing a RabbitMQ differ
+# (TRUNKLINE_NAMESPACE, --namespace).
 namespace = ""
 
 [relay]

@@ -380,18 +380,6 @@ impl Node {
             (None, None)
         };
 
-        let listen = serde_json::json!({
-            "http": http_addr.to_string(),
-            "backend": backend_addr.to_string(),
-            "stomp": stomp_addr.map(|a| a.to_string()),
-            "stomp_tls": stomp_tls_addr.map(|a| a.to_string()),
-            "federation": federation_addr.map(|a| a.to_string()),
-            "pid": std::process::id(),
-        });
-        let listen_path = dir.join("listen.json");
-        write_private(&listen_path, listen.to_string().as_bytes())
-            .map_err(|e| data_err(&listen_path, e))?;
-
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let config = Arc::new(config);
@@ -405,6 +393,18 @@ impl Node {
         };
         let engine = open_engine(&config, &broker, http_addr, keys_fingerprint, &shutdown).await?;
         bootstrap_admin(engine.as_ref(), &dir, http_addr).await?;
+        // Written once the node is ready to serve: tools and tests wait for it.
+        let listen = serde_json::json!({
+            "http": http_addr.to_string(),
+            "backend": backend_addr.to_string(),
+            "stomp": stomp_addr.map(|a| a.to_string()),
+            "stomp_tls": stomp_tls_addr.map(|a| a.to_string()),
+            "federation": federation_addr.map(|a| a.to_string()),
+            "pid": std::process::id(),
+        });
+        let listen_path = dir.join("listen.json");
+        write_private(&listen_path, listen.to_string().as_bytes())
+            .map_err(|e| data_err(&listen_path, e))?;
         let keys = Arc::new(Keys {
             token_key,
             backend_key,

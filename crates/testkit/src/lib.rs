@@ -60,6 +60,17 @@ pub fn test_config(data_dir: &Path) -> Config {
     c
 }
 
+/// With `TRUNKLINE_TEST_LOG` set (a filter such as `warn`), in-process nodes log to
+/// stderr (`--no-capture` shows it).
+fn log_if_asked() {
+    if let Ok(filter) = std::env::var("TRUNKLINE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// The RabbitMQ namespace of the node on `data_dir` (temporary directories are unique).
 fn namespace_of(data_dir: &Path) -> String {
     use std::hash::{Hash, Hasher};
@@ -85,6 +96,7 @@ impl TestServer {
 
     /// A node on an existing data directory (to test restarts); the directory is kept.
     pub async fn start_in(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        log_if_asked();
         let mut c = test_config(data_dir);
         tweak(&mut c);
         let node = Node::start(c, Secrets::default())
