@@ -23,7 +23,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 use crate::disk::{self, Placement};
-use crate::find_beam;
+use crate::find_beams;
 use crate::load::{self, LoadArgs};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -31,9 +31,14 @@ pub struct AmqpArgs {
     /// RabbitMQ's AMQP URI (scripts/rabbitmq.sh listens on 25673).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:25673/%2f")]
     pub amqp: String,
-    /// RabbitMQ's server process, for CPU per message (default: found by name).
+    /// RabbitMQ's server processes, for CPU per message (repeat for the nodes of a
+    /// cluster; default: every RabbitMQ process on the machine).
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
+    /// Quorum queues (replicated, as Trunkline declares over RabbitMQ) instead of classic
+    /// ones.
+    #[arg(long)]
+    pub quorum: bool,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -95,24 +100,35 @@ pub async fn delete_queues(uri: &str, queues: &[String]) -> Result<()> {
 
 pub async fn run(a: &AmqpArgs) -> Result<bool> {
     a.load.check()?;
-    let pid = a
-        .server_pid
-        .or_else(find_beam)
-        .ok_or_else(|| anyhow!("no RabbitMQ process found; pass --server-pid"))?;
+    let pids = if a.server_pid.is_empty() {
+        find_beams()
+    } else {
+        a.server_pid.clone()
+    };
+    if pids.is_empty() {
+        bail!("no RabbitMQ process found; pass --server-pid");
+    }
     let prefetch =
         u16::try_from(a.load.prefetch).map_err(|_| anyhow!("--prefetch must be at most 65535"))?;
     let queues: Vec<String> = (0..a.load.consumers)
         .map(|c| format!("trunkline-bench-amqp-{c}"))
         .collect();
     delete_queues(&a.amqp, &queues).await?;
-    let result = load(a, pid, prefetch, &queues).await;
+    let result = load(a, &pids, prefetch, &queues).await;
     let cleanup = delete_queues(&a.amqp, &queues).await;
     let ok = result?;
     cleanup?;
     Ok(ok)
 }
 
-async fn load(a: &AmqpArgs, pid: u32, prefetch: u16, queues: &[String]) -> Result<bool> {
+async fn load(a: &AmqpArgs, pids: &[u32], prefetch: u16, queues: &[String]) -> Result<bool> {
+    let mut arguments = FieldTable::default();
+    if a.quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+    }
     let clock = load::Clock::new(&a.load);
     let (per_consumer, total) = a.load.split();
 
@@ -126,7 +142,7 @@ async fn load(a: &AmqpArgs, pid: u32, prefetch: u16, queues: &[String]) -> Resul
                     durable: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                arguments.clone(),
             )
             .await
             .with_context(|| format!("declare queue {q}"))?;
@@ -175,7 +191,7 @@ async fn load(a: &AmqpArgs, pid: u32, prefetch: u16, queues: &[String]) -> Resul
             .context("confirm.select")?;
         channels.push((conn, channel));
     }
-    let meter = load::Meter::start(pid)?;
+    let meter = load::Meter::of(pids.to_vec(), Vec::new())?;
     let mut schedule = load::Schedule::start(&a.load, clock, total);
     let pad = Arc::new(load::padding(a.load.size));
     let queues = Arc::new(queues.to_vec());
@@ -216,5 +232,10 @@ async fn load(a: &AmqpArgs, pid: u32, prefetch: u16, queues: &[String]) -> Resul
     let outcome = meter
         .finish(total, a.load.rate, publishers, consumers)
         .await?;
-    load::report("amqp-durable rabbitmq", &a.load, &system(pid), outcome)
+    let target = if a.quorum {
+        "amqp-durable rabbitmq (quorum queues)"
+    } else {
+        "amqp-durable rabbitmq"
+    };
+    load::report(target, &a.load, &system(pids[0]), outcome)
 }

@@ -190,21 +190,39 @@ impl Clock {
     }
 }
 
-/// The server's CPU time, what it wrote to disk, and the wall clock from the start of the
-/// load.
+/// The server's CPU time (all its processes: the nodes of a cluster), what it wrote to
+/// disk, the CPU time of the broker under it if any (RabbitMQ under Trunkline nodes), and
+/// the wall clock from the start of the load.
 pub struct Meter {
-    pid: u32,
+    pids: Vec<u32>,
     cpu0: u64,
     written0: Option<u64>,
+    broker: Vec<u32>,
+    broker_cpu0: u64,
     pub begin: Instant,
+}
+
+fn cpu_of(pids: &[u32]) -> Result<u64> {
+    pids.iter().map(|p| cpu_ticks(*p)).sum()
+}
+
+fn written_of(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|p| disk_written(*p)).sum()
 }
 
 impl Meter {
     pub fn start(pid: u32) -> Result<Meter> {
+        Meter::of(vec![pid], Vec::new())
+    }
+
+    /// A meter of the server's processes `pids` and of the broker's `broker`.
+    pub fn of(pids: Vec<u32>, broker: Vec<u32>) -> Result<Meter> {
         Ok(Meter {
-            pid,
-            cpu0: cpu_ticks(pid)?,
-            written0: disk_written(pid),
+            cpu0: cpu_of(&pids)?,
+            written0: written_of(&pids),
+            broker_cpu0: cpu_of(&broker)?,
+            pids,
+            broker,
             begin: Instant::now(),
         })
     }
@@ -226,9 +244,13 @@ impl Meter {
         for c in consumers {
             consumed.push(c.await?);
         }
-        let server_cpu_s =
-            cpu_ticks(self.pid)?.saturating_sub(self.cpu0) as f64 / sys::clock_ticks_per_sec()?;
-        let server_written = disk_written(self.pid)
+        let tick = sys::clock_ticks_per_sec()?;
+        let server_cpu_s = cpu_of(&self.pids)?.saturating_sub(self.cpu0) as f64 / tick;
+        let broker_cpu_s = (!self.broker.is_empty())
+            .then(|| cpu_of(&self.broker))
+            .transpose()?
+            .map(|now| now.saturating_sub(self.broker_cpu0) as f64 / tick);
+        let server_written = written_of(&self.pids)
             .zip(self.written0)
             .map(|(now, then)| now.saturating_sub(then));
         let since_begin = |t: Option<Instant>| {
@@ -255,8 +277,9 @@ impl Meter {
             elapsed_s,
             publish_elapsed_s,
             server_cpu_s,
+            broker_cpu_s,
             server_written,
-            server_pid: self.pid,
+            server_pid: self.pids.first().copied().unwrap_or(0),
             publish_failures: 0,
             publish_failure: None,
         };
@@ -724,6 +747,8 @@ pub struct Outcome {
     pub elapsed_s: f64,
     pub publish_elapsed_s: f64,
     pub server_cpu_s: f64,
+    /// CPU time of the broker under the server (RabbitMQ under Trunkline nodes).
+    pub broker_cpu_s: Option<f64>,
     /// Bytes the server wrote to storage during the run, if the kernel says.
     pub server_written: Option<u64>,
     pub server_pid: u32,
@@ -773,6 +798,7 @@ pub fn report(target: &str, a: &LoadArgs, system: &System, o: Outcome) -> Result
         "publish_elapsed_s": o.publish_elapsed_s,
         "publish_msgs_per_s": confirmed as f64 / o.publish_elapsed_s,
         "server_cpu_us_per_msg": o.server_cpu_s * 1e6 / consumed.max(1) as f64,
+        "broker_cpu_us_per_msg": o.broker_cpu_s.map(|s| s * 1e6 / consumed.max(1) as f64),
         "server_peak_rss_mib": peak_rss_kib(o.server_pid).unwrap_or(0) as f64 / 1024.0,
         "server_disk_bytes_per_msg": o.server_written.map(|w| w as f64 / consumed.max(1) as f64),
         "publish_latency": latency_json(o.publish_ns),
@@ -811,6 +837,9 @@ pub fn report(target: &str, a: &LoadArgs, system: &System, o: Outcome) -> Result
             f("max_ms")
         )
     };
+    if let Some(b) = r["broker_cpu_us_per_msg"].as_f64() {
+        println!("  broker CPU         {b:.1} µs/msg (RabbitMQ under the nodes)");
+    }
     println!("  publish latency    {}", ms(&r["publish_latency"]));
     println!("  end-to-end latency {}", ms(&r["end_to_end_latency"]));
     if o.rate.is_some() {

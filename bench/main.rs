@@ -275,20 +275,35 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 /// The pid of a running process whose command line (arguments joined by NUL) passes
 /// `matches`, found in /proc (the highest pid if several do).
 fn find_process(matches: impl Fn(&str) -> bool) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
+    find_processes(matches).into_iter().max()
+}
+
+/// Every process whose command line `matches`.
+fn find_processes(matches: impl Fn(&str) -> bool) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             matches(&String::from_utf8_lossy(&cmd)).then_some(pid)
         })
-        .max()
+        .collect()
+}
+
+fn is_beam(cmd: &str) -> bool {
+    cmd.contains("beam.smp") && cmd.contains("rabbit")
 }
 
 /// The pid of RabbitMQ's Erlang VM (`beam.smp`), for its CPU time.
 fn find_beam() -> Option<u32> {
-    find_process(|cmd| cmd.contains("beam.smp") && cmd.contains("rabbit"))
+    find_process(is_beam)
+}
+
+/// Every RabbitMQ Erlang VM on the machine (the nodes of a local cluster).
+fn find_beams() -> Vec<u32> {
+    find_processes(is_beam)
 }
 
 /// False once `pid` has exited (a zombie not yet reaped counts as exited).
@@ -355,6 +370,9 @@ struct Server {
     bin: PathBuf,
     config: Option<PathBuf>,
     limit_bytes: Option<u64>,
+    /// A node joining another's cluster: the first node's admin secret (only the first
+    /// node writes `admin.json`).
+    joined: Option<String>,
 }
 
 impl Server {
@@ -410,6 +428,28 @@ impl Server {
         config: Option<&str>,
         limit_bytes: Option<u64>,
     ) -> Result<Server> {
+        Server::start_full(bin, parent, config, limit_bytes, None).await
+    }
+
+    /// Another node of `first`'s cluster (`config` names the same RabbitMQ and
+    /// namespace): it gets `first`'s key files, as an operator gives every node the same
+    /// secrets.
+    async fn start_joining(
+        bin: &Path,
+        parent: &Path,
+        config: &str,
+        first: &Server,
+    ) -> Result<Server> {
+        Server::start_full(bin, parent, Some(config), None, Some(first)).await
+    }
+
+    async fn start_full(
+        bin: &Path,
+        parent: &Path,
+        config: Option<&str>,
+        limit_bytes: Option<u64>,
+        first: Option<&Server>,
+    ) -> Result<Server> {
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -429,7 +469,16 @@ impl Server {
             bin: bin.to_path_buf(),
             config: None,
             limit_bytes,
+            joined: first.map(|f| f.admin_secret.clone()),
         };
+        if let Some(first) = first {
+            let (from, to) = (first.dir.join("data"), server.dir.join("data"));
+            std::fs::create_dir_all(&to)?;
+            for f in ["token.key", "backend.key", "channel.key"] {
+                std::fs::copy(from.join(f), to.join(f))
+                    .with_context(|| format!("cannot copy {f} from the first node"))?;
+            }
+        }
         server.version = Command::new(bin)
             .arg("--version")
             .output()
@@ -552,6 +601,10 @@ impl Server {
                     server.pid
                 );
             }
+        }
+        if let Some(secret) = &server.joined {
+            server.admin_secret = secret.clone();
+            return Ok(());
         }
         let admin_path = data.join("admin.json");
         let admin: Value = serde_json::from_str(

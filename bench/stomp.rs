@@ -19,7 +19,7 @@ use trunkline_client::stomp::{StompClient, StompOptions};
 
 use crate::amqp;
 use crate::load::{self, LoadArgs};
-use crate::{admin_aside, create_client, find_beam, grant_writes, http_client, Server};
+use crate::{admin_aside, create_client, find_beam, find_beams, grant_writes, http_client, Server};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct StompArgs {
@@ -42,15 +42,28 @@ pub struct StompArgs {
     /// the system temp dir). Its file system decides what an fsync costs.
     #[arg(long)]
     pub tmp_dir: Option<PathBuf>,
+    /// Trunkline: keep messages in this RabbitMQ (`amqp://` URLs, comma-separated, as
+    /// `serve --broker` takes them); RabbitMQ's CPU is measured too (every RabbitMQ
+    /// process on the machine).
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Trunkline with --broker: this many nodes of one cluster, node `i` listing the URLs
+    /// from the `i`-th on; publishers and consumers are spread over them.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     #[command(flatten)]
     pub load: LoadArgs,
 }
 
 struct Target {
-    addr: String,
+    /// Where clients connect: publisher `p` and consumer `c` to `addrs[p % n]`, `addrs[c % n]`.
+    addrs: Vec<String>,
     login: String,
     passcode: String,
-    pid: u32,
+    /// The server's processes (every node).
+    pids: Vec<u32>,
+    /// The broker's processes under Trunkline nodes (RabbitMQ), if any.
+    broker_pids: Vec<u32>,
     /// Queue (STOMP destination) of each consumer.
     queues: Vec<String>,
     consumer_logins: Vec<(String, String)>,
@@ -60,18 +73,54 @@ struct Target {
     /// What the server is and where it keeps its data (for RabbitMQ, learnt once the
     /// queues exist, after the run).
     system: load::System,
-    _server: Option<Server>,
+    _servers: Vec<Server>,
+}
+
+/// The Trunkline nodes of a run: one embedded node, or `a.nodes` nodes of one cluster
+/// over `a.broker`.
+async fn start_nodes(a: &StompArgs) -> Result<Vec<Server>> {
+    let Some(broker) = &a.broker else {
+        return Ok(vec![
+            Server::for_target(a.server_bin.as_deref(), None, a.tmp_dir.as_deref()).await?,
+        ]);
+    };
+    let bin = a
+        .server_bin
+        .as_deref()
+        .ok_or_else(|| anyhow!("--server-bin is required for --target trunkline"))?;
+    let parent = a.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let urls: Vec<&str> = broker.split(',').collect();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let namespace = format!("bench-{}-{stamp}", std::process::id());
+    let config = |i: usize| {
+        let mut order = urls.clone();
+        order.rotate_left(i % urls.len());
+        format!(
+            "[broker]\nurl = \"{}\"\nnamespace = \"{namespace}\"\nnode = \"n{}\"\n",
+            order.join(","),
+            i + 1
+        )
+    };
+    let first = Server::start_with(bin, &parent, Some(&config(0))).await?;
+    let mut nodes = Vec::with_capacity(a.nodes.max(1));
+    for i in 1..a.nodes.max(1) {
+        nodes.push(Server::start_joining(bin, &parent, &config(i), &first).await?);
+    }
+    nodes.insert(0, first);
+    Ok(nodes)
 }
 
 async fn prepare(a: &StompArgs) -> Result<Target> {
     match a.target.as_str() {
         "trunkline" => {
-            let server =
-                Server::for_target(a.server_bin.as_deref(), None, a.tmp_dir.as_deref()).await?;
+            let servers = start_nodes(a).await?;
+            let server = &servers[0];
             let system = server.system()?;
             let http = http_client()?;
             // Each message has exactly one home: move the admin's `#` aside.
-            let admin = admin_aside(&http, &server).await?;
+            let admin = admin_aside(&http, server).await?;
             let mut queues = Vec::new();
             let mut logins = Vec::new();
             for c in 0..a.load.consumers {
@@ -85,16 +134,21 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
             let names: Vec<String> = logins.iter().map(|(id, _)| format!("{id}-inbox")).collect();
             grant_writes(&http, &server.api, &admin, &names).await?;
             Ok(Target {
-                addr: server.stomp.clone(),
+                addrs: servers.iter().map(|s| s.stomp.clone()).collect(),
                 login: "admin".into(),
                 passcode: server.admin_secret.clone(),
-                pid: server.pid,
+                pids: servers.iter().map(|s| s.pid).collect(),
+                broker_pids: if a.broker.is_some() {
+                    find_beams()
+                } else {
+                    Vec::new()
+                },
                 queues,
                 consumer_logins: logins,
                 extra_headers: vec![("content-type", "application/json")],
                 rabbitmq_queues: Vec::new(),
                 system,
-                _server: Some(server),
+                _servers: servers,
             })
         }
         "rabbitmq" => {
@@ -108,10 +162,11 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 .collect();
             amqp::delete_queues(&a.amqp, &names).await?;
             Ok(Target {
-                addr: a.rabbitmq.clone(),
+                addrs: vec![a.rabbitmq.clone()],
                 login: "guest".into(),
                 passcode: "guest".into(),
-                pid,
+                pids: vec![pid],
+                broker_pids: Vec::new(),
                 queues: names.iter().map(|n| format!("/queue/{n}")).collect(),
                 consumer_logins: (0..a.load.consumers)
                     .map(|_| ("guest".into(), "guest".into()))
@@ -119,7 +174,7 @@ async fn prepare(a: &StompArgs) -> Result<Target> {
                 extra_headers: vec![("content-type", "application/json"), ("persistent", "true")],
                 rabbitmq_queues: names,
                 system: amqp::system(pid),
-                _server: None,
+                _servers: Vec::new(),
             })
         }
         other => bail!("--target must be trunkline or rabbitmq, not {other}"),
@@ -153,7 +208,8 @@ async fn load(a: &StompArgs, t: &mut Target) -> Result<bool> {
     let queues_n = t.queues.len();
     for (c, queue) in t.queues.iter().enumerate() {
         let (login, pass) = t.consumer_logins[c].clone();
-        let client = StompClient::connect(options(&t.addr, &login, &pass, 1))
+        let addr = &t.addrs[c % t.addrs.len()];
+        let client = StompClient::connect(options(addr, &login, &pass, 1))
             .await
             .context("consumer connect")?;
         let mut rx = client
@@ -186,15 +242,16 @@ async fn load(a: &StompArgs, t: &mut Target) -> Result<bool> {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut clients = Vec::with_capacity(a.load.publishers);
-    for _ in 0..a.load.publishers {
+    for p in 0..a.load.publishers {
         // The client's own window is never the limit: load::publish keeps at most
         // --window messages unconfirmed.
-        let client = StompClient::connect(options(&t.addr, &t.login, &t.passcode, a.load.window))
+        let addr = &t.addrs[p % t.addrs.len()];
+        let client = StompClient::connect(options(addr, &t.login, &t.passcode, a.load.window))
             .await
             .context("publisher connect")?;
         clients.push(client);
     }
-    let meter = load::Meter::start(t.pid)?;
+    let meter = load::Meter::of(t.pids.clone(), t.broker_pids.clone())?;
     let mut schedule = load::Schedule::start(&a.load, clock, total);
     let pad = Arc::new(load::padding(a.load.size));
     let queues = Arc::new(t.queues.clone());
@@ -220,12 +277,14 @@ async fn load(a: &StompArgs, t: &mut Target) -> Result<bool> {
         .finish(total, a.load.rate, publishers, consumers)
         .await?;
     if !t.rabbitmq_queues.is_empty() {
-        t.system = amqp::system(t.pid);
+        t.system = amqp::system(t.pids[0]);
     }
-    load::report(
-        &format!("stomp-durable {}", a.target),
-        &a.load,
-        &t.system,
-        outcome,
-    )
+    let target = match &a.broker {
+        Some(_) => format!(
+            "stomp-durable trunkline ({} nodes over RabbitMQ)",
+            t.pids.len()
+        ),
+        None => format!("stomp-durable {}", a.target),
+    };
+    load::report(&target, &a.load, &t.system, outcome)
 }
