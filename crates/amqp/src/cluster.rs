@@ -9,8 +9,8 @@
 //! only. Front-ends see the same [`Backend`] as with the embedded engine;
 //! `docs/scale-out.md` lists where the two differ.
 //!
-//! Live subscriptions (STOMP `/topic/…`) get what any node publishes ([`LiveLink`]). Not
-//! yet: channels, presence and calls between nodes.
+//! Live subscriptions (STOMP `/topic/…`) and channel messages reach every node
+//! ([`LiveLink`]). Not yet: presence and calls between nodes.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -693,6 +693,10 @@ impl Backend for Cluster {
 
     fn find_twin(&self, key: &str) -> Option<TwinRecord> {
         self.registry.find_twin(key)
+    }
+
+    fn channel_bus(&self) -> Option<Arc<dyn trunkline_realtime::ChannelBus>> {
+        Some(self.live.clone())
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

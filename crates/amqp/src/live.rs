@@ -9,6 +9,12 @@
 //! node that follows a matching pattern (Trunkline's patterns are AMQP's). A node ignores
 //! the copies it sent.
 //!
+//! Channel messages (WebSocket channels, and the backend's publishes to them) cross the
+//! same way through a second topic exchange, `<namespace>.channels`: routing key
+//! `c.<channel>` (`s.<channel>` for a system channel), bound while the node has members
+//! of the channel, and `s.#` while it has `sys:*` watchers. The receiving node delivers
+//! the message to its members as if it were published there.
+//!
 //! Live means best effort, as on one node: a copy is not confirmed, a node that cannot
 //! keep up (or whose link is down) misses messages, counted in `missed`.
 
@@ -26,6 +32,7 @@ use lapin::{Channel, ExchangeKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trunkline_broker::{Broker, BrokerError};
+use trunkline_realtime::{names, ChannelBus, Relayed};
 use trunkline_store::StoredMessage;
 
 use crate::{message, Amqp};
@@ -36,23 +43,49 @@ const OUTGOING: usize = 10_000;
 const ORIGIN: &str = "x-tl-origin";
 
 /// A copy on its way out.
-struct Copy {
-    id: u64,
-    data: Arc<StoredMessage>,
+enum Copy {
+    Topic { id: u64, data: Arc<StoredMessage> },
+    Channel(Relayed),
 }
 
-/// A node's end of the live exchange.
+/// Which exchange a binding is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Route {
+    Topics,
+    Channels,
+}
+
+/// Where channel messages from other nodes go.
+type Sink = Box<dyn Fn(Relayed) + Send + Sync>;
+
+/// A node's end of the live exchanges.
 pub struct LiveLink {
+    me: Weak<LiveLink>,
     amqp: Arc<Amqp>,
     registry: Broker,
-    exchange: String,
+    /// The exchanges of topics and of channels.
+    topics: String,
+    channels: String,
     queue: String,
-    /// Patterns followed and how many of this node's subscribers follow each.
-    keys: Mutex<HashMap<String, usize>>,
+    /// Binding keys followed and how many of this node's subscribers need each.
+    keys: Mutex<HashMap<(Route, String), usize>>,
     out: mpsc::Sender<Copy>,
     /// The channel the node's queue is consumed on; bindings are made on it too.
     channel: tokio::sync::Mutex<Option<Channel>>,
+    sink: std::sync::OnceLock<Sink>,
 }
+
+/// The routing key of a channel's messages.
+fn channel_key(channel: &str) -> String {
+    if names::is_system(channel) {
+        format!("s.{channel}")
+    } else {
+        format!("c.{channel}")
+    }
+}
+
+/// What every system channel's messages match.
+const ALL_SYSTEM: &str = "s.#";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -70,31 +103,36 @@ impl LiveLink {
         registry: Broker,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
-        let exchange = amqp.names().live_exchange();
-        let ex = exchange.clone();
-        amqp.with_admin_channel("declare the live exchange", |ch| async move {
-            let opts = ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            ch.exchange_declare(
-                ex.as_str().into(),
-                ExchangeKind::Topic,
-                opts,
-                FieldTable::default(),
-            )
-            .await
-        })
-        .await?;
+        let topics = amqp.names().live_exchange();
+        let channels = amqp.names().channels_exchange();
+        for ex in [topics.clone(), channels.clone()] {
+            amqp.with_admin_channel("declare a live exchange", |ch| async move {
+                let opts = ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                ch.exchange_declare(
+                    ex.as_str().into(),
+                    ExchangeKind::Topic,
+                    opts,
+                    FieldTable::default(),
+                )
+                .await
+            })
+            .await?;
+        }
         let (out, rx) = mpsc::channel(OUTGOING);
-        let link = Arc::new(LiveLink {
+        let link = Arc::new_cyclic(|me| LiveLink {
+            me: me.clone(),
             queue: amqp.names().stream(&format!("node.{}", amqp.origin())),
             amqp,
             registry,
-            exchange,
+            topics,
+            channels,
             keys: Mutex::default(),
             out,
             channel: tokio::sync::Mutex::new(None),
+            sink: std::sync::OnceLock::new(),
         });
         crate::follow::spawn(&link, stop.clone());
         tokio::spawn(send(Arc::downgrade(&link), rx, stop));
@@ -103,56 +141,51 @@ impl LiveLink {
 
     /// Follows `pattern` (this node's subscribers need it); [`LiveLink::unfollow`] once
     /// each is gone.
-    pub fn follow(self: &Arc<Self>, pattern: &str) {
-        let key = pattern.to_owned();
-        let first = {
+    pub fn follow(&self, pattern: &str) {
+        self.count((Route::Topics, pattern.to_owned()), true);
+    }
+
+    pub fn unfollow(&self, pattern: &str) {
+        self.count((Route::Topics, pattern.to_owned()), false);
+    }
+
+    /// Counts one more (or one less) need of a binding; binds it for the first and
+    /// unbinds it after the last, in the background (a subscription may end outside a
+    /// task).
+    fn count(&self, key: (Route, String), add: bool) {
+        let change = {
             let mut keys = lock(&self.keys);
             let n = keys.entry(key.clone()).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
-        if first {
-            self.rebind(key, true);
-        }
-    }
-
-    pub fn unfollow(self: &Arc<Self>, pattern: &str) {
-        let key = pattern.to_owned();
-        let last = {
-            let mut keys = lock(&self.keys);
-            match keys.get_mut(&key) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
+            if add {
+                *n += 1;
+                *n == 1
+            } else {
+                *n = n.saturating_sub(1);
+                let last = *n == 0;
+                if last {
                     keys.remove(&key);
-                    true
                 }
-                None => false,
+                last
             }
         };
-        if last {
-            self.rebind(key, false);
+        if change {
+            if let (Ok(rt), Some(link)) = (tokio::runtime::Handle::try_current(), self.me.upgrade())
+            {
+                rt.spawn(async move { link.bind(&key, add).await });
+            }
         }
     }
 
-    /// Binds or unbinds `key` in the background (a subscription may end outside a task).
-    fn rebind(self: &Arc<Self>, key: String, add: bool) {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let link = self.clone();
-            rt.spawn(async move { link.bind(&key, add).await });
+    fn exchange(&self, route: Route) -> &str {
+        match route {
+            Route::Topics => &self.topics,
+            Route::Channels => &self.channels,
         }
-    }
-
-    /// Whether this node's queue is bound to `pattern` now (for tests and probes).
-    pub async fn follows(&self, pattern: &str) -> bool {
-        lock(&self.keys).contains_key(pattern) && self.channel.lock().await.is_some()
     }
 
     /// Sends a copy of a message just published to a topic to the nodes that follow it.
     pub fn send(&self, id: u64, data: Arc<StoredMessage>) {
-        if self.out.try_send(Copy { id, data }).is_err() {
+        if self.out.try_send(Copy::Topic { id, data }).is_err() {
             self.registry
                 .live_counters()
                 .missed
@@ -161,24 +194,25 @@ impl LiveLink {
     }
 
     /// Binds (or unbinds) `key`, if linked now; bindings are made again on each link.
-    async fn bind(&self, key: &str, add: bool) {
+    async fn bind(&self, key: &(Route, String), add: bool) {
         let ch = self.channel.lock().await;
         let Some(ch) = ch.as_ref() else { return };
         // It may have changed while waiting for the channel.
         if lock(&self.keys).contains_key(key) != add {
             return;
         }
-        let (q, e) = (self.queue.as_str().into(), self.exchange.as_str().into());
+        let (route, k) = key;
+        let (q, e) = (self.queue.as_str().into(), self.exchange(*route).into());
         let r = if add {
             let opts = QueueBindOptions::default();
-            ch.queue_bind(q, e, key.into(), opts, FieldTable::default())
+            ch.queue_bind(q, e, k.as_str().into(), opts, FieldTable::default())
                 .await
         } else {
-            ch.queue_unbind(q, e, key.into(), FieldTable::default())
+            ch.queue_unbind(q, e, k.as_str().into(), FieldTable::default())
                 .await
         };
         if let Err(e) = r {
-            tracing::warn!(key, cause = %e, "live link: binding");
+            tracing::warn!(key = %k, cause = %e, "live link: binding");
         }
     }
 
@@ -208,9 +242,9 @@ impl LiveLink {
             .map_err(unavailable)?;
         {
             let mut held = self.channel.lock().await;
-            let keys: Vec<String> = lock(&self.keys).keys().cloned().collect();
-            for key in keys {
-                let (q, e) = (self.queue.as_str().into(), self.exchange.as_str().into());
+            let keys: Vec<(Route, String)> = lock(&self.keys).keys().cloned().collect();
+            for (route, key) in keys {
+                let (q, e) = (self.queue.as_str().into(), self.exchange(route).into());
                 ch.queue_bind(
                     q,
                     e,
@@ -242,6 +276,15 @@ impl LiveLink {
             if from.as_deref() == Some(origin) {
                 continue;
             }
+            if d.exchange.as_str() == self.channels {
+                let relayed = serde_json::from_slice(&d.data)
+                    .ok()
+                    .and_then(|v| Relayed::from_json(&v));
+                if let (Some(m), Some(sink)) = (relayed, self.sink.get()) {
+                    sink(m);
+                }
+                continue;
+            }
             let topic = d.routing_key.to_string();
             let (id, data, _) = message::read(&d.properties, d.data, &topic);
             self.registry.publish_live(id, Arc::new(data));
@@ -259,9 +302,7 @@ async fn send(link: Weak<LiveLink>, mut rx: mpsc::Receiver<Copy>, stop: Cancella
             c = rx.recv() => c,
             () = stop.cancelled() => return,
         };
-        let Some(Copy { id, data }) = copy else {
-            return;
-        };
+        let Some(copy) = copy else { return };
         let Some(l) = link.upgrade() else { return };
         if ch.as_ref().is_none_or(|c| !c.status().connected()) {
             ch = l.amqp.admin_channel().await.ok();
@@ -273,19 +314,29 @@ async fn send(link: Weak<LiveLink>, mut rx: mpsc::Receiver<Copy>, stop: Cancella
                 .fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let mut props = message::properties(id, &data, None).with_delivery_mode(1);
+        let (exchange, key, body, props) = match copy {
+            Copy::Topic { id, data } => {
+                let props = message::properties(id, &data, None);
+                (&l.topics, data.topic.clone(), data.body.to_vec(), props)
+            }
+            Copy::Channel(m) => {
+                let body = m.to_json().to_string().into_bytes();
+                let props = lapin::BasicProperties::default();
+                (&l.channels, channel_key(&m.channel), body, props)
+            }
+        };
         let mut headers = props.headers().clone().unwrap_or_default();
         headers.insert(
             ORIGIN.into(),
             AMQPValue::LongString(LongString::from(l.amqp.origin().as_bytes().to_vec())),
         );
-        props = props.with_headers(headers);
+        let props = props.with_delivery_mode(1).with_headers(headers);
         let r = c
             .basic_publish(
-                l.exchange.as_str().into(),
-                data.topic.as_str().into(),
+                exchange.as_str().into(),
+                key.as_str().into(),
                 BasicPublishOptions::default(),
-                &data.body,
+                &body,
                 props,
             )
             .await;
@@ -302,5 +353,38 @@ impl crate::follow::Follower for LiveLink {
         stop: &'a CancellationToken,
     ) -> trunkline_broker::backend::BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(self.link(stop))
+    }
+}
+
+impl ChannelBus for LiveLink {
+    fn send(&self, m: &Relayed) {
+        if self.out.try_send(Copy::Channel(m.clone())).is_err() {
+            self.registry
+                .live_counters()
+                .missed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn follow(&self, channel: &str) {
+        self.count((Route::Channels, channel_key(channel)), true);
+    }
+
+    fn unfollow(&self, channel: &str) {
+        self.count((Route::Channels, channel_key(channel)), false);
+    }
+
+    fn follow_system(&self) {
+        self.count((Route::Channels, ALL_SYSTEM.to_owned()), true);
+    }
+
+    fn unfollow_system(&self) {
+        self.count((Route::Channels, ALL_SYSTEM.to_owned()), false);
+    }
+
+    fn deliver_to(&self, sink: Box<dyn Fn(Relayed) + Send + Sync>) {
+        if self.sink.set(sink).is_err() {
+            tracing::warn!("live link: channel messages already go elsewhere");
+        }
     }
 }

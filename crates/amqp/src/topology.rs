@@ -47,6 +47,11 @@ impl Names {
         format!("{}.live", self.ns)
     }
 
+    /// The exchange of channel messages between nodes (`<ns>.channels`).
+    pub fn channels_exchange(&self) -> String {
+        format!("{}.channels", self.ns)
+    }
+
     pub fn queue(&self, name: &str) -> String {
         format!("{}.{name}", self.ns)
     }

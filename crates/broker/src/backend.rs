@@ -125,6 +125,11 @@ pub trait Backend: Send + Sync + 'static {
     fn get_twin(&self, id: u32) -> Option<TwinRecord>;
     fn find_twin(&self, key: &str) -> Option<TwinRecord>;
 
+    /// How channel messages reach the other nodes of a cluster (none on one node).
+    fn channel_bus(&self) -> Option<Arc<dyn trunkline_realtime::ChannelBus>> {
+        None
+    }
+
     /// Closes connections the engine holds (before the node stops); leased deliveries
     /// go back at once.
     fn close(&self) -> BoxFuture<'_, ()> {

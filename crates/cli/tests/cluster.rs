@@ -309,3 +309,88 @@ async fn live_topics_reach_subscribers_on_every_node() {
     assert_eq!(seen, ["other"], "blind reads only its own topics");
     cluster.stop().await;
 }
+
+/// The `n` field of the channel messages `ws` gets within `wait`.
+async fn channel_numbers(ws: &trunkline_client::ws::WsSession, wait: Duration) -> Vec<i64> {
+    let mut got = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(wait, ws.next_event()).await {
+        if let trunkline_client::ws::Event::Message { message, .. } = ev {
+            got.push(message["n"].as_i64().unwrap_or(-1));
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_messages_reach_members_on_every_node() {
+    let Some(url) = amqp() else { return };
+    let cluster = Cluster::start(&url, 3).await;
+    // A backend session may publish to any channel (others need a channel token).
+    let mut member = CreateClient::new("member", Subscription::from_patterns(vec!["none".into()]));
+    member.roles = vec!["backend".into()];
+    let secret = cluster
+        .admin(1)
+        .create_client(&member)
+        .await
+        .expect("member")
+        .secret;
+    let on1 = cluster
+        .client(1, "member", &secret)
+        .websocket()
+        .await
+        .expect("ws 1");
+    let on3 = cluster
+        .client(3, "member", &secret)
+        .websocket()
+        .await
+        .expect("ws 3");
+    for ws in [&on1, &on3] {
+        ws.subscribe("room.1", None).await.expect("subscribe");
+    }
+    // Node 1 binds the channel in the background: publish from node 3 until it arrives.
+    let mut crossed = false;
+    for _ in 0..50 {
+        on3.publish("room.1", &serde_json::json!({"n": 0}), true)
+            .await
+            .expect("probe");
+        if !channel_numbers(&on1, Duration::from_millis(100))
+            .await
+            .is_empty()
+        {
+            crossed = true;
+            break;
+        }
+    }
+    assert!(
+        crossed,
+        "a message published on node 3 never reached node 1"
+    );
+    let _ = channel_numbers(&on1, Duration::from_millis(300)).await;
+    let _ = channel_numbers(&on3, Duration::from_millis(300)).await;
+
+    // A session's message, not to itself; a backend's through node 2, which has no
+    // members: both reach the members on nodes 1 and 3.
+    on3.publish("room.1", &serde_json::json!({"n": 1}), true)
+        .await
+        .expect("publish");
+    let (status, _) = cluster.nodes[1]
+        .backend_post(
+            "/channels/room.1/publish",
+            serde_json::json!({"message": {"n": 2}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(channel_numbers(&on1, Duration::from_secs(1)).await, [1, 2]);
+    assert_eq!(channel_numbers(&on3, Duration::from_secs(1)).await, [2]);
+
+    // Once node 1's member leaves, node 1 gets nothing more.
+    on1.unsubscribe("room.1").await.expect("unsubscribe");
+    on3.publish("room.1", &serde_json::json!({"n": 3}), false)
+        .await
+        .expect("publish");
+    assert!(channel_numbers(&on1, Duration::from_millis(500))
+        .await
+        .is_empty());
+    assert_eq!(channel_numbers(&on3, Duration::from_secs(1)).await, [3]);
+    cluster.stop().await;
+}

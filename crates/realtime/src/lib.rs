@@ -15,6 +15,7 @@
 //! - [`Calls`]: calls to functions that sessions serve (RPC by server name, or a client
 //!   function of one session), with parts, outcome, timeouts and load limits.
 
+pub mod bus;
 pub mod calls;
 pub mod channels;
 mod fanout;
@@ -30,6 +31,7 @@ use serde_json::Value;
 use trunkline_api::ErrorCode;
 use trunkline_store::StoredMessage;
 
+pub use bus::{ChannelBus, Relayed};
 pub use calls::{Answer, Calls, Outcome, Reply, Request};
 pub use channels::Channels;
 pub use topics::Topics;

@@ -1,6 +1,8 @@
 //! The node's live engine: the channels and calls of `trunkline_realtime`, reaching
 //! sessions through WebSocket mailboxes, with the clock that ends calls at their deadline
 //! and the waits of collected calls (a backend's request, a call on a channel's members).
+//! In a cluster, channel messages also cross to the other nodes through the engine's
+//! [`ChannelBus`].
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -9,14 +11,123 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use trunkline_api::ErrorCode;
-use trunkline_realtime::{Answer, CallError, Kind, MemberInfo};
+use trunkline_realtime::{Answer, CallError, Caller, ChannelBus, Kind, MemberInfo, Relayed};
 
 use crate::ws::frames::{call_error_json, WsMailbox};
 
 pub use trunkline_realtime::{Outcome, Reply};
 
-/// Every channel of the node.
-pub type Channels = trunkline_realtime::Channels<WsMailbox>;
+/// Every channel of the node, and (in a cluster) the bus to the other nodes' channels.
+pub struct Channels {
+    local: trunkline_realtime::Channels<WsMailbox>,
+    bus: Option<Arc<dyn ChannelBus>>,
+}
+
+impl Channels {
+    /// The node's channels; with a `bus`, messages published here reach the members on
+    /// other nodes, and theirs reach the members here.
+    pub fn new(bus: Option<Arc<dyn ChannelBus>>) -> Arc<Self> {
+        let channels = Arc::new(Channels {
+            local: trunkline_realtime::Channels::default(),
+            bus,
+        });
+        if let Some(bus) = &channels.bus {
+            let here = Arc::downgrade(&channels);
+            bus.deliver_to(Box::new(move |m: Relayed| {
+                if let Some(c) = here.upgrade() {
+                    c.local
+                        .publish(&m.channel, &m.message, &m.from, m.except.as_deref());
+                }
+            }));
+        }
+        channels
+    }
+
+    /// See [`trunkline_realtime::Channels::join`].
+    pub fn join(
+        &self,
+        channel: &str,
+        info: MemberInfo,
+        mailbox: WsMailbox,
+        style: <WsMailbox as trunkline_realtime::Mailbox>::Style,
+    ) -> Vec<MemberInfo> {
+        let again = self.local.is_member(channel, &info.session_id);
+        let before = self.local.join(channel, info, mailbox, style);
+        if let (Some(bus), false) = (&self.bus, again) {
+            bus.follow(channel);
+        }
+        before
+    }
+
+    /// See [`trunkline_realtime::Channels::leave`].
+    pub fn leave(&self, channel: &str, session_id: &str) -> bool {
+        let left = self.local.leave(channel, session_id);
+        if let (Some(bus), true) = (&self.bus, left) {
+            bus.unfollow(channel);
+        }
+        left
+    }
+
+    /// Sends `message` to every member (but `except`); the number of members on this
+    /// node it was queued for (those on other nodes are not counted).
+    pub fn publish(
+        &self,
+        channel: &str,
+        message: &Value,
+        from: &Caller,
+        except: Option<&str>,
+    ) -> usize {
+        let n = self.local.publish(channel, message, from, except);
+        if let Some(bus) = &self.bus {
+            bus.send(&Relayed {
+                channel: channel.to_owned(),
+                message: message.clone(),
+                from: from.clone(),
+                except: except.map(str::to_owned),
+            });
+        }
+        n
+    }
+
+    /// See [`trunkline_realtime::Channels::watch_system`].
+    pub fn watch_system(
+        &self,
+        session_id: &str,
+        mailbox: WsMailbox,
+    ) -> std::collections::HashMap<String, Vec<MemberInfo>> {
+        let was = self.local.unwatch_system(session_id);
+        let members = self.local.watch_system(session_id, mailbox);
+        if let (Some(bus), false) = (&self.bus, was) {
+            bus.follow_system();
+        }
+        members
+    }
+
+    pub fn unwatch_system(&self, session_id: &str) -> bool {
+        let was = self.local.unwatch_system(session_id);
+        if let (Some(bus), true) = (&self.bus, was) {
+            bus.unfollow_system();
+        }
+        was
+    }
+
+    pub fn is_member(&self, channel: &str, session_id: &str) -> bool {
+        self.local.is_member(channel, session_id)
+    }
+
+    /// The members of a channel on this node.
+    pub fn members(&self, channel: &str) -> Vec<MemberInfo> {
+        self.local.members(channel)
+    }
+
+    pub fn len(&self) -> usize {
+        self.local.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty()
+    }
+}
 /// One call to make.
 pub type Request = trunkline_realtime::Request<WsMailbox>;
 

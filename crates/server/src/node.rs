@@ -421,7 +421,7 @@ impl Node {
         let counters = Arc::new(HttpCounters::default());
         let stomp_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sessions = Arc::new(crate::ws::Sessions::default());
-        let channels = Arc::new(crate::live::Channels::default());
+        let channels = crate::live::Channels::new(engine.channel_bus());
         let calls = crate::live::Calls::start(config.ws.max_pending_calls, shutdown.clone());
         let links = Arc::new(crate::federation::Links::default());
         let relay = if config.relay.enabled {
