@@ -36,6 +36,8 @@ use crate::{Amqp, LiveLink, RegistryLog};
 /// How often waiters on a queue are woken to look again: RabbitMQ does not tell a node
 /// that another node published.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the depth of every queue is asked of RabbitMQ (for `/metrics`).
+const DEPTHS_EVERY: Duration = Duration::from_secs(5);
 
 /// A queue's waiter: woken by this node's publishes to the queue, and every [`POLL`].
 struct PollWaiter {
@@ -61,6 +63,8 @@ pub struct Cluster {
     log: Arc<RegistryLog>,
     live: Arc<LiveLink>,
     waiters: Waiters,
+    /// Every queue's depth as last asked (ready: RabbitMQ's count; leased: this node's).
+    depths: Mutex<Vec<QueueDepth>>,
     /// Held across each change of clients or queues, registry and RabbitMQ both: two
     /// changes of one client at once on this node would otherwise meet half done (a
     /// binding to a queue just deleted).
@@ -90,7 +94,21 @@ impl Cluster {
             log,
             live,
             waiters: Arc::default(),
+            depths: Mutex::default(),
             admin: tokio::sync::Mutex::new(()),
+        });
+        let weak = Arc::downgrade(&cluster);
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DEPTHS_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = until.cancelled() => return,
+                }
+                let Some(c) = weak.upgrade() else { return };
+                c.refresh_depths().await;
+            }
         });
         let waiters = Arc::downgrade(&cluster.waiters);
         tokio::spawn(async move {
@@ -114,6 +132,32 @@ impl Cluster {
             }
         });
         Ok(cluster)
+    }
+
+    /// Asks RabbitMQ the depth of every queue the registry holds.
+    async fn refresh_depths(&self) {
+        let mut names = Vec::new();
+        for c in self.registry.list_clients() {
+            names.push(inbox_name(&c.client_id));
+            names.push(dead_name(&c.client_id));
+        }
+        for q in self.registry.list_queues() {
+            names.push(q.name.clone());
+            names.push(q.dead_letter.clone());
+        }
+        let ready = self.amqp.depths(&names).await;
+        let depths = names
+            .into_iter()
+            .zip(ready)
+            .filter_map(|(name, ready)| {
+                Some(QueueDepth {
+                    leased: self.amqp.leased_of(&name) as u64,
+                    ready: ready?,
+                    name: Arc::from(name),
+                })
+            })
+            .collect();
+        *lock(&self.depths) = depths;
     }
 
     /// The node's registry (for what only it has: its store's metrics, shutdown).
@@ -715,9 +759,9 @@ impl Backend for Cluster {
         self.registry.live_subscriptions()
     }
 
+    /// As last asked of RabbitMQ (every few seconds: each count is a round trip).
     fn queue_depths(&self) -> Vec<QueueDepth> {
-        // What RabbitMQ holds is not counted here: each count is a round trip.
-        Vec::new()
+        lock(&self.depths).clone()
     }
 }
 

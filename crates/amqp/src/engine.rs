@@ -377,6 +377,39 @@ impl Amqp {
         Ok(u64::from(q.message_count()))
     }
 
+    /// Messages ready in each of `names` (`None` for a queue RabbitMQ does not have), asked
+    /// one after the other on one admin channel (a missing queue closes it; another is
+    /// opened).
+    pub async fn depths(&self, names: &[String]) -> Vec<Option<u64>> {
+        let mut out = Vec::with_capacity(names.len());
+        let mut ch: Option<Channel> = None;
+        for name in names {
+            if ch.as_ref().is_none_or(|c| !c.status().connected()) {
+                ch = self.admin_channel().await.ok();
+            }
+            let Some(c) = ch.as_ref() else {
+                out.push(None);
+                continue;
+            };
+            let opts = QueueDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            };
+            let q = self.names.queue(name);
+            let r = timed(
+                "inspect queue",
+                c.queue_declare(q.as_str().into(), opts, FieldTable::default()),
+            )
+            .await;
+            out.push(r.ok().map(|q| u64::from(q.message_count())));
+        }
+        if let Some(c) = ch {
+            let _ = self.done_with(c, Ok(())).await;
+        }
+        out
+    }
+
     /// Publishes and waits for RabbitMQ's confirm (the message is on the queues' quorum);
     /// the message's id. A queue that refuses it (full, `reject-publish`) is `QueueFull`.
     pub async fn publish(&self, p: &Publish, now_ms: u64) -> Result<u64, BrokerError> {

@@ -644,10 +644,18 @@ async fn operations_endpoints() {
         metrics.contains("trunkline_messages_published_total 1"),
         "{metrics}"
     );
-    // Per-queue depths are the embedded engine's (RabbitMQ exports its own).
-    if !TestServer::on_rabbitmq() {
-        assert!(metrics.contains("trunkline_queue_ready{queue=\"admin-inbox\"} 1"));
+    // Per-queue depths: on RabbitMQ as last asked of it (every 5 s).
+    let ready = "trunkline_queue_ready{queue=\"admin-inbox\"} 1";
+    let mut seen = metrics.contains(ready);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    while !seen && TestServer::on_rabbitmq() && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let again = reqwest::get(format!("{}/metrics", server.backend))
+            .await
+            .expect("metrics");
+        seen = again.text().await.expect("text").contains(ready);
     }
+    assert!(seen, "{metrics}");
     assert!(metrics.contains("trunkline_commit_batch_size_count"));
     assert!(metrics.contains("trunkline_commit_seconds_bucket"));
     // /metrics is not on the public listener.

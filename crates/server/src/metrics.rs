@@ -42,7 +42,10 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Reads the node's counters when scraped. Cheap to clone: it holds handles.
 #[derive(Clone)]
 pub struct NodeMetrics {
+    /// The node's own broker: its counters and its store's commit statistics.
     pub broker: Broker,
+    /// The engine the front-ends use (the broker, or the cluster's): queue depths.
+    pub engine: Arc<dyn trunkline_broker::Backend>,
     pub http: Arc<HttpCounters>,
     pub stomp_connections: Arc<AtomicU64>,
     pub sessions: Arc<Sessions>,
@@ -282,7 +285,7 @@ impl Collector for NodeMetrics {
             ConstCounter::new(load(n)).encode(responses.encode_family(&[("class", *class)])?)?;
         }
 
-        let mut depths = b.queue_depths();
+        let mut depths = self.engine.queue_depths();
         depths.sort_by(|a, b| a.name.cmp(&b.name));
         labelled_gauges(
             e,

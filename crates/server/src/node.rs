@@ -440,6 +440,7 @@ impl Node {
         let metrics = Arc::new(
             crate::metrics::NodeMetrics {
                 broker: broker.clone(),
+                engine: engine.clone(),
                 http: counters.clone(),
                 stomp_connections: stomp_connections.clone(),
                 sessions: sessions.clone(),
