@@ -739,6 +739,10 @@ impl Backend for Cluster {
         self.registry.find_twin(key)
     }
 
+    fn claim<'a>(&'a self, name: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(self.amqp.claim(name))
+    }
+
     fn channel_bus(&self) -> Option<Arc<dyn trunkline_realtime::ChannelBus>> {
         Some(self.live.clone())
     }

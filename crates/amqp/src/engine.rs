@@ -40,6 +40,8 @@ struct Link {
     publish: Channel,
     take: Channel,
     epoch: u64,
+    /// Which connection of this engine it is (one more for each connect).
+    generation: u64,
 }
 
 /// What a publish's starter is told once RabbitMQ confirms it: the message's id.
@@ -72,6 +74,10 @@ pub struct Amqp {
     /// This start of this node: `<node>/<random>` (a node restarted under the same name
     /// is another origin).
     origin: String,
+    /// Connections opened so far.
+    generations: AtomicU64,
+    /// Claims held ([`Amqp::claim`]), with the connection that holds each.
+    claims: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
@@ -119,6 +125,8 @@ impl Amqp {
             ids: AtomicU64::new(now_ms << 16),
             outgoing,
             origin,
+            generations: AtomicU64::new(0),
+            claims: Mutex::default(),
         });
         tokio::spawn(publisher(Arc::downgrade(&amqp), rx));
         let (publish, _, _) = amqp.channels().await?;
@@ -202,6 +210,7 @@ impl Amqp {
             publish,
             take,
             epoch,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
         })
     }
 
@@ -375,6 +384,52 @@ impl Amqp {
             })
             .await?;
         Ok(u64::from(q.message_count()))
+    }
+
+    /// Whether this node holds the claim on `name` (taking it if it is free): at most one
+    /// node of the cluster holds a name at a time. A claim is an exclusive queue
+    /// (`<ns>:claim.<name>`): it belongs to the connection that declared it, so it goes
+    /// when that connection goes (the node died, or lost RabbitMQ), and another node may
+    /// take it then.
+    pub async fn claim(&self, name: &str) -> bool {
+        let generation = {
+            let _ = self.channels().await;
+            match self.link.lock().await.as_ref() {
+                Some(l) if l.conn.status().connected() => l.generation,
+                _ => return false,
+            }
+        };
+        let held = self
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied();
+        if held == Some(generation) {
+            return true;
+        }
+        let queue = self.names.stream(&format!("claim.{name}"));
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        // Another connection's exclusive queue: RESOURCE_LOCKED, which closes the channel.
+        let taken = self
+            .with_admin_channel("claim", |ch| async move {
+                ch.queue_declare(queue.as_str().into(), opts, FieldTable::default())
+                    .await
+                    .map(drop)
+            })
+            .await
+            .is_ok();
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if taken {
+            claims.insert(name.to_owned(), generation);
+        } else {
+            claims.remove(name);
+        }
+        taken
     }
 
     /// Messages ready in each of `names` (`None` for a queue RabbitMQ does not have), asked

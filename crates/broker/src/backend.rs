@@ -125,6 +125,15 @@ pub trait Backend: Send + Sync + 'static {
     fn get_twin(&self, id: u32) -> Option<TwinRecord>;
     fn find_twin(&self, key: &str) -> Option<TwinRecord>;
 
+    /// Whether this node holds the claim on `name` now (taking it if free): of the nodes
+    /// sharing the engine, one at a time holds a name (one federation link per peer and
+    /// queue for a whole cluster); a node that goes away lets its claims go. One node
+    /// holds every claim.
+    fn claim<'a>(&'a self, name: &'a str) -> BoxFuture<'a, bool> {
+        let _ = name;
+        Box::pin(std::future::ready(true))
+    }
+
     /// How channel messages reach the other nodes of a cluster (none on one node).
     fn channel_bus(&self) -> Option<Arc<dyn trunkline_realtime::ChannelBus>> {
         None

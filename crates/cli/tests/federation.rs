@@ -454,18 +454,22 @@ async fn federation_cmd(args: Vec<String>) -> (bool, String) {
 
 /// Publishes `n` ConfigureAccount messages for the authority on the agent's node.
 async fn agent_publishes(ca: &TestServer, n: i64) {
+    agent_publishes_from(ca, &ca.admin_token().await, 1, n).await
+}
+
+/// The agent's messages `from..from + n` (as seqnums), published on `ca` with `tok`.
+async fn agent_publishes_from(ca: &TestServer, tok: &str, from: i64, n: i64) {
     let http = reqwest::Client::new();
-    let tok = ca.admin_token().await;
     let topic = format!(
         "creditors_out.{}",
         trunkline_federation::topology::id_words(DEBTOR)
     );
-    for seq in 1..=n {
+    for seq in from..from + n {
         let mut body: Value = serde_json::from_slice(&configure_account(seq)).expect("json");
         body["creditor_id"] = json!(OWN_CREDITOR);
         let r = http
             .post(format!("{}/send", ca.http))
-            .bearer_auth(&tok)
+            .bearer_auth(tok)
             .json(&json!({"topic": topic, "body": body}))
             .send()
             .await
@@ -748,4 +752,77 @@ async fn a_link_stopped_while_its_peer_is_unreachable_gives_back_everything_it_t
     tokio::time::timeout(Duration::from_secs(10), ca.stop())
         .await
         .expect("the node stops within 10 s");
+}
+
+/// Messages the authority got, waiting (at most 30 s) until there are `n`: their seqnums.
+async fn taken_seqnums(aa: &Authority, n: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < n && std::time::Instant::now() < deadline {
+        got.extend(aa.taken().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got.iter()
+        .map(|m| m["body"]["seqnum"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_runs_one_link_per_queue_and_another_node_takes_it_over() {
+    let Some(url) = trunkline_testkit::rabbitmq_env("TRUNKLINE_TEST_AMQP") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fed = triangle(tmp.path());
+    let aa = Authority::start(&fed, |_| {}).await;
+    fed.set_servers(CA, AA, &[aa.server.federation.as_str()]);
+    // Two nodes of the creditors agent, one cluster over RabbitMQ, the same keys.
+    let namespace = format!("tl-fedcluster-{}", std::process::id());
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        if i > 0 {
+            for f in ["token.key", "backend.key", "channel.key"] {
+                std::fs::copy(dirs[0].path().join(f), dir.path().join(f)).expect("copy key");
+            }
+        }
+        nodes.push(
+            TestServer::start_in(dir.path(), |c| {
+                configure(c, fed.node(CA));
+                c.broker.url = url.clone();
+                c.broker.namespace = namespace.clone();
+                c.broker.node = format!("ca{i}");
+            })
+            .await,
+        );
+    }
+    let tok = nodes[0].admin_token().await;
+    forward_queue(&nodes[0], &fed, CA, AA, "to-aa").await;
+    agent_publishes_from(&nodes[1], &tok, 1, 20).await;
+    // One link for the cluster: everything once, in order.
+    let got = taken_seqnums(&aa, 20).await;
+    assert_eq!(got, (1..=20).collect::<Vec<u64>>());
+    let http = reqwest::Client::new();
+    let connected =
+        format!("trunkline_federation_link_connected{{peer=\"{AA}\",queue=\"to-aa\"}} 1");
+    let mut holders = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let m = trunkline_testkit::metrics_text(&http, &n.backend, &n.backend_key).await;
+        if m.contains(&connected) {
+            holders.push(i);
+        }
+    }
+    assert_eq!(holders.len(), 1, "one node runs the link: {holders:?}");
+    // The node holding it stops: the other takes the link over and carries on.
+    let holder = nodes.remove(holders[0]);
+    holder.stop().await;
+    let other = nodes.pop().expect("the other node");
+    agent_publishes_from(&other, &tok, 21, 10).await;
+    let got = taken_seqnums(&aa, 10).await;
+    assert_eq!(got, (21..=30).collect::<Vec<u64>>());
+    other.stop().await;
+    aa.server.stop().await;
 }

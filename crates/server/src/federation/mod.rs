@@ -116,22 +116,30 @@ impl Links {
             .collect()
     }
 
-    /// Starts a link for each declared queue labelled with an active peer, and stops those
-    /// whose queue or peer is gone.
-    fn reconcile(
-        &self,
+    /// `(peer, queue)` of each declared queue labelled with an active peer. Reads the
+    /// node database: blocks.
+    fn wanted(
         broker: &Arc<dyn trunkline_broker::Backend>,
-        env: &Arc<link::LinkEnv>,
-        shutdown: &CancellationToken,
-    ) {
-        let wanted: BTreeSet<(String, String)> = broker
+        env: &link::LinkEnv,
+    ) -> BTreeSet<(String, String)> {
+        broker
             .list_queues()
             .into_iter()
             .filter_map(|q| {
                 let peer = q.labels.get(link::PEER_LABEL)?.clone();
                 matches!(env.db.peer(&peer, true), Ok(Some(_))).then_some((peer, q.name))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Starts a link for each of `wanted`, and stops those no longer in it.
+    fn reconcile(
+        &self,
+        wanted: BTreeSet<(String, String)>,
+        broker: &Arc<dyn trunkline_broker::Backend>,
+        env: &Arc<link::LinkEnv>,
+        shutdown: &CancellationToken,
+    ) {
         let mut running = lock(&self.running);
         running.retain(|key, r| {
             let keep = wanted.contains(key) && !r.task.is_finished();
@@ -176,7 +184,9 @@ impl Links {
 }
 
 /// Runs the node's links: looks at declared queues and the node database every `period`
-/// until `shutdown`, then stops them all.
+/// until `shutdown`, then stops them all. Of the nodes of a cluster, one runs each link:
+/// the one that holds its claim ([`trunkline_broker::Backend::claim`]); when that node
+/// goes, another takes the claim and the link within a `period`.
 pub async fn run_links(
     links: Arc<Links>,
     broker: Arc<dyn trunkline_broker::Backend>,
@@ -185,9 +195,18 @@ pub async fn run_links(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (l, b, e, s) = (links.clone(), broker.clone(), env.clone(), shutdown.clone());
+        let (b, e) = (broker.clone(), env.clone());
         // Reads the node database: off the runtime's workers.
-        let _ = tokio::task::spawn_blocking(move || l.reconcile(&b, &e, &s)).await;
+        let wanted = tokio::task::spawn_blocking(move || Links::wanted(&b, &e))
+            .await
+            .unwrap_or_default();
+        let mut held = BTreeSet::new();
+        for (peer, queue) in wanted {
+            if broker.claim(&format!("link.{peer}.{queue}")).await {
+                held.insert((peer, queue));
+            }
+        }
+        links.reconcile(held, &broker, &env, &shutdown);
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.cancelled() => break,
