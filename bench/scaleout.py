@@ -1,4 +1,4 @@
-"""bench/results/scaleout.md from the runs of bench/scaleout.sh.
+"""bench/scaleout-results.md from the runs of bench/scaleout.sh.
 
     python3 bench/scaleout.py RESULTS REPEATS
 

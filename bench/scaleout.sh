@@ -8,7 +8,7 @@
 #
 # Each run measures messages per second (consumed and acked) and CPU per message: of the
 # Trunkline nodes, and of RabbitMQ (every node of the cluster). bench/scaleout.py puts
-# the runs together into bench/results/scaleout.md: medians, and Trunkline's CPU per
+# the runs together into bench/scaleout-results.md: medians, and Trunkline's CPU per
 # message as a share of what RabbitMQ spends per message on its own AMQP path (the
 # issue's aim: at most 25% more). Starts the cluster with scripts/rabbitmq-cluster.sh
 # (RabbitMQ nodes trunkline-c1..3) and stops it at the end.
@@ -18,7 +18,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 REPEATS="${1:-3}"
 MESSAGES="${MESSAGES:-20000}"
-OUT="${OUT:-bench/results/scaleout.md}"
+OUT="${OUT:-bench/scaleout-results.md}"
 
 cargo build --release -q -p trunkline-cli -p trunkline-bench
 BENCH=target/release/trunkline-bench
