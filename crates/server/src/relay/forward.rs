@@ -3,7 +3,8 @@
 //! connection to it has written it there. The worker logs in as this relay, with this
 //! relay's key, which the other relay must list among its peers; it reconnects after a
 //! pause doubling from 1 s to 15 s. An envelope that expires while it waits is dropped
-//! (its queue's time to live is the envelope's).
+//! (its queue's time to live is the envelope's). Of the nodes of a cluster, one forwards to
+//! each relay: the one holding the claim `relay.<name>` (`Backend::claim`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,6 +28,8 @@ const RELAY_LABEL: &str = "relay.forward";
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most envelopes waiting for one relay.
 const MAX_WAITING: u64 = 100_000;
+/// How often a node that does not forward to a relay asks whether it should.
+const CLAIM_AGAIN: Duration = Duration::from_secs(2);
 
 /// Starts and feeds the workers.
 pub struct Forwarder {
@@ -151,6 +154,15 @@ async fn run(relay: Arc<Relay>, name: String, queue: String, stop: CancellationT
     let broker = relay.broker().clone();
     let mut backoff = Duration::from_secs(1);
     while !stop.is_cancelled() {
+        // Of the nodes of a cluster, the one holding the claim forwards to this relay;
+        // the others look again now and then (the claim goes with a node that goes).
+        if !broker.claim(&format!("relay.{name}")).await {
+            tokio::select! {
+                _ = tokio::time::sleep(CLAIM_AGAIN) => {}
+                _ = stop.cancelled() => return,
+            }
+            continue;
+        }
         let who = Who::Relay {
             name: relay.name().to_owned(),
         };
@@ -175,6 +187,10 @@ async fn run(relay: Arc<Relay>, name: String, queue: String, stop: CancellationT
         // Envelopes written on this connection, and confirmed by the other relay.
         let (mut written, mut confirmed) = (0u64, 0u64);
         loop {
+            // A node that lost RabbitMQ lost its claim too: another may be forwarding.
+            if !broker.claim(&format!("relay.{name}")).await {
+                break;
+            }
             let got = tokio::select! {
                 g = super::lease(&broker, &me, &queue, &stop) => g,
                 // Between batches the other relay has nothing more to say.
