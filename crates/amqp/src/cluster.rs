@@ -6,7 +6,8 @@
 //! subscriptions. A change of the registry is decided here, mirrored into RabbitMQ's
 //! topology (each client's inbox and dead-letter queue, each declared queue, their
 //! bindings), recorded in the log and applied by every node; messages go through [`Amqp`]
-//! only. Front-ends see the same [`Backend`] as with the embedded engine;
+//! only (the changes of the registry are in `admin.rs`). Front-ends see the same
+//! [`Backend`] as with the embedded engine;
 //! `docs/scale-out.md` lists where the two differ.
 //!
 //! Live subscriptions (STOMP `/topic/…`) and channel messages reach every node
@@ -19,18 +20,15 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use trunkline_broker::backend::{BoxFuture, PublishDone};
-use trunkline_broker::changes::Change;
-use trunkline_broker::named::QueueRecord;
 use trunkline_broker::twins::TwinRecord;
 use trunkline_broker::{
-    dead_letter_of, dead_name, inbox_name, topic, Backend, BatchTicket, Broker, BrokerConfig,
-    BrokerError, ClientRecord, ClientUpdate, ClientView, Counters, Delivery, LiveCounters,
-    LiveSubscription, NewClient, Principal, Publish, Published, QueueDepth, QueueSpec, QueueView,
-    ReceiveOptions, Sent, Settle, Settled, Target, WaitHandle,
+    dead_name, inbox_name, topic, Backend, BatchTicket, Broker, BrokerConfig, BrokerError,
+    ClientUpdate, ClientView, Counters, Delivery, LiveCounters, LiveSubscription, NewClient,
+    Principal, Publish, Published, QueueDepth, QueueSpec, QueueView, ReceiveOptions, Sent, Settle,
+    Settled, Target, WaitHandle,
 };
 use trunkline_envelope::TwinClaim;
 
-use crate::topology::Exchange;
 use crate::{Amqp, LiveLink, RegistryLog};
 
 /// How often waiters on a queue are woken to look again: RabbitMQ does not tell a node
@@ -58,17 +56,17 @@ type Outcomes = Arc<Mutex<Vec<Option<Result<Published, BrokerError>>>>>;
 
 /// A node's backend over RabbitMQ.
 pub struct Cluster {
-    registry: Broker,
-    amqp: Arc<Amqp>,
-    log: Arc<RegistryLog>,
-    live: Arc<LiveLink>,
+    pub(crate) registry: Broker,
+    pub(crate) amqp: Arc<Amqp>,
+    pub(crate) log: Arc<RegistryLog>,
+    pub(crate) live: Arc<LiveLink>,
     waiters: Waiters,
     /// Every queue's depth as last asked (ready: RabbitMQ's count; leased: this node's).
     depths: Mutex<Vec<QueueDepth>>,
     /// Held across each change of clients or queues, registry and RabbitMQ both: two
     /// changes of one client at once on this node would otherwise meet half done (a
     /// binding to a queue just deleted).
-    admin: tokio::sync::Mutex<()>,
+    pub(crate) admin: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -167,41 +165,6 @@ impl Cluster {
 
     pub fn amqp(&self) -> &Arc<Amqp> {
         &self.amqp
-    }
-
-    async fn declare_inbox(&self, c: &ClientRecord) -> Result<(), BrokerError> {
-        let limits = self.registry.resolve_limits(&c.inbox);
-        self.amqp
-            .declare_inbox(&c.client_id, &c.patterns, &limits)
-            .await
-    }
-
-    /// Declares a declared queue and binds its bindings.
-    async fn declare_named(&self, q: &QueueRecord) -> Result<(), BrokerError> {
-        let limits = self.registry.resolve_limits(&q.limits);
-        let dead = dead_letter_of(&q.name);
-        self.amqp
-            .declare_queue(&q.name, &limits, Some(&dead))
-            .await?;
-        self.amqp
-            .bindings(&q.name, Exchange::Topic, &q.bindings, &[])
-            .await
-    }
-
-    /// Deletes `queue` once nothing this node publishes can reach it: unbound from its
-    /// `routes` first, then after every publish already started has its outcome.
-    /// (RabbitMQ 3.10 closes the connection of a publish that reaches a quorum queue
-    /// while it is deleted, `docs/scale-out.md`.)
-    async fn retire(
-        &self,
-        queue: &str,
-        routes: &[(Exchange, Vec<String>)],
-    ) -> Result<(), BrokerError> {
-        for (exchange, keys) in routes {
-            self.amqp.bindings(queue, *exchange, &[], keys).await?;
-        }
-        self.amqp.published().await;
-        self.amqp.delete_queue(queue).await
     }
 
     /// Checks a publish and finds where it goes.
@@ -469,39 +432,7 @@ impl Backend for Cluster {
         c: NewClient,
         now: u64,
     ) -> BoxFuture<'_, Result<(ClientView, String), BrokerError>> {
-        Box::pin(async move {
-            let _admin = self.admin.lock().await;
-            let (client, secret) = self.registry.plan_create_client(c, now)?;
-            // Its queues first: a node routes to them as soon as it reads the record.
-            self.declare_inbox(&client).await?;
-            let id = client.client_id.clone();
-            if let Err(e) = self
-                .log
-                .record(Change::CreateClient {
-                    client: client.clone(),
-                })
-                .await
-            {
-                // Another node made a client of this id first: its inbox keeps only its
-                // own bindings.
-                if let Some(winner) = self.registry.get_client(&id) {
-                    let ours: Vec<String> = (client.patterns.iter())
-                        .filter(|p| !winner.patterns.contains(p))
-                        .cloned()
-                        .collect();
-                    let _ = self
-                        .amqp
-                        .bindings(&inbox_name(&id), Exchange::Topic, &[], &ours)
-                        .await;
-                }
-                return Err(e);
-            }
-            let view = self
-                .registry
-                .get_client(&id)
-                .ok_or(BrokerError::UnknownClient(id))?;
-            Ok((view, secret))
-        })
+        Box::pin(self.create_client_now(c, now))
     }
 
     fn update_client<'a>(
@@ -509,71 +440,18 @@ impl Backend for Cluster {
         client_id: &'a str,
         u: ClientUpdate,
     ) -> BoxFuture<'a, Result<ClientView, BrokerError>> {
-        Box::pin(async move {
-            let _admin = self.admin.lock().await;
-            let before = self
-                .registry
-                .get_client(client_id)
-                .ok_or_else(|| BrokerError::UnknownClient(client_id.to_owned()))?;
-            if u.inbox.as_ref().is_some_and(|l| *l != before.inbox) {
-                return Err(BrokerError::InvalidArgument(
-                    "with a RabbitMQ broker, an inbox's limits are fixed when it is made (its queue's arguments)".into(),
-                ));
-            }
-            let client = self.registry.plan_update_client(client_id, u)?;
-            let (added, removed) = changed(&before.patterns, &client.patterns);
-            // New routes before the record, old ones after: no message meant for the
-            // inbox misses it while nodes learn of the change.
-            let inbox = inbox_name(client_id);
-            self.amqp
-                .bindings(&inbox, Exchange::Topic, &added, &[])
-                .await?;
-            self.log.record(Change::UpdateClient { client }).await?;
-            self.amqp
-                .bindings(&inbox, Exchange::Topic, &[], &removed)
-                .await?;
-            self.registry
-                .get_client(client_id)
-                .ok_or_else(|| BrokerError::UnknownClient(client_id.to_owned()))
-        })
+        Box::pin(self.update_client_now(client_id, u))
     }
 
     fn rotate_secret<'a>(
         &'a self,
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<(ClientView, String), BrokerError>> {
-        Box::pin(async move {
-            let _admin = self.admin.lock().await;
-            let (client, secret) = self.registry.plan_rotate_secret(client_id)?;
-            self.log.record(Change::UpdateClient { client }).await?;
-            let view = self
-                .registry
-                .get_client(client_id)
-                .ok_or_else(|| BrokerError::UnknownClient(client_id.to_owned()))?;
-            Ok((view, secret))
-        })
+        Box::pin(self.rotate_secret_now(client_id))
     }
 
     fn delete_client<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            let _admin = self.admin.lock().await;
-            let patterns = self
-                .registry
-                .get_client(client_id)
-                .map(|c| c.patterns)
-                .unwrap_or_default();
-            self.log
-                .record(Change::DeleteClient {
-                    client_id: client_id.to_owned(),
-                })
-                .await?;
-            let routes = [
-                (Exchange::Topic, patterns),
-                (Exchange::Notify, vec![String::new()]),
-            ];
-            self.retire(&inbox_name(client_id), &routes).await?;
-            self.amqp.delete_queue(&dead_name(client_id)).await
-        })
+        Box::pin(self.delete_client_now(client_id))
     }
 
     fn get_client(&self, client_id: &str) -> Option<ClientView> {
@@ -606,60 +484,11 @@ impl Backend for Cluster {
         spec: QueueSpec,
         now: u64,
     ) -> BoxFuture<'a, Result<(QueueView, bool), BrokerError>> {
-        Box::pin(async move {
-            let _admin = self.admin.lock().await;
-            let before = self.registry.get_queue(name);
-            if let Some(b) = &before {
-                if b.limits != spec.limits {
-                    return Err(BrokerError::InvalidArgument(
-                        "with a RabbitMQ broker, a queue's limits are fixed when it is made (its arguments)".into(),
-                    ));
-                }
-            }
-            let queue = self.registry.plan_declare_queue(name, spec, now)?;
-            let (_, gone) = changed(
-                &before.map(|b| b.bindings).unwrap_or_default(),
-                &queue.bindings,
-            );
-            self.declare_named(&queue).await?;
-            let made = match self.log.record(Change::PutQueue { queue }).await {
-                Ok(made) => made,
-                Err(e) => {
-                    // Declared for nothing, unless another node declared it meanwhile.
-                    if !self.registry.has_queue(name) {
-                        let _ = self.amqp.delete_queue(name).await;
-                        let _ = self.amqp.delete_queue(&dead_letter_of(name)).await;
-                    }
-                    return Err(e);
-                }
-            };
-            self.amqp
-                .bindings(name, Exchange::Topic, &[], &gone)
-                .await?;
-            let view = self
-                .registry
-                .get_queue(name)
-                .ok_or_else(|| BrokerError::UnknownQueue(name.to_owned()))?;
-            Ok((view, made))
-        })
+        Box::pin(self.declare_queue_now(name, spec, now))
     }
 
     fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            let _admin = self.admin.lock().await;
-            let bindings = self
-                .registry
-                .get_queue(name)
-                .map(|q| q.bindings)
-                .unwrap_or_default();
-            self.log
-                .record(Change::DeleteQueue {
-                    name: name.to_owned(),
-                })
-                .await?;
-            self.retire(name, &[(Exchange::Topic, bindings)]).await?;
-            self.amqp.delete_queue(&dead_letter_of(name)).await
-        })
+        Box::pin(self.delete_queue_now(name))
     }
 
     fn get_queue(&self, name: &str) -> Option<QueueView> {
@@ -697,19 +526,7 @@ impl Backend for Cluster {
         signature: [u8; 64],
         now: u64,
     ) -> BoxFuture<'a, Result<TwinRecord, BrokerError>> {
-        Box::pin(async move {
-            let _admin = self.admin.lock().await;
-            let twin = self
-                .registry
-                .plan_register_twin(who, claim, signature, now)?;
-            self.log
-                .record(Change::PutTwin {
-                    twin: twin.clone(),
-                    new: true,
-                })
-                .await?;
-            Ok(twin)
-        })
+        Box::pin(self.register_twin_now(who, claim, signature, now))
     }
 
     fn update_twin(
@@ -718,17 +535,7 @@ impl Backend for Cluster {
         signature: [u8; 64],
         now: u64,
     ) -> BoxFuture<'_, Result<TwinRecord, BrokerError>> {
-        Box::pin(async move {
-            let _admin = self.admin.lock().await;
-            let twin = self.registry.plan_update_twin(claim, signature, now)?;
-            self.log
-                .record(Change::PutTwin {
-                    twin: twin.clone(),
-                    new: false,
-                })
-                .await?;
-            Ok(twin)
-        })
+        Box::pin(self.update_twin_now(claim, signature, now))
     }
 
     fn get_twin(&self, id: u32) -> Option<TwinRecord> {
@@ -767,10 +574,4 @@ impl Backend for Cluster {
     fn queue_depths(&self) -> Vec<QueueDepth> {
         lock(&self.depths).clone()
     }
-}
-
-/// What `after` has that `before` has not, and what `before` has that `after` has not.
-fn changed(before: &[String], after: &[String]) -> (Vec<String>, Vec<String>) {
-    let only = |a: &[String], b: &[String]| a.iter().filter(|p| !b.contains(p)).cloned().collect();
-    (only(after, before), only(before, after))
 }

@@ -4,14 +4,20 @@
 //! and a lease is an unacked delivery held on the node's channel, given back when the
 //! lease ends or the node goes.
 //!
-//! - [`Cluster`]: the node's [`trunkline_broker::Backend`] over RabbitMQ: its registry in
-//!   its own [`trunkline_broker::Broker`], mirrored as RabbitMQ topology, messages in RabbitMQ.
+//! - [`Cluster`]: the node's [`trunkline_broker::Backend`] over RabbitMQ: its replica of the
+//!   registry in its own [`trunkline_broker::Broker`], mirrored as RabbitMQ topology,
+//!   messages in RabbitMQ; `admin.rs`, its changes of the registry.
+//! - [`RegistryLog`]: the registry's shared log, a RabbitMQ stream every node follows.
+//! - [`LiveLink`]: live topic subscriptions and channel messages between nodes.
 //! - [`Amqp`]: the connection (to the first of its URLs that answers, the next one when it
 //!   is lost), declarations, publish, receive, settle and the lease sweep.
 //! - [`message`]: a message as AMQP properties and headers, and back.
 //! - [`topology`]: exchange names, and queue limits as quorum-queue arguments.
 //! - [`leases`]: which delivery each receipt names, and when its lease ends.
+//! - `follow.rs`: the loop that follows the stream and the node's live queue again after
+//!   each loss.
 
+mod admin;
 pub mod cluster;
 mod engine;
 mod follow;
