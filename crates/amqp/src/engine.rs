@@ -47,10 +47,17 @@ struct Link {
 /// What a publish's starter is told once RabbitMQ confirms it: the message's id.
 pub type Confirmed = Box<dyn FnOnce(Result<u64, BrokerError>) + Send + 'static>;
 
-/// A publish on its way to the publisher task (or, with `barrier`, no publish: `done` is
-/// told once every publish before it has its outcome).
+/// What the publisher task is asked: a publish, or a barrier (told once every publish
+/// before it has its outcome). Nearly every item is a publish: boxing it to shrink the
+/// rare barrier would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Publish(Outgoing),
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A publish on its way to the publisher task.
 struct Outgoing {
-    barrier: bool,
     id: u64,
     exchange: String,
     key: String,
@@ -70,7 +77,7 @@ pub struct Amqp {
     /// Message ids: milliseconds at start, shifted, plus a count; unique per node (and,
     /// with the node's number in the low bits, across nodes).
     ids: AtomicU64,
-    outgoing: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    outgoing: tokio::sync::mpsc::UnboundedSender<Work>,
     /// This start of this node: `<node>/<random>` (a node restarted under the same name
     /// is another origin).
     origin: String,
@@ -371,19 +378,11 @@ impl Amqp {
 
     /// Messages ready in a queue (not those leased).
     pub async fn depth(&self, name: &str) -> Result<u64, BrokerError> {
-        let name = self.names.queue(name);
-        let opts = QueueDeclareOptions {
-            passive: true,
-            durable: true,
-            ..Default::default()
-        };
-        let q = self
-            .with_admin_channel("inspect queue", |ch| async move {
-                ch.queue_declare(name.as_str().into(), opts, FieldTable::default())
-                    .await
-            })
-            .await?;
-        Ok(u64::from(q.message_count()))
+        self.depths(&[name.to_owned()])
+            .await
+            .pop()
+            .flatten()
+            .ok_or_else(|| unavailable("inspect queue", format!("no queue `{name}`")))
     }
 
     /// Whether this node holds the claim on `name` (taking it if it is free): at most one
@@ -486,7 +485,6 @@ impl Amqp {
             (None, false) => (self.names.exchange(Exchange::Topic), p.topic.clone()),
         };
         let out = Outgoing {
-            barrier: false,
             id,
             exchange,
             key,
@@ -494,8 +492,10 @@ impl Amqp {
             body: p.body.clone(),
             done,
         };
-        if let Err(e) = self.outgoing.send(out) {
-            (e.0.done)(Err(unavailable("publish", "the publisher stopped")));
+        if let Err(tokio::sync::mpsc::error::SendError(Work::Publish(out))) =
+            self.outgoing.send(Work::Publish(out))
+        {
+            (out.done)(Err(unavailable("publish", "the publisher stopped")));
         }
     }
 
@@ -503,18 +503,7 @@ impl Amqp {
     /// longer routes to gets nothing more from it after that.
     pub async fn published(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let out = Outgoing {
-            barrier: true,
-            id: 0,
-            exchange: String::new(),
-            key: String::new(),
-            props: lapin::BasicProperties::default(),
-            body: bytes::Bytes::new(),
-            done: Box::new(move |_| {
-                let _ = tx.send(());
-            }),
-        };
-        if self.outgoing.send(out).is_ok() {
+        if self.outgoing.send(Work::Barrier(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -669,24 +658,31 @@ type Pending = std::pin::Pin<
 /// the engine is dropped.
 async fn publisher(
     amqp: std::sync::Weak<Amqp>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Work>,
 ) {
     use futures::stream::{FuturesOrdered, StreamExt};
     // In publish order: a publish's outcome (and its live fan-out) follows the one before.
     let mut confirms = FuturesOrdered::new();
     loop {
         tokio::select! {
-            out = rx.recv() => {
-                let Some(out) = out else { break };
+            work = rx.recv() => {
+                let out = match work {
+                    None => break,
+                    // After every publish before it, in confirm order.
+                    Some(Work::Barrier(tx)) => {
+                        let done: Confirmed = Box::new(move |_| {
+                            let _ = tx.send(());
+                        });
+                        confirms.push_back(Box::pin(async move { (Ok(0u64), done) }) as Pending);
+                        continue;
+                    }
+                    Some(Work::Publish(out)) => out,
+                };
                 let Some(engine) = amqp.upgrade() else {
                     (out.done)(Err(unavailable("publish", "the engine stopped")));
                     break;
                 };
-                let Outgoing { barrier, id, exchange, key, props, body, done } = out;
-                if barrier {
-                    confirms.push_back(Box::pin(async move { (Ok(id), done) }) as Pending);
-                    continue;
-                }
+                let Outgoing { id, exchange, key, props, body, done } = out;
                 let sent = match engine.channels().await {
                     Ok((ch, _, _)) => {
                         let publish = ch.basic_publish(
