@@ -470,6 +470,14 @@ impl Backend for Cluster {
         self.registry.authenticate(client_id, secret)
     }
 
+    fn registry_seen(&self) -> u64 {
+        self.log.applied()
+    }
+
+    fn registry_after(&self, seen: u64, within: std::time::Duration) -> BoxFuture<'_, bool> {
+        Box::pin(self.log.applied_after(seen, within))
+    }
+
     fn principal(&self, client_id: &str) -> Option<Principal> {
         self.registry.principal(client_id)
     }
@@ -550,7 +558,7 @@ impl Backend for Cluster {
         Box::pin(self.amqp.claim(name))
     }
 
-    fn channel_bus(&self) -> Option<Arc<dyn trunkline_realtime::ChannelBus>> {
+    fn bus(&self) -> Option<Arc<dyn trunkline_realtime::Bus>> {
         Some(self.live.clone())
     }
 

@@ -9,11 +9,15 @@
 //! node that follows a matching pattern (Trunkline's patterns are AMQP's). A node ignores
 //! the copies it sent.
 //!
-//! Channel messages (WebSocket channels, and the backend's publishes to them) cross the
-//! same way through a second topic exchange, `<namespace>.channels`: routing key
-//! `c.<channel>` (`s.<channel>` for a system channel), bound while the node has members
-//! of the channel, and `s.#` while it has `sys:*` watchers. The receiving node delivers
-//! the message to its members as if it were published there.
+//! The live engines' [`Crossing`]s go through a second topic exchange,
+//! `<namespace>.channels` (this is the node's [`Bus`]):
+//! - channel messages (WebSocket channels, and the backend's publishes to them): routing
+//!   key `c.<channel>` (`s.<channel>` for a system channel), bound while the node has
+//!   members of the channel, and `s.#` while it has `sys:*` watchers. The receiving node
+//!   delivers the message to its members as if it were published there;
+//! - to every node (changes of what a node holds, its beats): key `all`, always bound;
+//! - to one node (calls, their parts and ends, holdings asked for): key `n.<origin>`,
+//!   always bound by that node.
 //!
 //! Live means best effort, as on one node: a copy is not confirmed, a node that cannot
 //! keep up (or whose link is down) misses messages, counted in `missed`.
@@ -32,7 +36,7 @@ use lapin::{Channel, ExchangeKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trunkline_broker::{Broker, BrokerError};
-use trunkline_realtime::{names, ChannelBus, Relayed};
+use trunkline_realtime::{names, Bus, BusSink, Crossing, To};
 use trunkline_store::StoredMessage;
 
 use crate::{message, Amqp};
@@ -45,7 +49,7 @@ const ORIGIN: &str = "x-tl-origin";
 /// A copy on its way out.
 enum Copy {
     Topic { id: u64, data: Arc<StoredMessage> },
-    Channel(Relayed),
+    Crossing { key: String, body: Vec<u8> },
 }
 
 /// Which exchange a binding is on.
@@ -54,9 +58,6 @@ enum Route {
     Topics,
     Channels,
 }
-
-/// Where channel messages from other nodes go.
-type Sink = Box<dyn Fn(Relayed) + Send + Sync>;
 
 /// A node's end of the live exchanges.
 pub struct LiveLink {
@@ -72,7 +73,9 @@ pub struct LiveLink {
     out: mpsc::Sender<Copy>,
     /// The channel the node's queue is consumed on; bindings are made on it too.
     channel: tokio::sync::Mutex<Option<Channel>>,
-    sink: std::sync::OnceLock<Sink>,
+    sink: std::sync::OnceLock<Arc<dyn BusSink>>,
+    /// The keys always bound: every node's, and this node's own.
+    fixed: [String; 2],
 }
 
 /// The routing key of a channel's messages.
@@ -86,6 +89,18 @@ fn channel_key(channel: &str) -> String {
 
 /// What every system channel's messages match.
 const ALL_SYSTEM: &str = "s.#";
+/// What goes to every node.
+const ALL_NODES: &str = "all";
+
+/// The routing key of what goes to one node: its origin, with the characters that mean
+/// something in a binding key replaced.
+fn node_key(origin: &str) -> String {
+    let safe: String = origin
+        .chars()
+        .map(|c| if matches!(c, '*' | '#') { '_' } else { c })
+        .collect();
+    format!("n.{safe}")
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -122,6 +137,7 @@ impl LiveLink {
             .await?;
         }
         let (out, rx) = mpsc::channel(OUTGOING);
+        let fixed = [ALL_NODES.to_owned(), node_key(amqp.origin())];
         let link = Arc::new_cyclic(|me| LiveLink {
             me: me.clone(),
             queue: amqp.names().stream(&format!("node.{}", amqp.origin())),
@@ -133,6 +149,7 @@ impl LiveLink {
             out,
             channel: tokio::sync::Mutex::new(None),
             sink: std::sync::OnceLock::new(),
+            fixed,
         });
         crate::follow::spawn(&link, stop.clone());
         tokio::spawn(send(Arc::downgrade(&link), rx, stop));
@@ -242,7 +259,8 @@ impl LiveLink {
             .map_err(unavailable)?;
         {
             let mut held = self.channel.lock().await;
-            let keys: Vec<(Route, String)> = lock(&self.keys).keys().cloned().collect();
+            let mut keys: Vec<(Route, String)> = lock(&self.keys).keys().cloned().collect();
+            keys.extend(self.fixed.iter().map(|k| (Route::Channels, k.clone())));
             for (route, key) in keys {
                 let (q, e) = (self.queue.as_str().into(), self.exchange(route).into());
                 ch.queue_bind(
@@ -256,6 +274,9 @@ impl LiveLink {
                 .map_err(unavailable)?;
             }
             *held = Some(ch.clone());
+        }
+        if let Some(sink) = self.sink.get() {
+            sink.linked();
         }
         let origin = self.amqp.origin();
         let r = loop {
@@ -277,11 +298,9 @@ impl LiveLink {
                 continue;
             }
             if d.exchange.as_str() == self.channels {
-                let relayed = serde_json::from_slice(&d.data)
-                    .ok()
-                    .and_then(|v| Relayed::from_json(&v));
-                if let (Some(m), Some(sink)) = (relayed, self.sink.get()) {
-                    sink(m);
+                let crossing = Crossing::from_bytes(&d.data);
+                if let (Some(c), Some(from), Some(sink)) = (crossing, from, self.sink.get()) {
+                    sink.received(&from, c);
                 }
                 continue;
             }
@@ -319,10 +338,9 @@ async fn send(link: Weak<LiveLink>, mut rx: mpsc::Receiver<Copy>, stop: Cancella
                 let props = message::properties(id, &data, None);
                 (&l.topics, data.topic.clone(), data.body.to_vec(), props)
             }
-            Copy::Channel(m) => {
-                let body = m.to_json().to_string().into_bytes();
+            Copy::Crossing { key, body } => {
                 let props = lapin::BasicProperties::default();
-                (&l.channels, channel_key(&m.channel), body, props)
+                (&l.channels, key, body, props)
             }
         };
         let mut headers = props.headers().clone().unwrap_or_default();
@@ -356,9 +374,19 @@ impl crate::follow::Follower for LiveLink {
     }
 }
 
-impl ChannelBus for LiveLink {
-    fn send(&self, m: &Relayed) {
-        if self.out.try_send(Copy::Channel(m.clone())).is_err() {
+impl Bus for LiveLink {
+    fn origin(&self) -> &str {
+        self.amqp.origin()
+    }
+
+    fn send(&self, to: To<'_>, c: &Crossing) {
+        let key = match to {
+            To::Channel(channel) => channel_key(channel),
+            To::All => ALL_NODES.to_owned(),
+            To::Node(origin) => node_key(origin),
+        };
+        let body = c.to_bytes();
+        if self.out.try_send(Copy::Crossing { key, body }).is_err() {
             self.registry
                 .live_counters()
                 .missed
@@ -382,9 +410,9 @@ impl ChannelBus for LiveLink {
         self.count((Route::Channels, ALL_SYSTEM.to_owned()), false);
     }
 
-    fn deliver_to(&self, sink: Box<dyn Fn(Relayed) + Send + Sync>) {
+    fn deliver_to(&self, sink: Arc<dyn BusSink>) {
         if self.sink.set(sink).is_err() {
-            tracing::warn!("live link: channel messages already go elsewhere");
+            tracing::warn!("live link: crossings already go elsewhere");
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct RegistryLog {
     next_offset: AtomicI64,
     /// The last start marker of another node read, with its key fingerprint.
     last_other: Mutex<Option<(String, String)>>,
+    /// How many records were applied (for those who wait for a change).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 fn unavailable(what: impl std::fmt::Display) -> BrokerError {
@@ -117,6 +119,7 @@ impl RegistryLog {
             waiting: Mutex::default(),
             next_offset: AtomicI64::new(-1),
             last_other: Mutex::default(),
+            applied: tokio::sync::watch::Sender::new(0),
         });
         crate::follow::spawn(&log, stop);
         // Everything before this marker is applied once the marker is read back.
@@ -131,6 +134,20 @@ impl RegistryLog {
             }
         }
         Ok(log)
+    }
+
+    /// How many records this node applied so far.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits (at most `within`) for a record applied after the first `seen`; whether one
+    /// was.
+    pub async fn applied_after(&self, seen: u64, within: std::time::Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|n| *n > seen))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Records `change` and applies it (as every node does); what applying decided.
@@ -212,6 +229,7 @@ impl RegistryLog {
             }
             None => Ok(false),
         };
+        self.applied.send_modify(|n| *n += 1);
         if record.origin == self.origin {
             if let Some(tx) = lock(&self.waiting).remove(&record.seq) {
                 let _ = tx.send(outcome);

@@ -87,6 +87,18 @@ pub trait Backend: Send + Sync + 'static {
     fn list_clients(&self) -> Vec<ClientView>;
     fn client_count(&self) -> usize;
     fn authenticate(&self, client_id: &str, secret: &str) -> Option<(Principal, String)>;
+
+    /// How many changes of a shared registry this node applied (0 with its own registry).
+    fn registry_seen(&self) -> u64 {
+        0
+    }
+
+    /// Waits (at most `within`) for a change of a shared registry after the first
+    /// `seen`; whether one came. With its own registry, a node knows every change at
+    /// once and never waits.
+    fn registry_after(&self, _seen: u64, _within: std::time::Duration) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(false))
+    }
     fn principal(&self, client_id: &str) -> Option<Principal>;
     fn check_credential(&self, client_id: &str, credential_id: &str) -> Option<Principal>;
 
@@ -134,8 +146,8 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(true))
     }
 
-    /// How channel messages reach the other nodes of a cluster (none on one node).
-    fn channel_bus(&self) -> Option<Arc<dyn trunkline_realtime::ChannelBus>> {
+    /// How the live engine reaches the other nodes of a cluster (none on one node).
+    fn bus(&self) -> Option<Arc<dyn trunkline_realtime::Bus>> {
         None
     }
 

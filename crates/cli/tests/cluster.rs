@@ -394,3 +394,354 @@ async fn channel_messages_reach_members_on_every_node() {
     assert_eq!(channel_numbers(&on3, Duration::from_secs(1)).await, [3]);
     cluster.stop().await;
 }
+
+/// A channel token from node `i`'s backend for session `sid` on `channel`.
+async fn mint(cluster: &Cluster, i: usize, sid: &str, channel: &str) -> String {
+    let (status, v) = cluster.nodes[i - 1]
+        .backend_post(
+            "/channel-token",
+            serde_json::json!({"sid": sid, "cname": channel, "pub": true, "conn_info": {"node": i}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["token"].as_str().expect("token").to_owned()
+}
+
+/// The next joined or left event within `within`, skipping others: `("joined", session)`.
+async fn presence_event(
+    ws: &trunkline_client::ws::WsSession,
+    within: Duration,
+) -> Option<(&'static str, String)> {
+    use trunkline_client::ws::Event;
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, ws.next_event()).await {
+            Ok(Some(Event::Joined { member, .. })) => return Some(("joined", member.session_id)),
+            Ok(Some(Event::Left { member, .. })) => return Some(("left", member.session_id)),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// The session ids of a channel's members, as node `i`'s backend lists them.
+async fn members_on(cluster: &Cluster, i: usize, channel: &str) -> Vec<String> {
+    let (status, v) = cluster.nodes[i - 1]
+        .backend_request("GET", &format!("/channels/{channel}/members"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let mut ids: Vec<String> = v
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["session_id"].as_str().expect("session_id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Waits (at most 10 s) until node `i` lists exactly `want` as the channel's members.
+async fn members_become(cluster: &Cluster, i: usize, channel: &str, want: &[&str]) {
+    let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = members_on(cluster, i, channel).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {i} lists {got:?} as members of {channel}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_the_union_over_nodes_and_calls_reach_sessions_on_other_nodes() {
+    let Some(url) = amqp() else { return };
+    let cluster = Cluster::start(&url, 3).await;
+    let on1 = cluster.admin(1).websocket().await.expect("ws 1");
+    let on3 = cluster.admin(3).websocket().await.expect("ws 3");
+    let (a, c) = (on1.id().to_owned(), on3.id().to_owned());
+    let room = "prs:room";
+
+    // Presence: node 2, with no member, lists a once node 1 told it.
+    let t = mint(&cluster, 1, &a, room).await;
+    assert!(on1
+        .subscribe(room, Some(&t))
+        .await
+        .expect("a joins")
+        .members
+        .is_empty());
+    members_become(&cluster, 2, room, &[&a]).await;
+    members_become(&cluster, 3, room, &[&a]).await;
+    // c, on node 3, finds a there; a is told that c joined.
+    let t = mint(&cluster, 3, &c, room).await;
+    let before = on3
+        .subscribe(room, Some(&t))
+        .await
+        .expect("c joins")
+        .members;
+    assert_eq!(
+        before
+            .iter()
+            .map(|m| m.session_id.as_str())
+            .collect::<Vec<_>>(),
+        [a.as_str()]
+    );
+    assert_eq!(before[0].info, serde_json::json!({"node": 1}));
+    assert_eq!(
+        presence_event(&on1, Duration::from_secs(5)).await,
+        Some(("joined", c.clone()))
+    );
+    members_become(&cluster, 2, room, &[&a, &c]).await;
+
+    // RPC: served on node 3, called from node 1 (a session) and node 2 (a backend).
+    on3.serve("calc", &["add"], None, |call| async move {
+        let p = &call.payload;
+        let sum = p[0].as_i64().unwrap_or(0) + p[1].as_i64().unwrap_or(0);
+        let _ = call.next(serde_json::json!("adding")).await;
+        let _ = call.end(serde_json::json!(sum)).await;
+    })
+    .await
+    .expect("serve");
+    let mut answered = None;
+    for _ in 0..100 {
+        let r = on1
+            .call_rpc(
+                "calc",
+                "add",
+                serde_json::json!([2, 3]),
+                Duration::from_secs(5),
+                None,
+            )
+            .await;
+        match r {
+            Ok(r) => {
+                answered = Some(r);
+                break;
+            }
+            // Until node 1 has heard that node 3 serves it.
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::NoCallee), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let r = answered.expect("node 1 never heard that node 3 serves calc");
+    assert_eq!(r.data, serde_json::json!(5));
+    assert_eq!(r.parts, [serde_json::json!("adding")]);
+    let (status, v) = cluster.nodes[1]
+        .backend_post("/rpc/calc/add", serde_json::json!({"payload": [40, 2]}))
+        .await;
+    assert_eq!((status, &v["data"]), (200, &serde_json::json!(42)), "{v}");
+    // A function node 3's sessions do not serve is no_callee, as on one node.
+    let e = on1
+        .call_rpc(
+            "calc",
+            "div",
+            serde_json::json!([1, 1]),
+            Duration::from_secs(2),
+            None,
+        )
+        .await
+        .expect_err("no div");
+    assert_eq!(e.code(), Some(ErrorCode::NoCallee), "{e}");
+
+    // Client functions: c's, called from node 1 by session id and on the channel.
+    on3.expose(&["whoami"], |call| async move {
+        let _ = call.end(serde_json::json!({"node": 3})).await;
+    })
+    .await
+    .expect("expose");
+    let mut answered = None;
+    for _ in 0..100 {
+        match on1
+            .call_function(
+                &c,
+                "whoami",
+                serde_json::json!(null),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            Ok(r) => {
+                answered = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(
+        answered.expect("c's function from node 1").data,
+        serde_json::json!({"node": 3})
+    );
+    let all = on1
+        .call_channel(
+            room,
+            "whoami",
+            serde_json::json!(null),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("call the channel");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["session_id"], serde_json::json!(c));
+    assert_eq!(all[0]["data"], serde_json::json!({"node": 3}));
+    let (status, v) = cluster.nodes[1]
+        .backend_post(
+            &format!("/sessions/{c}/functions/whoami"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["data"]),
+        (200, &serde_json::json!({"node": 3})),
+        "{v}"
+    );
+
+    // A call whose callee's session ends before it answers: callee_gone, across nodes.
+    let slow = cluster.admin(3).websocket().await.expect("ws slow");
+    slow.serve("slow", &["wait"], None, |_call| async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await
+    .expect("serve slow");
+    let caller = tokio::spawn({
+        let on1 = cluster.admin(1).websocket().await.expect("ws caller");
+        async move {
+            let mut last = None;
+            for _ in 0..100 {
+                match on1
+                    .call_rpc(
+                        "slow",
+                        "wait",
+                        serde_json::json!(null),
+                        Duration::from_secs(30),
+                        None,
+                    )
+                    .await
+                {
+                    Err(e) if e.code() == Some(ErrorCode::NoCallee) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => {
+                        last = Some(other);
+                        break;
+                    }
+                }
+            }
+            last
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    slow.close().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), caller)
+        .await
+        .expect("the caller is answered")
+        .expect("task")
+        .expect("a call");
+    assert_eq!(
+        outcome.expect_err("callee gone").code(),
+        Some(ErrorCode::CalleeGone)
+    );
+
+    // c leaves: a is told, and node 2 lists a alone.
+    on3.unsubscribe(room).await.expect("c leaves");
+    assert_eq!(
+        presence_event(&on1, Duration::from_secs(5)).await,
+        Some(("left", c.clone()))
+    );
+    members_become(&cluster, 2, room, &[&a]).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_members_leave_within_the_keepalive() {
+    use trunkline_testkit::ProcessServer;
+    let Some(url) = amqp() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let namespace = format!("tl-dead-{:016x}", rand_u64());
+    // The keepalive: a session (and a node) silent for 3 s is gone; pings every second.
+    let config = dir.path().join("trunkline.toml");
+    std::fs::write(&config, "[ws]\nidle_timeout_secs = 3\nping_secs = 1\n").expect("config");
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_trunkline"));
+    let start = |i: usize| {
+        let data = dir.path().join(format!("n{i}"));
+        std::fs::create_dir_all(&data).expect("data dir");
+        if i > 1 {
+            for f in ["token.key", "backend.key", "channel.key"] {
+                std::fs::copy(dir.path().join("n1").join(f), data.join(f)).expect("copy key");
+            }
+        }
+        let mut cmd = ProcessServer::serve_command(&bin, &data, "127.0.0.1:0");
+        cmd.args(["--broker", &url, "--namespace", &namespace])
+            .args(["--node", &format!("n{i}")])
+            .arg("--config")
+            .arg(&config);
+        ProcessServer::spawn(cmd, &data).expect("start node")
+    };
+    let n1 = start(1);
+    let mut n2 = start(2);
+    let secret = n1.admin_credentials().secret;
+    let key = std::fs::read_to_string(n1.data_dir.join("backend.key")).expect("backend key");
+    let http = reqwest::Client::new();
+    let mint = |backend: String, sid: String| {
+        let (http, key) = (http.clone(), key.trim().to_owned());
+        async move {
+            let v: serde_json::Value = http
+                .post(format!("{backend}/channel-token"))
+                .header("X-Backend-Key", key)
+                .json(&serde_json::json!({"sid": sid, "cname": "prs:room", "pub": true}))
+                .send()
+                .await
+                .expect("mint")
+                .json()
+                .await
+                .expect("token");
+            v["token"].as_str().expect("token").to_owned()
+        }
+    };
+    let a = Client::new(&n1.http, "admin", &secret)
+        .expect("client")
+        .websocket()
+        .await
+        .expect("ws 1");
+    let b = Client::new(&n2.http, "admin", &secret)
+        .expect("client")
+        .websocket()
+        .await
+        .expect("ws 2");
+    let t = mint(n1.backend.clone(), a.id().to_owned()).await;
+    a.subscribe("prs:room", Some(&t)).await.expect("a joins");
+    // b finds a there (once node 2 heard of it); a is told that b joined.
+    let t = mint(n2.backend.clone(), b.id().to_owned()).await;
+    let before = b
+        .subscribe("prs:room", Some(&t))
+        .await
+        .expect("b joins")
+        .members;
+    assert!(before.iter().all(|m| m.session_id == a.id()), "{before:?}");
+    assert_eq!(
+        presence_event(&a, Duration::from_secs(5)).await,
+        Some(("joined", b.id().to_owned()))
+    );
+    let b_id = b.id().to_owned();
+    n2.kill9();
+    let killed = std::time::Instant::now();
+    // Node 1 hears nothing more from node 2: within the keepalive (and a beat), b left.
+    assert_eq!(
+        presence_event(&a, Duration::from_secs(10)).await,
+        Some(("left", b_id))
+    );
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(3 + 3),
+        "b left {took:?} after its node died (keepalive 3 s)"
+    );
+    eprintln!("a dead node's member left after {took:?}");
+    drop(n1);
+}

@@ -16,7 +16,7 @@
 //! answer to a call that ended goes nowhere (`answer` says false), and a callee is told
 //! ([`Event::Cancelled`]) when a call it holds times out or its caller goes away.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,13 @@ pub enum Reply<M> {
     },
     /// Collected and handed over at the end.
     Collect(Collector),
+    /// Handed on as they come (to a caller on another node, `caller` there: its calls
+    /// end when [`Calls::session_gone`] is told `caller`).
+    Stream {
+        caller: String,
+        part: Box<dyn Fn(Value) + Send>,
+        end: Box<dyn FnOnce(Result<Value, CallError>) + Send>,
+    },
 }
 
 /// What a callee says about a call it holds.
@@ -55,7 +62,12 @@ pub enum Reply<M> {
 pub enum Answer {
     Next(Value),
     End(Value),
-    Exception { code: String, message: String },
+    Exception {
+        code: String,
+        message: String,
+    },
+    /// The call failed where it was served (on another node).
+    Failed(CallError),
 }
 
 /// One call to make.
@@ -82,6 +94,7 @@ impl<M> Pending<M> {
     fn parties(&self) -> impl Iterator<Item = &str> {
         let caller = match &self.reply {
             Reply::Session { session_id, .. } => Some(session_id.as_str()),
+            Reply::Stream { caller, .. } => Some(caller.as_str()),
             Reply::Collect(_) => None,
         };
         std::iter::once(self.callee.as_str()).chain(caller)
@@ -290,6 +303,7 @@ impl<M: Mailbox> Calls<M> {
                             },
                         );
                     }
+                    Reply::Stream { part, .. } => part(data),
                     Reply::Collect(_) if p.parts.len() < MAX_PARTS => p.parts.push(data),
                     Reply::Collect(_) => {}
                 }
@@ -301,6 +315,7 @@ impl<M: Mailbox> Calls<M> {
                 message: format!("the function raised `{code}`: {message}"),
                 exception: Some(serde_json::json!({"code": code, "message": message})),
             }),
+            Answer::Failed(e) => Err(e),
         };
         let ended = take(&mut inner, id).map(|p| (p, result));
         drop(inner);
@@ -366,6 +381,93 @@ impl<M: Mailbox> Calls<M> {
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
     }
+
+    /// Records a call that `callee` (a name for another node, which no session takes)
+    /// serves, at `now`; its id, under which [`Calls::answer`] takes that node's parts
+    /// and outcome. It ends as every call does: answered, timed out, or with
+    /// `callee_gone` when [`Calls::session_gone`] is told `callee`.
+    pub fn call_elsewhere(&self, now: Instant, kind: Kind, callee: &str, req: Request<M>) -> u64 {
+        let mut inner = self.lock();
+        inner.next_id += 1;
+        let id = inner.next_id;
+        record(&mut inner, now, id, kind, callee.to_owned(), req);
+        id
+    }
+
+    /// Whether a session here serves `function` under `server`.
+    pub fn serves(&self, server: &str, function: &str) -> bool {
+        self.lock()
+            .servers
+            .get(server)
+            .is_some_and(|s| s.sessions.iter().any(|(_, f)| f.contains(function)))
+    }
+
+    /// Whether `session` is here and exposes `function`.
+    pub fn exposes(&self, session: &str, function: &str) -> bool {
+        self.lock()
+            .exposed
+            .get(session)
+            .is_some_and(|f| f.contains(function))
+    }
+
+    /// The functions the sessions here serve under `server`, together.
+    pub fn served_under(&self, server: &str) -> BTreeSet<String> {
+        self.lock()
+            .servers
+            .get(server)
+            .map(|s| {
+                s.sessions
+                    .iter()
+                    .flat_map(|(_, f)| f.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The server names `session` serves.
+    pub fn served_by(&self, session: &str) -> Vec<String> {
+        self.lock()
+            .servers
+            .iter()
+            .filter(|(_, s)| s.sessions.iter().any(|(id, _)| id == session))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The functions `session` exposes.
+    pub fn exposed_by(&self, session: &str) -> BTreeSet<String> {
+        self.lock()
+            .exposed
+            .get(session)
+            .map(|f| f.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every server name served here with its functions, and every session's exposed
+    /// functions.
+    #[allow(clippy::type_complexity)]
+    pub fn holdings(
+        &self,
+    ) -> (
+        BTreeMap<String, BTreeSet<String>>,
+        BTreeMap<String, BTreeSet<String>>,
+    ) {
+        let inner = self.lock();
+        let servers = inner
+            .servers
+            .iter()
+            .map(|(name, s)| {
+                let f = s.sessions.iter().flat_map(|(_, f)| f.iter().cloned());
+                (name.clone(), f.collect())
+            })
+            .collect();
+        let exposed = inner
+            .exposed
+            .iter()
+            .map(|(sid, f)| (sid.clone(), f.iter().cloned().collect()))
+            .collect();
+        (servers, exposed)
+    }
 }
 
 /// Gives the call an id, hands it to the callee and records its deadline.
@@ -397,6 +499,19 @@ fn dispatch<M: Mailbox>(
             timeout_ms: req.timeout.as_millis() as u64,
         },
     );
+    record(inner, now, id, kind, callee, req);
+    Ok(())
+}
+
+/// Records call `id` as pending, with its deadline.
+fn record<M>(
+    inner: &mut Inner<M>,
+    now: Instant,
+    id: u64,
+    kind: Kind,
+    callee: String,
+    req: Request<M>,
+) {
     let deadline = now + req.timeout;
     *inner.load.entry(callee.clone()).or_default() += 1;
     let p = Pending {
@@ -416,7 +531,6 @@ fn dispatch<M: Mailbox>(
     }
     inner.deadlines.insert((deadline, id));
     inner.pending.insert(id, p);
-    Ok(())
 }
 
 /// Removes call `id`, giving its callee's place back.
@@ -469,6 +583,7 @@ fn finish<M: Mailbox>(ended: impl IntoIterator<Item = (Pending<M>, Result<Value,
                 parts: p.parts,
                 result,
             }),
+            Reply::Stream { end, .. } => end(result),
         }
     }
 }
@@ -514,6 +629,62 @@ mod tests {
             .unwrap()
             .take()
             .map(|o| o.result.map_err(|e| e.code))
+    }
+
+    /// A call served on another node ends with that node's answers, its timeout, or the
+    /// node's end; a call from another node streams its parts there and is dropped
+    /// when that node goes.
+    #[test]
+    fn calls_between_nodes_end_every_way_a_call_ends() {
+        let t0 = Instant::now();
+        let calls = Calls::<Inbox>::new(10);
+        // Made here, served on node "@b": parts and outcome come back through answer.
+        let (reply, got) = collector();
+        let id = calls.call_elsewhere(t0, Kind::Rpc, "@b", request(reply, 5));
+        assert!(calls.answer(Kind::Rpc, "@b", &id.to_string(), Answer::Next(json!(1))));
+        assert!(!calls.answer(Kind::Rpc, "@c", &id.to_string(), Answer::Next(json!(2))));
+        let failed = CallError::new(ErrorCode::CalleeBusy, "busy there");
+        assert!(calls.answer(Kind::Rpc, "@b", &id.to_string(), Answer::Failed(failed)));
+        assert_eq!(outcome(&got), Some(Err(ErrorCode::CalleeBusy)));
+        let (reply, got) = collector();
+        calls.call_elsewhere(t0, Kind::Rpc, "@b", request(reply, 5));
+        assert_eq!(calls.expire(t0 + Duration::from_secs(5)), 1);
+        assert_eq!(outcome(&got), Some(Err(ErrorCode::CallTimeout)));
+        let (reply, got) = collector();
+        calls.call_elsewhere(t0, Kind::Function, "@b", request(reply, 5));
+        calls.session_gone("@b");
+        assert_eq!(outcome(&got), Some(Err(ErrorCode::CalleeGone)));
+
+        // Made on node "@c", served here: parts and the end stream there.
+        let callee = Inbox::new(8);
+        calls.expose("a", &callee, vec!["f".into()]);
+        let streamed: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stream = |out: &Arc<Mutex<Vec<String>>>| {
+            let (p, e) = (out.clone(), out.clone());
+            Reply::Stream {
+                caller: "@c".into(),
+                part: Box::new(move |v| p.lock().unwrap().push(format!("part {v}"))),
+                end: Box::new(move |r| e.lock().unwrap().push(format!("end {r:?}"))),
+            }
+        };
+        calls
+            .call_function(t0, "a", request(stream(&streamed), 5))
+            .expect("call");
+        assert!(calls.answer(Kind::Function, "a", "4", Answer::Next(json!(1))));
+        assert!(calls.answer(Kind::Function, "a", "4", Answer::End(json!(2))));
+        assert_eq!(
+            *streamed.lock().unwrap(),
+            vec!["part 1".to_owned(), "end Ok(Number(2))".to_owned()]
+        );
+        calls
+            .call_function(t0, "a", request(stream(&streamed), 5))
+            .expect("call");
+        calls.session_gone("@c");
+        assert_eq!(calls.pending(), 0);
+        assert_eq!(
+            callee.taken(),
+            vec!["call 4 f", "call 5 f", "cancelled 5 caller_gone"]
+        );
     }
 
     /// The calls a session takes part in are found through its own index, and nothing

@@ -171,6 +171,41 @@ impl<M: Mailbox> Channels<M> {
         tell_channel(&mut out, channel, members, &inner.watchers, except)
     }
 
+    /// Tells the members of a presence channel here (and the `sys:*` watchers) that a
+    /// member elsewhere joined or left, as [`crate::peers::Effect`] says.
+    pub fn tell(&self, effect: &crate::peers::Effect) {
+        let (channel, member, joined) = match effect {
+            crate::peers::Effect::Joined { channel, member } => (channel, member, true),
+            crate::peers::Effect::Left { channel, member } => (channel, member, false),
+        };
+        if !has_presence(channel) {
+            return;
+        }
+        let inner = self.lock();
+        let event = if joined {
+            Event::Joined { channel, member }
+        } else {
+            Event::Left { channel, member }
+        };
+        let mut out = Fanout::<M>::new(event);
+        tell_channel(
+            &mut out,
+            channel,
+            inner.channels.get(channel.as_str()),
+            &inner.watchers,
+            None,
+        );
+    }
+
+    /// Every channel's members.
+    pub fn all_members(&self) -> std::collections::BTreeMap<String, Vec<MemberInfo>> {
+        self.lock()
+            .channels
+            .iter()
+            .map(|(name, m)| (name.clone(), m.values().map(|m| m.info.clone()).collect()))
+            .collect()
+    }
+
     /// Whether `session_id` is a member of `channel`.
     pub fn is_member(&self, channel: &str, session_id: &str) -> bool {
         self.lock()

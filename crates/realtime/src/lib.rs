@@ -20,20 +20,22 @@ pub mod calls;
 pub mod channels;
 mod fanout;
 pub mod names;
+pub mod peers;
 pub mod topic;
 pub mod topics;
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use trunkline_api::ErrorCode;
 use trunkline_store::StoredMessage;
 
-pub use bus::{ChannelBus, Relayed};
+pub use bus::{Bus, BusSink, Change, Crossing, HandedCall, Holdings, Relayed, To};
 pub use calls::{Answer, Calls, Outcome, Reply, Request};
 pub use channels::Channels;
+pub use peers::Peers;
 pub use topics::Topics;
 
 /// How the engine reaches one session.
@@ -62,7 +64,7 @@ pub trait Mailbox: Clone + Send + Sync + 'static {
 }
 
 /// What presence shows of a member.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MemberInfo {
     pub session_id: String,
     pub client_id: String,
@@ -100,13 +102,40 @@ impl Serialize for Caller {
     }
 }
 
+impl<'de> Deserialize<'de> for Caller {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            backend: bool,
+            session_id: Option<String>,
+            client_id: Option<String>,
+        }
+        match Wire::deserialize(d)? {
+            Wire { backend: true, .. } => Ok(Caller::Backend),
+            Wire {
+                session_id: Some(session_id),
+                client_id: Some(client_id),
+                ..
+            } => Ok(Caller::Session {
+                session_id,
+                client_id,
+            }),
+            _ => Err(serde::de::Error::custom(
+                "a caller is {\"backend\": true} or {\"session_id\", \"client_id\"}",
+            )),
+        }
+    }
+}
+
 /// A call's id as the caller wrote it (any JSON value), `None` when it had none or `null`.
 /// It is kept as raw JSON and written back byte for byte: read into a `Value`, a number
 /// such as `1180591620717411303424` would come back as `1.1805916207174113e21`.
 pub type CallId = Option<Box<RawValue>>;
 
 /// Which kind of call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// To one of the sessions serving an RPC server name.
     Rpc,
@@ -115,12 +144,19 @@ pub enum Kind {
 }
 
 /// Why a call did not give a result.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallError {
+    #[serde(deserialize_with = "code_of")]
     pub code: ErrorCode,
     pub message: String,
     /// The callee's `{code, message}` when it raised an exception.
     pub exception: Option<Value>,
+}
+
+/// An error code as written; one this node does not know reads as `internal`.
+fn code_of<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+    let code = String::deserialize(d)?;
+    Ok(ErrorCode::from_code(&code).unwrap_or(ErrorCode::Internal))
 }
 
 impl CallError {

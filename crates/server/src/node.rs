@@ -421,8 +421,17 @@ impl Node {
         let counters = Arc::new(HttpCounters::default());
         let stomp_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sessions = Arc::new(crate::ws::Sessions::default());
-        let channels = crate::live::Channels::new(engine.channel_bus());
-        let calls = crate::live::Calls::start(config.ws.max_pending_calls, shutdown.clone());
+        // In a cluster, a node silent for the WebSocket keepalive is gone.
+        let mesh = engine.bus().map(|bus| {
+            crate::live::mesh::Mesh::new(bus, Duration::from_secs(config.ws.idle_timeout_secs))
+        });
+        let channels = crate::live::Channels::new(mesh.clone());
+        let calls =
+            crate::live::Calls::start(config.ws.max_pending_calls, mesh.clone(), shutdown.clone());
+        if let Some(mesh) = &mesh {
+            let beat = Duration::from_secs(config.ws.ping_secs.max(1));
+            mesh.attach(&channels, &calls, beat, shutdown.clone());
+        }
         let links = Arc::new(crate::federation::Links::default());
         let relay = if config.relay.enabled {
             let relay = crate::relay::Relay::open(

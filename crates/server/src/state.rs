@@ -61,6 +61,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long a login that fails in a cluster waits for registry changes on their way
+/// (a change made on one node reaches the others within it).
+pub const REGISTRY_LAG: Duration = Duration::from_secs(1);
+
 impl AppState {
     /// Checks a bearer token and that its client still holds the credential it names.
     pub fn principal_of(&self, token: &str) -> Result<Principal, ApiError> {
@@ -83,6 +87,23 @@ impl AppState {
                     "the token's client was deleted or its secret rotated; get a new token",
                 )
             })
+    }
+
+    /// Looks something up in the client registry. In a cluster, a miss waits (at most
+    /// [`REGISTRY_LAG`]) for the registry changes this node has not applied yet: a client
+    /// made or changed through another node a moment ago may be on its way.
+    pub async fn settled<T>(&self, mut look: impl FnMut() -> Option<T>) -> Option<T> {
+        let deadline = std::time::Instant::now() + REGISTRY_LAG;
+        loop {
+            let seen = self.broker.registry_seen();
+            if let Some(v) = look() {
+                return Some(v);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !self.broker.registry_after(seen, left).await {
+                return None;
+            }
+        }
     }
 
     pub fn token_lifetime(&self) -> Duration {

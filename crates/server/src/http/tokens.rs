@@ -23,7 +23,7 @@ pub struct TokenQuery {
 
 /// Checks a client's secret, with throttling of repeated failures from `peer`'s address
 /// ([`trunkline_auth::throttle`]), and signs a token.
-fn issue(
+async fn issue(
     state: &AppState,
     peer: IpAddr,
     client_id: &str,
@@ -38,7 +38,10 @@ fn issue(
         e.retry_after = Some(wait);
         return Err(e);
     }
-    let Some((principal, cid)) = state.broker.authenticate(client_id, secret) else {
+    let found = state
+        .settled(|| state.broker.authenticate(client_id, secret))
+        .await;
+    let Some((principal, cid)) = found else {
         state.throttle.failure(peer, client_id, now);
         tracing::info!(client_id, peer = %peer, "token refused: wrong client id or secret");
         return Err(ApiError::new(
@@ -69,7 +72,7 @@ pub async fn get_token(
             "client_id and secret are required query parameters",
         ));
     };
-    let (token, exp) = issue(&state, peer.ip(), &id, &secret)?;
+    let (token, exp) = issue(&state, peer.ip(), &id, &secret).await?;
     let expiry =
         humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
     Ok(Json(TokenResponse {
@@ -149,7 +152,7 @@ pub async fn post_token(
             ))
         }
     };
-    let (token, exp) = issue(&state, peer.ip(), &id, &secret)?;
+    let (token, exp) = issue(&state, peer.ip(), &id, &secret).await?;
     Ok(Json(OAuthTokenResponse {
         access_token: token,
         token_type: "Bearer".into(),
