@@ -106,6 +106,14 @@ impl Cluster {
                 }
                 let Some(c) = weak.upgrade() else { return };
                 c.refresh_depths().await;
+                // Leases that ran out go back, and feeds no longer read end, even on a
+                // node no one receives from now.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                if let Err(e) = c.amqp.sweep(now).await {
+                    tracing::debug!(cause = %e, "sweep");
+                }
             }
         });
         let waiters = Arc::downgrade(&cluster.waiters);
@@ -247,6 +255,49 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A receive that waits with no deadline (a subscription's, a link's): fed by a
+    /// consumer ([`Amqp::receive_fed`]), looking at `who`'s rights again every second.
+    /// `None` when the node has no room for another feed.
+    async fn receive_fed(
+        &self,
+        who: &Principal,
+        queue: &str,
+        opts: ReceiveOptions,
+        stop: &tokio_util::sync::CancellationToken,
+        now: &(dyn Fn() -> u64 + Send + Sync),
+    ) -> Result<Option<Vec<Delivery>>, BrokerError> {
+        let max = opts.max.min(self.registry.config().max_receive);
+        let reader = &who.client_id;
+        loop {
+            who.check_read(Target::Queue(queue))?;
+            if !self.registry.has_queue(queue) {
+                return Err(BrokerError::UnknownQueue(queue.to_owned()));
+            }
+            self.amqp.sweep(now()).await?;
+            let opts = ReceiveOptions { max, ..opts };
+            let may_read = || who.check_read(Target::Queue(queue)).is_ok();
+            let wait = Duration::from_secs(1);
+            let got = (self.amqp)
+                .receive_fed(reader, queue, opts, now(), wait, stop, &may_read)
+                .await?;
+            let Some(got) = got else { return Ok(None) };
+            if !got.is_empty() {
+                self.registry
+                    .counters()
+                    .delivered
+                    .fetch_add(got.len() as u64, Ordering::Relaxed);
+                return Ok(Some(got));
+            }
+            if stop.is_cancelled() {
+                // Its reader stopped: the feed ends once nothing of it is leased.
+                self.amqp.end_feed(reader, queue).await;
+                return Ok(Some(got));
+            }
+        }
+    }
+}
+
 impl Backend for Cluster {
     fn config(&self) -> &BrokerConfig {
         self.registry.config()
@@ -347,6 +398,11 @@ impl Backend for Cluster {
         now: &'a (dyn Fn() -> u64 + Send + Sync),
     ) -> BoxFuture<'a, Result<Vec<Delivery>, BrokerError>> {
         Box::pin(async move {
+            if deadline.is_none() {
+                if let Some(got) = self.receive_fed(who, queue, opts, stop, now).await? {
+                    return Ok(got);
+                }
+            }
             let waiter = self.waiter(queue);
             loop {
                 let notified = waiter.as_ref().map(|w| w.notified());

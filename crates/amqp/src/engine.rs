@@ -39,7 +39,8 @@ struct Link {
     conn: Connection,
     publish: Channel,
     take: Channel,
-    epoch: u64,
+    /// The consuming channel's number in the leases.
+    take_no: u64,
     /// Which connection of this engine it is (one more for each connect).
     generation: u64,
 }
@@ -85,6 +86,8 @@ pub struct Amqp {
     generations: AtomicU64,
     /// Claims held ([`Amqp::claim`]), with the connection that holds each.
     claims: Mutex<std::collections::HashMap<String, u64>>,
+    /// Consumers feeding the receives that wait ([`Amqp::receive_fed`]).
+    pub(crate) feeds: crate::feeds::Feeds,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
@@ -134,6 +137,7 @@ impl Amqp {
             origin,
             generations: AtomicU64::new(0),
             claims: Mutex::default(),
+            feeds: Default::default(),
         });
         tokio::spawn(publisher(Arc::downgrade(&amqp), rx));
         let (publish, _, _) = amqp.channels().await?;
@@ -153,7 +157,7 @@ impl Amqp {
         Ok(amqp)
     }
 
-    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+    pub(crate) fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -174,9 +178,11 @@ impl Amqp {
                         "the consuming channel to RabbitMQ closed; its leases went back"
                     );
                     l.take = timed("open a channel", l.conn.create_channel()).await?;
-                    l.epoch = self.leases().new_epoch();
+                    let mut leases = self.leases();
+                    leases.closed(l.take_no);
+                    l.take_no = leases.opened();
                 }
-                return Ok((l.publish.clone(), l.take.clone(), l.epoch));
+                return Ok((l.publish.clone(), l.take.clone(), l.take_no));
             }
             tracing::warn!("the connection to RabbitMQ was lost; connecting again");
         }
@@ -188,7 +194,7 @@ impl Amqp {
             let url = &self.config.urls[i as usize];
             match self.open(url).await {
                 Ok(l) => {
-                    let got = (l.publish.clone(), l.take.clone(), l.epoch);
+                    let got = (l.publish.clone(), l.take.clone(), l.take_no);
                     // Stay with this URL while it works.
                     self.next_url.store(i, Ordering::Relaxed);
                     *link = Some(l);
@@ -211,12 +217,17 @@ impl Amqp {
         .await?;
         let publish = publish_channel(&conn).await?;
         let take = timed("open a channel", conn.create_channel()).await?;
-        let epoch = self.leases().new_epoch();
+        // A new connection: every channel of the last one closed with it.
+        let take_no = {
+            let mut leases = self.leases();
+            leases.closed_all();
+            leases.opened()
+        };
         Ok(Link {
             conn,
             publish,
             take,
-            epoch,
+            take_no,
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
         })
     }
@@ -516,7 +527,7 @@ impl Amqp {
         opts: ReceiveOptions,
         now_ms: u64,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let (_, ch, epoch) = self.channels().await?;
+        let (_, ch, take_no) = self.channels().await?;
         let name: Arc<str> = Arc::from(queue);
         let queue = self.names.queue(queue);
         let mut got = Vec::new();
@@ -535,13 +546,13 @@ impl Amqp {
                 message::read(&d.properties, d.data, d.routing_key.as_str());
             let receipt = match opts.lease_ms {
                 Some(ms) => {
-                    let mut leases = self.leases();
-                    if leases.epoch() != epoch {
-                        // The channel was opened again meanwhile: this delivery went back.
-                        break;
-                    }
                     let until = now_ms.saturating_add(ms);
-                    Some(leases.hold(d.delivery_tag, until, name.clone()))
+                    let held = self
+                        .leases()
+                        .hold(take_no, d.delivery_tag, until, name.clone());
+                    // None: the channel was opened again meanwhile; this delivery went back.
+                    let Some(receipt) = held else { break };
+                    Some(receipt)
                 }
                 None => None,
             };
@@ -556,8 +567,8 @@ impl Amqp {
     }
 
     /// Acks or gives back leased deliveries by receipt, of queues `may_settle` allows.
-    /// Receipts this node does not hold on its current channel (settled already, lease
-    /// ended, another node's, or of a connection since lost) or of another queue are
+    /// Receipts this node does not hold on a channel open now (settled already, lease
+    /// ended, another node's, or of a channel since closed) or of another queue are
     /// `unknown`: their deliveries are, or will be, delivered again.
     pub async fn settle(
         &self,
@@ -565,55 +576,70 @@ impl Amqp {
         how: Settle,
         may_settle: impl Fn(&str) -> bool,
     ) -> Result<Settled, BrokerError> {
-        let (_, ch, epoch) = self.channels().await?;
         let mut out = Settled::default();
-        let mut tags = Vec::new();
+        let mut held = Vec::new();
         {
             let mut leases = self.leases();
             for r in receipts {
-                if leases.epoch() != epoch {
-                    out.unknown.push(r.clone());
-                    continue;
-                }
                 match leases.take(r, &may_settle) {
-                    Some(held) => tags.push(held.tag),
+                    Some(h) => held.push((r, h)),
                     None => out.unknown.push(r.clone()),
                 }
             }
         }
-        for tag in tags {
+        let nack = |requeue| BasicNackOptions {
+            requeue,
+            multiple: false,
+        };
+        let take = self.channels().await?;
+        for (r, h) in held {
+            let Some(ch) = self.channel_no(&take, h.channel) else {
+                // Its channel closed meanwhile: the delivery went back.
+                out.unknown.push(r.clone());
+                continue;
+            };
             let done = match how {
-                Settle::Ack => timed("ack", ch.basic_ack(tag, BasicAckOptions::default())).await,
+                Settle::Ack => timed("ack", ch.basic_ack(h.tag, BasicAckOptions::default())).await,
                 Settle::Nack { requeue } => {
-                    let opts = BasicNackOptions {
-                        requeue,
-                        multiple: false,
-                    };
-                    timed("nack", ch.basic_nack(tag, opts)).await
+                    timed("nack", ch.basic_nack(h.tag, nack(requeue))).await
                 }
             };
             self.check(done).await?;
             out.done += 1;
         }
+        // A stopped reader's feed ends once its last lease is settled.
+        self.tidy_feeds(0).await;
         Ok(out)
     }
 
+    /// The channel numbered `no`: the consuming channel of `take`, or a feed's.
+    fn channel_no(&self, take: &(Channel, Channel, u64), no: u64) -> Option<Channel> {
+        if no == take.2 {
+            Some(take.1.clone())
+        } else {
+            self.feeds.channel(no)
+        }
+    }
+
     /// Gives back every delivery whose lease ended by `now_ms` (delivered again, counted);
-    /// how many.
+    /// how many. Ends the feeds that are done ([`crate::feeds`]).
     pub async fn sweep(&self, now_ms: u64) -> Result<usize, BrokerError> {
         let ended = self.leases().take_ended(now_ms);
-        if ended.is_empty() {
-            return Ok(0);
+        if !ended.is_empty() {
+            let take = self.channels().await?;
+            for held in &ended {
+                let Some(ch) = self.channel_no(&take, held.channel) else {
+                    continue;
+                };
+                let opts = BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                };
+                let r = timed("nack", ch.basic_nack(held.tag, opts)).await;
+                self.check(r).await?;
+            }
         }
-        let (_, ch, _) = self.channels().await?;
-        for held in &ended {
-            let opts = BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            };
-            let r = timed("nack", ch.basic_nack(held.tag, opts)).await;
-            self.check(r).await?;
-        }
+        self.tidy_feeds(now_ms).await;
         Ok(ended.len())
     }
 
@@ -631,9 +657,10 @@ impl Amqp {
             .is_some_and(|l| l.conn.status().connected())
     }
 
-    /// Leases this node holds now of `queue`.
+    /// Deliveries of `queue` this node holds now: leased, and pushed to a feed and not
+    /// yet handed out.
     pub fn leased_of(&self, queue: &str) -> usize {
-        self.leases().count_of(queue)
+        self.leases().count_of(queue) + self.feeds.buffered_of(queue)
     }
 
     /// Leases held now.

@@ -1,18 +1,24 @@
-//! Leases as unacked deliveries: which delivery tag of the current channel each receipt
-//! names, and when its lease ends. Pure bookkeeping; the engine acks, nacks and sweeps.
+//! Leases as unacked deliveries: which delivery tag of which channel each receipt names,
+//! and when its lease ends. Pure bookkeeping; the engine acks, nacks and sweeps.
 //!
-//! A receipt is `<node>/<epoch>/<tag>`: the node that holds the delivery, the channel it was
-//! taken on (a new epoch each time the channel is opened again: deliveries of a closed
-//! channel went back to their queue) and its delivery tag. A receipt is settled at most
-//! once: acking a tag twice would be a channel error in AMQP, closing the channel and
-//! returning every delivery it holds, so a tag leaves the table before it is acked.
+//! A node takes deliveries on several channels: its consuming channel (`basic.get`) and
+//! one channel per feed (a `basic.consume` consumer, `crate::feeds`). Each channel gets a
+//! number when it is opened, never reused while the node runs; when a channel closes,
+//! RabbitMQ gives its unacked deliveries back, and the leases on it are forgotten.
+//!
+//! A receipt is `<node>/<channel>/<tag>`: the node that holds the delivery, the channel
+//! it was taken on and its delivery tag. A receipt is settled at most once: acking a tag
+//! twice would be a channel error in AMQP, closing the channel and returning every
+//! delivery it holds, so a tag leaves the table before it is acked.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// One held delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
+    /// The channel's number.
+    pub channel: u64,
     pub tag: u64,
     /// Milliseconds since the Unix epoch at which the lease ends.
     pub until_ms: u64,
@@ -20,13 +26,15 @@ pub struct Held {
     pub queue: Arc<str>,
 }
 
-/// Deliveries held on the node's consuming channel.
+/// Deliveries held on the node's channels.
 #[derive(Debug, Default)]
 pub struct Leases {
     node: String,
-    epoch: u64,
-    held: HashMap<u64, (u64, Arc<str>)>,
-    by_end: BTreeSet<(u64, u64)>,
+    last_channel: u64,
+    /// The channels open now.
+    open: HashSet<u64>,
+    held: HashMap<(u64, u64), (u64, Arc<str>)>,
+    by_end: BTreeSet<(u64, u64, u64)>,
 }
 
 impl Leases {
@@ -37,43 +45,79 @@ impl Leases {
         }
     }
 
-    /// The channel was opened again: every lease held on the old one is gone (RabbitMQ
-    /// gave its deliveries back).
-    pub fn new_epoch(&mut self) -> u64 {
-        self.epoch += 1;
+    /// A channel was opened: its number.
+    pub fn opened(&mut self) -> u64 {
+        self.last_channel += 1;
+        self.open.insert(self.last_channel);
+        self.last_channel
+    }
+
+    /// Channel `channel` closed: every lease held on it is gone (RabbitMQ gave its
+    /// deliveries back).
+    pub fn closed(&mut self, channel: u64) {
+        if !self.open.remove(&channel) {
+            return;
+        }
+        let gone: Vec<(u64, u64)> = self
+            .held
+            .keys()
+            .filter(|(c, _)| *c == channel)
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some((until_ms, _)) = self.held.remove(&key) {
+                self.by_end.remove(&(until_ms, key.0, key.1));
+            }
+        }
+    }
+
+    /// The connection closed: every channel with it.
+    pub fn closed_all(&mut self) {
+        self.open.clear();
         self.held.clear();
         self.by_end.clear();
-        self.epoch
     }
 
-    pub fn epoch(&self) -> u64 {
-        self.epoch
+    /// Whether channel `channel` is open.
+    pub fn is_open(&self, channel: u64) -> bool {
+        self.open.contains(&channel)
     }
 
-    /// Holds delivery `tag` of `queue` until `until_ms`; its receipt.
-    pub fn hold(&mut self, tag: u64, until_ms: u64, queue: Arc<str>) -> String {
-        self.held.insert(tag, (until_ms, queue));
-        self.by_end.insert((until_ms, tag));
-        format!("{}/{}/{}", self.node, self.epoch, tag)
+    /// Holds delivery `tag` of `channel` (of `queue`) until `until_ms`; its receipt, or
+    /// `None` if the channel closed meanwhile (the delivery went back).
+    pub fn hold(
+        &mut self,
+        channel: u64,
+        tag: u64,
+        until_ms: u64,
+        queue: Arc<str>,
+    ) -> Option<String> {
+        if !self.open.contains(&channel) {
+            return None;
+        }
+        self.held.insert((channel, tag), (until_ms, queue));
+        self.by_end.insert((until_ms, channel, tag));
+        Some(format!("{}/{}/{}", self.node, channel, tag))
     }
 
-    /// Takes the delivery a receipt names, if this node holds it on its current channel
+    /// Takes the delivery a receipt names, if this node holds it on a channel open now
     /// and `may_settle` allows its queue.
     pub fn take(&mut self, receipt: &str, may_settle: impl Fn(&str) -> bool) -> Option<Held> {
         let mut parts = receipt.rsplitn(3, '/');
         let tag: u64 = parts.next()?.parse().ok()?;
-        let epoch: u64 = parts.next()?.parse().ok()?;
+        let channel: u64 = parts.next()?.parse().ok()?;
         let node = parts.next()?;
-        if node != self.node || epoch != self.epoch {
+        if node != self.node {
             return None;
         }
-        let (until_ms, queue) = self.held.get(&tag)?.clone();
+        let (until_ms, queue) = self.held.get(&(channel, tag))?.clone();
         if !may_settle(&queue) {
             return None;
         }
-        self.held.remove(&tag);
-        self.by_end.remove(&(until_ms, tag));
+        self.held.remove(&(channel, tag));
+        self.by_end.remove(&(until_ms, channel, tag));
         Some(Held {
+            channel,
             tag,
             until_ms,
             queue,
@@ -83,13 +127,14 @@ impl Leases {
     /// Takes every delivery whose lease ended at or before `now_ms`.
     pub fn take_ended(&mut self, now_ms: u64) -> Vec<Held> {
         let mut ended = Vec::new();
-        while let Some(&(until_ms, tag)) = self.by_end.first() {
+        while let Some(&(until_ms, channel, tag)) = self.by_end.first() {
             if until_ms > now_ms {
                 break;
             }
             self.by_end.pop_first();
-            if let Some((_, queue)) = self.held.remove(&tag) {
+            if let Some((_, queue)) = self.held.remove(&(channel, tag)) {
                 ended.push(Held {
+                    channel,
                     tag,
                     until_ms,
                     queue,
@@ -106,6 +151,11 @@ impl Leases {
     /// Deliveries held of `queue`.
     pub fn count_of(&self, queue: &str) -> usize {
         self.held.values().filter(|(_, q)| &**q == queue).count()
+    }
+
+    /// Deliveries held on `channel`.
+    pub fn count_on(&self, channel: u64) -> usize {
+        self.held.keys().filter(|(c, _)| *c == channel).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -128,35 +178,56 @@ mod tests {
     #[test]
     fn a_receipt_is_settled_once_only_on_its_channel_and_by_a_reader_of_its_queue() {
         let mut l = Leases::new("n1");
-        l.new_epoch();
-        let a = l.hold(1, 100, q("a-inbox"));
-        let b = l.hold(2, 50, q("b-inbox"));
+        let ch = l.opened();
+        let a = l.hold(ch, 1, 100, q("a-inbox")).expect("open");
+        let b = l.hold(ch, 2, 50, q("b-inbox")).expect("open");
         assert_eq!(a, "n1/1/1");
         assert_eq!(l.take(&a, |q| q == "b-inbox"), None, "not its reader's");
         let held = l.take(&a, |q| q == "a-inbox").expect("held");
-        assert_eq!((held.tag, held.until_ms, &*held.queue), (1, 100, "a-inbox"));
+        assert_eq!(
+            (held.channel, held.tag, held.until_ms, &*held.queue),
+            (1, 1, 100, "a-inbox")
+        );
         assert_eq!(l.take(&a, any), None, "settled twice");
         assert_eq!(l.take("n2/1/2", any), None, "another node's");
+        assert_eq!(l.take("n1/2/2", any), None, "another channel's tag");
         assert_eq!(l.take("n1/1/x", any), None);
         assert_eq!(l.take("nonsense", any), None);
-        l.new_epoch();
+        l.closed(ch);
         assert_eq!(l.take(&b, any), None, "a lease of a closed channel");
+        assert_eq!(l.hold(ch, 3, 10, q("a-inbox")), None, "taken as it closed");
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn channels_hold_their_own_tags_and_close_alone() {
+        let mut l = Leases::new("n");
+        let (get, feed) = (l.opened(), l.opened());
+        let on_get = l.hold(get, 1, 10, q("x")).expect("open");
+        let on_feed = l.hold(feed, 1, 10, q("x")).expect("open");
+        assert_ne!(on_get, on_feed, "tag 1 of each channel");
+        l.hold(feed, 2, 10, q("x")).expect("open");
+        assert_eq!((l.count_on(get), l.count_on(feed)), (1, 2));
+        l.closed(feed);
+        assert!(!l.is_open(feed) && l.is_open(get));
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.take(&on_feed, any), None);
+        assert_eq!(l.take(&on_get, any).map(|h| h.channel), Some(get));
     }
 
     #[test]
     fn ended_leases_come_out_in_order_of_their_end() {
         let mut l = Leases::new("n");
-        l.new_epoch();
-        l.hold(7, 30, q("x"));
-        l.hold(8, 10, q("x"));
-        let kept = l.hold(9, 99, q("x"));
-        let ended: Vec<(u64, u64)> = l
+        let (a, b) = (l.opened(), l.opened());
+        l.hold(a, 7, 30, q("x"));
+        l.hold(b, 8, 10, q("x"));
+        let kept = l.hold(a, 9, 99, q("x")).expect("open");
+        let ended: Vec<(u64, u64, u64)> = l
             .take_ended(30)
             .iter()
-            .map(|h| (h.tag, h.until_ms))
+            .map(|h| (h.channel, h.tag, h.until_ms))
             .collect();
-        assert_eq!(ended, vec![(8, 10), (7, 30)]);
+        assert_eq!(ended, vec![(b, 8, 10), (a, 7, 30)]);
         assert_eq!(l.len(), 1);
         assert!(l.take(&kept, any).is_some());
     }
