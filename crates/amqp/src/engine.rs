@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -14,7 +14,7 @@ use trunkline_broker::{
     dead_name, inbox_name, BrokerError, Delivery, Limits, Publish, ReceiveOptions, Settle, Settled,
 };
 
-use crate::leases::Leases;
+use crate::leases::{Leases, Op};
 use crate::message;
 use crate::topology::{queue_arguments, Exchange, Names};
 
@@ -88,6 +88,8 @@ pub struct Amqp {
     claims: Mutex<std::collections::HashMap<String, u64>>,
     /// Consumers feeding the receives that wait ([`Amqp::receive_fed`]).
     pub(crate) feeds: crate::feeds::Feeds,
+    /// Acks gathered to be sent together ([`crate::acks`]).
+    pub(crate) acks: crate::acks::Acks,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
@@ -138,8 +140,10 @@ impl Amqp {
             generations: AtomicU64::new(0),
             claims: Mutex::default(),
             feeds: Default::default(),
+            acks: Default::default(),
         });
         tokio::spawn(publisher(Arc::downgrade(&amqp), rx));
+        tokio::spawn(crate::acks::acker(Arc::downgrade(&amqp)));
         let (publish, _, _) = amqp.channels().await?;
         for (e, kind) in [
             (Exchange::Topic, ExchangeKind::Topic),
@@ -162,7 +166,7 @@ impl Amqp {
     }
 
     /// The channels, connecting first if there is no connection (or it was lost).
-    async fn channels(&self) -> Result<(Channel, Channel, u64), BrokerError> {
+    pub(crate) async fn channels(&self) -> Result<(Channel, Channel, u64), BrokerError> {
         let mut link = self.link.lock().await;
         if let Some(l) = link.as_mut() {
             if l.conn.status().connected() {
@@ -577,35 +581,27 @@ impl Amqp {
         may_settle: impl Fn(&str) -> bool,
     ) -> Result<Settled, BrokerError> {
         let mut out = Settled::default();
-        let mut held = Vec::new();
+        let op = match how {
+            Settle::Ack => Op::Ack { multiple: false },
+            Settle::Nack { requeue } => Op::Nack { requeue },
+        };
         {
+            // Out of the held table and into the waiting settlements in one step.
             let mut leases = self.leases();
             for r in receipts {
                 match leases.take(r, &may_settle) {
-                    Some(h) => held.push((r, h)),
+                    Some(h) => {
+                        leases.settle_later(h.channel, h.tag, op);
+                        out.done += 1;
+                    }
                     None => out.unknown.push(r.clone()),
                 }
             }
         }
-        let nack = |requeue| BasicNackOptions {
-            requeue,
-            multiple: false,
-        };
-        let take = self.channels().await?;
-        for (r, h) in held {
-            let Some(ch) = self.channel_no(&take, h.channel) else {
-                // Its channel closed meanwhile: the delivery went back.
-                out.unknown.push(r.clone());
-                continue;
-            };
-            let done = match how {
-                Settle::Ack => timed("ack", ch.basic_ack(h.tag, BasicAckOptions::default())).await,
-                Settle::Nack { requeue } => {
-                    timed("nack", ch.basic_nack(h.tag, nack(requeue))).await
-                }
-            };
-            self.check(done).await?;
-            out.done += 1;
+        match how {
+            Settle::Ack => self.acks.soon(),
+            // What is given back goes back now.
+            Settle::Nack { .. } => self.flush_acks(None).await,
         }
         // A stopped reader's feed ends once its last lease is settled.
         self.tidy_feeds(0).await;
@@ -613,7 +609,7 @@ impl Amqp {
     }
 
     /// The channel numbered `no`: the consuming channel of `take`, or a feed's.
-    fn channel_no(&self, take: &(Channel, Channel, u64), no: u64) -> Option<Channel> {
+    pub(crate) fn channel_no(&self, take: &(Channel, Channel, u64), no: u64) -> Option<Channel> {
         if no == take.2 {
             Some(take.1.clone())
         } else {
@@ -624,23 +620,19 @@ impl Amqp {
     /// Gives back every delivery whose lease ended by `now_ms` (delivered again, counted);
     /// how many. Ends the feeds that are done ([`crate::feeds`]).
     pub async fn sweep(&self, now_ms: u64) -> Result<usize, BrokerError> {
-        let ended = self.leases().take_ended(now_ms);
-        if !ended.is_empty() {
-            let take = self.channels().await?;
-            for held in &ended {
-                let Some(ch) = self.channel_no(&take, held.channel) else {
-                    continue;
-                };
-                let opts = BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                };
-                let r = timed("nack", ch.basic_nack(held.tag, opts)).await;
-                self.check(r).await?;
+        let ended = {
+            let mut leases = self.leases();
+            let ended = leases.take_ended(now_ms);
+            for h in &ended {
+                leases.settle_later(h.channel, h.tag, Op::Nack { requeue: true });
             }
+            ended.len()
+        };
+        if ended > 0 {
+            self.flush_acks(None).await;
         }
         self.tidy_feeds(now_ms).await;
-        Ok(ended.len())
+        Ok(ended)
     }
 
     /// A fresh message id (for a publish that goes to no queue, only to live subscribers).
@@ -670,6 +662,7 @@ impl Amqp {
 
     /// Closes the connection; leased deliveries go back to their queues.
     pub async fn close(&self) {
+        self.flush_acks(None).await;
         if let Some(l) = self.link.lock().await.take() {
             let _ = tokio::time::timeout(TIMEOUT, l.conn.close(200, "bye".into())).await;
         }

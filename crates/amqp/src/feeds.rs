@@ -23,12 +23,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery as AmqpDelivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
 use tokio::sync::mpsc;
 use trunkline_broker::{BrokerError, Delivery, ReceiveOptions};
 
+use crate::leases::Op;
 use crate::{message, Amqp};
 
 /// A feed no receive used for this long ends (once none of its deliveries is leased).
@@ -126,47 +127,49 @@ impl Amqp {
                 Err(_) => break,
             }
         }
-        drop(rx);
         feed.buffered.fetch_sub(batch.len(), Ordering::Relaxed);
-        if !may_read() {
+        // The batch is held (or settled) before the next one is taken, and so before any
+        // later tag of this channel is handed out: the acks sent together as one
+        // (`crate::acks`) never reach below a tag of it.
+        let allowed = may_read();
+        let got = {
+            let mut got = Vec::with_capacity(batch.len());
+            let mut leases = self.leases();
             for d in batch {
-                let opts = BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
+                let no = feed.channel_no;
+                if !allowed {
+                    leases.settle_later(no, d.delivery_tag, Op::Nack { requeue: true });
+                    continue;
+                }
+                let (id, data, delivery_count) =
+                    message::read(&d.properties, d.data, d.routing_key.as_str());
+                let receipt = match opts.lease_ms {
+                    Some(ms) => {
+                        let until = now_ms.saturating_add(ms);
+                        let held = leases.hold(no, d.delivery_tag, until, feed.queue.clone());
+                        // None: the channel closed meanwhile, and the delivery went back.
+                        let Some(receipt) = held else { continue };
+                        Some(receipt)
+                    }
+                    None => {
+                        leases.settle_later(no, d.delivery_tag, Op::Ack { multiple: false });
+                        None
+                    }
                 };
-                let _ = d.acker.nack(opts).await;
+                got.push(Delivery {
+                    id,
+                    data: Arc::new(data),
+                    delivery_count,
+                    receipt,
+                });
             }
-            return Ok(Some(Vec::new()));
-        }
-        let mut got = Vec::with_capacity(batch.len());
-        for d in batch {
-            let (id, data, delivery_count) =
-                message::read(&d.properties, d.data, d.routing_key.as_str());
-            let receipt = match opts.lease_ms {
-                Some(ms) => {
-                    let until = now_ms.saturating_add(ms);
-                    let held = self.leases().hold(
-                        feed.channel_no,
-                        d.delivery_tag,
-                        until,
-                        feed.queue.clone(),
-                    );
-                    // None: the channel closed meanwhile, and the delivery went back.
-                    let Some(receipt) = held else { continue };
-                    Some(receipt)
-                }
-                None => {
-                    let r = d.acker.ack(BasicAckOptions::default()).await;
-                    r.map_err(|e| BrokerError::Unavailable(format!("RabbitMQ: ack: {e}")))?;
-                    None
-                }
-            };
-            got.push(Delivery {
-                id,
-                data: Arc::new(data),
-                delivery_count,
-                receipt,
-            });
+            got
+        };
+        drop(rx);
+        if !allowed {
+            self.flush_acks(Some(feed.channel_no)).await;
+        } else if opts.lease_ms.is_none() {
+            self.acks.soon();
         }
         Ok(Some(got))
     }
@@ -268,6 +271,7 @@ impl Amqp {
     /// Closes a feed's channel: what it was pushed and did not hand out goes back, and so
     /// does anything still leased on it.
     async fn close_feed(&self, f: &Feed) {
+        self.flush_acks(Some(f.channel_no)).await;
         self.feeds.channels().remove(&f.channel_no);
         self.leases().closed(f.channel_no);
         if f.channel.status().connected() {

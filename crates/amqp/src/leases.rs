@@ -10,6 +10,12 @@
 //! it was taken on and its delivery tag. A receipt is settled at most once: acking a tag
 //! twice would be a channel error in AMQP, closing the channel and returning every
 //! delivery it holds, so a tag leaves the table before it is acked.
+//!
+//! Settlements wait here until they are sent ([`Leases::due`]), so that acks can go
+//! together: on a channel where deliveries are handed out in tag order, the acks below
+//! every tag still held or waiting for a nack go as one `basic.ack` with `multiple`.
+//! A delivery leaves the held table and joins the waiting settlements in one step, so
+//! no tag is ever in neither.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,6 +41,26 @@ pub struct Leases {
     open: HashSet<u64>,
     held: HashMap<(u64, u64), (u64, Arc<str>)>,
     by_end: BTreeSet<(u64, u64, u64)>,
+    /// Settlements not sent yet, by channel.
+    waiting: HashMap<u64, Waiting>,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    acks: Vec<u64>,
+    nacks: Vec<(u64, bool)>,
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `multiple`: every unacked tag of the channel up to this one.
+    Ack {
+        multiple: bool,
+    },
+    Nack {
+        requeue: bool,
+    },
 }
 
 impl Leases {
@@ -55,6 +81,7 @@ impl Leases {
     /// Channel `channel` closed: every lease held on it is gone (RabbitMQ gave its
     /// deliveries back).
     pub fn closed(&mut self, channel: u64) {
+        self.waiting.remove(&channel);
         if !self.open.remove(&channel) {
             return;
         }
@@ -74,6 +101,7 @@ impl Leases {
     /// The connection closed: every channel with it.
     pub fn closed_all(&mut self) {
         self.open.clear();
+        self.waiting.clear();
         self.held.clear();
         self.by_end.clear();
     }
@@ -158,6 +186,73 @@ impl Leases {
         self.held.keys().filter(|(c, _)| *c == channel).count()
     }
 
+    /// Delivery `tag` of `channel` is to be acked (or nacked) when settlements are next
+    /// sent.
+    pub fn settle_later(&mut self, channel: u64, tag: u64, op: Op) {
+        if !self.open.contains(&channel) {
+            return;
+        }
+        let w = self.waiting.entry(channel).or_default();
+        match op {
+            Op::Ack { .. } => w.acks.push(tag),
+            Op::Nack { requeue } => w.nacks.push((tag, requeue)),
+        }
+    }
+
+    /// Takes the settlements to send now (of every channel, or of `only`), by channel.
+    /// On channels `in_order` says hand out deliveries in tag order, the acks below every
+    /// tag still held or to be nacked become one ack with `multiple`.
+    pub fn due(
+        &mut self,
+        only: Option<u64>,
+        in_order: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, Vec<(u64, Op)>)> {
+        let channels: Vec<u64> = match only {
+            Some(c) => vec![c],
+            None => self.waiting.keys().copied().collect(),
+        };
+        let mut out = Vec::new();
+        for channel in channels {
+            let Some(Waiting { mut acks, nacks }) = self.waiting.remove(&channel) else {
+                continue;
+            };
+            acks.sort_unstable();
+            let floor = self
+                .held
+                .keys()
+                .filter(|(c, _)| *c == channel)
+                .map(|(_, t)| *t)
+                .chain(nacks.iter().map(|(t, _)| *t))
+                .min();
+            let below = if in_order(channel) {
+                acks.partition_point(|t| floor.is_none_or(|f| *t < f))
+            } else {
+                0
+            };
+            let mut ops = Vec::with_capacity(acks.len() - below + nacks.len() + 1);
+            if below > 0 {
+                ops.push((acks[below - 1], Op::Ack { multiple: true }));
+            }
+            ops.extend(
+                acks[below..]
+                    .iter()
+                    .map(|t| (*t, Op::Ack { multiple: false })),
+            );
+            ops.extend(
+                nacks
+                    .iter()
+                    .map(|(t, requeue)| (*t, Op::Nack { requeue: *requeue })),
+            );
+            out.push((channel, ops));
+        }
+        out
+    }
+
+    /// Whether settlements wait to be sent.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
@@ -213,6 +308,51 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l.take(&on_feed, any), None);
         assert_eq!(l.take(&on_get, any).map(|h| h.channel), Some(get));
+    }
+
+    #[test]
+    fn acks_below_every_held_or_nacked_tag_go_as_one() {
+        let mut l = Leases::new("n");
+        let (get, feed) = (l.opened(), l.opened());
+        let ack = Op::Ack { multiple: false };
+        for tag in 1..=6 {
+            l.hold(feed, tag, 10, q("x"));
+            l.hold(get, tag, 10, q("x"));
+        }
+        // Tags 1, 2, 3 and 5 acked, 4 nacked, 6 still held.
+        for tag in [3, 1, 2, 5] {
+            let h = l.take(&format!("n/{feed}/{tag}"), any).expect("held");
+            l.settle_later(h.channel, h.tag, ack);
+            let h = l.take(&format!("n/{get}/{tag}"), any).expect("held");
+            l.settle_later(h.channel, h.tag, ack);
+        }
+        let h = l.take(&format!("n/{feed}/4"), any).expect("held");
+        l.settle_later(h.channel, h.tag, Op::Nack { requeue: true });
+        let due = l.due(Some(feed), |c| c == feed);
+        assert_eq!(
+            due,
+            vec![(
+                feed,
+                vec![
+                    (3, Op::Ack { multiple: true }),
+                    (5, ack),
+                    (4, Op::Nack { requeue: true })
+                ]
+            )]
+        );
+        assert!(l.has_waiting(), "the other channel's wait");
+        // On a channel that does not hand out in order, every ack goes alone.
+        let due = l.due(None, |c| c == feed);
+        assert_eq!(
+            due,
+            vec![(get, vec![(1, ack), (2, ack), (3, ack), (5, ack)])]
+        );
+        assert!(!l.has_waiting());
+        // Nothing waits for a closed channel.
+        let h = l.take(&format!("n/{feed}/6"), any).expect("held");
+        l.settle_later(h.channel, h.tag, ack);
+        l.closed(feed);
+        assert!(l.due(None, |_| true).is_empty());
     }
 
     #[test]

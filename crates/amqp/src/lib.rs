@@ -14,11 +14,13 @@
 //! - [`message`]: a message as AMQP properties and headers, and back.
 //! - [`topology`]: exchange names, and queue limits as quorum-queue arguments.
 //! - [`leases`]: which delivery each receipt names, and when its lease ends.
+//! - `acks.rs`: acks gathered for a moment and sent together per channel.
 //! - `feeds.rs`: `basic.consume` consumers, a channel each, feeding the receives that wait
 //!   (subscriptions, links, the relay).
 //! - `follow.rs`: the loop that follows the stream and the node's live queue again after
 //!   each loss.
 
+mod acks;
 mod admin;
 pub mod cluster;
 mod engine;

@@ -291,3 +291,119 @@ async fn a_message_past_its_ttl_is_not_delivered() {
     a.delete_queue(&q).await.expect("delete");
     a.close().await;
 }
+
+/// Receives that wait are fed by a consumer with a window: leased in order, settled by
+/// receipt on the feed's channel, given back when a lease ends; a feed whose reader
+/// stopped ends once nothing of it is leased, and what it was pushed goes to another.
+#[tokio::test]
+async fn a_feed_leases_in_order_and_gives_back_what_it_holds_when_its_reader_stops() {
+    let Some(urls) = urls() else { return };
+    let a = connect(urls, "n1").await;
+    let q = unique("feed");
+    a.declare_queue(&q, &LIMITS, None).await.expect("declare");
+    for i in 0..6 {
+        let mut p = Publish::new("t", format!("{i}"), "s");
+        p.queue = Some(q.clone());
+        a.publish(&p, now_ms()).await.expect("publish");
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let wait = Duration::from_secs(5);
+    let yes = || true;
+    let fed = |max| {
+        let (a, q, stop) = (a.clone(), q.clone(), stop.clone());
+        async move {
+            a.receive_fed(
+                "r1",
+                &q,
+                ReceiveOptions::leased(max, 30_000),
+                now_ms(),
+                wait,
+                &stop,
+                &yes,
+            )
+            .await
+            .expect("receive")
+            .expect("a feed")
+        }
+    };
+    // A window of 2: the first receive gets what was pushed by then, in order.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(fed(2).await);
+    }
+    assert_eq!(bodies(&got), ["0", "1"]);
+    let r0 = got[0].receipt.clone().expect("receipt");
+    assert!(r0.starts_with("n1/"), "{r0}");
+    assert_eq!(
+        a.leased_of(&q),
+        2,
+        "two leased, none more pushed: the window is full"
+    );
+    let s = a
+        .settle(std::slice::from_ref(&r0), Settle::Ack, |_| true)
+        .await
+        .expect("ack");
+    assert_eq!((s.done, s.unknown.len()), (1, 0));
+    // The ended lease of "1" goes back, counted (a sweep this far ahead also ends the
+    // feed as idle: what it was pushed goes back too, and comes again in some order).
+    assert_eq!(a.sweep(now_ms() + 60_000).await.expect("sweep"), 1);
+    // Until "1" comes again, what comes is acked (the window would hold it up).
+    let mut again = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !bodies(&again).contains(&"1".to_owned()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            bodies(&again)
+        );
+        let got = fed(2).await;
+        let others: Vec<String> = (got.iter())
+            .filter(|d| &*d.data.body != b"1")
+            .filter_map(|d| d.receipt.clone())
+            .collect();
+        a.settle(&others, Settle::Ack, |_| true).await.expect("ack");
+        again.extend(got);
+    }
+    let one = again.iter().find(|d| &*d.data.body == b"1").expect("1");
+    assert_eq!(one.delivery_count, 2);
+    // The reader stops with "1" leased: the feed stays until it is settled, then ends,
+    // and what it was pushed meanwhile is another reader's.
+    stop.cancel();
+    a.end_feed("r1", &q).await;
+    let receipt = one.receipt.clone().expect("receipt");
+    let s = a
+        .settle(&[receipt], Settle::Ack, |_| true)
+        .await
+        .expect("ack");
+    assert_eq!(s.done, 1);
+    let other = tokio_util::sync::CancellationToken::new();
+    let mut rest = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rest.len() < 6 - 1 - again.len() && tokio::time::Instant::now() < deadline {
+        let got = a
+            .receive_fed(
+                "r2",
+                &q,
+                ReceiveOptions::leased(10, 30_000),
+                now_ms(),
+                wait,
+                &other,
+                &yes,
+            )
+            .await
+            .expect("receive")
+            .expect("a feed");
+        let receipts: Vec<String> = got.iter().filter_map(|d| d.receipt.clone()).collect();
+        a.settle(&receipts, Settle::Ack, |_| true)
+            .await
+            .expect("ack");
+        rest.extend(got);
+    }
+    let mut all: Vec<String> = bodies(&got[..1]);
+    all.extend(bodies(&again));
+    all.extend(bodies(&rest));
+    all.sort();
+    assert_eq!(all, ["0", "1", "2", "3", "4", "5"], "each once");
+    a.delete_queue(&q).await.expect("delete");
+    a.close().await;
+}
