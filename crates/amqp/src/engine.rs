@@ -703,32 +703,50 @@ async fn publisher(
                     break;
                 };
                 let Outgoing { id, exchange, key, props, body, done } = out;
-                let sent = match engine.channels().await {
-                    Ok((ch, _, _)) => {
-                        let publish = ch.basic_publish(
-                            exchange.as_str().into(),
-                            key.as_str().into(),
-                            BasicPublishOptions::default(),
-                            &body,
-                            props,
-                        );
-                        engine.check(timed("publish", publish).await).await
+                let ch = match engine.channels().await {
+                    Ok((ch, _, _)) => ch,
+                    Err(e) => {
+                        done(Err(e));
+                        continue;
                     }
-                    Err(e) => Err(e),
                 };
-                match sent {
-                    Ok(confirm) => confirms.push_back(Box::pin(async move {
-                        let r = match tokio::time::timeout(TIMEOUT, confirm).await {
+                // Polled once here, the publish hands its frames to the connection (in
+                // publish order, with its confirm's number); the wait for them to be
+                // written and confirmed goes on in `confirms`, so that the next publish
+                // does not wait for this one's write.
+                let mut publish = Box::pin(async move {
+                    let publish = ch.basic_publish(
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        props,
+                    );
+                    (timed("publish", publish).await, key)
+                });
+                let first = futures::poll!(publish.as_mut());
+                let weak = amqp.clone();
+                confirms.push_back(Box::pin(async move {
+                    let (sent, key) = match first {
+                        std::task::Poll::Ready(out) => out,
+                        std::task::Poll::Pending => publish.await,
+                    };
+                    let sent = match weak.upgrade() {
+                        Some(engine) => engine.check(sent).await,
+                        None => sent,
+                    };
+                    let r = match sent {
+                        Err(e) => Err(e),
+                        Ok(confirm) => match tokio::time::timeout(TIMEOUT, confirm).await {
                             Ok(Ok(Confirmation::Ack(_))) => Ok(id),
                             Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::QueueFull { queues: vec![key] }),
                             Ok(Ok(Confirmation::NotRequested)) => Err(unavailable("publish", "the channel is not in confirm mode")),
                             Ok(Err(e)) => Err(unavailable("publish", e)),
                             Err(_) => Err(unavailable("publish", "no confirm in time")),
-                        };
-                        (r, done)
-                    }) as Pending),
-                    Err(e) => done(Err(e)),
-                }
+                        },
+                    };
+                    (r, done)
+                }) as Pending);
             }
             Some((r, done)) = confirms.next(), if !confirms.is_empty() => done(r),
         }
