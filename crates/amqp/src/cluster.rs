@@ -60,6 +60,8 @@ pub struct Cluster {
     pub(crate) amqp: Arc<Amqp>,
     pub(crate) log: Arc<RegistryLog>,
     pub(crate) live: Arc<LiveLink>,
+    /// The `message_id` records every node shares.
+    dedup: Arc<crate::dedup_log::DedupLog>,
     waiters: Waiters,
     /// Every queue's depth as last asked (ready: RabbitMQ's count; leased: this node's).
     depths: Mutex<Vec<QueueDepth>>,
@@ -86,11 +88,16 @@ impl Cluster {
     ) -> Result<Arc<Self>, BrokerError> {
         let log = RegistryLog::open(amqp.clone(), registry.clone(), keys, stop.clone()).await?;
         let live = LiveLink::open(amqp.clone(), registry.clone(), stop.clone()).await?;
+        let window = registry.config().dedup_window_ms;
+        let dedup =
+            crate::dedup_log::DedupLog::open(amqp.clone(), registry.clone(), window, stop.clone())
+                .await?;
         let cluster = Arc::new(Cluster {
             registry,
             amqp,
             log,
             live,
+            dedup,
             waiters: Arc::default(),
             depths: Mutex::default(),
             admin: tokio::sync::Mutex::new(()),
@@ -328,13 +335,15 @@ impl Backend for Cluster {
             self.send(p, targets, now, done);
             return Ok(Sent::Later);
         }
-        // The answer is remembered before it is given, so that a retry that follows it
-        // is known.
-        let (registry, kept) = (self.registry.clone(), p.clone());
+        // The answer is remembered before it is given, here and by the other nodes, so
+        // that a retry that follows it is known wherever it goes.
+        let (registry, kept, log) = (self.registry.clone(), p.clone(), self.dedup.clone());
         let remember: PublishDone = Box::new(move |out| {
             tokio::spawn(async move {
-                registry.dedup_end(&kept, out.as_ref().ok(), now).await;
-                done(out);
+                match registry.dedup_end(&kept, out.as_ref().ok(), now).await {
+                    Some((key, rec)) => log.tell(key, rec, Box::new(move || done(out))),
+                    None => done(out),
+                }
             });
         });
         self.send(p, targets, now, remember);

@@ -514,6 +514,24 @@ impl Amqp {
         }
     }
 
+    /// Appends `body` to stream `stream` (RabbitMQ's name) through the publisher, in order
+    /// with this node's publishes; `done` once RabbitMQ confirms it.
+    pub fn append(&self, stream: &str, body: Vec<u8>, done: Confirmed) {
+        let out = Outgoing {
+            id: 0,
+            exchange: String::new(),
+            key: stream.to_owned(),
+            props: lapin::BasicProperties::default().with_delivery_mode(2),
+            body: body.into(),
+            done,
+        };
+        if let Err(tokio::sync::mpsc::error::SendError(Work::Publish(out))) =
+            self.outgoing.send(Work::Publish(out))
+        {
+            (out.done)(Err(unavailable("append", "the publisher stopped")));
+        }
+    }
+
     /// Returns once every publish started before it has its outcome: a queue this node no
     /// longer routes to gets nothing more from it after that.
     pub async fn published(&self) {

@@ -8,6 +8,7 @@
 //!   registry in its own [`trunkline_broker::Broker`], mirrored as RabbitMQ topology,
 //!   messages in RabbitMQ; `admin.rs`, its changes of the registry.
 //! - [`RegistryLog`]: the registry's shared log, a RabbitMQ stream every node follows.
+//! - `dedup_log.rs`: the `message_id` records every node shares, another stream.
 //! - [`LiveLink`]: live topic subscriptions and channel messages between nodes.
 //! - [`Amqp`]: the connection (to the first of its URLs that answers, the next one when it
 //!   is lost), declarations, publish, receive, settle and the lease sweep.
@@ -23,6 +24,7 @@
 mod acks;
 mod admin;
 pub mod cluster;
+mod dedup_log;
 mod engine;
 mod feeds;
 mod follow;

@@ -880,12 +880,18 @@ impl Broker {
     /// Ends what [`Broker::dedup_begin`] started: remembers a publish's answer for the
     /// window (in this node's store too, so a retry after a restart is still known), or
     /// forgets a publish that failed.
-    pub async fn dedup_end(&self, p: &Publish, outcome: Option<&Published>, now: u64) {
-        let Some(m) = &p.message_id else { return };
+    /// The record kept, with its key (for a cluster to tell the other nodes).
+    pub async fn dedup_end(
+        &self,
+        p: &Publish,
+        outcome: Option<&Published>,
+        now: u64,
+    ) -> Option<(String, DedupRecord)> {
+        let m = p.message_id.as_ref()?;
         let key = dedup::key(&p.sender, m);
         let Some(first) = outcome else {
             lock(&self.inner.dedup).abort(&key);
-            return;
+            return None;
         };
         let rec = DedupRecord {
             id: first.id,
@@ -900,7 +906,20 @@ impl Broker {
         if let Err(e) = self.inner.committer.commit(vec![op]).await {
             tracing::warn!(cause = %e, "a dedup record was not stored; a retry after a restart would be taken again");
         }
-        lock(&self.inner.dedup).finish(key, rec);
+        lock(&self.inner.dedup).finish(key.clone(), rec);
+        Some((key, rec))
+    }
+
+    /// A publish's answer another node of the cluster kept: a retry reaching this node
+    /// within the window gets it too (unless this node knows the key already).
+    pub fn dedup_learn(&self, key: String, rec: DedupRecord, now: u64) {
+        if rec.expires_ms <= now {
+            return;
+        }
+        let mut d = lock(&self.inner.dedup);
+        if d.get(&key, now).is_none() {
+            d.finish(key, rec);
+        }
     }
 
     /// Routes, reserves places and builds the store ops of a publish.

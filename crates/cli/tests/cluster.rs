@@ -745,3 +745,46 @@ async fn a_dead_nodes_members_leave_within_the_keepalive() {
     eprintln!("a dead node's member left after {took:?}");
     drop(n1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_through_another_node_is_known_by_its_message_id() {
+    let Some(url) = amqp() else { return };
+    let cluster = Cluster::start(&url, 2).await;
+    let secret = create(&cluster.admin(1), "once", "once.#")
+        .await
+        .expect("create");
+    let send = |i: usize| {
+        let admin = cluster.admin(i);
+        async move {
+            admin
+                .send_raw(&serde_json::json!({
+                    "topic": "once.1",
+                    "body": {"n": 1},
+                    "message_id": "m-1"
+                }))
+                .await
+                .expect("send")
+        }
+    };
+    let first = send(1).await;
+    assert!(!first.duplicate);
+    // The answer went to the stream before node 1 gave it; node 2 reads it within
+    // moments (a retry sooner than that could be taken again: docs/scale-out.md).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut again = send(2).await;
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(again.id, first.id);
+    again = send(1).await;
+    assert!(again.duplicate && again.id == first.id);
+    let got = cluster
+        .client(2, "once", &secret)
+        .receive(&ReceiveOptions {
+            max_messages: 10,
+            wait: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1, "one copy: {got:?}");
+    cluster.stop().await;
+}
