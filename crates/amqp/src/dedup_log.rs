@@ -10,30 +10,21 @@
 //! keeps records for the window (`x-max-age`), so a node that starts learns those still
 //! current.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::AMQPValue;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use trunkline_broker::{Broker, BrokerError, DedupRecord};
 
 use crate::Amqp;
 
-/// Records read at once.
-const PREFETCH: u16 = 1000;
-
 #[derive(Serialize, Deserialize)]
 struct Record {
     origin: String,
     key: String,
     rec: DedupRecord,
-}
-
-fn unavailable(what: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(format!("RabbitMQ: dedup log: {what}"))
 }
 
 fn now_ms() -> u64 {
@@ -61,29 +52,7 @@ impl DedupLog {
         stop: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         let stream = amqp.names().stream("dedup");
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from(b"stream".to_vec())),
-        );
-        let age = format!("{}s", window_ms.div_ceil(1000).max(1));
-        args.insert(
-            "x-max-age".into(),
-            AMQPValue::LongString(LongString::from(age.into_bytes())),
-        );
-        let opts = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        amqp.with_admin_channel("declare the dedup stream", |ch| {
-            let (stream, args) = (stream.clone(), args.clone());
-            async move {
-                ch.queue_declare(stream.as_str().into(), opts, args)
-                    .await
-                    .map(drop)
-            }
-        })
-        .await?;
+        crate::streams::declare(&amqp, &stream, Some(window_ms.div_ceil(1000))).await?;
         let log = Arc::new(DedupLog {
             amqp,
             registry,
@@ -116,63 +85,32 @@ impl DedupLog {
         );
     }
 
+    /// Reads the stream from one window back (then from where it stopped), learning the
+    /// other nodes' records, until the channel closes or `stop`.
     async fn read(&self, stop: &CancellationToken) -> Result<(), BrokerError> {
-        let ch = self.amqp.admin_channel().await?;
-        ch.basic_qos(PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let from = match self.next_offset.load(Ordering::Relaxed) {
-            // One window back, as a time in seconds.
-            -1 => AMQPValue::Timestamp(now_ms().saturating_sub(self.window_ms) / 1000),
-            n => AMQPValue::LongLongInt(n),
-        };
-        let mut args = FieldTable::default();
-        args.insert("x-stream-offset".into(), from);
+        let start = AMQPValue::Timestamp(now_ms().saturating_sub(self.window_ms) / 1000);
         let tag = format!("dedup-{}", self.amqp.origin());
-        let mut consumer = ch
-            .basic_consume(
-                self.stream.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await
-            .map_err(unavailable)?;
         let origin = self.amqp.origin();
-        loop {
-            let next = tokio::select! {
-                d = consumer.next() => d,
-                () = stop.cancelled() => return Ok(()),
-            };
-            let Some(d) = next else {
-                return Err(unavailable("the stream's consumer ended"));
-            };
-            let d = d.map_err(unavailable)?;
-            let offset = d
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| {
-                    h.inner()
-                        .get("x-stream-offset")
-                        .and_then(crate::message::int)
-                })
-                .map_or(-1, |o| o as i64);
-            if offset >= self.next_offset.load(Ordering::Relaxed) {
-                self.next_offset.store(offset + 1, Ordering::Relaxed);
-                match serde_json::from_slice::<Record>(&d.data) {
-                    Ok(r) if r.origin != origin => {
-                        self.registry.dedup_learn(r.key, r.rec, now_ms());
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(offset, cause = %e, "a dedup record that is not one"),
+        let each = |offset, body: Vec<u8>| {
+            match serde_json::from_slice::<Record>(&body) {
+                Ok(r) if r.origin != origin => {
+                    self.registry.dedup_learn(r.key, r.rec, now_ms());
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(offset, cause = %e, "a dedup record that is not one"),
             }
-            d.acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(unavailable)?;
-        }
+            std::future::ready(())
+        };
+        crate::streams::read(
+            &self.amqp,
+            &self.stream,
+            &tag,
+            start,
+            &self.next_offset,
+            stop,
+            each,
+        )
+        .await
     }
 }
 

@@ -9,6 +9,7 @@
 //!   messages in RabbitMQ; `admin.rs`, its changes of the registry.
 //! - [`RegistryLog`]: the registry's shared log, a RabbitMQ stream every node follows.
 //! - `dedup_log.rs`: the `message_id` records every node shares, another stream.
+//! - `streams.rs`: declaring and reading those streams.
 //! - [`LiveLink`]: live topic subscriptions and channel messages between nodes.
 //! - [`Amqp`]: the connection (to the first of its URLs that answers, the next one when it
 //!   is lost), declarations, publish, receive, settle and the lease sweep.
@@ -32,6 +33,7 @@ pub mod leases;
 pub mod live;
 pub mod message;
 pub mod registry_log;
+mod streams;
 pub mod topology;
 
 pub use cluster::Cluster;

@@ -17,12 +17,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, LongString};
 use lapin::{BasicProperties, Confirmation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -34,9 +30,6 @@ use crate::Amqp;
 
 /// How long a writer waits for its record to come back applied.
 const APPLIED_WITHIN: Duration = Duration::from_secs(10);
-/// Records RabbitMQ sends ahead of those acknowledged.
-const PREFETCH: u16 = 512;
-
 /// One record of the log.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -91,24 +84,7 @@ impl RegistryLog {
         stop: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         let stream = amqp.names().stream("registry");
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from(b"stream".to_vec())),
-        );
-        let opts = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        amqp.with_admin_channel("declare the registry stream", |ch| {
-            let (stream, args) = (stream.clone(), args.clone());
-            async move {
-                ch.queue_declare(stream.as_str().into(), opts, args)
-                    .await
-                    .map(drop)
-            }
-        })
-        .await?;
+        crate::streams::declare(&amqp, &stream, None).await?;
         let log = Arc::new(RegistryLog {
             origin: amqp.origin().to_owned(),
             amqp,
@@ -241,55 +217,19 @@ impl RegistryLog {
 
     /// Reads the stream from the next offset on, until the channel closes or `stop`.
     async fn read(&self, stop: &CancellationToken) -> Result<(), BrokerError> {
-        let ch = self.amqp.admin_channel().await?;
-        ch.basic_qos(PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let from = match self.next_offset.load(Ordering::Relaxed) {
-            -1 => AMQPValue::LongString(LongString::from(b"first".to_vec())),
-            n => AMQPValue::LongLongInt(n),
-        };
-        let mut args = FieldTable::default();
-        args.insert("x-stream-offset".into(), from);
+        let first = AMQPValue::LongString(LongString::from(b"first".to_vec()));
         let tag = format!("registry-{}", self.origin);
-        let mut consumer = ch
-            .basic_consume(
-                self.stream.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                args,
-            )
-            .await
-            .map_err(unavailable)?;
-        loop {
-            let next = tokio::select! {
-                d = consumer.next() => d,
-                () = stop.cancelled() => return Ok(()),
-            };
-            let Some(d) = next else {
-                return Err(unavailable("the stream's consumer ended"));
-            };
-            let d = d.map_err(unavailable)?;
-            let offset = d
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| {
-                    h.inner()
-                        .get("x-stream-offset")
-                        .and_then(crate::message::int)
-                })
-                .map_or(-1, |o| o as i64);
-            // A stream may start a consumer at the chunk before the offset asked for.
-            if offset >= self.next_offset.load(Ordering::Relaxed) {
-                self.apply(offset, &d.data).await;
-                self.next_offset.store(offset + 1, Ordering::Relaxed);
-            }
-            d.acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(unavailable)?;
-        }
+        let each = |offset, body: Vec<u8>| async move { self.apply(offset, &body).await };
+        crate::streams::read(
+            &self.amqp,
+            &self.stream,
+            &tag,
+            first,
+            &self.next_offset,
+            stop,
+            each,
+        )
+        .await
     }
 }
 
