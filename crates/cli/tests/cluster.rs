@@ -12,6 +12,9 @@ use trunkline_client::{Client, ReceiveOptions};
 use trunkline_proto::{Command, Frame};
 use trunkline_testkit::{StompWire, TestServer};
 
+/// The cluster's relay, as twins name it.
+const RELAY: &str = "relay.cluster.test";
+
 fn amqp() -> Option<String> {
     trunkline_testkit::rabbitmq_env("TRUNKLINE_TEST_AMQP")
 }
@@ -75,7 +78,7 @@ async fn start_node(
 ) -> TestServer {
     let dir = tempfile::tempdir().expect("temp dir");
     if let Some(from) = keys_from {
-        for f in ["token.key", "backend.key", "channel.key"] {
+        for f in ["token.key", "backend.key", "channel.key", "relay.seed"] {
             std::fs::copy(from.join(f), dir.path().join(f)).expect("copy key");
         }
     }
@@ -83,6 +86,8 @@ async fn start_node(
         c.broker.url = url.to_owned();
         c.broker.namespace = namespace.to_owned();
         c.broker.node = format!("n{i}");
+        // Every node is the one relay of the cluster.
+        c.relay.name = RELAY.to_owned();
     })
     .await;
     s.keep_dir(dir);
@@ -787,4 +792,71 @@ async fn a_retry_through_another_node_is_known_by_its_message_id() {
         .expect("receive");
     assert_eq!(got.len(), 1, "one copy: {got:?}");
     cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twins_on_two_nodes_of_one_relay_reach_each_other() {
+    use trunkline_client::peer::{Draft, Peer, PeerConfig};
+    use trunkline_envelope::{Address, Identity, Kind, Payload};
+    let Some(url) = amqp() else { return };
+    let cluster = Cluster::start(&url, 2).await;
+    let relays = [RELAY.to_owned()];
+    let (alice_key, bob_key) = (
+        Identity::from_seed(&[31; 32]),
+        Identity::from_seed(&[32; 32]),
+    );
+    let alice = cluster
+        .admin(1)
+        .register_twin(&alice_key, &relays)
+        .await
+        .expect("alice")
+        .id;
+    let bob = cluster
+        .admin(2)
+        .register_twin(&bob_key, &relays)
+        .await
+        .expect("bob")
+        .id;
+    // Alice's gateway on node 1, Bob's on node 2.
+    let start = |key: &Identity, twin, i: usize| {
+        Peer::start(PeerConfig::new(
+            key.clone(),
+            twin,
+            &cluster.nodes[i - 1].http,
+        ))
+        .expect("peer")
+    };
+    let (a, mut a_in) = start(&alice_key, alice, 1);
+    let (b, mut b_in) = start(&bob_key, bob, 2);
+    for i in 0..10u32 {
+        let body = format!("question {i}").into_bytes();
+        let uid = a
+            .send(Draft::request(Address::twin(bob), "echo", body.clone()))
+            .await
+            .expect("send");
+        let req = next_envelope(&mut b_in).await;
+        assert_eq!(
+            (req.uid.as_str(), &req.source),
+            (uid.as_str(), &Address::twin(alice))
+        );
+        b.send(Draft::response(req.source.clone(), &req.uid, body.clone()))
+            .await
+            .expect("answer");
+        let resp = next_envelope(&mut a_in).await;
+        assert_eq!(
+            (resp.uid.as_str(), &resp.kind),
+            (uid.as_str(), &Kind::Response)
+        );
+        assert_eq!(resp.payload, Payload::Plain(body));
+    }
+    cluster.stop().await;
+}
+
+async fn next_envelope(
+    rx: &mut tokio::sync::mpsc::Receiver<trunkline_envelope::Envelope>,
+) -> trunkline_envelope::Envelope {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("an envelope in time")
+        .expect("the peer runs")
 }
