@@ -78,12 +78,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Cluster {
     /// The backend: `registry` (opened with a shared registry) for what is not messages,
     /// `amqp` for messages. Returns once `registry` holds every change recorded in the
-    /// shared log before this node started; `keys` fingerprints the node's token keys.
+    /// shared log before this node started; `keys` are the node's (the cluster's, if it is
+    /// the first: [`Backend::shared_keys`]).
     /// Wakes waiters and follows the log until `stop`.
     pub async fn open(
         registry: Broker,
         amqp: Arc<Amqp>,
-        keys: String,
+        keys: trunkline_broker::SharedKeys,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         let log = RegistryLog::open(amqp.clone(), registry.clone(), keys, stop.clone()).await?;
@@ -533,6 +534,10 @@ impl Backend for Cluster {
 
     fn authenticate(&self, client_id: &str, secret: &str) -> Option<(Principal, String)> {
         self.registry.authenticate(client_id, secret)
+    }
+
+    fn shared_keys(&self) -> Option<trunkline_broker::SharedKeys> {
+        self.log.shared_keys()
     }
 
     fn registry_seen(&self) -> u64 {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use trunkline_broker::changes::Change;
-use trunkline_broker::{Broker, BrokerError};
+use trunkline_broker::{Broker, BrokerError, SharedKeys};
 
 use crate::Amqp;
 
@@ -40,9 +40,13 @@ struct Record {
     seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     change: Option<Change>,
-    /// In a start marker: the fingerprint of the writer's token keys.
+    /// In a start marker: the fingerprint of the writer's keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     keys: Option<String>,
+    /// The cluster's keys, offered by a node that found none in the log: the first such
+    /// record is the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secrets: Option<SharedKeys>,
 }
 
 type Outcome = Result<bool, BrokerError>;
@@ -53,14 +57,15 @@ pub struct RegistryLog {
     registry: Broker,
     stream: String,
     origin: String,
-    keys: String,
+    /// This node's keys.
+    keys: SharedKeys,
     seq: AtomicU64,
     /// Writers waiting for their record, by seq.
     waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
     /// The offset of the next record to read (-1: from the first).
     next_offset: AtomicI64,
-    /// The last start marker of another node read, with its key fingerprint.
-    last_other: Mutex<Option<(String, String)>>,
+    /// The cluster's keys: the first offered in the log.
+    shared: Mutex<Option<SharedKeys>>,
     /// How many records were applied (for those who wait for a change).
     applied: tokio::sync::watch::Sender<u64>,
 }
@@ -75,12 +80,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl RegistryLog {
     /// Declares the stream, follows it into `registry` until `stop`, and returns once
-    /// `registry` holds every change recorded before this call. `keys` is a fingerprint
-    /// of the node's token keys (compared with other nodes').
+    /// `registry` holds every change recorded before this call. `keys` are the node's;
+    /// when the log holds no keys yet, they become the cluster's
+    /// ([`RegistryLog::shared_keys`]).
     pub async fn open(
         amqp: Arc<Amqp>,
         registry: Broker,
-        keys: String,
+        keys: SharedKeys,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         let stream = amqp.names().stream("registry");
@@ -94,22 +100,25 @@ impl RegistryLog {
             seq: AtomicU64::new(1),
             waiting: Mutex::default(),
             next_offset: AtomicI64::new(-1),
-            last_other: Mutex::default(),
+            shared: Mutex::default(),
             applied: tokio::sync::watch::Sender::new(0),
         });
         crate::follow::spawn(&log, stop);
         // Everything before this marker is applied once the marker is read back.
-        log.append(0, None, Some(log.keys.clone())).await?;
-        if let Some((other, theirs)) = lock(&log.last_other).clone() {
-            if theirs != log.keys {
-                tracing::error!(
-                    node = %other,
-                    "another node of this cluster started with other token keys: tokens one \
-                     issues are refused by the other; give every node the same secrets"
-                );
-            }
+        let fingerprint = log.keys.fingerprint();
+        log.append(0, None, Some(fingerprint), None).await?;
+        if lock(&log.shared).is_none() {
+            // The first node of the cluster (or one of the first, at once: the first
+            // offer in the log wins).
+            let seq = log.seq.fetch_add(1, Ordering::Relaxed);
+            log.append(seq, None, None, Some(log.keys.clone())).await?;
         }
         Ok(log)
+    }
+
+    /// The keys of the cluster: every node must use them.
+    pub fn shared_keys(&self) -> Option<SharedKeys> {
+        lock(&self.shared).clone()
     }
 
     /// How many records this node applied so far.
@@ -129,7 +138,7 @@ impl RegistryLog {
     /// Records `change` and applies it (as every node does); what applying decided.
     pub async fn record(&self, change: Change) -> Result<bool, BrokerError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.append(seq, Some(change), None).await
+        self.append(seq, Some(change), None, None).await
     }
 
     /// Appends a record and waits until this node has read it back and applied it.
@@ -138,12 +147,14 @@ impl RegistryLog {
         seq: u64,
         change: Option<Change>,
         keys: Option<String>,
+        secrets: Option<SharedKeys>,
     ) -> Result<bool, BrokerError> {
         let record = Record {
             origin: self.origin.clone(),
             seq,
             change,
             keys,
+            secrets,
         };
         let body = serde_json::to_vec(&record).map_err(unavailable)?;
         let (tx, rx) = oneshot::channel();
@@ -205,13 +216,14 @@ impl RegistryLog {
             }
             None => Ok(false),
         };
+        if let Some(secrets) = record.secrets {
+            lock(&self.shared).get_or_insert(secrets);
+        }
         self.applied.send_modify(|n| *n += 1);
         if record.origin == self.origin {
             if let Some(tx) = lock(&self.waiting).remove(&record.seq) {
                 let _ = tx.send(outcome);
             }
-        } else if let Some(keys) = record.keys {
-            *lock(&self.last_other) = Some((record.origin, keys));
         }
     }
 

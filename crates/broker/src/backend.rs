@@ -24,6 +24,31 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What a publish started with [`Backend::publish_then`] calls when it is durable.
 pub type PublishDone = Box<dyn FnOnce(Result<Published, BrokerError>) + Send + 'static>;
 
+/// A node's secrets: the token key, the channel-token key and the backend key, as
+/// their text. The nodes of a cluster share them through the registry's log.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedKeys {
+    pub token: String,
+    pub channel: String,
+    pub backend: String,
+}
+
+impl std::fmt::Debug for SharedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedKeys { .. }")
+    }
+}
+
+impl SharedKeys {
+    /// A short fingerprint (not the keys), to tell sets apart in logs.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let text = format!("{}\n{}\n{}", self.token, self.channel, self.backend);
+        let h = sha2::Sha256::digest(text);
+        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// The durable engine as the front-ends see it.
 pub trait Backend: Send + Sync + 'static {
     fn config(&self) -> &BrokerConfig;
@@ -87,6 +112,12 @@ pub trait Backend: Send + Sync + 'static {
     fn list_clients(&self) -> Vec<ClientView>;
     fn client_count(&self) -> usize;
     fn authenticate(&self, client_id: &str, secret: &str) -> Option<(Principal, String)>;
+
+    /// The secrets every node of a cluster uses (the first node's, from the registry's
+    /// log); `None` on one node.
+    fn shared_keys(&self) -> Option<SharedKeys> {
+        None
+    }
 
     /// How many changes of a shared registry this node applied (0 with its own registry).
     fn registry_seen(&self) -> u64 {

@@ -68,7 +68,7 @@ use tokio::sync::Notify;
 use trunkline_store::{Committer, Op, QueueStore, RecordTable, StoreError, StoredMessage};
 
 pub use authz::{Access, Issuer, Principal, Target, REMOVED_ROLES, ROLES};
-pub use backend::{Backend, BoxFuture, PublishDone};
+pub use backend::{Backend, BoxFuture, PublishDone, SharedKeys};
 pub use dedup::DedupRecord;
 pub use error::BrokerError;
 pub use live::{LiveCounters, LiveMessage, LiveSubscription};

@@ -19,8 +19,8 @@ fn amqp() -> Option<String> {
     trunkline_testkit::rabbitmq_env("TRUNKLINE_TEST_AMQP")
 }
 
-/// Nodes n1..n`count` of one cluster: one namespace, the same keys (copied from n1's
-/// data directory, as an operator gives every node one secrets file).
+/// Nodes n1..n`count` of one cluster: one namespace; nodes after the first start with no
+/// keys and take the cluster's from the registry's log (only the relay's key is copied).
 struct Cluster {
     nodes: Vec<TestServer>,
     url: String,
@@ -78,9 +78,8 @@ async fn start_node(
 ) -> TestServer {
     let dir = tempfile::tempdir().expect("temp dir");
     if let Some(from) = keys_from {
-        for f in ["token.key", "backend.key", "channel.key", "relay.seed"] {
-            std::fs::copy(from.join(f), dir.path().join(f)).expect("copy key");
-        }
+        std::fs::copy(from.join("relay.seed"), dir.path().join("relay.seed"))
+            .expect("copy the relay's key");
     }
     let mut s = TestServer::start_in(dir.path(), |c| {
         c.broker.url = url.to_owned();
@@ -126,6 +125,28 @@ async fn closed_within(ws: &trunkline_client::ws::WsSession, within: Duration) -
 async fn the_registry_is_one_for_every_node() {
     let Some(url) = amqp() else { return };
     let cluster = Cluster::start(&url, 3).await;
+
+    // Nodes 2 and 3 started without keys and took node 1's.
+    for i in 2..=3 {
+        for f in ["token.key", "backend.key", "channel.key"] {
+            let read = |n: usize| std::fs::read(cluster.nodes[n - 1].data_dir().join(f)).expect(f);
+            assert!(read(i) == read(1), "node {i}'s {f} is the cluster's");
+        }
+    }
+    // A node whose own keys are not the cluster's refuses to start.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = trunkline_testkit::test_config(dir.path());
+    config.broker.url = cluster.url.clone();
+    config.broker.namespace = cluster.namespace.clone();
+    config.broker.node = "n9".into();
+    let other = trunkline_server::config::Secrets {
+        token_secret: None,
+        backend_key: Some("another-backend-key-of-this-node".into()),
+        channel_secret: None,
+    };
+    let refused = trunkline_server::Node::start(config, other).await;
+    let e = refused.err().expect("refused").to_string();
+    assert!(e.contains("not those of the cluster"), "{e}");
 
     // Made on node 1: logs in on node 3 at once, and gets what node 2 routes to it.
     let secret = create(&cluster.admin(1), "c1", "jobs.#")

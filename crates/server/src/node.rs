@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trunkline_api::{CredentialsFile, Subscription};
 use trunkline_auth::{Throttle, ThrottleLimits, TokenKey};
-use trunkline_broker::{footprint, Backend, Broker, LimitSettings, NewClient, Overflow};
+use trunkline_broker::{
+    footprint, Backend, Broker, LimitSettings, NewClient, Overflow, SharedKeys,
+};
 use trunkline_store::fs::RealFs;
 use trunkline_store::{Committer, LogOptions, LogStore, QueueStore, RedbStore};
 
@@ -50,7 +52,7 @@ async fn open_engine(
     config: &Config,
     broker: &Broker,
     http_addr: SocketAddr,
-    keys: String,
+    keys: SharedKeys,
     shutdown: &CancellationToken,
 ) -> Result<Arc<dyn Backend>, StartError> {
     let urls = config.broker.urls();
@@ -236,18 +238,34 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 /// A key from the environment, or the one saved in `file`, or a new one saved there.
+/// Refuses keys a node cannot use.
+fn check_keys(keys: &SharedKeys) -> Result<(), StartError> {
+    TokenKey::from_text(&keys.token)
+        .map_err(|e| StartError::Secret(format!("token secret: {e}")))?;
+    TokenKey::from_text(&keys.channel)
+        .map_err(|e| StartError::Secret(format!("channel secret: {e}")))?;
+    if keys.backend.len() < 16 {
+        return Err(StartError::Secret(
+            "the backend key must be at least 16 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A key from the environment, its file, or made now (then written to its file): the key,
+/// and whether it was made now.
 fn key_file(
     dir: &Path,
     file: &str,
     from_env: Option<&str>,
     make: impl FnOnce() -> String,
-) -> Result<String, StartError> {
+) -> Result<(String, bool), StartError> {
     if let Some(k) = from_env {
-        return Ok(k.to_owned());
+        return Ok((k.to_owned(), false));
     }
     let path = dir.join(file);
     match std::fs::read_to_string(&path) {
-        Ok(k) if !k.trim().is_empty() => Ok(k.trim().to_owned()),
+        Ok(k) if !k.trim().is_empty() => Ok((k.trim().to_owned(), false)),
         Ok(_) | Err(_)
             if !path.exists()
                 || std::fs::metadata(&path)
@@ -257,7 +275,7 @@ fn key_file(
             let k = make();
             write_private(&path, k.as_bytes()).map_err(|e| data_err(&path, e))?;
             tracing::info!(file = %path.display(), "generated a new key");
-            Ok(k)
+            Ok((k, true))
         }
         Ok(_) => unreachable!("invariant: an empty key file is handled above"),
         Err(e) => Err(data_err(&path, e)),
@@ -298,30 +316,30 @@ impl Node {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         }
-        let token_text = key_file(&dir, "token.key", secrets.token_secret.as_deref(), || {
-            TokenKey::generate().to_text()
-        })?;
-        let token_key = TokenKey::from_text(&token_text)
-            .map_err(|e| StartError::Secret(format!("token secret: {e}")))?;
-        let backend_key = key_file(
+        let (token_text, made_token) =
+            key_file(&dir, "token.key", secrets.token_secret.as_deref(), || {
+                TokenKey::generate().to_text()
+            })?;
+        let (backend_key, made_backend) = key_file(
             &dir,
             "backend.key",
             secrets.backend_key.as_deref(),
             trunkline_auth::generate_secret,
         )?;
-        let channel_text = key_file(
+        let (channel_text, made_channel) = key_file(
             &dir,
             "channel.key",
             secrets.channel_secret.as_deref(),
             || TokenKey::generate().to_text(),
         )?;
-        let channel_key = TokenKey::from_text(&channel_text)
-            .map_err(|e| StartError::Secret(format!("channel secret: {e}")))?;
-        if backend_key.len() < 16 {
-            return Err(StartError::Secret(
-                "the backend key must be at least 16 characters".into(),
-            ));
-        }
+        let mut keys = SharedKeys {
+            token: token_text,
+            channel: channel_text,
+            backend: backend_key,
+        };
+        // Made now, nothing given: a node joining a cluster takes the cluster's.
+        let made_here = made_token && made_backend && made_channel;
+        check_keys(&keys)?;
 
         let started = std::time::Instant::now();
         let broker = {
@@ -383,15 +401,37 @@ impl Node {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let config = Arc::new(config);
-        let keys_fingerprint = {
-            use sha2::Digest;
-            let h = sha2::Sha256::digest(format!("{token_text}\n{channel_text}\n{backend_key}"));
-            h.iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
-        let engine = open_engine(&config, &broker, http_addr, keys_fingerprint, &shutdown).await?;
+        let engine = open_engine(&config, &broker, http_addr, keys.clone(), &shutdown).await?;
+        if let Some(shared) = engine.shared_keys() {
+            if shared != keys {
+                if !made_here {
+                    return Err(StartError::Secret(format!(
+                        "this node's keys (from its files or the environment, {}) are not those of \
+                         the cluster in namespace `{}` ({}): give every node the same keys, or \
+                         none (a node without keys takes the cluster's)",
+                        keys.fingerprint(),
+                        config.broker.namespace,
+                        shared.fingerprint()
+                    )));
+                }
+                check_keys(&shared)?;
+                for (file, text) in [
+                    ("token.key", &shared.token),
+                    ("backend.key", &shared.backend),
+                    ("channel.key", &shared.channel),
+                ] {
+                    let path = dir.join(file);
+                    write_private(&path, text.as_bytes()).map_err(|e| data_err(&path, e))?;
+                }
+                tracing::info!(keys = %shared.fingerprint(), "took the cluster's keys");
+                keys = shared;
+            }
+        }
+        let token_key = TokenKey::from_text(&keys.token)
+            .map_err(|e| StartError::Secret(format!("token secret: {e}")))?;
+        let channel_key = TokenKey::from_text(&keys.channel)
+            .map_err(|e| StartError::Secret(format!("channel secret: {e}")))?;
+        let backend_key = keys.backend;
         bootstrap_admin(engine.as_ref(), &dir, http_addr).await?;
         // Written once the node is ready to serve: tools and tests wait for it.
         let listen = serde_json::json!({
