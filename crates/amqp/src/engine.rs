@@ -622,7 +622,9 @@ impl Amqp {
             Settle::Nack { .. } => self.flush_acks(None).await,
         }
         // A stopped reader's feed ends once its last lease is settled.
-        self.tidy_feeds(0).await;
+        if self.feeds.waiting_to_end() {
+            self.tidy_feeds(0).await;
+        }
         Ok(out)
     }
 

@@ -63,6 +63,9 @@ pub(crate) struct Feeds {
     by_reader: tokio::sync::Mutex<HashMap<String, Arc<Feed>>>,
     /// Their channels by number, for settling (read without waiting for the map).
     channels: std::sync::Mutex<FeedChannels>,
+    /// Whether a feed whose reader stopped waits for its last lease to be settled (so
+    /// that a settle looks at the feeds only then).
+    waiting_to_end: AtomicBool,
 }
 
 fn key(reader: &str, queue: &str) -> String {
@@ -77,6 +80,11 @@ impl Feeds {
     /// The channel of feed `no`, if it is open.
     pub(crate) fn channel(&self, no: u64) -> Option<Channel> {
         self.channels().get(&no).map(|(c, _, _)| c.clone())
+    }
+
+    /// Whether a stopped reader's feed waits for its leases to be settled.
+    pub(crate) fn waiting_to_end(&self) -> bool {
+        self.waiting_to_end.load(Ordering::Relaxed)
     }
 
     /// Deliveries of `queue` pushed to feeds and not handed out yet.
@@ -234,6 +242,7 @@ impl Amqp {
             let Some(f) = feeds.get(&key) else { return };
             f.stopping.store(true, Ordering::Relaxed);
             if self.leases().count_on(f.channel_no) > 0 {
+                self.feeds.waiting_to_end.store(true, Ordering::Relaxed);
                 return;
             }
             feeds.remove(&key)
@@ -261,7 +270,10 @@ impl Amqp {
                 .map(|(k, _)| k.clone())
                 .collect();
             drop(leases);
-            gone.iter().filter_map(|k| feeds.remove(k)).collect()
+            let done = gone.iter().filter_map(|k| feeds.remove(k)).collect();
+            let waiting = feeds.values().any(|f| f.stopping.load(Ordering::Relaxed));
+            self.feeds.waiting_to_end.store(waiting, Ordering::Relaxed);
+            done
         };
         for f in done {
             self.close_feed(&f).await;
